@@ -1,0 +1,20 @@
+//! Nova's domain: each module owns its redb tables (declared privately inside it) and exposes
+//! functions that run inside a read or write transaction handed to it by the engine.
+//!
+//! `core` does no I/O of its own and never names glommio, sockets or HTTP: the engine decides
+//! where and when a function runs (which shard, which commit batch), `core` decides what it
+//! means. Time comes in as an argument (`now_ms`), so every rule here is testable on redb's
+//! in-memory backend.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod codec;
+pub mod communication;
+mod error;
+pub mod identity;
+mod ids;
+pub mod password;
+pub mod tokens;
+
+pub use error::{CoreError, Invalid};
+pub use ids::{shard_for_key, shard_of, IdGen, ID_EPOCH_MS, SHARDS_MAX};
