@@ -37,7 +37,9 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, WireError> {
 fn describe_shape_error(e: &simd_json::Error) -> String {
     match e.error() {
         simd_json::ErrorType::Serde(message) => message.clone(),
-        simd_json::ErrorType::ExpectedString => "a field has the wrong type: expected a string".into(),
+        simd_json::ErrorType::ExpectedString => {
+            "a field has the wrong type: expected a string".into()
+        }
         simd_json::ErrorType::ExpectedMap => "expected a JSON object".into(),
         other => format!("the body does not have the expected shape ({other:?})"),
     }

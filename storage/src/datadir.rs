@@ -33,8 +33,13 @@ impl Manifest {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (key, value) = line.split_once('=').ok_or_else(|| format!("bad line {line:?}"))?;
-            let value: u64 = value.trim().parse().map_err(|_| format!("bad value in {line:?}"))?;
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| format!("bad line {line:?}"))?;
+            let value: u64 = value
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad value in {line:?}"))?;
             match key.trim() {
                 "format" => format = u32::try_from(value).ok(),
                 "shards" => shards = usize::try_from(value).ok(),
@@ -56,7 +61,10 @@ pub struct DataDir {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError + '_ {
-    move |source| StorageError::Io { path: path.to_path_buf(), source }
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl DataDir {
@@ -82,11 +90,19 @@ impl DataDir {
                         reason: "missing, but the directory holds databases".to_string(),
                     });
                 }
-                let manifest = Manifest { format: FORMAT_VERSION, shards };
+                let manifest = Manifest {
+                    format: FORMAT_VERSION,
+                    shards,
+                };
                 write_durably(&manifest_path, manifest.render().as_bytes())?;
                 manifest
             }
-            Err(e) => return Err(StorageError::Io { path: manifest_path, source: e }),
+            Err(e) => {
+                return Err(StorageError::Io {
+                    path: manifest_path,
+                    source: e,
+                })
+            }
         };
         if manifest.shards != shards {
             return Err(StorageError::ShardCountMismatch {
@@ -104,7 +120,10 @@ impl DataDir {
                 ),
             });
         }
-        Ok(DataDir { root: root.to_path_buf(), manifest })
+        Ok(DataDir {
+            root: root.to_path_buf(),
+            manifest,
+        })
     }
 
     /// Reads the manifest of an existing directory without checking the shard count.
@@ -133,13 +152,20 @@ impl DataDir {
 
     /// Returns the secret stored under `secrets/<name>`, creating it from `make` on first use.
     /// The file is written to a temporary name, fsynced and renamed, readable by the owner only.
-    pub fn secret(&self, name: &str, make: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, StorageError> {
+    pub fn secret(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Vec<u8>, StorageError> {
         let dir = self.root.join("secrets");
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         let path = dir.join(name);
         match fs::read(&path) {
             Ok(bytes) if !bytes.is_empty() => Ok(bytes),
-            Ok(_) => Err(StorageError::BadManifest { path, reason: "empty secret".to_string() }),
+            Ok(_) => Err(StorageError::BadManifest {
+                path,
+                reason: "empty secret".to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let bytes = make();
                 write_durably(&path, &bytes)?;
@@ -165,7 +191,9 @@ fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     file.sync_all().map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))?;
     if let Some(parent) = path.parent() {
-        fs::File::open(parent).and_then(|d| d.sync_all()).map_err(io_err(parent))?;
+        fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(parent))?;
     }
     Ok(())
 }

@@ -43,8 +43,9 @@ enum Msg {
 }
 
 /// Upper bounds (seconds) of the commit-time histogram buckets.
-pub const FSYNC_BUCKETS_S: [f64; 12] =
-    [0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024];
+pub const FSYNC_BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+];
 
 /// Counters the writer thread keeps; read by `/metrics`. Atomics are fine here: they are
 /// written once per batch by one thread, never on a request path.
@@ -75,7 +76,8 @@ impl CommitStats {
         if !ok {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
-        self.fsync_ns.fetch_add((elapsed_s * 1e9) as u64, Ordering::Relaxed);
+        self.fsync_ns
+            .fetch_add((elapsed_s * 1e9) as u64, Ordering::Relaxed);
         if let Some(i) = FSYNC_BUCKETS_S.iter().position(|&le| elapsed_s <= le) {
             self.fsync_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -114,8 +116,10 @@ impl Partition {
         commit_queue_max: usize,
     ) -> Result<Partition, StorageError> {
         assert!(commit_batch_ops_max > 0 && commit_queue_max > 0);
-        let damaged =
-            |reason: String| StorageError::Damaged { path: path.to_path_buf(), reason };
+        let damaged = |reason: String| StorageError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        };
         let exists = path.exists();
         // A redb open of a file altered outside redb may panic rather than fail; the check on
         // open turns that into an error, and catch_unwind covers what it does not.
@@ -141,12 +145,17 @@ impl Partition {
             let stats = Arc::clone(&stats);
             let name = format!(
                 "nova-commit-{}",
-                path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default()
+                path.file_stem()
+                    .map(|s| s.to_string_lossy())
+                    .unwrap_or_default()
             );
             std::thread::Builder::new()
                 .name(name)
                 .spawn(move || run_writer(&db, &rx, &stats, commit_batch_ops_max))
-                .map_err(|source| StorageError::Io { path: path.to_path_buf(), source })?
+                .map_err(|source| StorageError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })?
         };
         Ok(Partition {
             path: path.to_path_buf(),
@@ -188,8 +197,14 @@ impl Partition {
             });
             (completion, poisons)
         });
-        self.tx.send_async(Msg::Write(job)).await.map_err(|_| StorageError::WriterStopped)?;
-        reply_rx.recv_async().await.map_err(|_| E::from(StorageError::WriterStopped))?
+        self.tx
+            .send_async(Msg::Write(job))
+            .await
+            .map_err(|_| StorageError::WriterStopped)?;
+        reply_rx
+            .recv_async()
+            .await
+            .map_err(|_| E::from(StorageError::WriterStopped))?
     }
 
     /// Like `write`, for callers off any executor (admin tools, start-up).
@@ -286,7 +301,9 @@ fn commit_batch(db: &Database, batch: &mut Vec<Job>, stats: &CommitStats) {
     }
     let result = if poisoned {
         let _ = txn.abort();
-        Err(StorageError::Redb("the batch was aborted after a storage failure".to_string()))
+        Err(StorageError::Redb(
+            "the batch was aborted after a storage failure".to_string(),
+        ))
     } else {
         txn.commit().map_err(StorageError::from)
     };
@@ -352,7 +369,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = Partition::open(&dir.path().join("s.redb"), 64, 64).unwrap();
         p.write_blocking(|txn| -> Result<(), E> {
-            txn.open_table(T).map_err(|_| E::Storage)?.insert(1, 10).map_err(|_| E::Storage)?;
+            txn.open_table(T)
+                .map_err(|_| E::Storage)?
+                .insert(1, 10)
+                .map_err(|_| E::Storage)?;
             Ok(())
         })
         .unwrap();
@@ -371,7 +391,10 @@ mod tests {
         {
             let p = Partition::open(&path, 8, 8).unwrap();
             p.write_blocking(|txn| -> Result<(), E> {
-                txn.open_table(T).map_err(|_| E::Storage)?.insert(7, 70).map_err(|_| E::Storage)?;
+                txn.open_table(T)
+                    .map_err(|_| E::Storage)?
+                    .insert(7, 70)
+                    .map_err(|_| E::Storage)?;
                 Ok(())
             })
             .unwrap();
@@ -379,7 +402,10 @@ mod tests {
         {
             let p = Partition::open(&path, 8, 8).unwrap();
             let read = p.read().unwrap();
-            assert_eq!(read.open_table(T).unwrap().get(7).unwrap().unwrap().value(), 70);
+            assert_eq!(
+                read.open_table(T).unwrap().get(7).unwrap().unwrap().value(),
+                70
+            );
         }
         std::fs::write(&path, vec![0xAB; 8192]).unwrap();
         let err = Partition::open(&path, 8, 8).err().unwrap().to_string();

@@ -1,0 +1,332 @@
+//! Configuration: built-in defaults, then a TOML file (`--config`), then `NOVA_*` environment
+//! variables, then command-line flags; each later source overrides the earlier ones.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::Deserialize;
+
+/// Everything `nova serve` can be told. Field names are the TOML keys; flags are the same
+/// names in kebab case; environment variables are `NOVA_` plus the name in upper case.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data: PathBuf,
+    /// Shards (executors, one per core). 0 = one per available core.
+    pub shards: usize,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token for the admin routes; without one they do not exist.
+    pub admin_token: Option<String>,
+    pub log: String,
+
+    pub header_bytes_max: usize,
+    pub body_bytes_max: usize,
+    pub connections_per_shard_max: usize,
+    pub request_timeout_ms: u64,
+    pub header_read_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+
+    pub access_token_ttl_s: u64,
+    pub refresh_token_ttl_s: u64,
+    pub email_token_ttl_s: u64,
+    pub reset_token_ttl_s: u64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    /// Threads that hash passwords. 0 = one per available core.
+    pub hash_threads: usize,
+    pub hash_queue_max: usize,
+
+    pub login_failures_per_ip_per_minute: u32,
+    pub login_failures_per_account_per_minute: u32,
+    pub registrations_per_ip_per_hour: u32,
+    pub password_resets_per_ip_per_hour: u32,
+
+    pub commit_batch_ops_max: usize,
+    pub commit_queue_max: usize,
+    pub mesh_queue_max: usize,
+    pub auth_log_retention_days: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data: PathBuf::from("./nova-data"),
+            shards: 0,
+            tls_cert: None,
+            tls_key: None,
+            admin_token: None,
+            log: "info".to_string(),
+            header_bytes_max: 16 * 1024,
+            body_bytes_max: 64 * 1024,
+            connections_per_shard_max: 10_000,
+            request_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 5_000,
+            access_token_ttl_s: 15 * 60,
+            refresh_token_ttl_s: 30 * 24 * 3600,
+            email_token_ttl_s: 24 * 3600,
+            reset_token_ttl_s: 3600,
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            hash_threads: 0,
+            hash_queue_max: 1024,
+            login_failures_per_ip_per_minute: 30,
+            login_failures_per_account_per_minute: 5,
+            registrations_per_ip_per_hour: 30,
+            password_resets_per_ip_per_hour: 10,
+            commit_batch_ops_max: 1024,
+            commit_queue_max: 8192,
+            mesh_queue_max: 4096,
+            auth_log_retention_days: 90,
+        }
+    }
+}
+
+/// The flags of `nova serve`. Every one is optional: unset means "keep the file's or the
+/// default value".
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "NOVA_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
+    #[arg(long, env = "NOVA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory.
+    #[arg(long, env = "NOVA_DATA")]
+    pub data: Option<PathBuf>,
+    /// Number of shards (0 = one per core). Fixed when the data directory is created.
+    #[arg(long, env = "NOVA_SHARDS")]
+    pub shards: Option<usize>,
+    /// PEM certificate chain; with --tls-key, serve HTTPS.
+    #[arg(long, env = "NOVA_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long, env = "NOVA_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Bearer token that opens the admin routes.
+    #[arg(long, env = "NOVA_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Log filter (tracing EnvFilter syntax), e.g. info or nova=debug.
+    #[arg(long, env = "NOVA_LOG")]
+    pub log: Option<String>,
+    #[arg(long, env = "NOVA_HEADER_BYTES_MAX")]
+    pub header_bytes_max: Option<usize>,
+    #[arg(long, env = "NOVA_BODY_BYTES_MAX")]
+    pub body_bytes_max: Option<usize>,
+    #[arg(long, env = "NOVA_CONNECTIONS_PER_SHARD_MAX")]
+    pub connections_per_shard_max: Option<usize>,
+    #[arg(long, env = "NOVA_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+    #[arg(long, env = "NOVA_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    #[arg(long, env = "NOVA_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    #[arg(long, env = "NOVA_ACCESS_TOKEN_TTL_S")]
+    pub access_token_ttl_s: Option<u64>,
+    #[arg(long, env = "NOVA_REFRESH_TOKEN_TTL_S")]
+    pub refresh_token_ttl_s: Option<u64>,
+    #[arg(long, env = "NOVA_EMAIL_TOKEN_TTL_S")]
+    pub email_token_ttl_s: Option<u64>,
+    #[arg(long, env = "NOVA_RESET_TOKEN_TTL_S")]
+    pub reset_token_ttl_s: Option<u64>,
+    #[arg(long, env = "NOVA_ARGON2_MEMORY_KIB")]
+    pub argon2_memory_kib: Option<u32>,
+    #[arg(long, env = "NOVA_ARGON2_ITERATIONS")]
+    pub argon2_iterations: Option<u32>,
+    #[arg(long, env = "NOVA_HASH_THREADS")]
+    pub hash_threads: Option<usize>,
+    #[arg(long, env = "NOVA_HASH_QUEUE_MAX")]
+    pub hash_queue_max: Option<usize>,
+    #[arg(long, env = "NOVA_LOGIN_FAILURES_PER_IP_PER_MINUTE")]
+    pub login_failures_per_ip_per_minute: Option<u32>,
+    #[arg(long, env = "NOVA_LOGIN_FAILURES_PER_ACCOUNT_PER_MINUTE")]
+    pub login_failures_per_account_per_minute: Option<u32>,
+    #[arg(long, env = "NOVA_REGISTRATIONS_PER_IP_PER_HOUR")]
+    pub registrations_per_ip_per_hour: Option<u32>,
+    #[arg(long, env = "NOVA_PASSWORD_RESETS_PER_IP_PER_HOUR")]
+    pub password_resets_per_ip_per_hour: Option<u32>,
+    #[arg(long, env = "NOVA_COMMIT_BATCH_OPS_MAX")]
+    pub commit_batch_ops_max: Option<usize>,
+    #[arg(long, env = "NOVA_COMMIT_QUEUE_MAX")]
+    pub commit_queue_max: Option<usize>,
+    #[arg(long, env = "NOVA_MESH_QUEUE_MAX")]
+    pub mesh_queue_max: Option<usize>,
+    #[arg(long, env = "NOVA_AUTH_LOG_RETENTION_DAYS")]
+    pub auth_log_retention_days: Option<u64>,
+}
+
+macro_rules! overlay {
+    ($cfg:ident, $args:ident, $($field:ident),*) => {
+        $( if let Some(v) = $args.$field.clone() { $cfg.$field = v; } )*
+    };
+}
+
+impl Config {
+    /// Defaults, then the file, then environment and flags (clap has already merged those
+    /// two, flags winning).
+    pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+        let mut cfg = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        overlay!(
+            cfg,
+            args,
+            listen,
+            data,
+            shards,
+            log,
+            header_bytes_max,
+            body_bytes_max,
+            connections_per_shard_max,
+            request_timeout_ms,
+            header_read_timeout_ms,
+            shutdown_grace_ms,
+            access_token_ttl_s,
+            refresh_token_ttl_s,
+            email_token_ttl_s,
+            reset_token_ttl_s,
+            argon2_memory_kib,
+            argon2_iterations,
+            hash_threads,
+            hash_queue_max,
+            login_failures_per_ip_per_minute,
+            login_failures_per_account_per_minute,
+            registrations_per_ip_per_hour,
+            password_resets_per_ip_per_hour,
+            commit_batch_ops_max,
+            commit_queue_max,
+            mesh_queue_max,
+            auth_log_retention_days
+        );
+        if args.tls_cert.is_some() {
+            cfg.tls_cert = args.tls_cert.clone();
+        }
+        if args.tls_key.is_some() {
+            cfg.tls_key = args.tls_key.clone();
+        }
+        if args.admin_token.is_some() {
+            cfg.admin_token = args.admin_token.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    fn validate(&mut self) -> anyhow::Result<()> {
+        if self.shards == 0 {
+            self.shards = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+        }
+        if self.hash_threads == 0 {
+            self.hash_threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+        }
+        anyhow::ensure!(
+            self.shards <= nova_core::SHARDS_MAX,
+            "shards must be at most {}",
+            nova_core::SHARDS_MAX
+        );
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "--tls-cert and --tls-key go together"
+        );
+        anyhow::ensure!(
+            self.header_bytes_max >= 1024,
+            "header_bytes_max must be at least 1024"
+        );
+        anyhow::ensure!(
+            self.body_bytes_max >= 1024,
+            "body_bytes_max must be at least 1024"
+        );
+        for (name, v) in [
+            ("connections_per_shard_max", self.connections_per_shard_max),
+            ("commit_batch_ops_max", self.commit_batch_ops_max),
+            ("commit_queue_max", self.commit_queue_max),
+            ("mesh_queue_max", self.mesh_queue_max),
+            ("hash_queue_max", self.hash_queue_max),
+        ] {
+            anyhow::ensure!(v > 0, "{name} must be positive");
+        }
+        for (name, v) in [
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("access_token_ttl_s", self.access_token_ttl_s),
+            ("refresh_token_ttl_s", self.refresh_token_ttl_s),
+        ] {
+            anyhow::ensure!(v > 0, "{name} must be positive");
+        }
+        for (name, v) in [
+            (
+                "login_failures_per_ip_per_minute",
+                self.login_failures_per_ip_per_minute,
+            ),
+            (
+                "login_failures_per_account_per_minute",
+                self.login_failures_per_account_per_minute,
+            ),
+            (
+                "registrations_per_ip_per_hour",
+                self.registrations_per_ip_per_hour,
+            ),
+            (
+                "password_resets_per_ip_per_hour",
+                self.password_resets_per_ip_per_hour,
+            ),
+        ] {
+            anyhow::ensure!(v > 0, "{name} must be positive");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nshards = 3\nbody_bytes_max = 2048\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            shards: Some(2),
+            ..Default::default()
+        };
+        let cfg = Config::load(&args).unwrap();
+        assert_eq!(cfg.listen.port(), 9000);
+        assert_eq!(cfg.shards, 2);
+        assert_eq!(cfg.body_bytes_max, 2048);
+        assert_eq!(cfg.data, PathBuf::from("./nova-data"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:9000\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(Config::load(&args).is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! The `nova` binary: `nova serve` runs the platform.
+
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod config;
+mod error;
+mod hasher;
+mod http;
+mod limits;
+mod mesh;
+mod metrics;
+mod server;
+mod shard;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "nova",
+    version,
+    about = "A self-hosted social, messaging and media platform in one process"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default configuration needs no file).
+    Serve(config::ServeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = match config::Config::load(&args) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    eprintln!("nova: {e:#}");
+                    return std::process::ExitCode::from(2);
+                }
+            };
+            init_tracing(&cfg.log);
+            match server::run(cfg) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("nova: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}

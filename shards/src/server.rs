@@ -1,0 +1,289 @@
+//! `nova serve`: open the data directory, start one pinned executor per shard, wait for a
+//! signal, then shut down in order (stop accepting, drain connections, stop the mesh, flush
+//! commits).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use glommio::{LocalExecutorBuilder, Placement};
+use nova_core::password::HashCost;
+use nova_core::IdGen;
+use nova_storage::{DataDir, Partition};
+
+use crate::config::Config;
+use crate::hasher::{dummy_hash, Hasher};
+use crate::limits::Limits;
+use crate::mesh::ShardMsg;
+use crate::metrics::Metrics;
+use crate::shard::{Notify, Shard};
+
+/// Everything a shard thread is handed when it starts.
+struct ShardStart {
+    id: usize,
+    cfg: Arc<Config>,
+    addr: SocketAddr,
+    partition: Arc<Partition>,
+    mesh: Vec<flume::Sender<ShardMsg>>,
+    inbox: flume::Receiver<ShardMsg>,
+    hasher: Hasher,
+    token_key: Arc<[u8]>,
+    dummy_hash: Arc<str>,
+    tls: Option<futures_rustls::TlsAcceptor>,
+    ready: flume::Sender<Result<(), String>>,
+}
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    let n = cfg.shards;
+    let data = DataDir::open(&cfg.data, n)?;
+    let token_key: Arc<[u8]> = data
+        .secret("token.key", || nova_core::tokens::random_bytes().to_vec())?
+        .into();
+    let mut partitions = Vec::with_capacity(n);
+    for k in 0..n {
+        let partition = Partition::open(
+            &data.shard_path(k),
+            cfg.commit_batch_ops_max,
+            cfg.commit_queue_max,
+        )?;
+        partitions.push(Arc::new(partition));
+    }
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let cost = HashCost {
+        memory_kib: cfg.argon2_memory_kib,
+        iterations: cfg.argon2_iterations,
+    };
+    let (hasher, hash_threads) = Hasher::start(cfg.hash_threads, cfg.hash_queue_max, cost)?;
+    let dummy: Arc<str> = dummy_hash(cost).into();
+
+    // Resolve the address once (port 0 becomes a real port) with a socket that is bound but
+    // never listens, so that every shard then binds the same port with SO_REUSEPORT.
+    let (probe, addr) = reserve_port(cfg.listen)?;
+
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| flume::bounded(cfg.mesh_queue_max)).unzip();
+    let (ready_tx, ready_rx) = flume::unbounded();
+    let cpus = allowed_cpus();
+    let mut handles = Vec::with_capacity(n);
+    for (k, inbox) in receivers.into_iter().enumerate() {
+        let start = ShardStart {
+            id: k,
+            cfg: Arc::clone(&cfg),
+            addr,
+            partition: Arc::clone(&partitions[k]),
+            mesh: senders.clone(),
+            inbox,
+            hasher: hasher.clone(),
+            token_key: Arc::clone(&token_key),
+            dummy_hash: Arc::clone(&dummy),
+            tls: tls.clone(),
+            ready: ready_tx.clone(),
+        };
+        let placement = match cpus.get(k % cpus.len().max(1)) {
+            Some(cpu) => Placement::Fixed(*cpu),
+            None => Placement::Unbound,
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("nova-shard-{k}"))
+            .spawn(move || shard_main(start))
+            .map_err(|e| anyhow::anyhow!("cannot start shard {k}: {e}"))?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    drop(hasher);
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("a shard failed to start: {e}"),
+            Err(_) => anyhow::bail!("a shard stopped during start-up"),
+        }
+    }
+    drop(probe);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, shards = n, data = %cfg.data.display(), "ready");
+    println!("nova listening on {scheme}://{addr} ({n} shards)");
+    let _ = std::io::stdout().flush();
+
+    wait_for_signal()?;
+    tracing::info!("shutting down: no new connections, finishing requests in flight");
+    let (done_tx, done_rx) = flume::unbounded();
+    for s in &senders {
+        let _ = s.send(ShardMsg::Drain {
+            done: done_tx.clone(),
+        });
+    }
+    let patience = Duration::from_millis(cfg.shutdown_grace_ms) + Duration::from_secs(2);
+    for _ in 0..n {
+        if done_rx.recv_timeout(patience).is_err() {
+            tracing::warn!("a shard did not drain in time");
+            break;
+        }
+    }
+    for s in &senders {
+        let _ = s.send(ShardMsg::Exit);
+    }
+    for h in handles {
+        if let Err(e) = h.join() {
+            tracing::error!(error = %e, "a shard ended with an error");
+        }
+    }
+    drop(senders);
+    for p in &partitions {
+        p.close();
+    }
+    hash_threads.join();
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn reserve_port(listen: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
+    socket.set_reuse_port(true)?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&listen.into())
+        .with_context(|| format!("cannot bind {listen}"))?;
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .context("not an IP socket")?;
+    Ok((socket, addr))
+}
+
+/// The CPUs this process may run on (respecting taskset/cgroups), in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this process.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
+    }
+}
+
+fn wait_for_signal() -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "signal received");
+    }
+    Ok(())
+}
+
+async fn shard_main(start: ShardStart) {
+    let ShardStart {
+        id,
+        cfg,
+        addr,
+        partition,
+        mesh,
+        inbox,
+        hasher,
+        token_key,
+        dummy_hash,
+        tls,
+        ready,
+    } = start;
+    let listener = match glommio::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id} cannot listen on {addr}: {e}")));
+            return;
+        }
+    };
+    let inbox_len = {
+        let inbox = inbox.clone();
+        Box::new(move || inbox.len())
+    };
+    let shard = Rc::new(Shard {
+        id,
+        shards: cfg.shards,
+        limits: Limits::new(&cfg),
+        cfg: Arc::clone(&cfg),
+        partition,
+        ids: RefCell::new(IdGen::new(id)),
+        mesh,
+        inbox_len,
+        hasher,
+        token_key,
+        dummy_hash,
+        metrics: Metrics::default(),
+        open_connections: Cell::new(0),
+        revoked: RefCell::new(HashMap::new()),
+        request_seq: Cell::new(0),
+        draining: Notify::default(),
+    });
+    // The mesh must be served before recovery broadcasts, or two shards could wait on each
+    // other's full inboxes.
+    let accept_slot: AcceptSlot = Rc::new(RefCell::new(None));
+    let mesh_loop = glommio::spawn_local(serve_mesh(
+        Rc::clone(&shard),
+        inbox,
+        Rc::clone(&accept_slot),
+    ));
+    if let Err(e) = shard.recover().await {
+        let _ = ready.send(Err(format!("shard {id} recovery failed: {e}")));
+        return;
+    }
+    let accept = glommio::spawn_local(crate::http::accept_loop(Rc::clone(&shard), listener, tls));
+    *accept_slot.borrow_mut() = Some(accept);
+    glommio::spawn_local(Rc::clone(&shard).housekeeping()).detach();
+    let _ = ready.send(Ok(()));
+    mesh_loop.await;
+}
+
+/// The shard's accept task, awaited when the shard drains.
+type AcceptSlot = Rc<RefCell<Option<glommio::Task<()>>>>;
+
+/// Serves operations other shards send, each in its own task (an argon2 verify must not hold
+/// up the next message); at most `mesh_queue_max` run at once.
+async fn serve_mesh(shard: Rc<Shard>, inbox: flume::Receiver<ShardMsg>, accept_slot: AcceptSlot) {
+    let in_flight = Rc::new(glommio::sync::Semaphore::new(
+        shard.cfg.mesh_queue_max as u64,
+    ));
+    while let Ok(msg) = inbox.recv_async().await {
+        match msg {
+            ShardMsg::Call { op, deadline } => {
+                let Ok(permit) = in_flight.acquire_static_permit(1).await else {
+                    break;
+                };
+                let shard = Rc::clone(&shard);
+                glommio::spawn_local(async move {
+                    shard.serve(op, deadline).await;
+                    drop(permit);
+                })
+                .detach();
+            }
+            ShardMsg::Revoked { sessions } => shard.note_revoked(&sessions),
+            ShardMsg::Drain { done } => {
+                shard.draining.fire();
+                let accept = accept_slot.borrow_mut().take();
+                let id = shard.id;
+                glommio::spawn_local(async move {
+                    if let Some(accept) = accept {
+                        accept.await;
+                    }
+                    let _ = done.send(id);
+                })
+                .detach();
+            }
+            ShardMsg::Exit => break,
+        }
+    }
+}

@@ -1,0 +1,513 @@
+//! One shard: its state (all `Rc`/`Cell`, touched only by its own thread), the router that
+//! sends an operation to the shard owning the data, and the operations it runs for itself and
+//! for others.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nova_core::identity::{self, AuthEvent, Context, EmailClaim, User, EMAIL_CLAIM_STALE_MS};
+use nova_core::{communication, shard_for_key, shard_of, CoreError, IdGen};
+use nova_storage::Partition;
+
+use crate::config::Config;
+use crate::error::Fail;
+use crate::hasher::Hasher;
+use crate::limits::Limits;
+use crate::mesh::{LoginWho, Op, Registration, Reply, ShardMsg};
+use crate::metrics::{Metrics, Snapshot};
+
+/// Rows the admin email listing looks at, at most.
+const EMAILS_SCAN_MAX: usize = 10_000;
+const EMAILS_LISTED_MAX: usize = 100;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A one-shot signal for the tasks of one shard (no atomics: one thread).
+#[derive(Default)]
+pub struct Notify {
+    fired: Cell<bool>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    pub fn fire(&self) {
+        self.fired.set(true);
+        for w in self.waiters.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+
+    pub fn fired(&self) -> bool {
+        self.fired.get()
+    }
+
+    pub async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.fired.get() {
+                std::task::Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+pub struct Shard {
+    pub id: usize,
+    pub shards: usize,
+    pub cfg: Arc<Config>,
+    pub partition: Arc<Partition>,
+    pub ids: RefCell<IdGen>,
+    pub mesh: Vec<flume::Sender<ShardMsg>>,
+    pub inbox_len: Box<dyn Fn() -> usize>,
+    pub hasher: Hasher,
+    pub token_key: Arc<[u8]>,
+    pub dummy_hash: Arc<str>,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    pub open_connections: Cell<usize>,
+    /// Revoked sessions -> the time (s) until which their access tokens must be refused.
+    pub revoked: RefCell<HashMap<u64, u64>>,
+    pub request_seq: Cell<u64>,
+    /// Fired when the shard starts draining: stop accepting, close idle connections.
+    pub draining: Notify,
+}
+
+impl Shard {
+    pub fn next_id(&self) -> u64 {
+        self.ids.borrow_mut().next(now_ms())
+    }
+
+    fn ctx(&self, ip: &str) -> Context {
+        Context {
+            now_ms: now_ms(),
+            ip: ip.to_string(),
+            log_id: self.next_id(),
+        }
+    }
+
+    /// Runs `make(reply)` on shard `target` (here, or over the mesh) and waits for the answer
+    /// until `deadline`.
+    pub async fn ask<T>(
+        self: &Rc<Self>,
+        target: usize,
+        deadline: Instant,
+        make: impl FnOnce(Reply<T>) -> Op,
+    ) -> Result<T, Fail> {
+        let (tx, rx) = flume::bounded(1);
+        let op = make(tx);
+        if target == self.id {
+            // Boxed: serve may call ask again (register -> claim email), a recursive future.
+            let local: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> =
+                Box::pin(Rc::clone(self).serve(op, deadline));
+            local.await;
+        } else {
+            let sender = self.mesh.get(target).ok_or(Fail::Unavailable)?;
+            match sender.try_send(ShardMsg::Call { op, deadline }) {
+                Ok(()) => {}
+                // Back-pressure: a full inbox means that shard is behind; shed, don't queue.
+                Err(flume::TrySendError::Full(_)) => return Err(Fail::Busy),
+                Err(flume::TrySendError::Disconnected(_)) => return Err(Fail::Unavailable),
+            }
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let answer = futures_lite::future::or(async { Some(rx.recv_async().await) }, async {
+            glommio::timer::sleep(remaining).await;
+            None
+        })
+        .await;
+        match answer {
+            Some(Ok(result)) => result,
+            // The other side dropped the reply: its deadline check refused the work.
+            Some(Err(_)) => Err(Fail::Timeout),
+            None => Err(Fail::Timeout),
+        }
+    }
+
+    /// Tells every shard (this one included) to refuse these sessions' access tokens.
+    pub async fn broadcast_revoked(self: &Rc<Self>, session_ids: &[u64]) {
+        if session_ids.is_empty() {
+            return;
+        }
+        let until_s = now_ms() / 1000 + self.cfg.access_token_ttl_s + 1;
+        let sessions: Vec<(u64, u64)> = session_ids.iter().map(|s| (*s, until_s)).collect();
+        for (k, sender) in self.mesh.iter().enumerate() {
+            if k == self.id {
+                self.note_revoked(&sessions);
+            } else {
+                // Awaited, not tried: a lost revocation would let a logged-out token work.
+                let _ = sender
+                    .send_async(ShardMsg::Revoked {
+                        sessions: sessions.clone(),
+                    })
+                    .await;
+            }
+        }
+    }
+
+    pub fn note_revoked(&self, sessions: &[(u64, u64)]) {
+        let mut revoked = self.revoked.borrow_mut();
+        for (session, until_s) in sessions {
+            revoked.insert(*session, *until_s);
+        }
+    }
+
+    pub fn is_revoked(&self, session_id: u64) -> bool {
+        self.revoked.borrow().contains_key(&session_id)
+    }
+
+    /// Drops deny-list entries whose tokens have all expired.
+    pub fn tidy_revoked(&self) {
+        let now_s = now_ms() / 1000;
+        self.revoked.borrow_mut().retain(|_, until| *until > now_s);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let (requests, latency) = self.metrics.snapshot();
+        Snapshot {
+            shard: self.id,
+            requests,
+            latency,
+            open_connections: self.open_connections.get(),
+            commit: self.partition.stats(),
+            mesh_queue_depth: (self.inbox_len)(),
+        }
+    }
+
+    /// Runs one operation on data this shard owns and sends the answer on its reply channel.
+    /// Work whose deadline already passed is dropped unanswered (the caller has timed out).
+    pub async fn serve(self: Rc<Self>, op: Op, deadline: Instant) {
+        if Instant::now() >= deadline {
+            return;
+        }
+        match op {
+            Op::EmailOwner { key, reply } => {
+                let _ = reply.send(self.read(|r| identity::email_claim(r, &key)));
+            }
+            Op::ClaimEmail {
+                email,
+                user_id,
+                reply,
+            } => {
+                let _ = reply.send(self.claim_email(email, user_id, deadline).await);
+            }
+            Op::ReleaseEmail {
+                key,
+                user_id,
+                reply,
+            } => {
+                let result = self
+                    .partition
+                    .write(move |t| identity::release_email(t, &key, user_id))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::UserExists { user_id, reply } => {
+                let _ = reply.send(
+                    self.read(|r| identity::user(r, user_id))
+                        .map(|u| u.is_some()),
+                );
+            }
+            Op::Register { new, reply } => {
+                let _ = reply.send(self.register(new, deadline).await);
+            }
+            Op::Login {
+                who,
+                password,
+                ip,
+                user_agent,
+                reply,
+            } => {
+                let _ = reply.send(self.login(who, password, ip, user_agent).await);
+            }
+            Op::Refresh { token, ip, reply } => {
+                let ctx = self.ctx(&ip);
+                let ttl = self.cfg.refresh_token_ttl_s * 1000;
+                let result = self
+                    .partition
+                    .write(move |t| identity::refresh(t, &ctx, &token, ttl))
+                    .await;
+                let result = match result {
+                    Ok(identity::Refreshed::Reused {
+                        session_id,
+                        user_id,
+                    }) => {
+                        self.broadcast_revoked(&[session_id]).await;
+                        Ok(identity::Refreshed::Reused {
+                            session_id,
+                            user_id,
+                        })
+                    }
+                    other => other.map_err(Fail::from),
+                };
+                let _ = reply.send(result);
+            }
+            Op::RevokeSession {
+                user_id,
+                session_id,
+                ip,
+                event,
+                reply,
+            } => {
+                let ctx = self.ctx(&ip);
+                let result = self
+                    .partition
+                    .write(move |t| identity::revoke_session(t, &ctx, user_id, session_id, event))
+                    .await;
+                if result.is_ok() {
+                    self.broadcast_revoked(&[session_id]).await;
+                }
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::Sessions { user_id, reply } => {
+                let _ = reply.send(self.read(|r| identity::sessions_of(r, user_id)));
+            }
+            Op::GetUser { user_id, reply } => {
+                let _ = reply.send(self.read(|r| identity::user(r, user_id)));
+            }
+            Op::VerifyEmail { token, ip, reply } => {
+                let ctx = self.ctx(&ip);
+                let result = self
+                    .partition
+                    .write(move |t| identity::verify_email(t, &ctx, &token))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::RequestReset { user_id, ip, reply } => {
+                let ctx = self.ctx(&ip);
+                let email_id = self.next_id();
+                let ttl = self.cfg.reset_token_ttl_s * 1000;
+                let result = self
+                    .partition
+                    .write(move |t| {
+                        identity::request_password_reset(t, &ctx, user_id, email_id, ttl)
+                    })
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::ConfirmReset {
+                token,
+                password,
+                ip,
+                reply,
+            } => {
+                let _ = reply.send(self.confirm_reset(token, password, ip).await);
+            }
+            Op::Emails { to, reply } => {
+                let _ = reply.send(self.read(|r| {
+                    communication::emails(r, to.as_deref(), EMAILS_LISTED_MAX, EMAILS_SCAN_MAX)
+                }));
+            }
+            Op::Metrics { reply } => {
+                let _ = reply.send(Ok(self.snapshot()));
+            }
+        }
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&nova_storage::redb::ReadTransaction) -> Result<T, CoreError>,
+    ) -> Result<T, Fail> {
+        let txn = self.partition.read()?;
+        Ok(f(&txn)?)
+    }
+
+    /// On the email's shard: claim it, taking over a stale claim whose user never appeared.
+    async fn claim_email(
+        self: &Rc<Self>,
+        email: identity::Email,
+        user_id: u64,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
+        let existing: Option<EmailClaim> = self.read(|r| identity::email_claim(r, &email.key()))?;
+        let mut replacing = None;
+        if let Some(claim) = existing.filter(|c| c.user_id != user_id) {
+            let stale = now_ms().saturating_sub(claim.claimed_ms) > EMAIL_CLAIM_STALE_MS;
+            if !stale {
+                return Err(CoreError::EmailTaken.into());
+            }
+            let holder = claim.user_id;
+            let exists = self
+                .ask(shard_of(holder), deadline, |reply| Op::UserExists {
+                    user_id: holder,
+                    reply,
+                })
+                .await?;
+            if exists {
+                return Err(CoreError::EmailTaken.into());
+            }
+            replacing = Some(holder);
+        }
+        let now = now_ms();
+        Ok(self
+            .partition
+            .write(move |t| identity::claim_email(t, &email, user_id, now, replacing))
+            .await?)
+    }
+
+    /// On the username's shard: claim the email (on its shard), then create the user.
+    async fn register(self: &Rc<Self>, new: Registration, deadline: Instant) -> Result<User, Fail> {
+        debug_assert_eq!(shard_for_key(&new.username.key(), self.shards), self.id);
+        if self
+            .read(|r| identity::user_by_username(r, &new.username.key()))?
+            .is_some()
+        {
+            return Err(CoreError::UsernameTaken.into());
+        }
+        let user_id = self.next_id();
+        let email_key = new.email.key();
+        let email_shard = shard_for_key(&email_key, self.shards);
+        let email = new.email.clone();
+        self.ask(email_shard, deadline, |reply| Op::ClaimEmail {
+            email,
+            user_id,
+            reply,
+        })
+        .await?;
+        let ctx = self.ctx(&new.ip);
+        let email_id = self.next_id();
+        let verify_ttl_ms = self.cfg.email_token_ttl_s * 1000;
+        let created = self
+            .partition
+            .write(move |t| {
+                identity::create_user(
+                    t,
+                    &ctx,
+                    identity::NewUser {
+                        id: user_id,
+                        username: new.username,
+                        email: new.email,
+                        display_name: new.display_name,
+                        password_hash: new.password_hash,
+                        email_id,
+                        verify_ttl_ms,
+                    },
+                )
+            })
+            .await;
+        if created.is_err() {
+            // Best effort: a claim left behind goes stale and is taken over later.
+            let key = email_key.clone();
+            let _ = self
+                .ask(email_shard, deadline, |reply| Op::ReleaseEmail {
+                    key,
+                    user_id,
+                    reply,
+                })
+                .await;
+        }
+        Ok(created?)
+    }
+
+    async fn login(
+        self: &Rc<Self>,
+        who: LoginWho,
+        password: String,
+        ip: String,
+        user_agent: String,
+    ) -> Result<identity::Issued, Fail> {
+        let user = match &who {
+            LoginWho::UsernameKey(key) => self.read(|r| identity::user_by_username(r, key))?,
+            LoginWho::UserId(id) => self.read(|r| identity::user(r, *id))?,
+        };
+        if let Some(u) = &user {
+            self.limits.login_failures_account.check_blocked(&u.id)?;
+        }
+        let phc = user.as_ref().map_or_else(
+            || self.dummy_hash.to_string(),
+            |u| u.password_hash().to_string(),
+        );
+        let ok = self.hasher.verify(password, phc).await?;
+        let user = match user {
+            Some(u) if ok => u,
+            other => {
+                let user_id = other.map(|u| u.id);
+                let ctx = self.ctx(&ip);
+                self.partition
+                    .write(move |t| identity::log_event(t, &ctx, AuthEvent::LoginFailed, user_id))
+                    .await?;
+                if let Some(id) = user_id {
+                    self.limits.login_failures_account.fail(&id)?;
+                }
+                return Err(CoreError::InvalidCredentials.into());
+            }
+        };
+        let ctx = self.ctx(&ip);
+        let new = identity::NewSession {
+            id: self.next_id(),
+            user_id: user.id,
+            user_agent,
+            refresh_ttl_ms: self.cfg.refresh_token_ttl_s * 1000,
+        };
+        Ok(self
+            .partition
+            .write(move |t| identity::create_session(t, &ctx, new))
+            .await?)
+    }
+
+    async fn confirm_reset(
+        self: &Rc<Self>,
+        token: String,
+        password: String,
+        ip: String,
+    ) -> Result<(), Fail> {
+        // Check the token before spending a hash on it; the write checks it again.
+        self.read(|r| identity::check_reset_token(r, &token, now_ms()))?;
+        let hash = self.hasher.hash(password).await?;
+        let ctx = self.ctx(&ip);
+        let (_, revoked) = self
+            .partition
+            .write(move |t| identity::confirm_password_reset(t, &ctx, &token, hash))
+            .await?;
+        self.broadcast_revoked(&revoked).await;
+        Ok(())
+    }
+
+    /// Start-up: move the ID generator past every stored ID and tell every shard which
+    /// sessions were revoked recently enough for their access tokens to still be alive.
+    pub async fn recover(self: &Rc<Self>) -> Result<(), Fail> {
+        if let Some(id) = self.read(identity::highest_id)? {
+            self.ids.borrow_mut().observe(id);
+        }
+        let since = now_ms().saturating_sub((self.cfg.access_token_ttl_s + 1) * 1000);
+        let revoked: Vec<u64> = self
+            .read(|r| identity::revoked_since(r, since))?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        self.broadcast_revoked(&revoked).await;
+        Ok(())
+    }
+
+    /// Housekeeping every minute: rate-limit state, the deny list, auth-log retention.
+    pub async fn housekeeping(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(60)).await;
+            if self.draining.fired() {
+                return;
+            }
+            self.limits.tidy();
+            self.tidy_revoked();
+            let before =
+                now_ms().saturating_sub(self.cfg.auth_log_retention_days * 24 * 3600 * 1000);
+            let pruned = self
+                .partition
+                .write(move |t| identity::prune_auth_logs(t, before, 1000))
+                .await;
+            if let Err(e) = pruned {
+                tracing::warn!(error = %e, "auth log pruning failed");
+            }
+        }
+    }
+}
