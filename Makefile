@@ -1,0 +1,42 @@
+# Nova: `make run` starts the server, `make test` runs every check, `make bench` measures.
+# Each target installs the Debian/Ubuntu packages it needs when they are missing.
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# ffmpeg's libraries (the media crate links them), clang for ffmpeg-next's bindings.
+BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libswscale-dev \
+	libswresample-dev libavfilter-dev libavdevice-dev clang libclang-dev pkg-config
+# taskset pins the server and the load generator to separate cores.
+BENCH_PACKAGES := util-linux
+
+.PHONY: run test bench lint deps bench-deps clean
+
+define install_missing
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+endef
+
+deps:
+	$(call install_missing,$(BUILD_PACKAGES))
+
+bench-deps: deps
+	$(call install_missing,$(BENCH_PACKAGES))
+
+run: deps
+	$(CARGO) run --release -p nova-shards --bin nova -- serve $(ARGS)
+
+test: deps lint
+	$(CARGO) test --workspace --all-targets
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: bench-deps
+	./scripts/bench.sh
+
+clean:
+	$(CARGO) clean
