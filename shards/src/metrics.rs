@@ -36,12 +36,17 @@ pub struct Metrics {
     latency: RefCell<HashMap<&'static str, Histogram>>,
 }
 
+/// Request counts by (route template, status).
+pub type RequestCounts = Vec<((&'static str, u16), u64)>;
+/// Latency histograms by route template.
+pub type Latencies = Vec<(&'static str, Histogram)>;
+
 /// One shard's numbers at one moment; sent across the mesh.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub shard: usize,
-    pub requests: Vec<((&'static str, u16), u64)>,
-    pub latency: Vec<(&'static str, Histogram)>,
+    pub requests: RequestCounts,
+    pub latency: Latencies,
     pub open_connections: usize,
     pub commit: CommitStatsSnapshot,
     pub mesh_queue_depth: usize,
@@ -61,12 +66,7 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn snapshot(
-        &self,
-    ) -> (
-        Vec<((&'static str, u16), u64)>,
-        Vec<(&'static str, Histogram)>,
-    ) {
+    pub fn snapshot(&self) -> (RequestCounts, Latencies) {
         let requests = self
             .requests
             .borrow()
