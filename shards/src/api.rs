@@ -83,8 +83,7 @@ pub async fn handle(
     let route = Route::find(req.method(), req.uri().path());
     let template = route.map_or("unmatched", Route::template);
     let span = tracing::info_span!("request", id = %request_id, route = template, shard = shard.id, user = tracing::field::Empty);
-    let timeout = Duration::from_millis(shard.cfg.request_timeout_ms);
-    let deadline = started + timeout;
+    let deadline = started + Duration::from_millis(shard.cfg.request_timeout_ms);
     let result = async {
         let route = match route {
             Ok(route) => route,
@@ -98,11 +97,9 @@ pub async fn handle(
             }
         };
         let work = dispatch(&shard, route, req, peer, deadline);
-        let timed = futures_lite::future::or(async { Some(work.await) }, async {
-            glommio::timer::sleep(timeout).await;
-            None
-        });
-        timed.await.unwrap_or_else(|| Err(Fail::Timeout.into()))
+        crate::shard::until(deadline, work)
+            .await
+            .unwrap_or_else(|| Err(Fail::Timeout.into()))
     }
     .instrument(span.clone())
     .await;

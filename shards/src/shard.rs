@@ -121,12 +121,7 @@ impl Shard {
                 Err(flume::TrySendError::Disconnected(_)) => return Err(Fail::Unavailable),
             }
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let answer = futures_lite::future::or(async { Some(rx.recv_async().await) }, async {
-            glommio::timer::sleep(remaining).await;
-            None
-        })
-        .await;
+        let answer = until(deadline, rx.recv_async()).await;
         match answer {
             Some(Ok(result)) => result,
             // The other side dropped the reply: its deadline check refused the work.
@@ -510,4 +505,25 @@ impl Shard {
             }
         }
     }
+}
+
+/// Runs `fut` until `deadline`: `None` if the deadline came first. The timer is made only if
+/// the future does not finish on its first poll, so requests answered at once (health,
+/// local reads) pay for no timer.
+pub async fn until<T>(deadline: Instant, fut: impl std::future::Future<Output = T>) -> Option<T> {
+    let mut fut = std::pin::pin!(fut);
+    let mut timer: Option<glommio::timer::Timer> = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(v));
+        }
+        let timer = timer.get_or_insert_with(|| {
+            glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
+        });
+        match std::future::Future::poll(std::pin::Pin::new(timer), cx) {
+            std::task::Poll::Ready(_) => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
 }
