@@ -23,6 +23,9 @@ use crate::mesh::ShardMsg;
 use crate::metrics::Metrics;
 use crate::shard::{Notify, Shard};
 
+/// Users kept in each shard's cache.
+const USERS_CACHED_MAX: usize = 100_000;
+
 /// Everything a shard thread is handed when it starts.
 struct ShardStart {
     id: usize,
@@ -226,6 +229,7 @@ async fn shard_main(start: ShardStart) {
         metrics: Metrics::default(),
         open_connections: Cell::new(0),
         revoked: RefCell::new(HashMap::new()),
+        users: RefCell::new(quick_cache::unsync::Cache::new(USERS_CACHED_MAX)),
         request_seq: Cell::new(0),
         draining: Notify::default(),
     });

@@ -79,6 +79,9 @@ pub struct Shard {
     pub open_connections: Cell<usize>,
     /// Revoked sessions -> the time (s) until which their access tokens must be refused.
     pub revoked: RefCell<HashMap<u64, u64>>,
+    /// Users this shard owns, by id: read on every authenticated `GET /v1/me`. Every change
+    /// to a user happens on this shard, which updates or drops the entry in the same step.
+    pub users: RefCell<quick_cache::unsync::Cache<u64, Rc<User>>>,
     pub request_seq: Cell<u64>,
     /// Fired when the shard starts draining: stop accepting, close idle connections.
     pub draining: Notify,
@@ -269,7 +272,7 @@ impl Shard {
                 let _ = reply.send(self.read(|r| identity::sessions_of(r, user_id)));
             }
             Op::GetUser { user_id, reply } => {
-                let _ = reply.send(self.read(|r| identity::user(r, user_id)));
+                let _ = reply.send(self.user(user_id));
             }
             Op::VerifyEmail { token, ip, reply } => {
                 let ctx = self.ctx(&ip);
@@ -308,6 +311,20 @@ impl Shard {
                 let _ = reply.send(Ok(self.snapshot()));
             }
         }
+    }
+
+    /// A user this shard owns, through the cache.
+    fn user(&self, user_id: u64) -> Result<Option<User>, Fail> {
+        if let Some(user) = self.users.borrow().get(&user_id) {
+            return Ok(Some(User::clone(user)));
+        }
+        let user = self.read(|r| identity::user(r, user_id))?;
+        if let Some(user) = &user {
+            self.users
+                .borrow_mut()
+                .insert(user_id, Rc::new(user.clone()));
+        }
+        Ok(user)
     }
 
     fn read<T>(
@@ -461,10 +478,11 @@ impl Shard {
         self.read(|r| identity::check_reset_token(r, &token, now_ms()))?;
         let hash = self.hasher.hash(password).await?;
         let ctx = self.ctx(&ip);
-        let (_, revoked) = self
+        let (user_id, revoked) = self
             .partition
             .write(move |t| identity::confirm_password_reset(t, &ctx, &token, hash))
             .await?;
+        self.users.borrow_mut().remove(&user_id);
         self.broadcast_revoked(&revoked).await;
         Ok(())
     }
