@@ -12,7 +12,7 @@ use http::header::{
     USER_AGENT,
 };
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
@@ -36,6 +36,8 @@ const REQUEST_ID_CHARS_MAX: usize = 64;
 const USER_AGENT_CHARS_MAX: usize = 256;
 /// Longest login (username or email) looked up; anything longer cannot exist.
 const LOGIN_BYTES_MAX: usize = 254;
+/// Bytes of an oversized body read and thrown away so that the 413 is delivered.
+const BODY_DRAIN_BYTES_MAX: u64 = 1024 * 1024;
 
 /// A successful answer.
 pub struct Reply {
@@ -264,26 +266,42 @@ async fn json_body<T: serde::de::DeserializeOwned>(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared.is_some_and(|n| n > BODY_DRAIN_BYTES_MAX) {
+        // Too big to be worth reading just to discard it: refuse now, the connection closes.
         return Err(too_large());
     }
-    let body = Limited::new(req.into_body(), max)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                too_large()
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    "the body could not be read",
-                )
-            }
+    // Read up to the limit; past it, keep reading (and discarding) up to the drain limit so
+    // that the 413 reaches the client before the connection closes. Closing a socket with
+    // unread input makes the kernel send a reset, which can destroy the answer in flight.
+    let mut over = declared.is_some_and(|n| n > max as u64);
+    let mut seen: u64 = 0;
+    let mut buf = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(max));
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                "the body could not be read",
+            )
         })?;
-    Ok(wire::parse_json(&body.to_bytes())?)
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if over || buf.len() + data.len() > max {
+            over = true;
+            if seen > BODY_DRAIN_BYTES_MAX {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&data);
+    }
+    if over {
+        return Err(too_large());
+    }
+    Ok(wire::parse_json(&buf)?)
 }
 
 fn authenticate(shard: &Shard, headers: &HeaderMap) -> Result<AccessClaims> {
