@@ -147,6 +147,11 @@ fn request_id(shard: &Shard, headers: &HeaderMap) -> String {
             return given.to_string();
         }
     }
+    new_request_id(shard)
+}
+
+/// A request id unique within this process: shard and sequence, in hex.
+pub fn new_request_id(shard: &Shard) -> String {
     let n = shard.request_seq.get() + 1;
     shard.request_seq.set(n);
     format!("{:x}-{n:x}", shard.id)

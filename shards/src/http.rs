@@ -135,7 +135,8 @@ pub async fn accept_loop(
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let _ = stream.set_nodelay(true);
         if shard.open_connections.get() >= shard.cfg.connections_per_shard_max {
-            glommio::spawn_local(refuse_overloaded(stream)).detach();
+            let request_id = api::new_request_id(&shard);
+            glommio::spawn_local(refuse_overloaded(stream, shard.id, request_id)).detach();
             continue;
         }
         shard.open_connections.set(shard.open_connections.get() + 1);
@@ -219,11 +220,11 @@ async fn serve_connection<T>(
 }
 
 /// Over the connection limit: answer 503 with Retry-After and close, without hyper.
-async fn refuse_overloaded(mut stream: TcpStream) {
+async fn refuse_overloaded(mut stream: TcpStream, shard: usize, request_id: String) {
     use futures_lite::AsyncWriteExt;
     let body = nova_protocol::error_body("overloaded", "too many connections; retry shortly");
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nx-request-id: {request_id}\r\nx-nova-shard: {shard}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
         body.len()
     );
     let write = async {
