@@ -29,6 +29,7 @@ const USERS_CACHED_MAX: usize = 100_000;
 /// Everything a shard thread is handed when it starts.
 struct ShardStart {
     id: usize,
+    boot_ms: u64,
     cfg: Arc<Config>,
     addr: SocketAddr,
     partition: Arc<Partition>,
@@ -42,6 +43,7 @@ struct ShardStart {
 }
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
+    let boot_ms = crate::shard::now_ms();
     let cfg = Arc::new(cfg);
     let n = cfg.shards;
     let data = DataDir::open(&cfg.data, n)?;
@@ -80,6 +82,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     for (k, inbox) in receivers.into_iter().enumerate() {
         let start = ShardStart {
             id: k,
+            boot_ms,
             cfg: Arc::clone(&cfg),
             addr,
             partition: Arc::clone(&partitions[k]),
@@ -192,6 +195,7 @@ fn wait_for_signal() -> anyhow::Result<()> {
 async fn shard_main(start: ShardStart) {
     let ShardStart {
         id,
+        boot_ms,
         cfg,
         addr,
         partition,
@@ -216,6 +220,7 @@ async fn shard_main(start: ShardStart) {
     };
     let shard = Rc::new(Shard {
         id,
+        boot_ms,
         shards: cfg.shards,
         limits: Limits::new(&cfg),
         cfg: Arc::clone(&cfg),

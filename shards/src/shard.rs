@@ -65,6 +65,8 @@ impl Notify {
 
 pub struct Shard {
     pub id: usize,
+    /// When this process started (ms since the epoch).
+    pub boot_ms: u64,
     pub shards: usize,
     pub cfg: Arc<Config>,
     pub partition: Arc<Partition>,
@@ -345,7 +347,10 @@ impl Shard {
         let existing: Option<EmailClaim> = self.read(|r| identity::email_claim(r, &email.key()))?;
         let mut replacing = None;
         if let Some(claim) = existing.filter(|c| c.user_id != user_id) {
-            let stale = now_ms().saturating_sub(claim.claimed_ms) > EMAIL_CLAIM_STALE_MS;
+            // A claim older than this process belongs to a registration that died with the
+            // previous one; a younger one may be a registration still in progress.
+            let stale = claim.claimed_ms < self.boot_ms
+                || now_ms().saturating_sub(claim.claimed_ms) > EMAIL_CLAIM_STALE_MS;
             if !stale {
                 return Err(CoreError::EmailTaken.into());
             }
