@@ -131,9 +131,7 @@ fn load_then_kill(server: Server, round: usize) -> (Server, Vec<Attempt>, Instan
 }
 
 /// Every acknowledged registration (and login) survived; every unanswered one is whole or
-/// absent (its email may still be held by a stale claim, collected in `stale_claims`).
-/// Returns the users that exist now.
-
+/// absent, its username and email both free again. Returns the users that exist now.
 fn verify(server: &Server, attempts: &[Attempt], killed_at: Instant) -> Vec<User> {
     let mut shards = [0usize; 2];
     let mut existing = Vec::new();
