@@ -10,10 +10,13 @@
 
 mod codec;
 pub mod communication;
+pub mod content;
 mod error;
+pub mod events;
 pub mod identity;
 mod ids;
 pub mod password;
+pub mod social;
 pub mod tokens;
 
 pub use error::{CoreError, Invalid};

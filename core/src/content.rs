@@ -1,0 +1,284 @@
+//! Content: posts (tables `posts`, `user_posts`, `post_idempotency`). A post lives on its
+//! author's shard (its id carries that shard).
+
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::{CoreError, Invalid};
+
+/// post id -> Post
+const POSTS: TableDefinition<u64, &[u8]> = TableDefinition::new("posts");
+/// (author, post id) -> () : the author's timeline
+const USER_POSTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("user_posts");
+/// (author, key) -> (post id, ms) : Idempotency-Key of a create, kept an hour
+const POST_IDEMPOTENCY: TableDefinition<(u64, &str), (u64, u64)> =
+    TableDefinition::new("post_idempotency");
+
+pub const TEXT_CHARS_MAX: usize = 5000;
+pub const MENTIONS_MAX: usize = 20;
+pub const HASHTAGS_MAX: usize = 30;
+pub const URLS_MAX: usize = 20;
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 3600 * 1000;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Visibility {
+    Public,
+    Followers,
+}
+
+impl Visibility {
+    pub fn parse(raw: &str) -> Result<Visibility, Invalid> {
+        match raw {
+            "public" => Ok(Visibility::Public),
+            "followers" => Ok(Visibility::Followers),
+            _ => Err(Invalid::new(
+                "invalid_visibility",
+                "visibility is public or followers",
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Public => "public",
+            Visibility::Followers => "followers",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mention {
+    pub user_id: u64,
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Link {
+    pub url: String,
+    pub short: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Post {
+    pub id: u64,
+    pub author_id: u64,
+    pub author_username: String,
+    pub author_display_name: String,
+    pub text: String,
+    pub visibility: Visibility,
+    pub reply_to: Option<u64>,
+    pub mentions: Vec<Mention>,
+    pub hashtags: Vec<String>,
+    pub urls: Vec<Link>,
+    pub created_ms: u64,
+    pub edited_ms: Option<u64>,
+    /// DeathStarBench's post_type (0 = post), kept for its API.
+    pub post_type: u32,
+    /// Shards this post was fanned out to, so a delete reaches the same feeds.
+    pub fanned_to: Vec<u16>,
+}
+
+/// Post text: trimmed, 1 to `TEXT_CHARS_MAX` characters, no control characters but newlines
+/// and tabs.
+pub fn parse_text(raw: &str) -> Result<String, Invalid> {
+    let text = raw.trim();
+    let len = text.chars().count();
+    if len == 0 || len > TEXT_CHARS_MAX {
+        return Err(Invalid::new(
+            "invalid_text",
+            format!("a post has 1 to {TEXT_CHARS_MAX} characters"),
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(Invalid::new(
+            "invalid_text",
+            "a post cannot contain control characters",
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// What a post's text refers to: `@names` (as written), `#tags` (lower-cased) and links.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Extracted {
+    pub mentions: Vec<String>,
+    pub hashtags: Vec<String>,
+    pub urls: Vec<String>,
+}
+
+/// Extracts mentions (`@` then `[A-Za-z0-9_-]+`), hashtags (`#` then letters, digits or
+/// `_`) and `http://`/`https://` links, each list deduplicated and capped.
+pub fn extract(text: &str) -> Extracted {
+    let mut out = Extracted::default();
+    for word in text.split(|c: char| c.is_whitespace()) {
+        if word.starts_with("http://") || word.starts_with("https://") {
+            let url = word.trim_end_matches(['.', ',', ')', '!', '?', ';', ':', '"', '\'']);
+            if url.len() > "https://".len()
+                && out.urls.len() < URLS_MAX
+                && !out.urls.iter().any(|u| u == url)
+            {
+                out.urls.push(url.to_string());
+            }
+            continue;
+        }
+        let mut rest = word;
+        while let Some(pos) = rest.find(['@', '#']) {
+            let sigil = rest.as_bytes()[pos];
+            let after = &rest[pos + 1..];
+            let end = after
+                .find(|c: char| !(c.is_alphanumeric() || c == '_' || (sigil == b'@' && c == '-')))
+                .unwrap_or(after.len());
+            let name = &after[..end];
+            if !name.is_empty() {
+                if sigil == b'@' {
+                    if name.is_ascii()
+                        && out.mentions.len() < MENTIONS_MAX
+                        && !out.mentions.iter().any(|m| m.eq_ignore_ascii_case(name))
+                    {
+                        out.mentions.push(name.to_string());
+                    }
+                } else {
+                    let tag = name.to_lowercase();
+                    if out.hashtags.len() < HASHTAGS_MAX && !out.hashtags.contains(&tag) {
+                        out.hashtags.push(tag);
+                    }
+                }
+            }
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
+pub fn post(read: &ReadTransaction, id: u64) -> Result<Option<Post>, CoreError> {
+    let table = match read.open_table(POSTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let value = table.get(id)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+/// The post an earlier create with this Idempotency-Key made, if within the window.
+pub fn idempotent_post(
+    read: &ReadTransaction,
+    author: u64,
+    key: &str,
+    now_ms: u64,
+) -> Result<Option<u64>, CoreError> {
+    let table = match read.open_table(POST_IDEMPOTENCY) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let value = table.get((author, key))?;
+    Ok(value
+        .map(|v| v.value())
+        .filter(|(_, at)| now_ms.saturating_sub(*at) < IDEMPOTENCY_WINDOW_MS)
+        .map(|(id, _)| id))
+}
+
+/// Stores a new post (validated by the caller) and indexes it in the author's timeline.
+pub fn insert_post(
+    txn: &WriteTransaction,
+    post: &Post,
+    idempotency_key: Option<&str>,
+) -> Result<(), CoreError> {
+    txn.open_table(POSTS)?
+        .insert(post.id, encode(post).as_slice())?;
+    txn.open_table(USER_POSTS)?
+        .insert((post.author_id, post.id), ())?;
+    if let Some(key) = idempotency_key {
+        txn.open_table(POST_IDEMPOTENCY)?
+            .insert((post.author_id, key), (post.id, post.created_ms))?;
+    }
+    Ok(())
+}
+
+/// Deletes the author's post; someone else's or a missing one is `NotFound`.
+pub fn delete_post(txn: &WriteTransaction, author: u64, id: u64) -> Result<Post, CoreError> {
+    let mut posts = txn.open_table(POSTS)?;
+    let post: Post = match posts.get(id)? {
+        Some(v) => decode(v.value())?,
+        None => return Err(CoreError::NotFound),
+    };
+    if post.author_id != author {
+        return Err(CoreError::NotFound);
+    }
+    posts.remove(id)?;
+    txn.open_table(USER_POSTS)?.remove((author, id))?;
+    Ok(post)
+}
+
+/// A page of `author`'s post ids, newest first, strictly between `min_id` and `max_id`.
+pub fn user_post_ids(
+    read: &ReadTransaction,
+    author: u64,
+    max_id: Option<u64>,
+    min_id: Option<u64>,
+    limit: usize,
+) -> Result<Vec<u64>, CoreError> {
+    let table = match read.open_table(USER_POSTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let low = min_id.map_or(0, |m| m.saturating_add(1));
+    let high = max_id.map_or(u64::MAX, |m| m.saturating_sub(1));
+    if low > high {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::with_capacity(limit);
+    if min_id.is_some() && max_id.is_none() {
+        // The page just above min_id, still returned newest first.
+        for row in table.range((author, low)..=(author, high))?.take(limit) {
+            out.push(row?.0.value().1);
+        }
+        out.reverse();
+    } else {
+        for row in table
+            .range((author, low)..=(author, high))?
+            .rev()
+            .take(limit)
+        {
+            out.push(row?.0.value().1);
+        }
+    }
+    Ok(out)
+}
+
+/// How many posts `author` has (counted over the timeline index).
+pub fn posts_count(read: &ReadTransaction, author: u64, cap: usize) -> Result<u64, CoreError> {
+    let table = match read.open_table(USER_POSTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table
+        .range((author, 0)..=(author, u64::MAX))?
+        .take(cap)
+        .count() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extraction() {
+        let e = extract("hi @Bob and @bob, @al-ice! #Rust #rust #día see https://x.org/a?b=1. (https://y.io) mail a@b.c");
+        assert_eq!(e.mentions, vec!["Bob", "al-ice", "b"]);
+        assert_eq!(e.hashtags, vec!["rust", "día"]);
+        assert_eq!(e.urls, vec!["https://x.org/a?b=1"]);
+        assert!(parse_text("   ").is_err());
+        assert!(parse_text(&"x".repeat(5001)).is_err());
+        assert!(parse_text("a\u{0}b").is_err());
+        assert_eq!(parse_text(" hi\nthere ").unwrap(), "hi\nthere");
+    }
+}

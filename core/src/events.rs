@@ -1,0 +1,162 @@
+//! Events and the transactional outbox.
+//!
+//! A domain change and the events it causes are written in one write transaction: the
+//! change, an `event_store` row (the append-only history) and, for every other shard that
+//! must react, an `event_outbox` row addressed to it. The engine's relay delivers outbox rows;
+//! the target applies each event at most once (`event_applied` remembers its id, in the same
+//! transaction as the effect) and acknowledges; then the source deletes the row. Undelivered
+//! rows survive a crash and are sent again after restart.
+
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::content::Post;
+use crate::CoreError;
+
+/// (ms, event id) -> Event : the history, pruned by retention
+const EVENT_STORE: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("event_store");
+/// (target shard, event id) -> Event : waiting for delivery
+const EVENT_OUTBOX: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("event_outbox");
+/// event id -> ms applied : dedupe on the receiving side
+const EVENT_APPLIED: TableDefinition<u64, u64> = TableDefinition::new("event_applied");
+
+/// Something that happened, as other shards need to hear it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum Event {
+    /// `follower` (on the source shard) now follows `followee` (on the target).
+    Followed {
+        follower: u64,
+        followee: u64,
+    },
+    Unfollowed {
+        follower: u64,
+        followee: u64,
+    },
+    /// `blocker` blocked `blocked`: follows both ways end.
+    Blocked {
+        blocker: u64,
+        blocked: u64,
+    },
+    Unblocked {
+        blocker: u64,
+        blocked: u64,
+    },
+    /// A new post, for the home feeds of the target shard's followers of the author and the
+    /// users it mentions there.
+    PostCreated {
+        post: Post,
+    },
+    /// A deleted post leaves every feed it reached.
+    PostDeleted {
+        post_id: u64,
+        author: u64,
+    },
+}
+
+/// Appends `event` to the history and queues it for each shard in `targets`.
+pub fn record(
+    txn: &WriteTransaction,
+    id: u64,
+    now_ms: u64,
+    event: &Event,
+    targets: &[usize],
+) -> Result<(), CoreError> {
+    let bytes = encode(event);
+    txn.open_table(EVENT_STORE)?
+        .insert((now_ms, id), bytes.as_slice())?;
+    if !targets.is_empty() {
+        let mut outbox = txn.open_table(EVENT_OUTBOX)?;
+        for target in targets {
+            outbox.insert((*target as u32, id), bytes.as_slice())?;
+        }
+    }
+    Ok(())
+}
+
+/// Up to `limit` undelivered events for `target`, oldest first.
+pub fn pending(
+    read: &ReadTransaction,
+    target: usize,
+    limit: usize,
+) -> Result<Vec<(u64, Event)>, CoreError> {
+    let table = match read.open_table(EVENT_OUTBOX) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let t = target as u32;
+    let mut out = Vec::new();
+    for row in table.range((t, 0)..=(t, u64::MAX))?.take(limit) {
+        let (key, value) = row?;
+        out.push((key.value().1, decode(value.value())?));
+    }
+    Ok(out)
+}
+
+/// The shards that have undelivered events.
+pub fn pending_targets(read: &ReadTransaction) -> Result<Vec<usize>, CoreError> {
+    let table = match read.open_table(EVENT_OUTBOX) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    let mut next = 0u32;
+    // Skip from one target to the next instead of walking every row.
+    while let Some(row) = table.range((next, 0)..)?.next() {
+        let (key, _) = row?;
+        let target = key.value().0;
+        out.push(target as usize);
+        match target.checked_add(1) {
+            Some(n) => next = n,
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes delivered events from the outbox.
+pub fn acknowledge(txn: &WriteTransaction, target: usize, ids: &[u64]) -> Result<(), CoreError> {
+    let mut outbox = txn.open_table(EVENT_OUTBOX)?;
+    for id in ids {
+        outbox.remove((target as u32, *id))?;
+    }
+    Ok(())
+}
+
+/// Records that event `id` is being applied here; false when it already was (apply nothing).
+pub fn first_application(txn: &WriteTransaction, id: u64, now_ms: u64) -> Result<bool, CoreError> {
+    let mut applied = txn.open_table(EVENT_APPLIED)?;
+    if applied.get(id)?.is_some() {
+        return Ok(false);
+    }
+    applied.insert(id, now_ms)?;
+    Ok(true)
+}
+
+/// Deletes history and dedupe rows older than `before_ms` (at most `max` of each).
+pub fn prune(txn: &WriteTransaction, before_ms: u64, max: usize) -> Result<usize, CoreError> {
+    let mut store = txn.open_table(EVENT_STORE)?;
+    let old: Vec<(u64, u64)> = store
+        .range(..(before_ms, 0))?
+        .take(max)
+        .map(|r| r.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
+    for key in &old {
+        store.remove(key)?;
+    }
+    let mut applied = txn.open_table(EVENT_APPLIED)?;
+    let stale: Vec<u64> = applied
+        .iter()?
+        .filter_map(|r| {
+            r.ok()
+                .and_then(|(k, v)| (v.value() < before_ms).then(|| k.value()))
+        })
+        .take(max)
+        .collect();
+    for id in &stale {
+        applied.remove(id)?;
+    }
+    Ok(old.len() + stale.len())
+}

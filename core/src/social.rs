@@ -1,0 +1,398 @@
+//! The social graph and home feeds (tables `follows`, `followers`, `followers_local`,
+//! `blocks`, `blocked_by`, `feed_items`, `feed_posts`).
+//!
+//! Placement: every relation is stored on the shards of both users, each side written by its
+//! own shard: `follows` (follower, followee) and `blocks` (blocker, blocked) on the acting
+//! user's shard, in the same transaction as the event; `followers` (followee, follower) and
+//! `blocked_by` (blocked, blocker) on the other user's shard, when the event is applied
+//! there. So every question about one user ("does R follow me? did I block R, or R me?") is
+//! answered by that user's own shard.
+//!
+//! Home feeds are durable (`feed_items`, on the reader's shard), filled when a post's event
+//! is applied, and filtered at read time by the reader's current follows and blocks.
+
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::content::Post;
+use crate::CoreError;
+
+/// (follower, followee) -> ms : on the follower's shard
+const FOLLOWS: TableDefinition<(u64, u64), u64> = TableDefinition::new("follows");
+/// (followee, follower) -> ms : on the follower's shard, to find local followers of an author
+const FOLLOWERS_LOCAL: TableDefinition<(u64, u64), ()> = TableDefinition::new("followers_local");
+/// (followee, follower) -> ms : on the followee's shard
+const FOLLOWERS: TableDefinition<(u64, u64), u64> = TableDefinition::new("followers");
+/// (blocker, blocked) -> ms : on the blocker's shard
+const BLOCKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocks");
+/// (blocked, blocker) -> ms : on the blocked user's shard
+const BLOCKED_BY: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocked_by");
+/// (reader, post id) -> FeedItem : on the reader's shard
+const FEED_ITEMS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("feed_items");
+/// (post id, reader) -> () : which local feeds hold a post, for deletes
+const FEED_POSTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("feed_posts");
+/// user id -> (followers, following) counts, each kept on the shard that owns that side
+const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("social_counts");
+
+/// Why a post is in a feed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Reason {
+    Own,
+    Followed,
+    Mentioned,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FeedItem {
+    pub reason: Reason,
+    pub post: Post,
+}
+
+macro_rules! open_read {
+    ($read:expr, $def:expr, $empty:expr) => {
+        match $read.open_table($def) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok($empty),
+            Err(e) => return Err(e.into()),
+        }
+    };
+}
+
+pub fn follows(read: &ReadTransaction, follower: u64, followee: u64) -> Result<bool, CoreError> {
+    let t = open_read!(read, FOLLOWS, false);
+    let found = t.get((follower, followee))?.is_some();
+    Ok(found)
+}
+
+pub fn is_follower(
+    read: &ReadTransaction,
+    followee: u64,
+    follower: u64,
+) -> Result<bool, CoreError> {
+    let t = open_read!(read, FOLLOWERS, false);
+    let found = t.get((followee, follower))?.is_some();
+    Ok(found)
+}
+
+/// True when either user blocked the other, asked on the shard of `user`.
+pub fn blocked_either_way(
+    read: &ReadTransaction,
+    user: u64,
+    other: u64,
+) -> Result<bool, CoreError> {
+    let blocks = open_read!(read, BLOCKS, false);
+    if blocks.get((user, other))?.is_some() {
+        return Ok(true);
+    }
+    let by = open_read!(read, BLOCKED_BY, false);
+    let found = by.get((user, other))?.is_some();
+    Ok(found)
+}
+
+/// (followers, following) of a user, on its shard.
+pub fn counts(read: &ReadTransaction, user: u64) -> Result<(u64, u64), CoreError> {
+    let t = open_read!(read, COUNTS, (0, 0));
+    let c = t.get(user)?.map(|v| v.value()).unwrap_or((0, 0));
+    Ok(c)
+}
+
+fn bump(
+    txn: &WriteTransaction,
+    user: u64,
+    followers: i64,
+    following: i64,
+) -> Result<(), CoreError> {
+    let mut t = txn.open_table(COUNTS)?;
+    let (a, b) = t.get(user)?.map(|v| v.value()).unwrap_or((0, 0));
+    let next = (
+        a.saturating_add_signed(followers),
+        b.saturating_add_signed(following),
+    );
+    t.insert(user, next)?;
+    Ok(())
+}
+
+/// A page of ids from a (user, other) index, in insertion-key order: `followers` (who
+/// follows `user`) or `following` (whom `user` follows).
+pub fn page(
+    read: &ReadTransaction,
+    user: u64,
+    followers_side: bool,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<u64>, CoreError> {
+    let def = if followers_side { FOLLOWERS } else { FOLLOWS };
+    let t = open_read!(read, def, Vec::new());
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    let mut out = Vec::with_capacity(limit);
+    for row in t.range((user, start)..=(user, u64::MAX))?.take(limit) {
+        out.push(row?.0.value().1);
+    }
+    Ok(out)
+}
+
+/// On the follower's shard. Returns false when it already held (nothing written).
+pub fn follow(
+    txn: &WriteTransaction,
+    follower: u64,
+    followee: u64,
+    now_ms: u64,
+) -> Result<bool, CoreError> {
+    let mut f = txn.open_table(FOLLOWS)?;
+    if f.get((follower, followee))?.is_some() {
+        return Ok(false);
+    }
+    f.insert((follower, followee), now_ms)?;
+    txn.open_table(FOLLOWERS_LOCAL)?
+        .insert((followee, follower), ())?;
+    drop(f);
+    bump(txn, follower, 0, 1)?;
+    Ok(true)
+}
+
+/// On the follower's shard. Returns false when there was nothing to undo.
+pub fn unfollow(txn: &WriteTransaction, follower: u64, followee: u64) -> Result<bool, CoreError> {
+    let removed = txn
+        .open_table(FOLLOWS)?
+        .remove((follower, followee))?
+        .is_some();
+    if removed {
+        txn.open_table(FOLLOWERS_LOCAL)?
+            .remove((followee, follower))?;
+        bump(txn, follower, 0, -1)?;
+    }
+    Ok(removed)
+}
+
+/// On the followee's shard, applying `Followed`.
+pub fn add_follower(
+    txn: &WriteTransaction,
+    followee: u64,
+    follower: u64,
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    if txn.open_table(BLOCKS)?.get((followee, follower))?.is_some() {
+        // Blocked while the event was in flight: the block wins.
+        return Ok(());
+    }
+    if txn
+        .open_table(FOLLOWERS)?
+        .insert((followee, follower), now_ms)?
+        .is_none()
+    {
+        bump(txn, followee, 1, 0)?;
+    }
+    Ok(())
+}
+
+/// On the followee's shard, applying `Unfollowed`.
+pub fn remove_follower(
+    txn: &WriteTransaction,
+    followee: u64,
+    follower: u64,
+) -> Result<(), CoreError> {
+    if txn
+        .open_table(FOLLOWERS)?
+        .remove((followee, follower))?
+        .is_some()
+    {
+        bump(txn, followee, -1, 0)?;
+    }
+    Ok(())
+}
+
+/// On the blocker's shard: record the block and end follows in both directions on this side.
+/// Returns false when the block already held.
+pub fn block(
+    txn: &WriteTransaction,
+    blocker: u64,
+    blocked: u64,
+    now_ms: u64,
+) -> Result<bool, CoreError> {
+    if txn
+        .open_table(BLOCKS)?
+        .insert((blocker, blocked), now_ms)?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    unfollow(txn, blocker, blocked)?;
+    remove_follower(txn, blocker, blocked)?;
+    Ok(true)
+}
+
+pub fn unblock(txn: &WriteTransaction, blocker: u64, blocked: u64) -> Result<bool, CoreError> {
+    Ok(txn
+        .open_table(BLOCKS)?
+        .remove((blocker, blocked))?
+        .is_some())
+}
+
+/// On the blocked user's shard, applying `Blocked`: mirror it and end follows this side.
+pub fn apply_blocked(
+    txn: &WriteTransaction,
+    blocker: u64,
+    blocked: u64,
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    txn.open_table(BLOCKED_BY)?
+        .insert((blocked, blocker), now_ms)?;
+    unfollow(txn, blocked, blocker)?;
+    remove_follower(txn, blocked, blocker)?;
+    Ok(())
+}
+
+pub fn apply_unblocked(
+    txn: &WriteTransaction,
+    blocker: u64,
+    blocked: u64,
+) -> Result<(), CoreError> {
+    txn.open_table(BLOCKED_BY)?.remove((blocked, blocker))?;
+    Ok(())
+}
+
+/// The shards holding followers of `author` (asked on the author's shard), with cap.
+pub fn follower_shards(
+    read: &ReadTransaction,
+    author: u64,
+    shard_of: impl Fn(u64) -> usize,
+    cap: usize,
+) -> Result<Vec<usize>, CoreError> {
+    let t = open_read!(read, FOLLOWERS, Vec::new());
+    let mut out: Vec<usize> = Vec::new();
+    for row in t.range((author, 0)..=(author, u64::MAX))?.take(cap) {
+        let s = shard_of(row?.0.value().1);
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    Ok(out)
+}
+
+/// Puts `post` into the feeds of this shard's followers of its author, of `also` (users on
+/// this shard it mentions, who have not blocked the author) and of the author if local.
+pub fn fan_out(
+    txn: &WriteTransaction,
+    post: &Post,
+    author_here: bool,
+    mentioned_here: &[u64],
+) -> Result<(), CoreError> {
+    let mut readers: Vec<(u64, Reason)> = Vec::new();
+    if author_here {
+        readers.push((post.author_id, Reason::Own));
+    }
+    {
+        let local = txn.open_table(FOLLOWERS_LOCAL)?;
+        for row in local.range((post.author_id, 0)..=(post.author_id, u64::MAX))? {
+            readers.push((row?.0.value().1, Reason::Followed));
+        }
+    }
+    {
+        let blocks = txn.open_table(BLOCKS)?;
+        let by = txn.open_table(BLOCKED_BY)?;
+        for user in mentioned_here {
+            let blocked = blocks.get((*user, post.author_id))?.is_some()
+                || by.get((*user, post.author_id))?.is_some();
+            if !blocked && !readers.iter().any(|(r, _)| r == user) {
+                readers.push((*user, Reason::Mentioned));
+            }
+        }
+    }
+    let mut items = txn.open_table(FEED_ITEMS)?;
+    let mut index = txn.open_table(FEED_POSTS)?;
+    for (reader, reason) in readers {
+        let item = FeedItem {
+            reason,
+            post: post.clone(),
+        };
+        items.insert((reader, post.id), encode(&item).as_slice())?;
+        index.insert((post.id, reader), ())?;
+    }
+    Ok(())
+}
+
+/// Removes a post from every feed on this shard.
+pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
+    let mut index = txn.open_table(FEED_POSTS)?;
+    let readers: Vec<u64> = index
+        .range((post_id, 0)..=(post_id, u64::MAX))?
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    let mut items = txn.open_table(FEED_ITEMS)?;
+    for reader in readers {
+        items.remove((reader, post_id))?;
+        index.remove((post_id, reader))?;
+    }
+    Ok(())
+}
+
+/// A page of `reader`'s home feed, newest first, strictly between `min_id` and `max_id`,
+/// keeping only items the reader may still see (own posts, posts of people it follows now,
+/// mentions), never anything across a block. Scans at most `scan_max` rows; returns the items
+/// and the last id scanned (the cursor when the scan stopped early).
+pub fn home(
+    read: &ReadTransaction,
+    reader: u64,
+    max_id: Option<u64>,
+    min_id: Option<u64>,
+    limit: usize,
+    scan_max: usize,
+) -> Result<(Vec<Post>, Option<u64>), CoreError> {
+    let items = open_read!(read, FEED_ITEMS, (Vec::new(), None));
+    let low = min_id.map_or(0, |m| m.saturating_add(1));
+    let high = max_id.map_or(u64::MAX, |m| m.saturating_sub(1));
+    if low > high {
+        return Ok((Vec::new(), None));
+    }
+    let follows_t = read.open_table(FOLLOWS).ok();
+    let blocks_t = read.open_table(BLOCKS).ok();
+    let by_t = read.open_table(BLOCKED_BY).ok();
+    let mut out = Vec::with_capacity(limit);
+    let mut last = None;
+    let range = items.range((reader, low)..=(reader, high))?;
+    let rows: Box<dyn Iterator<Item = _>> = if min_id.is_some() && max_id.is_none() {
+        Box::new(range)
+    } else {
+        Box::new(range.rev())
+    };
+    for row in rows.take(scan_max) {
+        let (key, value) = row?;
+        last = Some(key.value().1);
+        let item: FeedItem = decode(value.value())?;
+        let author = item.post.author_id;
+        let keep = match item.reason {
+            Reason::Own => true,
+            Reason::Followed => match &follows_t {
+                Some(t) => t.get((reader, author))?.is_some(),
+                None => false,
+            },
+            Reason::Mentioned => true,
+        };
+        let blocked = author != reader
+            && (match &blocks_t {
+                Some(t) => t.get((reader, author))?.is_some(),
+                None => false,
+            } || match &by_t {
+                Some(t) => t.get((reader, author))?.is_some(),
+                None => false,
+            });
+        if keep && !blocked {
+            out.push(item.post);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    if min_id.is_some() && max_id.is_none() {
+        out.reverse();
+    }
+    Ok((out, last))
+}
+
+/// Does `user`'s feed on this shard hold this post (for tests and checks)?
+pub fn feed_has(read: &ReadTransaction, user: u64, post_id: u64) -> Result<bool, CoreError> {
+    let t = open_read!(read, FEED_ITEMS, false);
+    let found = t.get((user, post_id))?.is_some();
+    Ok(found)
+}
