@@ -76,6 +76,10 @@ pub struct Post {
     pub edited_ms: Option<u64>,
     /// DeathStarBench's post_type (0 = post), kept for its API.
     pub post_type: u32,
+    /// (media id, media type) as DeathStarBench's compose sends them.
+    pub media: Vec<(String, String)>,
+    /// The author's id in the client's own numbering (DeathStarBench), when it has one.
+    pub author_external_id: Option<u64>,
     /// Shards this post was fanned out to, so a delete reaches the same feeds.
     pub fanned_to: Vec<u16>,
 }
@@ -177,6 +181,21 @@ pub fn idempotent_post(
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    let value = table.get((author, key))?;
+    Ok(value
+        .map(|v| v.value())
+        .filter(|(_, at)| now_ms.saturating_sub(*at) < IDEMPOTENCY_WINDOW_MS)
+        .map(|(id, _)| id))
+}
+
+/// `idempotent_post` inside a write transaction (sees the batch's own earlier creates).
+pub fn idempotent_post_in(
+    txn: &WriteTransaction,
+    author: u64,
+    key: &str,
+    now_ms: u64,
+) -> Result<Option<u64>, CoreError> {
+    let table = txn.open_table(POST_IDEMPOTENCY)?;
     let value = table.get((author, key))?;
     Ok(value
         .map(|v| v.value())

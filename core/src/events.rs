@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
 use crate::content::Post;
+use crate::social;
 use crate::CoreError;
 
 /// (ms, event id) -> Event : the history, pruned by retention
@@ -159,4 +160,41 @@ pub fn prune(txn: &WriteTransaction, before_ms: u64, max: usize) -> Result<usize
         applied.remove(id)?;
     }
     Ok(old.len() + stale.len())
+}
+
+/// Applies an event delivered to this shard, at most once: `false` when it was applied
+/// before (nothing done). `here` tells whether a user lives on this shard.
+pub fn apply(
+    txn: &WriteTransaction,
+    id: u64,
+    now_ms: u64,
+    event: &Event,
+    here: impl Fn(u64) -> bool,
+) -> Result<bool, CoreError> {
+    if !first_application(txn, id, now_ms)? {
+        return Ok(false);
+    }
+    match event {
+        Event::Followed { follower, followee } => {
+            social::add_follower(txn, *followee, *follower, now_ms)?
+        }
+        Event::Unfollowed { follower, followee } => {
+            social::remove_follower(txn, *followee, *follower)?
+        }
+        Event::Blocked { blocker, blocked } => {
+            social::apply_blocked(txn, *blocker, *blocked, now_ms)?
+        }
+        Event::Unblocked { blocker, blocked } => social::apply_unblocked(txn, *blocker, *blocked)?,
+        Event::PostCreated { post } => {
+            let mentioned: Vec<u64> = post
+                .mentions
+                .iter()
+                .map(|m| m.user_id)
+                .filter(|u| here(*u))
+                .collect();
+            social::fan_out(txn, post, false, &mentioned)?;
+        }
+        Event::PostDeleted { post_id, .. } => social::unfan(txn, *post_id)?,
+    }
+    Ok(true)
 }

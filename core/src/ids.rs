@@ -15,6 +15,11 @@ pub fn shard_of(id: u64) -> usize {
     ((id >> SEQ_BITS) & (SHARDS_MAX as u64 - 1)) as usize
 }
 
+/// When the object with this ID was made (ms since the Unix epoch).
+pub fn id_ms(id: u64) -> u64 {
+    (id >> (SHARD_BITS + SEQ_BITS)) + ID_EPOCH_MS
+}
+
 /// The shard that owns a lookup key (a lower-cased username or email). FNV-1a: stable across
 /// builds and platforms, which `std`'s hasher does not promise.
 pub fn shard_for_key(key: &str, shards: usize) -> usize {

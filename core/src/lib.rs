@@ -20,4 +20,4 @@ pub mod social;
 pub mod tokens;
 
 pub use error::{CoreError, Invalid};
-pub use ids::{shard_for_key, shard_of, IdGen, ID_EPOCH_MS, SHARDS_MAX};
+pub use ids::{id_ms, shard_for_key, shard_of, IdGen, ID_EPOCH_MS, SHARDS_MAX};

@@ -330,7 +330,8 @@ pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
 /// A page of `reader`'s home feed, newest first, strictly between `min_id` and `max_id`,
 /// keeping only items the reader may still see (own posts, posts of people it follows now,
 /// mentions), never anything across a block. Scans at most `scan_max` rows; returns the items
-/// and the last id scanned (the cursor when the scan stopped early).
+/// and, when the scan stopped at that cap before filling the page, the last id scanned (the
+/// cursor to continue from).
 pub fn home(
     read: &ReadTransaction,
     reader: u64,
@@ -350,6 +351,7 @@ pub fn home(
     let by_t = read.open_table(BLOCKED_BY).ok();
     let mut out = Vec::with_capacity(limit);
     let mut last = None;
+    let mut scanned = 0;
     let range = items.range((reader, low)..=(reader, high))?;
     let rows: Box<dyn Iterator<Item = _>> = if min_id.is_some() && max_id.is_none() {
         Box::new(range)
@@ -359,6 +361,7 @@ pub fn home(
     for row in rows.take(scan_max) {
         let (key, value) = row?;
         last = Some(key.value().1);
+        scanned += 1;
         let item: FeedItem = decode(value.value())?;
         let author = item.post.author_id;
         let keep = match item.reason {
@@ -387,7 +390,12 @@ pub fn home(
     if min_id.is_some() && max_id.is_none() {
         out.reverse();
     }
-    Ok((out, last))
+    let more_from = if scanned >= scan_max && out.len() < limit {
+        last
+    } else {
+        None
+    };
+    Ok((out, more_from))
 }
 
 /// Does `user`'s feed on this shard hold this post (for tests and checks)?

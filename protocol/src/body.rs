@@ -114,3 +114,113 @@ pub struct List<T> {
 pub struct Status {
     pub status: &'static str,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePostRequest {
+    pub text: String,
+    #[serde(default)]
+    pub visibility: Option<String>,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+    #[serde(default)]
+    pub media_ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UserBrief {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MentionView {
+    pub id: String,
+    pub username: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkView {
+    pub url: String,
+    pub short: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PostView {
+    pub id: String,
+    pub author: UserBrief,
+    pub text: String,
+    pub visibility: &'static str,
+    pub reply_to: Option<String>,
+    pub mentions: Vec<MentionView>,
+    pub hashtags: Vec<String>,
+    pub urls: Vec<LinkView>,
+    pub media_ids: Vec<String>,
+    pub created_at: String,
+    pub edited_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PostEnvelope {
+    pub post: PostView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProfileView {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub bio: String,
+    pub created_at: String,
+    pub followers_count: u64,
+    pub following_count: u64,
+    pub posts_count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProfileEnvelope {
+    pub user: ProfileView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Following {
+    pub following: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Blocking {
+    pub blocking: bool,
+}
+
+/// DeathStarBench's post, as its clients read it.
+#[derive(Debug, Serialize)]
+pub struct DsbPost {
+    pub post_id: String,
+    pub creator: DsbCreator,
+    pub req_id: String,
+    pub text: String,
+    pub user_mentions: Vec<DsbCreator>,
+    pub media: Vec<DsbMedia>,
+    pub urls: Vec<DsbUrl>,
+    pub timestamp: String,
+    pub post_type: u32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DsbCreator {
+    pub user_id: String,
+    pub username: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DsbMedia {
+    pub media_id: String,
+    pub media_type: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DsbUrl {
+    pub shortened_url: String,
+    pub expanded_url: String,
+}

@@ -18,6 +18,25 @@ pub enum Route {
     RevokeSession(u64),
     Me,
     AdminEmails,
+    UserById(u64),
+    UserByName,
+    Follow(u64),
+    Unfollow(u64),
+    Followers(u64),
+    Following(u64),
+    Block(u64),
+    Unblock(u64),
+    UserPosts(u64),
+    CreatePost,
+    GetPost(u64),
+    DeletePost(u64),
+    HomeTimeline,
+    DsbRegister,
+    DsbFollow,
+    DsbUnfollow,
+    DsbCompose,
+    DsbUserTimeline,
+    DsbHomeTimeline,
 }
 
 /// Why no route matched.
@@ -42,6 +61,25 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/sessions/{id}"),
     ("GET", "/v1/me"),
     ("GET", "/v1/admin/emails"),
+    ("GET", "/v1/users/{id}"),
+    ("GET", "/v1/users/@{username}"),
+    ("POST", "/v1/users/{id}/follow"),
+    ("DELETE", "/v1/users/{id}/follow"),
+    ("GET", "/v1/users/{id}/followers"),
+    ("GET", "/v1/users/{id}/following"),
+    ("POST", "/v1/users/{id}/block"),
+    ("DELETE", "/v1/users/{id}/block"),
+    ("GET", "/v1/users/{id}/posts"),
+    ("POST", "/v1/posts"),
+    ("GET", "/v1/posts/{id}"),
+    ("DELETE", "/v1/posts/{id}"),
+    ("GET", "/v1/timelines/home"),
+    ("POST", "/wrk2-api/user/register"),
+    ("POST", "/wrk2-api/user/follow"),
+    ("POST", "/wrk2-api/user/unfollow"),
+    ("POST", "/wrk2-api/post/compose"),
+    ("GET", "/wrk2-api/user-timeline/read"),
+    ("GET", "/wrk2-api/home-timeline/read"),
 ];
 
 impl Route {
@@ -70,14 +108,57 @@ impl Route {
             "/v1/sessions/current" => one(Logout, Method::DELETE),
             "/v1/me" => one(Me, Method::GET),
             "/v1/admin/emails" => one(AdminEmails, Method::GET),
-            _ => match path.strip_prefix("/v1/sessions/") {
-                Some(id) => match id.parse::<u64>() {
-                    Ok(id) => one(RevokeSession(id), Method::DELETE),
-                    Err(_) => Err(RouteMiss::NotFound),
-                },
-                None => Err(RouteMiss::NotFound),
-            },
+            "/v1/posts" => one(CreatePost, Method::POST),
+            "/v1/timelines/home" => one(HomeTimeline, Method::GET),
+            "/wrk2-api/user/register" => one(DsbRegister, Method::POST),
+            "/wrk2-api/user/follow" => one(DsbFollow, Method::POST),
+            "/wrk2-api/user/unfollow" => one(DsbUnfollow, Method::POST),
+            "/wrk2-api/post/compose" => one(DsbCompose, Method::POST),
+            "/wrk2-api/user-timeline/read" => one(DsbUserTimeline, Method::GET),
+            "/wrk2-api/home-timeline/read" => one(DsbHomeTimeline, Method::GET),
+            _ => Route::find_with_id(method, path),
         }
+    }
+
+    fn find_with_id(method: &Method, path: &str) -> Result<Route, RouteMiss> {
+        use Route::*;
+        let by_method = |get: Option<Route>, post: Option<Route>, delete: Option<Route>| {
+            let found = match *method {
+                Method::GET => get,
+                Method::POST => post,
+                Method::DELETE => delete,
+                _ => None,
+            };
+            found.ok_or(RouteMiss::MethodNotAllowed)
+        };
+        if let Some(rest) = path.strip_prefix("/v1/sessions/") {
+            let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return by_method(None, None, Some(RevokeSession(id)));
+        }
+        if let Some(rest) = path.strip_prefix("/v1/posts/") {
+            let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return by_method(Some(GetPost(id)), None, Some(DeletePost(id)));
+        }
+        if let Some(rest) = path.strip_prefix("/v1/users/") {
+            if let Some(name) = rest.strip_prefix('@') {
+                if name.is_empty() || name.contains('/') {
+                    return Err(RouteMiss::NotFound);
+                }
+                return by_method(Some(UserByName), None, None);
+            }
+            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return match tail {
+                "" => by_method(Some(UserById(id)), None, None),
+                "follow" => by_method(None, Some(Follow(id)), Some(Unfollow(id))),
+                "block" => by_method(None, Some(Block(id)), Some(Unblock(id))),
+                "followers" => by_method(Some(Followers(id)), None, None),
+                "following" => by_method(Some(Following(id)), None, None),
+                "posts" => by_method(Some(UserPosts(id)), None, None),
+                _ => Err(RouteMiss::NotFound),
+            };
+        }
+        Err(RouteMiss::NotFound)
     }
 
     /// The route template, as in `ROUTES` and docs/openapi.yaml.
@@ -96,6 +177,22 @@ impl Route {
             RevokeSession(_) => "/v1/sessions/{id}",
             Me => "/v1/me",
             AdminEmails => "/v1/admin/emails",
+            UserById(_) => "/v1/users/{id}",
+            UserByName => "/v1/users/@{username}",
+            Follow(_) | Unfollow(_) => "/v1/users/{id}/follow",
+            Followers(_) => "/v1/users/{id}/followers",
+            Following(_) => "/v1/users/{id}/following",
+            Block(_) | Unblock(_) => "/v1/users/{id}/block",
+            UserPosts(_) => "/v1/users/{id}/posts",
+            CreatePost => "/v1/posts",
+            GetPost(_) | DeletePost(_) => "/v1/posts/{id}",
+            HomeTimeline => "/v1/timelines/home",
+            DsbRegister => "/wrk2-api/user/register",
+            DsbFollow => "/wrk2-api/user/follow",
+            DsbUnfollow => "/wrk2-api/user/unfollow",
+            DsbCompose => "/wrk2-api/post/compose",
+            DsbUserTimeline => "/wrk2-api/user-timeline/read",
+            DsbHomeTimeline => "/wrk2-api/home-timeline/read",
         }
     }
 }
@@ -108,7 +205,7 @@ mod tests {
     fn every_listed_route_is_found_with_its_template() {
         for (method, template) in ROUTES {
             let method: Method = method.parse().unwrap();
-            let path = template.replace("{id}", "123");
+            let path = template.replace("{id}", "123").replace("{username}", "bob");
             let route = Route::find(&method, &path).unwrap();
             assert_eq!(route.template(), *template);
         }

@@ -31,7 +31,7 @@ const X_NOVA_SHARD: HeaderName = HeaderName::from_static("x-nova-shard");
 const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-const JSON: &str = "application/json";
+pub(crate) const JSON: &str = "application/json";
 const REQUEST_ID_CHARS_MAX: usize = 64;
 const USER_AGENT_CHARS_MAX: usize = 256;
 /// Longest login (username or email) looked up; anything longer cannot exist.
@@ -41,28 +41,42 @@ const BODY_DRAIN_BYTES_MAX: u64 = 1024 * 1024;
 
 /// A successful answer.
 pub struct Reply {
-    status: StatusCode,
-    body: Bytes,
-    content_type: &'static str,
-    rate: Option<RateState>,
+    pub(crate) status: StatusCode,
+    pub(crate) body: Bytes,
+    pub(crate) content_type: &'static str,
+    pub(crate) rate: Option<RateState>,
+    /// A `Link` header (pagination).
+    pub(crate) link: Option<String>,
 }
 
 impl Reply {
-    fn json(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+    pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Reply {
         Reply {
             status,
             body: Bytes::from(wire::to_json(value)),
             content_type: JSON,
             rate: None,
+            link: None,
         }
     }
 
-    fn empty(status: StatusCode) -> Reply {
+    pub(crate) fn empty(status: StatusCode) -> Reply {
         Reply {
             status,
             body: Bytes::new(),
             content_type: JSON,
             rate: None,
+            link: None,
+        }
+    }
+
+    pub(crate) fn text(status: StatusCode, body: &'static str) -> Reply {
+        Reply {
+            status,
+            body: Bytes::from_static(body.as_bytes()),
+            content_type: "text/plain; charset=utf-8",
+            rate: None,
+            link: None,
         }
     }
 
@@ -72,7 +86,7 @@ impl Reply {
     }
 }
 
-type Result<T, E = ApiError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// Serves one request; never fails (every failure is an error response).
 pub async fn handle(
@@ -164,6 +178,9 @@ fn render(reply: Reply) -> Response<Full<Bytes>> {
     if reply.status != StatusCode::NO_CONTENT {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(reply.content_type));
     }
+    if let Some(link) = reply.link.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(http::header::LINK, link);
+    }
     if let Some(rate) = reply.rate {
         headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(rate.limit));
         headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(rate.remaining));
@@ -204,6 +221,7 @@ async fn dispatch(
             body: Bytes::from_static(br#"{"status":"ok"}"#),
             content_type: JSON,
             rate: None,
+            link: None,
         }),
         Route::Metrics => metrics(shard, deadline).await,
         Route::Register => register(shard, req, peer, deadline).await,
@@ -239,11 +257,20 @@ async fn dispatch(
         Route::PasswordReset => password_reset(shard, req, peer, deadline).await,
         Route::PasswordResetConfirm => password_reset_confirm(shard, req, peer, deadline).await,
         Route::AdminEmails => admin_emails(shard, req, deadline).await,
+        Route::DsbRegister
+        | Route::DsbFollow
+        | Route::DsbUnfollow
+        | Route::DsbCompose
+        | Route::DsbUserTimeline
+        | Route::DsbHomeTimeline => {
+            crate::api_dsb::dispatch(shard, route, req, peer, deadline).await
+        }
+        social => crate::api_social::dispatch(shard, social, req, deadline).await,
     }
 }
 
 /// Reads a JSON body within `body_bytes_max` and parses it.
-async fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) async fn json_body<T: serde::de::DeserializeOwned>(
     shard: &Shard,
     req: Request<Incoming>,
 ) -> Result<T> {
@@ -309,7 +336,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     Ok(wire::parse_json(&buf)?)
 }
 
-fn authenticate(shard: &Shard, headers: &HeaderMap) -> Result<AccessClaims> {
+pub(crate) fn authenticate(shard: &Shard, headers: &HeaderMap) -> Result<AccessClaims> {
     let value = headers.get(AUTHORIZATION).ok_or_else(|| {
         ApiError::unauthorized(
             "unauthorized",
@@ -403,6 +430,7 @@ async fn metrics(shard: &Rc<Shard>, deadline: Instant) -> Result<Reply> {
         body: Bytes::from(crate::metrics::render(snapshots)),
         content_type: "text/plain; version=0.0.4",
         rate: None,
+        link: None,
     })
 }
 
@@ -739,14 +767,14 @@ async fn admin_emails(
 }
 
 /// The percent-decoded value of `name` in a query string.
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then(|| percent_decode(v))
     })
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -49,6 +49,8 @@ pub struct Config {
     pub commit_queue_max: usize,
     pub mesh_queue_max: usize,
     pub auth_log_retention_days: u64,
+    /// Serve DeathStarBench's unauthenticated `/wrk2-api/*` routes (benchmarks only).
+    pub dsb_compat: bool,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             commit_queue_max: 8192,
             mesh_queue_max: 4096,
             auth_log_retention_days: 90,
+            dsb_compat: false,
         }
     }
 }
@@ -159,6 +162,9 @@ pub struct ServeArgs {
     pub mesh_queue_max: Option<usize>,
     #[arg(long, env = "NOVA_AUTH_LOG_RETENTION_DAYS")]
     pub auth_log_retention_days: Option<u64>,
+    /// Serve DeathStarBench's unauthenticated /wrk2-api routes (benchmark deployments only).
+    #[arg(long, env = "NOVA_DSB_COMPAT", num_args = 0..=1, default_missing_value = "true")]
+    pub dsb_compat: Option<bool>,
 }
 
 macro_rules! overlay {
@@ -203,7 +209,8 @@ impl Config {
             commit_batch_ops_max,
             commit_queue_max,
             mesh_queue_max,
-            auth_log_retention_days
+            auth_log_retention_days,
+            dsb_compat
         );
         if args.tls_cert.is_some() {
             cfg.tls_cert = args.tls_cert.clone();

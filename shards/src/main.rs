@@ -3,6 +3,8 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod api_dsb;
+mod api_social;
 mod config;
 mod error;
 mod hasher;
@@ -12,6 +14,7 @@ mod mesh;
 mod metrics;
 mod server;
 mod shard;
+mod social;
 
 use clap::{Parser, Subcommand};
 

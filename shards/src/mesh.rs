@@ -5,6 +5,8 @@
 use std::time::Instant;
 
 use nova_core::communication::QueuedEmail;
+use nova_core::content::{Post, Visibility};
+use nova_core::events::Event;
 use nova_core::identity::{AuthEvent, Email, EmailClaim, Issued, Refreshed, Session, User};
 use nova_core::tokens::RefreshToken;
 
@@ -100,6 +102,132 @@ pub enum Op {
     Metrics {
         reply: Reply<Snapshot>,
     },
+
+    // ---- social (shards/src/social.rs) ----
+    /// (id, username, display name) of a username's key, on its shard.
+    LookupUsername {
+        key: String,
+        reply: Reply<Option<UserBrief>>,
+    },
+    /// Brief views of users this shard owns (unknown ids are left out).
+    Briefs {
+        ids: Vec<u64>,
+        reply: Reply<Vec<UserBrief>>,
+    },
+    /// A user id from a client's own numbering (DeathStarBench), on the key's shard.
+    ExternalId {
+        ext: u64,
+        reply: Reply<Option<u64>>,
+    },
+    MapExternalId {
+        ext: u64,
+        user_id: u64,
+        reply: Reply<()>,
+    },
+    Profile {
+        user_id: u64,
+        viewer: u64,
+        reply: Reply<Option<Profile>>,
+    },
+    Compose {
+        new: NewPost,
+        reply: Reply<Post>,
+    },
+    GetPost {
+        post_id: u64,
+        viewer: u64,
+        reply: Reply<Option<Post>>,
+    },
+    DeletePost {
+        post_id: u64,
+        author: u64,
+        reply: Reply<()>,
+    },
+    Follow {
+        follower: u64,
+        followee: u64,
+        reply: Reply<()>,
+    },
+    Unfollow {
+        follower: u64,
+        followee: u64,
+        reply: Reply<()>,
+    },
+    Block {
+        blocker: u64,
+        blocked: u64,
+        reply: Reply<()>,
+    },
+    Unblock {
+        blocker: u64,
+        blocked: u64,
+        reply: Reply<()>,
+    },
+    /// May `viewer` see `user` at all (exists, no block either way)? On `user`'s shard.
+    Visible {
+        user_id: u64,
+        viewer: u64,
+        reply: Reply<bool>,
+    },
+    Relations {
+        user_id: u64,
+        followers: bool,
+        after: Option<u64>,
+        limit: usize,
+        reply: Reply<Vec<u64>>,
+    },
+    UserPosts {
+        author: u64,
+        viewer: u64,
+        page: Page,
+        reply: Reply<Vec<Post>>,
+    },
+    Home {
+        reader: u64,
+        page: Page,
+        reply: Reply<(Vec<Post>, Option<u64>)>,
+    },
+    /// Outbox delivery: apply these events here, once each.
+    Deliver {
+        events: Vec<(u64, Event)>,
+        reply: Reply<()>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct UserBrief {
+    pub id: u64,
+    pub username: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub user: User,
+    pub followers: u64,
+    pub following: u64,
+    pub posts: u64,
+}
+
+/// A post to compose, validated on the connection's shard.
+#[derive(Debug)]
+pub struct NewPost {
+    pub author: u64,
+    pub text: String,
+    pub visibility: Visibility,
+    pub reply_to: Option<u64>,
+    pub idempotency_key: Option<String>,
+    pub post_type: u32,
+    pub media: Vec<(String, String)>,
+    pub author_external_id: Option<u64>,
+}
+
+/// Which part of a newest-first list to read.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub max_id: Option<u64>,
+    pub min_id: Option<u64>,
+    pub limit: usize,
 }
 
 /// A registration, validated and with its password already hashed.

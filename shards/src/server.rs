@@ -235,7 +235,10 @@ async fn shard_main(start: ShardStart) {
         open_connections: Cell::new(0),
         revoked: RefCell::new(HashMap::new()),
         users: RefCell::new(quick_cache::unsync::Cache::new(USERS_CACHED_MAX)),
+        names: RefCell::new(quick_cache::unsync::Cache::new(USERS_CACHED_MAX)),
+        ext_ids: RefCell::new(quick_cache::unsync::Cache::new(USERS_CACHED_MAX)),
         request_seq: Cell::new(0),
+        relay: crate::social::Relay::default(),
         draining: Notify::default(),
     });
     // The mesh must be served before recovery broadcasts, or two shards could wait on each
@@ -253,6 +256,7 @@ async fn shard_main(start: ShardStart) {
     let accept = glommio::spawn_local(crate::http::accept_loop(Rc::clone(&shard), listener, tls));
     *accept_slot.borrow_mut() = Some(accept);
     glommio::spawn_local(Rc::clone(&shard).housekeeping()).detach();
+    glommio::spawn_local(Rc::clone(&shard).relay_loop()).detach();
     let _ = ready.send(Ok(()));
     mesh_loop.await;
 }

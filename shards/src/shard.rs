@@ -84,7 +84,12 @@ pub struct Shard {
     /// Users this shard owns, by id: read on every authenticated `GET /v1/me`. Every change
     /// to a user happens on this shard, which updates or drops the entry in the same step.
     pub users: RefCell<quick_cache::unsync::Cache<u64, Rc<User>>>,
+    /// Username key -> user id; never stale (a username's owner never changes).
+    pub names: RefCell<quick_cache::unsync::Cache<String, u64>>,
+    /// DeathStarBench user id -> user id; never stale (mappings are never changed).
+    pub ext_ids: RefCell<quick_cache::unsync::Cache<u64, u64>>,
     pub request_seq: Cell<u64>,
+    pub relay: crate::social::Relay,
     /// Fired when the shard starts draining: stop accepting, close idle connections.
     pub draining: Notify,
 }
@@ -312,6 +317,7 @@ impl Shard {
             Op::Metrics { reply } => {
                 let _ = reply.send(Ok(self.snapshot()));
             }
+            social => self.serve_social(social, deadline).await,
         }
     }
 
@@ -329,7 +335,7 @@ impl Shard {
         Ok(user)
     }
 
-    fn read<T>(
+    pub(crate) fn read<T>(
         &self,
         f: impl FnOnce(&nova_storage::redb::ReadTransaction) -> Result<T, CoreError>,
     ) -> Result<T, Fail> {

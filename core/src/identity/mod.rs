@@ -43,6 +43,9 @@ const EMAIL_VERIFICATIONS: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("email_verifications");
 /// sha-256 of the token -> OneTimeToken
 const PASSWORD_RESETS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("password_resets");
+/// (namespace, external id) -> user id : ids a client brings (DeathStarBench's user_id),
+/// on `shard_for_key("<namespace>:<id>")`
+const EXTERNAL_IDS: TableDefinition<(&str, u64), u64> = TableDefinition::new("external_ids");
 /// (ms, log id) -> AuthLog : time-keyed, pruned by retention
 const AUTH_LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("auth_logs");
 
@@ -329,7 +332,40 @@ pub fn highest_id(read: &ReadTransaction) -> Result<Option<u64>, CoreError> {
     Ok(best)
 }
 
+pub fn external_id(
+    read: &ReadTransaction,
+    namespace: &str,
+    ext: u64,
+) -> Result<Option<u64>, CoreError> {
+    let table = open_or_empty!(read, EXTERNAL_IDS);
+    let value = table.get((namespace, ext))?;
+    Ok(value.map(|v| v.value()))
+}
+
 // ---- writes ------------------------------------------------------------------------------
+
+/// Maps a client's external id to a user. An id already mapped to another user: `Conflict`
+/// as `UsernameTaken`'s sibling, reported as `Invalid`.
+pub fn map_external_id(
+    txn: &WriteTransaction,
+    namespace: &str,
+    ext: u64,
+    user_id: u64,
+) -> Result<(), CoreError> {
+    let mut table = txn.open_table(EXTERNAL_IDS)?;
+    let existing = table.get((namespace, ext))?.map(|v| v.value());
+    match existing {
+        Some(id) if id == user_id => Ok(()),
+        Some(_) => Err(CoreError::invalid(
+            "user_id_taken",
+            "that user_id is already registered",
+        )),
+        None => {
+            table.insert((namespace, ext), user_id)?;
+            Ok(())
+        }
+    }
+}
 
 /// Claims `email` for `user_id`. `replacing` names a stale claim's user that the caller has
 /// confirmed does not exist; that claim may be overwritten. Any other claim: `EmailTaken`.

@@ -1,0 +1,466 @@
+//! Routes of the social domain: profiles, posts, follows, blocks and timelines. Each one
+//! authenticates, validates, then asks the shard that owns the data.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+use http::{HeaderMap, Request, StatusCode};
+use hyper::body::Incoming;
+
+use nova_core::content::{self, Post, Visibility};
+use nova_core::{shard_for_key, shard_of, CoreError};
+use nova_protocol::{self as wire, rfc3339, Route};
+
+use crate::api::{authenticate, json_body, query_param, Reply, Result};
+use crate::error::{ApiError, Fail};
+use crate::mesh::{NewPost, Op, Page, UserBrief};
+use crate::shard::Shard;
+
+pub const PAGE_LIMIT_DEFAULT: usize = 20;
+pub const PAGE_LIMIT_MAX: usize = 100;
+
+pub(crate) async fn dispatch(
+    shard: &Rc<Shard>,
+    route: Route,
+    req: Request<Incoming>,
+    deadline: Instant,
+) -> Result<Reply> {
+    let viewer = authenticate(shard, req.headers())?.user_id;
+    match route {
+        Route::UserById(id) => profile(shard, known(shard, id)?, viewer, deadline).await,
+        Route::UserByName => {
+            let name = req.uri().path().trim_start_matches("/v1/users/@");
+            let key = crate::api::percent_decode(name).to_ascii_lowercase();
+            if key.is_empty() || key.len() > 64 {
+                return Err(ApiError::not_found());
+            }
+            let home = shard_for_key(&key, shard.shards);
+            let user = shard
+                .ask(home, deadline, |reply| Op::LookupUsername { key, reply })
+                .await?;
+            let user = user.ok_or_else(ApiError::not_found)?;
+            profile(shard, user.id, viewer, deadline).await
+        }
+        Route::Follow(id) => {
+            let followee = known(shard, id)?;
+            shard
+                .ask(shard_of(viewer), deadline, |reply| Op::Follow {
+                    follower: viewer,
+                    followee,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::Following { following: true },
+            ))
+        }
+        Route::Unfollow(id) => {
+            let followee = known(shard, id)?;
+            shard
+                .ask(shard_of(viewer), deadline, |reply| Op::Unfollow {
+                    follower: viewer,
+                    followee,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::Following { following: false },
+            ))
+        }
+        Route::Block(id) => {
+            let blocked = known(shard, id)?;
+            if blocked == viewer {
+                return Err(Fail::Core(CoreError::invalid(
+                    "cannot_block_self",
+                    "you cannot block yourself",
+                ))
+                .into());
+            }
+            visible_or_404(shard, blocked, viewer, deadline, true).await?;
+            shard
+                .ask(shard_of(viewer), deadline, |reply| Op::Block {
+                    blocker: viewer,
+                    blocked,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::Blocking { blocking: true },
+            ))
+        }
+        Route::Unblock(id) => {
+            let blocked = known(shard, id)?;
+            shard
+                .ask(shard_of(viewer), deadline, |reply| Op::Unblock {
+                    blocker: viewer,
+                    blocked,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::Blocking { blocking: false },
+            ))
+        }
+        Route::Followers(id) | Route::Following(id) => {
+            let user_id = known(shard, id)?;
+            let followers = matches!(route, Route::Followers(_));
+            visible_or_404(shard, user_id, viewer, deadline, false).await?;
+            let page = page(req.uri().query())?;
+            let limit = page.limit;
+            let after = page.max_id;
+            let ids = shard
+                .ask(shard_of(user_id), deadline, |reply| Op::Relations {
+                    user_id,
+                    followers,
+                    after,
+                    limit,
+                    reply,
+                })
+                .await?;
+            let next = (ids.len() == limit)
+                .then(|| ids.last().map(u64::to_string))
+                .flatten();
+            let briefs = briefs(shard, &ids, deadline).await?;
+            let items: Vec<wire::UserBrief> = briefs.into_iter().map(brief_view).collect();
+            Ok(Reply::json(StatusCode::OK, &wire::List { items, next }))
+        }
+        Route::UserPosts(id) => {
+            let author = known(shard, id)?;
+            let page = page(req.uri().query())?;
+            let posts = shard
+                .ask(shard_of(author), deadline, |reply| Op::UserPosts {
+                    author,
+                    viewer,
+                    page,
+                    reply,
+                })
+                .await?;
+            Ok(post_list(req.uri().path(), posts, page, None))
+        }
+        Route::HomeTimeline => {
+            let page = page(req.uri().query())?;
+            let (posts, scanned) = shard
+                .ask(shard_of(viewer), deadline, |reply| Op::Home {
+                    reader: viewer,
+                    page,
+                    reply,
+                })
+                .await?;
+            Ok(post_list(req.uri().path(), posts, page, scanned))
+        }
+        Route::CreatePost => create_post(shard, viewer, req, deadline).await,
+        Route::GetPost(id) => {
+            let post_id = known(shard, id)?;
+            let post = shard
+                .ask(shard_of(post_id), deadline, |reply| Op::GetPost {
+                    post_id,
+                    viewer,
+                    reply,
+                })
+                .await?;
+            let post = post.ok_or_else(ApiError::not_found)?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::PostEnvelope {
+                    post: post_view(&post),
+                },
+            ))
+        }
+        Route::DeletePost(id) => {
+            let post_id = known(shard, id)?;
+            shard
+                .ask(shard_of(post_id), deadline, |reply| Op::DeletePost {
+                    post_id,
+                    author: viewer,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::empty(StatusCode::NO_CONTENT))
+        }
+        _ => Err(ApiError::not_found()),
+    }
+}
+
+/// An id that could belong to this server (its shard exists), or 404.
+fn known(shard: &Shard, id: u64) -> Result<u64> {
+    if shard_of(id) < shard.shards {
+        Ok(id)
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+async fn visible_or_404(
+    shard: &Rc<Shard>,
+    user_id: u64,
+    viewer: u64,
+    deadline: Instant,
+    allow_blocked: bool,
+) -> Result<()> {
+    if allow_blocked {
+        // Blocking someone who blocked you is allowed; only existence matters.
+        let exists = shard
+            .ask(shard_of(user_id), deadline, |reply| Op::UserExists {
+                user_id,
+                reply,
+            })
+            .await?;
+        return if exists {
+            Ok(())
+        } else {
+            Err(ApiError::not_found())
+        };
+    }
+    let visible = shard
+        .ask(shard_of(user_id), deadline, |reply| Op::Visible {
+            user_id,
+            viewer,
+            reply,
+        })
+        .await?;
+    if visible {
+        Ok(())
+    } else {
+        Err(ApiError::not_found())
+    }
+}
+
+async fn profile(shard: &Rc<Shard>, user_id: u64, viewer: u64, deadline: Instant) -> Result<Reply> {
+    let profile = shard
+        .ask(shard_of(user_id), deadline, |reply| Op::Profile {
+            user_id,
+            viewer,
+            reply,
+        })
+        .await?;
+    let p = profile.ok_or_else(ApiError::not_found)?;
+    Ok(Reply::json(
+        StatusCode::OK,
+        &wire::ProfileEnvelope {
+            user: wire::ProfileView {
+                id: p.user.id.to_string(),
+                username: p.user.username.clone(),
+                display_name: p.user.display_name.clone(),
+                bio: String::new(),
+                created_at: rfc3339(p.user.created_ms),
+                followers_count: p.followers,
+                following_count: p.following,
+                posts_count: p.posts,
+            },
+        },
+    ))
+}
+
+/// Brief views of users, asking each owning shard once; in the order of `ids`.
+pub(crate) async fn briefs(
+    shard: &Rc<Shard>,
+    ids: &[u64],
+    deadline: Instant,
+) -> Result<Vec<UserBrief>> {
+    let mut by_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for id in ids {
+        by_shard.entry(shard_of(*id)).or_default().push(*id);
+    }
+    let mut found = std::collections::HashMap::new();
+    for (k, ids) in by_shard {
+        if k >= shard.shards {
+            continue;
+        }
+        for b in shard
+            .ask(k, deadline, |reply| Op::Briefs { ids, reply })
+            .await?
+        {
+            found.insert(b.id, b);
+        }
+    }
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}
+
+fn brief_view(b: UserBrief) -> wire::UserBrief {
+    wire::UserBrief {
+        id: b.id.to_string(),
+        username: b.username,
+        display_name: b.display_name,
+    }
+}
+
+/// `limit`, `max_id`, `min_id` from a query string.
+pub(crate) fn page(query: Option<&str>) -> Result<Page> {
+    let q = query.unwrap_or("");
+    let limit = match query_param(q, "limit") {
+        None => PAGE_LIMIT_DEFAULT,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=PAGE_LIMIT_MAX).contains(&n) => n,
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_limit",
+                    format!("limit is a number from 1 to {PAGE_LIMIT_MAX}"),
+                ))
+            }
+        },
+    };
+    let cursor = |name: &str| -> Result<Option<u64>> {
+        match query_param(q, name) {
+            None => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    format!("{name} is an id"),
+                )
+            }),
+        }
+    };
+    Ok(Page {
+        max_id: cursor("max_id")?,
+        min_id: cursor("min_id")?,
+        limit,
+    })
+}
+
+/// A page of posts with its `next` cursor and `Link` header.
+fn post_list(path: &str, posts: Vec<Post>, page: Page, scanned_to: Option<u64>) -> Reply {
+    // A full page may have more after it; a short page only when the feed scan stopped at
+    // its cap (`scanned_to`), in which case the next page continues from there.
+    let next_id = if posts.len() >= page.limit {
+        posts.last().map(|p| p.id)
+    } else {
+        scanned_to
+    };
+    let mut links = Vec::new();
+    if let Some(n) = next_id {
+        links.push(format!(
+            "<{path}?max_id={n}&limit={}>; rel=\"next\"",
+            page.limit
+        ));
+    }
+    if let Some(first) = posts.first() {
+        links.push(format!(
+            "<{path}?min_id={}&limit={}>; rel=\"prev\"",
+            first.id, page.limit
+        ));
+    }
+    let items: Vec<wire::PostView> = posts.iter().map(post_view).collect();
+    let mut reply = Reply::json(
+        StatusCode::OK,
+        &wire::List {
+            items,
+            next: next_id.map(|n| n.to_string()),
+        },
+    );
+    if !links.is_empty() {
+        reply.link = Some(links.join(", "));
+    }
+    reply
+}
+
+pub(crate) fn post_view(p: &Post) -> wire::PostView {
+    wire::PostView {
+        id: p.id.to_string(),
+        author: wire::UserBrief {
+            id: p.author_id.to_string(),
+            username: p.author_username.clone(),
+            display_name: p.author_display_name.clone(),
+        },
+        text: p.text.clone(),
+        visibility: p.visibility.as_str(),
+        reply_to: p.reply_to.map(|r| r.to_string()),
+        mentions: p
+            .mentions
+            .iter()
+            .map(|m| wire::MentionView {
+                id: m.user_id.to_string(),
+                username: m.username.clone(),
+            })
+            .collect(),
+        hashtags: p.hashtags.clone(),
+        urls: p
+            .urls
+            .iter()
+            .map(|l| wire::LinkView {
+                url: l.url.clone(),
+                short: l.short.clone(),
+            })
+            .collect(),
+        media_ids: Vec::new(),
+        created_at: rfc3339(p.created_ms),
+        edited_at: p.edited_ms.map(rfc3339),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or("");
+    let ok = !key.is_empty()
+        && key.len() <= content::IDEMPOTENCY_KEY_BYTES_MAX
+        && key.bytes().all(|b| b.is_ascii_graphic());
+    if !ok {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key is 1 to 128 visible ASCII characters",
+        ));
+    }
+    Ok(Some(key.to_string()))
+}
+
+async fn create_post(
+    shard: &Rc<Shard>,
+    author: u64,
+    req: Request<Incoming>,
+    deadline: Instant,
+) -> Result<Reply> {
+    let key = idempotency_key(req.headers())?;
+    let body: wire::CreatePostRequest = json_body(shard, req).await?;
+    let text = content::parse_text(&body.text)?;
+    let visibility = match body.visibility.as_deref() {
+        None => Visibility::Public,
+        Some(v) => Visibility::parse(v)?,
+    };
+    let reply_to = match body.reply_to.as_deref() {
+        None => None,
+        Some(r) => Some(
+            r.parse::<u64>()
+                .ok()
+                .filter(|id| shard_of(*id) < shard.shards)
+                .ok_or_else(ApiError::not_found)?,
+        ),
+    };
+    if !body.media_ids.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_media",
+            "media uploads are not available yet",
+        ));
+    }
+    let new = NewPost {
+        author,
+        text,
+        visibility,
+        reply_to,
+        idempotency_key: key,
+        post_type: 0,
+        media: Vec::new(),
+        author_external_id: None,
+    };
+    let post = shard
+        .ask(shard_of(author), deadline, |reply| Op::Compose {
+            new,
+            reply,
+        })
+        .await?;
+    Ok(Reply::json(
+        StatusCode::CREATED,
+        &wire::PostEnvelope {
+            post: post_view(&post),
+        },
+    ))
+}

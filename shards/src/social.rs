@@ -1,0 +1,599 @@
+//! The social operations a shard runs on data it owns (posts, follows, blocks, feeds), and
+//! the outbox relay that carries their events to other shards.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use nova_core::content::{self, Mention, Post, Visibility};
+use nova_core::events::{self, Event};
+use nova_core::identity;
+use nova_core::social;
+use nova_core::{id_ms, shard_for_key, shard_of, CoreError};
+
+use crate::error::Fail;
+use crate::mesh::{NewPost, Op, Page, Profile, UserBrief};
+use crate::shard::{now_ms, Shard};
+
+/// Rows of a home feed looked at for one page, at most (filtered items are skipped).
+const HOME_SCAN_MAX: usize = 2000;
+/// Followers looked at to find the shards a post goes to.
+const FANOUT_FOLLOWERS_MAX: usize = 10_000_000;
+/// Posts counted for a profile, at most.
+const POSTS_COUNTED_MAX: usize = 1_000_000;
+/// Outbox rows sent per delivery.
+const DELIVER_BATCH_MAX: usize = 256;
+/// Events younger than this are left to the request that made them.
+const RELAY_AGE_MIN_MS: u64 = 2000;
+const RELAY_PERIOD: Duration = Duration::from_millis(250);
+/// Namespace of DeathStarBench's user ids in `external_ids`.
+pub const DSB_NAMESPACE: &str = "dsb";
+
+/// Delivered events whose outbox rows are still to be deleted (batched by the relay).
+#[derive(Default)]
+pub struct Relay {
+    acks: RefCell<Vec<(usize, u64)>>,
+}
+
+impl Shard {
+    pub(crate) async fn serve_social(self: &Rc<Self>, op: Op, deadline: Instant) {
+        match op {
+            Op::LookupUsername { key, reply } => {
+                let found = self.read(|r| identity::user_by_username(r, &key));
+                let _ = reply.send(found.map(|u| u.map(|u| brief(&u))));
+            }
+            Op::Briefs { ids, reply } => {
+                let briefs = self.read(|r| {
+                    let mut out = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        if let Some(u) = identity::user(r, id)? {
+                            out.push(brief(&u));
+                        }
+                    }
+                    Ok(out)
+                });
+                let _ = reply.send(briefs);
+            }
+            Op::ExternalId { ext, reply } => {
+                let _ = reply.send(self.read(|r| identity::external_id(r, DSB_NAMESPACE, ext)));
+            }
+            Op::MapExternalId {
+                ext,
+                user_id,
+                reply,
+            } => {
+                let result = self
+                    .partition
+                    .write(move |t| identity::map_external_id(t, DSB_NAMESPACE, ext, user_id))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::Profile {
+                user_id,
+                viewer,
+                reply,
+            } => {
+                let _ = reply.send(self.profile(user_id, viewer));
+            }
+            Op::Visible {
+                user_id,
+                viewer,
+                reply,
+            } => {
+                let visible = self.read(|r| {
+                    Ok(identity::user(r, user_id)?.is_some()
+                        && !social::blocked_either_way(r, user_id, viewer)?)
+                });
+                let _ = reply.send(visible);
+            }
+            Op::Compose { new, reply } => {
+                let _ = reply.send(self.compose(new, deadline).await);
+            }
+            Op::GetPost {
+                post_id,
+                viewer,
+                reply,
+            } => {
+                let _ = reply.send(self.visible_post(post_id, viewer));
+            }
+            Op::DeletePost {
+                post_id,
+                author,
+                reply,
+            } => {
+                let _ = reply.send(self.delete_post(post_id, author, deadline).await);
+            }
+            Op::Follow {
+                follower,
+                followee,
+                reply,
+            } => {
+                let _ = reply.send(self.follow(follower, followee, deadline).await);
+            }
+            Op::Unfollow {
+                follower,
+                followee,
+                reply,
+            } => {
+                let event = Event::Unfollowed { follower, followee };
+                let result = self
+                    .change(follower, followee, event, deadline, move |t, _| {
+                        social::unfollow(t, follower, followee)
+                    })
+                    .await;
+                let _ = reply.send(result);
+            }
+            Op::Block {
+                blocker,
+                blocked,
+                reply,
+            } => {
+                let event = Event::Blocked { blocker, blocked };
+                let result = self
+                    .change(blocker, blocked, event, deadline, move |t, now| {
+                        social::block(t, blocker, blocked, now)
+                    })
+                    .await;
+                let _ = reply.send(result);
+            }
+            Op::Unblock {
+                blocker,
+                blocked,
+                reply,
+            } => {
+                let event = Event::Unblocked { blocker, blocked };
+                let result = self
+                    .change(blocker, blocked, event, deadline, move |t, _| {
+                        social::unblock(t, blocker, blocked)
+                    })
+                    .await;
+                let _ = reply.send(result);
+            }
+            Op::Relations {
+                user_id,
+                followers,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ =
+                    reply.send(self.read(|r| social::page(r, user_id, followers, after, limit)));
+            }
+            Op::UserPosts {
+                author,
+                viewer,
+                page,
+                reply,
+            } => {
+                let _ = reply.send(self.user_posts(author, viewer, page));
+            }
+            Op::Home {
+                reader,
+                page,
+                reply,
+            } => {
+                let result = self.read(|r| {
+                    social::home(
+                        r,
+                        reader,
+                        page.max_id,
+                        page.min_id,
+                        page.limit,
+                        HOME_SCAN_MAX,
+                    )
+                });
+                let _ = reply.send(result);
+            }
+            Op::Deliver { events, reply } => {
+                let id = self.id;
+                let shards = self.shards;
+                let now = now_ms();
+                let result = self
+                    .partition
+                    .write(move |t| {
+                        for (event_id, event) in &events {
+                            events::apply(t, *event_id, now, event, |user| {
+                                shard_of(user) == id && id < shards
+                            })?;
+                        }
+                        Ok::<_, CoreError>(())
+                    })
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            // Identity operations are served in shard.rs; they never reach here.
+            _ => {}
+        }
+    }
+
+    fn profile(&self, user_id: u64, viewer: u64) -> Result<Option<Profile>, Fail> {
+        self.read(|r| {
+            let Some(user) = identity::user(r, user_id)? else {
+                return Ok(None);
+            };
+            if social::blocked_either_way(r, user_id, viewer)? {
+                return Ok(None);
+            }
+            let (followers, following) = social::counts(r, user_id)?;
+            let posts = content::posts_count(r, user_id, POSTS_COUNTED_MAX)?;
+            Ok(Some(Profile {
+                user,
+                followers,
+                following,
+                posts,
+            }))
+        })
+    }
+
+    /// May `viewer` read `post` (on the author's shard)?
+    fn may_see(
+        &self,
+        r: &nova_storage::redb::ReadTransaction,
+        post: &Post,
+        viewer: u64,
+    ) -> Result<bool, CoreError> {
+        if post.author_id == viewer {
+            return Ok(true);
+        }
+        if social::blocked_either_way(r, post.author_id, viewer)? {
+            return Ok(false);
+        }
+        Ok(match post.visibility {
+            Visibility::Public => true,
+            Visibility::Followers => social::is_follower(r, post.author_id, viewer)?,
+        })
+    }
+
+    fn visible_post(&self, post_id: u64, viewer: u64) -> Result<Option<Post>, Fail> {
+        self.read(|r| {
+            let Some(post) = content::post(r, post_id)? else {
+                return Ok(None);
+            };
+            Ok(self.may_see(r, &post, viewer)?.then_some(post))
+        })
+    }
+
+    fn user_posts(&self, author: u64, viewer: u64, page: Page) -> Result<Vec<Post>, Fail> {
+        self.read(|r| {
+            if identity::user(r, author)?.is_none()
+                || social::blocked_either_way(r, author, viewer)?
+            {
+                return Err(CoreError::NotFound);
+            }
+            // Followers-only posts are filtered out, so read a little more than a page.
+            let ids = content::user_post_ids(r, author, page.max_id, page.min_id, page.limit)?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(post) = content::post(r, id)? {
+                    if self.may_see(r, &post, viewer)? {
+                        out.push(post);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// On the author's shard: store the post, put it in local feeds, queue it for the
+    /// shards of followers and mentioned users, deliver it there, then answer.
+    async fn compose(self: &Rc<Self>, new: NewPost, deadline: Instant) -> Result<Post, Fail> {
+        let now = now_ms();
+        if let Some(key) = &new.idempotency_key {
+            if let Some(id) = self.read(|r| content::idempotent_post(r, new.author, key, now))? {
+                if let Some(post) = self.read(|r| content::post(r, id))? {
+                    return Ok(post);
+                }
+            }
+        }
+        let author = self
+            .read(|r| identity::user(r, new.author))?
+            .ok_or(CoreError::NotFound)?;
+        if let Some(parent) = new.reply_to {
+            let visible = self
+                .ask(shard_of(parent), deadline, |reply| Op::GetPost {
+                    post_id: parent,
+                    viewer: new.author,
+                    reply,
+                })
+                .await?;
+            if visible.is_none() {
+                return Err(CoreError::NotFound.into());
+            }
+        }
+        let extracted = content::extract(&new.text);
+        let mut mentions = Vec::new();
+        for name in extracted.mentions {
+            let key = name.to_ascii_lowercase();
+            let home = shard_for_key(&key, self.shards);
+            if let Some(user) = self
+                .ask(home, deadline, |reply| Op::LookupUsername { key, reply })
+                .await?
+            {
+                mentions.push(Mention {
+                    user_id: user.id,
+                    username: user.username,
+                });
+            }
+        }
+        let mut targets: Vec<usize> =
+            self.read(|r| social::follower_shards(r, author.id, shard_of, FANOUT_FOLLOWERS_MAX))?;
+        for m in &mentions {
+            let s = shard_of(m.user_id);
+            if !targets.contains(&s) {
+                targets.push(s);
+            }
+        }
+        targets.retain(|s| *s != self.id && *s < self.shards);
+        let post = Post {
+            id: self.next_id(),
+            author_id: author.id,
+            author_username: author.username.clone(),
+            author_display_name: author.display_name.clone(),
+            text: new.text,
+            visibility: new.visibility,
+            reply_to: new.reply_to,
+            mentions,
+            hashtags: extracted.hashtags,
+            urls: extracted
+                .urls
+                .into_iter()
+                .map(|url| content::Link {
+                    short: shorten(&url),
+                    url,
+                })
+                .collect(),
+            created_ms: now,
+            edited_ms: None,
+            post_type: new.post_type,
+            media: new.media,
+            author_external_id: new.author_external_id,
+            fanned_to: targets.iter().map(|s| *s as u16).collect(),
+        };
+        let event_id = self.next_id();
+        let here = self.id;
+        let key = new.idempotency_key;
+        let (stored, event) = {
+            let post = post.clone();
+            let targets = targets.clone();
+            self.partition
+                .write(move |t| {
+                    if let Some(key) = &key {
+                        if let Some(id) = content::idempotent_post_in(t, post.author_id, key, now)?
+                        {
+                            return Ok((Some(id), None));
+                        }
+                    }
+                    content::insert_post(t, &post, key.as_deref())?;
+                    let mentioned_here: Vec<u64> = post
+                        .mentions
+                        .iter()
+                        .map(|m| m.user_id)
+                        .filter(|u| shard_of(*u) == here)
+                        .collect();
+                    social::fan_out(t, &post, true, &mentioned_here)?;
+                    let event = Event::PostCreated { post: post.clone() };
+                    events::record(t, event_id, now, &event, &targets)?;
+                    Ok::<_, CoreError>((None, Some(event)))
+                })
+                .await?
+        };
+        if let Some(existing) = stored {
+            // A concurrent create with the same key won the race.
+            return self
+                .read(|r| content::post(r, existing))?
+                .ok_or_else(|| CoreError::NotFound.into());
+        }
+        if let Some(event) = event {
+            self.deliver_now(event_id, event, &targets, deadline).await;
+        }
+        Ok(post)
+    }
+
+    async fn delete_post(
+        self: &Rc<Self>,
+        post_id: u64,
+        author: u64,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
+        let event_id = self.next_id();
+        let now = now_ms();
+        let shards = self.shards;
+        let here = self.id;
+        let (targets, event) = self
+            .partition
+            .write(move |t| {
+                let post = content::delete_post(t, author, post_id)?;
+                social::unfan(t, post_id)?;
+                let targets: Vec<usize> = post
+                    .fanned_to
+                    .iter()
+                    .map(|s| *s as usize)
+                    .filter(|s| *s < shards && *s != here)
+                    .collect();
+                let event = Event::PostDeleted { post_id, author };
+                events::record(t, event_id, now, &event, &targets)?;
+                Ok::<_, CoreError>((targets, event))
+            })
+            .await?;
+        self.deliver_now(event_id, event, &targets, deadline).await;
+        Ok(())
+    }
+
+    async fn follow(
+        self: &Rc<Self>,
+        follower: u64,
+        followee: u64,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
+        if follower == followee {
+            return Err(
+                CoreError::invalid("cannot_follow_self", "you cannot follow yourself").into(),
+            );
+        }
+        if self.read(|r| social::blocked_either_way(r, follower, followee))? {
+            return Err(CoreError::NotFound.into());
+        }
+        let exists = self
+            .ask(shard_of(followee), deadline, |reply| Op::Visible {
+                user_id: followee,
+                viewer: follower,
+                reply,
+            })
+            .await?;
+        if !exists {
+            return Err(CoreError::NotFound.into());
+        }
+        let event = Event::Followed { follower, followee };
+        self.change(follower, followee, event, deadline, move |t, now| {
+            social::follow(t, follower, followee, now)
+        })
+        .await
+    }
+
+    /// A change on `actor`'s shard whose mirror lives on `other`'s shard: applied here with
+    /// its event in one transaction (mirrored in the same transaction when both are here,
+    /// through the outbox otherwise), then delivered before answering.
+    async fn change(
+        self: &Rc<Self>,
+        actor: u64,
+        other: u64,
+        event: Event,
+        deadline: Instant,
+        local: impl FnOnce(&nova_storage::redb::WriteTransaction, u64) -> Result<bool, CoreError>
+            + Send
+            + 'static,
+    ) -> Result<(), Fail> {
+        debug_assert_eq!(shard_of(actor), self.id);
+        let target = shard_of(other);
+        if target >= self.shards {
+            return Err(CoreError::NotFound.into());
+        }
+        let event_id = self.next_id();
+        let now = now_ms();
+        let here = self.id;
+        let sent = event.clone();
+        let changed = self
+            .partition
+            .write(move |t| {
+                if !local(t, now)? {
+                    return Ok(false);
+                }
+                if target == here {
+                    events::record(t, event_id, now, &event, &[])?;
+                    events::apply(t, event_id, now, &event, |u| shard_of(u) == here)?;
+                } else {
+                    events::record(t, event_id, now, &event, &[target])?;
+                }
+                Ok::<_, CoreError>(true)
+            })
+            .await?;
+        if changed && target != here {
+            self.deliver_now(event_id, sent, &[target], deadline).await;
+        }
+        Ok(())
+    }
+
+    /// Delivers a fresh event to its targets and waits for them (within the deadline). What
+    /// fails here stays in the outbox for the relay; it is never lost.
+    async fn deliver_now(
+        self: &Rc<Self>,
+        event_id: u64,
+        event: Event,
+        targets: &[usize],
+        deadline: Instant,
+    ) {
+        let mut waits = Vec::with_capacity(targets.len());
+        for &target in targets {
+            let events = vec![(event_id, event.clone())];
+            let me = Rc::clone(self);
+            waits.push(glommio::spawn_local(async move {
+                let delivered = me
+                    .ask(target, deadline, |reply| Op::Deliver { events, reply })
+                    .await;
+                (target, delivered.is_ok())
+            }));
+        }
+        for wait in waits {
+            let (target, ok) = wait.await;
+            if ok {
+                self.relay.acks.borrow_mut().push((target, event_id));
+            }
+        }
+    }
+
+    /// The relay: every `RELAY_PERIOD`, delete acknowledged outbox rows and send what is still
+    /// pending (events older than `RELAY_AGE_MIN_MS`, so a request delivering its own fresh
+    /// event is not raced). Runs until the shard exits.
+    pub async fn relay_loop(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(RELAY_PERIOD).await;
+            if let Err(e) = self.relay_once().await {
+                tracing::warn!(error = %e, "outbox relay pass failed");
+            }
+        }
+    }
+
+    async fn relay_once(self: &Rc<Self>) -> Result<(), Fail> {
+        let acks: Vec<(usize, u64)> = std::mem::take(&mut *self.relay.acks.borrow_mut());
+        let acked: HashSet<(usize, u64)> = acks.iter().copied().collect();
+        if !acks.is_empty() {
+            self.partition
+                .write(move |t| {
+                    for (target, id) in &acks {
+                        events::acknowledge(t, *target, &[*id])?;
+                    }
+                    Ok::<_, CoreError>(())
+                })
+                .await?;
+        }
+        let cutoff = now_ms().saturating_sub(RELAY_AGE_MIN_MS);
+        for target in self.read(events::pending_targets)? {
+            if target >= self.shards || target == self.id {
+                continue;
+            }
+            let batch: Vec<(u64, Event)> = self
+                .read(|r| events::pending(r, target, DELIVER_BATCH_MAX))?
+                .into_iter()
+                .filter(|(id, _)| id_ms(*id) <= cutoff && !acked.contains(&(target, *id)))
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            match self
+                .ask(target, deadline, |reply| Op::Deliver {
+                    events: batch,
+                    reply,
+                })
+                .await
+            {
+                Ok(()) => {
+                    tracing::debug!(target, events = ids.len(), "outbox delivered");
+                    self.partition
+                        .write(move |t| events::acknowledge(t, target, &ids))
+                        .await?;
+                }
+                Err(e) => tracing::warn!(target, error = %e, "outbox delivery failed; will retry"),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn brief(user: &identity::User) -> UserBrief {
+    UserBrief {
+        id: user.id,
+        username: user.username.clone(),
+        display_name: user.display_name.clone(),
+    }
+}
+
+/// A short, stable form of a link (DeathStarBench stores one next to each link).
+fn shorten(url: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut h);
+    format!("http://short-url/{:016x}", h.finish())
+}
