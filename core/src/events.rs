@@ -46,7 +46,7 @@ pub enum Event {
     /// A new post, for the home feeds of the target shard's followers of the author and the
     /// users it mentions there.
     PostCreated {
-        post: Post,
+        post: Box<Post>,
     },
     /// A deleted post leaves every feed it reached.
     PostDeleted {
@@ -147,15 +147,14 @@ pub fn prune(txn: &WriteTransaction, before_ms: u64, max: usize) -> Result<usize
     for key in &old {
         store.remove(key)?;
     }
+    // Event ids are time-ordered, so the dedupe rows older than the cut are one range.
+    let cut = before_ms.saturating_sub(crate::ID_EPOCH_MS) << 22;
     let mut applied = txn.open_table(EVENT_APPLIED)?;
     let stale: Vec<u64> = applied
-        .iter()?
-        .filter_map(|r| {
-            r.ok()
-                .and_then(|(k, v)| (v.value() < before_ms).then(|| k.value()))
-        })
+        .range(..cut)?
         .take(max)
-        .collect();
+        .map(|r| r.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
     for id in &stale {
         applied.remove(id)?;
     }

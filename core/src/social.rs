@@ -404,3 +404,133 @@ pub fn feed_has(read: &ReadTransaction, user: u64, post_id: u64) -> Result<bool,
     let found = t.get((user, post_id))?.is_some();
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use redb::backends::InMemoryBackend;
+    use redb::{Database, ReadableDatabase};
+
+    use super::*;
+    use crate::content::Visibility;
+    use crate::events::{self, Event};
+
+    fn db() -> Database {
+        Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap()
+    }
+
+    fn write<R>(db: &Database, f: impl FnOnce(&WriteTransaction) -> Result<R, CoreError>) -> R {
+        let txn = db.begin_write().unwrap();
+        let out = f(&txn).unwrap();
+        txn.commit().unwrap();
+        out
+    }
+
+    fn post(id: u64, author: u64) -> Post {
+        Post {
+            id,
+            author_id: author,
+            author_username: format!("u{author}"),
+            author_display_name: String::new(),
+            text: "hi".into(),
+            visibility: Visibility::Public,
+            reply_to: None,
+            mentions: Vec::new(),
+            hashtags: Vec::new(),
+            urls: Vec::new(),
+            created_ms: 0,
+            edited_ms: None,
+            post_type: 0,
+            media: Vec::new(),
+            author_external_id: None,
+            fanned_to: Vec::new(),
+        }
+    }
+
+    fn home_ids(db: &Database, reader: u64) -> Vec<u64> {
+        let read = db.begin_read().unwrap();
+        home(&read, reader, None, None, 100, 1000)
+            .unwrap()
+            .0
+            .iter()
+            .map(|p| p.id)
+            .collect()
+    }
+
+    #[test]
+    fn follows_feed_home_and_unfollow_filters() {
+        let db = db();
+        assert!(write(&db, |t| follow(t, 1, 2, 0)));
+        assert!(!write(&db, |t| follow(t, 1, 2, 0)));
+        write(&db, |t| add_follower(t, 2, 1, 0));
+        write(&db, |t| add_follower(t, 2, 1, 0));
+        let read = db.begin_read().unwrap();
+        assert_eq!(counts(&read, 1).unwrap(), (0, 1));
+        assert_eq!(counts(&read, 2).unwrap(), (1, 0));
+        drop(read);
+        write(&db, |t| fan_out(t, &post(10, 2), true, &[]));
+        write(&db, |t| fan_out(t, &post(11, 2), true, &[]));
+        assert_eq!(home_ids(&db, 1), vec![11, 10]);
+        assert_eq!(home_ids(&db, 2), vec![11, 10]);
+        write(&db, |t| unfan(t, 10));
+        assert_eq!(home_ids(&db, 1), vec![11]);
+        assert!(write(&db, |t| unfollow(t, 1, 2)));
+        assert!(home_ids(&db, 1).is_empty());
+        assert_eq!(counts(&db.begin_read().unwrap(), 1).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn a_block_ends_follows_both_ways_and_hides_mentions() {
+        let db = db();
+        write(&db, |t| follow(t, 1, 2, 0));
+        write(&db, |t| add_follower(t, 2, 1, 0));
+        write(&db, |t| follow(t, 2, 1, 0));
+        write(&db, |t| add_follower(t, 1, 2, 0));
+        assert!(write(&db, |t| block(t, 1, 2, 0)));
+        write(&db, |t| apply_blocked(t, 1, 2, 0));
+        let read = db.begin_read().unwrap();
+        assert!(!follows(&read, 1, 2).unwrap() && !follows(&read, 2, 1).unwrap());
+        assert_eq!(counts(&read, 1).unwrap(), (0, 0));
+        assert_eq!(counts(&read, 2).unwrap(), (0, 0));
+        assert!(blocked_either_way(&read, 2, 1).unwrap());
+        drop(read);
+        let mut p = post(20, 2);
+        p.mentions.push(crate::content::Mention {
+            user_id: 1,
+            username: "u1".into(),
+        });
+        write(&db, |t| fan_out(t, &p, false, &[1]));
+        assert!(home_ids(&db, 1).is_empty());
+        write(&db, |t| add_follower(t, 1, 2, 0));
+        assert!(
+            !is_follower(&db.begin_read().unwrap(), 1, 2).unwrap(),
+            "a block wins over a late follow"
+        );
+    }
+
+    #[test]
+    fn events_apply_once() {
+        let db = db();
+        let event = Event::Followed {
+            follower: 1,
+            followee: 2,
+        };
+        assert!(write(&db, |t| events::apply(t, 99, 0, &event, |_| true)));
+        assert!(!write(&db, |t| events::apply(t, 99, 0, &event, |_| true)));
+        assert_eq!(counts(&db.begin_read().unwrap(), 2).unwrap(), (1, 0));
+        write(&db, |t| events::record(t, 5, 0, &event, &[1, 3]));
+        let read = db.begin_read().unwrap();
+        assert_eq!(events::pending_targets(&read).unwrap(), vec![1, 3]);
+        assert_eq!(
+            events::pending(&read, 3, 10).unwrap(),
+            vec![(5, event.clone())]
+        );
+        drop(read);
+        write(&db, |t| events::acknowledge(t, 3, &[5]));
+        assert_eq!(
+            events::pending_targets(&db.begin_read().unwrap()).unwrap(),
+            vec![1]
+        );
+    }
+}

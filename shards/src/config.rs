@@ -51,6 +51,8 @@ pub struct Config {
     pub auth_log_retention_days: u64,
     /// Serve DeathStarBench's unauthenticated `/wrk2-api/*` routes (benchmarks only).
     pub dsb_compat: bool,
+    /// History (`event_store`) and dedupe records (`event_applied`) older than this go.
+    pub event_retention_days: u64,
 }
 
 impl Default for Config {
@@ -86,6 +88,7 @@ impl Default for Config {
             mesh_queue_max: 4096,
             auth_log_retention_days: 90,
             dsb_compat: false,
+            event_retention_days: 30,
         }
     }
 }
@@ -165,6 +168,8 @@ pub struct ServeArgs {
     /// Serve DeathStarBench's unauthenticated /wrk2-api routes (benchmark deployments only).
     #[arg(long, env = "NOVA_DSB_COMPAT", num_args = 0..=1, default_missing_value = "true")]
     pub dsb_compat: Option<bool>,
+    #[arg(long, env = "NOVA_EVENT_RETENTION_DAYS")]
+    pub event_retention_days: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -210,7 +215,8 @@ impl Config {
             commit_queue_max,
             mesh_queue_max,
             auth_log_retention_days,
-            dsb_compat
+            dsb_compat,
+            event_retention_days
         );
         if args.tls_cert.is_some() {
             cfg.tls_cert = args.tls_cert.clone();

@@ -372,7 +372,9 @@ impl Shard {
                         .filter(|u| shard_of(*u) == here)
                         .collect();
                     social::fan_out(t, &post, true, &mentioned_here)?;
-                    let event = Event::PostCreated { post: post.clone() };
+                    let event = Event::PostCreated {
+                        post: Box::new(post.clone()),
+                    };
                     events::record(t, event_id, now, &event, &targets)?;
                     Ok::<_, CoreError>((None, Some(event)))
                 })

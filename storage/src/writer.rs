@@ -344,7 +344,7 @@ fn futures_block_on<F: std::future::Future>(fut: F) -> F::Output {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use redb::{ReadableTable, TableDefinition};
+    use redb::TableDefinition;
 
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
 
