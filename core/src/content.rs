@@ -301,3 +301,258 @@ mod tests {
         assert_eq!(parse_text(" hi\nthere ").unwrap(), "hi\nthere");
     }
 }
+
+// ---- comments and likes ------------------------------------------------------------------
+// Comments and likes live on the post's shard: a comment's id is made there, so
+// `shard_of(comment)` routes to the post's shard too.
+
+/// comment id -> Comment
+const COMMENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("comments");
+/// (post id, comment id) -> () : a post's comments in order
+const POST_COMMENTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("post_comments");
+/// (post id, user id) -> ms
+const POST_LIKES: TableDefinition<(u64, u64), u64> = TableDefinition::new("post_likes");
+/// (comment id, user id) -> ms
+const COMMENT_LIKES: TableDefinition<(u64, u64), u64> = TableDefinition::new("comment_likes");
+/// post or comment id -> (likes, comments) : exact, kept in the same transaction as the rows
+const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("content_counts");
+
+pub const COMMENT_CHARS_MAX: usize = 2000;
+/// How deep replies to comments nest.
+pub const COMMENT_DEPTH_MAX: u32 = 8;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Comment {
+    pub id: u64,
+    pub post_id: u64,
+    pub author_id: u64,
+    pub author_username: String,
+    pub text: String,
+    pub parent: Option<u64>,
+    pub depth: u32,
+    pub created_ms: u64,
+    pub edited_ms: Option<u64>,
+}
+
+/// Comment text: like a post's, shorter.
+pub fn parse_comment_text(raw: &str) -> Result<String, Invalid> {
+    let text = raw.trim();
+    let len = text.chars().count();
+    if len == 0 || len > COMMENT_CHARS_MAX {
+        return Err(Invalid::new(
+            "invalid_text",
+            format!("a comment has 1 to {COMMENT_CHARS_MAX} characters"),
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(Invalid::new(
+            "invalid_text",
+            "a comment cannot contain control characters",
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// (likes, comments) of a post, or (likes, replies) of a comment.
+pub fn counts(read: &ReadTransaction, id: u64) -> Result<(u64, u64), CoreError> {
+    let table = match read.open_table(COUNTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((0, 0)),
+        Err(e) => return Err(e.into()),
+    };
+    let c = table.get(id)?.map(|v| v.value()).unwrap_or((0, 0));
+    Ok(c)
+}
+
+pub fn liked(
+    read: &ReadTransaction,
+    id: u64,
+    user: u64,
+    of_comment: bool,
+) -> Result<bool, CoreError> {
+    let def = if of_comment {
+        COMMENT_LIKES
+    } else {
+        POST_LIKES
+    };
+    let table = match read.open_table(def) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let found = table.get((id, user))?.is_some();
+    Ok(found)
+}
+
+fn bump(txn: &WriteTransaction, id: u64, likes: i64, comments: i64) -> Result<(), CoreError> {
+    let mut t = txn.open_table(COUNTS)?;
+    let (a, b) = t.get(id)?.map(|v| v.value()).unwrap_or((0, 0));
+    t.insert(
+        id,
+        (
+            a.saturating_add_signed(likes),
+            b.saturating_add_signed(comments),
+        ),
+    )?;
+    Ok(())
+}
+
+/// Likes (`on`) or unlikes a post or comment; idempotent. Returns the new like count.
+pub fn set_like(
+    txn: &WriteTransaction,
+    id: u64,
+    user: u64,
+    of_comment: bool,
+    on: bool,
+    now_ms: u64,
+) -> Result<u64, CoreError> {
+    let def = if of_comment {
+        COMMENT_LIKES
+    } else {
+        POST_LIKES
+    };
+    let mut likes = txn.open_table(def)?;
+    let changed = if on {
+        likes.insert((id, user), now_ms)?.is_none()
+    } else {
+        likes.remove((id, user))?.is_some()
+    };
+    drop(likes);
+    if changed {
+        bump(txn, id, if on { 1 } else { -1 }, 0)?;
+    }
+    let count = txn
+        .open_table(COUNTS)?
+        .get(id)?
+        .map(|v| v.value().0)
+        .unwrap_or(0);
+    Ok(count)
+}
+
+pub fn comment(read: &ReadTransaction, id: u64) -> Result<Option<Comment>, CoreError> {
+    let table = match read.open_table(COMMENTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let value = table.get(id)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+/// Adds a comment to a post (which the caller has checked the author may see). A reply to a
+/// comment of another post, or nested deeper than `COMMENT_DEPTH_MAX`, is refused.
+pub fn add_comment(txn: &WriteTransaction, mut comment: Comment) -> Result<Comment, CoreError> {
+    if txn.open_table(POSTS)?.get(comment.post_id)?.is_none() {
+        return Err(CoreError::NotFound);
+    }
+    let mut comments = txn.open_table(COMMENTS)?;
+    if let Some(parent) = comment.parent {
+        let parent: Comment = match comments.get(parent)? {
+            Some(v) => decode(v.value())?,
+            None => return Err(CoreError::NotFound),
+        };
+        if parent.post_id != comment.post_id {
+            return Err(CoreError::NotFound);
+        }
+        if parent.depth >= COMMENT_DEPTH_MAX {
+            return Err(CoreError::invalid(
+                "too_deep",
+                format!("replies nest at most {COMMENT_DEPTH_MAX} deep"),
+            ));
+        }
+        comment.depth = parent.depth + 1;
+    }
+    comments.insert(comment.id, encode(&comment).as_slice())?;
+    drop(comments);
+    txn.open_table(POST_COMMENTS)?
+        .insert((comment.post_id, comment.id), ())?;
+    bump(txn, comment.post_id, 0, 1)?;
+    if let Some(parent) = comment.parent {
+        bump(txn, parent, 0, 1)?;
+    }
+    Ok(comment)
+}
+
+/// Edits the text of the author's own comment.
+pub fn edit_comment(
+    txn: &WriteTransaction,
+    id: u64,
+    author: u64,
+    text: String,
+    now_ms: u64,
+) -> Result<Comment, CoreError> {
+    let mut comments = txn.open_table(COMMENTS)?;
+    let mut c: Comment = match comments.get(id)? {
+        Some(v) => decode(v.value())?,
+        None => return Err(CoreError::NotFound),
+    };
+    if c.author_id != author {
+        return Err(CoreError::NotFound);
+    }
+    c.text = text;
+    c.edited_ms = Some(now_ms);
+    comments.insert(id, encode(&c).as_slice())?;
+    Ok(c)
+}
+
+/// Deletes a comment, by its author or by the post's author. Replies to it stay (shown
+/// under a deleted parent); its likes go.
+pub fn delete_comment(txn: &WriteTransaction, id: u64, user: u64) -> Result<(), CoreError> {
+    let c: Comment = match txn.open_table(COMMENTS)?.get(id)? {
+        Some(v) => decode(v.value())?,
+        None => return Err(CoreError::NotFound),
+    };
+    let post_author = match txn.open_table(POSTS)?.get(c.post_id)? {
+        Some(v) => decode::<Post>(v.value())?.author_id,
+        None => return Err(CoreError::NotFound),
+    };
+    if c.author_id != user && post_author != user {
+        return Err(CoreError::NotFound);
+    }
+    txn.open_table(COMMENTS)?.remove(id)?;
+    txn.open_table(POST_COMMENTS)?.remove((c.post_id, id))?;
+    bump(txn, c.post_id, 0, -1)?;
+    if let Some(parent) = c.parent {
+        bump(txn, parent, 0, -1)?;
+    }
+    let likers: Vec<u64> = txn
+        .open_table(COMMENT_LIKES)?
+        .range((id, 0)..=(id, u64::MAX))?
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    let mut likes = txn.open_table(COMMENT_LIKES)?;
+    for u in likers {
+        likes.remove((id, u))?;
+    }
+    drop(likes);
+    txn.open_table(COUNTS)?.remove(id)?;
+    Ok(())
+}
+
+/// A page of a post's comments, oldest first, after `after`.
+pub fn comments_of(
+    read: &ReadTransaction,
+    post_id: u64,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Comment>, CoreError> {
+    let index = match read.open_table(POST_COMMENTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    let mut out = Vec::with_capacity(limit);
+    for row in index
+        .range((post_id, start)..=(post_id, u64::MAX))?
+        .take(limit)
+    {
+        if let Some(c) = comment(read, row?.0.value().1)? {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}

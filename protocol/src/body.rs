@@ -159,6 +159,10 @@ pub struct PostView {
     pub media_ids: Vec<String>,
     pub created_at: String,
     pub edited_at: Option<String>,
+    pub likes_count: u64,
+    pub comments_count: u64,
+    /// Whether the caller likes it.
+    pub liked: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -223,4 +227,44 @@ pub struct DsbMedia {
 pub struct DsbUrl {
     pub shortened_url: String,
     pub expanded_url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCommentRequest {
+    pub text: String,
+    #[serde(default)]
+    pub reply_to: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditCommentRequest {
+    pub text: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommentView {
+    pub id: String,
+    pub post_id: String,
+    pub author: UserBrief,
+    pub text: String,
+    pub reply_to: Option<String>,
+    pub depth: u32,
+    pub created_at: String,
+    pub edited_at: Option<String>,
+    pub likes_count: u64,
+    pub replies_count: u64,
+    pub liked: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommentEnvelope {
+    pub comment: CommentView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Liked {
+    pub liked: bool,
+    pub likes_count: u64,
 }

@@ -31,6 +31,14 @@ pub enum Route {
     GetPost(u64),
     DeletePost(u64),
     HomeTimeline,
+    LikePost(u64),
+    UnlikePost(u64),
+    ListComments(u64),
+    CreateComment(u64),
+    EditComment(u64),
+    DeleteComment(u64),
+    LikeComment(u64),
+    UnlikeComment(u64),
     DsbRegister,
     DsbFollow,
     DsbUnfollow,
@@ -74,6 +82,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/posts/{id}"),
     ("DELETE", "/v1/posts/{id}"),
     ("GET", "/v1/timelines/home"),
+    ("POST", "/v1/posts/{id}/like"),
+    ("DELETE", "/v1/posts/{id}/like"),
+    ("GET", "/v1/posts/{id}/comments"),
+    ("POST", "/v1/posts/{id}/comments"),
+    ("PATCH", "/v1/comments/{id}"),
+    ("DELETE", "/v1/comments/{id}"),
+    ("POST", "/v1/comments/{id}/like"),
+    ("DELETE", "/v1/comments/{id}/like"),
     ("POST", "/wrk2-api/user/register"),
     ("POST", "/wrk2-api/user/follow"),
     ("POST", "/wrk2-api/user/unfollow"),
@@ -131,13 +147,30 @@ impl Route {
             };
             found.ok_or(RouteMiss::MethodNotAllowed)
         };
+        if let Some(rest) = path.strip_prefix("/v1/comments/") {
+            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return match (tail, method.clone()) {
+                ("", Method::PATCH) => Ok(EditComment(id)),
+                ("", Method::DELETE) => Ok(DeleteComment(id)),
+                ("", _) => Err(RouteMiss::MethodNotAllowed),
+                ("like", _) => by_method(None, Some(LikeComment(id)), Some(UnlikeComment(id))),
+                _ => Err(RouteMiss::NotFound),
+            };
+        }
         if let Some(rest) = path.strip_prefix("/v1/sessions/") {
             let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
             return by_method(None, None, Some(RevokeSession(id)));
         }
         if let Some(rest) = path.strip_prefix("/v1/posts/") {
-            let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
-            return by_method(Some(GetPost(id)), None, Some(DeletePost(id)));
+            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return match tail {
+                "" => by_method(Some(GetPost(id)), None, Some(DeletePost(id))),
+                "like" => by_method(None, Some(LikePost(id)), Some(UnlikePost(id))),
+                "comments" => by_method(Some(ListComments(id)), Some(CreateComment(id)), None),
+                _ => Err(RouteMiss::NotFound),
+            };
         }
         if let Some(rest) = path.strip_prefix("/v1/users/") {
             if let Some(name) = rest.strip_prefix('@') {
@@ -187,6 +220,10 @@ impl Route {
             CreatePost => "/v1/posts",
             GetPost(_) | DeletePost(_) => "/v1/posts/{id}",
             HomeTimeline => "/v1/timelines/home",
+            LikePost(_) | UnlikePost(_) => "/v1/posts/{id}/like",
+            ListComments(_) | CreateComment(_) => "/v1/posts/{id}/comments",
+            EditComment(_) | DeleteComment(_) => "/v1/comments/{id}",
+            LikeComment(_) | UnlikeComment(_) => "/v1/comments/{id}/like",
             DsbRegister => "/wrk2-api/user/register",
             DsbFollow => "/wrk2-api/user/follow",
             DsbUnfollow => "/wrk2-api/user/unfollow",

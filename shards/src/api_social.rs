@@ -1,7 +1,7 @@
 //! Routes of the social domain: profiles, posts, follows, blocks and timelines. Each one
 //! authenticates, validates, then asks the shard that owns the data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -14,7 +14,7 @@ use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, json_body, query_param, Reply, Result};
 use crate::error::{ApiError, Fail};
-use crate::mesh::{NewPost, Op, Page, UserBrief};
+use crate::mesh::{CommentInfo, NewPost, Op, Page, UserBrief};
 use crate::shard::Shard;
 
 pub const PAGE_LIMIT_DEFAULT: usize = 20;
@@ -140,7 +140,8 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
-            Ok(post_list(req.uri().path(), posts, page, None))
+            let counts = counts_of(shard, &posts, viewer, deadline).await?;
+            Ok(post_list(req.uri().path(), posts, &counts, page, None))
         }
         Route::HomeTimeline => {
             let page = page(req.uri().query())?;
@@ -151,7 +152,8 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
-            Ok(post_list(req.uri().path(), posts, page, scanned))
+            let counts = counts_of(shard, &posts, viewer, deadline).await?;
+            Ok(post_list(req.uri().path(), posts, &counts, page, scanned))
         }
         Route::CreatePost => create_post(shard, viewer, req, deadline).await,
         Route::GetPost(id) => {
@@ -164,10 +166,12 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             let post = post.ok_or_else(ApiError::not_found)?;
+            let counts = counts_of(shard, std::slice::from_ref(&post), viewer, deadline).await?;
+            let counts = counts.get(&post.id).copied().unwrap_or_default();
             Ok(Reply::json(
                 StatusCode::OK,
                 &wire::PostEnvelope {
-                    post: post_view(&post),
+                    post: post_view(&post, counts),
                 },
             ))
         }
@@ -182,7 +186,130 @@ pub(crate) async fn dispatch(
                 .await?;
             Ok(Reply::empty(StatusCode::NO_CONTENT))
         }
+        Route::LikePost(id)
+        | Route::UnlikePost(id)
+        | Route::LikeComment(id)
+        | Route::UnlikeComment(id) => {
+            let id = known(shard, id)?;
+            let comment = matches!(route, Route::LikeComment(_) | Route::UnlikeComment(_));
+            let on = matches!(route, Route::LikePost(_) | Route::LikeComment(_));
+            let likes = shard
+                .ask(shard_of(id), deadline, |reply| Op::Like {
+                    id,
+                    user: viewer,
+                    comment,
+                    on,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::Liked {
+                    liked: on,
+                    likes_count: likes,
+                },
+            ))
+        }
+        Route::CreateComment(id) => {
+            let post_id = known(shard, id)?;
+            let body: wire::CreateCommentRequest = json_body(shard, req).await?;
+            let text = content::parse_comment_text(&body.text)?;
+            let parent = match body.reply_to.as_deref() {
+                None => None,
+                Some(r) => Some(
+                    r.parse::<u64>()
+                        .ok()
+                        .filter(|c| shard_of(*c) == shard_of(post_id))
+                        .ok_or_else(ApiError::not_found)?,
+                ),
+            };
+            let info = shard
+                .ask(shard_of(post_id), deadline, |reply| Op::AddComment {
+                    post_id,
+                    author: viewer,
+                    text,
+                    parent,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(
+                StatusCode::CREATED,
+                &wire::CommentEnvelope {
+                    comment: comment_view(info),
+                },
+            ))
+        }
+        Route::ListComments(id) => {
+            let post_id = known(shard, id)?;
+            let page = page(req.uri().query())?;
+            let (after, limit) = (page.max_id, page.limit);
+            let infos = shard
+                .ask(shard_of(post_id), deadline, |reply| Op::Comments {
+                    post_id,
+                    viewer,
+                    after,
+                    limit,
+                    reply,
+                })
+                .await?;
+            let next = (infos.len() == limit)
+                .then(|| infos.last().map(|c| c.comment.id.to_string()))
+                .flatten();
+            let items: Vec<wire::CommentView> = infos.into_iter().map(comment_view).collect();
+            Ok(Reply::json(StatusCode::OK, &wire::List { items, next }))
+        }
+        Route::EditComment(id) => {
+            let id = known(shard, id)?;
+            let body: wire::EditCommentRequest = json_body(shard, req).await?;
+            let text = content::parse_comment_text(&body.text)?;
+            let info = shard
+                .ask(shard_of(id), deadline, |reply| Op::EditComment {
+                    id,
+                    author: viewer,
+                    text,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::CommentEnvelope {
+                    comment: comment_view(info),
+                },
+            ))
+        }
+        Route::DeleteComment(id) => {
+            let id = known(shard, id)?;
+            shard
+                .ask(shard_of(id), deadline, |reply| Op::DeleteComment {
+                    id,
+                    user: viewer,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::empty(StatusCode::NO_CONTENT))
+        }
         _ => Err(ApiError::not_found()),
+    }
+}
+
+fn comment_view(info: CommentInfo) -> wire::CommentView {
+    let c = info.comment;
+    wire::CommentView {
+        id: c.id.to_string(),
+        post_id: c.post_id.to_string(),
+        author: wire::UserBrief {
+            id: c.author_id.to_string(),
+            username: c.author_username,
+            display_name: String::new(),
+        },
+        text: c.text,
+        reply_to: c.parent.map(|p| p.to_string()),
+        depth: c.depth,
+        created_at: rfc3339(c.created_ms),
+        edited_at: c.edited_ms.map(rfc3339),
+        likes_count: info.likes,
+        replies_count: info.replies,
+        liked: info.liked,
     }
 }
 
@@ -325,7 +452,13 @@ pub(crate) fn page(query: Option<&str>) -> Result<Page> {
 }
 
 /// A page of posts with its `next` cursor and `Link` header.
-fn post_list(path: &str, posts: Vec<Post>, page: Page, scanned_to: Option<u64>) -> Reply {
+fn post_list(
+    path: &str,
+    posts: Vec<Post>,
+    counts: &HashMap<u64, Counts>,
+    page: Page,
+    scanned_to: Option<u64>,
+) -> Reply {
     // A full page may have more after it; a short page only when the feed scan stopped at
     // its cap (`scanned_to`), in which case the next page continues from there.
     let next_id = if posts.len() >= page.limit {
@@ -346,7 +479,10 @@ fn post_list(path: &str, posts: Vec<Post>, page: Page, scanned_to: Option<u64>) 
             first.id, page.limit
         ));
     }
-    let items: Vec<wire::PostView> = posts.iter().map(post_view).collect();
+    let items: Vec<wire::PostView> = posts
+        .iter()
+        .map(|p| post_view(p, counts.get(&p.id).copied().unwrap_or_default()))
+        .collect();
     let mut reply = Reply::json(
         StatusCode::OK,
         &wire::List {
@@ -360,7 +496,44 @@ fn post_list(path: &str, posts: Vec<Post>, page: Page, scanned_to: Option<u64>) 
     reply
 }
 
-pub(crate) fn post_view(p: &Post) -> wire::PostView {
+/// (likes, comments, liked by the viewer) of each post, asking each owning shard once.
+async fn counts_of(
+    shard: &Rc<Shard>,
+    posts: &[Post],
+    viewer: u64,
+    deadline: Instant,
+) -> Result<HashMap<u64, Counts>> {
+    let mut by_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    for p in posts {
+        by_shard.entry(shard_of(p.id)).or_default().push(p.id);
+    }
+    let mut out = HashMap::with_capacity(posts.len());
+    for (k, ids) in by_shard {
+        for (id, likes, comments, liked) in shard
+            .ask(k, deadline, |reply| Op::PostCounts { ids, viewer, reply })
+            .await?
+        {
+            out.insert(
+                id,
+                Counts {
+                    likes,
+                    comments,
+                    liked,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counts {
+    likes: u64,
+    comments: u64,
+    liked: bool,
+}
+
+pub(crate) fn post_view(p: &Post, counts: Counts) -> wire::PostView {
     wire::PostView {
         id: p.id.to_string(),
         author: wire::UserBrief {
@@ -391,6 +564,9 @@ pub(crate) fn post_view(p: &Post) -> wire::PostView {
         media_ids: Vec::new(),
         created_at: rfc3339(p.created_ms),
         edited_at: p.edited_ms.map(rfc3339),
+        likes_count: counts.likes,
+        comments_count: counts.comments,
+        liked: counts.liked,
     }
 }
 
@@ -457,10 +633,13 @@ async fn create_post(
             reply,
         })
         .await?;
+    // An idempotent repeat returns the first post, which may have gathered likes since.
+    let counts = counts_of(shard, std::slice::from_ref(&post), author, deadline).await?;
+    let counts = counts.get(&post.id).copied().unwrap_or_default();
     Ok(Reply::json(
         StatusCode::CREATED,
         &wire::PostEnvelope {
-            post: post_view(&post),
+            post: post_view(&post, counts),
         },
     ))
 }

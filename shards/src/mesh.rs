@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use nova_core::communication::QueuedEmail;
-use nova_core::content::{Post, Visibility};
+use nova_core::content::{Comment, Post, Visibility};
 use nova_core::events::Event;
 use nova_core::identity::{AuthEvent, Email, EmailClaim, Issued, Refreshed, Session, User};
 use nova_core::tokens::RefreshToken;
@@ -187,11 +187,59 @@ pub enum Op {
         page: Page,
         reply: Reply<(Vec<Post>, Option<u64>)>,
     },
+    /// Like or unlike a post (`comment: false`) or comment on its shard; the new count.
+    Like {
+        id: u64,
+        user: u64,
+        comment: bool,
+        on: bool,
+        reply: Reply<u64>,
+    },
+    AddComment {
+        post_id: u64,
+        author: u64,
+        text: String,
+        parent: Option<u64>,
+        reply: Reply<CommentInfo>,
+    },
+    Comments {
+        post_id: u64,
+        viewer: u64,
+        after: Option<u64>,
+        limit: usize,
+        reply: Reply<Vec<CommentInfo>>,
+    },
+    EditComment {
+        id: u64,
+        author: u64,
+        text: String,
+        reply: Reply<CommentInfo>,
+    },
+    DeleteComment {
+        id: u64,
+        user: u64,
+        reply: Reply<()>,
+    },
+    /// (likes, comments, liked by viewer) of posts this shard owns, in the order asked.
+    PostCounts {
+        ids: Vec<u64>,
+        viewer: u64,
+        reply: Reply<Vec<(u64, u64, u64, bool)>>,
+    },
     /// Outbox delivery: apply these events here, once each.
     Deliver {
         events: Vec<(u64, Event)>,
         reply: Reply<()>,
     },
+}
+
+/// A comment with its counts as the viewer sees them.
+#[derive(Debug, Clone)]
+pub struct CommentInfo {
+    pub comment: Comment,
+    pub likes: u64,
+    pub replies: u64,
+    pub liked: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -185,6 +185,82 @@ impl Shard {
                 });
                 let _ = reply.send(result);
             }
+            Op::Like {
+                id,
+                user,
+                comment,
+                on,
+                reply,
+            } => {
+                let _ = reply.send(self.like(id, user, comment, on).await);
+            }
+            Op::AddComment {
+                post_id,
+                author,
+                text,
+                parent,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.add_comment(post_id, author, text, parent, deadline)
+                        .await,
+                );
+            }
+            Op::Comments {
+                post_id,
+                viewer,
+                after,
+                limit,
+                reply,
+            } => {
+                let result = self.read(|r| {
+                    let Some(post) = content::post(r, post_id)? else {
+                        return Err(CoreError::NotFound);
+                    };
+                    if !self.may_see(r, &post, viewer)? {
+                        return Err(CoreError::NotFound);
+                    }
+                    content::comments_of(r, post_id, after, limit)?
+                        .into_iter()
+                        .map(|c| comment_info(r, c, viewer))
+                        .collect()
+                });
+                let _ = reply.send(result);
+            }
+            Op::EditComment {
+                id,
+                author,
+                text,
+                reply,
+            } => {
+                let now = now_ms();
+                let result = self
+                    .partition
+                    .write(move |t| content::edit_comment(t, id, author, text, now))
+                    .await;
+                let result = result
+                    .map_err(Fail::from)
+                    .and_then(|c| self.read(|r| comment_info(r, c, author)));
+                let _ = reply.send(result);
+            }
+            Op::DeleteComment { id, user, reply } => {
+                let result = self
+                    .partition
+                    .write(move |t| content::delete_comment(t, id, user))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::PostCounts { ids, viewer, reply } => {
+                let result = self.read(|r| {
+                    ids.iter()
+                        .map(|id| {
+                            let (likes, comments) = content::counts(r, *id)?;
+                            Ok((*id, likes, comments, content::liked(r, *id, viewer, false)?))
+                        })
+                        .collect()
+                });
+                let _ = reply.send(result);
+            }
             Op::Deliver { events, reply } => {
                 let id = self.id;
                 let shards = self.shards;
@@ -205,6 +281,73 @@ impl Shard {
             // Identity operations are served in shard.rs; they never reach here.
             _ => {}
         }
+    }
+
+    /// Likes need the liker to see the post (for a comment: the comment's post).
+    async fn like(&self, id: u64, user: u64, of_comment: bool, on: bool) -> Result<u64, Fail> {
+        let visible = self.read(|r| {
+            let post_id = if of_comment {
+                match content::comment(r, id)? {
+                    Some(c) => c.post_id,
+                    None => return Ok(false),
+                }
+            } else {
+                id
+            };
+            match content::post(r, post_id)? {
+                Some(post) => self.may_see(r, &post, user),
+                None => Ok(false),
+            }
+        })?;
+        if !visible {
+            return Err(CoreError::NotFound.into());
+        }
+        let now = now_ms();
+        Ok(self
+            .partition
+            .write(move |t| content::set_like(t, id, user, of_comment, on, now))
+            .await?)
+    }
+
+    async fn add_comment(
+        self: &Rc<Self>,
+        post_id: u64,
+        author: u64,
+        text: String,
+        parent: Option<u64>,
+        deadline: Instant,
+    ) -> Result<crate::mesh::CommentInfo, Fail> {
+        let visible = self.read(|r| match content::post(r, post_id)? {
+            Some(post) => self.may_see(r, &post, author),
+            None => Ok(false),
+        })?;
+        if !visible {
+            return Err(CoreError::NotFound.into());
+        }
+        let ids = vec![author];
+        let who = self
+            .ask(shard_of(author), deadline, |reply| Op::Briefs {
+                ids,
+                reply,
+            })
+            .await?;
+        let who = who.into_iter().next().ok_or(CoreError::NotFound)?;
+        let comment = content::Comment {
+            id: self.next_id(),
+            post_id,
+            author_id: author,
+            author_username: who.username,
+            text,
+            parent,
+            depth: 0,
+            created_ms: now_ms(),
+            edited_ms: None,
+        };
+        let stored = self
+            .partition
+            .write(move |t| content::add_comment(t, comment))
+            .await?;
+        self.read(|r| comment_info(r, stored, author))
     }
 
     fn profile(&self, user_id: u64, viewer: u64) -> Result<Option<Profile>, Fail> {
@@ -582,6 +725,21 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+fn comment_info(
+    r: &nova_storage::redb::ReadTransaction,
+    comment: content::Comment,
+    viewer: u64,
+) -> Result<crate::mesh::CommentInfo, CoreError> {
+    let (likes, replies) = content::counts(r, comment.id)?;
+    let liked = content::liked(r, comment.id, viewer, true)?;
+    Ok(crate::mesh::CommentInfo {
+        comment,
+        likes,
+        replies,
+        liked,
+    })
 }
 
 fn brief(user: &identity::User) -> UserBrief {
