@@ -16,6 +16,7 @@ pub mod events;
 pub mod identity;
 mod ids;
 pub mod password;
+pub mod profiles;
 pub mod social;
 pub mod tokens;
 

@@ -176,6 +176,7 @@ pub struct ProfileView {
     pub username: String,
     pub display_name: String,
     pub bio: String,
+    pub links: Vec<String>,
     pub created_at: String,
     pub followers_count: u64,
     pub following_count: u64,
@@ -267,4 +268,35 @@ pub struct CommentEnvelope {
 pub struct Liked {
     pub liked: bool,
     pub likes_count: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProfileRequest {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub bio: Option<String>,
+    #[serde(default)]
+    pub links: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePreferencesRequest {
+    #[serde(default)]
+    pub default_visibility: Option<String>,
+    #[serde(default)]
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PreferencesView {
+    pub default_visibility: &'static str,
+    pub language: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PreferencesEnvelope {
+    pub preferences: PreferencesView,
 }

@@ -269,7 +269,7 @@ async fn compose(shard: &Rc<Shard>, form: &Form, deadline: Instant) -> Result<Re
     let new = NewPost {
         author,
         text: content::parse_text(text)?,
-        visibility: Visibility::Public,
+        visibility: Some(Visibility::Public),
         reply_to: None,
         idempotency_key: None,
         post_type,

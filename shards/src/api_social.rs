@@ -9,12 +9,14 @@ use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
 
 use nova_core::content::{self, Post, Visibility};
+use nova_core::identity::DisplayName;
+use nova_core::profiles;
 use nova_core::{shard_for_key, shard_of, CoreError};
 use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, json_body, query_param, Reply, Result};
 use crate::error::{ApiError, Fail};
-use crate::mesh::{CommentInfo, NewPost, Op, Page, UserBrief};
+use crate::mesh::{CommentInfo, NewPost, Op, Page, PreferencesUpdate, UserBrief};
 use crate::shard::Shard;
 
 pub const PAGE_LIMIT_DEFAULT: usize = 20;
@@ -185,6 +187,65 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             Ok(Reply::empty(StatusCode::NO_CONTENT))
+        }
+        Route::UpdateProfile => {
+            let body: wire::UpdateProfileRequest = json_body(shard, req).await?;
+            let display_name = body
+                .display_name
+                .as_deref()
+                .map(DisplayName::parse)
+                .transpose()?;
+            let bio = body.bio.as_deref().map(profiles::parse_bio).transpose()?;
+            let links = body
+                .links
+                .as_deref()
+                .map(profiles::parse_links)
+                .transpose()?;
+            shard
+                .ask(shard_of(viewer), deadline, |reply| Op::UpdateProfile {
+                    user_id: viewer,
+                    display_name,
+                    bio,
+                    links,
+                    reply,
+                })
+                .await?;
+            profile(shard, viewer, viewer, deadline).await
+        }
+        Route::GetPreferences | Route::UpdatePreferences => {
+            let update = if route == Route::UpdatePreferences {
+                let body: wire::UpdatePreferencesRequest = json_body(shard, req).await?;
+                Some(PreferencesUpdate {
+                    default_visibility: body
+                        .default_visibility
+                        .as_deref()
+                        .map(Visibility::parse)
+                        .transpose()?,
+                    language: body
+                        .language
+                        .as_deref()
+                        .map(profiles::parse_language)
+                        .transpose()?,
+                })
+            } else {
+                None
+            };
+            let prefs = shard
+                .ask(shard_of(viewer), deadline, |reply| Op::Preferences {
+                    user_id: viewer,
+                    update,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::PreferencesEnvelope {
+                    preferences: wire::PreferencesView {
+                        default_visibility: prefs.default_visibility.as_str(),
+                        language: prefs.language,
+                    },
+                },
+            ))
         }
         Route::LikePost(id)
         | Route::UnlikePost(id)
@@ -373,7 +434,8 @@ async fn profile(shard: &Rc<Shard>, user_id: u64, viewer: u64, deadline: Instant
                 id: p.user.id.to_string(),
                 username: p.user.username.clone(),
                 display_name: p.user.display_name.clone(),
-                bio: String::new(),
+                bio: p.profile.bio.clone(),
+                links: p.profile.links.clone(),
                 created_at: rfc3339(p.user.created_ms),
                 followers_count: p.followers,
                 following_count: p.following,
@@ -597,10 +659,11 @@ async fn create_post(
     let key = idempotency_key(req.headers())?;
     let body: wire::CreatePostRequest = json_body(shard, req).await?;
     let text = content::parse_text(&body.text)?;
-    let visibility = match body.visibility.as_deref() {
-        None => Visibility::Public,
-        Some(v) => Visibility::parse(v)?,
-    };
+    let visibility = body
+        .visibility
+        .as_deref()
+        .map(Visibility::parse)
+        .transpose()?;
     let reply_to = match body.reply_to.as_deref() {
         None => None,
         Some(r) => Some(

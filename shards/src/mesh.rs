@@ -7,7 +7,9 @@ use std::time::Instant;
 use nova_core::communication::QueuedEmail;
 use nova_core::content::{Comment, Post, Visibility};
 use nova_core::events::Event;
+use nova_core::identity::DisplayName;
 use nova_core::identity::{AuthEvent, Email, EmailClaim, Issued, Refreshed, Session, User};
+use nova_core::profiles::Preferences;
 use nova_core::tokens::RefreshToken;
 
 use crate::error::Fail;
@@ -226,6 +228,19 @@ pub enum Op {
         viewer: u64,
         reply: Reply<Vec<(u64, u64, u64, bool)>>,
     },
+    /// Change the user's display name and/or profile (fields left `None` stay).
+    UpdateProfile {
+        user_id: u64,
+        display_name: Option<DisplayName>,
+        bio: Option<String>,
+        links: Option<Vec<String>>,
+        reply: Reply<()>,
+    },
+    Preferences {
+        user_id: u64,
+        update: Option<PreferencesUpdate>,
+        reply: Reply<Preferences>,
+    },
     /// Outbox delivery: apply these events here, once each.
     Deliver {
         events: Vec<(u64, Event)>,
@@ -243,6 +258,12 @@ pub struct CommentInfo {
 }
 
 #[derive(Debug, Clone)]
+pub struct PreferencesUpdate {
+    pub default_visibility: Option<Visibility>,
+    pub language: Option<String>,
+}
+
+#[derive(Debug, Clone)]
 pub struct UserBrief {
     pub id: u64,
     pub username: String,
@@ -255,6 +276,7 @@ pub struct Profile {
     pub followers: u64,
     pub following: u64,
     pub posts: u64,
+    pub profile: nova_core::profiles::Profile,
 }
 
 /// A post to compose, validated on the connection's shard.
@@ -262,7 +284,8 @@ pub struct Profile {
 pub struct NewPost {
     pub author: u64,
     pub text: String,
-    pub visibility: Visibility,
+    /// None: the author's default (preferences).
+    pub visibility: Option<Visibility>,
     pub reply_to: Option<u64>,
     pub idempotency_key: Option<String>,
     pub post_type: u32,

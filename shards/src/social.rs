@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use nova_core::content::{self, Mention, Post, Visibility};
 use nova_core::events::{self, Event};
 use nova_core::identity;
+use nova_core::profiles;
 use nova_core::social;
 use nova_core::{id_ms, shard_for_key, shard_of, CoreError};
 
@@ -261,6 +262,59 @@ impl Shard {
                 });
                 let _ = reply.send(result);
             }
+            Op::UpdateProfile {
+                user_id,
+                display_name,
+                bio,
+                links,
+                reply,
+            } => {
+                let result = self
+                    .partition
+                    .write(move |t| {
+                        let user = match &display_name {
+                            Some(name) => Some(identity::set_display_name(t, user_id, name)?),
+                            None => None,
+                        };
+                        if bio.is_some() || links.is_some() {
+                            profiles::update_profile(t, user_id, bio, links)?;
+                        }
+                        Ok::<_, CoreError>(user)
+                    })
+                    .await;
+                let result = match result {
+                    Ok(user) => {
+                        if let Some(user) = user {
+                            self.users.borrow_mut().insert(user.id, Rc::new(user));
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(Fail::from(e)),
+                };
+                let _ = reply.send(result);
+            }
+            Op::Preferences {
+                user_id,
+                update,
+                reply,
+            } => {
+                let result = match update {
+                    None => self.read(|r| profiles::preferences(r, user_id)),
+                    Some(u) => self
+                        .partition
+                        .write(move |t| {
+                            profiles::update_preferences(
+                                t,
+                                user_id,
+                                u.default_visibility,
+                                u.language,
+                            )
+                        })
+                        .await
+                        .map_err(Fail::from),
+                };
+                let _ = reply.send(result);
+            }
             Op::Deliver { events, reply } => {
                 let id = self.id;
                 let shards = self.shards;
@@ -360,11 +414,13 @@ impl Shard {
             }
             let (followers, following) = social::counts(r, user_id)?;
             let posts = content::posts_count(r, user_id, POSTS_COUNTED_MAX)?;
+            let profile = profiles::profile(r, user_id)?;
             Ok(Some(Profile {
                 user,
                 followers,
                 following,
                 posts,
+                profile,
             }))
         })
     }
@@ -444,6 +500,13 @@ impl Shard {
                 return Err(CoreError::NotFound.into());
             }
         }
+        let visibility = match new.visibility {
+            Some(v) => v,
+            None => {
+                self.read(|r| profiles::preferences(r, author.id))?
+                    .default_visibility
+            }
+        };
         let extracted = content::extract(&new.text);
         let mut mentions = Vec::new();
         for name in extracted.mentions {
@@ -474,7 +537,7 @@ impl Shard {
             author_username: author.username.clone(),
             author_display_name: author.display_name.clone(),
             text: new.text,
-            visibility: new.visibility,
+            visibility,
             reply_to: new.reply_to,
             mentions,
             hashtags: extracted.hashtags,

@@ -719,6 +719,22 @@ pub fn verify_email(txn: &WriteTransaction, ctx: &Context, token: &str) -> Resul
     Ok(user)
 }
 
+/// Changes the user's display name (validated by the caller).
+pub fn set_display_name(
+    txn: &WriteTransaction,
+    user_id: u64,
+    name: &DisplayName,
+) -> Result<User, CoreError> {
+    let mut users = txn.open_table(USERS)?;
+    let mut user: User = match users.get(user_id)? {
+        Some(v) => decode(v.value())?,
+        None => return Err(CoreError::NotFound),
+    };
+    user.display_name = name.as_str().to_string();
+    users.insert(user_id, encode(&user).as_slice())?;
+    Ok(user)
+}
+
 /// Queues a password-reset email for the user. Unknown user: `NotFound` (the route answers
 /// the same either way, so nobody learns which emails are registered).
 pub fn request_password_reset(
