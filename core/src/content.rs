@@ -52,6 +52,8 @@ impl Visibility {
 pub struct Mention {
     pub user_id: u64,
     pub username: String,
+    /// The user's id in a client's own numbering (DeathStarBench), when it has one.
+    pub external_id: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -499,6 +499,7 @@ mod tests {
         p.mentions.push(crate::content::Mention {
             user_id: 1,
             username: "u1".into(),
+            external_id: None,
         });
         write(&db, |t| fan_out(t, &p, false, &[1]));
         assert!(home_ids(&db, 1).is_empty());

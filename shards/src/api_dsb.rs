@@ -150,6 +150,13 @@ async fn register(
             reply,
         })
         .await?;
+    shard
+        .ask(shard_of(user_id), deadline, |reply| Op::SetExternalOf {
+            user_id,
+            ext,
+            reply,
+        })
+        .await?;
     Ok(Reply::text(StatusCode::OK, "Success!"))
 }
 
@@ -332,6 +339,7 @@ async fn timeline(
                 reply,
             })
             .await?
+            .0
     };
     let items: Vec<wire::DsbPost> = posts.iter().skip(start).map(dsb_post).collect();
     Ok(Reply::json(StatusCode::OK, &items))
@@ -350,7 +358,7 @@ fn dsb_post(p: &Post) -> wire::DsbPost {
             .mentions
             .iter()
             .map(|m| wire::DsbCreator {
-                user_id: m.user_id.to_string(),
+                user_id: m.external_id.unwrap_or(m.user_id).to_string(),
                 username: m.username.clone(),
             })
             .collect(),

@@ -134,7 +134,7 @@ pub(crate) async fn dispatch(
         Route::UserPosts(id) => {
             let author = known(shard, id)?;
             let page = page(req.uri().query())?;
-            let posts = shard
+            let (posts, scanned) = shard
                 .ask(shard_of(author), deadline, |reply| Op::UserPosts {
                     author,
                     viewer,
@@ -143,7 +143,7 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             let counts = counts_of(shard, &posts, viewer, deadline).await?;
-            Ok(post_list(req.uri().path(), posts, &counts, page, None))
+            Ok(post_list(req.uri().path(), posts, &counts, page, scanned))
         }
         Route::HomeTimeline => {
             let page = page(req.uri().query())?;

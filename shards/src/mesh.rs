@@ -182,7 +182,7 @@ pub enum Op {
         author: u64,
         viewer: u64,
         page: Page,
-        reply: Reply<Vec<Post>>,
+        reply: Reply<(Vec<Post>, Option<u64>)>,
     },
     Home {
         reader: u64,
@@ -241,6 +241,12 @@ pub enum Op {
         update: Option<PreferencesUpdate>,
         reply: Reply<Preferences>,
     },
+    /// Record a user's DeathStarBench id on the user's shard (the reverse mapping).
+    SetExternalOf {
+        user_id: u64,
+        ext: u64,
+        reply: Reply<()>,
+    },
     /// Outbox delivery: apply these events here, once each.
     Deliver {
         events: Vec<(u64, Event)>,
@@ -268,6 +274,8 @@ pub struct UserBrief {
     pub id: u64,
     pub username: String,
     pub display_name: String,
+    /// The user's DeathStarBench id, if it registered through that API.
+    pub external_id: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

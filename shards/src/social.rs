@@ -41,15 +41,19 @@ impl Shard {
     pub(crate) async fn serve_social(self: &Rc<Self>, op: Op, deadline: Instant) {
         match op {
             Op::LookupUsername { key, reply } => {
-                let found = self.read(|r| identity::user_by_username(r, &key));
-                let _ = reply.send(found.map(|u| u.map(|u| brief(&u))));
+                let found = self.read(|r| {
+                    identity::user_by_username(r, &key)?
+                        .map(|u| brief(r, &u))
+                        .transpose()
+                });
+                let _ = reply.send(found);
             }
             Op::Briefs { ids, reply } => {
                 let briefs = self.read(|r| {
                     let mut out = Vec::with_capacity(ids.len());
                     for id in ids {
                         if let Some(u) = identity::user(r, id)? {
-                            out.push(brief(&u));
+                            out.push(brief(r, &u)?);
                         }
                     }
                     Ok(out)
@@ -315,6 +319,17 @@ impl Shard {
                 };
                 let _ = reply.send(result);
             }
+            Op::SetExternalOf {
+                user_id,
+                ext,
+                reply,
+            } => {
+                let result = self
+                    .partition
+                    .write(move |t| identity::set_external_of(t, DSB_NAMESPACE, user_id, ext))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
             Op::Deliver { events, reply } => {
                 let id = self.id;
                 let shards = self.shards;
@@ -453,24 +468,47 @@ impl Shard {
         })
     }
 
-    fn user_posts(&self, author: u64, viewer: u64, page: Page) -> Result<Vec<Post>, Fail> {
+    /// A page of `author`'s posts that `viewer` may see. Posts the viewer may not see are
+    /// skipped and the scan goes on (up to `HOME_SCAN_MAX` posts); when it stops at that cap
+    /// before the page is full, the last id scanned is returned as the cursor to go on from.
+    fn user_posts(
+        &self,
+        author: u64,
+        viewer: u64,
+        page: Page,
+    ) -> Result<(Vec<Post>, Option<u64>), Fail> {
         self.read(|r| {
             if identity::user(r, author)?.is_none()
                 || social::blocked_either_way(r, author, viewer)?
             {
                 return Err(CoreError::NotFound);
             }
-            // Followers-only posts are filtered out, so read a little more than a page.
-            let ids = content::user_post_ids(r, author, page.max_id, page.min_id, page.limit)?;
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                if let Some(post) = content::post(r, id)? {
-                    if self.may_see(r, &post, viewer)? {
-                        out.push(post);
+            let mut out = Vec::with_capacity(page.limit);
+            let mut max_id = page.max_id;
+            let mut scanned = 0;
+            loop {
+                let ids = content::user_post_ids(r, author, max_id, page.min_id, page.limit)?;
+                let exhausted = ids.len() < page.limit;
+                for id in &ids {
+                    scanned += 1;
+                    max_id = Some(*id);
+                    if let Some(post) = content::post(r, *id)? {
+                        if self.may_see(r, &post, viewer)? {
+                            out.push(post);
+                            if out.len() == page.limit {
+                                return Ok((out, None));
+                            }
+                        }
                     }
                 }
+                // An ascending (min_id) page is one window; only newest-first pages go on.
+                if exhausted || page.min_id.is_some() {
+                    return Ok((out, None));
+                }
+                if scanned >= HOME_SCAN_MAX {
+                    return Ok((out, max_id));
+                }
             }
-            Ok(out)
         })
     }
 
@@ -519,6 +557,7 @@ impl Shard {
                 mentions.push(Mention {
                     user_id: user.id,
                     username: user.username,
+                    external_id: user.external_id,
                 });
             }
         }
@@ -805,12 +844,16 @@ fn comment_info(
     })
 }
 
-fn brief(user: &identity::User) -> UserBrief {
-    UserBrief {
+fn brief(
+    r: &nova_storage::redb::ReadTransaction,
+    user: &identity::User,
+) -> Result<UserBrief, CoreError> {
+    Ok(UserBrief {
         id: user.id,
         username: user.username.clone(),
         display_name: user.display_name.clone(),
-    }
+        external_id: identity::external_of(r, DSB_NAMESPACE, user.id)?,
+    })
 }
 
 /// A short, stable form of a link (DeathStarBench stores one next to each link).

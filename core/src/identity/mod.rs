@@ -46,6 +46,8 @@ const PASSWORD_RESETS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new(
 /// (namespace, external id) -> user id : ids a client brings (DeathStarBench's user_id),
 /// on `shard_for_key("<namespace>:<id>")`
 const EXTERNAL_IDS: TableDefinition<(&str, u64), u64> = TableDefinition::new("external_ids");
+/// (namespace, user id) -> external id : the reverse of `external_ids`, on the user's shard
+const EXTERNAL_OF: TableDefinition<(&str, u64), u64> = TableDefinition::new("external_of");
 /// (ms, log id) -> AuthLog : time-keyed, pruned by retention
 const AUTH_LOGS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("auth_logs");
 
@@ -342,7 +344,29 @@ pub fn external_id(
     Ok(value.map(|v| v.value()))
 }
 
+pub fn external_of(
+    read: &ReadTransaction,
+    namespace: &str,
+    user_id: u64,
+) -> Result<Option<u64>, CoreError> {
+    let table = open_or_empty!(read, EXTERNAL_OF);
+    let value = table.get((namespace, user_id))?;
+    Ok(value.map(|v| v.value()))
+}
+
 // ---- writes ------------------------------------------------------------------------------
+
+/// Records the user's external id on the user's own shard (the reverse mapping).
+pub fn set_external_of(
+    txn: &WriteTransaction,
+    namespace: &str,
+    user_id: u64,
+    ext: u64,
+) -> Result<(), CoreError> {
+    txn.open_table(EXTERNAL_OF)?
+        .insert((namespace, user_id), ext)?;
+    Ok(())
+}
 
 /// Maps a client's external id to a user. An id already mapped to another user: `Conflict`
 /// as `UsernameTaken`'s sibling, reported as `Invalid`.

@@ -1305,3 +1305,119 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Social helpers (issue 3)
+// ---------------------------------------------------------------------------------------------
+
+/// A registered user with a logged-in access token.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub user: User,
+    pub token: String,
+}
+
+impl Member {
+    pub fn id(&self) -> u64 {
+        self.user.id
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.user.shard()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.user.username
+    }
+
+    /// The bearer token, in the form the request helpers take.
+    pub fn auth(&self) -> Option<&str> {
+        Some(&self.token)
+    }
+}
+
+/// The ids of a list answer's `items`, in order.
+pub fn item_ids(resp: &Resp) -> Vec<u64> {
+    resp.at("items")
+        .as_array()
+        .unwrap_or_else(|| panic!("items is not an array: {}", resp.what_happened()))
+        .iter()
+        .map(|item| {
+            parse_id(
+                item.get("id")
+                    .unwrap_or_else(|| panic!("item without id: {}", resp.what_happened())),
+            )
+        })
+        .collect()
+}
+
+/// The `next` cursor of a list answer: `Some(id)` or `None` for null (anything else fails).
+pub fn next_cursor(resp: &Resp) -> Option<u64> {
+    let next = resp.at("next");
+    if next.is_null() {
+        return None;
+    }
+    Some(parse_id(next))
+}
+
+impl Server {
+    /// Registers fresh users until one is owned by `shard` (at most 200 tries).
+    pub fn register_on_shard(&self, shard: u32) -> User {
+        assert!(shard < self.shards, "no shard {shard} of {}", self.shards);
+        for _ in 0..200 {
+            let user = self.register_new();
+            if user.shard() == shard {
+                return user;
+            }
+        }
+        panic!("200 registrations gave no user on shard {shard}");
+    }
+
+    /// A fresh user owned by `shard`, logged in.
+    pub fn member_on_shard(&self, shard: u32) -> Member {
+        let user = self.register_on_shard(shard);
+        let login = self.login(&user.username, &user.password);
+        assert_eq!(login.user_id, user.id);
+        Member {
+            user,
+            token: login.access,
+        }
+    }
+
+    /// Walks a paginated list of posts by its `next` cursors (`limit` per page, at most 10,000
+    /// pages) and returns every id in the order served; each page must be 200 and hold at most
+    /// `limit` items, and every `next` must move the walk forward.
+    pub fn walk_posts(&self, path: &str, token: &str, limit: usize) -> Vec<u64> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut out = Vec::new();
+        let mut max_id: Option<u64> = None;
+        for _ in 0..10_000 {
+            let url = match max_id {
+                None => format!("{path}{sep}limit={limit}"),
+                Some(cursor) => format!("{path}{sep}limit={limit}&max_id={cursor}"),
+            };
+            let resp = self.get(&url, Some(token));
+            resp.expect(200);
+            let ids = item_ids(&resp);
+            assert!(
+                ids.len() <= limit,
+                "page of {} items over limit {limit}: {}",
+                ids.len(),
+                resp.what_happened()
+            );
+            out.extend_from_slice(&ids);
+            match next_cursor(&resp) {
+                None => return out,
+                Some(next) => {
+                    assert!(
+                        max_id.is_none_or(|prev| next < prev),
+                        "next cursor {next} does not move past {max_id:?}: {}",
+                        resp.what_happened()
+                    );
+                    max_id = Some(next);
+                }
+            }
+        }
+        panic!("{path}: more than 10,000 pages");
+    }
+}

@@ -1,0 +1,267 @@
+//! Proves that posts survive a SIGKILL of the `nova` process under concurrent load (authors on
+//! both shards, followers on the other shard and on the same one): every post answered 201 is
+//! in its author's timeline after restart, the outbox then brings every stored post into every
+//! follower's home feed, and no post appears twice in any feed or timeline.
+
+// Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use simd_json::json;
+
+/// Client threads per author.
+const THREADS_PER_AUTHOR: usize = 2;
+/// Posts acknowledged (all threads together) before the kill, per round.
+const ACKED_BEFORE_KILL: usize = 200;
+/// Posts one thread sends at most (the kill normally ends it long before).
+const POSTS_PER_THREAD_MAX: usize = 100_000;
+/// How long the outbox relay may take to deliver after a restart.
+const REDELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A post the server answered 201.
+#[derive(Debug, Clone)]
+struct Acked {
+    author: usize,
+    id: u64,
+    text: String,
+}
+
+/// The cast: four authors (two per shard) and four readers, each author followed by readers on
+/// the other shard and on its own.
+struct Cast {
+    authors: Vec<Member>,
+    readers: Vec<Member>,
+    /// For each reader, the indexes of the authors it follows.
+    follows: Vec<Vec<usize>>,
+}
+
+fn cast(server: &Server) -> Cast {
+    let authors: Vec<Member> = [0, 0, 1, 1]
+        .into_iter()
+        .map(|s| server.member_on_shard(s))
+        .collect();
+    // x0 and x1 follow everyone; y0 follows the authors of shard 1, y1 those of shard 0.
+    let readers: Vec<Member> = [0, 1, 0, 1]
+        .into_iter()
+        .map(|s| server.member_on_shard(s))
+        .collect();
+    let follows = vec![vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![2, 3], vec![0, 1]];
+    for (reader, followed) in readers.iter().zip(&follows) {
+        for &a in followed {
+            let resp = server.call(
+                "POST",
+                &format!("/v1/users/{}/follow", authors[a].id()),
+                reader.auth(),
+                None,
+            );
+            resp.expect(200);
+        }
+    }
+    for (a, author) in authors.iter().enumerate() {
+        let other_shard = readers
+            .iter()
+            .zip(&follows)
+            .any(|(r, f)| f.contains(&a) && r.shard() != author.shard());
+        assert!(other_shard, "author {a} has no follower on the other shard");
+    }
+    Cast {
+        authors,
+        readers,
+        follows,
+    }
+}
+
+/// Posts as one author on fresh connections until the server stops answering.
+fn load(
+    server: &Server,
+    author: &Member,
+    index: usize,
+    round: usize,
+    thread: usize,
+    acked: &AtomicUsize,
+) -> Vec<Acked> {
+    let mut out = Vec::new();
+    for i in 0..POSTS_PER_THREAD_MAX {
+        let text = format!("round {round} author {index} thread {thread} post {i}");
+        let visibility = if i % 4 == 3 { "followers" } else { "public" };
+        let req = Req::post("/v1/posts")
+            .json(&json!({"text": text.clone(), "visibility": visibility}))
+            .bearer(&author.token)
+            .timeout(Duration::from_secs(20));
+        match server.send(&req) {
+            Ok(resp) if resp.status == 201 => {
+                assert_eq!(resp.str("post.text"), text, "{}", resp.what_happened());
+                assert_eq!(parse_id(resp.at("post.author.id")), author.id());
+                out.push(Acked {
+                    author: index,
+                    id: parse_id(resp.at("post.id")),
+                    text,
+                });
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+            // Overloaded or timed out: says nothing either way.
+            Ok(resp) if resp.status == 503 => {}
+            Ok(resp) => panic!("post {text:?}: {}", resp.what_happened()),
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Runs the load from every author's threads and SIGKILLs the server once
+/// `ACKED_BEFORE_KILL` posts have been acknowledged, while requests are still in flight.
+fn load_then_kill(server: Server, cast: &Cast, round: usize) -> (Server, Vec<Acked>) {
+    let server = Arc::new(server);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for (index, author) in cast.authors.iter().enumerate() {
+        for t in 0..THREADS_PER_AUTHOR {
+            let server = Arc::clone(&server);
+            let acked = Arc::clone(&acked);
+            let author = author.clone();
+            handles.push(thread::spawn(move || {
+                load(&server, &author, index, round, t, &acked)
+            }));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acked.load(Ordering::SeqCst) < ACKED_BEFORE_KILL {
+        assert!(
+            Instant::now() < deadline,
+            "only {} posts in 120 s",
+            acked.load(Ordering::SeqCst)
+        );
+        assert!(
+            !handles.iter().all(|h| h.is_finished()),
+            "every client stopped before the kill"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    server.signal(libc::SIGKILL);
+    let posts: Vec<Acked> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let mut server = Arc::try_unwrap(server).ok().expect("no other owner");
+    server.kill9(); // reap it
+    (server, posts)
+}
+
+/// Fresh access tokens after a restart (the old ones are not what this test is about).
+fn relogin(server: &Server, members: &mut [Member]) {
+    for m in members {
+        m.token = server.login(&m.user.username, &m.user.password).access;
+    }
+}
+
+/// A walk of a list of posts, required to be strictly newest first (so without repeats).
+fn walk_once(server: &Server, path: &str, token: &str) -> Vec<u64> {
+    let ids = server.walk_posts(path, token, 100);
+    if let Some(w) = ids.windows(2).find(|w| w[0] <= w[1]) {
+        panic!("{path}: not strictly newest first, or repeated: {w:?} in {ids:?}");
+    }
+    ids
+}
+
+/// Checks everything after a restart; `acked` holds every acknowledged post of every round.
+/// Returns how many stored posts were never answered (in flight at the kill).
+fn verify(server: &Server, cast: &Cast, acked: &[Acked]) -> usize {
+    // Every acknowledged post is in its author's timeline, with its text.
+    let mut timelines: Vec<BTreeSet<u64>> = Vec::new();
+    for (index, author) in cast.authors.iter().enumerate() {
+        let ids = walk_once(
+            server,
+            &format!("/v1/users/{}/posts", author.id()),
+            &author.token,
+        );
+        let set: BTreeSet<u64> = ids.iter().copied().collect();
+        let lost: Vec<&Acked> = acked
+            .iter()
+            .filter(|p| p.author == index && !set.contains(&p.id))
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "author {index}: {} acknowledged posts lost: {lost:?}",
+            lost.len()
+        );
+        timelines.push(set);
+    }
+    for post in acked {
+        let author = &cast.authors[post.author];
+        let resp = server.get(&format!("/v1/posts/{}", post.id), author.auth());
+        resp.expect(200);
+        assert_eq!(resp.str("post.text"), post.text);
+    }
+
+    // Every follower's home feed comes to hold exactly the posts of the authors it follows:
+    // each acknowledged one, and each one stored without an answer too (its outbox row was
+    // written with it). Never a repeat on the way.
+    let deadline = Instant::now() + REDELIVERY_TIMEOUT;
+    for (reader, followed) in cast.readers.iter().zip(&cast.follows) {
+        let want: BTreeSet<u64> = followed
+            .iter()
+            .flat_map(|&a| timelines[a].iter().copied())
+            .collect();
+        loop {
+            let got: BTreeSet<u64> = walk_once(server, "/v1/timelines/home", &reader.token)
+                .into_iter()
+                .collect();
+            if got == want {
+                break;
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<&u64> = want.difference(&got).collect();
+                let extra: Vec<&u64> = got.difference(&want).collect();
+                let missing_acked: Vec<&Acked> =
+                    acked.iter().filter(|p| missing.contains(&&p.id)).collect();
+                panic!(
+                    "home of reader {} (shard {}) after {REDELIVERY_TIMEOUT:?}: {} posts \
+                     missing ({} of them acknowledged: {missing_acked:?}), extra {extra:?}",
+                    reader.name(),
+                    reader.shard(),
+                    missing.len(),
+                    missing_acked.len()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    timelines.iter().map(BTreeSet::len).sum::<usize>() - acked.len()
+}
+
+#[test]
+fn acknowledged_posts_reach_timelines_and_feeds_after_sigkill() {
+    let server = Server::start(&[]);
+    let mut cast = cast(&server);
+    let mut acked = Vec::new();
+    let mut server = server;
+    for round in 1..=2 {
+        let (s, posts) = load_then_kill(server, &cast, round);
+        server = s;
+        let per_author: Vec<usize> = (0..cast.authors.len())
+            .map(|a| posts.iter().filter(|p| p.author == a).count())
+            .collect();
+        assert!(
+            per_author.iter().all(|&n| n > 0),
+            "round {round}: acknowledged posts per author {per_author:?}"
+        );
+        acked.extend(posts);
+        server.restart();
+        relogin(&server, &mut cast.authors);
+        relogin(&server, &mut cast.readers);
+        let unanswered = verify(&server, &cast, &acked);
+        eprintln!(
+            "round {round}: {} acknowledged posts verified ({per_author:?} per author), \
+             {unanswered} stored without an answer",
+            acked.len()
+        );
+    }
+}
