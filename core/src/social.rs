@@ -28,6 +28,8 @@ const FOLLOWERS: TableDefinition<(u64, u64), u64> = TableDefinition::new("follow
 const BLOCKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocks");
 /// (blocked, blocker) -> ms : on the blocked user's shard
 const BLOCKED_BY: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocked_by");
+/// (muter, muted) -> ms : on the muter's shard; only the muter's reads change
+const MUTES: TableDefinition<(u64, u64), u64> = TableDefinition::new("mutes");
 /// (reader, post id) -> FeedItem : on the reader's shard
 const FEED_ITEMS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("feed_items");
 /// (post id, reader) -> () : which local feeds hold a post, for deletes
@@ -130,6 +132,29 @@ pub fn page(
         out.push(row?.0.value().1);
     }
     Ok(out)
+}
+
+/// Mutes (`on`) or unmutes `muted` for `muter`, on the muter's shard. Idempotent.
+pub fn set_mute(
+    txn: &WriteTransaction,
+    muter: u64,
+    muted: u64,
+    on: bool,
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    let mut t = txn.open_table(MUTES)?;
+    if on {
+        t.insert((muter, muted), now_ms)?;
+    } else {
+        t.remove((muter, muted))?;
+    }
+    Ok(())
+}
+
+pub fn mutes(read: &ReadTransaction, muter: u64, muted: u64) -> Result<bool, CoreError> {
+    let t = open_read!(read, MUTES, false);
+    let found = t.get((muter, muted))?.is_some();
+    Ok(found)
 }
 
 /// On the follower's shard. Returns false when it already held (nothing written).
@@ -349,6 +374,7 @@ pub fn home(
     let follows_t = read.open_table(FOLLOWS).ok();
     let blocks_t = read.open_table(BLOCKS).ok();
     let by_t = read.open_table(BLOCKED_BY).ok();
+    let mutes_t = read.open_table(MUTES).ok();
     let mut out = Vec::with_capacity(limit);
     let mut last = None;
     let mut scanned = 0;
@@ -380,7 +406,12 @@ pub fn home(
                 Some(t) => t.get((reader, author))?.is_some(),
                 None => false,
             });
-        if keep && !blocked {
+        let muted = author != reader
+            && match &mutes_t {
+                Some(t) => t.get((reader, author))?.is_some(),
+                None => false,
+            };
+        if keep && !blocked && !muted {
             out.push(item.post);
             if out.len() >= limit {
                 break;

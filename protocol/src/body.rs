@@ -300,3 +300,8 @@ pub struct PreferencesView {
 pub struct PreferencesEnvelope {
     pub preferences: PreferencesView,
 }
+
+#[derive(Debug, Serialize)]
+pub struct Muting {
+    pub muting: bool,
+}

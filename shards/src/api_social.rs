@@ -108,6 +108,29 @@ pub(crate) async fn dispatch(
                 &wire::Blocking { blocking: false },
             ))
         }
+        Route::Mute(id) | Route::Unmute(id) => {
+            let muted = known(shard, id)?;
+            let on = matches!(route, Route::Mute(_));
+            if on {
+                if muted == viewer {
+                    return Err(Fail::Core(CoreError::invalid(
+                        "cannot_mute_self",
+                        "you cannot mute yourself",
+                    ))
+                    .into());
+                }
+                visible_or_404(shard, muted, viewer, deadline, true).await?;
+            }
+            shard
+                .ask(shard_of(viewer), deadline, |reply| Op::Mute {
+                    muter: viewer,
+                    muted,
+                    on,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(StatusCode::OK, &wire::Muting { muting: on }))
+        }
         Route::Followers(id) | Route::Following(id) => {
             let user_id = known(shard, id)?;
             let followers = matches!(route, Route::Followers(_));

@@ -241,6 +241,13 @@ pub enum Op {
         update: Option<PreferencesUpdate>,
         reply: Reply<Preferences>,
     },
+    /// Mute or unmute, on the muter's shard.
+    Mute {
+        muter: u64,
+        muted: u64,
+        on: bool,
+        reply: Reply<()>,
+    },
     /// Record a user's DeathStarBench id on the user's shard (the reverse mapping).
     SetExternalOf {
         user_id: u64,

@@ -319,6 +319,19 @@ impl Shard {
                 };
                 let _ = reply.send(result);
             }
+            Op::Mute {
+                muter,
+                muted,
+                on,
+                reply,
+            } => {
+                let now = now_ms();
+                let result = self
+                    .partition
+                    .write(move |t| social::set_mute(t, muter, muted, on, now))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
             Op::SetExternalOf {
                 user_id,
                 ext,

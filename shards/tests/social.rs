@@ -1449,3 +1449,65 @@ fn every_social_route_needs_a_token() {
     assert_eq!(timeline(&server, &user, id), [post_id]);
     assert_eq!(home(&server, &user), Vec::<u64>::new());
 }
+
+#[test]
+fn mute_hides_an_author_from_the_muters_home_feed_only() {
+    let server = Server::start(&[]);
+    for (a, b) in PAIRS {
+        let author = server.member_on_shard(a);
+        let muter = server.member_on_shard(b);
+        let other = server.member_on_shard(b);
+        follow(&server, &muter, author.id());
+        follow(&server, &other, author.id());
+        let first = post(&server, &author, "before the mute");
+        assert_eq!(home(&server, &muter), vec![first]);
+
+        let resp = server.call(
+            "POST",
+            &format!("/v1/users/{}/mute", author.id()),
+            muter.auth(),
+            None,
+        );
+        resp.expect(200);
+        assert_eq!(
+            resp.json(),
+            &json!({"muting": true}),
+            "{}",
+            resp.what_happened()
+        );
+        let second = post(&server, &author, "after the mute");
+        assert!(
+            home(&server, &muter).is_empty(),
+            "a muted author stays out of the feed"
+        );
+        assert_eq!(
+            home(&server, &other),
+            vec![second, first],
+            "others are not affected"
+        );
+        // Muting is not blocking: the profile and the timeline stay readable.
+        profile(&server, &muter, author.id()).expect(200);
+        assert_eq!(timeline(&server, &muter, author.id()), vec![second, first]);
+
+        let resp = server.delete(&format!("/v1/users/{}/mute", author.id()), muter.auth());
+        resp.expect(200);
+        assert_eq!(
+            resp.json(),
+            &json!({"muting": false}),
+            "{}",
+            resp.what_happened()
+        );
+        assert_eq!(home(&server, &muter), vec![second, first]);
+
+        let resp = server.call(
+            "POST",
+            &format!("/v1/users/{}/mute", muter.id()),
+            muter.auth(),
+            None,
+        );
+        resp.expect_error(422, "cannot_mute_self");
+        server
+            .call("POST", "/v1/users/999/mute", muter.auth(), None)
+            .expect_error(404, "not_found");
+    }
+}
