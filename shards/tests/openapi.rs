@@ -1,5 +1,7 @@
-//! Proves docs/openapi.yaml stays true: it lists exactly the routes of docs/api-contract.md, the
-//! server answers each documented method with a documented status, and every other method 405.
+//! Proves docs/openapi.yaml stays true: it documents exactly the routes the server serves
+//! (`nova_protocol::ROUTES`), docs/api-contract.md names those routes and no others, the server
+//! answers each documented method with a documented status and every other method 405, and the
+//! DeathStarBench routes answer 404 unless the server runs with `--dsb-compat`.
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,8 +11,12 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
+use nova_protocol::ROUTES;
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+
+/// The prefix of the DeathStarBench routes, served only with `--dsb-compat`.
+const DSB_PREFIX: &str = "/wrk2-api/";
 
 /// path template -> method -> documented status codes, read from the `paths:` section (the
 /// file's own layout: two spaces per level, quoted status codes).
@@ -68,48 +74,71 @@ fn documented() -> BTreeMap<String, BTreeMap<String, BTreeSet<u16>>> {
     out
 }
 
-/// `METHOD /path` pairs named in backticks in the Routes section of docs/api-contract.md.
-fn contract_routes() -> BTreeSet<(String, String)> {
-    let text = std::fs::read_to_string(concat!(
+/// (lower-case method, path template) pairs documented in docs/openapi.yaml.
+fn documented_pairs() -> BTreeSet<(String, String)> {
+    documented()
+        .into_iter()
+        .flat_map(|(path, methods)| methods.into_keys().map(move |m| (m, path.clone())))
+        .collect()
+}
+
+/// (lower-case method, path template) pairs the server routes: `nova_protocol::ROUTES`.
+fn served() -> BTreeSet<(String, String)> {
+    ROUTES
+        .iter()
+        .map(|(method, path)| (method.to_ascii_lowercase(), path.to_string()))
+        .collect()
+}
+
+fn contract_text() -> String {
+    std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../docs/api-contract.md"
     ))
-    .expect("docs/api-contract.md");
-    let routes = text
-        .split("## Routes")
-        .nth(1)
-        .expect("a Routes section")
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let mut out = BTreeSet::new();
-    for piece in routes.split('`').skip(1).step_by(2) {
-        let mut words = piece.split_whitespace();
-        let (Some(method), Some(path)) = (words.next(), words.next()) else {
-            continue;
-        };
-        if METHODS.contains(&method.to_ascii_lowercase().as_str()) && path.starts_with('/') {
-            let path = path.split('?').next().unwrap();
-            out.insert((method.to_ascii_lowercase(), path.to_string()));
+    .expect("docs/api-contract.md")
+}
+
+/// What docs/api-contract.md names in backticks: `METHOD /path` pairs, and every `/path`
+/// (with or without a method; the query string left out).
+fn contract_routes() -> (BTreeSet<(String, String)>, BTreeSet<String>) {
+    let text = contract_text();
+    let (mut pairs, mut paths) = (BTreeSet::new(), BTreeSet::new());
+    for piece in text.split('`').skip(1).step_by(2) {
+        let words: Vec<&str> = piece.split_whitespace().collect();
+        for (i, word) in words.iter().enumerate() {
+            if !word.starts_with('/') {
+                continue;
+            }
+            let path = word.split('?').next().unwrap().to_string();
+            paths.insert(path.clone());
+            if let Some(method) = i.checked_sub(1).map(|j| words[j].to_ascii_lowercase()) {
+                if METHODS.contains(&method.as_str()) {
+                    pairs.insert((method, path));
+                }
+            }
         }
     }
-    out
+    (pairs, paths)
+}
+
+/// A concrete path for a route template.
+fn concrete(template: &str) -> String {
+    template
+        .replace("{id}", "1")
+        .replace("{username}", "nobody")
 }
 
 #[test]
-fn openapi_lists_exactly_the_contract_routes() {
-    let doc: BTreeSet<(String, String)> = documented()
-        .into_iter()
-        .flat_map(|(path, methods)| methods.into_keys().map(move |m| (m, path.clone())))
-        .collect();
-    let contract = contract_routes();
+fn openapi_documents_exactly_the_served_routes() {
+    let served = served();
+    assert_eq!(served.len(), ROUTES.len(), "ROUTES lists a route twice");
+    let doc = documented_pairs();
+    let undocumented: Vec<_> = served.difference(&doc).collect();
+    let unserved: Vec<_> = doc.difference(&served).collect();
     assert!(
-        contract.len() >= 12,
-        "too few routes read from the contract: {contract:?}"
-    );
-    assert_eq!(
-        doc, contract,
-        "docs/openapi.yaml and docs/api-contract.md disagree"
+        undocumented.is_empty() && unserved.is_empty(),
+        "docs/openapi.yaml and nova_protocol::ROUTES disagree: served but not documented \
+         {undocumented:?}; documented but not served {unserved:?}"
     );
     for (path, methods) in documented() {
         for (method, codes) in methods {
@@ -119,10 +148,35 @@ fn openapi_lists_exactly_the_contract_routes() {
 }
 
 #[test]
+fn the_contract_names_the_served_routes_only() {
+    let served = served();
+    let (pairs, paths) = contract_routes();
+    assert!(
+        pairs.len() >= 12,
+        "too few routes read from the contract: {pairs:?}"
+    );
+    let unserved: Vec<_> = pairs.difference(&served).collect();
+    assert!(
+        unserved.is_empty(),
+        "docs/api-contract.md names routes the server does not serve: {unserved:?}"
+    );
+    let unnamed: BTreeSet<&str> = ROUTES
+        .iter()
+        .map(|(_, path)| *path)
+        .filter(|path| !paths.contains(*path))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "routes in nova_protocol::ROUTES that docs/api-contract.md never names: {unnamed:?}"
+    );
+}
+
+#[test]
 fn the_server_answers_the_documented_routes_only() {
-    let server = Server::start(&[]);
+    // With --dsb-compat, so that the DeathStarBench routes are served too.
+    let server = Server::start(&["--dsb-compat"]);
     for (path, methods) in documented() {
-        let concrete = path.replace("{id}", "1");
+        let concrete = concrete(&path);
         for method in METHODS {
             let upper = method.to_ascii_uppercase();
             let resp = server.call(&upper, &concrete, None, None);
@@ -151,6 +205,26 @@ fn the_server_answers_the_documented_routes_only() {
                     resp.expect_error(405, "method_not_allowed");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn without_dsb_compat_the_deathstarbench_routes_are_404() {
+    let server = Server::start(&[]);
+    for (path, methods) in documented() {
+        if !path.starts_with(DSB_PREFIX) {
+            continue;
+        }
+        for (method, codes) in methods {
+            assert!(
+                codes.contains(&404),
+                "{method} {path} does not document the 404 it answers without --dsb-compat"
+            );
+            let upper = method.to_ascii_uppercase();
+            server
+                .call(&upper, &concrete(&path), None, None)
+                .expect_error(404, "not_found");
         }
     }
 }
