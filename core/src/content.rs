@@ -329,6 +329,7 @@ pub struct Comment {
     pub post_id: u64,
     pub author_id: u64,
     pub author_username: String,
+    pub author_display_name: String,
     pub text: String,
     pub parent: Option<u64>,
     pub depth: u32,

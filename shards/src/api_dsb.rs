@@ -126,6 +126,20 @@ async fn register(
     let password = Password::parse(password)?;
     let display_name = DisplayName::parse(&format!("{first} {last}"))
         .or_else(|_| DisplayName::parse(username.as_str()))?;
+    // Refuse a reused user_id before making an account, so a refusal leaves nothing behind.
+    let taken = shard
+        .ask(ext_shard(shard, ext), deadline, |reply| Op::ExternalId {
+            ext,
+            reply,
+        })
+        .await?;
+    if taken.is_some() {
+        return Err(crate::error::Fail::Core(nova_core::CoreError::invalid(
+            "user_id_taken",
+            "that user_id is already registered",
+        ))
+        .into());
+    }
     let password_hash = shard
         .hasher
         .hash(password.as_str().to_string())

@@ -384,7 +384,7 @@ fn comment_view(info: CommentInfo) -> wire::CommentView {
         author: wire::UserBrief {
             id: c.author_id.to_string(),
             username: c.author_username,
-            display_name: String::new(),
+            display_name: c.author_display_name,
         },
         text: c.text,
         reply_to: c.parent.map(|p| p.to_string()),

@@ -419,6 +419,7 @@ impl Shard {
             post_id,
             author_id: author,
             author_username: who.username,
+            author_display_name: who.display_name,
             text,
             parent,
             depth: 0,

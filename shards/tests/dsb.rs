@@ -696,3 +696,17 @@ fn raw_forms_and_absolute_request_lines() {
     resp.expect(200);
     assert_eq!(resp.json().as_array().map(Vec::len), Some(1));
 }
+
+#[test]
+fn a_reused_user_id_is_refused_and_leaves_no_account() {
+    let server = dsb_server();
+    register(&server, 7, "username_7");
+    let body =
+        format!("first_name=A&last_name=B&username=username_other&password={PASSWORD}&user_id=7");
+    let resp = form(&server, "/wrk2-api/user/register", &body);
+    resp.expect_error(422, "user_id_taken");
+    // Nothing was made: the username is still free.
+    let body =
+        format!("first_name=A&last_name=B&username=username_other&password={PASSWORD}&user_id=8");
+    expect_text(&form(&server, "/wrk2-api/user/register", &body), "Success!");
+}
