@@ -30,8 +30,11 @@ const BLOCKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocks");
 const BLOCKED_BY: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocked_by");
 /// (muter, muted) -> ms : on the muter's shard; only the muter's reads change
 const MUTES: TableDefinition<(u64, u64), u64> = TableDefinition::new("mutes");
-/// (reader, post id) -> FeedItem : on the reader's shard
-const FEED_ITEMS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("feed_items");
+/// (reader, post id) -> (author, Reason as u8) : on the reader's shard; small and fixed-size,
+/// so a feed page is filtered without decoding a post
+const FEED_ITEMS: TableDefinition<(u64, u64), (u64, u8)> = TableDefinition::new("feed_items");
+/// post id -> Post : one copy per shard whose feeds hold the post (not one per reader)
+const POST_COPIES: TableDefinition<u64, &[u8]> = TableDefinition::new("post_copies");
 /// (post id, reader) -> () : which local feeds hold a post, for deletes
 const FEED_POSTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("feed_posts");
 /// user id -> (followers, following) counts, each kept on the shard that owns that side
@@ -45,10 +48,22 @@ pub enum Reason {
     Mentioned,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FeedItem {
-    pub reason: Reason,
-    pub post: Post,
+impl Reason {
+    fn code(self) -> u8 {
+        match self {
+            Reason::Own => 0,
+            Reason::Followed => 1,
+            Reason::Mentioned => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Reason {
+        match code {
+            0 => Reason::Own,
+            1 => Reason::Followed,
+            _ => Reason::Mentioned,
+        }
+    }
 }
 
 macro_rules! open_read {
@@ -324,14 +339,15 @@ pub fn fan_out(
             }
         }
     }
+    if readers.is_empty() {
+        return Ok(());
+    }
+    txn.open_table(POST_COPIES)?
+        .insert(post.id, encode(post).as_slice())?;
     let mut items = txn.open_table(FEED_ITEMS)?;
     let mut index = txn.open_table(FEED_POSTS)?;
     for (reader, reason) in readers {
-        let item = FeedItem {
-            reason,
-            post: post.clone(),
-        };
-        items.insert((reader, post.id), encode(&item).as_slice())?;
+        items.insert((reader, post.id), (post.author_id, reason.code()))?;
         index.insert((post.id, reader), ())?;
     }
     Ok(())
@@ -349,6 +365,7 @@ pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
         items.remove((reader, post_id))?;
         index.remove((post_id, reader))?;
     }
+    txn.open_table(POST_COPIES)?.remove(post_id)?;
     Ok(())
 }
 
@@ -366,6 +383,7 @@ pub fn home(
     scan_max: usize,
 ) -> Result<(Vec<Post>, Option<u64>), CoreError> {
     let items = open_read!(read, FEED_ITEMS, (Vec::new(), None));
+    let copies = open_read!(read, POST_COPIES, (Vec::new(), None));
     let low = min_id.map_or(0, |m| m.saturating_add(1));
     let high = max_id.map_or(u64::MAX, |m| m.saturating_sub(1));
     if low > high {
@@ -386,11 +404,11 @@ pub fn home(
     };
     for row in rows.take(scan_max) {
         let (key, value) = row?;
-        last = Some(key.value().1);
+        let post_id = key.value().1;
+        last = Some(post_id);
         scanned += 1;
-        let item: FeedItem = decode(value.value())?;
-        let author = item.post.author_id;
-        let keep = match item.reason {
+        let (author, reason) = value.value();
+        let keep = match Reason::from_code(reason) {
             Reason::Own => true,
             Reason::Followed => match &follows_t {
                 Some(t) => t.get((reader, author))?.is_some(),
@@ -412,9 +430,12 @@ pub fn home(
                 None => false,
             };
         if keep && !blocked && !muted {
-            out.push(item.post);
-            if out.len() >= limit {
-                break;
+            let copy = copies.get(post_id)?;
+            if let Some(copy) = copy {
+                out.push(decode(copy.value())?);
+                if out.len() >= limit {
+                    break;
+                }
             }
         }
     }
