@@ -51,6 +51,9 @@ pub struct LoadReport {
     /// Responses for measured requests divided by the time from the start of the measured
     /// window to the last such response (at least the window).
     pub achieved_rate: f64,
+    /// Responses (to any request) received during the measured window, per second: under
+    /// overload this is the server's capacity, while `achieved_rate` falls towards zero.
+    pub throughput: f64,
     pub ok: u64,
     /// Responses with a status outside 2xx.
     pub non_2xx: u64,
@@ -114,6 +117,11 @@ impl fmt::Display for LoadReport {
             self.conn_errors,
             self.unfinished
         )?;
+        writeln!(
+            f,
+            "throughput {:.0} responses/s during the measured window",
+            self.throughput
+        )?;
         write!(
             f,
             "latency ms from intended send time: p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} \
@@ -172,6 +180,9 @@ struct Stats {
     conn_errors: u64,
     /// Responses and errors of warmup requests, for the server's CPU per request.
     warmup_done: u64,
+    /// Outcomes of any request that arrived during the measured window (by the clock, not
+    /// by due time): the delivered throughput, meaningful even when the server is overloaded.
+    in_window: u64,
     last_done: Option<Instant>,
     latency_us: Histogram<u64>,
     send_lag_us: Histogram<u64>,
@@ -190,12 +201,15 @@ impl Run {
     }
 
     fn record(&self, n: u64, outcome: &Result<u16>) {
-        if n < self.first_measured {
-            self.stats.borrow_mut().warmup_done += 1;
-            return;
-        }
         let done = Instant::now();
         let mut stats = self.stats.borrow_mut();
+        if (self.due(self.first_measured)..self.due(self.end)).contains(&done) {
+            stats.in_window += 1;
+        }
+        if n < self.first_measured {
+            stats.warmup_done += 1;
+            return;
+        }
         match outcome {
             Ok(status) => {
                 let us = done.saturating_duration_since(self.due(n)).as_micros();
@@ -257,6 +271,7 @@ pub async fn run(config: &LoadConfig) -> Result<LoadReport> {
             non_2xx: 0,
             conn_errors: 0,
             warmup_done: 0,
+            in_window: 0,
             last_done: None,
             send_lag_us: latency_us.clone(),
             latency_us,
@@ -298,6 +313,7 @@ pub async fn run(config: &LoadConfig) -> Result<LoadReport> {
     Ok(LoadReport {
         offered_rate: config.rate,
         achieved_rate: done as f64 / span.as_secs_f64(),
+        throughput: stats.in_window as f64 / config.duration.as_secs_f64(),
         ok: stats.ok,
         non_2xx: stats.non_2xx,
         conn_errors: stats.conn_errors,
