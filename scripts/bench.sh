@@ -6,7 +6,9 @@
 #   2. Nova with one shard, GET /health
 #   3. Nova with one shard, GET /v1/me with a bearer token
 # and the ratios Nova/baseline (/health, target >= 0.65) and /v1/me vs Nova /health
-# (target >= 0.70). docs/benchmarks.md explains the method and records results.
+# (target >= 0.70). After each search a saturation run (offered far more than the server
+# takes) gives the server's throughput and CPU per request, the steadier numbers on a noisy
+# machine. docs/benchmarks.md explains the method and records results.
 #
 # Environment knobs:
 #   BENCH_RUNS=N        repeat every scenario N times and report medians (default 1)
@@ -19,7 +21,7 @@
 #   BENCH_NOISE_CORES=X a step during which other work on the machine (builds, tests) used
 #                       more than X cores is rerun once it is quiet (default 0.15; 0 = off)
 #   BENCH_QUIET_WAIT_S=S limit on each wait for quiet (default 120)
-#   BENCH_NO_BUILD=1    use the binaries already in target/release
+#   BENCH_NO_BUILD=1    use the binaries already in target/release ($CARGO_TARGET_DIR/release)
 #   BENCH_SCENARIOS     a subset of "baseline nova-health nova-me" (default all three)
 set -euo pipefail
 
