@@ -3,6 +3,7 @@
 //! running beside the benchmark; on a small shared machine it is the main source of noise,
 //! so a step measured while foreign work ran is rerun instead of trusted.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// `USER_HZ`, the unit of `/proc/stat`; 100 on every Linux architecture the bench runs on.
@@ -14,8 +15,7 @@ pub const QUIET_WAIT_MAX: Duration = Duration::from_secs(600);
 #[derive(Clone, Copy, Debug)]
 pub struct CpuSnapshot {
     at: Instant,
-    /// Busy time of all CPUs: user, nice, system and steal. Interrupt time is left out
-    /// because the loopback traffic of the benchmark itself is processed there.
+    /// Busy time of all CPUs, counted the way task run times are (see [`machine_busy`]).
     machine: Option<Duration>,
     own: Option<Duration>,
     server: Option<Duration>,
@@ -84,7 +84,12 @@ pub async fn wait_quiet(
     (start.elapsed(), last)
 }
 
-/// Busy time of the whole machine from the first line of `/proc/stat`.
+/// Busy time of the whole machine from the first line of `/proc/stat`: user, nice, system,
+/// steal and, unless the kernel does IRQ time accounting, irq and softirq. Without it (as on
+/// the development VM) a task's run time includes the interrupt work done while it ran,
+/// chiefly the loopback delivery of the benchmark's own packets, so leaving the irq columns
+/// out would hide up to a core of other work behind our own; with it, that work is not in
+/// our run times and counting it would flag every fast step as noisy.
 fn machine_busy() -> Option<Duration> {
     let text = std::fs::read_to_string("/proc/stat").ok()?;
     let line = text.lines().next()?;
@@ -94,8 +99,26 @@ fn machine_busy() -> Option<Duration> {
         .map_while(|f| f.parse().ok())
         .collect();
     // user nice system idle iowait irq softirq steal ...
-    let ticks = fields.first()? + fields.get(1)? + fields.get(2)? + fields.get(7).unwrap_or(&0);
+    let mut ticks = fields.first()? + fields.get(1)? + fields.get(2)? + fields.get(7).unwrap_or(&0);
+    if !irq_time_accounting() {
+        ticks += fields.get(5).unwrap_or(&0) + fields.get(6).unwrap_or(&0);
+    }
     Some(Duration::from_millis(ticks * 1000 / PROC_STAT_TICKS_PER_S))
+}
+
+/// Whether the running kernel was built with `CONFIG_IRQ_TIME_ACCOUNTING`, from its config
+/// in `/boot`; when that cannot be read, assume not (the irq columns then count as busy, which
+/// errs towards rerunning a step).
+fn irq_time_accounting() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+            return false;
+        };
+        let path = format!("/boot/config-{}", release.trim());
+        std::fs::read_to_string(path)
+            .is_ok_and(|config| config.lines().any(|l| l == "CONFIG_IRQ_TIME_ACCOUNTING=y"))
+    })
 }
 
 /// CPU time all threads of process `pid` have used, from `/proc/PID/task/*/schedstat`.
