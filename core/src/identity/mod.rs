@@ -718,15 +718,22 @@ fn revoke_all(txn: &WriteTransaction, ctx: &Context, user_id: u64) -> Result<Vec
     Ok(ids)
 }
 
-/// Consumes an email-verification token and marks the address verified.
-pub fn verify_email(txn: &WriteTransaction, ctx: &Context, token: &str) -> Result<User, CoreError> {
+/// Checks a one-time token stored in `table`, applies `change` to its user and saves the
+/// user, then deletes the token. Every check comes before the first write.
+fn consume_one_time(
+    txn: &WriteTransaction,
+    table: TableDefinition<&[u8; 32], &[u8]>,
+    token: &str,
+    now_ms: u64,
+    change: impl FnOnce(&mut User),
+) -> Result<User, CoreError> {
     let hash = tokens::hash_one_time(token);
-    let mut table = txn.open_table(EMAIL_VERIFICATIONS)?;
-    let record: OneTimeToken = match table.get(&hash)? {
+    let mut tokens_table = txn.open_table(table)?;
+    let record: OneTimeToken = match tokens_table.get(&hash)? {
         Some(v) => decode(v.value())?,
         None => return Err(CoreError::InvalidToken),
     };
-    if record.expires_ms <= ctx.now_ms {
+    if record.expires_ms <= now_ms {
         return Err(CoreError::TokenExpired);
     }
     let mut users = txn.open_table(USERS)?;
@@ -734,11 +741,17 @@ pub fn verify_email(txn: &WriteTransaction, ctx: &Context, token: &str) -> Resul
         Some(v) => decode(v.value())?,
         None => return Err(CoreError::InvalidToken),
     };
-    user.email_verified = true;
+    change(&mut user);
     users.insert(user.id, encode(&user).as_slice())?;
-    table.remove(&hash)?;
-    drop(users);
-    drop(table);
+    tokens_table.remove(&hash)?;
+    Ok(user)
+}
+
+/// Consumes an email-verification token and marks the address verified.
+pub fn verify_email(txn: &WriteTransaction, ctx: &Context, token: &str) -> Result<User, CoreError> {
+    let user = consume_one_time(txn, EMAIL_VERIFICATIONS, token, ctx.now_ms, |u| {
+        u.email_verified = true
+    })?;
     log(txn, ctx, AuthEvent::EmailVerified, Some(user.id), None)?;
     Ok(user)
 }
@@ -798,26 +811,11 @@ pub fn confirm_password_reset(
     token: &str,
     new_hash: String,
 ) -> Result<(u64, Vec<u64>), CoreError> {
-    let hash = tokens::hash_one_time(token);
-    let mut table = txn.open_table(PASSWORD_RESETS)?;
-    let record: OneTimeToken = match table.get(&hash)? {
-        Some(v) => decode(v.value())?,
-        None => return Err(CoreError::InvalidToken),
-    };
-    if record.expires_ms <= ctx.now_ms {
-        return Err(CoreError::TokenExpired);
-    }
-    let mut users = txn.open_table(USERS)?;
-    let mut user: User = match users.get(record.user_id)? {
-        Some(v) => decode(v.value())?,
-        None => return Err(CoreError::InvalidToken),
-    };
-    user.password_hash = new_hash;
-    user.password_changed_ms = ctx.now_ms;
-    users.insert(user.id, encode(&user).as_slice())?;
-    table.remove(&hash)?;
-    drop(users);
-    drop(table);
+    let now_ms = ctx.now_ms;
+    let user = consume_one_time(txn, PASSWORD_RESETS, token, now_ms, |u| {
+        u.password_hash = new_hash;
+        u.password_changed_ms = now_ms;
+    })?;
     let revoked = revoke_all(txn, ctx, user.id)?;
     log(txn, ctx, AuthEvent::PasswordReset, Some(user.id), None)?;
     Ok((user.id, revoked))
