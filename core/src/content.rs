@@ -233,7 +233,43 @@ pub fn delete_post(txn: &WriteTransaction, author: u64, id: u64) -> Result<Post,
         return Err(CoreError::NotFound);
     }
     posts.remove(id)?;
+    drop(posts);
     txn.open_table(USER_POSTS)?.remove((author, id))?;
+    purge_reactions(txn, id)?;
+    Ok(post)
+}
+
+/// What an edit changes: the text and what is extracted from it.
+#[derive(Debug, Clone)]
+pub struct PostEdit {
+    pub text: String,
+    pub mentions: Vec<Mention>,
+    pub hashtags: Vec<String>,
+    pub urls: Vec<Link>,
+}
+
+/// Edits the author's own post; someone else's or a missing one is `NotFound`.
+pub fn edit_post(
+    txn: &WriteTransaction,
+    author: u64,
+    id: u64,
+    edit: PostEdit,
+    now_ms: u64,
+) -> Result<Post, CoreError> {
+    let mut posts = txn.open_table(POSTS)?;
+    let mut post: Post = match posts.get(id)? {
+        Some(v) => decode(v.value())?,
+        None => return Err(CoreError::NotFound),
+    };
+    if post.author_id != author {
+        return Err(CoreError::NotFound);
+    }
+    post.text = edit.text;
+    post.mentions = edit.mentions;
+    post.hashtags = edit.hashtags;
+    post.urls = edit.urls;
+    post.edited_ms = Some(now_ms);
+    posts.insert(id, encode(&post).as_slice())?;
     Ok(post)
 }
 
@@ -302,6 +338,81 @@ mod tests {
         assert!(parse_text("a\u{0}b").is_err());
         assert_eq!(parse_text(" hi\nthere ").unwrap(), "hi\nthere");
     }
+
+    #[test]
+    fn deleting_a_post_removes_its_comments_likes_and_views() {
+        use redb::backends::InMemoryBackend;
+        use redb::{Database, ReadableDatabase};
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let post = Post {
+            id: 10,
+            author_id: 1,
+            author_username: "a".into(),
+            author_display_name: String::new(),
+            text: "hi".into(),
+            visibility: Visibility::Public,
+            reply_to: None,
+            mentions: Vec::new(),
+            hashtags: Vec::new(),
+            urls: Vec::new(),
+            created_ms: 0,
+            edited_ms: None,
+            post_type: 0,
+            media: Vec::new(),
+            author_external_id: None,
+            fanned_to: Vec::new(),
+        };
+        let new_comment = |id, parent| Comment {
+            id,
+            post_id: 10,
+            author_id: 2,
+            author_username: "b".into(),
+            author_display_name: String::new(),
+            text: "c".into(),
+            parent,
+            depth: 0,
+            created_ms: 0,
+            edited_ms: None,
+        };
+        let other = Post { id: 20, ..post.clone() };
+        let txn = db.begin_write().unwrap();
+        insert_post(&txn, &post, None).unwrap();
+        insert_post(&txn, &other, None).unwrap();
+        add_comment(&txn, new_comment(11, None)).unwrap();
+        add_comment(&txn, new_comment(12, Some(11))).unwrap();
+        set_like(&txn, 10, 2, false, true, 0).unwrap();
+        set_like(&txn, 20, 2, false, true, 0).unwrap();
+        set_like(&txn, 11, 3, true, true, 0).unwrap();
+        add_views(&txn, &[(10, 5), (20, 1), (99, 4)]).unwrap();
+        txn.commit().unwrap();
+
+        let txn = db.begin_write().unwrap();
+        assert!(matches!(delete_post(&txn, 2, 10), Err(CoreError::NotFound)));
+        delete_post(&txn, 1, 10).unwrap();
+        txn.commit().unwrap();
+
+        let read = db.begin_read().unwrap();
+        assert!(post_of(&read, 10).is_none());
+        assert!(comment(&read, 11).unwrap().is_none());
+        assert!(comment(&read, 12).unwrap().is_none());
+        assert!(comments_of(&read, 10, None, 10).unwrap().is_empty());
+        assert!(!liked(&read, 10, 2, false).unwrap());
+        assert!(!liked(&read, 11, 3, true).unwrap());
+        assert_eq!(counts(&read, 10).unwrap(), (0, 0));
+        assert_eq!(counts(&read, 11).unwrap(), (0, 0));
+        assert_eq!(views(&read, 10).unwrap(), 0);
+        assert_eq!(views(&read, 99).unwrap(), 0, "views of unknown posts are dropped");
+        // The other post keeps its own.
+        assert!(liked(&read, 20, 2, false).unwrap());
+        assert_eq!(views(&read, 20).unwrap(), 1);
+        assert_eq!(counts(&read, 20).unwrap(), (1, 0));
+    }
+
+    fn post_of(read: &ReadTransaction, id: u64) -> Option<Post> {
+        super::post(read, id).unwrap()
+    }
 }
 
 // ---- comments and likes ------------------------------------------------------------------
@@ -318,6 +429,8 @@ const POST_LIKES: TableDefinition<(u64, u64), u64> = TableDefinition::new("post_
 const COMMENT_LIKES: TableDefinition<(u64, u64), u64> = TableDefinition::new("comment_likes");
 /// post or comment id -> (likes, comments) : exact, kept in the same transaction as the rows
 const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("content_counts");
+/// post id -> views : flushed in batches from the shard's view buffer
+const POST_VIEWS: TableDefinition<u64, u64> = TableDefinition::new("post_views");
 
 pub const COMMENT_CHARS_MAX: usize = 2000;
 /// How deep replies to comments nest.
@@ -533,6 +646,56 @@ pub fn delete_comment(txn: &WriteTransaction, id: u64, user: u64) -> Result<(), 
     drop(likes);
     txn.open_table(COUNTS)?.remove(id)?;
     Ok(())
+}
+
+/// Removes a deleted post's comments, likes (of the post and of its comments), counts and
+/// views.
+fn purge_reactions(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
+    let comment_ids: Vec<u64> = txn
+        .open_table(POST_COMMENTS)?
+        .extract_from_if((post_id, 0)..=(post_id, u64::MAX), |_, _| true)?
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    {
+        let mut comments = txn.open_table(COMMENTS)?;
+        let mut likes = txn.open_table(COMMENT_LIKES)?;
+        let mut counts = txn.open_table(COUNTS)?;
+        for c in &comment_ids {
+            comments.remove(c)?;
+            counts.remove(c)?;
+            likes.retain_in((*c, 0)..=(*c, u64::MAX), |_, _| false)?;
+        }
+        counts.remove(post_id)?;
+    }
+    txn.open_table(POST_LIKES)?
+        .retain_in((post_id, 0)..=(post_id, u64::MAX), |_, _| false)?;
+    txn.open_table(POST_VIEWS)?.remove(post_id)?;
+    Ok(())
+}
+
+/// Adds buffered view counts to posts that still exist.
+pub fn add_views(txn: &WriteTransaction, views: &[(u64, u64)]) -> Result<(), CoreError> {
+    let posts = txn.open_table(POSTS)?;
+    let mut table = txn.open_table(POST_VIEWS)?;
+    for (post, n) in views {
+        if posts.get(*post)?.is_none() {
+            continue;
+        }
+        let old = table.get(*post)?.map_or(0, |v| v.value());
+        table.insert(*post, old.saturating_add(*n))?;
+    }
+    Ok(())
+}
+
+/// The flushed view count of a post.
+pub fn views(read: &ReadTransaction, post_id: u64) -> Result<u64, CoreError> {
+    let table = match read.open_table(POST_VIEWS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let n = table.get(post_id)?.map_or(0, |v| v.value());
+    Ok(n)
 }
 
 /// A page of a post's comments, oldest first, after `after`.

@@ -53,6 +53,16 @@ pub enum Event {
         post_id: u64,
         author: u64,
     },
+    /// An edited post replaces its copies.
+    PostEdited {
+        post: Box<Post>,
+    },
+    /// A private `followee` approved `follower`'s request: the follower's shard writes its
+    /// side of the follow.
+    FollowApproved {
+        follower: u64,
+        followee: u64,
+    },
 }
 
 /// Appends `event` to the history and queues it for each shard in `targets`.
@@ -194,6 +204,10 @@ pub fn apply(
             social::fan_out(txn, post, false, &mentioned)?;
         }
         Event::PostDeleted { post_id, .. } => social::unfan(txn, *post_id)?,
+        Event::PostEdited { post } => social::refresh_copy(txn, post)?,
+        Event::FollowApproved { follower, followee } => {
+            social::apply_approved(txn, *follower, *followee, now_ms)?
+        }
     }
     Ok(true)
 }

@@ -1,5 +1,6 @@
-//! Profiles and preferences (tables `user_profiles`, `user_preferences`), on the user's
-//! shard. The display name stays with identity (it is part of the account).
+//! Profiles, preferences, settings and feed preferences (tables `user_profiles`,
+//! `user_preferences`, `user_settings`, `feed_preferences`), on the user's shard. The display
+//! name stays with identity (it is part of the account).
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -12,6 +13,116 @@ use crate::{CoreError, Invalid};
 const USER_PROFILES: TableDefinition<u64, &[u8]> = TableDefinition::new("user_profiles");
 /// user id -> Preferences
 const USER_PREFERENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("user_preferences");
+/// user id -> Settings
+const USER_SETTINGS: TableDefinition<u64, &[u8]> = TableDefinition::new("user_settings");
+/// user id -> FeedPreferences
+const FEED_PREFERENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("feed_preferences");
+
+pub const MUTED_WORDS_MAX: usize = 20;
+pub const MUTED_WORD_CHARS_MAX: usize = 40;
+
+/// Who may start a conversation with me.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum MessagesFrom {
+    #[default]
+    Everyone,
+    /// Only people I follow.
+    Following,
+    Nobody,
+}
+
+impl MessagesFrom {
+    pub fn parse(raw: &str) -> Result<MessagesFrom, Invalid> {
+        match raw {
+            "everyone" => Ok(MessagesFrom::Everyone),
+            "following" => Ok(MessagesFrom::Following),
+            "nobody" => Ok(MessagesFrom::Nobody),
+            _ => Err(Invalid::new(
+                "invalid_messages_from",
+                "messages_from is everyone, following or nobody",
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessagesFrom::Everyone => "everyone",
+            MessagesFrom::Following => "following",
+            MessagesFrom::Nobody => "nobody",
+        }
+    }
+}
+
+/// Account settings.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Settings {
+    /// A private account approves each follower, and only followers see its posts.
+    pub private: bool,
+    pub messages_from: MessagesFrom,
+}
+
+/// What the home feed leaves out.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeedPreferences {
+    /// Hide replies (posts with `reply_to`) of other people.
+    pub hide_replies: bool,
+    /// Lowercased words; a post containing one as a whole word is hidden.
+    pub muted_words: Vec<String>,
+}
+
+impl FeedPreferences {
+    /// Does this preference hide `text` (a post by someone else, replying or not)?
+    pub fn hides(&self, text: &str, is_reply: bool) -> bool {
+        if self.hide_replies && is_reply {
+            return true;
+        }
+        if self.muted_words.is_empty() {
+            return false;
+        }
+        let lower = text.to_lowercase();
+        self.muted_words.iter().any(|w| contains_word(&lower, w))
+    }
+}
+
+/// Is `word` in `text` with no letter or digit right before or after it?
+fn contains_word(text: &str, word: &str) -> bool {
+    let mut from = 0;
+    while let Some(at) = text[from..].find(word) {
+        let start = from + at;
+        let end = start + word.len();
+        let before = text[..start].chars().next_back();
+        let after = text[end..].chars().next();
+        if !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric) {
+            return true;
+        }
+        from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+    }
+    false
+}
+
+pub fn parse_muted_words(raw: &[String]) -> Result<Vec<String>, Invalid> {
+    if raw.len() > MUTED_WORDS_MAX {
+        return Err(Invalid::new(
+            "invalid_muted_words",
+            format!("at most {MUTED_WORDS_MAX} muted words"),
+        ));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(raw.len());
+    for w in raw {
+        let w = w.trim().to_lowercase();
+        let n = w.chars().count();
+        if n == 0 || n > MUTED_WORD_CHARS_MAX || w.chars().any(char::is_control) {
+            return Err(Invalid::new(
+                "invalid_muted_words",
+                format!("a muted word has 1 to {MUTED_WORD_CHARS_MAX} characters"),
+            ));
+        }
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    Ok(out)
+}
 
 pub const BIO_CHARS_MAX: usize = 500;
 pub const LINKS_MAX: usize = 5;
@@ -90,10 +201,15 @@ pub fn parse_language(raw: &str) -> Result<String, Invalid> {
     }
 }
 
-pub fn profile(read: &ReadTransaction, user: u64) -> Result<Profile, CoreError> {
-    let table = match read.open_table(USER_PROFILES) {
+/// The record of `user` in `def`, or the default when there is none (or no table yet).
+fn get_or_default<T: serde::de::DeserializeOwned + Default>(
+    read: &ReadTransaction,
+    def: TableDefinition<u64, &[u8]>,
+    user: u64,
+) -> Result<T, CoreError> {
+    let table = match read.open_table(def) {
         Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Profile::default()),
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(T::default()),
         Err(e) => return Err(e.into()),
     };
     let value = table.get(user)?;
@@ -101,6 +217,70 @@ pub fn profile(read: &ReadTransaction, user: u64) -> Result<Profile, CoreError> 
         .map(|v| decode(v.value()))
         .transpose()?
         .unwrap_or_default())
+}
+
+/// Read-modify-write of `user`'s record in `def` inside the transaction.
+fn modify<T: Serialize + serde::de::DeserializeOwned + Default>(
+    txn: &WriteTransaction,
+    def: TableDefinition<u64, &[u8]>,
+    user: u64,
+    change: impl FnOnce(&mut T),
+) -> Result<T, CoreError> {
+    let mut table = txn.open_table(def)?;
+    let mut record: T = table
+        .get(user)?
+        .map(|v| decode(v.value()))
+        .transpose()?
+        .unwrap_or_default();
+    change(&mut record);
+    table.insert(user, encode(&record).as_slice())?;
+    Ok(record)
+}
+
+pub fn profile(read: &ReadTransaction, user: u64) -> Result<Profile, CoreError> {
+    get_or_default(read, USER_PROFILES, user)
+}
+
+pub fn settings(read: &ReadTransaction, user: u64) -> Result<Settings, CoreError> {
+    get_or_default(read, USER_SETTINGS, user)
+}
+
+/// Changes the settings given.
+pub fn update_settings(
+    txn: &WriteTransaction,
+    user: u64,
+    private: Option<bool>,
+    messages_from: Option<MessagesFrom>,
+) -> Result<Settings, CoreError> {
+    modify(txn, USER_SETTINGS, user, |s: &mut Settings| {
+        if let Some(p) = private {
+            s.private = p;
+        }
+        if let Some(m) = messages_from {
+            s.messages_from = m;
+        }
+    })
+}
+
+pub fn feed_preferences(read: &ReadTransaction, user: u64) -> Result<FeedPreferences, CoreError> {
+    get_or_default(read, FEED_PREFERENCES, user)
+}
+
+/// Changes the feed preferences given.
+pub fn update_feed_preferences(
+    txn: &WriteTransaction,
+    user: u64,
+    hide_replies: Option<bool>,
+    muted_words: Option<Vec<String>>,
+) -> Result<FeedPreferences, CoreError> {
+    modify(txn, FEED_PREFERENCES, user, |f: &mut FeedPreferences| {
+        if let Some(h) = hide_replies {
+            f.hide_replies = h;
+        }
+        if let Some(w) = muted_words {
+            f.muted_words = w;
+        }
+    })
 }
 
 /// Changes the fields given, in one read-modify-write inside the transaction.
@@ -110,33 +290,18 @@ pub fn update_profile(
     bio: Option<String>,
     links: Option<Vec<String>>,
 ) -> Result<Profile, CoreError> {
-    let mut table = txn.open_table(USER_PROFILES)?;
-    let mut profile: Profile = table
-        .get(user)?
-        .map(|v| decode(v.value()))
-        .transpose()?
-        .unwrap_or_default();
-    if let Some(bio) = bio {
-        profile.bio = bio;
-    }
-    if let Some(links) = links {
-        profile.links = links;
-    }
-    table.insert(user, encode(&profile).as_slice())?;
-    Ok(profile)
+    modify(txn, USER_PROFILES, user, |p: &mut Profile| {
+        if let Some(bio) = bio {
+            p.bio = bio;
+        }
+        if let Some(links) = links {
+            p.links = links;
+        }
+    })
 }
 
 pub fn preferences(read: &ReadTransaction, user: u64) -> Result<Preferences, CoreError> {
-    let table = match read.open_table(USER_PREFERENCES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Preferences::default()),
-        Err(e) => return Err(e.into()),
-    };
-    let value = table.get(user)?;
-    Ok(value
-        .map(|v| decode(v.value()))
-        .transpose()?
-        .unwrap_or_default())
+    get_or_default(read, USER_PREFERENCES, user)
 }
 
 /// Changes the preferences given, in one read-modify-write inside the transaction.
@@ -146,20 +311,14 @@ pub fn update_preferences(
     visibility: Option<Visibility>,
     language: Option<String>,
 ) -> Result<Preferences, CoreError> {
-    let mut table = txn.open_table(USER_PREFERENCES)?;
-    let mut prefs: Preferences = table
-        .get(user)?
-        .map(|v| decode(v.value()))
-        .transpose()?
-        .unwrap_or_default();
-    if let Some(v) = visibility {
-        prefs.default_visibility = v;
-    }
-    if let Some(l) = language {
-        prefs.language = l;
-    }
-    table.insert(user, encode(&prefs).as_slice())?;
-    Ok(prefs)
+    modify(txn, USER_PREFERENCES, user, |p: &mut Preferences| {
+        if let Some(v) = visibility {
+            p.default_visibility = v;
+        }
+        if let Some(l) = language {
+            p.language = l;
+        }
+    })
 }
 
 #[cfg(test)]
@@ -175,5 +334,30 @@ mod tests {
         assert!(parse_language("pt-BR").is_ok());
         assert!(parse_language("x").is_err());
         assert!(parse_language("en_US").is_err());
+        assert!(parse_muted_words(&["".into()]).is_err());
+        assert_eq!(
+            parse_muted_words(&[" Spoiler ".into(), "spoiler".into()]).unwrap(),
+            vec!["spoiler"]
+        );
+    }
+
+    #[test]
+    fn muted_words_match_whole_words() {
+        let f = FeedPreferences {
+            hide_replies: false,
+            muted_words: vec!["spoiler".into(), "café".into()],
+        };
+        assert!(f.hides("Big SPOILER ahead", false));
+        assert!(f.hides("#spoiler!", false));
+        assert!(f.hides("au Café", false));
+        assert!(!f.hides("spoilers everywhere", false));
+        assert!(!f.hides("nospoiler", false));
+        assert!(!f.hides("nothing here", true));
+        let r = FeedPreferences {
+            hide_replies: true,
+            muted_words: vec![],
+        };
+        assert!(r.hides("a reply", true));
+        assert!(!r.hides("a post", false));
     }
 }

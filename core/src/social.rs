@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
 use crate::content::Post;
+use crate::profiles::FeedPreferences;
 use crate::CoreError;
 
 /// (follower, followee) -> ms : on the follower's shard
@@ -37,6 +38,8 @@ const FEED_ITEMS: TableDefinition<(u64, u64), (u64, u8)> = TableDefinition::new(
 const POST_COPIES: TableDefinition<u64, &[u8]> = TableDefinition::new("post_copies");
 /// (post id, reader) -> () : which local feeds hold a post, for deletes
 const FEED_POSTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("feed_posts");
+/// (followee, requester) -> ms : follow requests to a private account, on its shard
+const FOLLOW_REQUESTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("follow_requests");
 /// user id -> (followers, following) counts, each kept on the shard that owns that side
 const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("social_counts");
 
@@ -105,6 +108,16 @@ pub fn blocked_either_way(
     let by = open_read!(read, BLOCKED_BY, false);
     let found = by.get((user, other))?.is_some();
     Ok(found)
+}
+
+/// `blocked_either_way` inside a write transaction.
+pub fn blocked_either_way_in(
+    txn: &WriteTransaction,
+    user: u64,
+    other: u64,
+) -> Result<bool, CoreError> {
+    Ok(txn.open_table(BLOCKS)?.get((user, other))?.is_some()
+        || txn.open_table(BLOCKED_BY)?.get((user, other))?.is_some())
 }
 
 /// (followers, following) of a user, on its shard.
@@ -205,6 +218,86 @@ pub fn unfollow(txn: &WriteTransaction, follower: u64, followee: u64) -> Result<
     Ok(removed)
 }
 
+/// On a private followee's shard: `requester` asks to follow. False when it already asked
+/// (nothing written). The caller has checked blocks.
+pub fn request_follow(
+    txn: &WriteTransaction,
+    followee: u64,
+    requester: u64,
+    now_ms: u64,
+) -> Result<bool, CoreError> {
+    let mut t = txn.open_table(FOLLOW_REQUESTS)?;
+    if t.get((followee, requester))?.is_some() {
+        return Ok(false);
+    }
+    t.insert((followee, requester), now_ms)?;
+    Ok(true)
+}
+
+/// On the followee's shard: withdraw or reject a request. False when there was none.
+pub fn drop_request(
+    txn: &WriteTransaction,
+    followee: u64,
+    requester: u64,
+) -> Result<bool, CoreError> {
+    Ok(txn
+        .open_table(FOLLOW_REQUESTS)?
+        .remove((followee, requester))?
+        .is_some())
+}
+
+/// On the followee's shard: approve a request, making `requester` a follower here. False when
+/// there was no such request. The caller records `FollowApproved` for the requester's shard.
+pub fn approve_request(
+    txn: &WriteTransaction,
+    followee: u64,
+    requester: u64,
+    now_ms: u64,
+) -> Result<bool, CoreError> {
+    if !drop_request(txn, followee, requester)? {
+        return Ok(false);
+    }
+    add_follower(txn, followee, requester, now_ms)?;
+    Ok(true)
+}
+
+/// Is a request from `requester` to `followee` pending (on the followee's shard)?
+pub fn requested(read: &ReadTransaction, followee: u64, requester: u64) -> Result<bool, CoreError> {
+    let t = open_read!(read, FOLLOW_REQUESTS, false);
+    let found = t.get((followee, requester))?.is_some();
+    Ok(found)
+}
+
+/// A page of `followee`'s pending requests as (requester, ms), by requester id after `after`.
+pub fn requests(
+    read: &ReadTransaction,
+    followee: u64,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(u64, u64)>, CoreError> {
+    let t = open_read!(read, FOLLOW_REQUESTS, Vec::new());
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    t.range((followee, start)..=(followee, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, v)| (k.value().1, v.value())).map_err(Into::into))
+        .collect()
+}
+
+/// On the follower's shard, applying `FollowApproved`: the follow rows of this side, unless
+/// the follower blocked the followee in the meantime.
+pub fn apply_approved(
+    txn: &WriteTransaction,
+    follower: u64,
+    followee: u64,
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    if txn.open_table(BLOCKS)?.get((follower, followee))?.is_some() {
+        return Ok(());
+    }
+    follow(txn, follower, followee, now_ms)?;
+    Ok(())
+}
+
 /// On the followee's shard, applying `Followed`.
 pub fn add_follower(
     txn: &WriteTransaction,
@@ -259,6 +352,7 @@ pub fn block(
     }
     unfollow(txn, blocker, blocked)?;
     remove_follower(txn, blocker, blocked)?;
+    drop_request(txn, blocker, blocked)?;
     Ok(true)
 }
 
@@ -280,6 +374,7 @@ pub fn apply_blocked(
         .insert((blocked, blocker), now_ms)?;
     unfollow(txn, blocked, blocker)?;
     remove_follower(txn, blocked, blocker)?;
+    drop_request(txn, blocked, blocker)?;
     Ok(())
 }
 
@@ -353,6 +448,43 @@ pub fn fan_out(
     Ok(())
 }
 
+/// Replaces this shard's copy of an edited post, if it holds one.
+pub fn refresh_copy(txn: &WriteTransaction, post: &Post) -> Result<(), CoreError> {
+    let mut copies = txn.open_table(POST_COPIES)?;
+    if copies.get(post.id)?.is_some() {
+        copies.insert(post.id, encode(post).as_slice())?;
+    }
+    Ok(())
+}
+
+/// Puts earlier posts of a newly followed author into `reader`'s feed (on the reader's
+/// shard), unless the follow ended or a block came in the meantime.
+pub fn backfill(txn: &WriteTransaction, reader: u64, posts: &[Post]) -> Result<(), CoreError> {
+    let Some(author) = posts.first().map(|p| p.author_id) else {
+        return Ok(());
+    };
+    if txn.open_table(FOLLOWS)?.get((reader, author))?.is_none()
+        || txn.open_table(BLOCKS)?.get((reader, author))?.is_some()
+        || txn.open_table(BLOCKED_BY)?.get((reader, author))?.is_some()
+    {
+        return Ok(());
+    }
+    let mut copies = txn.open_table(POST_COPIES)?;
+    let mut items = txn.open_table(FEED_ITEMS)?;
+    let mut index = txn.open_table(FEED_POSTS)?;
+    for post in posts.iter().filter(|p| p.author_id == author) {
+        if items.get((reader, post.id))?.is_some() {
+            continue;
+        }
+        if copies.get(post.id)?.is_none() {
+            copies.insert(post.id, encode(post).as_slice())?;
+        }
+        items.insert((reader, post.id), (author, Reason::Followed.code()))?;
+        index.insert((post.id, reader), ())?;
+    }
+    Ok(())
+}
+
 /// Removes a post from every feed on this shard.
 pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
     let mut index = txn.open_table(FEED_POSTS)?;
@@ -381,6 +513,7 @@ pub fn home(
     min_id: Option<u64>,
     limit: usize,
     scan_max: usize,
+    prefs: &FeedPreferences,
 ) -> Result<(Vec<Post>, Option<u64>), CoreError> {
     let items = open_read!(read, FEED_ITEMS, (Vec::new(), None));
     let copies = open_read!(read, POST_COPIES, (Vec::new(), None));
@@ -432,7 +565,11 @@ pub fn home(
         if keep && !blocked && !muted {
             let copy = copies.get(post_id)?;
             if let Some(copy) = copy {
-                out.push(decode(copy.value())?);
+                let post: Post = decode(copy.value())?;
+                if author != reader && prefs.hides(&post.text, post.reply_to.is_some()) {
+                    continue;
+                }
+                out.push(post);
                 if out.len() >= limit {
                     break;
                 }
@@ -502,7 +639,7 @@ mod tests {
 
     fn home_ids(db: &Database, reader: u64) -> Vec<u64> {
         let read = db.begin_read().unwrap();
-        home(&read, reader, None, None, 100, 1000)
+        home(&read, reader, None, None, 100, 1000, &FeedPreferences::default())
             .unwrap()
             .0
             .iter()

@@ -163,6 +163,7 @@ pub struct PostView {
     pub comments_count: u64,
     /// Whether the caller likes it.
     pub liked: bool,
+    pub views_count: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -181,6 +182,7 @@ pub struct ProfileView {
     pub followers_count: u64,
     pub following_count: u64,
     pub posts_count: u64,
+    pub private: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -191,6 +193,8 @@ pub struct ProfileEnvelope {
 #[derive(Debug, Serialize)]
 pub struct Following {
     pub following: bool,
+    /// A request waits for a private account's approval.
+    pub requested: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -288,12 +292,51 @@ pub struct UpdatePreferencesRequest {
     pub default_visibility: Option<String>,
     #[serde(default)]
     pub language: Option<String>,
+    #[serde(default)]
+    pub hide_replies: Option<bool>,
+    #[serde(default)]
+    pub muted_words: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct PreferencesView {
     pub default_visibility: &'static str,
     pub language: String,
+    pub hide_replies: bool,
+    pub muted_words: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettingsRequest {
+    #[serde(default)]
+    pub private: Option<bool>,
+    #[serde(default)]
+    pub messages_from: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SettingsView {
+    pub private: bool,
+    pub messages_from: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SettingsEnvelope {
+    pub settings: SettingsView,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditPostRequest {
+    pub text: String,
+}
+
+/// A pending follow request, as its addressee sees it.
+#[derive(Debug, Serialize)]
+pub struct FollowRequestView {
+    pub user: UserBrief,
+    pub requested_at: String,
 }
 
 #[derive(Debug, Serialize)]

@@ -44,6 +44,12 @@ pub enum Route {
     DeleteComment(u64),
     LikeComment(u64),
     UnlikeComment(u64),
+    EditPost(u64),
+    GetSettings,
+    UpdateSettings,
+    FollowRequests,
+    ApproveFollowRequest(u64),
+    RejectFollowRequest(u64),
     DsbRegister,
     DsbFollow,
     DsbUnfollow,
@@ -100,6 +106,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/comments/{id}"),
     ("POST", "/v1/comments/{id}/like"),
     ("DELETE", "/v1/comments/{id}/like"),
+    ("PATCH", "/v1/posts/{id}"),
+    ("GET", "/v1/me/settings"),
+    ("PATCH", "/v1/me/settings"),
+    ("GET", "/v1/me/follow-requests"),
+    ("POST", "/v1/me/follow-requests/{id}/approve"),
+    ("POST", "/v1/me/follow-requests/{id}/reject"),
     ("POST", "/wrk2-api/user/register"),
     ("POST", "/wrk2-api/user/follow"),
     ("POST", "/wrk2-api/user/unfollow"),
@@ -139,6 +151,12 @@ impl Route {
                 Method::PATCH => Ok(UpdatePreferences),
                 _ => Err(RouteMiss::MethodNotAllowed),
             },
+            "/v1/me/settings" => match *method {
+                Method::GET => Ok(GetSettings),
+                Method::PATCH => Ok(UpdateSettings),
+                _ => Err(RouteMiss::MethodNotAllowed),
+            },
+            "/v1/me/follow-requests" => one(FollowRequests, Method::GET),
             "/v1/admin/emails" => one(AdminEmails, Method::GET),
             "/v1/posts" => one(CreatePost, Method::POST),
             "/v1/timelines/home" => one(HomeTimeline, Method::GET),
@@ -174,6 +192,15 @@ impl Route {
                 _ => Err(RouteMiss::NotFound),
             };
         }
+        if let Some(rest) = path.strip_prefix("/v1/me/follow-requests/") {
+            let (id, tail) = rest.split_once('/').ok_or(RouteMiss::NotFound)?;
+            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return match tail {
+                "approve" => by_method(None, Some(ApproveFollowRequest(id)), None),
+                "reject" => by_method(None, Some(RejectFollowRequest(id)), None),
+                _ => Err(RouteMiss::NotFound),
+            };
+        }
         if let Some(rest) = path.strip_prefix("/v1/sessions/") {
             let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
             return by_method(None, None, Some(RevokeSession(id)));
@@ -182,6 +209,7 @@ impl Route {
             let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
             let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
             return match tail {
+                "" if *method == Method::PATCH => Ok(EditPost(id)),
                 "" => by_method(Some(GetPost(id)), None, Some(DeletePost(id))),
                 "like" => by_method(None, Some(LikePost(id)), Some(UnlikePost(id))),
                 "comments" => by_method(Some(ListComments(id)), Some(CreateComment(id)), None),
@@ -244,6 +272,11 @@ impl Route {
             ListComments(_) | CreateComment(_) => "/v1/posts/{id}/comments",
             EditComment(_) | DeleteComment(_) => "/v1/comments/{id}",
             LikeComment(_) | UnlikeComment(_) => "/v1/comments/{id}/like",
+            EditPost(_) => "/v1/posts/{id}",
+            GetSettings | UpdateSettings => "/v1/me/settings",
+            FollowRequests => "/v1/me/follow-requests",
+            ApproveFollowRequest(_) => "/v1/me/follow-requests/{id}/approve",
+            RejectFollowRequest(_) => "/v1/me/follow-requests/{id}/reject",
             DsbRegister => "/wrk2-api/user/register",
             DsbFollow => "/wrk2-api/user/follow",
             DsbUnfollow => "/wrk2-api/user/unfollow",

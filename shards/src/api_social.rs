@@ -16,7 +16,9 @@ use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, json_body, query_param, Reply, Result};
 use crate::error::{ApiError, Fail};
-use crate::mesh::{CommentInfo, NewPost, Op, Page, PreferencesUpdate, UserBrief};
+use crate::mesh::{
+    CommentInfo, NewPost, Op, Page, PostStats, PreferencesUpdate, SettingsUpdate, UserBrief,
+};
 use crate::shard::Shard;
 
 pub const PAGE_LIMIT_DEFAULT: usize = 20;
@@ -46,7 +48,7 @@ pub(crate) async fn dispatch(
         }
         Route::Follow(id) => {
             let followee = known(shard, id)?;
-            shard
+            let following = shard
                 .ask(shard_of(viewer), deadline, |reply| Op::Follow {
                     follower: viewer,
                     followee,
@@ -55,7 +57,10 @@ pub(crate) async fn dispatch(
                 .await?;
             Ok(Reply::json(
                 StatusCode::OK,
-                &wire::Following { following: true },
+                &wire::Following {
+                    following,
+                    requested: !following,
+                },
             ))
         }
         Route::Unfollow(id) => {
@@ -67,9 +72,116 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
+            // Withdraw a request still waiting, if any.
+            shard
+                .ask(shard_of(followee), deadline, |reply| {
+                    Op::CancelFollowRequest {
+                        followee,
+                        requester: viewer,
+                        reply,
+                    }
+                })
+                .await?;
             Ok(Reply::json(
                 StatusCode::OK,
-                &wire::Following { following: false },
+                &wire::Following {
+                    following: false,
+                    requested: false,
+                },
+            ))
+        }
+        Route::FollowRequests => {
+            let page = page(req.uri().query())?;
+            let limit = page.limit;
+            let after = page.max_id;
+            let rows = shard
+                .ask(shard_of(viewer), deadline, |reply| Op::FollowRequests {
+                    user_id: viewer,
+                    after,
+                    limit,
+                    reply,
+                })
+                .await?;
+            let next = (rows.len() == limit)
+                .then(|| rows.last().map(|(id, _)| id.to_string()))
+                .flatten();
+            let ids: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
+            let at: HashMap<u64, u64> = rows.into_iter().collect();
+            let items: Vec<wire::FollowRequestView> = briefs(shard, &ids, deadline)
+                .await?
+                .into_iter()
+                .map(|b| wire::FollowRequestView {
+                    requested_at: rfc3339(at.get(&b.id).copied().unwrap_or(0)),
+                    user: brief_view(b),
+                })
+                .collect();
+            Ok(Reply::json(StatusCode::OK, &wire::List { items, next }))
+        }
+        Route::ApproveFollowRequest(id) | Route::RejectFollowRequest(id) => {
+            let requester = known(shard, id)?;
+            let approve = matches!(route, Route::ApproveFollowRequest(_));
+            shard
+                .ask(shard_of(viewer), deadline, |reply| {
+                    Op::AnswerFollowRequest {
+                        followee: viewer,
+                        requester,
+                        approve,
+                        reply,
+                    }
+                })
+                .await?;
+            Ok(Reply::empty(StatusCode::NO_CONTENT))
+        }
+        Route::GetSettings | Route::UpdateSettings => {
+            let update = if route == Route::UpdateSettings {
+                let body: wire::UpdateSettingsRequest = json_body(shard, req).await?;
+                Some(SettingsUpdate {
+                    private: body.private,
+                    messages_from: body
+                        .messages_from
+                        .as_deref()
+                        .map(profiles::MessagesFrom::parse)
+                        .transpose()?,
+                })
+            } else {
+                None
+            };
+            let settings = shard
+                .ask(shard_of(viewer), deadline, |reply| Op::Settings {
+                    user_id: viewer,
+                    update,
+                    reply,
+                })
+                .await?;
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::SettingsEnvelope {
+                    settings: wire::SettingsView {
+                        private: settings.private,
+                        messages_from: settings.messages_from.as_str(),
+                    },
+                },
+            ))
+        }
+        Route::EditPost(id) => {
+            let post_id = known(shard, id)?;
+            let body: wire::EditPostRequest = json_body(shard, req).await?;
+            let text = content::parse_text(&body.text)?;
+            let post = shard
+                .ask(shard_of(post_id), deadline, |reply| Op::EditPost {
+                    post_id,
+                    author: viewer,
+                    text,
+                    reply,
+                })
+                .await?;
+            let counts = counts_of(shard, std::slice::from_ref(&post), viewer, deadline).await?;
+            let counts = counts.get(&post.id).copied().unwrap_or_default();
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::PostEnvelope {
+                    post: post_view(&post, counts),
+                },
             ))
         }
         Route::Block(id) => {
@@ -239,6 +351,12 @@ pub(crate) async fn dispatch(
             let update = if route == Route::UpdatePreferences {
                 let body: wire::UpdatePreferencesRequest = json_body(shard, req).await?;
                 Some(PreferencesUpdate {
+                    hide_replies: body.hide_replies,
+                    muted_words: body
+                        .muted_words
+                        .as_deref()
+                        .map(profiles::parse_muted_words)
+                        .transpose()?,
                     default_visibility: body
                         .default_visibility
                         .as_deref()
@@ -253,7 +371,7 @@ pub(crate) async fn dispatch(
             } else {
                 None
             };
-            let prefs = shard
+            let (prefs, feed) = shard
                 .ask(shard_of(viewer), deadline, |reply| Op::Preferences {
                     user_id: viewer,
                     update,
@@ -266,6 +384,8 @@ pub(crate) async fn dispatch(
                     preferences: wire::PreferencesView {
                         default_visibility: prefs.default_visibility.as_str(),
                         language: prefs.language,
+                        hide_replies: feed.hide_replies,
+                        muted_words: feed.muted_words,
                     },
                 },
             ))
@@ -463,6 +583,7 @@ async fn profile(shard: &Rc<Shard>, user_id: u64, viewer: u64, deadline: Instant
                 followers_count: p.followers,
                 following_count: p.following,
                 posts_count: p.posts,
+                private: p.private,
             },
         },
     ))
@@ -594,29 +715,17 @@ async fn counts_of(
     }
     let mut out = HashMap::with_capacity(posts.len());
     for (k, ids) in by_shard {
-        for (id, likes, comments, liked) in shard
+        for stats in shard
             .ask(k, deadline, |reply| Op::PostCounts { ids, viewer, reply })
             .await?
         {
-            out.insert(
-                id,
-                Counts {
-                    likes,
-                    comments,
-                    liked,
-                },
-            );
+            out.insert(stats.id, stats);
         }
     }
     Ok(out)
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Counts {
-    likes: u64,
-    comments: u64,
-    liked: bool,
-}
+pub(crate) type Counts = PostStats;
 
 pub(crate) fn post_view(p: &Post, counts: Counts) -> wire::PostView {
     wire::PostView {
@@ -652,6 +761,7 @@ pub(crate) fn post_view(p: &Post, counts: Counts) -> wire::PostView {
         likes_count: counts.likes,
         comments_count: counts.comments,
         liked: counts.liked,
+        views_count: counts.views,
     }
 }
 

@@ -9,7 +9,7 @@ use nova_core::content::{Comment, Post, Visibility};
 use nova_core::events::Event;
 use nova_core::identity::DisplayName;
 use nova_core::identity::{AuthEvent, Email, EmailClaim, Issued, Refreshed, Session, User};
-use nova_core::profiles::Preferences;
+use nova_core::profiles::{FeedPreferences, MessagesFrom, Preferences, Settings};
 use nova_core::tokens::RefreshToken;
 
 use crate::error::Fail;
@@ -145,10 +145,65 @@ pub enum Op {
         author: u64,
         reply: Reply<()>,
     },
+    /// Follow, on the follower's shard: `true` when following, `false` when a request now
+    /// waits for a private account's approval.
     Follow {
         follower: u64,
         followee: u64,
+        reply: Reply<bool>,
+    },
+    /// On the followee's shard, before a follow: may `follower` follow, and must it ask?
+    /// Records the request of a private account.
+    FollowGate {
+        followee: u64,
+        follower: u64,
+        reply: Reply<Gate>,
+    },
+    /// On the followee's shard: withdraw a pending request (`true` if there was one).
+    CancelFollowRequest {
+        followee: u64,
+        requester: u64,
+        reply: Reply<bool>,
+    },
+    /// On the user's shard: pending requests as (requester, ms), by requester id.
+    FollowRequests {
+        user_id: u64,
+        after: Option<u64>,
+        limit: usize,
+        reply: Reply<Vec<(u64, u64)>>,
+    },
+    /// On the followee's shard: approve or reject a pending request.
+    AnswerFollowRequest {
+        followee: u64,
+        requester: u64,
+        approve: bool,
         reply: Reply<()>,
+    },
+    /// Recent posts of `author` that `viewer` may see, newest first (on the author's shard),
+    /// to backfill a new follower's feed.
+    RecentPosts {
+        author: u64,
+        viewer: u64,
+        limit: usize,
+        reply: Reply<Vec<Post>>,
+    },
+    /// On the follower's shard: put these posts in the follower's feed.
+    Backfill {
+        reader: u64,
+        posts: Vec<Post>,
+        reply: Reply<()>,
+    },
+    /// Edit the author's own post (on the post's shard).
+    EditPost {
+        post_id: u64,
+        author: u64,
+        text: String,
+        reply: Reply<Post>,
+    },
+    Settings {
+        user_id: u64,
+        update: Option<SettingsUpdate>,
+        reply: Reply<Settings>,
     },
     Unfollow {
         follower: u64,
@@ -226,7 +281,7 @@ pub enum Op {
     PostCounts {
         ids: Vec<u64>,
         viewer: u64,
-        reply: Reply<Vec<(u64, u64, u64, bool)>>,
+        reply: Reply<Vec<PostStats>>,
     },
     /// Change the user's display name and/or profile (fields left `None` stay).
     UpdateProfile {
@@ -239,7 +294,7 @@ pub enum Op {
     Preferences {
         user_id: u64,
         update: Option<PreferencesUpdate>,
-        reply: Reply<Preferences>,
+        reply: Reply<(Preferences, FeedPreferences)>,
     },
     /// Mute or unmute, on the muter's shard.
     Mute {
@@ -274,6 +329,35 @@ pub struct CommentInfo {
 pub struct PreferencesUpdate {
     pub default_visibility: Option<Visibility>,
     pub language: Option<String>,
+    pub hide_replies: Option<bool>,
+    pub muted_words: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SettingsUpdate {
+    pub private: Option<bool>,
+    pub messages_from: Option<MessagesFrom>,
+}
+
+/// What a follow must do, as the followee's shard sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// No such user, or a block either way.
+    Missing,
+    /// Follow now.
+    Open,
+    /// A private account: the request is recorded and waits.
+    Requested,
+}
+
+/// A post's counts as a viewer sees them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PostStats {
+    pub id: u64,
+    pub likes: u64,
+    pub comments: u64,
+    pub views: u64,
+    pub liked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -292,6 +376,7 @@ pub struct Profile {
     pub following: u64,
     pub posts: u64,
     pub profile: nova_core::profiles::Profile,
+    pub private: bool,
 }
 
 /// A post to compose, validated on the connection's shard.

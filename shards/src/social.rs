@@ -14,7 +14,7 @@ use nova_core::social;
 use nova_core::{id_ms, shard_for_key, shard_of, CoreError};
 
 use crate::error::Fail;
-use crate::mesh::{NewPost, Op, Page, Profile, UserBrief};
+use crate::mesh::{Gate, NewPost, Op, Page, PostStats, Profile, SettingsUpdate, UserBrief};
 use crate::shard::{now_ms, Shard};
 
 /// Rows of a home feed looked at for one page, at most (filtered items are skipped).
@@ -28,13 +28,53 @@ const DELIVER_BATCH_MAX: usize = 256;
 /// Events younger than this are left to the request that made them.
 const RELAY_AGE_MIN_MS: u64 = 2000;
 const RELAY_PERIOD: Duration = Duration::from_millis(250);
+/// Posts of a newly followed author put into the follower's feed.
+const BACKFILL_POSTS: usize = 20;
+/// Views are written to `post_views` every this many relay passes.
+const VIEW_FLUSH_EVERY: u32 = 4;
+/// A viewer's repeated views of a post within this window count once.
+const VIEW_DEDUPE_MS: u64 = 60 * 60 * 1000;
+/// (post, viewer) pairs remembered for deduplication, at most.
+const VIEW_SEEN_MAX: usize = 200_000;
 /// Namespace of DeathStarBench's user ids in `external_ids`.
 pub const DSB_NAMESPACE: &str = "dsb";
 
-/// Delivered events whose outbox rows are still to be deleted (batched by the relay).
+/// Delivered events whose outbox rows are still to be deleted (batched by the relay), and the
+/// view counts waiting to be written.
 #[derive(Default)]
 pub struct Relay {
     acks: RefCell<Vec<(usize, u64)>>,
+    views: RefCell<Views>,
+    passes: std::cell::Cell<u32>,
+}
+
+/// Post views counted in memory and flushed in batches: a viewer's views of one post within
+/// `VIEW_DEDUPE_MS` count once. Views not yet flushed are lost in a crash (at most one
+/// second's worth); nothing acknowledged a view to anyone.
+#[derive(Default)]
+struct Views {
+    pending: std::collections::HashMap<u64, u64>,
+    seen: std::collections::HashMap<(u64, u64), u64>,
+}
+
+impl Views {
+    fn record(&mut self, post: u64, viewer: u64, now: u64) {
+        if let Some(at) = self.seen.get(&(post, viewer)) {
+            if now.saturating_sub(*at) < VIEW_DEDUPE_MS {
+                return;
+            }
+        }
+        if self.seen.len() >= VIEW_SEEN_MAX {
+            self.seen
+                .retain(|_, at| now.saturating_sub(*at) < VIEW_DEDUPE_MS);
+            if self.seen.len() >= VIEW_SEEN_MAX {
+                // Bounded memory wins over perfect deduplication under a flood.
+                self.seen.clear();
+            }
+        }
+        self.seen.insert((post, viewer), now);
+        *self.pending.entry(post).or_default() += 1;
+    }
 }
 
 impl Shard {
@@ -100,7 +140,16 @@ impl Shard {
                 viewer,
                 reply,
             } => {
-                let _ = reply.send(self.visible_post(post_id, viewer));
+                let post = self.visible_post(post_id, viewer);
+                if let Ok(Some(p)) = &post {
+                    if p.author_id != viewer {
+                        self.relay
+                            .views
+                            .borrow_mut()
+                            .record(post_id, viewer, now_ms());
+                    }
+                }
+                let _ = reply.send(post);
             }
             Op::DeletePost {
                 post_id,
@@ -179,6 +228,7 @@ impl Shard {
                 reply,
             } => {
                 let result = self.read(|r| {
+                    let prefs = profiles::feed_preferences(r, reader)?;
                     social::home(
                         r,
                         reader,
@@ -186,6 +236,7 @@ impl Shard {
                         page.min_id,
                         page.limit,
                         HOME_SCAN_MAX,
+                        &prefs,
                     )
                 });
                 let _ = reply.send(result);
@@ -256,14 +307,23 @@ impl Shard {
                 let _ = reply.send(result.map_err(Fail::from));
             }
             Op::PostCounts { ids, viewer, reply } => {
+                let views = self.relay.views.borrow();
                 let result = self.read(|r| {
                     ids.iter()
                         .map(|id| {
                             let (likes, comments) = content::counts(r, *id)?;
-                            Ok((*id, likes, comments, content::liked(r, *id, viewer, false)?))
+                            let buffered = views.pending.get(id).copied().unwrap_or(0);
+                            Ok(PostStats {
+                                id: *id,
+                                likes,
+                                comments,
+                                views: content::views(r, *id)? + buffered,
+                                liked: content::liked(r, *id, viewer, false)?,
+                            })
                         })
                         .collect()
                 });
+                drop(views);
                 let _ = reply.send(result);
             }
             Op::UpdateProfile {
@@ -303,16 +363,28 @@ impl Shard {
                 reply,
             } => {
                 let result = match update {
-                    None => self.read(|r| profiles::preferences(r, user_id)),
+                    None => self.read(|r| {
+                        Ok((
+                            profiles::preferences(r, user_id)?,
+                            profiles::feed_preferences(r, user_id)?,
+                        ))
+                    }),
                     Some(u) => self
                         .partition
                         .write(move |t| {
-                            profiles::update_preferences(
+                            let prefs = profiles::update_preferences(
                                 t,
                                 user_id,
                                 u.default_visibility,
                                 u.language,
-                            )
+                            )?;
+                            let feed = profiles::update_feed_preferences(
+                                t,
+                                user_id,
+                                u.hide_replies,
+                                u.muted_words,
+                            )?;
+                            Ok::<_, CoreError>((prefs, feed))
                         })
                         .await
                         .map_err(Fail::from),
@@ -342,6 +414,95 @@ impl Shard {
                     .write(move |t| identity::set_external_of(t, DSB_NAMESPACE, user_id, ext))
                     .await;
                 let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::Settings {
+                user_id,
+                update,
+                reply,
+            } => {
+                let result = match update {
+                    None => self.read(|r| profiles::settings(r, user_id)),
+                    Some(SettingsUpdate {
+                        private,
+                        messages_from,
+                    }) => self
+                        .partition
+                        .write(move |t| {
+                            profiles::update_settings(t, user_id, private, messages_from)
+                        })
+                        .await
+                        .map_err(Fail::from),
+                };
+                let _ = reply.send(result);
+            }
+            Op::FollowGate {
+                followee,
+                follower,
+                reply,
+            } => {
+                let _ = reply.send(self.follow_gate(followee, follower).await);
+            }
+            Op::CancelFollowRequest {
+                followee,
+                requester,
+                reply,
+            } => {
+                let result = self
+                    .partition
+                    .write(move |t| social::drop_request(t, followee, requester))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::FollowRequests {
+                user_id,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.read(|r| social::requests(r, user_id, after, limit)));
+            }
+            Op::AnswerFollowRequest {
+                followee,
+                requester,
+                approve,
+                reply,
+            } => {
+                let result = self
+                    .answer_request(followee, requester, approve, deadline)
+                    .await;
+                let _ = reply.send(result);
+            }
+            Op::RecentPosts {
+                author,
+                viewer,
+                limit,
+                reply,
+            } => {
+                let page = Page {
+                    limit,
+                    max_id: None,
+                    min_id: None,
+                };
+                let _ = reply.send(self.user_posts(author, viewer, page).map(|(p, _)| p));
+            }
+            Op::Backfill {
+                reader,
+                posts,
+                reply,
+            } => {
+                let result = self
+                    .partition
+                    .write(move |t| social::backfill(t, reader, &posts))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::EditPost {
+                post_id,
+                author,
+                text,
+                reply,
+            } => {
+                let _ = reply.send(self.edit_post(post_id, author, text, deadline).await);
             }
             Op::Deliver { events, reply } => {
                 let id = self.id;
@@ -444,12 +605,14 @@ impl Shard {
             let (followers, following) = social::counts(r, user_id)?;
             let posts = content::posts_count(r, user_id, POSTS_COUNTED_MAX)?;
             let profile = profiles::profile(r, user_id)?;
+            let private = profiles::settings(r, user_id)?.private;
             Ok(Some(Profile {
                 user,
                 followers,
                 following,
                 posts,
                 profile,
+                private,
             }))
         })
     }
@@ -467,9 +630,10 @@ impl Shard {
         if social::blocked_either_way(r, post.author_id, viewer)? {
             return Ok(false);
         }
+        let private = profiles::settings(r, post.author_id)?.private;
         Ok(match post.visibility {
-            Visibility::Public => true,
-            Visibility::Followers => social::is_follower(r, post.author_id, viewer)?,
+            Visibility::Public if !private => true,
+            _ => social::is_follower(r, post.author_id, viewer)?,
         })
     }
 
@@ -496,6 +660,13 @@ impl Shard {
                 || social::blocked_either_way(r, author, viewer)?
             {
                 return Err(CoreError::NotFound);
+            }
+            if author != viewer
+                && profiles::settings(r, author)?.private
+                && !social::is_follower(r, author, viewer)?
+            {
+                // A private account shows its posts to its followers only.
+                return Ok((Vec::new(), None));
             }
             let mut out = Vec::with_capacity(page.limit);
             let mut max_id = page.max_id;
@@ -560,21 +731,7 @@ impl Shard {
             }
         };
         let extracted = content::extract(&new.text);
-        let mut mentions = Vec::new();
-        for name in extracted.mentions {
-            let key = name.to_ascii_lowercase();
-            let home = shard_for_key(&key, self.shards);
-            if let Some(user) = self
-                .ask(home, deadline, |reply| Op::LookupUsername { key, reply })
-                .await?
-            {
-                mentions.push(Mention {
-                    user_id: user.id,
-                    username: user.username,
-                    external_id: user.external_id,
-                });
-            }
-        }
+        let mentions = self.resolve_mentions(extracted.mentions, deadline).await?;
         let mut targets: Vec<usize> =
             self.read(|r| social::follower_shards(r, author.id, shard_of, FANOUT_FOLLOWERS_MAX))?;
         for m in &mentions {
@@ -594,14 +751,7 @@ impl Shard {
             reply_to: new.reply_to,
             mentions,
             hashtags: extracted.hashtags,
-            urls: extracted
-                .urls
-                .into_iter()
-                .map(|url| content::Link {
-                    short: shorten(&url),
-                    url,
-                })
-                .collect(),
+            urls: links(extracted.urls),
             created_ms: now,
             edited_ms: None,
             post_type: new.post_type,
@@ -664,14 +814,10 @@ impl Shard {
         let (targets, event) = self
             .partition
             .write(move |t| {
-                let post = content::delete_post(t, author, post_id)?;
+                content::delete_post(t, author, post_id)?;
                 social::unfan(t, post_id)?;
-                let targets: Vec<usize> = post
-                    .fanned_to
-                    .iter()
-                    .map(|s| *s as usize)
-                    .filter(|s| *s < shards && *s != here)
-                    .collect();
+                // Every other shard: besides the fan-out's, backfills may hold copies.
+                let targets: Vec<usize> = (0..shards).filter(|s| *s != here).collect();
                 let event = Event::PostDeleted { post_id, author };
                 events::record(t, event_id, now, &event, &targets)?;
                 Ok::<_, CoreError>((targets, event))
@@ -686,7 +832,7 @@ impl Shard {
         follower: u64,
         followee: u64,
         deadline: Instant,
-    ) -> Result<(), Fail> {
+    ) -> Result<bool, Fail> {
         if follower == followee {
             return Err(
                 CoreError::invalid("cannot_follow_self", "you cannot follow yourself").into(),
@@ -695,21 +841,223 @@ impl Shard {
         if self.read(|r| social::blocked_either_way(r, follower, followee))? {
             return Err(CoreError::NotFound.into());
         }
-        let exists = self
-            .ask(shard_of(followee), deadline, |reply| Op::Visible {
-                user_id: followee,
-                viewer: follower,
+        if self.read(|r| social::follows(r, follower, followee))? {
+            return Ok(true);
+        }
+        let gate = self
+            .ask(shard_of(followee), deadline, |reply| Op::FollowGate {
+                followee,
+                follower,
                 reply,
             })
             .await?;
-        if !exists {
-            return Err(CoreError::NotFound.into());
+        match gate {
+            Gate::Missing => return Err(CoreError::NotFound.into()),
+            Gate::Requested => return Ok(false),
+            Gate::Open => {}
         }
         let event = Event::Followed { follower, followee };
         self.change(follower, followee, event, deadline, move |t, now| {
             social::follow(t, follower, followee, now)
         })
-        .await
+        .await?;
+        let posts = self
+            .ask(shard_of(followee), deadline, |reply| Op::RecentPosts {
+                author: followee,
+                viewer: follower,
+                limit: BACKFILL_POSTS,
+                reply,
+            })
+            .await;
+        // The backfill is derived state: a failure here leaves an older-posts gap in the
+        // feed, never a wrong answer, so the follow stands.
+        match posts {
+            Ok(posts) if !posts.is_empty() => {
+                if let Err(e) = self
+                    .partition
+                    .write(move |t| social::backfill(t, follower, &posts))
+                    .await
+                {
+                    tracing::warn!(error = %e, "feed backfill failed");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "feed backfill failed"),
+        }
+        Ok(true)
+    }
+
+    /// On the followee's shard: may `follower` follow now, or must it ask? A private account
+    /// records the request (idempotent).
+    async fn follow_gate(&self, followee: u64, follower: u64) -> Result<Gate, Fail> {
+        let open = self.read(|r| {
+            if identity::user(r, followee)?.is_none()
+                || social::blocked_either_way(r, followee, follower)?
+            {
+                return Ok(None);
+            }
+            Ok(Some(
+                !profiles::settings(r, followee)?.private
+                    || social::is_follower(r, followee, follower)?,
+            ))
+        })?;
+        match open {
+            None => Ok(Gate::Missing),
+            Some(true) => Ok(Gate::Open),
+            Some(false) => {
+                let now = now_ms();
+                self.partition
+                    .write(move |t| {
+                        if social::blocked_either_way_in(t, followee, follower)? {
+                            return Ok(Gate::Missing);
+                        }
+                        social::request_follow(t, followee, follower, now)?;
+                        Ok::<_, CoreError>(Gate::Requested)
+                    })
+                    .await
+                    .map_err(Fail::from)
+            }
+        }
+    }
+
+    /// On a private followee's shard: approve (the requester becomes a follower here, and
+    /// its own shard hears it through the outbox) or reject a pending request.
+    async fn answer_request(
+        self: &Rc<Self>,
+        followee: u64,
+        requester: u64,
+        approve: bool,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
+        if !approve {
+            let dropped = self
+                .partition
+                .write(move |t| social::drop_request(t, followee, requester))
+                .await?;
+            return if dropped {
+                Ok(())
+            } else {
+                Err(CoreError::NotFound.into())
+            };
+        }
+        let target = shard_of(requester);
+        if target >= self.shards {
+            return Err(CoreError::NotFound.into());
+        }
+        let event_id = self.next_id();
+        let now = now_ms();
+        let here = self.id;
+        let event = Event::FollowApproved {
+            follower: requester,
+            followee,
+        };
+        let sent = event.clone();
+        let approved = self
+            .partition
+            .write(move |t| {
+                if !social::approve_request(t, followee, requester, now)? {
+                    return Ok(false);
+                }
+                if target == here {
+                    events::record(t, event_id, now, &event, &[])?;
+                    events::apply(t, event_id, now, &event, |u| shard_of(u) == here)?;
+                } else {
+                    events::record(t, event_id, now, &event, &[target])?;
+                }
+                Ok::<_, CoreError>(true)
+            })
+            .await?;
+        if !approved {
+            return Err(CoreError::NotFound.into());
+        }
+        if target != here {
+            self.deliver_now(event_id, sent, &[target], deadline).await;
+        }
+        let page = Page {
+            limit: BACKFILL_POSTS,
+            max_id: None,
+            min_id: None,
+        };
+        let (posts, _) = self.user_posts(followee, requester, page)?;
+        if !posts.is_empty() {
+            let result = self
+                .ask(target, deadline, |reply| Op::Backfill {
+                    reader: requester,
+                    posts,
+                    reply,
+                })
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "feed backfill failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Usernames mentioned in a text, resolved on their shards (unknown names are skipped).
+    async fn resolve_mentions(
+        self: &Rc<Self>,
+        names: Vec<String>,
+        deadline: Instant,
+    ) -> Result<Vec<Mention>, Fail> {
+        let mut mentions = Vec::new();
+        for name in names {
+            let key = name.to_ascii_lowercase();
+            let home = shard_for_key(&key, self.shards);
+            if let Some(user) = self
+                .ask(home, deadline, |reply| Op::LookupUsername { key, reply })
+                .await?
+            {
+                mentions.push(Mention {
+                    user_id: user.id,
+                    username: user.username,
+                    external_id: user.external_id,
+                });
+            }
+        }
+        Ok(mentions)
+    }
+
+    /// On the post's shard: the author edits the text; the post's copies on every other
+    /// shard follow through the outbox. Mentions added by an edit do not reach new feeds.
+    async fn edit_post(
+        self: &Rc<Self>,
+        post_id: u64,
+        author: u64,
+        text: String,
+        deadline: Instant,
+    ) -> Result<Post, Fail> {
+        let owned = self.read(|r| content::post(r, post_id))?;
+        if owned.is_none_or(|p| p.author_id != author) {
+            return Err(CoreError::NotFound.into());
+        }
+        let extracted = content::extract(&text);
+        let edit = content::PostEdit {
+            mentions: self.resolve_mentions(extracted.mentions, deadline).await?,
+            hashtags: extracted.hashtags,
+            urls: links(extracted.urls),
+            text,
+        };
+        let event_id = self.next_id();
+        let now = now_ms();
+        let here = self.id;
+        let targets: Vec<usize> = (0..self.shards).filter(|s| *s != here).collect();
+        let (post, event) = {
+            let targets = targets.clone();
+            self.partition
+                .write(move |t| {
+                    let post = content::edit_post(t, author, post_id, edit, now)?;
+                    social::refresh_copy(t, &post)?;
+                    let event = Event::PostEdited {
+                        post: Box::new(post.clone()),
+                    };
+                    events::record(t, event_id, now, &event, &targets)?;
+                    Ok::<_, CoreError>((post, event))
+                })
+                .await?
+        };
+        self.deliver_now(event_id, event, &targets, deadline).await;
+        Ok(post)
     }
 
     /// A change on `actor`'s shard whose mirror lives on `other`'s shard: applied here with
@@ -795,7 +1143,24 @@ impl Shard {
         }
     }
 
+    /// Writes the buffered view counts (one transaction).
+    pub async fn flush_views(&self) -> Result<(), Fail> {
+        let pending: Vec<(u64, u64)> = self.relay.views.borrow_mut().pending.drain().collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        self.partition
+            .write(move |t| content::add_views(t, &pending))
+            .await?;
+        Ok(())
+    }
+
     async fn relay_once(self: &Rc<Self>) -> Result<(), Fail> {
+        let pass = self.relay.passes.get().wrapping_add(1);
+        self.relay.passes.set(pass);
+        if pass.is_multiple_of(VIEW_FLUSH_EVERY) {
+            self.flush_views().await?;
+        }
         let acks: Vec<(usize, u64)> = std::mem::take(&mut *self.relay.acks.borrow_mut());
         let acked: HashSet<(usize, u64)> = acks.iter().copied().collect();
         if !acks.is_empty() {
@@ -868,6 +1233,15 @@ fn brief(
         display_name: user.display_name.clone(),
         external_id: identity::external_of(r, DSB_NAMESPACE, user.id)?,
     })
+}
+
+fn links(urls: Vec<String>) -> Vec<content::Link> {
+    urls.into_iter()
+        .map(|url| content::Link {
+            short: shorten(&url),
+            url,
+        })
+        .collect()
 }
 
 /// A short, stable form of a link (DeathStarBench stores one next to each link).
