@@ -376,7 +376,10 @@ mod tests {
             created_ms: 0,
             edited_ms: None,
         };
-        let other = Post { id: 20, ..post.clone() };
+        let other = Post {
+            id: 20,
+            ..post.clone()
+        };
         let txn = db.begin_write().unwrap();
         insert_post(&txn, &post, None).unwrap();
         insert_post(&txn, &other, None).unwrap();
@@ -403,7 +406,11 @@ mod tests {
         assert_eq!(counts(&read, 10).unwrap(), (0, 0));
         assert_eq!(counts(&read, 11).unwrap(), (0, 0));
         assert_eq!(views(&read, 10).unwrap(), 0);
-        assert_eq!(views(&read, 99).unwrap(), 0, "views of unknown posts are dropped");
+        assert_eq!(
+            views(&read, 99).unwrap(),
+            0,
+            "views of unknown posts are dropped"
+        );
         // The other post keeps its own.
         assert!(liked(&read, 20, 2, false).unwrap());
         assert_eq!(views(&read, 20).unwrap(), 1);

@@ -639,12 +639,20 @@ mod tests {
 
     fn home_ids(db: &Database, reader: u64) -> Vec<u64> {
         let read = db.begin_read().unwrap();
-        home(&read, reader, None, None, 100, 1000, &FeedPreferences::default())
-            .unwrap()
-            .0
-            .iter()
-            .map(|p| p.id)
-            .collect()
+        home(
+            &read,
+            reader,
+            None,
+            None,
+            100,
+            1000,
+            &FeedPreferences::default(),
+        )
+        .unwrap()
+        .0
+        .iter()
+        .map(|p| p.id)
+        .collect()
     }
 
     #[test]

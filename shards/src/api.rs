@@ -12,7 +12,7 @@ use http::header::{
     USER_AGENT,
 };
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tracing::Instrument;
 
@@ -21,6 +21,7 @@ use nova_core::tokens::{self, AccessClaims, AccessError, RefreshToken};
 use nova_core::{shard_for_key, shard_of, CoreError};
 use nova_protocol::{self as wire, rfc3339, Route, RouteMiss};
 
+use crate::body::{Body, Chunks};
 use crate::error::{ApiError, Fail};
 use crate::limits::RateState;
 use crate::mesh::{LoginWho, Op, Registration};
@@ -47,6 +48,10 @@ pub struct Reply {
     pub(crate) rate: Option<RateState>,
     /// A `Link` header (pagination).
     pub(crate) link: Option<String>,
+    /// Sent instead of `body` when set (event streams, large files).
+    pub(crate) stream: Option<Chunks>,
+    /// Other headers of this answer.
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Reply {
@@ -57,6 +62,8 @@ impl Reply {
             content_type: JSON,
             rate: None,
             link: None,
+            stream: None,
+            headers: Vec::new(),
         }
     }
 
@@ -67,6 +74,8 @@ impl Reply {
             content_type: JSON,
             rate: None,
             link: None,
+            stream: None,
+            headers: Vec::new(),
         }
     }
 
@@ -77,7 +86,34 @@ impl Reply {
             content_type: "text/plain; charset=utf-8",
             rate: None,
             link: None,
+            stream: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// An answer whose body is streamed as it is produced.
+    #[allow(dead_code)] // for the stream and media routes, coming next
+    pub(crate) fn streamed(
+        status: StatusCode,
+        content_type: &'static str,
+        chunks: Chunks,
+    ) -> Reply {
+        Reply {
+            status,
+            body: Bytes::new(),
+            content_type,
+            rate: None,
+            link: None,
+            stream: Some(chunks),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Adds a header to the answer.
+    #[allow(dead_code)]
+    pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name, value));
+        self
     }
 
     fn with_rate(mut self, rate: RateState) -> Reply {
@@ -89,11 +125,7 @@ impl Reply {
 pub(crate) type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// Serves one request; never fails (every failure is an error response).
-pub async fn handle(
-    shard: Rc<Shard>,
-    req: Request<Incoming>,
-    peer: IpAddr,
-) -> Response<Full<Bytes>> {
+pub async fn handle(shard: Rc<Shard>, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(&shard, req.headers());
     let route = Route::find(req.method(), req.uri().path());
@@ -171,8 +203,12 @@ pub fn new_request_id(shard: &Shard) -> String {
     format!("{:x}-{n:x}", shard.id)
 }
 
-fn render(reply: Reply) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(reply.body));
+fn render(reply: Reply) -> Response<Body> {
+    let body = match reply.stream {
+        Some(chunks) => Body::Stream(chunks),
+        None => Body::full(reply.body),
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = reply.status;
     let headers = response.headers_mut();
     if reply.status != StatusCode::NO_CONTENT {
@@ -180,6 +216,9 @@ fn render(reply: Reply) -> Response<Full<Bytes>> {
     }
     if let Some(link) = reply.link.and_then(|l| HeaderValue::from_str(&l).ok()) {
         headers.insert(http::header::LINK, link);
+    }
+    for (name, value) in reply.headers {
+        headers.append(name, value);
     }
     if let Some(rate) = reply.rate {
         headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(rate.limit));
@@ -189,8 +228,10 @@ fn render(reply: Reply) -> Response<Full<Bytes>> {
     response
 }
 
-fn render_error(e: ApiError) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(wire::error_body(e.code, &e.message))));
+fn render_error(e: ApiError) -> Response<Body> {
+    let mut response = Response::new(Body::full(Bytes::from(wire::error_body(
+        e.code, &e.message,
+    ))));
     *response.status_mut() = e.status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
@@ -222,6 +263,8 @@ async fn dispatch(
             content_type: JSON,
             rate: None,
             link: None,
+            stream: None,
+            headers: Vec::new(),
         }),
         Route::Metrics => metrics(shard, deadline).await,
         Route::Register => register(shard, req, peer, deadline).await,
@@ -431,6 +474,8 @@ async fn metrics(shard: &Rc<Shard>, deadline: Instant) -> Result<Reply> {
         content_type: "text/plain; version=0.0.4",
         rate: None,
         link: None,
+        stream: None,
+        headers: Vec::new(),
     })
 }
 

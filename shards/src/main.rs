@@ -5,6 +5,7 @@
 mod api;
 mod api_dsb;
 mod api_social;
+mod body;
 mod config;
 mod error;
 mod hasher;
