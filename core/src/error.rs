@@ -48,6 +48,9 @@ pub enum CoreError {
     /// The object does not exist, or the caller may not know that it does.
     #[error("not found")]
     NotFound,
+    /// Allowed to know, not allowed to do (a recipient who does not take messages from you).
+    #[error("{}", .0.message)]
+    Forbidden(Invalid),
     /// A stored record could not be decoded: a bug or a damaged file.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -59,6 +62,12 @@ pub enum CoreError {
 impl CoreError {
     pub fn invalid(code: &'static str, message: impl Into<String>) -> CoreError {
         CoreError::Invalid(Invalid::new(code, message))
+    }
+}
+
+impl CoreError {
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> CoreError {
+        CoreError::Forbidden(Invalid::new(code, message))
     }
 }
 

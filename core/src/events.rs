@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
 use crate::content::Post;
+use crate::messages::{self, Message};
 use crate::social;
 use crate::CoreError;
 
@@ -56,6 +57,22 @@ pub enum Event {
     /// An edited post replaces its copies.
     PostEdited {
         post: Box<Post>,
+    },
+    /// Users on the target shard joined a conversation: it enters their inboxes.
+    ConversationJoined {
+        conversation: u64,
+        users: Vec<u64>,
+        at_ms: u64,
+    },
+    /// A new message: the conversation moves up in the inboxes of `recipients` there.
+    MessagePosted {
+        message: Box<Message>,
+        recipients: Vec<u64>,
+    },
+    /// `user` left a conversation: it leaves the user's inbox.
+    ConversationLeft {
+        conversation: u64,
+        user: u64,
     },
     /// A private `followee` approved `follower`'s request: the follower's shard writes its
     /// side of the follow.
@@ -207,6 +224,26 @@ pub fn apply(
         Event::PostEdited { post } => social::refresh_copy(txn, post)?,
         Event::FollowApproved { follower, followee } => {
             social::apply_approved(txn, *follower, *followee, now_ms)?
+        }
+        Event::ConversationJoined {
+            conversation,
+            users,
+            at_ms,
+        } => {
+            for u in users.iter().filter(|u| here(**u)) {
+                messages::touch_inbox(txn, *u, *conversation, *at_ms)?;
+            }
+        }
+        Event::MessagePosted {
+            message,
+            recipients,
+        } => {
+            for u in recipients.iter().filter(|u| here(**u)) {
+                messages::touch_inbox(txn, *u, message.conversation, message.created_ms)?;
+            }
+        }
+        Event::ConversationLeft { conversation, user } => {
+            messages::drop_from_inbox(txn, *user, *conversation)?
         }
     }
     Ok(true)

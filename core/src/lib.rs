@@ -15,6 +15,7 @@ mod error;
 pub mod events;
 pub mod identity;
 mod ids;
+pub mod messages;
 pub mod password;
 pub mod profiles;
 pub mod social;

@@ -79,6 +79,15 @@ macro_rules! open_read {
     };
 }
 
+/// A table that may not exist yet: `None` then.
+fn optional<T>(opened: Result<T, redb::TableError>) -> Result<Option<T>, CoreError> {
+    match opened {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn follows(read: &ReadTransaction, follower: u64, followee: u64) -> Result<bool, CoreError> {
     let t = open_read!(read, FOLLOWS, false);
     let found = t.get((follower, followee))?.is_some();
@@ -101,13 +110,18 @@ pub fn blocked_either_way(
     user: u64,
     other: u64,
 ) -> Result<bool, CoreError> {
-    let blocks = open_read!(read, BLOCKS, false);
-    if blocks.get((user, other))?.is_some() {
-        return Ok(true);
+    // Either table may not exist yet on this shard; each is checked on its own.
+    if let Some(blocks) = optional(read.open_table(BLOCKS))? {
+        if blocks.get((user, other))?.is_some() {
+            return Ok(true);
+        }
     }
-    let by = open_read!(read, BLOCKED_BY, false);
-    let found = by.get((user, other))?.is_some();
-    Ok(found)
+    if let Some(by) = optional(read.open_table(BLOCKED_BY))? {
+        if by.get((user, other))?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// `blocked_either_way` inside a write transaction.
@@ -483,6 +497,14 @@ pub fn backfill(txn: &WriteTransaction, reader: u64, posts: &[Post]) -> Result<(
         index.insert((post.id, reader), ())?;
     }
     Ok(())
+}
+
+/// The readers on this shard whose feeds hold a post.
+pub fn feed_readers(read: &ReadTransaction, post_id: u64) -> Result<Vec<u64>, CoreError> {
+    let t = open_read!(read, FEED_POSTS, Vec::new());
+    t.range((post_id, 0)..=(post_id, u64::MAX))?
+        .map(|r| r.map(|(k, _)| k.value().1).map_err(Into::into))
+        .collect()
 }
 
 /// Removes a post from every feed on this shard.

@@ -348,3 +348,79 @@ pub struct PreferencesEnvelope {
 pub struct Muting {
     pub muting: bool,
 }
+
+// ---- direct messages ---------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConversationRequest {
+    pub participants: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendMessageRequest {
+    pub text: String,
+    #[serde(default)]
+    pub media_ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessageRequest {
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MarkReadRequest {
+    #[serde(default)]
+    pub up_to: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageView {
+    pub id: String,
+    pub conversation_id: String,
+    pub sender: UserBrief,
+    pub text: String,
+    pub media_ids: Vec<String>,
+    pub created_at: String,
+    pub edited_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageEnvelope {
+    pub message: MessageView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadReceipt {
+    pub user_id: String,
+    /// The last message this participant has read (null: none).
+    pub last_read_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConversationView {
+    pub id: String,
+    pub participants: Vec<UserBrief>,
+    pub created_at: String,
+    pub last_activity_at: String,
+    pub last_message: Option<MessageView>,
+    pub unread_count: u64,
+    pub read_receipts: Vec<ReadReceipt>,
+    /// Who is typing now (only in `GET /v1/conversations/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typing: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConversationEnvelope {
+    pub conversation: ConversationView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReadState {
+    pub last_read_id: Option<String>,
+}

@@ -50,6 +50,17 @@ pub enum Route {
     FollowRequests,
     ApproveFollowRequest(u64),
     RejectFollowRequest(u64),
+    Stream,
+    CreateConversation,
+    ListConversations,
+    GetConversation(u64),
+    ListMessages(u64),
+    SendMessage(u64),
+    MarkRead(u64),
+    Typing(u64),
+    LeaveConversation(u64),
+    EditMessage(u64),
+    DeleteMessage(u64),
     DsbRegister,
     DsbFollow,
     DsbUnfollow,
@@ -112,6 +123,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/me/follow-requests"),
     ("POST", "/v1/me/follow-requests/{id}/approve"),
     ("POST", "/v1/me/follow-requests/{id}/reject"),
+    ("GET", "/v1/stream"),
+    ("POST", "/v1/conversations"),
+    ("GET", "/v1/conversations"),
+    ("GET", "/v1/conversations/{id}"),
+    ("GET", "/v1/conversations/{id}/messages"),
+    ("POST", "/v1/conversations/{id}/messages"),
+    ("POST", "/v1/conversations/{id}/read"),
+    ("POST", "/v1/conversations/{id}/typing"),
+    ("DELETE", "/v1/conversations/{id}/membership"),
+    ("PATCH", "/v1/messages/{id}"),
+    ("DELETE", "/v1/messages/{id}"),
     ("POST", "/wrk2-api/user/register"),
     ("POST", "/wrk2-api/user/follow"),
     ("POST", "/wrk2-api/user/unfollow"),
@@ -157,6 +179,12 @@ impl Route {
                 _ => Err(RouteMiss::MethodNotAllowed),
             },
             "/v1/me/follow-requests" => one(FollowRequests, Method::GET),
+            "/v1/stream" => one(Stream, Method::GET),
+            "/v1/conversations" => match *method {
+                Method::POST => Ok(CreateConversation),
+                Method::GET => Ok(ListConversations),
+                _ => Err(RouteMiss::MethodNotAllowed),
+            },
             "/v1/admin/emails" => one(AdminEmails, Method::GET),
             "/v1/posts" => one(CreatePost, Method::POST),
             "/v1/timelines/home" => one(HomeTimeline, Method::GET),
@@ -190,6 +218,26 @@ impl Route {
                 ("", _) => Err(RouteMiss::MethodNotAllowed),
                 ("like", _) => by_method(None, Some(LikeComment(id)), Some(UnlikeComment(id))),
                 _ => Err(RouteMiss::NotFound),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/v1/conversations/") {
+            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return match tail {
+                "" => by_method(Some(GetConversation(id)), None, None),
+                "messages" => by_method(Some(ListMessages(id)), Some(SendMessage(id)), None),
+                "read" => by_method(None, Some(MarkRead(id)), None),
+                "typing" => by_method(None, Some(Typing(id)), None),
+                "membership" => by_method(None, None, Some(LeaveConversation(id))),
+                _ => Err(RouteMiss::NotFound),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/v1/messages/") {
+            let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return match *method {
+                Method::PATCH => Ok(EditMessage(id)),
+                Method::DELETE => Ok(DeleteMessage(id)),
+                _ => Err(RouteMiss::MethodNotAllowed),
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/me/follow-requests/") {
@@ -277,6 +325,14 @@ impl Route {
             FollowRequests => "/v1/me/follow-requests",
             ApproveFollowRequest(_) => "/v1/me/follow-requests/{id}/approve",
             RejectFollowRequest(_) => "/v1/me/follow-requests/{id}/reject",
+            Stream => "/v1/stream",
+            CreateConversation | ListConversations => "/v1/conversations",
+            GetConversation(_) => "/v1/conversations/{id}",
+            ListMessages(_) | SendMessage(_) => "/v1/conversations/{id}/messages",
+            MarkRead(_) => "/v1/conversations/{id}/read",
+            Typing(_) => "/v1/conversations/{id}/typing",
+            LeaveConversation(_) => "/v1/conversations/{id}/membership",
+            EditMessage(_) | DeleteMessage(_) => "/v1/messages/{id}",
             DsbRegister => "/wrk2-api/user/register",
             DsbFollow => "/wrk2-api/user/follow",
             DsbUnfollow => "/wrk2-api/user/unfollow",

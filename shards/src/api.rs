@@ -92,7 +92,6 @@ impl Reply {
     }
 
     /// An answer whose body is streamed as it is produced.
-    #[allow(dead_code)] // for the stream and media routes, coming next
     pub(crate) fn streamed(
         status: StatusCode,
         content_type: &'static str,
@@ -110,7 +109,6 @@ impl Reply {
     }
 
     /// Adds a header to the answer.
-    #[allow(dead_code)]
     pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Reply {
         self.headers.push((name, value));
         self
@@ -308,6 +306,19 @@ async fn dispatch(
         | Route::DsbHomeTimeline => {
             crate::api_dsb::dispatch(shard, route, req, peer, deadline).await
         }
+        Route::Stream
+        | Route::CreateConversation
+        | Route::ListConversations
+        | Route::GetConversation(_)
+        | Route::ListMessages(_)
+        | Route::SendMessage(_)
+        | Route::MarkRead(_)
+        | Route::Typing(_)
+        | Route::LeaveConversation(_)
+        | Route::EditMessage(_)
+        | Route::DeleteMessage(_) => {
+            crate::api_messages::dispatch(shard, route, req, deadline).await
+        }
         social => crate::api_social::dispatch(shard, social, req, deadline).await,
     }
 }
@@ -391,6 +402,12 @@ pub(crate) fn authenticate(shard: &Shard, headers: &HeaderMap) -> Result<AccessC
         .map_err(|_| ApiError::unauthorized("invalid_token", "the access token is not valid"))?;
     let token = bearer(value)
         .ok_or_else(|| ApiError::unauthorized("invalid_token", "the access token is not valid"))?;
+    authenticate_token(shard, token)
+}
+
+/// Verifies an access token given some other way than the header (the event stream takes
+/// one in its query, as browsers' EventSource cannot send headers).
+pub(crate) fn authenticate_token(shard: &Shard, token: &str) -> Result<AccessClaims> {
     let claims =
         tokens::verify_access(&shard.token_key, token, now_ms() / 1000).map_err(|e| match e {
             AccessError::Expired => {

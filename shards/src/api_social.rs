@@ -765,7 +765,7 @@ pub(crate) fn post_view(p: &Post, counts: Counts) -> wire::PostView {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };

@@ -53,6 +53,12 @@ pub struct Config {
     pub dsb_compat: bool,
     /// History (`event_store`) and dedupe records (`event_applied`) older than this go.
     pub event_retention_days: u64,
+    /// Live event streams (`GET /v1/stream`) open on one shard, at most.
+    pub streams_per_shard_max: usize,
+    /// Live event streams of one user, at most.
+    pub streams_per_user_max: usize,
+    /// A comment line is sent on an idle stream this often.
+    pub stream_heartbeat_ms: u64,
 }
 
 impl Default for Config {
@@ -89,6 +95,9 @@ impl Default for Config {
             auth_log_retention_days: 90,
             dsb_compat: false,
             event_retention_days: 30,
+            streams_per_shard_max: 2048,
+            streams_per_user_max: 8,
+            stream_heartbeat_ms: 15_000,
         }
     }
 }
@@ -170,6 +179,12 @@ pub struct ServeArgs {
     pub dsb_compat: Option<bool>,
     #[arg(long, env = "NOVA_EVENT_RETENTION_DAYS")]
     pub event_retention_days: Option<u64>,
+    #[arg(long, env = "NOVA_STREAMS_PER_SHARD_MAX")]
+    pub streams_per_shard_max: Option<usize>,
+    #[arg(long, env = "NOVA_STREAMS_PER_USER_MAX")]
+    pub streams_per_user_max: Option<usize>,
+    #[arg(long, env = "NOVA_STREAM_HEARTBEAT_MS")]
+    pub stream_heartbeat_ms: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -216,7 +231,10 @@ impl Config {
             mesh_queue_max,
             auth_log_retention_days,
             dsb_compat,
-            event_retention_days
+            event_retention_days,
+            streams_per_shard_max,
+            streams_per_user_max,
+            stream_heartbeat_ms
         );
         if args.tls_cert.is_some() {
             cfg.tls_cert = args.tls_cert.clone();
@@ -256,6 +274,10 @@ impl Config {
         anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),
             "--tls-cert and --tls-key go together"
+        );
+        anyhow::ensure!(
+            self.stream_heartbeat_ms >= 100 && self.streams_per_user_max >= 1,
+            "stream_heartbeat_ms must be at least 100 and streams_per_user_max at least 1"
         );
         anyhow::ensure!(
             self.header_bytes_max >= 1024,

@@ -118,6 +118,7 @@ impl From<Fail> for ApiError {
                     ApiError::new(S::BAD_REQUEST, "token_expired", e.to_string())
                 }
                 CoreError::NotFound => ApiError::not_found(),
+                CoreError::Forbidden(v) => ApiError::new(S::FORBIDDEN, v.code, v.message),
                 CoreError::Corrupt(_) | CoreError::Storage(_) => {
                     tracing::error!(error = %e, "storage failure");
                     internal()

@@ -4,6 +4,7 @@
 
 mod api;
 mod api_dsb;
+mod api_messages;
 mod api_social;
 mod body;
 mod config;
@@ -12,10 +13,12 @@ mod hasher;
 mod http;
 mod limits;
 mod mesh;
+mod messaging;
 mod metrics;
 mod server;
 mod shard;
 mod social;
+mod stream;
 
 use clap::{Parser, Subcommand};
 

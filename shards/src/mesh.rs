@@ -9,11 +9,13 @@ use nova_core::content::{Comment, Post, Visibility};
 use nova_core::events::Event;
 use nova_core::identity::DisplayName;
 use nova_core::identity::{AuthEvent, Email, EmailClaim, Issued, Refreshed, Session, User};
+use nova_core::messages::{Message, Summary};
 use nova_core::profiles::{FeedPreferences, MessagesFrom, Preferences, Settings};
 use nova_core::tokens::RefreshToken;
 
 use crate::error::Fail;
 use crate::metrics::Snapshot;
+use crate::stream::StreamEvent;
 
 pub type Reply<T> = flume::Sender<Result<T, Fail>>;
 
@@ -309,6 +311,101 @@ pub enum Op {
         ext: u64,
         reply: Reply<()>,
     },
+    /// On a user's shard: a connection (on `shard`) opens a stream for the user; the answer
+    /// is the events after `last_id`, or `None` when the user has too many streams.
+    StreamSubscribe {
+        user: u64,
+        sub: u64,
+        shard: usize,
+        last_id: Option<u64>,
+        reply: Reply<Option<Vec<StreamEvent>>>,
+    },
+    StreamUnsubscribe {
+        user: u64,
+        sub: u64,
+        reply: Reply<()>,
+    },
+    /// On a connection's shard: an event for one of its streams (no answer).
+    StreamPush {
+        sub: u64,
+        event: StreamEvent,
+    },
+    /// On a user's shard: add an event to the user's stream (typing, from a conversation's
+    /// shard).
+    StreamPublish {
+        user: u64,
+        kind: &'static str,
+        data: String,
+        reply: Reply<()>,
+    },
+    /// On the recipient's shard: may `sender` start a conversation with `recipient`?
+    MayMessage {
+        recipient: u64,
+        sender: u64,
+        reply: Reply<()>,
+    },
+    /// On the creator's shard: a new conversation with `others`.
+    CreateConversation {
+        creator: u64,
+        others: Vec<u64>,
+        reply: Reply<Summary>,
+    },
+    /// On a user's shard: a page of the inbox as (activity ms, conversation).
+    Inbox {
+        user: u64,
+        before: Option<(u64, u64)>,
+        limit: usize,
+        reply: Reply<Vec<(u64, u64)>>,
+    },
+    /// On a conversation shard: these conversations as `user` sees them (others skipped).
+    Summaries {
+        ids: Vec<u64>,
+        user: u64,
+        reply: Reply<Vec<Summary>>,
+    },
+    /// On a conversation's shard: its summary plus who is typing.
+    ConversationView {
+        conversation: u64,
+        user: u64,
+        reply: Reply<(Summary, Vec<u64>)>,
+    },
+    Messages {
+        conversation: u64,
+        user: u64,
+        page: Page,
+        reply: Reply<Vec<Message>>,
+    },
+    SendMessage {
+        new: NewMessage,
+        reply: Reply<Message>,
+    },
+    EditMessage {
+        id: u64,
+        sender: u64,
+        text: String,
+        reply: Reply<Message>,
+    },
+    DeleteMessage {
+        id: u64,
+        sender: u64,
+        reply: Reply<()>,
+    },
+    MarkRead {
+        conversation: u64,
+        user: u64,
+        up_to: Option<u64>,
+        reply: Reply<u64>,
+    },
+    Typing {
+        conversation: u64,
+        user: u64,
+        reply: Reply<()>,
+    },
+    LeaveConversation {
+        conversation: u64,
+        user: u64,
+        reply: Reply<()>,
+    },
     /// Outbox delivery: apply these events here, once each.
     Deliver {
         events: Vec<(u64, Event)>,
@@ -358,6 +455,16 @@ pub struct PostStats {
     pub comments: u64,
     pub views: u64,
     pub liked: bool,
+}
+
+/// A message to send, validated on the connection's shard.
+#[derive(Debug)]
+pub struct NewMessage {
+    pub conversation: u64,
+    pub sender: UserBrief,
+    pub text: String,
+    pub media_ids: Vec<u64>,
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -239,6 +239,8 @@ async fn shard_main(start: ShardStart) {
         ext_ids: RefCell::new(quick_cache::unsync::Cache::new(USERS_CACHED_MAX)),
         request_seq: Cell::new(0),
         relay: crate::social::Relay::default(),
+        streams: crate::stream::Streams::default(),
+        typing: crate::messaging::Typing::default(),
         draining: Notify::default(),
     });
     // The mesh must be served before recovery broadcasts, or two shards could wait on each

@@ -90,6 +90,8 @@ pub struct Shard {
     pub ext_ids: RefCell<quick_cache::unsync::Cache<u64, u64>>,
     pub request_seq: Cell<u64>,
     pub relay: crate::social::Relay,
+    pub streams: crate::stream::Streams,
+    pub typing: crate::messaging::Typing,
     /// Fired when the shard starts draining: stop accepting, close idle connections.
     pub draining: Notify,
 }

@@ -44,6 +44,8 @@ pub const DSB_NAMESPACE: &str = "dsb";
 #[derive(Default)]
 pub struct Relay {
     acks: RefCell<Vec<(usize, u64)>>,
+    /// Wakes the relay before its period (events that go only through the relay, in order).
+    wake: Wake,
     views: RefCell<Views>,
     passes: std::cell::Cell<u32>,
 }
@@ -55,6 +57,35 @@ pub struct Relay {
 struct Views {
     pending: std::collections::HashMap<u64, u64>,
     seen: std::collections::HashMap<(u64, u64), u64>,
+}
+
+/// A latch the relay sleeps on besides its timer.
+#[derive(Default)]
+struct Wake {
+    set: std::cell::Cell<bool>,
+    waiter: RefCell<Option<std::task::Waker>>,
+}
+
+impl Relay {
+    /// Runs the relay now rather than at its next period.
+    pub fn kick(&self) {
+        self.wake.set.set(true);
+        if let Some(w) = self.wake.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    async fn kicked(&self) {
+        std::future::poll_fn(|cx| {
+            if self.wake.set.replace(false) {
+                std::task::Poll::Ready(())
+            } else {
+                *self.wake.waiter.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 impl Views {
@@ -511,18 +542,28 @@ impl Shard {
                 let result = self
                     .partition
                     .write(move |t| {
-                        for (event_id, event) in &events {
-                            events::apply(t, *event_id, now, event, |user| {
+                        let mut fresh = Vec::with_capacity(events.len());
+                        for (event_id, event) in events {
+                            if events::apply(t, event_id, now, &event, |user| {
                                 shard_of(user) == id && id < shards
-                            })?;
+                            })? {
+                                fresh.push((event_id, event));
+                            }
                         }
-                        Ok::<_, CoreError>(())
+                        Ok::<_, CoreError>(fresh)
                     })
                     .await;
-                let _ = reply.send(result.map_err(Fail::from));
+                match result {
+                    Ok(fresh) => {
+                        let _ = reply.send(Ok(()));
+                        self.publish_applied(&fresh);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(Fail::from(e)));
+                    }
+                }
             }
-            // Identity operations are served in shard.rs; they never reach here.
-            _ => {}
+            other => self.serve_messaging(other, deadline).await,
         }
     }
 
@@ -795,6 +836,7 @@ impl Shard {
                 .read(|r| content::post(r, existing))?
                 .ok_or_else(|| CoreError::NotFound.into());
         }
+        self.publish_post(&post);
         if let Some(event) = event {
             self.deliver_now(event_id, event, &targets, deadline).await;
         }
@@ -1105,7 +1147,7 @@ impl Shard {
 
     /// Delivers a fresh event to its targets and waits for them (within the deadline). What
     /// fails here stays in the outbox for the relay; it is never lost.
-    async fn deliver_now(
+    pub(crate) async fn deliver_now(
         self: &Rc<Self>,
         event_id: u64,
         event: Event,
@@ -1136,7 +1178,8 @@ impl Shard {
     /// event is not raced). Runs until the shard exits.
     pub async fn relay_loop(self: Rc<Self>) {
         loop {
-            glommio::timer::sleep(RELAY_PERIOD).await;
+            futures_lite::future::or(glommio::timer::sleep(RELAY_PERIOD), self.relay.kicked())
+                .await;
             if let Err(e) = self.relay_once().await {
                 tracing::warn!(error = %e, "outbox relay pass failed");
             }
@@ -1160,6 +1203,8 @@ impl Shard {
         self.relay.passes.set(pass);
         if pass.is_multiple_of(VIEW_FLUSH_EVERY) {
             self.flush_views().await?;
+            self.prune_streams();
+            self.typing.prune(now_ms());
         }
         let acks: Vec<(usize, u64)> = std::mem::take(&mut *self.relay.acks.borrow_mut());
         let acked: HashSet<(usize, u64)> = acks.iter().copied().collect();
@@ -1181,7 +1226,9 @@ impl Shard {
             let batch: Vec<(u64, Event)> = self
                 .read(|r| events::pending(r, target, DELIVER_BATCH_MAX))?
                 .into_iter()
-                .filter(|(id, _)| id_ms(*id) <= cutoff && !acked.contains(&(target, *id)))
+                .filter(|(id, event)| {
+                    (id_ms(*id) <= cutoff || relay_only(event)) && !acked.contains(&(target, *id))
+                })
                 .collect();
             if batch.is_empty() {
                 continue;
@@ -1206,6 +1253,12 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+/// Events no request delivers itself: the relay sends them as soon as it runs, in id order
+/// per target (a conversation's messages arrive in order).
+fn relay_only(event: &Event) -> bool {
+    matches!(event, Event::MessagePosted { .. })
 }
 
 fn comment_info(

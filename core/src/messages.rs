@@ -1,0 +1,640 @@
+//! Direct messages: conversations of two or more people and their messages.
+//!
+//! Placement: a conversation lives on the shard that made it (its id says which), with its
+//! messages, read receipts and idempotency keys (tables `conversations`, `messages`,
+//! `conversation_messages`, `read_receipts`, `message_idempotency`). Each participant's own
+//! shard keeps that user's inbox (`inbox`, `inbox_by_activity`), written when the
+//! conversation's events are applied there (`ConversationJoined`, `MessagePosted`,
+//! `ConversationLeft`), so "my conversations, newest activity first" is one local range.
+
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::{CoreError, Invalid};
+
+/// conversation id -> Conversation
+const CONVERSATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("conversations");
+/// message id -> Message
+const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// (conversation, message) -> () : a conversation's messages in order
+const CONVERSATION_MESSAGES: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("conversation_messages");
+/// (conversation, user) -> last message id read (0: none)
+const READ_RECEIPTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("read_receipts");
+/// (conversation, sender, key) -> (message id, ms)
+const MESSAGE_IDEMPOTENCY: TableDefinition<(u64, u64, &str), (u64, u64)> =
+    TableDefinition::new("message_idempotency");
+/// (user, conversation) -> last activity ms : on the user's shard
+const INBOX: TableDefinition<(u64, u64), u64> = TableDefinition::new("inbox");
+/// (user, last activity ms, conversation) -> () : the inbox, by activity
+const INBOX_BY_ACTIVITY: TableDefinition<(u64, u64, u64), ()> =
+    TableDefinition::new("inbox_by_activity");
+
+/// People in one conversation, the creator included.
+pub const PARTICIPANTS_MAX: usize = 32;
+pub const MESSAGE_CHARS_MAX: usize = 5000;
+pub const MESSAGE_MEDIA_MAX: usize = 4;
+/// Unread messages counted per conversation, at most (shown as "100+").
+pub const UNREAD_COUNTED_MAX: usize = 100;
+const IDEMPOTENCY_WINDOW_MS: u64 = 60 * 60 * 1000;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Conversation {
+    pub id: u64,
+    pub creator: u64,
+    /// Current participants (a leaver is removed).
+    pub participants: Vec<u64>,
+    pub created_ms: u64,
+    pub last_ms: u64,
+    pub last_message: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Message {
+    pub id: u64,
+    pub conversation: u64,
+    pub sender: u64,
+    pub sender_username: String,
+    pub sender_display_name: String,
+    pub text: String,
+    pub media_ids: Vec<u64>,
+    pub created_ms: u64,
+    pub edited_ms: Option<u64>,
+}
+
+/// A conversation as one participant sees it.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub conversation: Conversation,
+    pub last_message: Option<Message>,
+    pub unread: u64,
+    /// (participant, last message id read) of every participant.
+    pub receipts: Vec<(u64, u64)>,
+}
+
+/// Message text: trimmed, 1 to `MESSAGE_CHARS_MAX` characters, no control characters but
+/// newlines and tabs.
+pub fn parse_text(raw: &str) -> Result<String, Invalid> {
+    let text = raw.trim();
+    let n = text.chars().count();
+    if n == 0 || n > MESSAGE_CHARS_MAX {
+        return Err(Invalid::new(
+            "invalid_text",
+            format!("a message has 1 to {MESSAGE_CHARS_MAX} characters"),
+        ));
+    }
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(Invalid::new(
+            "invalid_text",
+            "a message cannot contain control characters",
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// The other participants of a new conversation: distinct, not the creator, 1 to
+/// `PARTICIPANTS_MAX - 1` of them.
+pub fn parse_participants(creator: u64, raw: &[u64]) -> Result<Vec<u64>, Invalid> {
+    let mut out: Vec<u64> = Vec::with_capacity(raw.len());
+    for id in raw {
+        if *id != creator && !out.contains(id) {
+            out.push(*id);
+        }
+    }
+    if out.is_empty() || out.len() > PARTICIPANTS_MAX - 1 {
+        return Err(Invalid::new(
+            "invalid_participants",
+            format!(
+                "a conversation has 1 to {} other participants",
+                PARTICIPANTS_MAX - 1
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+fn load_conversation(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Option<Conversation>, CoreError> {
+    table.get(id)?.map(|v| decode(v.value())).transpose()
+}
+
+/// The conversation if `user` takes part in it, else `NotFound` (no existence leak).
+pub fn conversation_for(
+    read: &ReadTransaction,
+    id: u64,
+    user: u64,
+) -> Result<Conversation, CoreError> {
+    let table = match read.open_table(CONVERSATIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Err(CoreError::NotFound),
+        Err(e) => return Err(e.into()),
+    };
+    match load_conversation(&table, id)? {
+        Some(c) if c.participants.contains(&user) => Ok(c),
+        _ => Err(CoreError::NotFound),
+    }
+}
+
+/// Creates a conversation (on this, the creator's shard) with read receipts for everyone.
+pub fn create(txn: &WriteTransaction, conversation: &Conversation) -> Result<(), CoreError> {
+    txn.open_table(CONVERSATIONS)?
+        .insert(conversation.id, encode(conversation).as_slice())?;
+    let mut receipts = txn.open_table(READ_RECEIPTS)?;
+    for p in &conversation.participants {
+        receipts.insert((conversation.id, *p), 0)?;
+    }
+    Ok(())
+}
+
+/// The message an earlier request with the same key made, within the window.
+pub fn idempotent_message(
+    txn: &WriteTransaction,
+    conversation: u64,
+    sender: u64,
+    key: &str,
+    now_ms: u64,
+) -> Result<Option<Message>, CoreError> {
+    let found = txn
+        .open_table(MESSAGE_IDEMPOTENCY)?
+        .get((conversation, sender, key))?
+        .map(|v| v.value());
+    match found {
+        Some((id, at)) if now_ms.saturating_sub(at) < IDEMPOTENCY_WINDOW_MS => txn
+            .open_table(MESSAGES)?
+            .get(id)?
+            .map(|v| decode(v.value()))
+            .transpose(),
+        _ => Ok(None),
+    }
+}
+
+/// Adds a message from a participant; the sender has read everything up to it. Returns the
+/// conversation as it is after the message.
+pub fn post(
+    txn: &WriteTransaction,
+    message: &Message,
+    idempotency_key: Option<&str>,
+) -> Result<Conversation, CoreError> {
+    let mut conversations = txn.open_table(CONVERSATIONS)?;
+    let mut conversation = match load_conversation(&conversations, message.conversation)? {
+        Some(c) if c.participants.contains(&message.sender) => c,
+        _ => return Err(CoreError::NotFound),
+    };
+    conversation.last_ms = message.created_ms;
+    conversation.last_message = Some(message.id);
+    conversations.insert(conversation.id, encode(&conversation).as_slice())?;
+    txn.open_table(MESSAGES)?
+        .insert(message.id, encode(message).as_slice())?;
+    txn.open_table(CONVERSATION_MESSAGES)?
+        .insert((message.conversation, message.id), ())?;
+    txn.open_table(READ_RECEIPTS)?
+        .insert((message.conversation, message.sender), message.id)?;
+    if let Some(key) = idempotency_key {
+        txn.open_table(MESSAGE_IDEMPOTENCY)?.insert(
+            (message.conversation, message.sender, key),
+            (message.id, message.created_ms),
+        )?;
+    }
+    Ok(conversation)
+}
+
+/// The sender's own message, if it is still in a conversation the sender takes part in.
+fn own_message(txn: &WriteTransaction, id: u64, sender: u64) -> Result<Message, CoreError> {
+    let message: Message = match txn.open_table(MESSAGES)?.get(id)? {
+        Some(v) => decode(v.value())?,
+        None => return Err(CoreError::NotFound),
+    };
+    let member = load_conversation(&txn.open_table(CONVERSATIONS)?, message.conversation)?
+        .is_some_and(|c| c.participants.contains(&sender));
+    if message.sender != sender || !member {
+        return Err(CoreError::NotFound);
+    }
+    Ok(message)
+}
+
+pub fn edit(
+    txn: &WriteTransaction,
+    id: u64,
+    sender: u64,
+    text: String,
+    now_ms: u64,
+) -> Result<Message, CoreError> {
+    let mut message = own_message(txn, id, sender)?;
+    message.text = text;
+    message.edited_ms = Some(now_ms);
+    txn.open_table(MESSAGES)?
+        .insert(id, encode(&message).as_slice())?;
+    Ok(message)
+}
+
+pub fn delete(txn: &WriteTransaction, id: u64, sender: u64) -> Result<Message, CoreError> {
+    let message = own_message(txn, id, sender)?;
+    txn.open_table(MESSAGES)?.remove(id)?;
+    txn.open_table(CONVERSATION_MESSAGES)?
+        .remove((message.conversation, id))?;
+    let mut conversations = txn.open_table(CONVERSATIONS)?;
+    if let Some(mut c) = load_conversation(&conversations, message.conversation)? {
+        if c.last_message == Some(id) {
+            let previous = txn
+                .open_table(CONVERSATION_MESSAGES)?
+                .range((c.id, 0)..(c.id, id))?
+                .next_back()
+                .transpose()?
+                .map(|(k, _)| k.value().1);
+            c.last_message = previous;
+            conversations.insert(c.id, encode(&c).as_slice())?;
+        }
+    }
+    Ok(message)
+}
+
+/// Marks messages up to `up_to` (or the latest, when `None`) read by `user`. Never moves a
+/// receipt backwards. Returns the receipt.
+pub fn mark_read(
+    txn: &WriteTransaction,
+    conversation: u64,
+    user: u64,
+    up_to: Option<u64>,
+) -> Result<u64, CoreError> {
+    let c = match load_conversation(&txn.open_table(CONVERSATIONS)?, conversation)? {
+        Some(c) if c.participants.contains(&user) => c,
+        _ => return Err(CoreError::NotFound),
+    };
+    let latest = c.last_message.unwrap_or(0);
+    let target = up_to.map_or(latest, |u| u.min(latest));
+    let mut receipts = txn.open_table(READ_RECEIPTS)?;
+    let old = receipts.get((conversation, user))?.map_or(0, |v| v.value());
+    let new = old.max(target);
+    receipts.insert((conversation, user), new)?;
+    Ok(new)
+}
+
+/// Removes `user` from the conversation. Returns the conversation after it; when nobody is
+/// left the conversation and its messages are deleted (and `None` is returned).
+pub fn leave(
+    txn: &WriteTransaction,
+    conversation: u64,
+    user: u64,
+) -> Result<Option<Conversation>, CoreError> {
+    let mut conversations = txn.open_table(CONVERSATIONS)?;
+    let mut c = match load_conversation(&conversations, conversation)? {
+        Some(c) if c.participants.contains(&user) => c,
+        _ => return Err(CoreError::NotFound),
+    };
+    c.participants.retain(|p| *p != user);
+    txn.open_table(READ_RECEIPTS)?
+        .remove((conversation, user))?;
+    if !c.participants.is_empty() {
+        conversations.insert(conversation, encode(&c).as_slice())?;
+        return Ok(Some(c));
+    }
+    conversations.remove(conversation)?;
+    let ids: Vec<u64> = txn
+        .open_table(CONVERSATION_MESSAGES)?
+        .extract_from_if((conversation, 0)..=(conversation, u64::MAX), |_, _| true)?
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    let mut messages = txn.open_table(MESSAGES)?;
+    for id in ids {
+        messages.remove(id)?;
+    }
+    Ok(None)
+}
+
+pub fn message(read: &ReadTransaction, id: u64) -> Result<Option<Message>, CoreError> {
+    let table = match read.open_table(MESSAGES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let value = table.get(id)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+/// A page of a conversation's messages, newest first, strictly between `min_id` and
+/// `max_id` (with only `min_id`: the page just above it, still newest first).
+pub fn page(
+    read: &ReadTransaction,
+    conversation: u64,
+    max_id: Option<u64>,
+    min_id: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Message>, CoreError> {
+    let index = match read.open_table(CONVERSATION_MESSAGES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let low = min_id.map_or(0, |m| m.saturating_add(1));
+    let high = max_id.map_or(u64::MAX, |m| m.saturating_sub(1));
+    if low > high {
+        return Ok(Vec::new());
+    }
+    let range = index.range((conversation, low)..=(conversation, high))?;
+    let ascending = min_id.is_some() && max_id.is_none();
+    let ids: Vec<u64> = if ascending {
+        let mut ids: Vec<u64> = range
+            .take(limit)
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        ids.reverse();
+        ids
+    } else {
+        range
+            .rev()
+            .take(limit)
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?
+    };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(m) = message(read, id)? {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// The conversation as `user` sees it: last message, unread count, everyone's receipts.
+pub fn summary(read: &ReadTransaction, id: u64, user: u64) -> Result<Summary, CoreError> {
+    let conversation = conversation_for(read, id, user)?;
+    let last_message = match conversation.last_message {
+        Some(m) => message(read, m)?,
+        None => None,
+    };
+    let receipts_t = read.open_table(READ_RECEIPTS)?;
+    let mut receipts = Vec::with_capacity(conversation.participants.len());
+    for p in &conversation.participants {
+        receipts.push((*p, receipts_t.get((id, *p))?.map_or(0, |v| v.value())));
+    }
+    let mine = receipts
+        .iter()
+        .find(|(p, _)| *p == user)
+        .map_or(0, |(_, r)| *r);
+    let mut unread = 0;
+    if let Ok(index) = read.open_table(CONVERSATION_MESSAGES) {
+        for row in index
+            .range((id, mine.saturating_add(1))..=(id, u64::MAX))?
+            .take(UNREAD_COUNTED_MAX)
+        {
+            let mid = row?.0.value().1;
+            if message(read, mid)?.is_some_and(|m| m.sender != user) {
+                unread += 1;
+            }
+        }
+    }
+    Ok(Summary {
+        conversation,
+        last_message,
+        unread,
+        receipts,
+    })
+}
+
+// ---- the inbox, on each participant's own shard -----------------------------------------
+
+/// Puts (or moves) a conversation in `user`'s inbox at `at_ms`; never moves it back in time.
+pub fn touch_inbox(
+    txn: &WriteTransaction,
+    user: u64,
+    conversation: u64,
+    at_ms: u64,
+) -> Result<(), CoreError> {
+    let mut inbox = txn.open_table(INBOX)?;
+    let old = inbox.get((user, conversation))?.map(|v| v.value());
+    if old.is_some_and(|o| o >= at_ms) {
+        return Ok(());
+    }
+    inbox.insert((user, conversation), at_ms)?;
+    let mut by = txn.open_table(INBOX_BY_ACTIVITY)?;
+    if let Some(o) = old {
+        by.remove((user, o, conversation))?;
+    }
+    by.insert((user, at_ms, conversation), ())?;
+    Ok(())
+}
+
+pub fn drop_from_inbox(
+    txn: &WriteTransaction,
+    user: u64,
+    conversation: u64,
+) -> Result<(), CoreError> {
+    if let Some(old) = txn
+        .open_table(INBOX)?
+        .remove((user, conversation))?
+        .map(|v| v.value())
+    {
+        txn.open_table(INBOX_BY_ACTIVITY)?
+            .remove((user, old, conversation))?;
+    }
+    Ok(())
+}
+
+/// How many conversations `user` has (counted up to `cap`).
+pub fn inbox_len(read: &ReadTransaction, user: u64, cap: usize) -> Result<usize, CoreError> {
+    let table = match read.open_table(INBOX) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table.range((user, 0)..=(user, u64::MAX))?.take(cap).count())
+}
+
+/// A page of `user`'s inbox as (activity ms, conversation), newest activity first, strictly
+/// before the cursor (activity ms, conversation).
+pub fn inbox(
+    read: &ReadTransaction,
+    user: u64,
+    before: Option<(u64, u64)>,
+    limit: usize,
+) -> Result<Vec<(u64, u64)>, CoreError> {
+    let table = match read.open_table(INBOX_BY_ACTIVITY) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let rows = match before {
+        Some((ms, conv)) => table.range((user, 0, 0)..(user, ms, conv))?,
+        None => table.range((user, 0, 0)..=(user, u64::MAX, u64::MAX))?,
+    };
+    rows.rev()
+        .take(limit)
+        .map(|r| {
+            r.map(|(k, _)| {
+                let (_, ms, conv) = k.value();
+                (ms, conv)
+            })
+            .map_err(Into::into)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::backends::InMemoryBackend;
+    use redb::{Database, ReadableDatabase};
+
+    use super::*;
+
+    fn db() -> Database {
+        Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap()
+    }
+
+    fn msg(id: u64, sender: u64, at: u64) -> Message {
+        Message {
+            id,
+            conversation: 1,
+            sender,
+            sender_username: format!("u{sender}"),
+            sender_display_name: String::new(),
+            text: format!("m{id}"),
+            media_ids: Vec::new(),
+            created_ms: at,
+            edited_ms: None,
+        }
+    }
+
+    #[test]
+    fn participants_and_text_rules() {
+        assert!(parse_participants(1, &[1]).is_err());
+        assert_eq!(parse_participants(1, &[2, 2, 1, 3]).unwrap(), vec![2, 3]);
+        let many: Vec<u64> = (2..=33).collect();
+        assert!(parse_participants(1, &many).is_err());
+        assert!(parse_participants(1, &many[..31]).is_ok());
+        assert!(parse_text("  ").is_err());
+        assert!(parse_text(&"é".repeat(5001)).is_err());
+        assert!(parse_text("a\u{7}").is_err());
+        assert_eq!(parse_text(" hi\n ").unwrap(), "hi");
+    }
+
+    #[test]
+    fn messages_receipts_unread_and_leaving() {
+        let db = db();
+        let txn = db.begin_write().unwrap();
+        create(
+            &txn,
+            &Conversation {
+                id: 1,
+                creator: 10,
+                participants: vec![10, 20, 30],
+                created_ms: 0,
+                last_ms: 0,
+                last_message: None,
+            },
+        )
+        .unwrap();
+        post(&txn, &msg(100, 10, 1), Some("k")).unwrap();
+        post(&txn, &msg(101, 20, 2), None).unwrap();
+        post(&txn, &msg(102, 10, 3), None).unwrap();
+        assert!(matches!(
+            post(&txn, &msg(103, 99, 4), None),
+            Err(CoreError::NotFound)
+        ));
+        assert_eq!(
+            idempotent_message(&txn, 1, 10, "k", 10)
+                .unwrap()
+                .unwrap()
+                .id,
+            100
+        );
+        assert!(
+            idempotent_message(&txn, 1, 10, "k", IDEMPOTENCY_WINDOW_MS + 5)
+                .unwrap()
+                .is_none()
+        );
+        txn.commit().unwrap();
+
+        let read = db.begin_read().unwrap();
+        let s = summary(&read, 1, 30).unwrap();
+        assert_eq!(s.unread, 3);
+        assert_eq!(s.last_message.unwrap().id, 102);
+        assert_eq!(
+            summary(&read, 1, 20).unwrap().unread,
+            1,
+            "own messages are read"
+        );
+        assert!(matches!(summary(&read, 1, 99), Err(CoreError::NotFound)));
+        let ids: Vec<u64> = page(&read, 1, None, None, 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, vec![102, 101, 100]);
+        let ids: Vec<u64> = page(&read, 1, Some(102), None, 1)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, vec![101]);
+        let ids: Vec<u64> = page(&read, 1, None, Some(100), 10)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, vec![102, 101]);
+        drop(read);
+
+        let txn = db.begin_write().unwrap();
+        assert_eq!(mark_read(&txn, 1, 30, Some(101)).unwrap(), 101);
+        assert_eq!(
+            mark_read(&txn, 1, 30, Some(100)).unwrap(),
+            101,
+            "never backwards"
+        );
+        assert!(matches!(
+            edit(&txn, 102, 20, "x".into(), 5),
+            Err(CoreError::NotFound)
+        ));
+        assert_eq!(edit(&txn, 102, 10, "x".into(), 5).unwrap().text, "x");
+        delete(&txn, 102, 10).unwrap();
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        let s = summary(&read, 1, 30).unwrap();
+        assert_eq!(s.unread, 0);
+        assert_eq!(s.conversation.last_message, Some(101));
+        drop(read);
+
+        let txn = db.begin_write().unwrap();
+        assert!(leave(&txn, 1, 30).unwrap().is_some());
+        assert!(matches!(leave(&txn, 1, 30), Err(CoreError::NotFound)));
+        leave(&txn, 1, 10).unwrap();
+        assert!(leave(&txn, 1, 20).unwrap().is_none());
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        assert!(message(&read, 100).unwrap().is_none());
+    }
+
+    #[test]
+    fn inbox_orders_by_activity() {
+        let db = db();
+        let txn = db.begin_write().unwrap();
+        touch_inbox(&txn, 7, 1, 10).unwrap();
+        touch_inbox(&txn, 7, 2, 20).unwrap();
+        touch_inbox(&txn, 7, 3, 30).unwrap();
+        touch_inbox(&txn, 7, 1, 40).unwrap();
+        touch_inbox(&txn, 7, 3, 25).unwrap(); // older: ignored
+        touch_inbox(&txn, 8, 9, 50).unwrap();
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        assert_eq!(
+            inbox(&read, 7, None, 10).unwrap(),
+            vec![(40, 1), (30, 3), (20, 2)]
+        );
+        assert_eq!(inbox(&read, 7, Some((30, 3)), 10).unwrap(), vec![(20, 2)]);
+        assert_eq!(inbox_len(&read, 7, 100).unwrap(), 3);
+        drop(read);
+        let txn = db.begin_write().unwrap();
+        drop_from_inbox(&txn, 7, 3).unwrap();
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        assert_eq!(inbox(&read, 7, None, 10).unwrap(), vec![(40, 1), (20, 2)]);
+    }
+}

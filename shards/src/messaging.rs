@@ -1,0 +1,513 @@
+//! Direct messages as a shard runs them: a conversation's shard (the one that created it)
+//! owns the conversation and its messages; each participant's shard keeps that user's inbox,
+//! filled by the conversation's events through the outbox (`ConversationJoined` is delivered
+//! before the create is answered; `MessagePosted` goes through the relay, woken at once, which
+//! sends each target's events one batch at a time in id order, so a participant on another
+//! shard gets a conversation's messages once and in order).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::Instant;
+
+use nova_core::events::{self, Event};
+use nova_core::messages::{self, Conversation, Message, Summary};
+use nova_core::profiles::{self, MessagesFrom};
+use nova_core::{identity, shard_of, social, CoreError};
+
+use crate::error::Fail;
+use crate::mesh::{NewMessage, Op};
+use crate::shard::{now_ms, Shard};
+
+/// How long a typing indicator lasts without being renewed.
+const TYPING_MS: u64 = 6000;
+/// Conversations a user may be in, at most (counted when creating one).
+pub const CONVERSATIONS_PER_USER_MAX: usize = 10_000;
+
+/// Who is typing where (on the conversation's shard): conversation -> (user, until ms).
+#[derive(Default)]
+pub struct Typing {
+    by_conversation: RefCell<HashMap<u64, Vec<(u64, u64)>>>,
+}
+
+impl Typing {
+    fn start(&self, conversation: u64, user: u64, now: u64) {
+        let mut map = self.by_conversation.borrow_mut();
+        let list = map.entry(conversation).or_default();
+        list.retain(|(u, until)| *u != user && *until > now);
+        list.push((user, now + TYPING_MS));
+    }
+
+    fn stop(&self, conversation: u64, user: u64) {
+        if let Some(list) = self.by_conversation.borrow_mut().get_mut(&conversation) {
+            list.retain(|(u, _)| *u != user);
+        }
+    }
+
+    fn who(&self, conversation: u64, now: u64) -> Vec<u64> {
+        self.by_conversation
+            .borrow()
+            .get(&conversation)
+            .map(|l| {
+                l.iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(u, _)| *u)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Forgets expired indicators.
+    pub fn prune(&self, now: u64) {
+        self.by_conversation.borrow_mut().retain(|_, l| {
+            l.retain(|(_, until)| *until > now);
+            !l.is_empty()
+        });
+    }
+}
+
+impl Shard {
+    pub(crate) async fn serve_messaging(self: &Rc<Self>, op: Op, deadline: Instant) {
+        match op {
+            Op::MayMessage {
+                recipient,
+                sender,
+                reply,
+            } => {
+                let _ = reply.send(self.may_message(recipient, sender));
+            }
+            Op::CreateConversation {
+                creator,
+                others,
+                reply,
+            } => {
+                let _ = reply.send(self.create_conversation(creator, others, deadline).await);
+            }
+            Op::Inbox {
+                user,
+                before,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.read(|r| messages::inbox(r, user, before, limit)));
+            }
+            Op::Summaries { ids, user, reply } => {
+                let result = self.read(|r| {
+                    let mut out = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        match messages::summary(r, id, user) {
+                            Ok(s) => out.push(s),
+                            // Left since the inbox row was read: skip it.
+                            Err(CoreError::NotFound) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Ok(out)
+                });
+                let _ = reply.send(result);
+            }
+            Op::ConversationView {
+                conversation,
+                user,
+                reply,
+            } => {
+                let typing = self.typing.who(conversation, now_ms());
+                let result = self
+                    .read(|r| messages::summary(r, conversation, user))
+                    .map(|s| (s, typing));
+                let _ = reply.send(result);
+            }
+            Op::Messages {
+                conversation,
+                user,
+                page,
+                reply,
+            } => {
+                let _ = reply.send(self.read(|r| {
+                    messages::conversation_for(r, conversation, user)?;
+                    messages::page(r, conversation, page.max_id, page.min_id, page.limit)
+                }));
+            }
+            Op::SendMessage { new, reply } => {
+                let _ = reply.send(self.send_message(new, deadline).await);
+            }
+            Op::EditMessage {
+                id,
+                sender,
+                text,
+                reply,
+            } => {
+                let now = now_ms();
+                let result = self
+                    .partition
+                    .write(move |t| messages::edit(t, id, sender, text, now))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::DeleteMessage { id, sender, reply } => {
+                let result = self
+                    .partition
+                    .write(move |t| messages::delete(t, id, sender))
+                    .await;
+                let _ = reply.send(result.map(|_| ()).map_err(Fail::from));
+            }
+            Op::MarkRead {
+                conversation,
+                user,
+                up_to,
+                reply,
+            } => {
+                let result = self
+                    .partition
+                    .write(move |t| messages::mark_read(t, conversation, user, up_to))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
+            Op::Typing {
+                conversation,
+                user,
+                reply,
+            } => {
+                let _ = reply.send(self.typing(conversation, user));
+            }
+            Op::LeaveConversation {
+                conversation,
+                user,
+                reply,
+            } => {
+                let _ = reply.send(self.leave(conversation, user, deadline).await);
+            }
+            other => self.serve_stream(other).await,
+        }
+    }
+
+    /// On the recipient's shard: refuses a sender the recipient blocked or was blocked by,
+    /// or whom the recipient's `messages_from` setting leaves out.
+    fn may_message(&self, recipient: u64, sender: u64) -> Result<(), Fail> {
+        self.read(|r| {
+            if identity::user(r, recipient)?.is_none() {
+                return Err(CoreError::NotFound);
+            }
+            let refused = || {
+                CoreError::forbidden(
+                    "cannot_message",
+                    format!("user {recipient} does not accept messages from you"),
+                )
+            };
+            if social::blocked_either_way(r, recipient, sender)? {
+                return Err(refused());
+            }
+            match profiles::settings(r, recipient)?.messages_from {
+                MessagesFrom::Everyone => Ok(()),
+                MessagesFrom::Following if social::follows(r, recipient, sender)? => Ok(()),
+                _ => Err(refused()),
+            }
+        })
+    }
+
+    /// On the creator's shard: checks every recipient on its own shard, then stores the
+    /// conversation and delivers it to the other participants' inboxes before answering.
+    async fn create_conversation(
+        self: &Rc<Self>,
+        creator: u64,
+        others: Vec<u64>,
+        deadline: Instant,
+    ) -> Result<Summary, Fail> {
+        if self.read(|r| messages::inbox_len(r, creator, CONVERSATIONS_PER_USER_MAX))?
+            >= CONVERSATIONS_PER_USER_MAX
+        {
+            return Err(CoreError::invalid(
+                "too_many_conversations",
+                format!("at most {CONVERSATIONS_PER_USER_MAX} conversations; leave some first"),
+            )
+            .into());
+        }
+        for recipient in &others {
+            let target = shard_of(*recipient);
+            if target >= self.shards {
+                return Err(CoreError::NotFound.into());
+            }
+            let recipient = *recipient;
+            self.ask(target, deadline, |reply| Op::MayMessage {
+                recipient,
+                sender: creator,
+                reply,
+            })
+            .await?;
+        }
+        let now = now_ms();
+        let mut participants = vec![creator];
+        participants.extend(&others);
+        let conversation = Conversation {
+            id: self.next_id(),
+            creator,
+            participants,
+            created_ms: now,
+            last_ms: now,
+            last_message: None,
+        };
+        let here = self.id;
+        let mut by_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+        for p in &conversation.participants {
+            by_shard.entry(shard_of(*p)).or_default().push(*p);
+        }
+        let mut events_out: Vec<(u64, Event, usize)> = Vec::new();
+        for (target, users) in by_shard.iter().filter(|(s, _)| **s != here) {
+            let event = Event::ConversationJoined {
+                conversation: conversation.id,
+                users: users.clone(),
+                at_ms: now,
+            };
+            events_out.push((self.next_id(), event, *target));
+        }
+        let local: Vec<u64> = by_shard.get(&here).cloned().unwrap_or_default();
+        {
+            let conversation = conversation.clone();
+            let events_out = events_out.clone();
+            self.partition
+                .write(move |t| {
+                    messages::create(t, &conversation)?;
+                    for u in &local {
+                        messages::touch_inbox(t, *u, conversation.id, now)?;
+                    }
+                    for (id, event, target) in &events_out {
+                        events::record(t, *id, now, event, &[*target])?;
+                    }
+                    Ok::<_, CoreError>(())
+                })
+                .await?;
+        }
+        for (id, event, target) in events_out {
+            self.deliver_now(id, event, &[target], deadline).await;
+        }
+        let id = conversation.id;
+        self.read(|r| messages::summary(r, id, creator))
+    }
+
+    /// On the conversation's shard. In a conversation of two, a block either way stops new
+    /// messages (asked on the other participant's shard).
+    async fn send_message(
+        self: &Rc<Self>,
+        new: NewMessage,
+        deadline: Instant,
+    ) -> Result<Message, Fail> {
+        let sender = new.sender.id;
+        let conversation =
+            self.read(|r| messages::conversation_for(r, new.conversation, sender))?;
+        if conversation.participants.len() == 2 {
+            if let Some(other) = conversation
+                .participants
+                .iter()
+                .copied()
+                .find(|p| *p != sender)
+            {
+                let visible = self
+                    .ask(shard_of(other), deadline, |reply| Op::Visible {
+                        user_id: other,
+                        viewer: sender,
+                        reply,
+                    })
+                    .await?;
+                if !visible {
+                    return Err(CoreError::forbidden(
+                        "cannot_message",
+                        format!("user {other} does not accept messages from you"),
+                    )
+                    .into());
+                }
+            }
+        }
+        let now = now_ms();
+        let message = Message {
+            id: self.next_id(),
+            conversation: new.conversation,
+            sender,
+            sender_username: new.sender.username,
+            sender_display_name: new.sender.display_name,
+            text: new.text,
+            media_ids: new.media_ids,
+            created_ms: now,
+            edited_ms: None,
+        };
+        let event_id = self.next_id();
+        let here = self.id;
+        let key = new.idempotency_key;
+        let (stored, fresh, local) = {
+            let message = message.clone();
+            self.partition
+                .write(move |t| {
+                    if let Some(key) = &key {
+                        if let Some(first) =
+                            messages::idempotent_message(t, message.conversation, sender, key, now)?
+                        {
+                            return Ok((first, false, Vec::new()));
+                        }
+                    }
+                    let conversation = messages::post(t, &message, key.as_deref())?;
+                    let recipients: Vec<u64> = conversation
+                        .participants
+                        .iter()
+                        .copied()
+                        .filter(|p| *p != sender)
+                        .collect();
+                    let mut local = Vec::new();
+                    let mut targets: Vec<usize> = Vec::new();
+                    for p in &conversation.participants {
+                        let s = shard_of(*p);
+                        if s == here {
+                            messages::touch_inbox(t, *p, conversation.id, now)?;
+                            if *p != sender {
+                                local.push(*p);
+                            }
+                        } else if !targets.contains(&s) {
+                            targets.push(s);
+                        }
+                    }
+                    let event = Event::MessagePosted {
+                        message: Box::new(message.clone()),
+                        recipients,
+                    };
+                    events::record(t, event_id, now, &event, &targets)?;
+                    Ok::<_, CoreError>((message, true, local))
+                })
+                .await?
+        };
+        if fresh {
+            self.typing.stop(stored.conversation, sender);
+            self.relay.kick();
+            let data = message_json(&stored);
+            for user in local {
+                self.publish(user, "message", data.clone());
+            }
+        }
+        Ok(stored)
+    }
+
+    /// On the conversation's shard: remember the indicator and tell the other participants'
+    /// streams (in memory only; nothing is stored).
+    fn typing(self: &Rc<Self>, conversation: u64, user: u64) -> Result<(), Fail> {
+        let c = self.read(|r| messages::conversation_for(r, conversation, user))?;
+        self.typing.start(conversation, user, now_ms());
+        let data = format!(r#"{{"conversation_id":"{conversation}","user_id":"{user}"}}"#);
+        for p in c.participants.iter().filter(|p| **p != user) {
+            let (reply, _) = flume::bounded(1);
+            self.tell(
+                shard_of(*p),
+                Op::StreamPublish {
+                    user: *p,
+                    kind: "typing",
+                    data: data.clone(),
+                    reply,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// On the conversation's shard: the user leaves; its inbox forgets the conversation.
+    async fn leave(
+        self: &Rc<Self>,
+        conversation: u64,
+        user: u64,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
+        let target = shard_of(user);
+        let here = self.id;
+        let event_id = self.next_id();
+        let now = now_ms();
+        let event = Event::ConversationLeft { conversation, user };
+        let sent = event.clone();
+        self.partition
+            .write(move |t| {
+                messages::leave(t, conversation, user)?;
+                if target == here {
+                    messages::drop_from_inbox(t, user, conversation)?;
+                } else {
+                    events::record(t, event_id, now, &event, &[target])?;
+                }
+                Ok::<_, CoreError>(())
+            })
+            .await?;
+        self.typing.stop(conversation, user);
+        if target != here {
+            self.deliver_now(event_id, sent, &[target], deadline).await;
+        }
+        Ok(())
+    }
+
+    /// After events were applied here: stream the new messages to their local recipients,
+    /// in the order applied.
+    pub(crate) fn publish_applied(self: &Rc<Self>, applied: &[(u64, Event)]) {
+        for (_, event) in applied {
+            match event {
+                Event::MessagePosted {
+                    message,
+                    recipients,
+                } => {
+                    if !self.streams.any() {
+                        continue;
+                    }
+                    let data = message_json(message);
+                    for r in recipients.iter().filter(|r| shard_of(**r) == self.id) {
+                        self.publish(*r, "message", data.clone());
+                    }
+                }
+                Event::PostCreated { post } => self.publish_post(post),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A message as the API and the stream show it.
+pub(crate) fn message_view(m: &Message) -> nova_protocol::MessageView {
+    nova_protocol::MessageView {
+        id: m.id.to_string(),
+        conversation_id: m.conversation.to_string(),
+        sender: nova_protocol::UserBrief {
+            id: m.sender.to_string(),
+            username: m.sender_username.clone(),
+            display_name: m.sender_display_name.clone(),
+        },
+        text: m.text.clone(),
+        media_ids: m.media_ids.iter().map(u64::to_string).collect(),
+        created_at: nova_protocol::rfc3339(m.created_ms),
+        edited_at: m.edited_ms.map(nova_protocol::rfc3339),
+    }
+}
+
+fn message_json(m: &Message) -> String {
+    String::from_utf8_lossy(&nova_protocol::to_json(&message_view(m))).into_owned()
+}
+
+impl Shard {
+    async fn serve_stream(self: &Rc<Self>, op: Op) {
+        match op {
+            Op::StreamSubscribe {
+                user,
+                sub,
+                shard,
+                last_id,
+                reply,
+            } => {
+                let _ = reply.send(Ok(self.subscribe(user, sub, shard, last_id)));
+            }
+            Op::StreamUnsubscribe { user, sub, reply } => {
+                self.unsubscribe(user, sub);
+                let _ = reply.send(Ok(()));
+            }
+            Op::StreamPush { sub, event } => self.push_local(sub, event),
+            Op::StreamPublish {
+                user,
+                kind,
+                data,
+                reply,
+            } => {
+                self.publish(user, kind, data);
+                let _ = reply.send(Ok(()));
+            }
+            // Identity and social operations are served in shard.rs and social.rs.
+            _ => {}
+        }
+    }
+}

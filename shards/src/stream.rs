@@ -1,0 +1,368 @@
+//! The live event stream (`GET /v1/stream`, Server-Sent Events).
+//!
+//! A user's stream state lives on the user's shard (`Streams::users`): who is listening (each
+//! subscription names the shard holding its connection) and a ring of the user's recent events
+//! for resuming with `Last-Event-ID`. The connection may be on any shard: it registers a sink
+//! there (`Streams::sinks`), subscribes on the user's shard (which answers with the backlog
+//! after the client's last id), and from then on the user's shard forwards each new event to
+//! the connection's shard (`Op::StreamPush`). Event ids come from the user's shard's id
+//! generator, so they only grow; the connection drops anything not newer than what it sent,
+//! so nothing arrives twice.
+//!
+//! Bounds: streams per shard and per user (config), `RING_MAX` events kept per user for
+//! `RESUME_WINDOW_MS` after the last stream closed, and `SINK_CAPACITY` events queued per
+//! connection: a reader that falls that far behind is cut off (it can reconnect and resume).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CACHE_CONTROL};
+use http::{HeaderMap, StatusCode};
+
+use nova_core::content::Post;
+use nova_core::{shard_of, social};
+
+use crate::api::Reply;
+use crate::error::Fail;
+use crate::mesh::{Op, ShardMsg};
+use crate::shard::{now_ms, Shard};
+
+/// Events kept per user for resuming.
+const RING_MAX: usize = 256;
+/// How long a user's ring is kept after the last stream closed.
+const RESUME_WINDOW_MS: u64 = 5 * 60 * 1000;
+/// Events queued for one connection before it counts as a slow reader.
+const SINK_CAPACITY: usize = 128;
+/// Tells a client how long to wait before reconnecting.
+const RETRY_MS: u64 = 2000;
+
+/// One event for a user's stream.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    pub id: u64,
+    pub kind: &'static str,
+    /// JSON, on one line.
+    pub data: String,
+}
+
+impl StreamEvent {
+    fn frame(&self) -> Bytes {
+        Bytes::from(format!(
+            "id: {}\nevent: {}\ndata: {}\n\n",
+            self.id, self.kind, self.data
+        ))
+    }
+}
+
+#[derive(Default)]
+pub struct Streams {
+    /// On a user's shard: the user's subscriptions and recent events.
+    users: RefCell<HashMap<u64, UserStreams>>,
+    /// On a connection's shard: subscription id -> the connection's queue.
+    sinks: RefCell<HashMap<u64, flume::Sender<StreamEvent>>>,
+    /// Streams open on this shard.
+    open: Cell<usize>,
+}
+
+#[derive(Default)]
+struct UserStreams {
+    /// (subscription id, shard of its connection)
+    subs: Vec<(u64, usize)>,
+    ring: VecDeque<StreamEvent>,
+    /// When the last subscription went (ms), for dropping the ring after the window.
+    idle_since_ms: u64,
+}
+
+impl Streams {
+    /// Is anyone on this shard's users listening (or within the resume window)?
+    pub fn any(&self) -> bool {
+        !self.users.borrow().is_empty()
+    }
+}
+
+impl Shard {
+    /// On `user`'s shard: adds an event to the user's stream, if the user has one open or
+    /// had one within the resume window; otherwise nothing is kept.
+    pub fn publish(self: &Rc<Self>, user: u64, kind: &'static str, data: String) {
+        let subs = {
+            let mut users = self.streams.users.borrow_mut();
+            let Some(u) = users.get_mut(&user) else {
+                return;
+            };
+            let event = StreamEvent {
+                id: self.next_id(),
+                kind,
+                data,
+            };
+            if u.ring.len() >= RING_MAX {
+                u.ring.pop_front();
+            }
+            u.ring.push_back(event.clone());
+            u.subs
+                .iter()
+                .map(|(sub, shard)| (*sub, *shard, event.clone()))
+                .collect::<Vec<_>>()
+        };
+        for (sub, shard, event) in subs {
+            if shard == self.id {
+                self.push_local(sub, event);
+            } else {
+                self.tell(shard, Op::StreamPush { sub, event });
+            }
+        }
+    }
+
+    /// On a connection's shard: queue an event for a connection; a full queue cuts it off.
+    pub(crate) fn push_local(&self, sub: u64, event: StreamEvent) {
+        let mut sinks = self.streams.sinks.borrow_mut();
+        let Some(sink) = sinks.get(&sub) else {
+            return;
+        };
+        match sink.try_send(event) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(_)) => {
+                tracing::info!(sub, "slow stream reader cut off");
+                sinks.remove(&sub);
+            }
+            Err(flume::TrySendError::Disconnected(_)) => {
+                sinks.remove(&sub);
+            }
+        }
+    }
+
+    /// On `user`'s shard: registers a subscription; answers the events after `last_id` (all
+    /// kept ones when the client sends none is wrong: a fresh stream starts empty), or
+    /// `None` when the user has too many streams.
+    pub(crate) fn subscribe(
+        &self,
+        user: u64,
+        sub: u64,
+        shard: usize,
+        last_id: Option<u64>,
+    ) -> Option<Vec<StreamEvent>> {
+        let mut users = self.streams.users.borrow_mut();
+        let u = users.entry(user).or_default();
+        if u.subs.len() >= self.cfg.streams_per_user_max {
+            return None;
+        }
+        u.subs.push((sub, shard));
+        Some(match last_id {
+            Some(last) => u.ring.iter().filter(|e| e.id > last).cloned().collect(),
+            None => Vec::new(),
+        })
+    }
+
+    pub(crate) fn unsubscribe(&self, user: u64, sub: u64) {
+        if let Some(u) = self.streams.users.borrow_mut().get_mut(&user) {
+            u.subs.retain(|(s, _)| *s != sub);
+            if u.subs.is_empty() {
+                u.idle_since_ms = now_ms();
+            }
+        }
+    }
+
+    /// Drops the rings of users without streams for longer than the resume window.
+    pub(crate) fn prune_streams(&self) {
+        let now = now_ms();
+        self.streams.users.borrow_mut().retain(|_, u| {
+            !u.subs.is_empty() || now.saturating_sub(u.idle_since_ms) < RESUME_WINDOW_MS
+        });
+    }
+
+    /// After a post reached feeds on this shard: a `post` event for each local reader who
+    /// listens.
+    pub(crate) fn publish_post(self: &Rc<Self>, post: &Post) {
+        if !self.streams.any() {
+            return;
+        }
+        let readers = match self.read(|r| social::feed_readers(r, post.id)) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream: feed readers of a post");
+                return;
+            }
+        };
+        let listening: Vec<u64> = {
+            let users = self.streams.users.borrow();
+            readers
+                .into_iter()
+                .filter(|r| users.contains_key(r))
+                .collect()
+        };
+        if listening.is_empty() {
+            return;
+        }
+        let view = crate::api_social::post_view(post, Default::default());
+        let data = nova_protocol::to_json(&view);
+        let data = String::from_utf8_lossy(&data).into_owned();
+        for reader in listening {
+            self.publish(reader, "post", data.clone());
+        }
+    }
+
+    /// Sends an op to a shard without waiting for an answer (best effort: a full inbox
+    /// drops it).
+    pub(crate) fn tell(self: &Rc<Self>, target: usize, op: Op) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        if target == self.id {
+            let me = Rc::clone(self);
+            glommio::spawn_local(async move { me.serve(op, deadline).await }).detach();
+        } else if let Some(sender) = self.mesh.get(target) {
+            if sender.try_send(ShardMsg::Call { op, deadline }).is_err() {
+                tracing::warn!(target, "mesh full: stream message dropped");
+            }
+        }
+    }
+}
+
+/// Unregisters a connection when its body is dropped (the client went away, or the stream
+/// ended).
+struct Subscription {
+    shard: Rc<Shard>,
+    user: u64,
+    sub: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let streams = &self.shard.streams;
+        streams.sinks.borrow_mut().remove(&self.sub);
+        streams.open.set(streams.open.get().saturating_sub(1));
+        let (reply, _) = flume::bounded(1);
+        self.shard.tell(
+            shard_of(self.user),
+            Op::StreamUnsubscribe {
+                user: self.user,
+                sub: self.sub,
+                reply,
+            },
+        );
+    }
+}
+
+/// The `Last-Event-ID` a reconnecting client sends (anything unparsable counts as none).
+fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `GET /v1/stream` for an authenticated user.
+pub(crate) async fn open(
+    shard: &Rc<Shard>,
+    user: u64,
+    headers: &HeaderMap,
+    deadline: Instant,
+) -> Result<Reply, Fail> {
+    let streams = &shard.streams;
+    if streams.open.get() >= shard.cfg.streams_per_shard_max {
+        return Err(Fail::Busy);
+    }
+    let last = last_event_id(headers);
+    let sub = shard.next_id();
+    let (tx, rx) = flume::bounded(SINK_CAPACITY);
+    streams.sinks.borrow_mut().insert(sub, tx);
+    streams.open.set(streams.open.get() + 1);
+    let guard = Subscription {
+        shard: Rc::clone(shard),
+        user,
+        sub,
+    };
+    let here = shard.id;
+    let backlog = shard
+        .ask(shard_of(user), deadline, |reply| Op::StreamSubscribe {
+            user,
+            sub,
+            shard: here,
+            last_id: last,
+            reply,
+        })
+        .await?;
+    let Some(backlog) = backlog else {
+        return Err(Fail::RateLimited {
+            retry_after_s: 5,
+            limit: shard.cfg.streams_per_user_max as u32,
+        });
+    };
+    let state = StreamState {
+        guard,
+        rx,
+        backlog: backlog.into(),
+        last_sent: last.unwrap_or(0),
+        hello: true,
+        heartbeat: Duration::from_millis(shard.cfg.stream_heartbeat_ms),
+    };
+    let chunks = futures_lite::stream::unfold(state, next_chunk);
+    Ok(
+        Reply::streamed(StatusCode::OK, "text/event-stream", Box::pin(chunks))
+            .header(CACHE_CONTROL, HeaderValue::from_static("no-store"))
+            .header(
+                http::header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+    )
+}
+
+struct StreamState {
+    guard: Subscription,
+    rx: flume::Receiver<StreamEvent>,
+    backlog: VecDeque<StreamEvent>,
+    last_sent: u64,
+    hello: bool,
+    heartbeat: Duration,
+}
+
+enum Wake {
+    Event(Result<StreamEvent, flume::RecvError>),
+    Beat,
+    Drain,
+}
+
+/// The next piece of the body: the greeting, then missed events, then live events and
+/// heartbeats; `None` ends the stream (cut off as a slow reader, or the server drains).
+async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>, StreamState)> {
+    if s.hello {
+        s.hello = false;
+        let hello = format!("retry: {RETRY_MS}\n: connected\n\n");
+        return Some((Ok(Bytes::from(hello)), s));
+    }
+    while let Some(event) = s.backlog.pop_front() {
+        if event.id > s.last_sent {
+            s.last_sent = event.id;
+            return Some((Ok(event.frame()), s));
+        }
+    }
+    loop {
+        if s.guard.shard.draining.fired() {
+            return None;
+        }
+        let wake = {
+            let event = async { Wake::Event(s.rx.recv_async().await) };
+            let beat = async {
+                glommio::timer::sleep(s.heartbeat).await;
+                Wake::Beat
+            };
+            let drain = async {
+                s.guard.shard.draining.wait().await;
+                Wake::Drain
+            };
+            futures_lite::future::or(event, futures_lite::future::or(beat, drain)).await
+        };
+        match wake {
+            Wake::Event(Ok(event)) => {
+                if event.id > s.last_sent {
+                    s.last_sent = event.id;
+                    return Some((Ok(event.frame()), s));
+                }
+            }
+            // The sink was removed: a slow reader, cut off.
+            Wake::Event(Err(_)) => return None,
+            Wake::Beat => return Some((Ok(Bytes::from_static(b": ping\n\n")), s)),
+            Wake::Drain => return None,
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Proves direct messages (issue 4) against the real `nova` process with participants on both
+//! shards: conversations and their inboxes, messages with pagination and Idempotency-Key, edit
+//! and delete, read receipts and unread counts, typing, leaving, and the rules: only
+//! participants see a conversation (404 for anyone else), a block or a recipient's
+//! `messages_from` setting refuses a new conversation with 403 `cannot_message`.
+
+// Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use simd_json::json;
+
+fn create(server: &Server, creator: &Member, others: &[&Member]) -> Resp {
+    let ids: Vec<String> = others.iter().map(|m| m.id().to_string()).collect();
+    server.post(
+        "/v1/conversations",
+        creator.auth(),
+        json!({ "participants": ids }),
+    )
+}
+
+fn conversation(server: &Server, creator: &Member, others: &[&Member]) -> u64 {
+    let resp = create(server, creator, others);
+    resp.expect(201);
+    parse_id(resp.at("conversation.id"))
+}
+
+fn send(server: &Server, sender: &Member, conv: u64, text: &str) -> u64 {
+    let resp = server.post(
+        &format!("/v1/conversations/{conv}/messages"),
+        sender.auth(),
+        json!({ "text": text }),
+    );
+    resp.expect(201);
+    assert_eq!(resp.str("message.text"), text);
+    assert_eq!(parse_id(resp.at("message.sender.id")), sender.id());
+    parse_id(resp.at("message.id"))
+}
+
+fn inbox(server: &Server, member: &Member) -> Vec<u64> {
+    let resp = server.get("/v1/conversations", member.auth());
+    resp.expect(200);
+    item_ids(&resp)
+}
+
+fn messages(server: &Server, member: &Member, conv: u64) -> Vec<u64> {
+    server.walk_posts(
+        &format!("/v1/conversations/{conv}/messages"),
+        &member.token,
+        2,
+    )
+}
+
+fn unread(server: &Server, member: &Member, conv: u64) -> u64 {
+    let resp = server.get(&format!("/v1/conversations/{conv}"), member.auth());
+    resp.expect(200);
+    resp.at("conversation.unread_count").as_u64().unwrap()
+}
+
+#[test]
+fn conversations_across_shards() {
+    let server = Server::start(&[]);
+    let a = server.member_on_shard(0);
+    let b = server.member_on_shard(1);
+    let c = server.member_on_shard(0);
+    let resp = create(&server, &a, &[&b, &c]);
+    resp.expect(201);
+    let conv = parse_id(resp.at("conversation.id"));
+    let people: Vec<u64> = resp
+        .at("conversation.participants")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| parse_id(at(p, "id").unwrap()))
+        .collect();
+    assert_eq!(people, vec![a.id(), b.id(), c.id()]);
+    assert_eq!(resp.at("conversation.unread_count"), &json!(0));
+    assert_eq!(resp.at("conversation.last_message"), &json!(null));
+    // Every participant has it in the inbox when the create is answered.
+    for m in [&a, &b, &c] {
+        assert_eq!(inbox(&server, m), vec![conv]);
+    }
+
+    let m1 = send(&server, &a, conv, "hello from shard 0");
+    let m2 = send(&server, &b, conv, "hi from shard 1");
+    let m3 = send(&server, &c, conv, "and me");
+    assert_eq!(messages(&server, &a, conv), vec![m3, m2, m1]);
+    assert_eq!(messages(&server, &b, conv), vec![m3, m2, m1]);
+    assert_eq!(unread(&server, &a, conv), 2, "own messages count as read");
+    assert_eq!(unread(&server, &b, conv), 1);
+
+    // Read receipts.
+    let resp = server.post(
+        &format!("/v1/conversations/{conv}/read"),
+        b.auth(),
+        json!({"up_to": m2.to_string()}),
+    );
+    resp.expect(200);
+    assert_eq!(parse_id(resp.at("last_read_id")), m2);
+    assert_eq!(unread(&server, &b, conv), 1);
+    server
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/read"),
+            b.auth(),
+            None,
+        )
+        .expect(200);
+    assert_eq!(unread(&server, &b, conv), 0);
+    let resp = server.get(&format!("/v1/conversations/{conv}"), a.auth());
+    let receipts = resp.at("conversation.read_receipts").as_array().unwrap();
+    let of = |user: u64| {
+        receipts
+            .iter()
+            .find(|r| parse_id(at(r, "user_id").unwrap()) == user)
+            .and_then(|r| at(r, "last_read_id"))
+            .and_then(|v| v.as_str())
+            .map(|s| s.parse::<u64>().unwrap())
+    };
+    assert_eq!(of(b.id()), Some(m3));
+    assert_eq!(of(a.id()), Some(m1));
+    assert_eq!(parse_id(resp.at("conversation.last_message.id")), m3);
+
+    // Newest activity first: a second conversation with fresh activity comes first.
+    let other = conversation(&server, &b, &[&a]);
+    assert_eq!(inbox(&server, &a), vec![other, conv]);
+    send(&server, &c, conv, "bump");
+    assert_eq!(inbox(&server, &a), vec![conv, other]);
+    let page = server.get("/v1/conversations?limit=1", a.auth());
+    page.expect(200);
+    assert_eq!(item_ids(&page), vec![conv]);
+    let cursor = page.at("next").as_str().unwrap().to_string();
+    let page = server.get(
+        &format!("/v1/conversations?limit=1&cursor={cursor}"),
+        a.auth(),
+    );
+    assert_eq!(item_ids(&page), vec![other]);
+    server
+        .get("/v1/conversations?cursor=nope", a.auth())
+        .expect_error(400, "invalid_cursor");
+
+    // Typing shows for a while on the conversation.
+    server
+        .call(
+            "POST",
+            &format!("/v1/conversations/{conv}/typing"),
+            b.auth(),
+            None,
+        )
+        .expect(204);
+    let resp = server.get(&format!("/v1/conversations/{conv}"), a.auth());
+    assert_eq!(resp.at("conversation.typing"), &json!([b.id().to_string()]));
+}
+
+#[test]
+fn only_participants_see_or_touch_a_conversation() {
+    let server = Server::start(&[]);
+    let a = server.member_on_shard(0);
+    let b = server.member_on_shard(1);
+    for outsider in [server.member_on_shard(0), server.member_on_shard(1)] {
+        let conv = conversation(&server, &a, &[&b]);
+        let msg = send(&server, &a, conv, "private");
+        let base = format!("/v1/conversations/{conv}");
+        server
+            .get(&base, outsider.auth())
+            .expect_error(404, "not_found");
+        server
+            .get(&format!("{base}/messages"), outsider.auth())
+            .expect_error(404, "not_found");
+        server
+            .post(
+                &format!("{base}/messages"),
+                outsider.auth(),
+                json!({"text": "let me in"}),
+            )
+            .expect_error(404, "not_found");
+        for tail in ["read", "typing"] {
+            server
+                .call("POST", &format!("{base}/{tail}"), outsider.auth(), None)
+                .expect_error(404, "not_found");
+        }
+        server
+            .delete(&format!("{base}/membership"), outsider.auth())
+            .expect_error(404, "not_found");
+        // Someone else's message: not even a participant may change it.
+        for who in [&outsider, &b] {
+            server
+                .call(
+                    "PATCH",
+                    &format!("/v1/messages/{msg}"),
+                    who.auth(),
+                    Some(json!({"text": "changed"})),
+                )
+                .expect_error(404, "not_found");
+            server
+                .delete(&format!("/v1/messages/{msg}"), who.auth())
+                .expect_error(404, "not_found");
+        }
+        assert!(!inbox(&server, &outsider).contains(&conv));
+        // Unknown ids and no token.
+        server
+            .get("/v1/conversations/4194311", a.auth())
+            .expect_error(404, "not_found");
+        server.get(&base, None).expect_error(401, "unauthorized");
+    }
+}
+
+#[test]
+fn messages_edit_delete_idempotency_and_leaving() {
+    let server = Server::start(&[]);
+    let a = server.member_on_shard(1);
+    let b = server.member_on_shard(0);
+    let c = server.member_on_shard(1);
+    let conv = conversation(&server, &a, &[&b, &c]);
+    let path = format!("/v1/conversations/{conv}/messages");
+    let keyed = |text: &str| {
+        server.req(
+            &Req::post(&path)
+                .bearer(&a.token)
+                .header("Idempotency-Key", "send-1")
+                .json(&json!({ "text": text })),
+        )
+    };
+    let first = keyed("once");
+    first.expect(201);
+    let again = keyed("once");
+    again.expect(201);
+    assert_eq!(again.str("message.id"), first.str("message.id"));
+    let id = parse_id(first.at("message.id"));
+    assert_eq!(messages(&server, &b, conv), vec![id]);
+
+    let resp = server.call(
+        "PATCH",
+        &format!("/v1/messages/{id}"),
+        a.auth(),
+        Some(json!({"text": "edited"})),
+    );
+    resp.expect(200);
+    assert_eq!(resp.str("message.text"), "edited");
+    assert!(resp.at("message.edited_at").as_str().is_some());
+    let page = server.get(&path, b.auth());
+    assert_eq!(page.str("items.0.text"), "edited");
+
+    let second = send(&server, &b, conv, "second");
+    server
+        .delete(&format!("/v1/messages/{second}"), b.auth())
+        .expect(204);
+    assert_eq!(messages(&server, &c, conv), vec![id]);
+    let resp = server.get(&format!("/v1/conversations/{conv}"), c.auth());
+    assert_eq!(parse_id(resp.at("conversation.last_message.id")), id);
+
+    // Leaving: gone from the leaver's inbox and view; the others go on.
+    server
+        .delete(&format!("/v1/conversations/{conv}/membership"), b.auth())
+        .expect(204);
+    assert!(!inbox(&server, &b).contains(&conv));
+    server
+        .get(&format!("/v1/conversations/{conv}"), b.auth())
+        .expect_error(404, "not_found");
+    server
+        .post(&path, b.auth(), json!({"text": "still here?"}))
+        .expect_error(404, "not_found");
+    let resp = server.get(&format!("/v1/conversations/{conv}"), a.auth());
+    assert_eq!(
+        resp.at("conversation.participants")
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    send(&server, &c, conv, "after b left");
+    assert!(!inbox(&server, &b).contains(&conv));
+}
+
+#[test]
+fn blocks_and_settings_refuse_new_conversations() {
+    let server = Server::start(&[]);
+    for (x, y) in [(0, 1), (1, 0), (1, 1)] {
+        let a = server.member_on_shard(x);
+        let b = server.member_on_shard(y);
+        let existing = conversation(&server, &a, &[&b]);
+
+        // A block, either way, refuses new conversations and stops a conversation of two.
+        server
+            .call(
+                "POST",
+                &format!("/v1/users/{}/block", a.id()),
+                b.auth(),
+                None,
+            )
+            .expect(200);
+        create(&server, &a, &[&b]).expect_error(403, "cannot_message");
+        create(&server, &b, &[&a]).expect_error(403, "cannot_message");
+        server
+            .post(
+                &format!("/v1/conversations/{existing}/messages"),
+                a.auth(),
+                json!({"text": "hello?"}),
+            )
+            .expect_error(403, "cannot_message");
+        server
+            .delete(&format!("/v1/users/{}/block", a.id()), b.auth())
+            .expect(200);
+        send(&server, &a, existing, "unblocked");
+
+        // messages_from: nobody, then following (people b follows).
+        let set = |value: &str| {
+            server
+                .call(
+                    "PATCH",
+                    "/v1/me/settings",
+                    b.auth(),
+                    Some(json!({ "messages_from": value })),
+                )
+                .expect(200);
+        };
+        set("nobody");
+        create(&server, &a, &[&b]).expect_error(403, "cannot_message");
+        set("following");
+        create(&server, &a, &[&b]).expect_error(403, "cannot_message");
+        server
+            .call(
+                "POST",
+                &format!("/v1/users/{}/follow", a.id()),
+                b.auth(),
+                None,
+            )
+            .expect(200);
+        create(&server, &a, &[&b]).expect(201);
+        set("everyone");
+    }
+}
+
+#[test]
+fn bad_conversation_input_is_refused() {
+    let server = Server::start(&[]);
+    let a = server.member_on_shard(0);
+    let b = server.member_on_shard(1);
+    for body in [
+        json!({"participants": []}),
+        json!({"participants": [a.id().to_string()]}),
+        json!({"participants": ["abc"]}),
+        json!({ "participants": (0..32).map(|i| (1000 + i).to_string()).collect::<Vec<_>>() }),
+    ] {
+        let resp = server.post("/v1/conversations", a.auth(), body);
+        resp.expect_error(422, "invalid_participants");
+    }
+    server
+        .post("/v1/conversations", a.auth(), json!({"people": []}))
+        .expect_error(422, "invalid_body");
+    server
+        .post(
+            "/v1/conversations",
+            a.auth(),
+            json!({"participants": ["4194311"]}),
+        )
+        .expect_error(404, "not_found");
+    let conv = conversation(&server, &a, &[&b]);
+    let path = format!("/v1/conversations/{conv}/messages");
+    for text in ["   ", &"x".repeat(5001), "bell\u{7}"] {
+        server
+            .post(&path, a.auth(), json!({ "text": text }))
+            .expect_error(422, "invalid_text");
+    }
+    server
+        .post(
+            &path,
+            a.auth(),
+            json!({"text": "with media", "media_ids": ["1"]}),
+        )
+        .expect_error(422, "invalid_media");
+    server
+        .post(
+            &format!("/v1/conversations/{conv}/read"),
+            a.auth(),
+            json!({"up_to": "x"}),
+        )
+        .expect_error(422, "invalid_up_to");
+    server
+        .get(&format!("{path}?limit=0"), a.auth())
+        .expect_error(400, "invalid_limit");
+}
