@@ -3,8 +3,10 @@
 //!
 //! I/O path choices (see docs/benchmarks.md): hyper reads into its own buffer's spare capacity,
 //! which we hand to the socket without zeroing it first; responses are flattened by hyper
-//! into one buffer (`writev(false)`) so that a response is one write, and `pipeline_flush`
-//! lets a pipelined batch go out in one write too.
+//! into one buffer (`writev(false)`) so that a response is one write. hyper's
+//! `pipeline_flush` is off on purpose: it makes hyper buffer a response body without limit
+//! while the socket is full, so a slow reader of a streamed body (the event stream, a large
+//! file) would be buffered for instead of pushing back.
 
 use std::future::Future;
 use std::io;
@@ -110,8 +112,7 @@ pub async fn accept_loop(
         .keep_alive(true)
         .header_read_timeout(Duration::from_millis(shard.cfg.header_read_timeout_ms))
         .max_buf_size(shard.cfg.header_bytes_max.max(8192))
-        .writev(false)
-        .pipeline_flush(true);
+        .writev(false);
     let builder = Rc::new(builder);
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {

@@ -1,0 +1,350 @@
+//! Proves the live event stream (`GET /v1/stream`, issue 4) against the real `nova` process
+//! with 2 shards: new messages, home-feed posts and typing reach a user's stream whichever
+//! shard the connection lands on; a reconnect with `Last-Event-ID` gets exactly what was
+//! missed; heartbeats on idle streams; the per-user limit; a reader that stops reading is cut
+//! off instead of being buffered for.
+
+// Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::time::{Duration, Instant};
+
+use common::*;
+use simd_json::json;
+
+/// One Server-Sent Event as read off the wire.
+#[derive(Debug, Clone, PartialEq)]
+struct Event {
+    id: Option<u64>,
+    kind: String,
+    data: String,
+}
+
+struct Sse {
+    reader: BufReader<Box<dyn Read + Send + Sync>>,
+    comments: Vec<String>,
+    /// The `X-Nova-Shard` that serves this stream.
+    shard: u32,
+}
+
+impl Sse {
+    fn open(server: &Server, member: &Member, last_id: Option<u64>) -> Result<Sse, u16> {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_read(Duration::from_secs(5))
+            .build();
+        let mut req = agent
+            .get(&server.url("/v1/stream"))
+            .set("Authorization", &format!("Bearer {}", member.token));
+        if let Some(id) = last_id {
+            req = req.set("Last-Event-ID", &id.to_string());
+        }
+        match req.call() {
+            Ok(resp) => {
+                assert_eq!(resp.content_type(), "text/event-stream");
+                let shard = resp.header("x-nova-shard").unwrap().parse().unwrap();
+                Ok(Sse {
+                    reader: BufReader::new(resp.into_reader()),
+                    comments: Vec::new(),
+                    shard,
+                })
+            }
+            Err(ureq::Error::Status(code, _)) => Err(code),
+            Err(e) => panic!("stream: {e}"),
+        }
+    }
+
+    /// A stream served by the given shard (connections land where the kernel puts them).
+    fn open_on(server: &Server, member: &Member, shard: u32) -> Sse {
+        for _ in 0..200 {
+            let s = Sse::open(server, member, None).unwrap();
+            if s.shard == shard {
+                return s;
+            }
+        }
+        panic!("no stream connection landed on shard {shard}");
+    }
+
+    /// The next event (comments are kept aside); `None` when the stream ended.
+    fn next(&mut self) -> Option<Event> {
+        let (mut id, mut kind, mut data) = (None, String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).expect("stream read");
+            if n == 0 {
+                return None;
+            }
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                if !kind.is_empty() || !data.is_empty() {
+                    return Some(Event { id, kind, data });
+                }
+                continue;
+            }
+            if let Some(c) = line.strip_prefix(':') {
+                self.comments.push(c.trim().to_string());
+            } else if let Some(v) = line.strip_prefix("id: ") {
+                id = v.parse().ok();
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                kind = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = v.to_string();
+            }
+        }
+    }
+
+    /// The next event of `kind`, skipping others.
+    fn next_of(&mut self, kind: &str) -> Event {
+        loop {
+            let e = self.next().expect("the stream ended");
+            if e.kind == kind {
+                return e;
+            }
+        }
+    }
+}
+
+fn json_of(e: &Event) -> Json {
+    let mut bytes = e.data.clone().into_bytes();
+    simd_json::serde::from_slice::<Json>(&mut bytes).unwrap()
+}
+
+fn conversation(server: &Server, creator: &Member, other: &Member) -> u64 {
+    let resp = server.post(
+        "/v1/conversations",
+        creator.auth(),
+        json!({"participants": [other.id().to_string()]}),
+    );
+    resp.expect(201);
+    parse_id(resp.at("conversation.id"))
+}
+
+fn send(server: &Server, sender: &Member, conv: u64, text: &str) -> u64 {
+    let resp = server.post(
+        &format!("/v1/conversations/{conv}/messages"),
+        sender.auth(),
+        json!({ "text": text }),
+    );
+    resp.expect(201);
+    parse_id(resp.at("message.id"))
+}
+
+#[test]
+fn messages_posts_and_typing_reach_the_stream_on_any_shard() {
+    let server = Server::start(&[]);
+    for (listener_shard, sender_shard, connection_shard) in
+        [(0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 1, 0)]
+    {
+        let listener = server.member_on_shard(listener_shard);
+        let sender = server.member_on_shard(sender_shard);
+        let mut sse = Sse::open_on(&server, &listener, connection_shard);
+        assert!(sse.comments.is_empty());
+
+        let conv = conversation(&server, &sender, &listener);
+        let sent = send(&server, &sender, conv, "live hello");
+        let e = sse.next_of("message");
+        let body = json_of(&e);
+        assert_eq!(parse_id(at(&body, "id").unwrap()), sent);
+        assert_eq!(at(&body, "text").unwrap().as_str(), Some("live hello"));
+        assert_eq!(parse_id(at(&body, "conversation_id").unwrap()), conv);
+
+        // In order, each once.
+        let ids: Vec<u64> = (0..5)
+            .map(|i| send(&server, &sender, conv, &format!("n{i}")))
+            .collect();
+        let got: Vec<u64> = (0..5)
+            .map(|_| parse_id(at(&json_of(&sse.next_of("message")), "id").unwrap()))
+            .collect();
+        assert_eq!(got, ids);
+
+        server
+            .call(
+                "POST",
+                &format!("/v1/conversations/{conv}/typing"),
+                sender.auth(),
+                None,
+            )
+            .expect(204);
+        let e = sse.next_of("typing");
+        assert_eq!(parse_id(at(&json_of(&e), "user_id").unwrap()), sender.id());
+
+        // A new post of someone followed arrives as a `post` event.
+        server
+            .call(
+                "POST",
+                &format!("/v1/users/{}/follow", sender.id()),
+                listener.auth(),
+                None,
+            )
+            .expect(200);
+        let resp = server.post(
+            "/v1/posts",
+            sender.auth(),
+            json!({"text": "for my followers"}),
+        );
+        resp.expect(201);
+        let e = sse.next_of("post");
+        assert_eq!(
+            parse_id(at(&json_of(&e), "id").unwrap()),
+            parse_id(resp.at("post.id"))
+        );
+    }
+}
+
+#[test]
+fn last_event_id_resumes_without_gaps_or_repeats() {
+    let server = Server::start(&[]);
+    let listener = server.member_on_shard(1);
+    let sender = server.member_on_shard(0);
+    let conv = conversation(&server, &sender, &listener);
+    let mut sse = Sse::open(&server, &listener, None).unwrap();
+    let first: Vec<u64> = (0..3)
+        .map(|i| send(&server, &sender, conv, &format!("a{i}")))
+        .collect();
+    let mut last = 0;
+    for want in &first {
+        let e = sse.next_of("message");
+        assert_eq!(parse_id(at(&json_of(&e), "id").unwrap()), *want);
+        last = e.id.unwrap();
+    }
+    drop(sse);
+    // Missed while away.
+    let mut missed: Vec<u64> = (0..4)
+        .map(|i| send(&server, &sender, conv, &format!("b{i}")))
+        .collect();
+    for shard in [0, 1] {
+        // Whichever shard the reconnect lands on, the same answer.
+        let mut sse = loop {
+            let s = Sse::open(&server, &listener, Some(last)).unwrap();
+            if s.shard == shard {
+                break s;
+            }
+        };
+        let got: Vec<u64> = (0..missed.len())
+            .map(|_| parse_id(at(&json_of(&sse.next_of("message")), "id").unwrap()))
+            .collect();
+        assert_eq!(got, missed, "reconnected on shard {shard}");
+        // Nothing twice: the next event is a new one.
+        let fresh = send(&server, &sender, conv, &format!("c{shard}"));
+        let e = sse.next_of("message");
+        assert_eq!(parse_id(at(&json_of(&e), "id").unwrap()), fresh);
+        // Sent after `last` too: the next reconnect from `last` gets it as well.
+        missed.push(fresh);
+    }
+}
+
+#[test]
+fn idle_streams_get_heartbeats_and_users_have_a_stream_limit() {
+    let server = Server::start(&[
+        "--stream-heartbeat-ms",
+        "200",
+        "--streams-per-user-max",
+        "2",
+    ]);
+    let member = server.member_on_shard(0);
+    let mut a = Sse::open(&server, &member, None).unwrap();
+    let _b = Sse::open(&server, &member, None).unwrap();
+    assert_eq!(Sse::open(&server, &member, None).err(), Some(429));
+    // Heartbeats: read for a while; comments arrive though no event does.
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let _ = a.next();
+        a
+    });
+    std::thread::sleep(Duration::from_millis(900));
+    // Opening another user's stream still works (the limit is per user).
+    let other = server.member_on_shard(1);
+    let _c = Sse::open(&server, &other, None).unwrap();
+    // Unblock the reader with an event for `member`.
+    let peer = server.member_on_shard(1);
+    let conv = conversation(&server, &peer, &member);
+    send(&server, &peer, conv, "wake up");
+    let a = reader.join().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let pings = a.comments.iter().filter(|c| *c == "ping").count();
+    assert!(pings >= 2, "heartbeats seen: {:?}", a.comments);
+    // Closing a stream frees its place.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Sse::open(&server, &member, None) {
+            Ok(_) => break,
+            Err(429) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(code) => panic!("stream after a close: {code}"),
+        }
+    }
+    server
+        .get("/v1/stream", None)
+        .expect_error(401, "unauthorized");
+}
+
+#[test]
+fn a_reader_that_stops_reading_is_cut_off() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let server = Server::start(&[]);
+    let listener = server.member_on_shard(0);
+    let sender = server.member_on_shard(1);
+    let conv = conversation(&server, &sender, &listener);
+    // A raw connection with a fixed receive buffer (still above the loopback MSS, so the
+    // window keeps opening), so the server's side fills up.
+    let mut tcp = std::net::TcpStream::connect(server.addr()).unwrap();
+    let small: libc::c_int = 128 * 1024;
+    let rc = unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    write!(
+        tcp,
+        "GET /v1/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        listener.token
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Far more than the server's socket buffer (4 MiB at most here) and the connection's
+    // queue hold, unread: 800 messages of 20 KB (5000 four-byte characters).
+    let text = "\u{1F600}".repeat(5000);
+    let total = 800;
+    for _ in 0..total {
+        send(&server, &sender, conv, &text);
+    }
+    // Reading now: the stream ends (the server closes) before everything was delivered.
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                let tail =
+                    String::from_utf8_lossy(&all[all.len().saturating_sub(300)..]).to_string();
+                panic!(
+                    "the server did not close the stream: after {} bytes: {e}; tail: {tail}",
+                    all.len()
+                );
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    let seen = text.matches("event: message").count();
+    assert!(
+        seen < total,
+        "a reader that fell behind by {total} messages was still fed all of them"
+    );
+    // And the user can open a new stream right away.
+    Sse::open(&server, &listener, None).unwrap();
+}
