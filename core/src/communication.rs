@@ -94,3 +94,9 @@ pub fn emails(
     }
     Ok(out)
 }
+
+/// Copies this module's tables (backups).
+pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
+    c.copy(EMAIL_QUEUES)?;
+    Ok(())
+}

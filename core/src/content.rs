@@ -323,6 +323,20 @@ pub fn posts_count(read: &ReadTransaction, author: u64, cap: usize) -> Result<u6
         .count() as u64)
 }
 
+/// Copies this module's tables (backups).
+pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
+    c.copy(POSTS)?;
+    c.copy(USER_POSTS)?;
+    c.copy(POST_IDEMPOTENCY)?;
+    c.copy(COMMENTS)?;
+    c.copy(POST_COMMENTS)?;
+    c.copy(POST_LIKES)?;
+    c.copy(COMMENT_LIKES)?;
+    c.copy(COUNTS)?;
+    c.copy(POST_VIEWS)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

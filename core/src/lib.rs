@@ -8,6 +8,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod backup;
 mod codec;
 pub mod communication;
 pub mod content;

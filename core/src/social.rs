@@ -616,6 +616,22 @@ pub fn feed_has(read: &ReadTransaction, user: u64, post_id: u64) -> Result<bool,
     Ok(found)
 }
 
+/// Copies this module's tables (backups).
+pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
+    c.copy(FOLLOWS)?;
+    c.copy(FOLLOWERS_LOCAL)?;
+    c.copy(FOLLOWERS)?;
+    c.copy(BLOCKS)?;
+    c.copy(BLOCKED_BY)?;
+    c.copy(MUTES)?;
+    c.copy(FEED_ITEMS)?;
+    c.copy(POST_COPIES)?;
+    c.copy(FEED_POSTS)?;
+    c.copy(FOLLOW_REQUESTS)?;
+    c.copy(COUNTS)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use redb::backends::InMemoryBackend;

@@ -21,6 +21,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Bearer token for the admin routes; without one they do not exist.
     pub admin_token: Option<String>,
+    /// Loopback address of the admin listener (backups, stats); needs `admin_token`.
+    pub admin_listen: Option<SocketAddr>,
     pub log: String,
 
     pub header_bytes_max: usize,
@@ -70,6 +72,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             admin_token: None,
+            admin_listen: None,
             log: "info".to_string(),
             header_bytes_max: 16 * 1024,
             body_bytes_max: 64 * 1024,
@@ -127,6 +130,9 @@ pub struct ServeArgs {
     /// Bearer token that opens the admin routes.
     #[arg(long, env = "NOVA_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Loopback address of the admin listener, e.g. 127.0.0.1:8081 (port 0 picks one).
+    #[arg(long, env = "NOVA_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Log filter (tracing EnvFilter syntax), e.g. info or nova=debug.
     #[arg(long, env = "NOVA_LOG")]
     pub log: Option<String>,
@@ -245,6 +251,9 @@ impl Config {
         if args.admin_token.is_some() {
             cfg.admin_token = args.admin_token.clone();
         }
+        if args.admin_listen.is_some() {
+            cfg.admin_listen = args.admin_listen;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -275,6 +284,13 @@ impl Config {
             self.tls_cert.is_some() == self.tls_key.is_some(),
             "--tls-cert and --tls-key go together"
         );
+        if let Some(addr) = self.admin_listen {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "admin_listen must be a loopback address (it serves backups)"
+            );
+            anyhow::ensure!(self.admin_token.is_some(), "admin_listen needs admin_token");
+        }
         anyhow::ensure!(
             self.stream_heartbeat_ms >= 100 && self.streams_per_user_max >= 1,
             "stream_heartbeat_ms must be at least 100 and streams_per_user_max at least 1"

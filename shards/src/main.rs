@@ -6,6 +6,7 @@ mod api;
 mod api_dsb;
 mod api_messages;
 mod api_social;
+mod backup;
 mod body;
 mod config;
 mod error;
@@ -36,12 +37,50 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default configuration needs no file).
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
+    /// Operate on a data dir or a running server.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Back up every shard (one moment across shards) and the data dir's files to DEST.
+    /// Online through the running server's admin listener with --server, or offline from a
+    /// stopped server's --data-dir.
+    Backup {
+        dest: std::path::PathBuf,
+        /// The admin listener, e.g. http://127.0.0.1:8081.
+        #[arg(long, conflicts_with = "data_dir")]
+        server: Option<String>,
+        #[arg(long, env = "NOVA_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Restore a backup into an empty data dir.
+    Restore {
+        src: std::path::PathBuf,
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
+    /// Check a backup (checksums, database pages, row counts) or a data dir (pages).
+    Verify { path: std::path::PathBuf },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Admin(cmd) => match admin(cmd) {
+            Ok(out) => {
+                println!("{out}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("nova admin: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             let cfg = match config::Config::load(&args) {
                 Ok(cfg) => cfg,
@@ -59,6 +98,54 @@ fn main() -> std::process::ExitCode {
                     std::process::ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn admin(cmd: AdminCommand) -> anyhow::Result<String> {
+    match cmd {
+        AdminCommand::Backup {
+            dest,
+            server,
+            admin_token,
+            data_dir,
+        } => match (server, data_dir) {
+            (Some(server), None) => {
+                let token = admin_token.ok_or_else(|| {
+                    anyhow::anyhow!("--admin-token (or NOVA_ADMIN_TOKEN) is needed")
+                })?;
+                backup::backup_online(&server, &token, &dest)
+            }
+            (None, Some(data)) => {
+                let m = backup::backup_offline(&data, &dest)?;
+                Ok(format!(
+                    "backed up {} shards, {} files, {} bytes in {:.2} s to {}",
+                    m.shards,
+                    m.files.len(),
+                    m.bytes,
+                    m.seconds,
+                    dest.display()
+                ))
+            }
+            _ => anyhow::bail!("give --server (online) or --data-dir (offline)"),
+        },
+        AdminCommand::Restore { src, data_dir } => {
+            let r = backup::restore(&src, &data_dir)?;
+            Ok(format!(
+                "restored {} shards ({} files, {} bytes, {} rows) into {}",
+                r.shards,
+                r.files,
+                r.bytes,
+                r.rows,
+                data_dir.display()
+            ))
+        }
+        AdminCommand::Verify { path } => {
+            let r = backup::verify(&path)?;
+            Ok(format!(
+                "ok: {} shards, {} files, {} bytes, {} rows",
+                r.shards, r.files, r.bytes, r.rows
+            ))
         }
     }
 }

@@ -117,6 +117,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, shards = n, data = %cfg.data.display(), "ready");
     println!("nova listening on {scheme}://{addr} ({n} shards)");
+    if let (Some(listen), Some(token)) = (cfg.admin_listen, cfg.admin_token.clone()) {
+        let (listener, admin_addr) = crate::backup::bind_admin(listen)?;
+        crate::backup::spawn_admin(
+            listener,
+            crate::backup::Admin {
+                data_root: cfg.data.clone(),
+                partitions: partitions.clone(),
+                token,
+            },
+        )?;
+        tracing::info!(%admin_addr, "admin listener ready");
+        println!("nova admin listening on http://{admin_addr}");
+    }
     let _ = std::io::stdout().flush();
 
     wait_for_signal()?;

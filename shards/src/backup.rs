@@ -1,0 +1,541 @@
+//! Backups that restore: `nova admin backup` (online through the admin listener, or offline
+//! from a stopped server's data dir), `nova admin restore` and `nova admin verify`.
+//!
+//! A backup is a directory: one redb file per shard, copied table by table from snapshots
+//! that show one moment across every shard (`Partition::consistent_snapshot`), every other
+//! file of the data dir (manifest, secrets, media blobs), and `backup.json`: the shard count,
+//! each file's size and SHA-256, and each table's row count.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use nova_storage::redb::{self, ReadTransaction, ReadableDatabase};
+use nova_storage::{DataDir, Partition};
+
+pub const BACKUP_MANIFEST: &str = "backup.json";
+const FORMAT: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackupManifest {
+    pub format: u32,
+    pub created_ms: u64,
+    pub shards: usize,
+    pub files: Vec<FileEntry>,
+    /// shard -> table -> rows
+    pub tables: Vec<BTreeMap<String, u64>>,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+fn shard_file(k: usize) -> String {
+    format!("shard-{k}.redb")
+}
+
+/// Writes a backup of `snapshots` (one per shard, in order) and the other files of `data`
+/// into `dest`, which must not exist yet or be empty.
+pub fn write_backup(
+    data_root: &Path,
+    snapshots: Vec<ReadTransaction>,
+    dest: &Path,
+) -> anyhow::Result<BackupManifest> {
+    let started = Instant::now();
+    prepare_empty(dest)?;
+    let mut tables = Vec::with_capacity(snapshots.len());
+    for (k, read) in snapshots.iter().enumerate() {
+        let path = dest.join(shard_file(k));
+        let db = redb::Database::create(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let write = db.begin_write()?;
+        let rows = nova_core::backup::copy_all(read, &write)
+            .map_err(|e| anyhow::anyhow!("shard {k}: {e}"))?;
+        write.commit()?;
+        drop(db);
+        tables.push(rows);
+    }
+    drop(snapshots);
+    copy_other_files(data_root, data_root, dest)?;
+    let files = checksums(dest)?;
+    let bytes = files.iter().map(|f| f.bytes).sum();
+    let manifest = BackupManifest {
+        format: FORMAT,
+        created_ms: crate::shard::now_ms(),
+        shards: tables.len(),
+        files,
+        tables,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let text = simd_json::serde::to_vec_pretty(&manifest)?;
+    write_synced(&dest.join(BACKUP_MANIFEST), &text)?;
+    sync_dir(dest)?;
+    Ok(manifest)
+}
+
+fn prepare_empty(dest: &Path) -> anyhow::Result<()> {
+    if dest.exists() {
+        let mut entries = std::fs::read_dir(dest)?;
+        if entries.next().is_some() {
+            bail!("{} is not empty", dest.display());
+        }
+    } else {
+        std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    }
+    Ok(())
+}
+
+/// Copies every file under `dir` but the live databases (and temporary files).
+fn copy_other_files(root: &Path, dir: &Path, dest_root: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = entry.file_type()?;
+        if name.ends_with(".redb") || name.ends_with(".tmp") || name == "tmp" {
+            continue;
+        }
+        let rel = path.strip_prefix(root)?;
+        let target = dest_root.join(rel);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_other_files(root, &path, dest_root)?;
+            sync_dir(&target)?;
+        } else if kind.is_file() {
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(&path, &target).with_context(|| format!("copying {}", path.display()))?;
+            std::fs::File::open(&target)?.sync_all()?;
+        }
+    }
+    Ok(())
+}
+
+fn checksums(root: &Path) -> anyhow::Result<Vec<FileEntry>> {
+    let mut out = Vec::new();
+    walk(root, &mut |path| {
+        let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+        if rel == BACKUP_MANIFEST {
+            return Ok(());
+        }
+        let (bytes, sha256) = hash_file(path)?;
+        out.push(FileEntry {
+            path: rel,
+            bytes,
+            sha256,
+        });
+        Ok(())
+    })?;
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+fn walk(dir: &Path, each: &mut dyn FnMut(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(&entry.path(), each)?;
+        } else if kind.is_file() {
+            each(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn hash_file(path: &Path) -> anyhow::Result<(u64, String)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut bytes = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        bytes += n as u64;
+    }
+    Ok((bytes, hex(&hasher.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Opens a redb file, checking every page; `None` when it is damaged.
+fn open_checked(path: &Path) -> anyhow::Result<redb::Database> {
+    let opened = std::panic::catch_unwind(|| {
+        let mut db = redb::Database::builder().open(path)?;
+        let ok = db.check_integrity()?;
+        Ok::<_, anyhow::Error>((db, ok))
+    });
+    match opened {
+        Ok(Ok((db, true))) => Ok(db),
+        Ok(Ok((_, false))) => bail!("{}: the database is damaged", path.display()),
+        Ok(Err(e)) => bail!("{}: {e:#}", path.display()),
+        Err(_) => bail!("{}: the database is damaged", path.display()),
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub files: usize,
+    pub bytes: u64,
+    pub shards: usize,
+    pub rows: u64,
+}
+
+/// Checks a backup (checksums of every file, every database page, row counts as recorded)
+/// or a data dir (every database page).
+pub fn verify(path: &Path) -> anyhow::Result<Report> {
+    let manifest_path = path.join(BACKUP_MANIFEST);
+    let mut report = Report::default();
+    if manifest_path.exists() {
+        let manifest: BackupManifest =
+            simd_json::serde::from_slice(&mut std::fs::read(&manifest_path)?)
+                .context("backup.json is not a backup manifest")?;
+        if manifest.format != FORMAT {
+            bail!("backup format {} is not {FORMAT}", manifest.format);
+        }
+        for f in &manifest.files {
+            let file = path.join(&f.path);
+            let (bytes, sha) =
+                hash_file(&file).with_context(|| format!("{} is missing", f.path))?;
+            if bytes != f.bytes || sha != f.sha256 {
+                bail!("{}: checksum mismatch (the backup is damaged)", f.path);
+            }
+            report.files += 1;
+            report.bytes += bytes;
+        }
+        let listed: std::collections::BTreeSet<&str> =
+            manifest.files.iter().map(|f| f.path.as_str()).collect();
+        let mut extra = Vec::new();
+        walk(path, &mut |p| {
+            let rel = p.strip_prefix(path)?.to_string_lossy().into_owned();
+            if rel != BACKUP_MANIFEST && !listed.contains(rel.as_str()) {
+                extra.push(rel);
+            }
+            Ok(())
+        })?;
+        if !extra.is_empty() {
+            bail!("files not in the backup manifest: {extra:?}");
+        }
+        for (k, want) in manifest.tables.iter().enumerate() {
+            // Opening a redb file can write to it (its header), so the check opens a copy:
+            // verifying never changes the backup.
+            let copy = std::env::temp_dir().join(format!(
+                "nova-verify-{}-{k}-{}.redb",
+                std::process::id(),
+                crate::shard::now_ms()
+            ));
+            std::fs::copy(path.join(shard_file(k)), &copy)?;
+            let opened = open_checked(&copy);
+            let _ = std::fs::remove_file(&copy);
+            let db = opened.map_err(|e| anyhow::anyhow!("{}: {e:#}", shard_file(k)))?;
+            let read = db.begin_read()?;
+            let got = nova_core::backup::table_rows(&read).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let want: BTreeMap<&String, &u64> = want.iter().filter(|(_, n)| **n > 0).collect();
+            let got_nonempty: BTreeMap<&String, &u64> =
+                got.iter().filter(|(_, n)| **n > 0).collect();
+            if want != got_nonempty {
+                bail!("shard {k}: table rows differ from the backup manifest");
+            }
+            report.rows += got.values().sum::<u64>();
+        }
+        report.shards = manifest.shards;
+    } else {
+        let manifest = DataDir::read_manifest(path)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .with_context(|| format!("{} is neither a backup nor a data dir", path.display()))?;
+        for k in 0..manifest.shards {
+            let file = path.join(shard_file(k));
+            let db = open_checked(&file)?;
+            let read = db.begin_read()?;
+            let rows = nova_core::backup::table_rows(&read).map_err(|e| anyhow::anyhow!("{e}"))?;
+            report.rows += rows.values().sum::<u64>();
+            report.bytes += std::fs::metadata(&file)?.len();
+            report.files += 1;
+        }
+        report.shards = manifest.shards;
+    }
+    Ok(report)
+}
+
+/// Restores a verified backup into an empty (or new) data dir.
+pub fn restore(src: &Path, data: &Path) -> anyhow::Result<Report> {
+    let report = verify(src).context("the backup does not verify; nothing restored")?;
+    prepare_empty(data)?;
+    let mut files = Vec::new();
+    walk(src, &mut |p| {
+        files.push(p.to_path_buf());
+        Ok(())
+    })?;
+    for p in files {
+        let rel = p.strip_prefix(src)?;
+        if rel == Path::new(BACKUP_MANIFEST) {
+            continue;
+        }
+        let target = data.join(rel);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(&p, &target)?;
+        std::fs::File::open(&target)?.sync_all()?;
+    }
+    let mut dirs = vec![data.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        sync_dir(&d)?;
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Offline backup of a stopped server's data dir.
+pub fn backup_offline(data: &Path, dest: &Path) -> anyhow::Result<BackupManifest> {
+    let manifest = DataDir::read_manifest(data)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_context(|| format!("{} is not a Nova data dir", data.display()))?;
+    let mut dbs = Vec::with_capacity(manifest.shards);
+    for k in 0..manifest.shards {
+        let path = data.join(shard_file(k));
+        let db = redb::Database::open(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {e} (is the server running? use --server for an online backup)",
+                path.display()
+            )
+        })?;
+        dbs.push(db);
+    }
+    let snapshots = dbs
+        .iter()
+        .map(|db| db.begin_read())
+        .collect::<Result<Vec<_>, _>>()?;
+    write_backup(data, snapshots, dest)
+}
+
+// ---- the admin listener ---------------------------------------------------------------------
+
+/// The admin API: a plain HTTP/1.1 listener on a loopback address, one request per
+/// connection, every request with `Authorization: Bearer <admin token>`. Runs on its own
+/// thread, never on a shard.
+pub struct Admin {
+    pub data_root: PathBuf,
+    pub partitions: Vec<Arc<Partition>>,
+    pub token: String,
+}
+
+pub fn spawn_admin(listener: TcpListener, admin: Admin) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("nova-admin".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(stream) => {
+                        if let Err(e) = serve_admin(stream, &admin) {
+                            tracing::warn!(error = %e, "admin request failed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Binds the admin listener; only loopback addresses are allowed.
+pub fn bind_admin(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    if !addr.ip().is_loopback() {
+        bail!("admin_listen must be a loopback address, not {addr}");
+    }
+    let listener = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+const ADMIN_HEAD_MAX: usize = 16 * 1024;
+const ADMIN_BODY_MAX: usize = 64 * 1024;
+
+fn serve_admin(stream: TcpStream, admin: &Admin) -> anyhow::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut head = Vec::new();
+    let mut line = String::new();
+    let mut content_length = 0usize;
+    let mut auth = None;
+    let mut request_line = String::new();
+    loop {
+        line.clear();
+        let n = reader
+            .by_ref()
+            .take(ADMIN_HEAD_MAX as u64)
+            .read_line(&mut line)?;
+        head.extend_from_slice(line.as_bytes());
+        if n == 0 || head.len() > ADMIN_HEAD_MAX {
+            return respond(stream, 400, r#"{"error":"bad request"}"#);
+        }
+        let l = line.trim_end();
+        if request_line.is_empty() {
+            request_line = l.to_string();
+            continue;
+        }
+        if l.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = l.split_once(':') {
+            let value = value.trim();
+            match name.trim().to_ascii_lowercase().as_str() {
+                "content-length" => content_length = value.parse().unwrap_or(usize::MAX),
+                "authorization" => auth = value.strip_prefix("Bearer ").map(str::to_string),
+                _ => {}
+            }
+        }
+    }
+    if content_length > ADMIN_BODY_MAX {
+        return respond(stream, 413, r#"{"error":"body too large"}"#);
+    }
+    let mut body = vec![0u8; content_length];
+    reader.read_exact(&mut body)?;
+    let token_ok = auth.as_deref().is_some_and(|t| {
+        t.len() == admin.token.len()
+            && t.bytes()
+                .zip(admin.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    });
+    if !token_ok {
+        return respond(stream, 401, r#"{"error":"unauthorized"}"#);
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match (method, path) {
+        ("POST", "/admin/backup") => {
+            #[derive(Deserialize)]
+            struct Req {
+                dest: PathBuf,
+            }
+            let req: Req = match simd_json::serde::from_slice(&mut body) {
+                Ok(r) => r,
+                Err(e) => {
+                    let msg = simd_json::json!({ "error": format!("invalid body: {e}") });
+                    return respond(stream, 422, &simd_json::to_string(&msg)?);
+                }
+            };
+            let result = Partition::consistent_snapshot(&admin.partitions)
+                .map_err(anyhow::Error::from)
+                .and_then(|snaps| write_backup(&admin.data_root, snaps, &req.dest));
+            match result {
+                Ok(m) => {
+                    let summary = simd_json::json!({
+                        "dest": req.dest.to_string_lossy(),
+                        "shards": m.shards,
+                        "files": m.files.len(),
+                        "bytes": m.bytes,
+                        "seconds": m.seconds,
+                    });
+                    respond(stream, 200, &simd_json::to_string(&summary)?)
+                }
+                Err(e) => {
+                    let msg = simd_json::json!({ "error": format!("{e:#}") });
+                    respond(stream, 500, &simd_json::to_string(&msg)?)
+                }
+            }
+        }
+        ("GET", "/admin/stats") => {
+            let mut shards = Vec::new();
+            for p in &admin.partitions {
+                let read = p.read()?;
+                let rows =
+                    nova_core::backup::table_rows(&read).map_err(|e| anyhow::anyhow!("{e}"))?;
+                shards.push(simd_json::json!({
+                    "users": rows.get("users").copied().unwrap_or(0),
+                    "posts": rows.get("posts").copied().unwrap_or(0),
+                    "messages": rows.get("messages").copied().unwrap_or(0),
+                    "database_bytes": std::fs::metadata(p.path()).map(|m| m.len()).unwrap_or(0),
+                }));
+            }
+            respond(
+                stream,
+                200,
+                &simd_json::to_string(&simd_json::json!({ "shards": shards }))?,
+            )
+        }
+        _ => respond(stream, 404, r#"{"error":"not found"}"#),
+    }
+}
+
+fn respond(mut stream: TcpStream, status: u16, body: &str) -> anyhow::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        _ => "Internal Server Error",
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()?;
+    Ok(())
+}
+
+/// The CLI side of an online backup: asks the running server to write it.
+pub fn backup_online(server: &str, token: &str, dest: &Path) -> anyhow::Result<String> {
+    let dest = std::path::absolute(dest)?;
+    let url = format!("{}/admin/backup", server.trim_end_matches('/'));
+    let body = simd_json::json!({ "dest": dest.to_string_lossy() });
+    let resp = ureq::post(&url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(3600))
+        .send_string(&simd_json::to_string(&body)?);
+    match resp {
+        Ok(r) => Ok(r.into_string()?),
+        Err(ureq::Error::Status(code, r)) => {
+            bail!(
+                "the server answered {code}: {}",
+                r.into_string().unwrap_or_default()
+            )
+        }
+        Err(e) => bail!("cannot reach the admin listener at {server}: {e}"),
+    }
+}
