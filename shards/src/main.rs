@@ -12,6 +12,8 @@ mod error;
 mod hasher;
 mod http;
 mod limits;
+mod mail;
+mod mail_admin;
 mod mesh;
 mod messaging;
 mod metrics;
@@ -37,6 +39,16 @@ struct Cli {
 enum Command {
     /// Run the server (the default configuration needs no file).
     Serve(config::ServeArgs),
+    /// Offline maintenance of a data directory (the server must be stopped).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// The email queue: list emails by state, send dead ones again.
+    #[command(subcommand)]
+    Emails(mail_admin::EmailsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +67,18 @@ fn main() -> std::process::ExitCode {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
+                    eprintln!("nova: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Admin(admin) => {
+            let result = match admin {
+                AdminCommand::Emails(cmd) => mail_admin::run(cmd),
+            };
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
                     eprintln!("nova: {e:#}");
                     std::process::ExitCode::FAILURE
                 }

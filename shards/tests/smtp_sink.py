@@ -1,0 +1,73 @@
+"""An SMTP server for Nova's mail tests (aiosmtpd on loopback).
+
+Usage: python smtp_sink.py PORT DIR
+
+Prints "ready" once it listens. Every message it accepts (answers 250 to) is written to
+DIR/msg-<n>.eml (to a temporary name first, then renamed, so a reader never sees half a file).
+The file DIR/mode, read on every command, makes it misbehave:
+  ok          accept (the default, also when the file is missing)
+  451         answer the message with 451 (transient failure)
+  550         answer the message with 550 (permanent failure)
+  slow:SECS   wait SECS seconds before answering RCPT (a relay slower than the client's timeout)
+"""
+
+import asyncio
+import itertools
+import os
+import sys
+import time
+
+from aiosmtpd.controller import Controller
+
+
+class Sink:
+    def __init__(self, directory):
+        self.directory = directory
+        self.counter = itertools.count(1)
+
+    def mode(self):
+        try:
+            with open(os.path.join(self.directory, "mode")) as f:
+                return f.read().strip() or "ok"
+        except FileNotFoundError:
+            return "ok"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        mode = self.mode()
+        if mode.startswith("slow:"):
+            await asyncio.sleep(float(mode[5:]))
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        mode = self.mode()
+        if mode == "451":
+            return "451 4.3.0 try again later"
+        if mode == "550":
+            return "550 5.7.1 refused by policy"
+        n = next(self.counter)
+        final = os.path.join(self.directory, f"msg-{n:06d}.eml")
+        tmp = final + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(envelope.content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+        return "250 Message accepted for delivery"
+
+
+def main():
+    port = int(sys.argv[1])
+    directory = sys.argv[2]
+    controller = Controller(Sink(directory), hostname="127.0.0.1", port=port)
+    controller.start()
+    print("ready", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        controller.stop()
+
+
+if __name__ == "__main__":
+    main()
