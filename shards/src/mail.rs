@@ -240,13 +240,29 @@ fn deliver(transport: &SmtpTransport, from: &Mailbox, job: &Job) -> Outcome {
     };
     match transport.send(&message) {
         Ok(_) => Outcome::Sent,
-        Err(e) if e.is_timeout() => Outcome::Failed {
+        Err(e) if timed_out(&e) => Outcome::Failed {
             error: format!("timed out: {e}"),
         },
         Err(e) => Outcome::Failed {
             error: e.to_string(),
         },
     }
+}
+
+/// A socket timeout shows as `TimedOut`, or on Linux as `WouldBlock` (EAGAIN from a read or
+/// write with SO_RCVTIMEO/SO_SNDTIMEO), which lettre's `is_timeout` does not recognise.
+fn timed_out(e: &lettre::transport::smtp::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            );
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// The shard's mail loop, spawned once at start-up; ends after the shard drains.

@@ -1,0 +1,259 @@
+//! Email delivery against a real SMTP server on loopback (aiosmtpd, started by each test):
+//! verification and reset emails arrive once with a stable Message-ID and their tokens work;
+//! a relay that is down, refusing (4xx/5xx) or slow is retried with backoff, then
+//! dead-lettered, listed and retried with `nova admin emails`; SMTP never holds up requests.
+//! Users live on both shards of a 2-shard server.
+
+mod common;
+mod mailsink;
+
+use std::time::Duration;
+
+use common::*;
+use mailsink::*;
+use simd_json::json;
+
+const VERIFY: &str = "Confirm your email address";
+const RESET: &str = "Reset your password";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A 2-shard server mailing through the relay on `port`; `extra` flag pairs replace
+/// `mail_flags`' values.
+fn start(port: u16, extra: &[&str]) -> Server {
+    let mut args = mail_flags(port);
+    for pair in extra.chunks(2) {
+        let at = args.iter().position(|a| a == pair[0]);
+        match at {
+            Some(i) => args[i + 1] = pair[1].to_string(),
+            None => args.extend(pair.iter().map(|s| s.to_string())),
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(&args)
+}
+
+/// The admin view's status of every email to `to`.
+fn statuses(server: &Server, to: &str) -> Vec<String> {
+    server
+        .emails_to(to)
+        .iter()
+        .map(|e| e.get("status").and_then(|s| s.as_str()).unwrap().to_string())
+        .collect()
+}
+
+fn wait_status(server: &Server, to: &str, status: &str) {
+    let ok = wait_until(WAIT, || {
+        let s = statuses(server, to);
+        !s.is_empty() && s.iter().all(|x| x == status)
+    });
+    assert!(
+        ok,
+        "emails to {to} not all {status}: {:?}",
+        statuses(server, to)
+    );
+}
+
+fn assert_no_duplicates(sink: &Sink) {
+    let dup: Vec<_> = sink.counts().into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(dup.is_empty(), "Message-IDs received more than once: {dup:?}");
+}
+
+#[test]
+fn verification_and_reset_emails_arrive_once_and_their_tokens_work() {
+    let sink = Sink::start();
+    let server = start(sink.port, &[]);
+    let users = server.users_on_each_shard();
+    assert_eq!(users.len(), 2);
+    for user in &users {
+        let mail = sink.wait_one(&user.email, VERIFY, WAIT);
+        // The Message-ID names the queued email, which lives on the user's shard.
+        assert_eq!(shard_of(mail.email_id()), user.shard(), "{mail:?}");
+        let resp = server.post(
+            "/v1/accounts/verify-email",
+            None,
+            json!({"token": mail.token()}),
+        );
+        resp.expect(200);
+        assert_eq!(resp.at("user.email_verified").as_bool(), Some(true));
+        wait_status(&server, &user.email, "sent");
+    }
+    for user in &users {
+        server
+            .post(
+                "/v1/accounts/password-reset",
+                None,
+                json!({"email": user.email.clone()}),
+            )
+            .expect(202);
+        let mail = sink.wait_one(&user.email, RESET, WAIT);
+        assert_eq!(shard_of(mail.email_id()), user.shard());
+        let new_password = format!("{}-new", user.password);
+        server
+            .post(
+                "/v1/accounts/password-reset/confirm",
+                None,
+                json!({"token": mail.token(), "password": new_password.clone()}),
+            )
+            .expect(204);
+        server
+            .try_login(&user.username, &user.password)
+            .expect(401);
+        server.login(&user.username, &new_password);
+        wait_status(&server, &user.email, "sent");
+    }
+    // Nothing arrives twice (give a late duplicate a moment to show up).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_no_duplicates(&sink);
+    for user in &users {
+        assert_eq!(sink.messages_to(&user.email).len(), 2);
+    }
+}
+
+#[test]
+fn a_relay_down_at_first_is_retried_and_each_email_arrives_once() {
+    let port = free_port();
+    let server = start(port, &[]);
+    let users = server.users_on_each_shard();
+    // Tries fail (connection refused) and the emails wait, queued, for the next one.
+    std::thread::sleep(Duration::from_millis(1500));
+    for user in &users {
+        assert_eq!(statuses(&server, &user.email), ["queued"]);
+    }
+    let sink = Sink::start_on(port);
+    for user in &users {
+        sink.wait_one(&user.email, VERIFY, WAIT);
+        wait_status(&server, &user.email, "sent");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_no_duplicates(&sink);
+    let mut server = server;
+    server.stop();
+    let listed = admin_list(&server.launch().data_dir(), Some("sent"));
+    for user in &users {
+        let row = listed.iter().find(|l| l.to == user.email).unwrap();
+        assert!(row.attempts >= 2, "refused tries are counted: {row:?}");
+        assert_eq!(row.message_id, format!("<{}@nova.test>", row.id));
+    }
+}
+
+#[test]
+fn a_refusing_relay_dead_letters_and_an_admin_retries() {
+    for code in ["451", "550"] {
+        let sink = Sink::start();
+        sink.set_mode(code);
+        let mut server = start(
+            sink.port,
+            &["--mail-attempts-max", "3", "--mail-backoff-base-ms", "100"],
+        );
+        let users = server.users_on_each_shard();
+        for user in &users {
+            wait_status(&server, &user.email, "dead");
+        }
+        assert!(sink.messages().is_empty(), "{code}: nothing was accepted");
+        let data = server.launch().data_dir();
+        let data_arg = data.display().to_string();
+
+        // The files are the running server's: the offline tool refuses, politely.
+        let (ok, _, err) = admin_emails(&["list", "--data-dir", &data_arg]);
+        assert!(!ok && err.contains("in use") && err.contains("nova serve"), "{err}");
+
+        server.stop();
+        let dead = admin_list(&data, Some("dead"));
+        for user in &users {
+            let row = dead
+                .iter()
+                .find(|l| l.to == user.email)
+                .unwrap_or_else(|| panic!("{code}: no dead email to {}: {dead:?}", user.email));
+            assert_eq!(row.state, "dead");
+            assert_eq!(row.attempts, 3, "{row:?}");
+            assert!(row.last_error.contains(code), "{row:?}");
+        }
+        assert!(admin_list(&data, Some("queued")).is_empty());
+
+        // One by id, the rest with --dead; retrying what is not dead is refused.
+        let first = dead.iter().find(|l| l.to == users[0].email).unwrap().id;
+        let (ok, out, err) = admin_emails(&["retry", "--data-dir", &data_arg, &first.to_string()]);
+        assert!(ok && out.starts_with("1 email"), "{out}{err}");
+        let (ok, _, err) = admin_emails(&["retry", "--data-dir", &data_arg, &first.to_string()]);
+        assert!(!ok && err.contains("not a dead email"), "{err}");
+        let (ok, out, err) = admin_emails(&["retry", "--data-dir", &data_arg, "--dead"]);
+        assert!(ok && out.starts_with("1 email"), "{out}{err}");
+        let queued = admin_list(&data, Some("queued"));
+        assert_eq!(queued.len(), 2, "{queued:?}");
+        assert!(queued.iter().all(|l| l.attempts == 0));
+
+        sink.set_mode("ok");
+        server.restart();
+        for user in &users {
+            let mail = sink.wait_one(&user.email, VERIFY, WAIT);
+            assert!(dead.iter().any(|l| l.message_id == mail.message_id));
+            wait_status(&server, &user.email, "sent");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_no_duplicates(&sink);
+    }
+}
+
+#[test]
+fn a_slow_relay_times_out_without_holding_up_requests() {
+    let sink = Sink::start();
+    sink.set_mode("slow:4");
+    let mut server = start(
+        sink.port,
+        &[
+            "--smtp-timeout-ms",
+            "300",
+            "--mail-attempts-max",
+            "2",
+            "--mail-backoff-base-ms",
+            "100",
+        ],
+    );
+    let users = server.users_on_each_shard();
+    // While the mailer threads wait on the relay, requests on both shards are served.
+    for user in &users {
+        let login = server.login(&user.username, &user.password);
+        server.get("/v1/me", Some(&login.access)).expect(200);
+    }
+    for user in &users {
+        wait_status(&server, &user.email, "dead");
+    }
+    server.stop();
+    let dead = admin_list(&server.launch().data_dir(), Some("dead"));
+    for user in &users {
+        let row = dead.iter().find(|l| l.to == user.email).unwrap();
+        assert!(row.last_error.contains("timed out"), "{row:?}");
+    }
+    // The relay got nothing: it was still waiting to answer RCPT when the client gave up.
+    assert!(sink.messages().is_empty());
+    sink.set_mode("ok");
+    let data = server.launch().data_dir().display().to_string();
+    let id = dead.iter().find(|l| l.to == users[1].email).unwrap().id;
+    let (ok, _, err) = admin_emails(&["retry", "--data-dir", &data, &id.to_string()]);
+    assert!(ok, "{err}");
+    server.restart();
+    sink.wait_one(&users[1].email, VERIFY, WAIT);
+    wait_status(&server, &users[1].email, "sent");
+    assert_eq!(statuses(&server, &users[0].email), ["dead"]);
+}
+
+#[test]
+fn without_a_relay_emails_stay_queued_and_are_listed() {
+    let mut server = Server::start(&[]);
+    let users = server.users_on_each_shard();
+    std::thread::sleep(Duration::from_millis(300));
+    for user in &users {
+        assert_eq!(statuses(&server, &user.email), ["queued"]);
+    }
+    server.stop();
+    let queued = admin_list(&server.launch().data_dir(), Some("queued"));
+    for user in &users {
+        let row = queued.iter().find(|l| l.to == user.email).unwrap();
+        assert_eq!((row.attempts, row.message_id.as_str()), (0, "-"));
+        assert_eq!(shard_of(row.id), user.shard());
+    }
+    let all = admin_list(&server.launch().data_dir(), None);
+    assert_eq!(all.len(), queued.len());
+    let (ok, _, err) = admin_emails(&["list", "--data-dir", "/nonexistent/nova"]);
+    assert!(!ok && err.contains("not a nova data directory"), "{err}");
+}
