@@ -151,7 +151,7 @@ impl Default for Config {
             mail_attempts_max: 8,
             mail_backoff_base_ms: 30_000,
             mail_backoff_max_ms: 3_600_000,
-            mail_in_flight_max: 16,
+            mail_in_flight_max: 4,
             mail_sent_retention_days: 7,
         }
     }
