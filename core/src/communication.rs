@@ -258,7 +258,9 @@ pub fn next_due_ms(read: &ReadTransaction) -> Result<Option<u64>, CoreError> {
         Err(e) => return Err(e.into()),
     };
     let code = EmailStatus::Queued.code();
-    let first = states.range((code, 0, 0)..=(code, u64::MAX, u64::MAX))?.next();
+    let first = states
+        .range((code, 0, 0)..=(code, u64::MAX, u64::MAX))?
+        .next();
     match first {
         Some(row) => Ok(Some(row?.0.value().1)),
         None => Ok(None),
@@ -421,7 +423,11 @@ pub fn retry_dead(
 
 /// Deletes up to `limit` emails sent before `before_ms` (their tokens are long expired).
 /// Returns how many went.
-pub fn prune_sent(txn: &WriteTransaction, before_ms: u64, limit: usize) -> Result<usize, CoreError> {
+pub fn prune_sent(
+    txn: &WriteTransaction,
+    before_ms: u64,
+    limit: usize,
+) -> Result<usize, CoreError> {
     let code = EmailStatus::Sent.code();
     let mut states = txn.open_table(EMAIL_STATES)?;
     let mut keys = Vec::new();
@@ -442,9 +448,7 @@ pub fn prune_sent(txn: &WriteTransaction, before_ms: u64, limit: usize) -> Resul
 /// Rows written before `email_states` existed have no index entry: index them once (the
 /// index table's absence marks a queue not upgraded yet). Returns how many were indexed.
 pub fn upgrade_queue(txn: &WriteTransaction) -> Result<usize, CoreError> {
-    let has_index = txn
-        .list_tables()?
-        .any(|t| t.name() == EMAIL_STATES.name());
+    let has_index = txn.list_tables()?.any(|t| t.name() == EMAIL_STATES.name());
     if has_index {
         return Ok(0);
     }

@@ -435,7 +435,11 @@ impl Config {
             self.smtp_username.is_some() == self.smtp_password.is_some(),
             "smtp_username and smtp_password go together"
         );
-        if self.smtp_host.as_deref().is_some_and(|h| h.trim().is_empty()) {
+        if self
+            .smtp_host
+            .as_deref()
+            .is_some_and(|h| h.trim().is_empty())
+        {
             self.smtp_host = None;
         }
         crate::mail::check_from(&self.mail_from)?;

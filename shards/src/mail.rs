@@ -140,7 +140,9 @@ impl Mail {
                     let stopping = Arc::clone(&stopping);
                     std::thread::Builder::new()
                         .name(format!("nova-mail-{shard}"))
-                        .spawn(move || mailer_thread(&transport, &from, &jobs_rx, &done_tx, &stopping))?
+                        .spawn(move || {
+                            mailer_thread(&transport, &from, &jobs_rx, &done_tx, &stopping)
+                        })?
                 };
                 Some(Link {
                     jobs: jobs_tx,
@@ -161,7 +163,9 @@ impl Mail {
                 backoff_max_ms: cfg.mail_backoff_max_ms,
             },
             msgid_domain: from.email.domain().to_string(),
-            sent_retention_ms: cfg.mail_sent_retention_days.saturating_mul(24 * 3600 * 1000),
+            sent_retention_ms: cfg
+                .mail_sent_retention_days
+                .saturating_mul(24 * 3600 * 1000),
             stopped: Notify::default(),
         })
     }
@@ -208,7 +212,13 @@ fn mailer_thread(
             deliver(transport, from, &job)
         };
         // The shard is gone (process ending): the email stays `sending`, resent at start-up.
-        if done.send(Done { id: job.id, outcome }).is_err() {
+        if done
+            .send(Done {
+                id: job.id,
+                outcome,
+            })
+            .is_err()
+        {
             return;
         }
     }

@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default configuration needs no file).
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// Offline maintenance of a data directory (the server must be stopped).
     #[command(subcommand)]
     Admin(AdminCommand),

@@ -4,6 +4,9 @@
 //! dead-lettered, listed and retried with `nova admin emails`; SMTP never holds up requests.
 //! Users live on both shards of a 2-shard server.
 
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod mailsink;
 
@@ -37,7 +40,12 @@ fn statuses(server: &Server, to: &str) -> Vec<String> {
     server
         .emails_to(to)
         .iter()
-        .map(|e| e.get("status").and_then(|s| s.as_str()).unwrap().to_string())
+        .map(|e| {
+            e.get("status")
+                .and_then(|s| s.as_str())
+                .unwrap()
+                .to_string()
+        })
         .collect()
 }
 
@@ -55,7 +63,10 @@ fn wait_status(server: &Server, to: &str, status: &str) {
 
 fn assert_no_duplicates(sink: &Sink) {
     let dup: Vec<_> = sink.counts().into_iter().filter(|(_, n)| *n > 1).collect();
-    assert!(dup.is_empty(), "Message-IDs received more than once: {dup:?}");
+    assert!(
+        dup.is_empty(),
+        "Message-IDs received more than once: {dup:?}"
+    );
 }
 
 #[test]
@@ -95,9 +106,7 @@ fn verification_and_reset_emails_arrive_once_and_their_tokens_work() {
                 json!({"token": mail.token(), "password": new_password.clone()}),
             )
             .expect(204);
-        server
-            .try_login(&user.username, &user.password)
-            .expect(401);
+        server.try_login(&user.username, &user.password).expect(401);
         server.login(&user.username, &new_password);
         wait_status(&server, &user.email, "sent");
     }
@@ -155,7 +164,10 @@ fn a_refusing_relay_dead_letters_and_an_admin_retries() {
 
         // The files are the running server's: the offline tool refuses, politely.
         let (ok, _, err) = admin_emails(&["list", "--data-dir", &data_arg]);
-        assert!(!ok && err.contains("in use") && err.contains("nova serve"), "{err}");
+        assert!(
+            !ok && err.contains("in use") && err.contains("nova serve"),
+            "{err}"
+        );
 
         server.stop();
         let dead = admin_list(&data, Some("dead"));

@@ -11,6 +11,9 @@
 //! only if the restarted server named it as interrupted, and never more than twice; every
 //! other email must arrive exactly once. The test prints how many duplicates it saw.
 
+// A panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod mailsink;
 
@@ -75,7 +78,10 @@ fn worker(server: &Server, load: &Load, t: usize) {
 /// The ids the server logged as interrupted mid-send at start-up.
 fn interrupted_ids(stderr: &str) -> HashSet<u64> {
     let mut ids = HashSet::new();
-    for line in stderr.lines().filter(|l| l.contains("interrupted mid-send")) {
+    for line in stderr
+        .lines()
+        .filter(|l| l.contains("interrupted mid-send"))
+    {
         let list = line
             .split_once("ids=[")
             .and_then(|(_, rest)| rest.split_once(']'))
@@ -150,23 +156,31 @@ fn queued_emails_are_sent_exactly_once_across_sigkill() {
     let mut stored: HashSet<u64> = HashSet::new();
     for to in &tried {
         let ok = wait_until(Duration::from_secs(60), || {
-            server.emails_to(to).iter().all(|e| {
-                e.get("status").and_then(|s| s.as_str()) == Some("sent")
-            })
+            server
+                .emails_to(to)
+                .iter()
+                .all(|e| e.get("status").and_then(|s| s.as_str()) == Some("sent"))
         });
-        assert!(ok, "emails to {to} not all sent: {:?}", server.emails_to(to));
+        assert!(
+            ok,
+            "emails to {to} not all sent: {:?}",
+            server.emails_to(to)
+        );
         for e in server.emails_to(to) {
-            stored.insert(e.get("id").and_then(|i| i.as_str()).unwrap().parse().unwrap());
+            stored.insert(
+                e.get("id")
+                    .and_then(|i| i.as_str())
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            );
         }
     }
     thread::sleep(Duration::from_millis(500));
-    let counts: HashMap<u64, usize> = sink
-        .messages()
-        .iter()
-        .fold(HashMap::new(), |mut acc, m| {
-            *acc.entry(m.email_id()).or_insert(0) += 1;
-            acc
-        });
+    let counts: HashMap<u64, usize> = sink.messages().iter().fold(HashMap::new(), |mut acc, m| {
+        *acc.entry(m.email_id()).or_insert(0) += 1;
+        acc
+    });
     let received: HashSet<u64> = counts.keys().copied().collect();
     let missing: Vec<_> = stored.difference(&received).collect();
     let phantom: Vec<_> = received.difference(&stored).collect();

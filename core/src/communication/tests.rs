@@ -56,13 +56,17 @@ fn a_due_email_is_claimed_once_and_sent() {
     // A sending email is not claimed again, and nothing else is due.
     assert!(write(&db, |t| claim_due(t, 10_000, 10, "d")).is_empty());
     assert_eq!(next_due_ms(&db.begin_read().unwrap()).unwrap(), None);
-    let st = write(&db, |t| record_outcome(t, 7, &Outcome::Sent, 200, &POLICY, 0));
+    let st = write(&db, |t| {
+        record_outcome(t, 7, &Outcome::Sent, 200, &POLICY, 0)
+    });
     assert_eq!(st, Some(EmailStatus::Sent));
     let sent = emails_in_state(&db.begin_read().unwrap(), EmailStatus::Sent, 10).unwrap();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].id, 7);
     // A late second outcome changes nothing.
-    let st = write(&db, |t| record_outcome(t, 7, &Outcome::Sent, 300, &POLICY, 0));
+    let st = write(&db, |t| {
+        record_outcome(t, 7, &Outcome::Sent, 300, &POLICY, 0)
+    });
     assert_eq!(st, None);
 }
 
@@ -119,7 +123,14 @@ fn backoff_grows_is_capped_and_jittered() {
         backoff_base_ms: 100,
         backoff_max_ms: 1000,
     };
-    for (attempts, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (40, 1000)] {
+    for (attempts, full) in [
+        (1, 100),
+        (2, 200),
+        (3, 400),
+        (4, 800),
+        (5, 1000),
+        (40, 1000),
+    ] {
         for jitter in [0, 1, 57, 999, u64::MAX] {
             let d = p.backoff_ms(attempts, jitter);
             assert!(d >= full / 2 && d <= full, "{attempts} {jitter} -> {d}");
@@ -144,7 +155,10 @@ fn interrupted_sends_are_requeued_with_their_message_id() {
     assert_eq!(again.len(), 3);
     for e in again {
         let expected = if e.id <= 2 { "<ID@d>" } else { "<ID@other>" };
-        assert_eq!(e.message_id.unwrap(), expected.replace("ID", &e.id.to_string()));
+        assert_eq!(
+            e.message_id.unwrap(),
+            expected.replace("ID", &e.id.to_string())
+        );
     }
 }
 
@@ -153,9 +167,14 @@ fn not_tried_goes_back_without_counting() {
     let db = db();
     queue(&db, 1, 0);
     write(&db, |t| claim_due(t, 0, 1, "d"));
-    write(&db, |t| record_outcome(t, 1, &Outcome::NotTried, 5, &POLICY, 0));
+    write(&db, |t| {
+        record_outcome(t, 1, &Outcome::NotTried, 5, &POLICY, 0)
+    });
     let e = state(&db, 1);
-    assert_eq!((e.status, e.attempts, e.next_attempt_ms), (EmailStatus::Queued, 0, 5));
+    assert_eq!(
+        (e.status, e.attempts, e.next_attempt_ms),
+        (EmailStatus::Queued, 0, 5)
+    );
 }
 
 #[test]
@@ -180,7 +199,9 @@ fn sent_emails_are_pruned_by_age() {
     }
     write(&db, |t| claim_due(t, 0, 10, "d"));
     for (id, at) in [(1, 10), (2, 20)] {
-        write(&db, |t| record_outcome(t, id, &Outcome::Sent, at, &POLICY, 0));
+        write(&db, |t| {
+            record_outcome(t, id, &Outcome::Sent, at, &POLICY, 0)
+        });
     }
     assert_eq!(write(&db, |t| prune_sent(t, 15, 100)), 1);
     assert!(email(&db.begin_read().unwrap(), 1).unwrap().is_none());
