@@ -27,9 +27,12 @@ use std::time::Duration;
 
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{Message, SmtpTransport, Transport};
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail as MailCommand, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, MailParameter};
+use lettre::transport::smtp::Error as SmtpError;
+use lettre::Message;
 use nova_core::communication::{self, EmailStatus, Outcome, RetryPolicy};
 use nova_core::CoreError;
 
@@ -130,7 +133,7 @@ impl Mail {
         let link = match cfg.smtp_host.as_deref() {
             None => None,
             Some(host) => {
-                let transport = transport(cfg, host)?;
+                let relay = Relay::new(cfg, host)?;
                 let cap = cfg.mail_in_flight_max;
                 let (jobs_tx, jobs_rx) = flume::bounded::<Job>(cap);
                 let (done_tx, done_rx) = flume::bounded::<Done>(cap);
@@ -141,7 +144,7 @@ impl Mail {
                     std::thread::Builder::new()
                         .name(format!("nova-mail-{shard}"))
                         .spawn(move || {
-                            mailer_thread(&transport, &from, &jobs_rx, &done_tx, &stopping)
+                            mailer_thread(&relay, &from, &jobs_rx, &done_tx, &stopping)
                         })?
                 };
                 Some(Link {
@@ -177,39 +180,109 @@ impl Mail {
     }
 }
 
-fn transport(cfg: &Config, host: &str) -> anyhow::Result<SmtpTransport> {
-    let mut builder = SmtpTransport::builder_dangerous(host)
-        .port(cfg.smtp_port())
-        .timeout(Some(Duration::from_millis(cfg.smtp_timeout_ms)));
-    let tls = || {
-        TlsParameters::new(host.to_string())
-            .map_err(|e| anyhow::anyhow!("smtp TLS for {host}: {e}"))
-    };
-    builder = match cfg.smtp_tls {
-        SmtpTls::None => builder.tls(Tls::None),
-        SmtpTls::Starttls => builder.tls(Tls::Required(tls()?)),
-        SmtpTls::Tls => builder.tls(Tls::Wrapper(tls()?)),
-    };
-    if let (Some(user), Some(password)) = (&cfg.smtp_username, &cfg.smtp_password) {
-        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
-    }
-    Ok(builder.build())
+/// How to reach the relay; built once at start-up, used by the mailer thread.
+struct Relay {
+    host: String,
+    port: u16,
+    timeout: Duration,
+    tls: Option<(SmtpTls, TlsParameters)>,
+    credentials: Option<Credentials>,
+    hello: ClientId,
 }
 
-/// The thread: one email at a time, one SMTP connection per email (so that an idle mailer
-/// holds no connection and no timer).
+impl Relay {
+    fn new(cfg: &Config, host: &str) -> anyhow::Result<Relay> {
+        let tls = match cfg.smtp_tls {
+            SmtpTls::None => None,
+            mode => Some((
+                mode,
+                TlsParameters::new(host.to_string())
+                    .map_err(|e| anyhow::anyhow!("smtp TLS for {host}: {e}"))?,
+            )),
+        };
+        let credentials = match (&cfg.smtp_username, &cfg.smtp_password) {
+            (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.clone())),
+            _ => None,
+        };
+        Ok(Relay {
+            host: host.to_string(),
+            port: cfg.smtp_port(),
+            timeout: Duration::from_millis(cfg.smtp_timeout_ms),
+            tls,
+            credentials,
+            hello: ClientId::default(),
+        })
+    }
+
+    /// A new session: connect (TLS from the first byte for `tls`), EHLO, STARTTLS when asked
+    /// for (required: no fallback to plain text), AUTH when configured.
+    fn connect(&self) -> Result<SmtpConnection, SmtpError> {
+        let wrapper = match &self.tls {
+            Some((SmtpTls::Tls, params)) => Some(params),
+            _ => None,
+        };
+        let mut conn = SmtpConnection::connect(
+            (self.host.as_str(), self.port),
+            Some(self.timeout),
+            &self.hello,
+            wrapper,
+            None,
+        )?;
+        if let Some((SmtpTls::Starttls, params)) = &self.tls {
+            conn.starttls(params, &self.hello)?;
+        }
+        if let Some(credentials) = &self.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials)?;
+        }
+        Ok(conn)
+    }
+}
+
+/// The message's content, dot-stuffed and with its end marker, written in ONE write: lettre's
+/// own `SmtpConnection::message` writes the end marker separately, and with Nagle on (lettre
+/// sets no TCP_NODELAY) that small second write waits for the relay's delayed ACK, 40 ms per
+/// email. Waiting there also widened the window between the relay's 250 and our `sent`.
+struct Content(String);
+
+impl std::fmt::Display for Content {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn content(message: &[u8]) -> Content {
+    let text = String::from_utf8_lossy(message);
+    let mut out = String::with_capacity(text.len() + 8);
+    for line in text.split_inclusive('\n') {
+        // RFC 5321 4.5.2: a line that starts with a dot gets another.
+        if line.starts_with('.') {
+            out.push('.');
+        }
+        out.push_str(line);
+    }
+    if !out.ends_with("\r\n") {
+        out.push_str("\r\n");
+    }
+    out.push_str(".\r\n");
+    Content(out)
+}
+
+/// The thread: one email at a time. A session is kept while more emails wait and closed as
+/// soon as none does, so an idle mailer holds no connection and no timer. The outcome is
+/// reported as soon as the relay answers the message, before QUIT.
 fn mailer_thread(
-    transport: &SmtpTransport,
+    relay: &Relay,
     from: &Mailbox,
     jobs: &flume::Receiver<Job>,
     done: &flume::Sender<Done>,
     stopping: &AtomicBool,
 ) {
+    let mut session: Option<SmtpConnection> = None;
     for job in jobs.iter() {
         let outcome = if stopping.load(Ordering::Relaxed) {
             Outcome::NotTried
         } else {
-            deliver(transport, from, &job)
+            deliver(relay, &mut session, from, &job)
         };
         // The shard is gone (process ending): the email stays `sending`, resent at start-up.
         if done
@@ -221,10 +294,23 @@ fn mailer_thread(
         {
             return;
         }
+        if jobs.is_empty() {
+            if let Some(mut conn) = session.take() {
+                let _ = conn.quit();
+            }
+        }
+    }
+    if let Some(mut conn) = session.take() {
+        let _ = conn.quit();
     }
 }
 
-fn deliver(transport: &SmtpTransport, from: &Mailbox, job: &Job) -> Outcome {
+fn deliver(
+    relay: &Relay,
+    session: &mut Option<SmtpConnection>,
+    from: &Mailbox,
+    job: &Job,
+) -> Outcome {
     let to: Mailbox = match job.to.parse() {
         Ok(to) => to,
         Err(e) => {
@@ -248,20 +334,65 @@ fn deliver(transport: &SmtpTransport, from: &Mailbox, job: &Job) -> Outcome {
             }
         }
     };
-    match transport.send(&message) {
-        Ok(_) => Outcome::Sent,
-        Err(e) if timed_out(&e) => Outcome::Failed {
+    // A kept session may have been closed by the relay meanwhile (NOOP checks).
+    if let Some(conn) = session.as_mut() {
+        if !conn.test_connected() {
+            *session = None;
+        }
+    }
+    let conn = match session {
+        Some(conn) => conn,
+        None => match relay.connect() {
+            Ok(conn) => session.insert(conn),
+            Err(e) => return failed(&e),
+        },
+    };
+    match transaction(conn, &message) {
+        Ok(()) => Outcome::Sent,
+        Err(e) => {
+            if let Some(mut conn) = session.take() {
+                conn.abort();
+            }
+            failed(&e)
+        }
+    }
+}
+
+/// MAIL, RCPT, DATA and the content on an open session.
+fn transaction(conn: &mut SmtpConnection, message: &Message) -> Result<(), SmtpError> {
+    let envelope = message.envelope();
+    let mut params = Vec::new();
+    let ascii = |a: &lettre::Address| AsRef::<str>::as_ref(a).is_ascii();
+    let non_ascii = !envelope.to().iter().all(ascii) || !envelope.from().is_none_or(ascii);
+    if non_ascii {
+        // A relay without SMTPUTF8 refuses the MAIL command: a failed try like any other.
+        params.push(MailParameter::SmtpUtfEight);
+    }
+    conn.command(MailCommand::new(envelope.from().cloned(), params))?;
+    for to in envelope.to() {
+        conn.command(Rcpt::new(to.clone(), Vec::new()))?;
+    }
+    conn.command(Data)?;
+    // The message is ASCII: lettre encodes bodies (quoted-printable) and headers.
+    conn.command(content(&message.formatted()))?;
+    Ok(())
+}
+
+fn failed(e: &SmtpError) -> Outcome {
+    if timed_out(e) {
+        Outcome::Failed {
             error: format!("timed out: {e}"),
-        },
-        Err(e) => Outcome::Failed {
+        }
+    } else {
+        Outcome::Failed {
             error: e.to_string(),
-        },
+        }
     }
 }
 
 /// A socket timeout shows as `TimedOut`, or on Linux as `WouldBlock` (EAGAIN from a read or
 /// write with SO_RCVTIMEO/SO_SNDTIMEO), which lettre's `is_timeout` does not recognise.
-fn timed_out(e: &lettre::transport::smtp::Error) -> bool {
+fn timed_out(e: &SmtpError) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
@@ -297,48 +428,20 @@ pub async fn run(shard: Rc<Shard>) {
             break;
         }
         let free = mail.in_flight_max.saturating_sub(mail.in_flight.get());
+        // `None`: nothing to do until woken (an email queued, an outcome recorded, a drain).
         let mut next_wait = None;
         if free > 0 {
             let now = now_ms();
-            let domain = mail.msgid_domain.clone();
-            let claimed = shard
-                .partition
-                .write(move |t| communication::claim_due(t, now, free, &domain))
-                .await;
-            match claimed {
-                Ok(claimed) => {
-                    for email in claimed {
-                        let job = Job {
-                            id: email.id,
-                            to: email.to,
-                            subject: email.subject,
-                            body: email.body,
-                            message_id: email.message_id.unwrap_or_default(),
-                        };
-                        // Never full: at most `in_flight_max` jobs exist, the channel's size.
-                        if jobs.try_send(job).is_err() {
-                            tracing::error!(
-                                shard = shard.id,
-                                "the mailer thread is gone; emails stay queued"
-                            );
-                            shard.mail.stopped.fire();
-                            return;
-                        }
-                        mail.in_flight.set(mail.in_flight.get() + 1);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(shard = shard.id, error = %e, "claiming due emails failed");
-                    next_wait = Some(Duration::from_millis(CLAIM_RETRY_MS));
-                }
-            }
-        }
-        if next_wait.is_none() && mail.in_flight.get() < mail.in_flight_max {
-            // Everything due is out; sleep until the next queued email is due, if any.
+            // A read first: most wake-ups (outcomes) find nothing due, and a claim is a commit.
             match shard.read(communication::next_due_ms) {
-                Ok(Some(due)) => {
-                    next_wait = Some(Duration::from_millis(due.saturating_sub(now_ms()).max(1)));
-                }
+                Ok(Some(due)) if due <= now => match claim(&shard, &jobs, now, free).await {
+                    Ok(()) => continue,
+                    Err(Stop) => {
+                        shard.mail.stopped.fire();
+                        return;
+                    }
+                },
+                Ok(Some(due)) => next_wait = Some(Duration::from_millis(due - now)),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(shard = shard.id, error = %e, "reading the email queue failed");
@@ -365,6 +468,52 @@ pub async fn run(shard: Rc<Shard>) {
     outcomes.await;
     let _ = thread.join();
     shard.mail.stopped.fire();
+}
+
+/// The mailer thread is gone: nothing more can be sent by this process.
+struct Stop;
+
+/// Claims up to `free` due emails (one commit) and hands them to the thread. A failed commit
+/// is logged and waited out (the emails stay queued).
+async fn claim(
+    shard: &Rc<Shard>,
+    jobs: &flume::Sender<Job>,
+    now: u64,
+    free: usize,
+) -> Result<(), Stop> {
+    let mail = &shard.mail;
+    let domain = mail.msgid_domain.clone();
+    let claimed = shard
+        .partition
+        .write(move |t| communication::claim_due(t, now, free, &domain))
+        .await;
+    let claimed = match claimed {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(shard = shard.id, error = %e, "claiming due emails failed");
+            glommio::timer::sleep(Duration::from_millis(CLAIM_RETRY_MS)).await;
+            return Ok(());
+        }
+    };
+    for email in claimed {
+        let job = Job {
+            id: email.id,
+            to: email.to,
+            subject: email.subject,
+            body: email.body,
+            message_id: email.message_id.unwrap_or_default(),
+        };
+        // Never full: at most `in_flight_max` jobs exist, the channel's size.
+        if jobs.try_send(job).is_err() {
+            tracing::error!(
+                shard = shard.id,
+                "the mailer thread is gone; emails stay `sending` until the next start"
+            );
+            return Err(Stop);
+        }
+        mail.in_flight.set(mail.in_flight.get() + 1);
+    }
+    Ok(())
 }
 
 /// Start-up: emails left `sending` by the previous process go back to `queued` (and are sent
@@ -479,6 +628,23 @@ fn log_outcome(shard: usize, d: &Done, state: Option<EmailStatus>) {
         }
         (Outcome::Failed { error } | Outcome::Rejected { error }, Some(_)) => {
             tracing::info!(shard, email = d.id, error = %error, "email try failed; will retry");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_is_dot_stuffed_and_ends_with_the_marker() {
+        for (message, expected) in [
+            ("a\r\nb\r\n", "a\r\nb\r\n.\r\n"),
+            (".x\r\n..y\r\nz.\r\n", "..x\r\n...y\r\nz.\r\n.\r\n"),
+            ("no newline", "no newline\r\n.\r\n"),
+            ("a\r\n.\r\nb", "a\r\n..\r\nb\r\n.\r\n"),
+        ] {
+            assert_eq!(content(message.as_bytes()).0, expected, "{message:?}");
         }
     }
 }
