@@ -2,6 +2,7 @@
 //! the shards' redb files. redb lets one process open a file at a time, so a running server
 //! is detected (its files are locked) and the command refuses, saying so.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -53,7 +54,16 @@ pub fn run(cmd: EmailsCommand) -> anyhow::Result<()> {
                 None => EmailStatus::ALL.to_vec(),
             };
             let dbs = open_all(&data_dir)?;
-            println!("id\tstate\tattempts\tnext_attempt_at\tkind\tto\tmessage_id\tlast_error");
+            let mut out = std::io::stdout().lock();
+            // A reader that stops early (`| head`) ends the listing, quietly.
+            let quiet = |e: std::io::Error| match e.kind() {
+                std::io::ErrorKind::BrokenPipe => Ok(()),
+                _ => Err(e),
+            };
+            let header = "id\tstate\tattempts\tnext_attempt_at\tkind\tto\tmessage_id\tlast_error";
+            if let Err(e) = writeln!(out, "{header}") {
+                return Ok(quiet(e)?);
+            }
             for status in states {
                 let mut all = Vec::new();
                 for db in &dbs {
@@ -62,7 +72,9 @@ pub fn run(cmd: EmailsCommand) -> anyhow::Result<()> {
                 }
                 all.sort_by(|a, b| b.updated_ms.cmp(&a.updated_ms).then(b.id.cmp(&a.id)));
                 for email in all {
-                    println!("{}", line(&email));
+                    if let Err(e) = writeln!(out, "{}", line(&email)) {
+                        return Ok(quiet(e)?);
+                    }
                 }
             }
             Ok(())
@@ -96,7 +108,11 @@ pub fn run(cmd: EmailsCommand) -> anyhow::Result<()> {
                     }
                 }
             }
-            println!("{moved} email(s) moved back to queued; the server sends them when it runs");
+            // The change is committed; a closed stdout only loses the message.
+            let _ = writeln!(
+                std::io::stdout(),
+                "{moved} email(s) moved back to queued; the server sends them when it runs"
+            );
             Ok(())
         }
     }
