@@ -65,6 +65,9 @@ pub struct Config {
     /// 0 = the usual port of `smtp_tls` (25, 587 or 465).
     pub smtp_port: u16,
     pub smtp_tls: SmtpTls,
+    /// A PEM CA certificate trusted for the relay besides the built-in web roots (a private
+    /// relay's own CA).
+    pub smtp_ca_file: Option<PathBuf>,
     pub smtp_username: Option<String>,
     pub smtp_password: Option<String>,
     /// The From of every email, e.g. `Nova <nova@example.org>`; its domain names Message-IDs.
@@ -144,6 +147,7 @@ impl Default for Config {
             smtp_host: None,
             smtp_port: 0,
             smtp_tls: SmtpTls::Starttls,
+            smtp_ca_file: None,
             smtp_username: None,
             smtp_password: None,
             mail_from: "Nova <nova@localhost>".to_string(),
@@ -247,6 +251,8 @@ pub struct ServeArgs {
     pub smtp_port: Option<u16>,
     #[arg(long, env = "NOVA_SMTP_TLS", value_enum)]
     pub smtp_tls: Option<SmtpTls>,
+    #[arg(long, env = "NOVA_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
     #[arg(long, env = "NOVA_SMTP_USERNAME")]
     pub smtp_username: Option<String>,
     #[arg(long, env = "NOVA_SMTP_PASSWORD", hide_env_values = true)]
@@ -333,6 +339,9 @@ impl Config {
             if arg.is_some() {
                 slot.clone_from(arg);
             }
+        }
+        if args.smtp_ca_file.is_some() {
+            cfg.smtp_ca_file.clone_from(&args.smtp_ca_file);
         }
         if args.tls_cert.is_some() {
             cfg.tls_cert = args.tls_cert.clone();

@@ -28,7 +28,7 @@ use std::time::Duration;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail as MailCommand, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, MailParameter};
 use lettre::transport::smtp::Error as SmtpError;
@@ -194,11 +194,20 @@ impl Relay {
     fn new(cfg: &Config, host: &str) -> anyhow::Result<Relay> {
         let tls = match cfg.smtp_tls {
             SmtpTls::None => None,
-            mode => Some((
-                mode,
-                TlsParameters::new(host.to_string())
-                    .map_err(|e| anyhow::anyhow!("smtp TLS for {host}: {e}"))?,
-            )),
+            mode => {
+                let mut params = TlsParameters::builder(host.to_string());
+                if let Some(path) = &cfg.smtp_ca_file {
+                    let pem = std::fs::read(path)
+                        .map_err(|e| anyhow::anyhow!("smtp_ca_file {}: {e}", path.display()))?;
+                    let ca = Certificate::from_pem(&pem)
+                        .map_err(|e| anyhow::anyhow!("smtp_ca_file {}: {e}", path.display()))?;
+                    params = params.add_root_certificate(ca);
+                }
+                let params = params
+                    .build_rustls()
+                    .map_err(|e| anyhow::anyhow!("smtp TLS for {host}: {e}"))?;
+                Some((mode, params))
+            }
         };
         let credentials = match (&cfg.smtp_username, &cfg.smtp_password) {
             (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.clone())),

@@ -269,3 +269,45 @@ fn without_a_relay_emails_stay_queued_and_are_listed() {
     let (ok, _, err) = admin_emails(&["list", "--data-dir", "/nonexistent/nova"]);
     assert!(!ok && err.contains("not a nova data directory"), "{err}");
 }
+
+#[test]
+fn starttls_and_implicit_tls_carry_the_session_and_the_certificate_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = dir.path().join("relay.pem");
+    let key = dir.path().join("relay.key");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let ca = cert.display().to_string();
+    for mode in ["starttls", "tls"] {
+        let sink = Sink::start_tls(mode, &cert, &key);
+        let server = start(sink.port, &["--smtp-tls", mode, "--smtp-ca-file", &ca]);
+        for user in server.users_on_each_shard() {
+            let mail = sink.wait_one(&user.email, VERIFY, WAIT);
+            assert_eq!(shard_of(mail.email_id()), user.shard());
+        }
+    }
+    // Without the relay's CA the certificate is refused and nothing is sent in clear.
+    let sink = Sink::start_tls("starttls", &cert, &key);
+    let mut server = start(
+        sink.port,
+        &[
+            "--smtp-tls",
+            "starttls",
+            "--mail-attempts-max",
+            "2",
+            "--mail-backoff-base-ms",
+            "100",
+        ],
+    );
+    let user = server.register_new();
+    wait_status(&server, &user.email, "dead");
+    server.stop();
+    let dead = admin_list(&server.launch().data_dir(), Some("dead"));
+    let row = dead.iter().find(|l| l.to == user.email).unwrap();
+    assert!(
+        row.last_error.to_lowercase().contains("certificate"),
+        "{row:?}"
+    );
+    assert!(sink.messages().is_empty());
+}

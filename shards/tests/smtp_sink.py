@@ -1,6 +1,9 @@
 """An SMTP server for Nova's mail tests (aiosmtpd on loopback).
 
-Usage: python smtp_sink.py PORT DIR
+Usage: python smtp_sink.py PORT DIR [starttls|tls CERT_PEM KEY_PEM]
+
+With `starttls` the server requires STARTTLS before MAIL; with `tls` it speaks TLS from the
+first byte (SMTPS).
 
 Prints "ready" once it listens. Every message it accepts (answers 250 to) is written to
 DIR/msg-<n>.eml (to a temporary name first, then renamed, so a reader never sees half a file).
@@ -13,7 +16,9 @@ The file DIR/mode, read on every command, makes it misbehave:
 
 import asyncio
 import itertools
+import logging
 import os
+import ssl
 import sys
 import time
 
@@ -57,9 +62,22 @@ class Sink:
 
 
 def main():
+    # Sessions a test makes fail on purpose (a refused certificate) would log tracebacks.
+    logging.getLogger("mail.log").setLevel(logging.CRITICAL)
     port = int(sys.argv[1])
     directory = sys.argv[2]
-    controller = Controller(Sink(directory), hostname="127.0.0.1", port=port)
+    kwargs = {}
+    if len(sys.argv) > 3:
+        mode, cert, key = sys.argv[3], sys.argv[4], sys.argv[5]
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        if mode == "starttls":
+            kwargs = {"tls_context": context, "require_starttls": True}
+        elif mode == "tls":
+            kwargs = {"ssl_context": context}
+        else:
+            sys.exit(f"unknown TLS mode {mode!r}")
+    controller = Controller(Sink(directory), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print("ready", flush=True)
     try:

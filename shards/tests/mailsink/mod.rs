@@ -89,12 +89,32 @@ impl Sink {
         Sink::start_in(port, dir)
     }
 
+    /// A sink that speaks TLS (`starttls`: required STARTTLS; `tls`: from the first byte)
+    /// with this certificate and key (PEM files).
+    pub fn start_tls(mode: &str, cert: &Path, key: &Path) -> Sink {
+        let dir = tempfile::Builder::new()
+            .prefix("nova-smtp-")
+            .tempdir()
+            .unwrap();
+        let tls = [
+            mode.to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        ];
+        Sink::spawn(free_port(), dir, &tls)
+    }
+
     fn start_in(port: u16, dir: tempfile::TempDir) -> Sink {
+        Sink::spawn(port, dir, &[])
+    }
+
+    fn spawn(port: u16, dir: tempfile::TempDir, tls: &[String]) -> Sink {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_sink.py");
         let mut child = Command::new(python())
             .arg(&script)
             .arg(port.to_string())
             .arg(dir.path())
+            .args(tls)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
