@@ -311,3 +311,42 @@ fn starttls_and_implicit_tls_carry_the_session_and_the_certificate_is_checked() 
     );
     assert!(sink.messages().is_empty());
 }
+
+#[test]
+fn a_clean_restart_while_sending_loses_and_repeats_nothing() {
+    let sink = Sink::start();
+    // Slow enough that SIGTERM finds emails claimed and one at the relay.
+    sink.set_mode("slow:0.3");
+    let mut server = start(sink.port, &[]);
+    let mut users = server.users_on_each_shard();
+    while users.len() < 8 {
+        users.push(server.register_new());
+    }
+    sink.wait_for(WAIT, "a first email", |got| !got.is_empty());
+    server.stop();
+    let listed = admin_list(&server.launch().data_dir(), None);
+    assert!(
+        listed.iter().all(|l| l.state != "sending"),
+        "a clean stop records every outcome: {listed:?}"
+    );
+    let queued = listed.iter().filter(|l| l.state == "queued").count();
+    assert!(queued > 0, "the stop came while emails waited: {listed:?}");
+    // Emails never started went back without their try counted.
+    assert!(listed
+        .iter()
+        .filter(|l| l.state == "queued")
+        .all(|l| l.attempts == 0));
+    sink.set_mode("ok");
+    server.restart();
+    for user in &users {
+        sink.wait_one(&user.email, VERIFY, WAIT);
+        wait_status(&server, &user.email, "sent");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_no_duplicates(&sink);
+    assert!(
+        !server.stderr_text().contains("interrupted mid-send"),
+        "{}",
+        server.stderr_text()
+    );
+}
