@@ -126,7 +126,9 @@ fn a_relay_down_at_first_is_retried_and_each_email_arrives_once() {
     // Tries fail (connection refused) and the emails wait, queued, for the next one.
     std::thread::sleep(Duration::from_millis(1500));
     for user in &users {
-        assert_eq!(statuses(&server, &user.email), ["queued"]);
+        let s = statuses(&server, &user.email);
+        // `sending` only for the instant of a try.
+        assert!(s == ["queued"] || s == ["sending"], "{s:?}");
     }
     let sink = Sink::start_on(port);
     for user in &users {
