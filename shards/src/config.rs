@@ -451,6 +451,17 @@ impl Config {
         {
             self.smtp_host = None;
         }
+        if let Some(host) = self.smtp_host.as_deref() {
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            anyhow::ensure!(
+                self.smtp_username.is_none() || self.smtp_tls != SmtpTls::None || loopback,
+                "smtp_username needs smtp_tls starttls or tls: the password would cross the \
+                 network in clear (plain SMTP with a password is allowed to a loopback relay only)"
+            );
+        }
         crate::mail::check_from(&self.mail_from)?;
         Ok(())
     }

@@ -358,3 +358,61 @@ fn a_clean_restart_while_sending_loses_and_repeats_nothing() {
         server.stderr_text()
     );
 }
+
+#[test]
+fn credentials_go_over_tls_only_and_a_wrong_password_is_a_failed_try() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let cert = dir.path().join("relay.pem");
+    let key = dir.path().join("relay.key");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let ca = cert.display().to_string();
+    let sink = Sink::start_tls_auth("starttls", &cert, &key, Some("nova:s3cret-pw"));
+    for (password, delivered) in [("s3cret-pw", true), ("wrong-pw", false)] {
+        let mut server = start(
+            sink.port,
+            &[
+                "--smtp-tls",
+                "starttls",
+                "--smtp-ca-file",
+                &ca,
+                "--smtp-username",
+                "nova",
+                "--smtp-password",
+                password,
+                "--mail-attempts-max",
+                "2",
+                "--mail-backoff-base-ms",
+                "100",
+            ],
+        );
+        let user = server.register_new();
+        if delivered {
+            sink.wait_one(&user.email, VERIFY, WAIT);
+            wait_status(&server, &user.email, "sent");
+        } else {
+            wait_status(&server, &user.email, "dead");
+            server.stop();
+            let dead = admin_list(&server.launch().data_dir(), Some("dead"));
+            let row = dead.iter().find(|l| l.to == user.email).unwrap();
+            assert!(row.last_error.contains("535"), "{row:?}");
+            assert!(sink.messages_to(&user.email).is_empty());
+        }
+    }
+    // A password over plain SMTP to a remote relay is refused at start-up.
+    let exited = Launch::new()
+        .args(&[
+            "--smtp-host",
+            "mail.example.org",
+            "--smtp-tls",
+            "none",
+            "--smtp-username",
+            "nova",
+            "--smtp-password",
+            "x",
+        ])
+        .run_expecting_exit();
+    assert!(!exited.status.success());
+    assert!(exited.stderr.contains("in clear"), "{}", exited.stderr);
+}

@@ -1,9 +1,9 @@
 """An SMTP server for Nova's mail tests (aiosmtpd on loopback).
 
-Usage: python smtp_sink.py PORT DIR [starttls|tls CERT_PEM KEY_PEM]
+Usage: python smtp_sink.py PORT DIR [starttls|tls CERT_PEM KEY_PEM [USER:PASSWORD]]
 
 With `starttls` the server requires STARTTLS before MAIL; with `tls` it speaks TLS from the
-first byte (SMTPS).
+first byte (SMTPS). With USER:PASSWORD it requires AUTH (PLAIN or LOGIN) with exactly those.
 
 Prints "ready" once it listens. Every message it accepts (answers 250 to) is written to
 DIR/msg-<n>.eml (to a temporary name first, then renamed, so a reader never sees half a file).
@@ -23,6 +23,7 @@ import sys
 import time
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Sink:
@@ -77,6 +78,18 @@ def main():
             kwargs = {"ssl_context": context}
         else:
             sys.exit(f"unknown TLS mode {mode!r}")
+        if len(sys.argv) > 6:
+            user, password = sys.argv[6].split(":", 1)
+
+            def authenticator(server, session, envelope, mechanism, auth_data):
+                ok = (
+                    isinstance(auth_data, LoginPassword)
+                    and auth_data.login.decode() == user
+                    and auth_data.password.decode() == password
+                )
+                return AuthResult(success=ok, handled=False)
+
+            kwargs.update(authenticator=authenticator, auth_required=True, auth_require_tls=True)
     controller = Controller(Sink(directory), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print("ready", flush=True)

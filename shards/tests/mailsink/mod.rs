@@ -92,15 +92,21 @@ impl Sink {
     /// A sink that speaks TLS (`starttls`: required STARTTLS; `tls`: from the first byte)
     /// with this certificate and key (PEM files).
     pub fn start_tls(mode: &str, cert: &Path, key: &Path) -> Sink {
+        Sink::start_tls_auth(mode, cert, key, None)
+    }
+
+    /// As `start_tls`, and with `Some("user:password")` AUTH is required with exactly those.
+    pub fn start_tls_auth(mode: &str, cert: &Path, key: &Path, auth: Option<&str>) -> Sink {
         let dir = tempfile::Builder::new()
             .prefix("nova-smtp-")
             .tempdir()
             .unwrap();
-        let tls = [
+        let mut tls = vec![
             mode.to_string(),
             cert.display().to_string(),
             key.display().to_string(),
         ];
+        tls.extend(auth.map(str::to_string));
         Sink::spawn(free_port(), dir, &tls)
     }
 
