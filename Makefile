@@ -6,10 +6,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # ffmpeg's libraries (the media crate links them), clang for ffmpeg-next's bindings.
 BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libswscale-dev \
 	libswresample-dev libavfilter-dev libavdevice-dev clang libclang-dev pkg-config
+# The mail tests run a real SMTP server: Python's aiosmtpd, installed from PyPI into a venv.
+TEST_PACKAGES := python3-venv
+PYENV := target/pyenv
 # taskset pins the server and the load generator to separate cores.
 BENCH_PACKAGES := util-linux
 
-.PHONY: run test bench lint deps bench-deps clean
+.PHONY: run test bench lint deps bench-deps clean pyenv
 
 define install_missing
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -20,7 +23,12 @@ define install_missing
 endef
 
 deps:
-	$(call install_missing,$(BUILD_PACKAGES))
+	$(call install_missing,$(BUILD_PACKAGES) $(TEST_PACKAGES))
+
+# aiosmtpd for shards/tests/mail*.rs (they look for $(PYENV)/bin/python, or NOVA_TEST_PYTHON).
+pyenv: deps
+	@$(PYENV)/bin/python -c 'import aiosmtpd' 2>/dev/null || \
+		{ python3 -m venv $(PYENV) && $(PYENV)/bin/pip install -q 'aiosmtpd==1.4.6'; }
 
 bench-deps: deps
 	$(call install_missing,$(BENCH_PACKAGES))
@@ -28,7 +36,7 @@ bench-deps: deps
 run: deps
 	$(CARGO) run --release -p nova-shards --bin nova -- serve $(ARGS)
 
-test: deps lint
+test: deps lint pyenv
 	$(CARGO) test --workspace --all-targets
 
 lint: deps

@@ -61,6 +61,52 @@ pub struct Config {
     pub streams_per_user_max: usize,
     /// A comment line is sent on an idle stream this often.
     pub stream_heartbeat_ms: u64,
+
+    /// SMTP relay host; without one, emails stay queued (listable with `nova admin emails`).
+    pub smtp_host: Option<String>,
+    /// 0 = the usual port of `smtp_tls` (25, 587 or 465).
+    pub smtp_port: u16,
+    pub smtp_tls: SmtpTls,
+    /// A PEM CA certificate trusted for the relay besides the built-in web roots (a private
+    /// relay's own CA).
+    pub smtp_ca_file: Option<PathBuf>,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
+    /// The From of every email, e.g. `Nova <nova@example.org>`; its domain names Message-IDs.
+    pub mail_from: String,
+    /// Per SMTP command (connect, each reply): a relay slower than this fails the try.
+    pub smtp_timeout_ms: u64,
+    /// Tries per email; after the last failed one the email is dead (kept, listable).
+    pub mail_attempts_max: u32,
+    /// Wait after the first failed try, doubled after each further one (with jitter).
+    pub mail_backoff_base_ms: u64,
+    pub mail_backoff_max_ms: u64,
+    /// Emails each shard's mailer thread holds at once (claimed and not yet answered).
+    pub mail_in_flight_max: usize,
+    /// Sent emails are deleted after this many days.
+    pub mail_sent_retention_days: u64,
+}
+
+/// How the SMTP connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP (a relay on the same host or network only).
+    None,
+    /// Plain connection upgraded with STARTTLS, required (port 587).
+    Starttls,
+    /// TLS from the first byte (SMTPS, port 465).
+    Tls,
+}
+
+impl SmtpTls {
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        }
+    }
 }
 
 impl Default for Config {
@@ -101,6 +147,19 @@ impl Default for Config {
             streams_per_shard_max: 2048,
             streams_per_user_max: 8,
             stream_heartbeat_ms: 15_000,
+            smtp_host: None,
+            smtp_port: 0,
+            smtp_tls: SmtpTls::Starttls,
+            smtp_ca_file: None,
+            smtp_username: None,
+            smtp_password: None,
+            mail_from: "Nova <nova@localhost>".to_string(),
+            smtp_timeout_ms: 10_000,
+            mail_attempts_max: 8,
+            mail_backoff_base_ms: 30_000,
+            mail_backoff_max_ms: 3_600_000,
+            mail_in_flight_max: 4,
+            mail_sent_retention_days: 7,
         }
     }
 }
@@ -191,6 +250,33 @@ pub struct ServeArgs {
     pub streams_per_user_max: Option<usize>,
     #[arg(long, env = "NOVA_STREAM_HEARTBEAT_MS")]
     pub stream_heartbeat_ms: Option<u64>,
+    /// SMTP relay host (without one, emails stay queued).
+    #[arg(long, env = "NOVA_SMTP_HOST")]
+    pub smtp_host: Option<String>,
+    #[arg(long, env = "NOVA_SMTP_PORT")]
+    pub smtp_port: Option<u16>,
+    #[arg(long, env = "NOVA_SMTP_TLS", value_enum)]
+    pub smtp_tls: Option<SmtpTls>,
+    #[arg(long, env = "NOVA_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+    #[arg(long, env = "NOVA_SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    #[arg(long, env = "NOVA_SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+    #[arg(long, env = "NOVA_MAIL_FROM")]
+    pub mail_from: Option<String>,
+    #[arg(long, env = "NOVA_SMTP_TIMEOUT_MS")]
+    pub smtp_timeout_ms: Option<u64>,
+    #[arg(long, env = "NOVA_MAIL_ATTEMPTS_MAX")]
+    pub mail_attempts_max: Option<u32>,
+    #[arg(long, env = "NOVA_MAIL_BACKOFF_BASE_MS")]
+    pub mail_backoff_base_ms: Option<u64>,
+    #[arg(long, env = "NOVA_MAIL_BACKOFF_MAX_MS")]
+    pub mail_backoff_max_ms: Option<u64>,
+    #[arg(long, env = "NOVA_MAIL_IN_FLIGHT_MAX")]
+    pub mail_in_flight_max: Option<usize>,
+    #[arg(long, env = "NOVA_MAIL_SENT_RETENTION_DAYS")]
+    pub mail_sent_retention_days: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -240,8 +326,29 @@ impl Config {
             event_retention_days,
             streams_per_shard_max,
             streams_per_user_max,
-            stream_heartbeat_ms
+            stream_heartbeat_ms,
+            smtp_port,
+            smtp_tls,
+            mail_from,
+            smtp_timeout_ms,
+            mail_attempts_max,
+            mail_backoff_base_ms,
+            mail_backoff_max_ms,
+            mail_in_flight_max,
+            mail_sent_retention_days
         );
+        for (slot, arg) in [
+            (&mut cfg.smtp_host, &args.smtp_host),
+            (&mut cfg.smtp_username, &args.smtp_username),
+            (&mut cfg.smtp_password, &args.smtp_password),
+        ] {
+            if arg.is_some() {
+                slot.clone_from(arg);
+            }
+        }
+        if args.smtp_ca_file.is_some() {
+            cfg.smtp_ca_file.clone_from(&args.smtp_ca_file);
+        }
         if args.tls_cert.is_some() {
             cfg.tls_cert = args.tls_cert.clone();
         }
@@ -309,6 +416,7 @@ impl Config {
             ("commit_queue_max", self.commit_queue_max),
             ("mesh_queue_max", self.mesh_queue_max),
             ("hash_queue_max", self.hash_queue_max),
+            ("mail_in_flight_max", self.mail_in_flight_max),
         ] {
             anyhow::ensure!(v > 0, "{name} must be positive");
         }
@@ -317,6 +425,10 @@ impl Config {
             ("header_read_timeout_ms", self.header_read_timeout_ms),
             ("access_token_ttl_s", self.access_token_ttl_s),
             ("refresh_token_ttl_s", self.refresh_token_ttl_s),
+            ("smtp_timeout_ms", self.smtp_timeout_ms),
+            ("mail_backoff_base_ms", self.mail_backoff_base_ms),
+            ("mail_backoff_max_ms", self.mail_backoff_max_ms),
+            ("mail_attempts_max", u64::from(self.mail_attempts_max)),
         ] {
             anyhow::ensure!(v > 0, "{name} must be positive");
         }
@@ -340,7 +452,43 @@ impl Config {
         ] {
             anyhow::ensure!(v > 0, "{name} must be positive");
         }
+        anyhow::ensure!(
+            self.mail_in_flight_max <= 1024,
+            "mail_in_flight_max must be at most 1024"
+        );
+        anyhow::ensure!(
+            self.smtp_username.is_some() == self.smtp_password.is_some(),
+            "smtp_username and smtp_password go together"
+        );
+        if self
+            .smtp_host
+            .as_deref()
+            .is_some_and(|h| h.trim().is_empty())
+        {
+            self.smtp_host = None;
+        }
+        if let Some(host) = self.smtp_host.as_deref() {
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            anyhow::ensure!(
+                self.smtp_username.is_none() || self.smtp_tls != SmtpTls::None || loopback,
+                "smtp_username needs smtp_tls starttls or tls: the password would cross the \
+                 network in clear (plain SMTP with a password is allowed to a loopback relay only)"
+            );
+        }
+        crate::mail::check_from(&self.mail_from)?;
         Ok(())
+    }
+
+    /// `smtp_port`, or the usual one for `smtp_tls`.
+    pub fn smtp_port(&self) -> u16 {
+        if self.smtp_port == 0 {
+            self.smtp_tls.default_port()
+        } else {
+            self.smtp_port
+        }
     }
 }
 

@@ -13,6 +13,8 @@ mod error;
 mod hasher;
 mod http;
 mod limits;
+mod mail;
+mod mail_admin;
 mod mesh;
 mod messaging;
 mod metrics;
@@ -66,6 +68,9 @@ enum AdminCommand {
     },
     /// Check a backup (checksums, database pages, row counts) or a data dir (pages).
     Verify { path: std::path::PathBuf },
+    /// The email queue: list emails by state, send dead ones again.
+    #[command(subcommand)]
+    Emails(mail_admin::EmailsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -73,7 +78,9 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Admin(cmd) => match admin(cmd) {
             Ok(out) => {
-                println!("{out}");
+                if !out.is_empty() {
+                    println!("{out}");
+                }
                 std::process::ExitCode::SUCCESS
             }
             Err(e) => {
@@ -104,6 +111,7 @@ fn main() -> std::process::ExitCode {
 
 fn admin(cmd: AdminCommand) -> anyhow::Result<String> {
     match cmd {
+        AdminCommand::Emails(cmd) => mail_admin::run(cmd).map(|()| String::new()),
         AdminCommand::Backup {
             dest,
             server,

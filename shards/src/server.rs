@@ -227,6 +227,13 @@ async fn shard_main(start: ShardStart) {
             return;
         }
     };
+    let mail = match crate::mail::Mail::start(&cfg, id) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id} cannot start its mailer: {e:#}")));
+            return;
+        }
+    };
     let inbox_len = {
         let inbox = inbox.clone();
         Box::new(move || inbox.len())
@@ -255,6 +262,7 @@ async fn shard_main(start: ShardStart) {
         streams: crate::stream::Streams::default(),
         typing: crate::messaging::Typing::default(),
         draining: Notify::default(),
+        mail,
     });
     // The mesh must be served before recovery broadcasts, or two shards could wait on each
     // other's full inboxes.
@@ -272,6 +280,7 @@ async fn shard_main(start: ShardStart) {
     *accept_slot.borrow_mut() = Some(accept);
     glommio::spawn_local(Rc::clone(&shard).housekeeping()).detach();
     glommio::spawn_local(Rc::clone(&shard).relay_loop()).detach();
+    glommio::spawn_local(crate::mail::run(Rc::clone(&shard))).detach();
     let _ = ready.send(Ok(()));
     mesh_loop.await;
 }
@@ -301,12 +310,16 @@ async fn serve_mesh(shard: Rc<Shard>, inbox: flume::Receiver<ShardMsg>, accept_s
             ShardMsg::Revoked { sessions } => shard.note_revoked(&sessions),
             ShardMsg::Drain { done } => {
                 shard.draining.fire();
+                shard.mail.wake();
                 let accept = accept_slot.borrow_mut().take();
                 let id = shard.id;
+                let mail_shard = Rc::clone(&shard);
                 glommio::spawn_local(async move {
                     if let Some(accept) = accept {
                         accept.await;
                     }
+                    // Outcomes of emails being sent are recorded before the shard stops.
+                    mail_shard.mail.stopped.wait().await;
                     let _ = done.send(id);
                 })
                 .detach();

@@ -94,6 +94,8 @@ pub struct Shard {
     pub typing: crate::messaging::Typing,
     /// Fired when the shard starts draining: stop accepting, close idle connections.
     pub draining: Notify,
+    /// The shard's mailer (shards/src/mail.rs).
+    pub mail: crate::mail::Mail,
 }
 
 impl Shard {
@@ -301,6 +303,9 @@ impl Shard {
                         identity::request_password_reset(t, &ctx, user_id, email_id, ttl)
                     })
                     .await;
+                if result.is_ok() {
+                    self.mail.wake();
+                }
                 let _ = reply.send(result.map_err(Fail::from));
             }
             Op::ConfirmReset {
@@ -421,7 +426,10 @@ impl Shard {
                 )
             })
             .await;
-        if created.is_err() {
+        if created.is_ok() {
+            // Its verification email is queued (durably): the mailer may send it.
+            self.mail.wake();
+        } else {
             // Best effort: a claim left behind goes stale and is taken over later.
             let key = email_key.clone();
             let _ = self
