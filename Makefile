@@ -7,7 +7,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_PACKAGES := libavcodec-dev libavformat-dev libavutil-dev libswscale-dev \
 	libswresample-dev libavfilter-dev libavdevice-dev clang libclang-dev pkg-config
 # The mail tests run a real SMTP server: Python's aiosmtpd, installed from PyPI into a venv.
-TEST_PACKAGES := python3-venv
+# The ffmpeg command makes the media tests' inputs and checks their outputs (Nova never runs it).
+TEST_PACKAGES := python3-venv ffmpeg
 PYENV := target/pyenv
 # taskset pins the server and the load generator to separate cores.
 BENCH_PACKAGES := util-linux

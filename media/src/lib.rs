@@ -1,107 +1,160 @@
-//! Media probing and processing, in-process through ffmpeg-next. This crate is the only one
-//! that links ffmpeg; it knows nothing of the domain (records live in `core`).
+//! Media probing and processing, in-process through ffmpeg-next, and the content-addressed
+//! blob store. This crate is the only one that links ffmpeg; it knows nothing of the domain
+//! (records and reference counts live in `core`).
 //!
-//! For now it probes: container, streams, codecs, dimensions and duration, read from the
-//! bytes (never from a file name or a declared type). Renditions and transcoding come with
-//! the media issue.
+//! - `inspect`: what a file is, from its bytes (never its name or declared type), checked
+//!   against `Limits` before anything is decoded (an image's own header is read by hand, so
+//!   a PNG that claims 50,000 x 50,000 costs 24 bytes of reading).
+//! - `process`: renditions into a directory. Images: upright, metadata stripped (the output
+//!   is made from pixels alone), a thumbnail (320) and a display copy (1280), never enlarged,
+//!   and a blurhash. Videos: an H.264 + AAC faststart MP4 ladder (360p, 720p, 1080p, never
+//!   above the source; a compliant rung is copied, not re-encoded) and a poster.
+//! - `BlobStore`: SHA-256 named files, durable before they are named.
+//!
+//! Everything here blocks and may take seconds: callers run it on their own threads.
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::sync::Once;
+mod blobs;
+mod blurhash;
+mod image;
+mod probe;
+mod sniff;
+mod video;
 
-use ffmpeg_next as ffmpeg;
+use std::path::{Path, PathBuf};
 
-/// What probing found in a file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Probe {
-    /// The demuxer's short name(s), e.g. `mov,mp4,m4a,3gp,3g2,mj2` or `png_pipe`.
-    pub container: String,
-    pub duration_s: Option<f64>,
-    pub streams: Vec<StreamInfo>,
-}
+pub use blobs::{valid_id, BlobId, BlobStore};
+pub use image::fit;
+pub use probe::{inspect, Kind, Limits, Probe};
+pub use sniff::{image_header, ImageFormat, ImageHeader};
+pub use video::{compliant, ladder, AAC_BIT_RATE, X264_CRF, X264_PRESET};
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamInfo {
-    pub kind: StreamKind,
-    pub codec: String,
-    pub width: u32,
-    pub height: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
-    Video,
-    Audio,
-    Other,
-}
+/// Longest side of an image's thumbnail.
+pub const THUMB_SIDE_MAX: u32 = 320;
+/// Longest side of an image's display copy.
+pub const DISPLAY_SIDE_MAX: u32 = 1280;
+/// BlurHash components (x, y).
+const BLURHASH_COMPONENTS: (u32, u32) = (4, 3);
+/// Side of the picture a blurhash is computed from (it only keeps 12 numbers anyway).
+const BLURHASH_SIDE: u32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MediaError {
-    /// ffmpeg could not open or understand the input.
-    #[error("not a readable media file: {0}")]
+    /// Not an image or video we take (format or codec).
+    #[error("unsupported media: {0}")]
+    Unsupported(String),
+    /// Recognised but damaged, truncated, or its header contradicts its data.
+    #[error("unreadable media: {0}")]
     Unreadable(String),
+    /// Over a limit (pixels, duration, frame rate); `code` names which.
+    #[error("{message}")]
+    Limit { code: &'static str, message: String },
+    /// Processing took longer than the time budget.
+    #[error("processing took longer than {budget_ms} ms")]
+    TimedOut { budget_ms: u64 },
+    /// ffmpeg failed while making renditions of a file that probed fine.
+    #[error("processing failed: {0}")]
+    Failed(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
-fn init() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        // Quiet: ffmpeg's own logging would bypass tracing and flood stderr on bad input.
-        ffmpeg::util::log::set_level(ffmpeg::util::log::Level::Fatal);
-        let _ = ffmpeg::init();
-    });
+/// One output file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendition {
+    /// `thumb.jpg`, `display.jpg`, `360p.mp4`, `720p.mp4`, `1080p.mp4`, `poster.jpg`.
+    pub name: String,
+    pub path: PathBuf,
+    pub mime: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub bytes: u64,
 }
 
-/// Probes the file at `path` from its contents.
-pub fn probe(path: &Path) -> Result<Probe, MediaError> {
-    init();
-    let input = ffmpeg::format::input(path).map_err(|e| MediaError::Unreadable(e.to_string()))?;
-    let duration = input.duration();
-    let duration_s = (duration > 0).then(|| duration as f64 / f64::from(ffmpeg::ffi::AV_TIME_BASE));
-    let mut streams = Vec::new();
-    for stream in input.streams() {
-        let params = stream.parameters();
-        let medium = params.medium();
-        let codec = ffmpeg::codec::context::Context::from_parameters(params)
-            .map_err(|e| MediaError::Unreadable(e.to_string()))?;
-        let (kind, width, height) = match medium {
-            ffmpeg::media::Type::Video => {
-                let v = codec
-                    .decoder()
-                    .video()
-                    .map_err(|e| MediaError::Unreadable(e.to_string()))?;
-                (StreamKind::Video, v.width(), v.height())
-            }
-            ffmpeg::media::Type::Audio => (StreamKind::Audio, 0, 0),
-            _ => (StreamKind::Other, 0, 0),
-        };
-        let codec_name = stream.parameters().id().name().to_string();
-        streams.push(StreamInfo {
-            kind,
-            codec: codec_name,
-            width,
-            height,
+/// What processing made.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub renditions: Vec<Rendition>,
+    pub blurhash: Option<String>,
+}
+
+/// Makes the renditions of the file at `path` (already `inspect`ed into `probe`) inside
+/// `out_dir`, within `limits.time_budget_ms`.
+pub fn process(
+    path: &Path,
+    probe: &Probe,
+    out_dir: &Path,
+    limits: &Limits,
+) -> Result<Processed, MediaError> {
+    probe::init();
+    let budget = probe::Budget::new(limits.time_budget_ms);
+    match probe.kind {
+        Kind::Image => process_image(path, probe, out_dir, &budget),
+        Kind::Video => {
+            let (renditions, blurhash) = video::process(path, probe, out_dir, &budget)?;
+            Ok(Processed {
+                renditions,
+                blurhash,
+            })
+        }
+    }
+}
+
+fn process_image(
+    path: &Path,
+    probe: &Probe,
+    out_dir: &Path,
+    budget: &probe::Budget,
+) -> Result<Processed, MediaError> {
+    let frame = image::first_frame(path, &probe.container, budget)?;
+    let mut renditions = Vec::with_capacity(2);
+    let mut hash = None;
+    for (name, side) in [
+        ("thumb.jpg", THUMB_SIDE_MAX),
+        ("display.jpg", DISPLAY_SIDE_MAX),
+    ] {
+        budget.check()?;
+        let img = image::upright(&frame, probe.orientation, side)?;
+        if hash.is_none() {
+            hash = Some(blurhash_of(&img)?);
+        }
+        let jpeg = image::encode_jpeg(&img)?;
+        let out = out_dir.join(name);
+        std::fs::write(&out, &jpeg)?;
+        renditions.push(Rendition {
+            name: name.to_string(),
+            path: out,
+            mime: "image/jpeg",
+            width: img.w,
+            height: img.h,
+            bytes: jpeg.len() as u64,
         });
     }
-    Ok(Probe {
-        container: input.format().name().to_string(),
-        duration_s,
-        streams,
+    Ok(Processed {
+        renditions,
+        blurhash: hash,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn garbage_is_refused() {
-        let dir = std::env::temp_dir().join(format!("nova-media-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("junk.bin");
-        std::fs::write(&path, b"this is not a picture").unwrap();
-        assert!(probe(&path).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+/// A blurhash of an upright RGBA picture, computed on a small copy of it.
+pub(crate) fn blurhash_of(img: &image::Rgba) -> Result<String, MediaError> {
+    let (w, h) = fit(img.w, img.h, BLURHASH_SIDE);
+    let small = if (w, h) == (img.w, img.h) {
+        None
+    } else {
+        let mut frame =
+            ffmpeg_next::frame::Video::new(ffmpeg_next::format::Pixel::RGBA, img.w, img.h);
+        let stride = frame.stride(0);
+        let row = img.w as usize * 4;
+        let plane = frame.data_mut(0);
+        for y in 0..img.h as usize {
+            plane[y * stride..y * stride + row].copy_from_slice(&img.data[y * row..(y + 1) * row]);
+        }
+        Some(image::to_rgba(&frame, w, h)?)
+    };
+    let src = small.as_ref().unwrap_or(img);
+    let (cx, cy) = BLURHASH_COMPONENTS;
+    Ok(blurhash::encode(cx, cy, src.w, src.h, &src.data))
 }
