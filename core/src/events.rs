@@ -80,6 +80,18 @@ pub enum Event {
         follower: u64,
         followee: u64,
     },
+    /// The uploader's media finished processing and can be shown (history only, on the
+    /// uploader's shard: `core/src/media.rs` `finish`).
+    MediaReady {
+        media_id: u64,
+        owner: u64,
+    },
+    /// The uploader's media could not be processed.
+    MediaFailed {
+        media_id: u64,
+        owner: u64,
+        reason: String,
+    },
 }
 
 /// Appends `event` to the history and queues it for each shard in `targets`.
@@ -245,6 +257,8 @@ pub fn apply(
         Event::ConversationLeft { conversation, user } => {
             messages::drop_from_inbox(txn, *user, *conversation)?
         }
+        // Recorded on the uploader's own shard, never sent anywhere.
+        Event::MediaReady { .. } | Event::MediaFailed { .. } => {}
     }
     Ok(true)
 }

@@ -17,6 +17,7 @@ pub mod events;
 pub mod identity;
 mod ids;
 pub mod messages;
+pub mod media;
 pub mod password;
 pub mod profiles;
 pub mod social;
