@@ -65,6 +65,9 @@ pub struct UserView {
     pub email: String,
     pub email_verified: bool,
     pub created_at: String,
+    /// Media storage used and allowed (only in `GET /v1/me`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<crate::MediaUsageView>,
 }
 
 #[derive(Debug, Serialize)]

@@ -67,6 +67,15 @@ pub enum Route {
     DsbCompose,
     DsbUserTimeline,
     DsbHomeTimeline,
+    MediaUpload,
+    GetMedia(u64),
+    DeleteMedia(u64),
+    MediaFile(u64),
+    TusOptions,
+    TusCreate,
+    TusHead(u64),
+    TusPatch(u64),
+    TusDelete(u64),
 }
 
 /// Why no route matched.
@@ -140,6 +149,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/wrk2-api/post/compose"),
     ("GET", "/wrk2-api/user-timeline/read"),
     ("GET", "/wrk2-api/home-timeline/read"),
+    ("POST", "/v1/media"),
+    ("GET", "/v1/media/{id}"),
+    ("DELETE", "/v1/media/{id}"),
+    ("GET", "/v1/media/{id}/{name}"),
+    ("OPTIONS", "/v1/uploads"),
+    ("POST", "/v1/uploads"),
+    ("HEAD", "/v1/uploads/{id}"),
+    ("PATCH", "/v1/uploads/{id}"),
+    ("DELETE", "/v1/uploads/{id}"),
 ];
 
 impl Route {
@@ -194,6 +212,12 @@ impl Route {
             "/wrk2-api/post/compose" => one(DsbCompose, Method::POST),
             "/wrk2-api/user-timeline/read" => one(DsbUserTimeline, Method::GET),
             "/wrk2-api/home-timeline/read" => one(DsbHomeTimeline, Method::GET),
+            "/v1/media" => one(MediaUpload, Method::POST),
+            "/v1/uploads" => match *method {
+                Method::OPTIONS => Ok(TusOptions),
+                Method::POST => Ok(TusCreate),
+                _ => Err(RouteMiss::MethodNotAllowed),
+            },
             _ => Route::find_with_id(method, path),
         }
     }
@@ -247,6 +271,26 @@ impl Route {
                 "approve" => by_method(None, Some(ApproveFollowRequest(id)), None),
                 "reject" => by_method(None, Some(RejectFollowRequest(id)), None),
                 _ => Err(RouteMiss::NotFound),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/v1/media/") {
+            let (id, name) = rest.split_once('/').unwrap_or((rest, ""));
+            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            if name.is_empty() {
+                return by_method(Some(GetMedia(id)), None, Some(DeleteMedia(id)));
+            }
+            if name.contains('/') {
+                return Err(RouteMiss::NotFound);
+            }
+            return by_method(Some(MediaFile(id)), None, None);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/uploads/") {
+            let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return match *method {
+                Method::HEAD => Ok(TusHead(id)),
+                Method::PATCH => Ok(TusPatch(id)),
+                Method::DELETE => Ok(TusDelete(id)),
+                _ => Err(RouteMiss::MethodNotAllowed),
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/sessions/") {
@@ -339,6 +383,11 @@ impl Route {
             DsbCompose => "/wrk2-api/post/compose",
             DsbUserTimeline => "/wrk2-api/user-timeline/read",
             DsbHomeTimeline => "/wrk2-api/home-timeline/read",
+            MediaUpload => "/v1/media",
+            GetMedia(_) | DeleteMedia(_) => "/v1/media/{id}",
+            MediaFile(_) => "/v1/media/{id}/{name}",
+            TusOptions | TusCreate => "/v1/uploads",
+            TusHead(_) | TusPatch(_) | TusDelete(_) => "/v1/uploads/{id}",
         }
     }
 }

@@ -129,7 +129,11 @@ pub async fn handle(shard: Rc<Shard>, req: Request<Incoming>, peer: IpAddr) -> R
     let route = Route::find(req.method(), req.uri().path());
     let template = route.map_or("unmatched", Route::template);
     let span = tracing::info_span!("request", id = %request_id, route = template, shard = shard.id, user = tracing::field::Empty);
-    let deadline = started + Duration::from_millis(shard.cfg.request_timeout_ms);
+    let timeout_ms = route
+        .ok()
+        .and_then(|r| crate::api_media::timeout_ms(r, &shard.cfg))
+        .unwrap_or(shard.cfg.request_timeout_ms);
+    let deadline = started + Duration::from_millis(timeout_ms);
     let result = async {
         let route = match route {
             Ok(route) => route,
@@ -319,6 +323,15 @@ async fn dispatch(
         | Route::DeleteMessage(_) => {
             crate::api_messages::dispatch(shard, route, req, deadline).await
         }
+        Route::MediaUpload
+        | Route::GetMedia(_)
+        | Route::DeleteMedia(_)
+        | Route::MediaFile(_)
+        | Route::TusOptions
+        | Route::TusCreate
+        | Route::TusHead(_)
+        | Route::TusPatch(_)
+        | Route::TusDelete(_) => crate::api_media::dispatch(shard, route, req, deadline).await,
         social => crate::api_social::dispatch(shard, social, req, deadline).await,
     }
 }
@@ -453,6 +466,7 @@ fn user_view(user: &identity::User) -> wire::UserView {
         email: user.email.clone(),
         email_verified: user.email_verified,
         created_at: rfc3339(user.created_ms),
+        media: None,
     }
 }
 
@@ -679,11 +693,20 @@ async fn me(shard: &Rc<Shard>, req: Request<Incoming>, deadline: Instant) -> Res
         })
         .await?;
     let user = user.ok_or_else(ApiError::not_found)?;
+    let used_bytes = shard
+        .ask(shard_of(user_id), deadline, |reply| Op::MediaUsage {
+            user_id,
+            reply,
+        })
+        .await?;
+    let mut view = user_view(&user);
+    view.media = Some(wire::MediaUsageView {
+        used_bytes,
+        quota_bytes: shard.cfg.media_quota_bytes,
+    });
     Ok(Reply::json(
         StatusCode::OK,
-        &wire::UserEnvelope {
-            user: user_view(&user),
-        },
+        &wire::UserEnvelope { user: view },
     ))
 }
 

@@ -85,6 +85,36 @@ pub struct Config {
     pub mail_in_flight_max: usize,
     /// Sent emails are deleted after this many days.
     pub mail_sent_retention_days: u64,
+    /// Largest body of `POST /v1/media` (larger files go through tus).
+    pub media_upload_bytes_max: usize,
+    /// Largest image file.
+    pub media_image_bytes_max: u64,
+    /// Largest video file (also the largest tus upload).
+    pub media_video_bytes_max: u64,
+    /// Width x height of an image or a video frame.
+    pub media_pixels_max: u64,
+    /// Longest video.
+    pub media_duration_s_max: u64,
+    /// Highest video frame rate.
+    pub media_frame_rate_max: u32,
+    /// Wall time to process one file before it fails.
+    pub media_time_budget_s: u64,
+    /// Bytes a user may store, originals and every rendition counted.
+    pub media_quota_bytes: u64,
+    /// Transcoding threads (run at a lower priority than the shards).
+    pub media_threads: usize,
+    /// Nice value of the transcoding threads (0..=19).
+    pub media_nice: i32,
+    /// Files waiting for a transcoding thread (more stay pending on disk).
+    pub media_queue_max: usize,
+    /// Time for a media upload request (bodies are large).
+    pub media_request_timeout_ms: u64,
+    /// Lifetime of signed URLs for private media.
+    pub media_url_ttl_s: u64,
+    /// An unfinished resumable upload is dropped after this.
+    pub tus_upload_ttl_s: u64,
+    /// Largest body of one tus PATCH.
+    pub tus_chunk_bytes_max: u64,
 }
 
 /// How the SMTP connection is protected.
@@ -160,6 +190,21 @@ impl Default for Config {
             mail_backoff_max_ms: 3_600_000,
             mail_in_flight_max: 4,
             mail_sent_retention_days: 7,
+            media_upload_bytes_max: 64 * 1024 * 1024,
+            media_image_bytes_max: 32 * 1024 * 1024,
+            media_video_bytes_max: 1024 * 1024 * 1024,
+            media_pixels_max: 40_000_000,
+            media_duration_s_max: 600,
+            media_frame_rate_max: 120,
+            media_time_budget_s: 900,
+            media_quota_bytes: 5 * 1024 * 1024 * 1024,
+            media_threads: 1,
+            media_nice: 19,
+            media_queue_max: 1024,
+            media_request_timeout_ms: 300_000,
+            media_url_ttl_s: 3600,
+            tus_upload_ttl_s: 24 * 3600,
+            tus_chunk_bytes_max: 1024 * 1024 * 1024,
         }
     }
 }
@@ -277,6 +322,36 @@ pub struct ServeArgs {
     pub mail_in_flight_max: Option<usize>,
     #[arg(long, env = "NOVA_MAIL_SENT_RETENTION_DAYS")]
     pub mail_sent_retention_days: Option<u64>,
+    #[arg(long, env = "NOVA_MEDIA_UPLOAD_BYTES_MAX")]
+    pub media_upload_bytes_max: Option<usize>,
+    #[arg(long, env = "NOVA_MEDIA_IMAGE_BYTES_MAX")]
+    pub media_image_bytes_max: Option<u64>,
+    #[arg(long, env = "NOVA_MEDIA_VIDEO_BYTES_MAX")]
+    pub media_video_bytes_max: Option<u64>,
+    #[arg(long, env = "NOVA_MEDIA_PIXELS_MAX")]
+    pub media_pixels_max: Option<u64>,
+    #[arg(long, env = "NOVA_MEDIA_DURATION_S_MAX")]
+    pub media_duration_s_max: Option<u64>,
+    #[arg(long, env = "NOVA_MEDIA_FRAME_RATE_MAX")]
+    pub media_frame_rate_max: Option<u32>,
+    #[arg(long, env = "NOVA_MEDIA_TIME_BUDGET_S")]
+    pub media_time_budget_s: Option<u64>,
+    #[arg(long, env = "NOVA_MEDIA_QUOTA_BYTES")]
+    pub media_quota_bytes: Option<u64>,
+    #[arg(long, env = "NOVA_MEDIA_THREADS")]
+    pub media_threads: Option<usize>,
+    #[arg(long, env = "NOVA_MEDIA_NICE")]
+    pub media_nice: Option<i32>,
+    #[arg(long, env = "NOVA_MEDIA_QUEUE_MAX")]
+    pub media_queue_max: Option<usize>,
+    #[arg(long, env = "NOVA_MEDIA_REQUEST_TIMEOUT_MS")]
+    pub media_request_timeout_ms: Option<u64>,
+    #[arg(long, env = "NOVA_MEDIA_URL_TTL_S")]
+    pub media_url_ttl_s: Option<u64>,
+    #[arg(long, env = "NOVA_TUS_UPLOAD_TTL_S")]
+    pub tus_upload_ttl_s: Option<u64>,
+    #[arg(long, env = "NOVA_TUS_CHUNK_BYTES_MAX")]
+    pub tus_chunk_bytes_max: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -335,7 +410,22 @@ impl Config {
             mail_backoff_base_ms,
             mail_backoff_max_ms,
             mail_in_flight_max,
-            mail_sent_retention_days
+            mail_sent_retention_days,
+            media_upload_bytes_max,
+            media_image_bytes_max,
+            media_video_bytes_max,
+            media_pixels_max,
+            media_duration_s_max,
+            media_frame_rate_max,
+            media_time_budget_s,
+            media_quota_bytes,
+            media_threads,
+            media_nice,
+            media_queue_max,
+            media_request_timeout_ms,
+            media_url_ttl_s,
+            tus_upload_ttl_s,
+            tus_chunk_bytes_max
         );
         for (slot, arg) in [
             (&mut cfg.smtp_host, &args.smtp_host),
@@ -417,6 +507,8 @@ impl Config {
             ("mesh_queue_max", self.mesh_queue_max),
             ("hash_queue_max", self.hash_queue_max),
             ("mail_in_flight_max", self.mail_in_flight_max),
+            ("media_threads", self.media_threads),
+            ("media_queue_max", self.media_queue_max),
         ] {
             anyhow::ensure!(v > 0, "{name} must be positive");
         }

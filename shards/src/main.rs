@@ -5,6 +5,7 @@
 mod api;
 mod api_dsb;
 mod api_messages;
+mod api_media;
 mod api_social;
 mod backup;
 mod body;
@@ -15,6 +16,7 @@ mod http;
 mod limits;
 mod mail;
 mod mail_admin;
+mod media_jobs;
 mod mesh;
 mod messaging;
 mod metrics;

@@ -411,6 +411,62 @@ pub enum Op {
         events: Vec<(u64, Event)>,
         reply: Reply<()>,
     },
+
+    // ---- media (shards/src/media_jobs.rs) ----
+    /// Record an upload (its blob stored already); the id is made on the owner's shard.
+    MediaCreate {
+        new: nova_core::media::NewMedia,
+        reply: Reply<nova_core::media::Media>,
+    },
+    MediaGet {
+        id: u64,
+        reply: Reply<Option<nova_core::media::MediaView>>,
+    },
+    MediaDelete {
+        id: u64,
+        owner: u64,
+        reply: Reply<()>,
+    },
+    MediaRendition {
+        id: u64,
+        name: String,
+        reply: Reply<Option<(nova_core::media::Media, nova_core::media::Rendition)>>,
+    },
+    /// From a transcoding thread: mark processing (counting the attempt) before the work.
+    MediaStart {
+        id: u64,
+        reply: Reply<Option<nova_core::media::Media>>,
+    },
+    /// From a transcoding thread: commit the result.
+    MediaFinish {
+        id: u64,
+        outcome: nova_core::media::Outcome,
+        reply: Reply<nova_core::media::Finished>,
+    },
+    MediaUsage {
+        user_id: u64,
+        reply: Reply<u64>,
+    },
+    TusCreate {
+        upload: nova_core::media::TusUpload,
+        reply: Reply<nova_core::media::TusUpload>,
+    },
+    TusGet {
+        id: u64,
+        reply: Reply<Option<nova_core::media::TusUpload>>,
+    },
+    TusAdvance {
+        id: u64,
+        owner: u64,
+        from: u64,
+        to: u64,
+        reply: Reply<nova_core::media::TusUpload>,
+    },
+    TusRemove {
+        id: u64,
+        owner: u64,
+        reply: Reply<()>,
+    },
 }
 
 /// A comment with its counts as the viewer sees them.

@@ -40,6 +40,7 @@ struct ShardStart {
     dummy_hash: Arc<str>,
     tls: Option<futures_rustls::TlsAcceptor>,
     ready: flume::Sender<Result<(), String>>,
+    media: crate::media_jobs::Media,
 }
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
@@ -76,6 +77,31 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..n).map(|_| flume::bounded(cfg.mesh_queue_max)).unzip();
+    let media_url_key: Arc<[u8]> = data
+        .secret("media-url.key", || {
+            nova_core::tokens::random_bytes().to_vec()
+        })?
+        .into();
+    let (media, media_threads) = crate::media_jobs::Media::start(
+        &cfg.data,
+        media_url_key,
+        &partitions,
+        senders.clone(),
+        crate::media_jobs::MediaSettings {
+            limits: nova_media::Limits {
+                pixels_max: cfg.media_pixels_max,
+                side_pixels_max: nova_media::Limits::default().side_pixels_max,
+                duration_ms_max: cfg.media_duration_s_max * 1000,
+                frame_rate_max: f64::from(cfg.media_frame_rate_max),
+                time_budget_ms: cfg.media_time_budget_s * 1000,
+            },
+            image_bytes_max: cfg.media_image_bytes_max,
+            video_bytes_max: cfg.media_video_bytes_max,
+            threads: cfg.media_threads,
+            nice: cfg.media_nice,
+            queue_max: cfg.media_queue_max,
+        },
+    )?;
     let (ready_tx, ready_rx) = flume::unbounded();
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(n);
@@ -93,6 +119,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             dummy_hash: Arc::clone(&dummy),
             tls: tls.clone(),
             ready: ready_tx.clone(),
+            media: media.clone(),
         };
         let placement = match cpus.get(k % cpus.len().max(1)) {
             Some(cpu) => Placement::Fixed(*cpu),
@@ -160,6 +187,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         p.close();
     }
     hash_threads.join();
+    drop(media);
+    media_threads.join();
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -219,6 +248,7 @@ async fn shard_main(start: ShardStart) {
         dummy_hash,
         tls,
         ready,
+        media,
     } = start;
     let listener = match glommio::net::TcpListener::bind(addr) {
         Ok(l) => l,
@@ -263,6 +293,7 @@ async fn shard_main(start: ShardStart) {
         typing: crate::messaging::Typing::default(),
         draining: Notify::default(),
         mail,
+        media,
     });
     // The mesh must be served before recovery broadcasts, or two shards could wait on each
     // other's full inboxes.
@@ -281,6 +312,7 @@ async fn shard_main(start: ShardStart) {
     glommio::spawn_local(Rc::clone(&shard).housekeeping()).detach();
     glommio::spawn_local(Rc::clone(&shard).relay_loop()).detach();
     glommio::spawn_local(crate::mail::run(Rc::clone(&shard))).detach();
+    glommio::spawn_local(crate::media_jobs::requeue_loop(Rc::clone(&shard))).detach();
     let _ = ready.send(Ok(()));
     mesh_loop.await;
 }

@@ -96,6 +96,8 @@ pub struct Shard {
     pub draining: Notify,
     /// The shard's mailer (shards/src/mail.rs).
     pub mail: crate::mail::Mail,
+    /// The media threads (intake, transcoding) and blob stores.
+    pub media: crate::media_jobs::Media,
 }
 
 impl Shard {
@@ -324,6 +326,7 @@ impl Shard {
             Op::Metrics { reply } => {
                 let _ = reply.send(Ok(self.snapshot()));
             }
+            media if media.is_media() => crate::media_jobs::serve(&self, media).await,
             social => self.serve_social(social, deadline).await,
         }
     }
