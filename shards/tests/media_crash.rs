@@ -1,0 +1,106 @@
+//! Proves that media processing survives a SIGKILL of the `nova` process: media killed while
+//! processing (a video being transcoded) or still waiting in the queue (images uploaded by a
+//! user of the other shard) is processed after the restart: every one ends ready or failed,
+//! never stuck pending or processing, and an acknowledged upload is never lost.
+
+// Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn make(args: &[&str], out: &std::path::Path) -> Vec<u8> {
+    let status = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y"])
+        .args(args)
+        .arg(out)
+        .status()
+        .expect("the ffmpeg command (Debian package ffmpeg) is needed by these tests");
+    assert!(status.success());
+    std::fs::read(out).unwrap()
+}
+
+fn state(server: &Server, token: &str, id: &str) -> String {
+    let resp = server.get(&format!("/v1/media/{id}"), Some(token));
+    resp.expect(200);
+    resp.str("media.state").to_string()
+}
+
+#[test]
+fn sigkill_during_processing_leaves_nothing_stuck() {
+    let mut server = Server::start(&[]);
+    let dir = std::env::temp_dir().join(format!("nova-media-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let video = make(
+        &[
+            "-f", "lavfi", "-i", "testsrc2=s=1920x1080:r=30:d=6",
+            "-f", "lavfi", "-i", "sine=d=6",
+            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p", "-c:a", "aac",
+        ],
+        &dir.join("big.mp4"),
+    );
+    let users = server.users_on_each_shard();
+    let a = server.login(&users[0].username, &users[0].password).access;
+    let b = server.login(&users[1].username, &users[1].password).access;
+
+    let mut uploaded: Vec<(String, String)> = Vec::new();
+    let resp = server.req(
+        &Req::post("/v1/media")
+            .bearer(&a)
+            .raw("video/mp4", video)
+            .timeout(Duration::from_secs(60)),
+    );
+    resp.expect(202);
+    uploaded.push((a.clone(), resp.str("media.id").to_string()));
+    // Images from the other shard's user queue up behind the video.
+    for i in 0..3 {
+        let img = make(
+            &["-f", "lavfi", "-i", &format!("testsrc2=s={}x300", 400 + i), "-frames:v", "1"],
+            &dir.join(format!("img{i}.png")),
+        );
+        let resp = server.req(&Req::post("/v1/media").bearer(&b).raw("image/png", img));
+        resp.expect(202);
+        uploaded.push((b.clone(), resp.str("media.id").to_string()));
+    }
+    // Kill while the video is being transcoded.
+    let started = Instant::now();
+    while state(&server, &a, &uploaded[0].1) != "processing" {
+        assert!(started.elapsed() < Duration::from_secs(60), "never started processing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(state(&server, &a, &uploaded[0].1), "processing", "finished too soon to test");
+    server.kill9();
+    server.restart();
+
+    let started = Instant::now();
+    for (token, id) in &uploaded {
+        loop {
+            let s = state(&server, token, id);
+            if s == "ready" || s == "failed" {
+                assert_eq!(s, "ready", "media {id} failed after the restart");
+                break;
+            }
+            assert!(
+                started.elapsed() < SETTLE_TIMEOUT,
+                "media {id} is still {s} after the restart"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let video = server.get(&format!("/v1/media/{}", uploaded[0].1), Some(&a));
+    let names: Vec<&str> = video
+        .at("media.renditions")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.get("name").unwrap().as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["1080p.mp4", "360p.mp4", "720p.mp4", "poster.jpg"]);
+}
