@@ -39,9 +39,22 @@ fn sigkill_during_processing_leaves_nothing_stuck() {
     std::fs::create_dir_all(&dir).unwrap();
     let video = make(
         &[
-            "-f", "lavfi", "-i", "testsrc2=s=1920x1080:r=30:d=6",
-            "-f", "lavfi", "-i", "sine=d=6",
-            "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv444p", "-c:a", "aac",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=1920x1080:r=30:d=6",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=d=6",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv444p",
+            "-c:a",
+            "aac",
         ],
         &dir.join("big.mp4"),
     );
@@ -61,7 +74,14 @@ fn sigkill_during_processing_leaves_nothing_stuck() {
     // Images from the other shard's user queue up behind the video.
     for i in 0..3 {
         let img = make(
-            &["-f", "lavfi", "-i", &format!("testsrc2=s={}x300", 400 + i), "-frames:v", "1"],
+            &[
+                "-f",
+                "lavfi",
+                "-i",
+                &format!("testsrc2=s={}x300", 400 + i),
+                "-frames:v",
+                "1",
+            ],
             &dir.join(format!("img{i}.png")),
         );
         let resp = server.req(&Req::post("/v1/media").bearer(&b).raw("image/png", img));
@@ -71,11 +91,18 @@ fn sigkill_during_processing_leaves_nothing_stuck() {
     // Kill while the video is being transcoded.
     let started = Instant::now();
     while state(&server, &a, &uploaded[0].1) != "processing" {
-        assert!(started.elapsed() < Duration::from_secs(60), "never started processing");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "never started processing"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(state(&server, &a, &uploaded[0].1), "processing", "finished too soon to test");
+    assert_eq!(
+        state(&server, &a, &uploaded[0].1),
+        "processing",
+        "finished too soon to test"
+    );
     server.kill9();
     server.restart();
 

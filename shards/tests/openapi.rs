@@ -209,8 +209,7 @@ fn the_server_answers_the_documented_routes_only() {
                     );
                     let exempt = NOT_FOUND_WITHOUT_DATA.contains(&path.as_str())
                         && resp.status == 404
-                        && nova_protocol::Route::find(&upper.parse().unwrap(), &concrete)
-                            .is_ok();
+                        && nova_protocol::Route::find(&upper.parse().unwrap(), &concrete).is_ok();
                     assert!(
                         exempt || (resp.status != 404 && resp.status != 405),
                         "documented {upper} {path} is not routed: {}",
