@@ -322,6 +322,11 @@ impl Media {
         }
     }
 
+    /// Files waiting for a transcoding thread.
+    pub fn queue_len(&self) -> usize {
+        self.work.len()
+    }
+
     /// Queues media `id` of shard `shard` for processing; false when the queue is full (it
     /// stays pending on disk and the sweep queues it later).
     pub fn enqueue(&self, shard: usize, id: u64) -> bool {

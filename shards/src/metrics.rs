@@ -50,6 +50,8 @@ pub struct Snapshot {
     pub open_connections: usize,
     pub commit: CommitStatsSnapshot,
     pub mesh_queue_depth: usize,
+    /// Media files waiting for a transcoding thread (one queue for the process).
+    pub transcode_queue_depth: usize,
 }
 
 impl Metrics {
@@ -134,6 +136,17 @@ pub fn render(mut shards: Vec<Snapshot>) -> String {
             out,
             "nova_mesh_queue_depth{{shard=\"{}\"}} {}",
             s.shard, s.mesh_queue_depth
+        );
+    }
+    if let Some(s) = shards.first() {
+        out.push_str(
+            "# HELP nova_transcode_queue_depth Media files waiting for a transcoding thread.\n",
+        );
+        out.push_str("# TYPE nova_transcode_queue_depth gauge\n");
+        let _ = writeln!(
+            out,
+            "nova_transcode_queue_depth {}",
+            s.transcode_queue_depth
         );
     }
     out.push_str(

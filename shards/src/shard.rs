@@ -193,6 +193,7 @@ impl Shard {
             open_connections: self.open_connections.get(),
             commit: self.partition.stats(),
             mesh_queue_depth: (self.inbox_len)(),
+            transcode_queue_depth: self.media.queue_len(),
         }
     }
 
