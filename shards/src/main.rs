@@ -4,8 +4,8 @@
 
 mod api;
 mod api_dsb;
-mod api_messages;
 mod api_media;
+mod api_messages;
 mod api_social;
 mod backup;
 mod body;
