@@ -636,6 +636,33 @@ pub fn verify_url(key: &[u8], id: u64, name: &str, expires_s: u64, sig: &str, no
     bool::from(expected.as_bytes().ct_eq(sig.as_bytes()))
 }
 
+/// Every blob the records of this shard reference.
+pub fn blob_refs(read: &ReadTransaction) -> Result<Vec<String>, CoreError> {
+    let table = match read.open_table(MEDIA_BLOB_REFS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        out.push(row?.0.value().to_string());
+    }
+    Ok(out)
+}
+
+/// Copies this module's tables (backups).
+pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
+    c.copy(MEDIA_UPLOADS)?;
+    c.copy(MEDIA_METADATA)?;
+    c.copy(VIDEO_TRANSCODES)?;
+    c.copy(CDN_URLS)?;
+    c.copy(MEDIA_BLOB_REFS)?;
+    c.copy(MEDIA_USAGE)?;
+    c.copy(USER_MEDIA)?;
+    c.copy(MEDIA_TUS)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,6 +55,19 @@ pub fn write_backup(
 ) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
     prepare_empty(dest)?;
+    // The blobs the snapshot references first (a delete after the snapshot could free one).
+    for (k, read) in snapshots.iter().enumerate() {
+        for blob in nova_core::media::blob_refs(read).map_err(|e| anyhow::anyhow!("{e}"))? {
+            let rel = blob_rel(k, &blob)?;
+            let target = dest.join(&rel);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::copy(data_root.join(&rel), &target)
+                .with_context(|| format!("shard {k}: referenced blob {blob} is missing"))?;
+            std::fs::File::open(&target)?.sync_all()?;
+        }
+    }
     let mut tables = Vec::with_capacity(snapshots.len());
     for (k, read) in snapshots.iter().enumerate() {
         let path = dest.join(shard_file(k));
@@ -110,6 +123,9 @@ fn copy_other_files(root: &Path, dir: &Path, dest_root: &Path) -> anyhow::Result
         }
         let rel = path.strip_prefix(root)?;
         let target = dest_root.join(rel);
+        if target.exists() {
+            continue; // a referenced blob, copied already
+        }
         if kind.is_dir() {
             std::fs::create_dir_all(&target)?;
             copy_other_files(root, &path, dest_root)?;
@@ -123,6 +139,31 @@ fn copy_other_files(root: &Path, dir: &Path, dest_root: &Path) -> anyhow::Result
         }
     }
     Ok(())
+}
+
+/// Where blob `blob` of shard `k` lives, relative to a data dir or a backup.
+fn blob_rel(k: usize, blob: &str) -> anyhow::Result<PathBuf> {
+    if !nova_media::valid_id(blob) {
+        bail!("shard {k}: a blob reference {blob:?} is not a SHA-256");
+    }
+    Ok(PathBuf::from("media")
+        .join(format!("shard-{k}"))
+        .join(&blob[..2])
+        .join(blob))
+}
+
+/// Every blob a shard's records reference is there, with the content its name says.
+fn check_blobs(root: &Path, k: usize, read: &ReadTransaction) -> anyhow::Result<usize> {
+    let refs = nova_core::media::blob_refs(read).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for blob in &refs {
+        let path = root.join(blob_rel(k, blob)?);
+        let (_, sha) = hash_file(&path)
+            .with_context(|| format!("shard {k}: referenced blob {blob} is missing"))?;
+        if &sha != blob {
+            bail!("shard {k}: blob {blob} does not hash to its name (damaged)");
+        }
+    }
+    Ok(refs.len())
 }
 
 fn checksums(root: &Path) -> anyhow::Result<Vec<FileEntry>> {
@@ -269,6 +310,7 @@ pub fn verify(path: &Path) -> anyhow::Result<Report> {
             if want != got_nonempty {
                 bail!("shard {k}: table rows differ from the backup manifest");
             }
+            check_blobs(path, k, &read)?;
             report.rows += got.values().sum::<u64>();
         }
         report.shards = manifest.shards;
@@ -281,6 +323,7 @@ pub fn verify(path: &Path) -> anyhow::Result<Report> {
             let db = open_checked(&file)?;
             let read = db.begin_read()?;
             let rows = nova_core::backup::table_rows(&read).map_err(|e| anyhow::anyhow!("{e}"))?;
+            check_blobs(path, k, &read)?;
             report.rows += rows.values().sum::<u64>();
             report.bytes += std::fs::metadata(&file)?.len();
             report.files += 1;

@@ -255,6 +255,40 @@ fn damaged_backups_are_refused_and_the_admin_listener_wants_its_token() {
     server
         .post("/v1/posts", m.auth(), json!({"text": "something to keep"}))
         .expect(201);
+    // A picture, so that the backup holds media blobs.
+    let png = tempfile::tempdir().unwrap();
+    let png = png.path().join("p.png");
+    let made = Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=red:s=64x48",
+            "-frames:v",
+            "1",
+        ])
+        .arg(&png)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let up = server.req(
+        &Req::post("/v1/media")
+            .bearer(&m.token)
+            .raw("application/octet-stream", std::fs::read(&png).unwrap()),
+    );
+    up.expect(202);
+    let media = up.str("media.id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = server.get(&format!("/v1/media/{media}"), m.auth());
+        if r.str("media.state") == "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "media not ready: {}", r.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("b");
     ok(&nova(&[
@@ -264,6 +298,12 @@ fn damaged_backups_are_refused_and_the_admin_listener_wants_its_token() {
         "--server",
         &url,
     ]));
+    let blobs: Vec<_> = std::fs::read_dir(dest.join("media/shard-1"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().len() == 2)
+        .collect();
+    assert!(!blobs.is_empty(), "no media blobs in the backup");
 
     // The same destination again: refused, nothing overwritten.
     let again = nova(&["admin", "backup", dest.to_str().unwrap(), "--server", &url]);
@@ -338,4 +378,27 @@ fn damaged_backups_are_refused_and_the_admin_listener_wants_its_token() {
         "verify",
         server.launch().data_dir().to_str().unwrap(),
     ]));
+    // A referenced blob gone from a data dir: verify names it.
+    let data = server.launch().data_dir();
+    let shard_dir = data.join("media/shard-1");
+    let sub = std::fs::read_dir(&shard_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| e.file_name().len() == 2)
+        .unwrap()
+        .path();
+    let blob = std::fs::read_dir(&sub)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::remove_file(&blob).unwrap();
+    let v = nova(&["admin", "verify", data.to_str().unwrap()]);
+    assert!(!v.status.success());
+    assert!(
+        String::from_utf8_lossy(&v.stderr).contains("is missing"),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
 }
