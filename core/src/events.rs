@@ -80,6 +80,10 @@ pub enum Event {
         follower: u64,
         followee: u64,
     },
+    /// A notification for a user of the target shard (see `notifications::take_remote`).
+    Notified {
+        notice: Box<crate::notifications::New>,
+    },
 }
 
 /// Appends `event` to the history and queues it for each shard in `targets`.
@@ -245,6 +249,7 @@ pub fn apply(
         Event::ConversationLeft { conversation, user } => {
             messages::drop_from_inbox(txn, *user, *conversation)?
         }
+        Event::Notified { notice } => crate::notifications::apply_remote(txn, notice, now_ms)?,
     }
     Ok(true)
 }

@@ -17,8 +17,10 @@ pub mod events;
 pub mod identity;
 mod ids;
 pub mod messages;
+pub mod notifications;
 pub mod password;
 pub mod profiles;
+pub mod push;
 pub mod social;
 pub mod tokens;
 
