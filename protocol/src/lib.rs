@@ -6,10 +6,12 @@
 
 mod body;
 mod json;
+mod notify;
 mod routes;
 mod time;
 
 pub use body::*;
 pub use json::{error_body, parse_json, to_json, WireError};
+pub use notify::*;
 pub use routes::{Route, RouteMiss, ROUTES};
 pub use time::rfc3339;

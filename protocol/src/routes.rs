@@ -67,6 +67,13 @@ pub enum Route {
     DsbCompose,
     DsbUserTimeline,
     DsbHomeTimeline,
+    Notifications,
+    NotificationsRead,
+    NotificationsUnreadCount,
+    PushVapidKey,
+    PushSubscriptions,
+    PushSubscribe,
+    PushUnsubscribe,
 }
 
 /// Why no route matched.
@@ -140,6 +147,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/wrk2-api/post/compose"),
     ("GET", "/wrk2-api/user-timeline/read"),
     ("GET", "/wrk2-api/home-timeline/read"),
+    ("GET", "/v1/notifications"),
+    ("POST", "/v1/notifications/read"),
+    ("GET", "/v1/notifications/unread_count"),
+    ("GET", "/v1/push/vapid_public_key"),
+    ("GET", "/v1/push/subscriptions"),
+    ("POST", "/v1/push/subscriptions"),
+    ("DELETE", "/v1/push/subscriptions"),
 ];
 
 impl Route {
@@ -194,6 +208,16 @@ impl Route {
             "/wrk2-api/post/compose" => one(DsbCompose, Method::POST),
             "/wrk2-api/user-timeline/read" => one(DsbUserTimeline, Method::GET),
             "/wrk2-api/home-timeline/read" => one(DsbHomeTimeline, Method::GET),
+            "/v1/notifications" => one(Notifications, Method::GET),
+            "/v1/notifications/read" => one(NotificationsRead, Method::POST),
+            "/v1/notifications/unread_count" => one(NotificationsUnreadCount, Method::GET),
+            "/v1/push/vapid_public_key" => one(PushVapidKey, Method::GET),
+            "/v1/push/subscriptions" => match *method {
+                Method::GET => Ok(PushSubscriptions),
+                Method::POST => Ok(PushSubscribe),
+                Method::DELETE => Ok(PushUnsubscribe),
+                _ => Err(RouteMiss::MethodNotAllowed),
+            },
             _ => Route::find_with_id(method, path),
         }
     }
@@ -339,6 +363,11 @@ impl Route {
             DsbCompose => "/wrk2-api/post/compose",
             DsbUserTimeline => "/wrk2-api/user-timeline/read",
             DsbHomeTimeline => "/wrk2-api/home-timeline/read",
+            Notifications => "/v1/notifications",
+            NotificationsRead => "/v1/notifications/read",
+            NotificationsUnreadCount => "/v1/notifications/unread_count",
+            PushVapidKey => "/v1/push/vapid_public_key",
+            PushSubscriptions | PushSubscribe | PushUnsubscribe => "/v1/push/subscriptions",
         }
     }
 }

@@ -319,6 +319,13 @@ async fn dispatch(
         | Route::DeleteMessage(_) => {
             crate::api_messages::dispatch(shard, route, req, deadline).await
         }
+        Route::Notifications
+        | Route::NotificationsRead
+        | Route::NotificationsUnreadCount
+        | Route::PushVapidKey
+        | Route::PushSubscriptions
+        | Route::PushSubscribe
+        | Route::PushUnsubscribe => crate::api_notify::dispatch(shard, route, req, deadline).await,
         social => crate::api_social::dispatch(shard, social, req, deadline).await,
     }
 }

@@ -5,6 +5,7 @@
 mod api;
 mod api_dsb;
 mod api_messages;
+mod api_notify;
 mod api_social;
 mod backup;
 mod body;
@@ -18,6 +19,8 @@ mod mail_admin;
 mod mesh;
 mod messaging;
 mod metrics;
+mod notify;
+mod push;
 mod server;
 mod shard;
 mod social;

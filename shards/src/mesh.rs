@@ -411,6 +411,8 @@ pub enum Op {
         events: Vec<(u64, Event)>,
         reply: Reply<()>,
     },
+    /// Notifications and push subscriptions, on the user's shard (shards/src/notify.rs).
+    Notify(crate::notify::NotifyOp),
 }
 
 /// A comment with its counts as the viewer sees them.

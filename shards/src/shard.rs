@@ -96,6 +96,10 @@ pub struct Shard {
     pub draining: Notify,
     /// The shard's mailer (shards/src/mail.rs).
     pub mail: crate::mail::Mail,
+    /// Listeners of notifications committed on this shard (shards/src/notify.rs).
+    pub fresh: crate::notify::Fresh,
+    /// The Web Push delivery threads (shards/src/push.rs).
+    pub push: crate::push::Push,
 }
 
 impl Shard {
@@ -324,6 +328,7 @@ impl Shard {
             Op::Metrics { reply } => {
                 let _ = reply.send(Ok(self.snapshot()));
             }
+            Op::Notify(op) => self.serve_notify(op).await,
             social => self.serve_social(social, deadline).await,
         }
     }
