@@ -492,9 +492,11 @@ async fn metrics(shard: &Rc<Shard>, deadline: Instant) -> Result<Reply> {
                 .await?,
         );
     }
+    let mut text = crate::metrics::render(snapshots);
+    text.push_str(&shard.push.metrics_text());
     Ok(Reply {
         status: StatusCode::OK,
-        body: Bytes::from(crate::metrics::render(snapshots)),
+        body: Bytes::from(text),
         content_type: "text/plain; version=0.0.4",
         rate: None,
         link: None,

@@ -75,6 +75,29 @@ impl Push {
         &self.public_key
     }
 
+    /// The push counters in Prometheus text (one set for the process: the threads are shared).
+    pub fn metrics_text(&self) -> String {
+        let s = &self.stats;
+        let mut out = String::from(
+            "# HELP nova_push_messages_total Web Push messages, by what became of them.\n\
+             # TYPE nova_push_messages_total counter\n",
+        );
+        for (outcome, n) in [
+            ("queued", &s.queued),
+            ("sent", &s.sent),
+            ("retried", &s.retried),
+            ("dropped", &s.dropped),
+            ("removed", &s.removed),
+            ("breaker_refused", &s.breaker_refused),
+        ] {
+            out.push_str(&format!(
+                "nova_push_messages_total{{outcome=\"{outcome}\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+
     fn offer(&self, job: Job) {
         match self.tx.try_send(job) {
             Ok(()) => {
@@ -156,6 +179,8 @@ pub fn start(
                 .timeout_connect(settings.timeout)
                 .timeout_read(settings.timeout)
                 .timeout_write(settings.timeout)
+                // Bounds a whole request too (and so how long shutdown waits for a thread).
+                .timeout(settings.timeout)
                 .redirects(0)
                 .build(),
             settings: settings.clone(),

@@ -342,6 +342,20 @@ fn subscriptions(server: &Server, who: &Member) -> Vec<String> {
         .collect()
 }
 
+/// A counter of `nova_push_messages_total` from `/metrics`.
+fn push_metric(server: &Server, outcome: &str) -> u64 {
+    let resp = server.get("/metrics", None);
+    resp.expect(200);
+    let prefix = format!("nova_push_messages_total{{outcome=\"{outcome}\"}} ");
+    resp.text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 fn start_server(extra: &[&str]) -> Server {
     let mut args = vec![
         "--push-allow-insecure-loopback",
@@ -545,6 +559,7 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
     );
     thread::sleep(Duration::from_millis(500));
     assert_eq!(flaky.count(), 2, "delivered: no more tries");
+    assert!(push_metric(&server, "retried") >= 1 && push_metric(&server, "sent") >= 1);
     assert_eq!(subscriptions(&server, &r1), vec![s1.endpoint.clone()]);
 
     // 410: the subscription is deleted, on the recipient's shard, and not tried again.
@@ -562,6 +577,7 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
         subscriptions(&server, &r2).is_empty(),
         "410 deletes the subscription"
     );
+    assert_eq!(push_metric(&server, "removed"), 1);
     like(&server, &actor, post(&server, &r2, "q"));
     thread::sleep(Duration::from_millis(500));
     assert_eq!(gone.count(), 1, "no push to a deleted subscription");
@@ -613,6 +629,7 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
         (3..=4).contains(&during),
         "the breaker opened after 3 failures: {during} requests for 10 messages"
     );
+    assert!(push_metric(&server, "breaker_refused") > 0);
     // After the cool-down one trial is let through; it fails and the breaker opens again.
     thread::sleep(Duration::from_millis(3000));
     let after = broken.count();
