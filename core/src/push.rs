@@ -72,16 +72,21 @@ impl Endpoint {
         }
         let (host, port) = split_host_port(authority).ok_or_else(|| bad("invalid host or port"))?;
         let port = port.unwrap_or(default_port);
-        if scheme == "http" {
-            let loopback = host.eq_ignore_ascii_case("localhost")
-                || host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            if !(allow_insecure_loopback && loopback) {
-                return Err(bad("the endpoint must be an https:// URL"));
-            }
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok();
+        let loopback =
+            host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
+        if scheme == "http" && !(allow_insecure_loopback && loopback) {
+            return Err(bad("the endpoint must be an https:// URL"));
+        }
+        // Push services are public hosts: an address of this machine or of a private network
+        // would let a client make the server post to internal services.
+        let internal = host.eq_ignore_ascii_case("localhost") || ip.is_some_and(not_public);
+        if internal && !(allow_insecure_loopback && loopback) {
+            return Err(bad("the endpoint must be a public push service"));
         }
         Ok(Endpoint {
             url: raw.to_string(),
@@ -100,6 +105,30 @@ impl Endpoint {
 
     pub fn host_port(&self) -> &str {
         &self.host_port
+    }
+}
+
+/// Loopback, private, link-local, unspecified, multicast or broadcast addresses.
+fn not_public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 0
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| not_public(v4.into()))
+        }
     }
 }
 
@@ -502,8 +531,22 @@ mod tests {
         let e = Endpoint::parse("https://Push.Example.net/wpush/v2/abc?x=1", false).unwrap();
         assert_eq!(e.origin(), "https://Push.Example.net");
         assert_eq!(e.host_port(), "push.example.net:443");
-        let e = Endpoint::parse("https://[::1]:8443/p", false).unwrap();
-        assert_eq!(e.host_port(), "[::1]:8443");
+        let e = Endpoint::parse("https://[2001:db8::1]:8443/p", false).unwrap();
+        assert_eq!(e.host_port(), "[2001:db8::1]:8443");
+        for internal in [
+            "https://[::1]/p",
+            "https://localhost/p",
+            "https://127.0.0.1/p",
+            "https://10.1.2.3/p",
+            "https://192.168.0.1/p",
+            "https://169.254.169.254/p",
+            "https://[fd00::1]/p",
+            "https://[::ffff:10.0.0.1]/p",
+            "https://0.0.0.0/p",
+        ] {
+            assert!(Endpoint::parse(internal, false).is_err(), "{internal}");
+        }
+        assert!(Endpoint::parse("https://[::1]/p", true).is_ok());
         for bad in [
             "",
             "ftp://x/y",

@@ -45,7 +45,7 @@ const JWT_REUSE_MARGIN: Duration = Duration::from_secs(3600);
 const JWTS_CACHED_MAX: usize = 1000;
 /// Bytes of a push service's answer read (and thrown away) so the connection can be reused.
 const ANSWER_BYTES_MAX: u64 = 16 * 1024;
-/// The longest `Retry-After` honoured.
+/// The longest `Retry-After` honoured, and the longest backoff.
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
 /// How long a shard waits for actor names when building a payload.
 const PAYLOAD_BUILD_TIMEOUT: Duration = Duration::from_secs(5);
@@ -459,7 +459,12 @@ impl Worker {
         }
         let exp = 1u32 << job.tries.saturating_sub(1).min(16);
         let jitter = 0.5 + rand::random::<f64>();
-        let delay = self.settings.backoff.saturating_mul(exp).mul_f64(jitter);
+        let delay = self
+            .settings
+            .backoff
+            .saturating_mul(exp)
+            .min(RETRY_AFTER_MAX)
+            .mul_f64(jitter);
         let mut at = Instant::now() + delay;
         if let Some(nb) = not_before {
             at = at.max(nb);
