@@ -626,7 +626,9 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
     thread::sleep(Duration::from_millis(1500));
     let during = broken.count();
     assert!(
-        (3..=4).contains(&during),
+        // Without a breaker: 10 messages x 4 tries. A retry already due may slip in before
+        // the third failure is counted, hence a little slack.
+        (3..=6).contains(&during),
         "the breaker opened after 3 failures: {during} requests for 10 messages"
     );
     assert!(push_metric(&server, "breaker_refused") > 0);
