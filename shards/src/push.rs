@@ -402,8 +402,15 @@ impl Worker {
             .send_bytes(&body);
         match answer {
             Ok(resp) => {
+                let status = resp.status();
                 drain(resp);
-                Outcome::Delivered
+                if (200..300).contains(&status) {
+                    Outcome::Delivered
+                } else {
+                    // A redirect (not followed: a push service answers 201) or the like.
+                    tracing::warn!(status, host = endpoint.host_port(), "push not accepted");
+                    Outcome::Refused
+                }
             }
             Err(ureq::Error::Status(code, resp)) => {
                 let retry_after = resp
