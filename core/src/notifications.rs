@@ -543,6 +543,17 @@ fn next_id(txn: &WriteTransaction, here: usize, now_ms: u64) -> Result<u64, Core
     Ok(id)
 }
 
+/// Copies this module's tables (backups).
+pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
+    c.copy(NOTIFICATIONS)?;
+    c.copy(KEYS)?;
+    c.copy(COUNTS)?;
+    c.copy(IDS)?;
+    c.copy(FRESH)?;
+    c.copy(REMOTE)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use redb::backends::InMemoryBackend;

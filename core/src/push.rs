@@ -265,6 +265,12 @@ pub fn subscriptions(
     Ok(out)
 }
 
+/// Copies this module's tables (backups).
+pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
+    c.copy(SUBSCRIPTIONS)?;
+    Ok(())
+}
+
 // ---- VAPID (RFC 8292) ----------------------------------------------------------------------
 
 /// The application server's key pair.
