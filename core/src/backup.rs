@@ -64,6 +64,8 @@ pub fn copy_all(
     crate::events::copy_tables(&mut c)?;
     crate::messages::copy_tables(&mut c)?;
     crate::media::copy_tables(&mut c)?;
+    crate::notifications::copy_tables(&mut c)?;
+    crate::push::copy_tables(&mut c)?;
     let missed: Vec<String> = read
         .list_tables()?
         .map(|t| t.name().to_string())

@@ -561,6 +561,9 @@ pub fn set_like(
     if changed {
         bump(txn, id, if on { 1 } else { -1 }, 0)?;
     }
+    if changed && on {
+        notify_like(txn, id, user, of_comment, now_ms)?;
+    }
     let count = txn
         .open_table(COUNTS)?
         .get(id)?
@@ -610,6 +613,7 @@ pub fn add_comment(txn: &WriteTransaction, mut comment: Comment) -> Result<Comme
     if let Some(parent) = comment.parent {
         bump(txn, parent, 0, 1)?;
     }
+    notify_comment(txn, &comment)?;
     Ok(comment)
 }
 
@@ -742,4 +746,70 @@ pub fn comments_of(
         }
     }
     Ok(out)
+}
+
+// ---- notifications of likes and comments (the rules are in `notifications`) ---------------
+
+/// The author of a post or comment, inside a write.
+fn author_in(txn: &WriteTransaction, id: u64, of_comment: bool) -> Result<Option<u64>, CoreError> {
+    if of_comment {
+        let c = txn
+            .open_table(COMMENTS)?
+            .get(id)?
+            .map(|v| decode::<Comment>(v.value()));
+        Ok(c.transpose()?.map(|c| c.author_id))
+    } else {
+        let p = txn
+            .open_table(POSTS)?
+            .get(id)?
+            .map(|v| decode::<Post>(v.value()));
+        Ok(p.transpose()?.map(|p| p.author_id))
+    }
+}
+
+fn notify_like(
+    txn: &WriteTransaction,
+    id: u64,
+    user: u64,
+    of_comment: bool,
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    use crate::notifications::Subject;
+    let (author, subject) = if of_comment {
+        match comment_in(txn, id)? {
+            Some(c) => (
+                c.author_id,
+                Subject::Comment {
+                    id,
+                    post: c.post_id,
+                },
+            ),
+            None => return Ok(()),
+        }
+    } else {
+        match author_in(txn, id, false)? {
+            Some(author) => (author, Subject::Post(id)),
+            None => return Ok(()),
+        }
+    };
+    crate::notifications::on_like(txn, author, user, subject, now_ms)
+}
+
+fn comment_in(txn: &WriteTransaction, id: u64) -> Result<Option<Comment>, CoreError> {
+    let c = txn
+        .open_table(COMMENTS)?
+        .get(id)?
+        .map(|v| decode::<Comment>(v.value()));
+    c.transpose()
+}
+
+fn notify_comment(txn: &WriteTransaction, comment: &Comment) -> Result<(), CoreError> {
+    let Some(post_author) = author_in(txn, comment.post_id, false)? else {
+        return Ok(());
+    };
+    let parent_author = match comment.parent {
+        Some(parent) => author_in(txn, parent, true)?,
+        None => None,
+    };
+    crate::notifications::on_comment(txn, comment, post_author, parent_author)
 }

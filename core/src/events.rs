@@ -92,6 +92,10 @@ pub enum Event {
         owner: u64,
         reason: String,
     },
+    /// A notification for a user of the target shard (see `notifications::take_remote`).
+    Notified {
+        notice: Box<crate::notifications::New>,
+    },
 }
 
 /// Appends `event` to the history and queues it for each shard in `targets`.
@@ -259,6 +263,7 @@ pub fn apply(
         }
         // Recorded on the uploader's own shard, never sent anywhere.
         Event::MediaReady { .. } | Event::MediaFailed { .. } => {}
+        Event::Notified { notice } => crate::notifications::apply_remote(txn, notice, now_ms)?,
     }
     Ok(true)
 }

@@ -18,8 +18,10 @@ pub mod identity;
 mod ids;
 pub mod media;
 pub mod messages;
+pub mod notifications;
 pub mod password;
 pub mod profiles;
+pub mod push;
 pub mod social;
 pub mod tokens;
 

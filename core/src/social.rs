@@ -329,6 +329,7 @@ pub fn add_follower(
         .is_none()
     {
         bump(txn, followee, 1, 0)?;
+        crate::notifications::on_follow(txn, followee, follower, now_ms)?;
     }
     Ok(())
 }
@@ -427,6 +428,7 @@ pub fn fan_out(
     author_here: bool,
     mentioned_here: &[u64],
 ) -> Result<(), CoreError> {
+    crate::notifications::on_mention(txn, post, mentioned_here)?;
     let mut readers: Vec<(u64, Reason)> = Vec::new();
     if author_here {
         readers.push((post.author_id, Reason::Own));
@@ -607,6 +609,15 @@ pub fn home(
         None
     };
     Ok((out, more_from))
+}
+
+/// Has `user` (on this shard) blocked or muted `other`, or been blocked by it? Inside a write
+/// (notifications ask it in the transaction that would notify).
+pub fn silenced_in(txn: &WriteTransaction, user: u64, other: u64) -> Result<bool, CoreError> {
+    let key = (user, other);
+    Ok(txn.open_table(BLOCKS)?.get(key)?.is_some()
+        || txn.open_table(BLOCKED_BY)?.get(key)?.is_some()
+        || txn.open_table(MUTES)?.get(key)?.is_some())
 }
 
 /// Does `user`'s feed on this shard hold this post (for tests and checks)?

@@ -7,11 +7,13 @@
 mod body;
 mod json;
 mod media;
+mod notify;
 mod routes;
 mod time;
 
 pub use body::*;
 pub use json::{error_body, parse_json, to_json, WireError};
 pub use media::{tus, MediaEnvelope, MediaMetadataView, MediaUsageView, MediaView, RenditionView};
+pub use notify::*;
 pub use routes::{Route, RouteMiss, ROUTES};
 pub use time::rfc3339;

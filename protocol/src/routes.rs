@@ -76,6 +76,13 @@ pub enum Route {
     TusHead(u64),
     TusPatch(u64),
     TusDelete(u64),
+    Notifications,
+    NotificationsRead,
+    NotificationsUnreadCount,
+    PushVapidKey,
+    PushSubscriptions,
+    PushSubscribe,
+    PushUnsubscribe,
 }
 
 /// Why no route matched.
@@ -158,6 +165,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("HEAD", "/v1/uploads/{id}"),
     ("PATCH", "/v1/uploads/{id}"),
     ("DELETE", "/v1/uploads/{id}"),
+    ("GET", "/v1/notifications"),
+    ("POST", "/v1/notifications/read"),
+    ("GET", "/v1/notifications/unread_count"),
+    ("GET", "/v1/push/vapid_public_key"),
+    ("GET", "/v1/push/subscriptions"),
+    ("POST", "/v1/push/subscriptions"),
+    ("DELETE", "/v1/push/subscriptions"),
 ];
 
 impl Route {
@@ -216,6 +230,16 @@ impl Route {
             "/v1/uploads" => match *method {
                 Method::OPTIONS => Ok(TusOptions),
                 Method::POST => Ok(TusCreate),
+                _ => Err(RouteMiss::MethodNotAllowed),
+            },
+            "/v1/notifications" => one(Notifications, Method::GET),
+            "/v1/notifications/read" => one(NotificationsRead, Method::POST),
+            "/v1/notifications/unread_count" => one(NotificationsUnreadCount, Method::GET),
+            "/v1/push/vapid_public_key" => one(PushVapidKey, Method::GET),
+            "/v1/push/subscriptions" => match *method {
+                Method::GET => Ok(PushSubscriptions),
+                Method::POST => Ok(PushSubscribe),
+                Method::DELETE => Ok(PushUnsubscribe),
                 _ => Err(RouteMiss::MethodNotAllowed),
             },
             _ => Route::find_with_id(method, path),
@@ -388,6 +412,11 @@ impl Route {
             MediaFile(_) => "/v1/media/{id}/{name}",
             TusOptions | TusCreate => "/v1/uploads",
             TusHead(_) | TusPatch(_) | TusDelete(_) => "/v1/uploads/{id}",
+            Notifications => "/v1/notifications",
+            NotificationsRead => "/v1/notifications/read",
+            NotificationsUnreadCount => "/v1/notifications/unread_count",
+            PushVapidKey => "/v1/push/vapid_public_key",
+            PushSubscriptions | PushSubscribe | PushUnsubscribe => "/v1/push/subscriptions",
         }
     }
 }

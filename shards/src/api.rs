@@ -332,6 +332,13 @@ async fn dispatch(
         | Route::TusHead(_)
         | Route::TusPatch(_)
         | Route::TusDelete(_) => crate::api_media::dispatch(shard, route, req, deadline).await,
+        Route::Notifications
+        | Route::NotificationsRead
+        | Route::NotificationsUnreadCount
+        | Route::PushVapidKey
+        | Route::PushSubscriptions
+        | Route::PushSubscribe
+        | Route::PushUnsubscribe => crate::api_notify::dispatch(shard, route, req, deadline).await,
         social => crate::api_social::dispatch(shard, social, req, deadline).await,
     }
 }
@@ -499,9 +506,11 @@ async fn metrics(shard: &Rc<Shard>, deadline: Instant) -> Result<Reply> {
                 .await?,
         );
     }
+    let mut text = crate::metrics::render(snapshots);
+    text.push_str(&shard.push.metrics_text());
     Ok(Reply {
         status: StatusCode::OK,
-        body: Bytes::from(crate::metrics::render(snapshots)),
+        body: Bytes::from(text),
         content_type: "text/plain; version=0.0.4",
         rate: None,
         link: None,

@@ -115,6 +115,28 @@ pub struct Config {
     pub tus_upload_ttl_s: u64,
     /// Largest body of one tus PATCH.
     pub tus_chunk_bytes_max: u64,
+
+    /// Web Push: allow `http://` endpoints on loopback hosts (tests only; https otherwise).
+    pub push_allow_insecure_loopback: bool,
+    /// Threads that deliver push messages (never the shards' executors).
+    pub push_threads: usize,
+    /// Push messages waiting for a delivery thread; past it new ones are dropped.
+    pub push_queue_max: usize,
+    /// Connect, read and write timeout of one push request.
+    pub push_timeout_ms: u64,
+    /// Tries of one push message after the first, with exponential backoff and jitter.
+    pub push_retries_max: u32,
+    /// The first backoff; each retry doubles it.
+    pub push_backoff_ms: u64,
+    /// Consecutive failures of a push service host that open its circuit breaker.
+    pub push_breaker_failures: u32,
+    /// How long an open breaker refuses before one trial request (half-open).
+    pub push_breaker_cooldown_ms: u64,
+    /// The TTL header: how long a push service keeps an undelivered message.
+    pub push_ttl_s: u64,
+    pub push_subscriptions_per_user_max: usize,
+    /// The VAPID `sub` claim: a `mailto:` or `https:` contact for push services.
+    pub vapid_subject: String,
 }
 
 /// How the SMTP connection is protected.
@@ -205,6 +227,17 @@ impl Default for Config {
             media_url_ttl_s: 3600,
             tus_upload_ttl_s: 24 * 3600,
             tus_chunk_bytes_max: 1024 * 1024 * 1024,
+            push_allow_insecure_loopback: false,
+            push_threads: 2,
+            push_queue_max: 4096,
+            push_timeout_ms: 10_000,
+            push_retries_max: 4,
+            push_backoff_ms: 1000,
+            push_breaker_failures: 5,
+            push_breaker_cooldown_ms: 30_000,
+            push_ttl_s: 24 * 3600,
+            push_subscriptions_per_user_max: 10,
+            vapid_subject: "mailto:admin@localhost".to_string(),
         }
     }
 }
@@ -352,6 +385,28 @@ pub struct ServeArgs {
     pub tus_upload_ttl_s: Option<u64>,
     #[arg(long, env = "NOVA_TUS_CHUNK_BYTES_MAX")]
     pub tus_chunk_bytes_max: Option<u64>,
+    #[arg(long, env = "NOVA_PUSH_ALLOW_INSECURE_LOOPBACK", num_args = 0..=1, default_missing_value = "true")]
+    pub push_allow_insecure_loopback: Option<bool>,
+    #[arg(long, env = "NOVA_PUSH_THREADS")]
+    pub push_threads: Option<usize>,
+    #[arg(long, env = "NOVA_PUSH_QUEUE_MAX")]
+    pub push_queue_max: Option<usize>,
+    #[arg(long, env = "NOVA_PUSH_TIMEOUT_MS")]
+    pub push_timeout_ms: Option<u64>,
+    #[arg(long, env = "NOVA_PUSH_RETRIES_MAX")]
+    pub push_retries_max: Option<u32>,
+    #[arg(long, env = "NOVA_PUSH_BACKOFF_MS")]
+    pub push_backoff_ms: Option<u64>,
+    #[arg(long, env = "NOVA_PUSH_BREAKER_FAILURES")]
+    pub push_breaker_failures: Option<u32>,
+    #[arg(long, env = "NOVA_PUSH_BREAKER_COOLDOWN_MS")]
+    pub push_breaker_cooldown_ms: Option<u64>,
+    #[arg(long, env = "NOVA_PUSH_TTL_S")]
+    pub push_ttl_s: Option<u64>,
+    #[arg(long, env = "NOVA_PUSH_SUBSCRIPTIONS_PER_USER_MAX")]
+    pub push_subscriptions_per_user_max: Option<usize>,
+    #[arg(long, env = "NOVA_VAPID_SUBJECT")]
+    pub vapid_subject: Option<String>,
 }
 
 macro_rules! overlay {
@@ -425,7 +480,18 @@ impl Config {
             media_request_timeout_ms,
             media_url_ttl_s,
             tus_upload_ttl_s,
-            tus_chunk_bytes_max
+            tus_chunk_bytes_max,
+            push_allow_insecure_loopback,
+            push_threads,
+            push_queue_max,
+            push_timeout_ms,
+            push_retries_max,
+            push_backoff_ms,
+            push_breaker_failures,
+            push_breaker_cooldown_ms,
+            push_ttl_s,
+            push_subscriptions_per_user_max,
+            vapid_subject
         );
         for (slot, arg) in [
             (&mut cfg.smtp_host, &args.smtp_host),
@@ -571,6 +637,36 @@ impl Config {
             );
         }
         crate::mail::check_from(&self.mail_from)?;
+        for (name, v) in [
+            ("push_threads", self.push_threads as u64),
+            ("push_queue_max", self.push_queue_max as u64),
+            ("push_timeout_ms", self.push_timeout_ms),
+            ("push_backoff_ms", self.push_backoff_ms),
+            (
+                "push_breaker_failures",
+                u64::from(self.push_breaker_failures),
+            ),
+            ("push_breaker_cooldown_ms", self.push_breaker_cooldown_ms),
+            (
+                "push_subscriptions_per_user_max",
+                self.push_subscriptions_per_user_max as u64,
+            ),
+        ] {
+            anyhow::ensure!(v > 0, "{name} must be positive");
+        }
+        anyhow::ensure!(
+            self.push_retries_max <= 20,
+            "push_retries_max must be at most 20"
+        );
+        anyhow::ensure!(
+            (self.vapid_subject.starts_with("mailto:") || self.vapid_subject.starts_with("https:"))
+                && self.vapid_subject.len() <= 256
+                && self
+                    .vapid_subject
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
+            "vapid_subject is a mailto: or https: URI of at most 256 plain characters"
+        );
         Ok(())
     }
 

@@ -467,6 +467,8 @@ pub enum Op {
         owner: u64,
         reply: Reply<()>,
     },
+    /// Notifications and push subscriptions, on the user's shard (shards/src/notify.rs).
+    Notify(crate::notify::NotifyOp),
 }
 
 /// A comment with its counts as the viewer sees them.

@@ -41,6 +41,7 @@ struct ShardStart {
     tls: Option<futures_rustls::TlsAcceptor>,
     ready: flume::Sender<Result<(), String>>,
     media: crate::media_jobs::Media,
+    push: crate::push::Push,
 }
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
@@ -60,6 +61,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         )?;
         partitions.push(Arc::new(partition));
     }
+    // The VAPID key pair is made at first start and kept with the other secrets.
+    let vapid = data.secret("vapid.key", nova_core::push::Vapid::generate_secret)?;
+    let vapid = nova_core::push::Vapid::from_secret(&vapid).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {}",
+            cfg.data.join("secrets/vapid.key").display(),
+            e.message
+        )
+    })?;
+    let (push, push_threads) = crate::push::start(&cfg, vapid, partitions.clone())
+        .context("cannot start the push threads")?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(crate::http::tls_acceptor(cert, key)?),
         _ => None,
@@ -120,6 +132,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             tls: tls.clone(),
             ready: ready_tx.clone(),
             media: media.clone(),
+            push: push.clone(),
         };
         let placement = match cpus.get(k % cpus.len().max(1)) {
             Some(cpu) => Placement::Fixed(*cpu),
@@ -133,6 +146,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     drop(ready_tx);
     drop(hasher);
+    drop(push);
     for _ in 0..n {
         match ready_rx.recv() {
             Ok(Ok(())) => {}
@@ -183,6 +197,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     drop(senders);
+    // Before the partitions close: a push thread may be deleting a gone subscription.
+    push_threads.stop();
     for p in &partitions {
         p.close();
     }
@@ -249,6 +265,7 @@ async fn shard_main(start: ShardStart) {
         tls,
         ready,
         media,
+        push,
     } = start;
     let listener = match glommio::net::TcpListener::bind(addr) {
         Ok(l) => l,
@@ -294,7 +311,10 @@ async fn shard_main(start: ShardStart) {
         draining: Notify::default(),
         mail,
         media,
+        fresh: crate::notify::Fresh::default(),
+        push,
     });
+    shard.fresh.listen(Box::new(crate::push::on_fresh));
     // The mesh must be served before recovery broadcasts, or two shards could wait on each
     // other's full inboxes.
     let accept_slot: AcceptSlot = Rc::new(RefCell::new(None));
@@ -313,6 +333,7 @@ async fn shard_main(start: ShardStart) {
     glommio::spawn_local(Rc::clone(&shard).relay_loop()).detach();
     glommio::spawn_local(crate::mail::run(Rc::clone(&shard))).detach();
     glommio::spawn_local(crate::media_jobs::requeue_loop(Rc::clone(&shard))).detach();
+    glommio::spawn_local(Rc::clone(&shard).sweep_loop()).detach();
     let _ = ready.send(Ok(()));
     mesh_loop.await;
 }

@@ -98,6 +98,10 @@ pub struct Shard {
     pub mail: crate::mail::Mail,
     /// The media threads (intake, transcoding) and blob stores.
     pub media: crate::media_jobs::Media,
+    /// Listeners of notifications committed on this shard (shards/src/notify.rs).
+    pub fresh: crate::notify::Fresh,
+    /// The Web Push delivery threads (shards/src/push.rs).
+    pub push: crate::push::Push,
 }
 
 impl Shard {
@@ -328,6 +332,7 @@ impl Shard {
                 let _ = reply.send(Ok(self.snapshot()));
             }
             media if media.is_media() => crate::media_jobs::serve(&self, media).await,
+            Op::Notify(op) => self.serve_notify(op).await,
             social => self.serve_social(social, deadline).await,
         }
     }

@@ -540,8 +540,7 @@ impl Shard {
                 let shards = self.shards;
                 let now = now_ms();
                 let result = self
-                    .partition
-                    .write(move |t| {
+                    .write_notifying(move |t| {
                         let mut fresh = Vec::with_capacity(events.len());
                         for (event_id, event) in events {
                             if events::apply(t, event_id, now, &event, |user| {
@@ -568,7 +567,13 @@ impl Shard {
     }
 
     /// Likes need the liker to see the post (for a comment: the comment's post).
-    async fn like(&self, id: u64, user: u64, of_comment: bool, on: bool) -> Result<u64, Fail> {
+    async fn like(
+        self: &Rc<Self>,
+        id: u64,
+        user: u64,
+        of_comment: bool,
+        on: bool,
+    ) -> Result<u64, Fail> {
         let visible = self.read(|r| {
             let post_id = if of_comment {
                 match content::comment(r, id)? {
@@ -588,8 +593,7 @@ impl Shard {
         }
         let now = now_ms();
         Ok(self
-            .partition
-            .write(move |t| content::set_like(t, id, user, of_comment, on, now))
+            .write_notifying(move |t| content::set_like(t, id, user, of_comment, on, now))
             .await?)
     }
 
@@ -629,8 +633,7 @@ impl Shard {
             edited_ms: None,
         };
         let stored = self
-            .partition
-            .write(move |t| content::add_comment(t, comment))
+            .write_notifying(move |t| content::add_comment(t, comment))
             .await?;
         self.read(|r| comment_info(r, stored, author))
     }
@@ -806,29 +809,27 @@ impl Shard {
         let (stored, event) = {
             let post = post.clone();
             let targets = targets.clone();
-            self.partition
-                .write(move |t| {
-                    if let Some(key) = &key {
-                        if let Some(id) = content::idempotent_post_in(t, post.author_id, key, now)?
-                        {
-                            return Ok((Some(id), None));
-                        }
+            self.write_notifying(move |t| {
+                if let Some(key) = &key {
+                    if let Some(id) = content::idempotent_post_in(t, post.author_id, key, now)? {
+                        return Ok((Some(id), None));
                     }
-                    content::insert_post(t, &post, key.as_deref())?;
-                    let mentioned_here: Vec<u64> = post
-                        .mentions
-                        .iter()
-                        .map(|m| m.user_id)
-                        .filter(|u| shard_of(*u) == here)
-                        .collect();
-                    social::fan_out(t, &post, true, &mentioned_here)?;
-                    let event = Event::PostCreated {
-                        post: Box::new(post.clone()),
-                    };
-                    events::record(t, event_id, now, &event, &targets)?;
-                    Ok::<_, CoreError>((None, Some(event)))
-                })
-                .await?
+                }
+                content::insert_post(t, &post, key.as_deref())?;
+                let mentioned_here: Vec<u64> = post
+                    .mentions
+                    .iter()
+                    .map(|m| m.user_id)
+                    .filter(|u| shard_of(*u) == here)
+                    .collect();
+                social::fan_out(t, &post, true, &mentioned_here)?;
+                let event = Event::PostCreated {
+                    post: Box::new(post.clone()),
+                };
+                events::record(t, event_id, now, &event, &targets)?;
+                Ok::<_, CoreError>((None, Some(event)))
+            })
+            .await?
         };
         if let Some(existing) = stored {
             // A concurrent create with the same key won the race.
@@ -1125,8 +1126,7 @@ impl Shard {
         let here = self.id;
         let sent = event.clone();
         let changed = self
-            .partition
-            .write(move |t| {
+            .write_notifying(move |t| {
                 if !local(t, now)? {
                     return Ok(false);
                 }

@@ -1,0 +1,727 @@
+//! Notifications (tables `notifications`, `notification_keys`, `notification_counts`,
+//! `notification_ids`, `notifications_fresh`, `notifications_remote`).
+//!
+//! Placement: a notification lives on its recipient's shard and is written in the same write
+//! transaction as the change that causes it (a like, a comment, a follow applied on the
+//! followee's shard, a post applied where a mentioned user lives). Whether the recipient
+//! wants it is decided there too, where its blocks and mutes are: a blocked or muted actor
+//! causes none, and nobody is notified of their own actions.
+//!
+//! A change on one shard whose recipient lives on another (a like of a comment whose author
+//! is elsewhere, a reply to such a comment) parks the notice in `notifications_remote`; the
+//! engine turns parked notices into `Event::Notified` outbox rows (`take_remote`, with event
+//! ids it supplies) inside the same transaction, and the recipient's shard applies them.
+//!
+//! Fresh notifications are also listed in `notifications_fresh` until the engine takes them
+//! (`take_fresh`), normally in the very transaction that made them: that is how the engine
+//! learns, after the commit, what to push live without every domain function having to
+//! return them.
+//!
+//! Duplicates coalesce: one notification per (recipient, kind, actor, subject), so like,
+//! unlike, like notifies once. Each user keeps at most `PER_USER_MAX` notifications; the
+//! oldest go first.
+
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::events::{self, Event};
+use crate::{shard_of, social, CoreError, IdGen};
+
+/// (recipient, notification id) -> Notification
+const NOTIFICATIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("notifications");
+/// (recipient, kind, actor or 0, subject id or 0) -> notification id : coalescing
+const KEYS: TableDefinition<(u64, u8, u64, u64), u64> = TableDefinition::new("notification_keys");
+/// recipient -> (total, unread)
+const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("notification_counts");
+/// "last" -> the last notification id made on this shard (ids are made here, not by the
+/// engine, so that any transaction can notify)
+const IDS: TableDefinition<&str, u64> = TableDefinition::new("notification_ids");
+/// (recipient, notification id) -> () : made but not yet taken by the engine
+const FRESH: TableDefinition<(u64, u64), ()> = TableDefinition::new("notifications_fresh");
+/// local sequence -> New : for a recipient on another shard, waiting for an event id
+const REMOTE: TableDefinition<u64, &[u8]> = TableDefinition::new("notifications_remote");
+
+/// Notifications kept per user; past it the oldest is deleted.
+pub const PER_USER_MAX: u64 = 1000;
+/// Ids one mark-read request may name.
+pub const MARK_IDS_MAX: usize = 100;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Follow,
+    FollowRequest,
+    Like,
+    Comment,
+    Reply,
+    Mention,
+    Message,
+    MediaReady,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Follow,
+        Kind::FollowRequest,
+        Kind::Like,
+        Kind::Comment,
+        Kind::Reply,
+        Kind::Mention,
+        Kind::Message,
+        Kind::MediaReady,
+    ];
+
+    fn code(self) -> u8 {
+        match self {
+            Kind::Follow => 0,
+            Kind::FollowRequest => 1,
+            Kind::Like => 2,
+            Kind::Comment => 3,
+            Kind::Reply => 4,
+            Kind::Mention => 5,
+            Kind::Message => 6,
+            Kind::MediaReady => 7,
+        }
+    }
+
+    /// The name clients see and filter by.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Follow => "follow",
+            Kind::FollowRequest => "follow_request",
+            Kind::Like => "like",
+            Kind::Comment => "comment",
+            Kind::Reply => "reply",
+            Kind::Mention => "mention",
+            Kind::Message => "message",
+            Kind::MediaReady => "media_ready",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == raw)
+    }
+}
+
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Subject {
+    None,
+    Post(u64),
+    Comment { id: u64, post: u64 },
+    Message { id: u64, conversation: u64 },
+    Media(u64),
+}
+
+impl Subject {
+    /// The id that identifies the subject for coalescing (0 for none).
+    pub fn id(self) -> u64 {
+        match self {
+            Subject::None => 0,
+            Subject::Post(id) | Subject::Media(id) => id,
+            Subject::Comment { id, .. } | Subject::Message { id, .. } => id,
+        }
+    }
+}
+
+/// A notification to make.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct New {
+    pub recipient: u64,
+    pub kind: Kind,
+    /// Who caused it; `None` for the system (media ready).
+    pub actor: Option<u64>,
+    pub subject: Subject,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Notification {
+    pub id: u64,
+    pub recipient: u64,
+    pub kind: Kind,
+    pub actor: Option<u64>,
+    pub subject: Subject,
+    pub created_ms: u64,
+    pub read: bool,
+}
+
+impl Notification {
+    fn key(&self) -> (u64, u8, u64, u64) {
+        (
+            self.recipient,
+            self.kind.code(),
+            self.actor.unwrap_or(0),
+            self.subject.id(),
+        )
+    }
+}
+
+/// Which notifications a mark-read means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Which {
+    Ids(Vec<u64>),
+    All,
+    /// Every notification with an id up to and including this one.
+    UpTo(u64),
+}
+
+/// Kinds a listing keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only these kinds (empty: every kind).
+    pub only: Vec<Kind>,
+    pub exclude: Vec<Kind>,
+}
+
+impl Filter {
+    fn keeps(&self, kind: Kind) -> bool {
+        (self.only.is_empty() || self.only.contains(&kind)) && !self.exclude.contains(&kind)
+    }
+}
+
+/// Notifies `new.recipient`, in the caller's write transaction, on shard `here`. A recipient
+/// on another shard is parked for an outbox event (see `take_remote`). Nothing is made for
+/// one's own action, for an actor the recipient blocked, muted or was blocked by, or when
+/// the same (kind, actor, subject) was notified before.
+pub fn notify(
+    txn: &WriteTransaction,
+    here: usize,
+    new: &New,
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    if new.actor == Some(new.recipient) {
+        return Ok(());
+    }
+    if shard_of(new.recipient) != here {
+        let seq = next_id(txn, here, now_ms)?;
+        txn.open_table(REMOTE)?
+            .insert(seq, encode(new).as_slice())?;
+        return Ok(());
+    }
+    if let Some(actor) = new.actor {
+        if social::silenced_in(txn, new.recipient, actor)? {
+            return Ok(());
+        }
+    }
+    let key = (
+        new.recipient,
+        new.kind.code(),
+        new.actor.unwrap_or(0),
+        new.subject.id(),
+    );
+    if txn.open_table(KEYS)?.get(key)?.is_some() {
+        return Ok(());
+    }
+    let id = next_id(txn, here, now_ms)?;
+    let n = Notification {
+        id,
+        recipient: new.recipient,
+        kind: new.kind,
+        actor: new.actor,
+        subject: new.subject,
+        created_ms: now_ms,
+        read: false,
+    };
+    txn.open_table(NOTIFICATIONS)?
+        .insert((n.recipient, id), encode(&n).as_slice())?;
+    txn.open_table(KEYS)?.insert(key, id)?;
+    txn.open_table(FRESH)?.insert((n.recipient, id), ())?;
+    let (total, unread) = counts_in(txn, n.recipient)?;
+    txn.open_table(COUNTS)?
+        .insert(n.recipient, (total + 1, unread + 1))?;
+    if total + 1 > PER_USER_MAX {
+        drop_oldest(txn, n.recipient)?;
+    }
+    Ok(())
+}
+
+/// `notify` for a notice that arrived from another shard (`Event::Notified`).
+pub fn apply_remote(txn: &WriteTransaction, new: &New, now_ms: u64) -> Result<(), CoreError> {
+    notify(txn, shard_of(new.recipient), new, now_ms)
+}
+
+/// A follow, on the followee's shard.
+pub fn on_follow(
+    txn: &WriteTransaction,
+    followee: u64,
+    follower: u64,
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    let new = New {
+        recipient: followee,
+        kind: Kind::Follow,
+        actor: Some(follower),
+        subject: Subject::None,
+    };
+    notify(txn, shard_of(followee), &new, now_ms)
+}
+
+/// A new post, where it is applied: each of `mentioned_here` (users of this shard) hears.
+pub fn on_mention(
+    txn: &WriteTransaction,
+    post: &crate::content::Post,
+    mentioned_here: &[u64],
+) -> Result<(), CoreError> {
+    for user in mentioned_here {
+        let new = New {
+            recipient: *user,
+            kind: Kind::Mention,
+            actor: Some(post.author_id),
+            subject: Subject::Post(post.id),
+        };
+        notify(txn, shard_of(*user), &new, post.created_ms)?;
+    }
+    Ok(())
+}
+
+/// A like of a post or comment by `actor`, in the like's transaction (on the post's shard).
+pub fn on_like(
+    txn: &WriteTransaction,
+    recipient: u64,
+    actor: u64,
+    subject: Subject,
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    let new = New {
+        recipient,
+        kind: Kind::Like,
+        actor: Some(actor),
+        subject,
+    };
+    notify(txn, shard_of(subject.id()), &new, now_ms)
+}
+
+/// A new comment, in its transaction (on the post's shard): the post's author hears of it
+/// ("comment"), and the author of the comment it answers ("reply"), once each.
+pub fn on_comment(
+    txn: &WriteTransaction,
+    comment: &crate::content::Comment,
+    post_author: u64,
+    parent_author: Option<u64>,
+) -> Result<(), CoreError> {
+    let here = shard_of(comment.id);
+    let subject = Subject::Comment {
+        id: comment.id,
+        post: comment.post_id,
+    };
+    if let Some(parent_author) = parent_author {
+        let new = New {
+            recipient: parent_author,
+            kind: Kind::Reply,
+            actor: Some(comment.author_id),
+            subject,
+        };
+        notify(txn, here, &new, comment.created_ms)?;
+    }
+    if parent_author != Some(post_author) {
+        let new = New {
+            recipient: post_author,
+            kind: Kind::Comment,
+            actor: Some(comment.author_id),
+            subject,
+        };
+        notify(txn, here, &new, comment.created_ms)?;
+    }
+    Ok(())
+}
+
+/// Takes the notifications made (on this shard) and not yet handed to the engine.
+pub fn take_fresh(txn: &WriteTransaction) -> Result<Vec<Notification>, CoreError> {
+    let mut fresh = txn.open_table(FRESH)?;
+    let keys: Vec<(u64, u64)> = fresh
+        .iter()?
+        .map(|r| r.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let table = txn.open_table(NOTIFICATIONS)?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        fresh.remove(key)?;
+        // Gone already when trimmed in the same transaction.
+        if let Some(v) = table.get(key)? {
+            out.push(decode(v.value())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Turns parked notices for other shards into `Event::Notified` outbox rows, one per id in
+/// `event_ids` at most (the rest wait for the next call). Returns (event id, target, event).
+pub fn take_remote(
+    txn: &WriteTransaction,
+    event_ids: &[u64],
+    now_ms: u64,
+) -> Result<Vec<(u64, usize, Event)>, CoreError> {
+    let mut parked = txn.open_table(REMOTE)?;
+    let rows: Vec<(u64, New)> = parked
+        .iter()?
+        .take(event_ids.len())
+        .map(|r| {
+            let (k, v) = r?;
+            Ok((k.value(), decode(v.value())?))
+        })
+        .collect::<Result<_, CoreError>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for ((seq, notice), event_id) in rows.into_iter().zip(event_ids) {
+        parked.remove(seq)?;
+        let target = shard_of(notice.recipient);
+        let event = Event::Notified {
+            notice: Box::new(notice),
+        };
+        events::record(txn, *event_id, now_ms, &event, &[target])?;
+        out.push((*event_id, target, event));
+    }
+    Ok(out)
+}
+
+/// Is anything left for `take_fresh` or `take_remote` (made by a write that did not take
+/// them)?
+pub fn has_pending(read: &ReadTransaction) -> Result<bool, CoreError> {
+    for def in [FRESH] {
+        match read.open_table(def) {
+            Ok(t) => {
+                if t.first()?.is_some() {
+                    return Ok(true);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match read.open_table(REMOTE) {
+        Ok(t) => Ok(t.first()?.is_some()),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A page of `recipient`'s notifications, newest first, with ids below `max_id`, of the kinds
+/// `filter` keeps. Looks at no more than `PER_USER_MAX` rows (all a user has). Returns the
+/// page and the cursor of the next one (the last id when the page is full).
+pub fn page(
+    read: &ReadTransaction,
+    recipient: u64,
+    max_id: Option<u64>,
+    limit: usize,
+    filter: &Filter,
+) -> Result<(Vec<Notification>, Option<u64>), CoreError> {
+    let table = match read.open_table(NOTIFICATIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
+        Err(e) => return Err(e.into()),
+    };
+    let high = match max_id {
+        Some(0) => return Ok((Vec::new(), None)),
+        Some(m) => m - 1,
+        None => u64::MAX,
+    };
+    let mut out = Vec::with_capacity(limit);
+    for row in table
+        .range((recipient, 0)..=(recipient, high))?
+        .rev()
+        .take(PER_USER_MAX as usize)
+    {
+        let (_, v) = row?;
+        let n: Notification = decode(v.value())?;
+        if filter.keeps(n.kind) {
+            out.push(n);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    let next = if out.len() >= limit {
+        out.last().map(|n| n.id)
+    } else {
+        None
+    };
+    Ok((out, next))
+}
+
+/// Marks `recipient`'s notifications read; unknown ids (or another user's) are ignored.
+/// Returns (how many changed, unread left).
+pub fn mark_read(
+    txn: &WriteTransaction,
+    recipient: u64,
+    which: &Which,
+) -> Result<(u64, u64), CoreError> {
+    let mut table = txn.open_table(NOTIFICATIONS)?;
+    let ids: Vec<u64> = match which {
+        Which::Ids(ids) => ids.iter().take(MARK_IDS_MAX).copied().collect(),
+        Which::All | Which::UpTo(_) => {
+            let high = match which {
+                Which::UpTo(id) => *id,
+                _ => u64::MAX,
+            };
+            table
+                .range((recipient, 0)..=(recipient, high))?
+                .take(PER_USER_MAX as usize)
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let mut changed = 0;
+    for id in ids {
+        let n: Option<Notification> = match table.get((recipient, id))? {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        };
+        if let Some(mut n) = n.filter(|n| !n.read) {
+            n.read = true;
+            table.insert((recipient, id), encode(&n).as_slice())?;
+            changed += 1;
+        }
+    }
+    drop(table);
+    let (total, unread) = counts_in(txn, recipient)?;
+    let unread = unread.saturating_sub(changed);
+    if changed > 0 {
+        txn.open_table(COUNTS)?.insert(recipient, (total, unread))?;
+    }
+    Ok((changed, unread))
+}
+
+/// How many of `recipient`'s notifications are unread.
+pub fn unread(read: &ReadTransaction, recipient: u64) -> Result<u64, CoreError> {
+    let table = match read.open_table(COUNTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let unread = table.get(recipient)?.map_or(0, |v| v.value().1);
+    Ok(unread)
+}
+
+fn counts_in(txn: &WriteTransaction, recipient: u64) -> Result<(u64, u64), CoreError> {
+    let c = txn
+        .open_table(COUNTS)?
+        .get(recipient)?
+        .map_or((0, 0), |v| v.value());
+    Ok(c)
+}
+
+/// Deletes the recipient's oldest notification (over the per-user limit). Its coalescing key
+/// goes with it, so the same event much later notifies again.
+fn drop_oldest(txn: &WriteTransaction, recipient: u64) -> Result<(), CoreError> {
+    let mut table = txn.open_table(NOTIFICATIONS)?;
+    let oldest: Option<Notification> =
+        match table.range((recipient, 0)..=(recipient, u64::MAX))?.next() {
+            Some(row) => Some(decode(row?.1.value())?),
+            None => None,
+        };
+    let Some(oldest) = oldest else {
+        return Ok(());
+    };
+    table.remove((recipient, oldest.id))?;
+    drop(table);
+    txn.open_table(KEYS)?.remove(oldest.key())?;
+    txn.open_table(FRESH)?.remove((recipient, oldest.id))?;
+    let (total, unread) = counts_in(txn, recipient)?;
+    let unread = if oldest.read {
+        unread
+    } else {
+        unread.saturating_sub(1)
+    };
+    txn.open_table(COUNTS)?
+        .insert(recipient, (total.saturating_sub(1), unread))?;
+    Ok(())
+}
+
+/// The next notification id of this shard: time-ordered, carrying the shard like every id,
+/// strictly above the last one made here (kept in `notification_ids`).
+fn next_id(txn: &WriteTransaction, here: usize, now_ms: u64) -> Result<u64, CoreError> {
+    let mut ids = txn.open_table(IDS)?;
+    let mut gen = IdGen::new(here);
+    if let Some(last) = ids.get("last")? {
+        gen.observe(last.value());
+    }
+    let id = gen.next(now_ms);
+    ids.insert("last", id)?;
+    Ok(id)
+}
+
+/// Copies this module's tables (backups).
+pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
+    c.copy(NOTIFICATIONS)?;
+    c.copy(KEYS)?;
+    c.copy(COUNTS)?;
+    c.copy(IDS)?;
+    c.copy(FRESH)?;
+    c.copy(REMOTE)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::backends::InMemoryBackend;
+    use redb::{Database, ReadableDatabase};
+
+    use super::*;
+
+    const NOW: u64 = crate::ID_EPOCH_MS + 1_000_000;
+
+    fn db() -> Database {
+        Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap()
+    }
+
+    fn write<R>(db: &Database, f: impl FnOnce(&WriteTransaction) -> Result<R, CoreError>) -> R {
+        let txn = db.begin_write().unwrap();
+        let out = f(&txn).unwrap();
+        txn.commit().unwrap();
+        out
+    }
+
+    /// A user id on shard `shard`.
+    fn user(shard: usize, n: u64) -> u64 {
+        IdGen::new(shard).next(NOW + n)
+    }
+
+    fn like(recipient: u64, actor: u64, post: u64) -> New {
+        New {
+            recipient,
+            kind: Kind::Like,
+            actor: Some(actor),
+            subject: Subject::Post(post),
+        }
+    }
+
+    fn all(db: &Database, who: u64) -> Vec<Notification> {
+        page(
+            &db.begin_read().unwrap(),
+            who,
+            None,
+            100,
+            &Filter::default(),
+        )
+        .unwrap()
+        .0
+    }
+
+    #[test]
+    fn coalesces_and_skips_self_blocked_and_muted() {
+        let db = db();
+        let (a, b, c, d) = (user(0, 1), user(0, 2), user(0, 3), user(0, 4));
+        write(&db, |t| notify(t, 0, &like(a, b, 7), NOW));
+        write(&db, |t| notify(t, 0, &like(a, b, 7), NOW + 1));
+        write(&db, |t| notify(t, 0, &like(a, a, 7), NOW));
+        write(&db, |t| social::set_mute(t, a, c, true, NOW));
+        write(&db, |t| notify(t, 0, &like(a, c, 7), NOW));
+        write(&db, |t| social::block(t, a, d, NOW));
+        write(&db, |t| notify(t, 0, &like(a, d, 7), NOW));
+        let got = all(&db, a);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].actor, Some(b));
+        assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 1);
+        let fresh = write(&db, take_fresh);
+        assert_eq!(fresh, got);
+        assert!(write(&db, take_fresh).is_empty());
+        assert!(!has_pending(&db.begin_read().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn pages_filter_and_mark_read() {
+        let db = db();
+        let a = user(0, 1);
+        for i in 0..10 {
+            let n = New {
+                recipient: a,
+                kind: if i % 2 == 0 { Kind::Like } else { Kind::Follow },
+                actor: Some(user(1, 10 + i)),
+                subject: Subject::Post(100 + i),
+            };
+            write(&db, |t| notify(t, 0, &n, NOW + i));
+        }
+        let read = db.begin_read().unwrap();
+        let (first, next) = page(&read, a, None, 4, &Filter::default()).unwrap();
+        assert_eq!(first.len(), 4);
+        assert!(first.windows(2).all(|w| w[0].id > w[1].id));
+        let (second, _) = page(&read, a, next, 100, &Filter::default()).unwrap();
+        assert_eq!(second.len(), 6);
+        let likes = Filter {
+            only: vec![Kind::Like],
+            exclude: vec![],
+        };
+        let (only, _) = page(&read, a, None, 100, &likes).unwrap();
+        assert!(only.len() == 5 && only.iter().all(|n| n.kind == Kind::Like));
+        let no_likes = Filter {
+            only: vec![],
+            exclude: vec![Kind::Like],
+        };
+        let (rest, _) = page(&read, a, None, 100, &no_likes).unwrap();
+        assert!(rest.len() == 5 && rest.iter().all(|n| n.kind == Kind::Follow));
+        drop(read);
+        let ids = vec![first[0].id, first[1].id, 12345];
+        assert_eq!(
+            write(&db, |t| mark_read(t, a, &Which::Ids(ids.clone()))),
+            (2, 8)
+        );
+        assert_eq!(write(&db, |t| mark_read(t, a, &Which::Ids(ids))), (0, 8));
+        assert_eq!(
+            write(&db, |t| mark_read(t, user(0, 99), &Which::All)),
+            (0, 0)
+        );
+        assert_eq!(
+            write(&db, |t| mark_read(t, a, &Which::UpTo(second[1].id))),
+            (5, 3)
+        );
+        assert_eq!(write(&db, |t| mark_read(t, a, &Which::All)), (3, 0));
+        assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 0);
+    }
+
+    #[test]
+    fn keeps_at_most_the_per_user_limit() {
+        let db = db();
+        let a = user(0, 1);
+        write(&db, |t| {
+            for i in 0..PER_USER_MAX + 5 {
+                notify(t, 0, &like(a, user(1, 2), 1000 + i), NOW + i)?;
+            }
+            Ok(())
+        });
+        let got = all(&db, a);
+        assert_eq!(got.len(), 100);
+        let read = db.begin_read().unwrap();
+        assert_eq!(unread(&read, a).unwrap(), PER_USER_MAX);
+        let (oldest, _) = page(&read, a, Some(got[99].id), 10_000, &Filter::default()).unwrap();
+        assert_eq!(oldest.len() as u64, PER_USER_MAX - 100);
+        assert_eq!(oldest.last().map(|n| n.subject), Some(Subject::Post(1005)));
+        drop(read);
+        assert_eq!(write(&db, take_fresh).len() as u64, PER_USER_MAX);
+    }
+
+    #[test]
+    fn remote_recipients_become_events_applied_there() {
+        let db = db();
+        let remote = user(1, 1);
+        let actor = user(0, 2);
+        let new = like(remote, actor, 7);
+        write(&db, |t| notify(t, 0, &new, NOW));
+        assert!(all(&db, remote).is_empty());
+        assert!(has_pending(&db.begin_read().unwrap()).unwrap());
+        let taken = write(&db, |t| take_remote(t, &[555], NOW));
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].0, 555);
+        assert_eq!(taken[0].1, 1);
+        assert!(!has_pending(&db.begin_read().unwrap()).unwrap());
+        let read = db.begin_read().unwrap();
+        assert_eq!(
+            events::pending(&read, 1, 10).unwrap(),
+            vec![(555, taken[0].2.clone())]
+        );
+        drop(read);
+        // The recipient's shard (another database) applies it once.
+        let there = self::db();
+        let event = taken[0].2.clone();
+        write(&there, |t| events::apply(t, 555, NOW, &event, |_| true));
+        write(&there, |t| events::apply(t, 555, NOW, &event, |_| true));
+        let got = all(&there, remote);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].actor, Some(actor));
+        assert_eq!(crate::shard_of(got[0].id), 1);
+    }
+}

@@ -1,0 +1,642 @@
+//! Web Push: browser subscriptions (table `push_subscriptions`, on the subscriber's shard) and
+//! the pure cryptography of sending to them: RFC 8291 message encryption (`aes128gcm`, RFC
+//! 8188) and RFC 8292 VAPID (an ES256 JWT naming the push service's origin). No I/O here: the
+//! engine's push threads make the requests; randomness comes in as arguments (or from the OS
+//! generator in the `*_random` helpers, like `tokens::random_bytes`).
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes128Gcm, Nonce};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hkdf::Hkdf;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use p256::{PublicKey, SecretKey};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::codec::{decode, encode};
+use crate::{CoreError, Invalid};
+
+/// (user, endpoint) -> Subscription
+const SUBSCRIPTIONS: TableDefinition<(u64, &str), &[u8]> =
+    TableDefinition::new("push_subscriptions");
+
+pub const ENDPOINT_BYTES_MAX: usize = 2048;
+/// An uncompressed P-256 point.
+pub const P256DH_BYTES: usize = 65;
+pub const AUTH_BYTES: usize = 16;
+/// The record size announced in the header; one record carries the whole message.
+const RECORD_SIZE: u32 = 4096;
+/// The header: salt (16), record size (4), key id length (1), key id (65).
+const HEADER_BYTES: usize = 16 + 4 + 1 + P256DH_BYTES;
+/// The largest plaintext one record holds (record size less the tag and the delimiter), and
+/// what push services accept (4096 bytes of body) less the header.
+pub const PLAINTEXT_BYTES_MAX: usize = 4096 - HEADER_BYTES - 16 - 1;
+
+/// A push service URL: `https://` (or `http://` to a loopback host, when allowed for tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    url: String,
+    /// `scheme://host[:port]`: the VAPID audience.
+    origin: String,
+    /// `host:port`: what a circuit breaker is kept for.
+    host_port: String,
+}
+
+impl Endpoint {
+    pub fn parse(raw: &str, allow_insecure_loopback: bool) -> Result<Endpoint, Invalid> {
+        let bad = |why: &str| Invalid::new("invalid_endpoint", why.to_string());
+        if raw.is_empty() || raw.len() > ENDPOINT_BYTES_MAX {
+            return Err(bad("the endpoint is a URL of 1 to 2048 bytes"));
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            return Err(bad("the endpoint must be a plain ASCII URL"));
+        }
+        let (scheme, rest, default_port) = if let Some(rest) = raw.strip_prefix("https://") {
+            ("https", rest, 443)
+        } else if let Some(rest) = raw.strip_prefix("http://") {
+            ("http", rest, 80)
+        } else {
+            return Err(bad("the endpoint must be an https:// URL"));
+        };
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..end];
+        if authority.is_empty() || authority.contains('@') {
+            return Err(bad("the endpoint has no valid host"));
+        }
+        let (host, port) = split_host_port(authority).ok_or_else(|| bad("invalid host or port"))?;
+        let port = port.unwrap_or(default_port);
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok();
+        let loopback =
+            host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
+        if scheme == "http" && !(allow_insecure_loopback && loopback) {
+            return Err(bad("the endpoint must be an https:// URL"));
+        }
+        // Push services are public hosts: an address of this machine or of a private network
+        // would let a client make the server post to internal services.
+        let internal = host.eq_ignore_ascii_case("localhost") || ip.is_some_and(not_public);
+        if internal && !(allow_insecure_loopback && loopback) {
+            return Err(bad("the endpoint must be a public push service"));
+        }
+        Ok(Endpoint {
+            url: raw.to_string(),
+            origin: format!("{scheme}://{authority}"),
+            host_port: format!("{}:{port}", host.to_ascii_lowercase()),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn host_port(&self) -> &str {
+        &self.host_port
+    }
+}
+
+/// Loopback, private, link-local, unspecified, multicast or broadcast addresses.
+fn not_public(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 0
+        }
+        std::net::IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || v6.to_ipv4_mapped().is_some_and(|v4| not_public(v4.into()))
+        }
+    }
+}
+
+/// (host, port) of an authority; the host may be a bracketed IPv6 address.
+fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = if authority.starts_with('[') {
+        let close = authority.find(']')?;
+        let host = &authority[..=close];
+        match &authority[close + 1..] {
+            "" => (host, None),
+            p => (host, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b));
+    if !host_ok {
+        return None;
+    }
+    let port = match port {
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p > 0)?),
+        None => None,
+    };
+    Some((host, port))
+}
+
+/// A browser's push subscription, validated.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Subscription {
+    pub endpoint: String,
+    /// The browser's P-256 public key (uncompressed point).
+    pub p256dh: Vec<u8>,
+    /// The browser's authentication secret.
+    pub auth: Vec<u8>,
+    pub created_ms: u64,
+}
+
+impl Subscription {
+    /// Validates a subscription as a browser's `PushSubscription.toJSON()` gives it (keys in
+    /// base64url, padding optional).
+    pub fn parse(
+        endpoint: &str,
+        p256dh: &str,
+        auth: &str,
+        allow_insecure_loopback: bool,
+        now_ms: u64,
+    ) -> Result<Subscription, Invalid> {
+        let endpoint = Endpoint::parse(endpoint, allow_insecure_loopback)?;
+        let key = b64url(p256dh)
+            .filter(|k| k.len() == P256DH_BYTES && PublicKey::from_sec1_bytes(k).is_ok())
+            .ok_or_else(|| {
+                Invalid::new(
+                    "invalid_p256dh",
+                    "keys.p256dh is an uncompressed P-256 public key in base64url",
+                )
+            })?;
+        let auth = b64url(auth)
+            .filter(|a| a.len() == AUTH_BYTES)
+            .ok_or_else(|| Invalid::new("invalid_auth", "keys.auth is 16 bytes in base64url"))?;
+        Ok(Subscription {
+            endpoint: endpoint.url,
+            p256dh: key,
+            auth,
+            created_ms: now_ms,
+        })
+    }
+}
+
+fn b64url(s: &str) -> Option<Vec<u8>> {
+    if s.len() > 256 {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
+}
+
+/// Stores (or replaces, for the same endpoint) a subscription of `user`. A user has at most
+/// `max` subscriptions.
+pub fn subscribe(
+    txn: &WriteTransaction,
+    user: u64,
+    sub: &Subscription,
+    max: usize,
+) -> Result<(), CoreError> {
+    let mut table = txn.open_table(SUBSCRIPTIONS)?;
+    if table.get((user, sub.endpoint.as_str()))?.is_none() {
+        let count = table
+            .range((user, "")..(user.saturating_add(1), ""))?
+            .take(max)
+            .count();
+        if count >= max {
+            return Err(CoreError::invalid(
+                "too_many_subscriptions",
+                format!("an account has at most {max} push subscriptions; delete one first"),
+            ));
+        }
+    }
+    table.insert((user, sub.endpoint.as_str()), encode(sub).as_slice())?;
+    Ok(())
+}
+
+/// Deletes `user`'s subscription to `endpoint`; false when there was none.
+pub fn unsubscribe(txn: &WriteTransaction, user: u64, endpoint: &str) -> Result<bool, CoreError> {
+    let removed = txn
+        .open_table(SUBSCRIPTIONS)?
+        .remove((user, endpoint))?
+        .is_some();
+    Ok(removed)
+}
+
+/// `user`'s subscriptions (at most `max`).
+pub fn subscriptions(
+    read: &ReadTransaction,
+    user: u64,
+    max: usize,
+) -> Result<Vec<Subscription>, CoreError> {
+    let table = match read.open_table(SUBSCRIPTIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in table
+        .range((user, "")..(user.saturating_add(1), ""))?
+        .take(max)
+    {
+        out.push(decode(row?.1.value())?);
+    }
+    Ok(out)
+}
+
+/// Copies this module's tables (backups).
+pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
+    c.copy(SUBSCRIPTIONS)?;
+    Ok(())
+}
+
+// ---- VAPID (RFC 8292) ----------------------------------------------------------------------
+
+/// The application server's key pair.
+pub struct Vapid {
+    key: SigningKey,
+    /// The public key, uncompressed, in base64url (what browsers take as
+    /// `applicationServerKey` and what the `k=` parameter carries).
+    public_b64: String,
+}
+
+impl Vapid {
+    /// A new private key (32 bytes) for `from_secret`.
+    pub fn generate_secret() -> Vec<u8> {
+        SecretKey::random(&mut rand::rngs::OsRng)
+            .to_bytes()
+            .to_vec()
+    }
+
+    pub fn from_secret(bytes: &[u8]) -> Result<Vapid, Invalid> {
+        let secret = SecretKey::from_slice(bytes).map_err(|_| {
+            Invalid::new("invalid_vapid_key", "the VAPID key file is not a P-256 key")
+        })?;
+        let public = secret.public_key().to_encoded_point(false);
+        Ok(Vapid {
+            key: SigningKey::from(&secret),
+            public_b64: URL_SAFE_NO_PAD.encode(public.as_bytes()),
+        })
+    }
+
+    pub fn public_key_b64(&self) -> &str {
+        &self.public_b64
+    }
+
+    /// The ES256 JWT for a push service (`aud`: its origin), valid until `expires_s`;
+    /// `subject` is a `mailto:` or `https:` contact.
+    pub fn jwt(&self, audience: &str, expires_s: u64, subject: &str) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
+        let claims = format!(
+            r#"{{"aud":"{}","exp":{expires_s},"sub":"{}"}}"#,
+            json_escape(audience),
+            json_escape(subject)
+        );
+        let signing_input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims));
+        let signature: Signature = self.key.sign(signing_input.as_bytes());
+        format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        )
+    }
+
+    /// The `Authorization` header value: `vapid t=<jwt>, k=<public key>`.
+    pub fn authorization(&self, audience: &str, expires_s: u64, subject: &str) -> String {
+        format!(
+            "vapid t={}, k={}",
+            self.jwt(audience, expires_s, subject),
+            self.public_b64
+        )
+    }
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+// ---- Message encryption (RFC 8291, aes128gcm of RFC 8188) --------------------------------
+
+/// Encrypts `plaintext` for a subscriber (`ua_public`, `auth`) with an ephemeral key
+/// `as_secret` and `salt`, both fresh for every message. Returns the whole body: header then
+/// one record.
+pub fn encrypt(
+    plaintext: &[u8],
+    ua_public: &[u8],
+    auth: &[u8],
+    as_secret: &SecretKey,
+    salt: &[u8; 16],
+) -> Result<Vec<u8>, Invalid> {
+    if plaintext.len() > PLAINTEXT_BYTES_MAX {
+        return Err(Invalid::new(
+            "payload_too_large",
+            format!("a push message holds at most {PLAINTEXT_BYTES_MAX} bytes"),
+        ));
+    }
+    let ua = PublicKey::from_sec1_bytes(ua_public)
+        .map_err(|_| Invalid::new("invalid_p256dh", "not a P-256 public key"))?;
+    let ua_bytes = ua.to_encoded_point(false);
+    let as_public = as_secret.public_key().to_encoded_point(false);
+    let shared = p256::ecdh::diffie_hellman(as_secret.to_nonzero_scalar(), ua.as_affine());
+    let (cek, nonce) = derive(
+        shared.raw_secret_bytes(),
+        auth,
+        ua_bytes.as_bytes(),
+        as_public.as_bytes(),
+        salt,
+    )?;
+    let mut record = Vec::with_capacity(plaintext.len() + 1);
+    record.extend_from_slice(plaintext);
+    // The delimiter of the last (only) record; no padding.
+    record.push(2);
+    let cipher = Aes128Gcm::new_from_slice(&cek)
+        .map_err(|_| Invalid::new("crypto", "bad content-encryption key length"))?;
+    let sealed = cipher
+        .encrypt(Nonce::from_slice(&nonce), record.as_slice())
+        .map_err(|_| Invalid::new("crypto", "encryption failed"))?;
+    let mut body = Vec::with_capacity(HEADER_BYTES + sealed.len());
+    body.extend_from_slice(salt);
+    body.extend_from_slice(&RECORD_SIZE.to_be_bytes());
+    body.push(P256DH_BYTES as u8);
+    body.extend_from_slice(as_public.as_bytes());
+    body.extend_from_slice(&sealed);
+    Ok(body)
+}
+
+/// `encrypt` with a fresh ephemeral key and salt from the OS generator.
+pub fn encrypt_random(plaintext: &[u8], ua_public: &[u8], auth: &[u8]) -> Result<Vec<u8>, Invalid> {
+    use rand::RngCore as _;
+    let mut salt = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let secret = SecretKey::random(&mut rand::rngs::OsRng);
+    encrypt(plaintext, ua_public, auth, &secret, &salt)
+}
+
+/// The content-encryption key and nonce (RFC 8291 section 3.4, RFC 8188 section 2.2).
+fn derive(
+    ecdh_secret: &[u8],
+    auth: &[u8],
+    ua_public: &[u8],
+    as_public: &[u8],
+    salt: &[u8],
+) -> Result<([u8; 16], [u8; 12]), Invalid> {
+    let length = || Invalid::new("crypto", "HKDF output length");
+    let mut key_info = Vec::with_capacity(14 + 1 + 65 + 65);
+    key_info.extend_from_slice(b"WebPush: info\0");
+    key_info.extend_from_slice(ua_public);
+    key_info.extend_from_slice(as_public);
+    let mut ikm = [0u8; 32];
+    Hkdf::<Sha256>::new(Some(auth), ecdh_secret)
+        .expand(&key_info, &mut ikm)
+        .map_err(|_| length())?;
+    let prk = Hkdf::<Sha256>::new(Some(salt), &ikm);
+    let mut cek = [0u8; 16];
+    prk.expand(b"Content-Encoding: aes128gcm\0", &mut cek)
+        .map_err(|_| length())?;
+    let mut nonce = [0u8; 12];
+    prk.expand(b"Content-Encoding: nonce\0", &mut nonce)
+        .map_err(|_| length())?;
+    Ok((cek, nonce))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::ecdsa::signature::Verifier;
+    use p256::ecdsa::VerifyingKey;
+
+    fn d(s: &str) -> Vec<u8> {
+        URL_SAFE_NO_PAD.decode(s).unwrap()
+    }
+
+    /// The receiving side, as a browser does it.
+    fn decrypt(body: &[u8], ua_secret: &SecretKey, auth: &[u8]) -> Vec<u8> {
+        let salt = &body[..16];
+        let id_len = body[20] as usize;
+        let as_public = &body[21..21 + id_len];
+        let ua_public = ua_secret.public_key().to_encoded_point(false);
+        let shared = p256::ecdh::diffie_hellman(
+            ua_secret.to_nonzero_scalar(),
+            PublicKey::from_sec1_bytes(as_public).unwrap().as_affine(),
+        );
+        let (cek, nonce) = derive(
+            shared.raw_secret_bytes(),
+            auth,
+            ua_public.as_bytes(),
+            as_public,
+            salt,
+        )
+        .unwrap();
+        let mut plain = Aes128Gcm::new_from_slice(&cek)
+            .unwrap()
+            .decrypt(Nonce::from_slice(&nonce), &body[21 + id_len..])
+            .unwrap();
+        assert_eq!(plain.pop(), Some(2));
+        plain
+    }
+
+    #[test]
+    fn rfc8291_example() {
+        let as_secret =
+            SecretKey::from_slice(&d("yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw")).unwrap();
+        let ua_public = d("BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4");
+        let auth = d("BTBZMqHH6r4Tts7J_aSIgg");
+        let salt: [u8; 16] = d("DGv6ra1nlYgDCS1FRnbzlw").try_into().unwrap();
+        let body = encrypt(
+            b"When I grow up, I want to be a watermelon",
+            &ua_public,
+            &auth,
+            &as_secret,
+            &salt,
+        )
+        .unwrap();
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(&body),
+            "DGv6ra1nlYgDCS1FRnbzlwAAEABBBP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A_yl95bQpu6cVPTpK4Mqgkf1CXztLVBSt2Ks3oZwbuwXPXLWyouBWLVWGNWQexSgSxsj_Qulcy4a-fN"
+        );
+        let ua_secret =
+            SecretKey::from_slice(&d("q1dXpw3UpT5VOmu_cf_v6ih07Aems3njxI-JWgLcM94")).unwrap();
+        assert_eq!(
+            decrypt(&body, &ua_secret, &auth),
+            b"When I grow up, I want to be a watermelon"
+        );
+    }
+
+    #[test]
+    fn random_messages_round_trip_and_have_a_limit() {
+        let ua = SecretKey::random(&mut rand::rngs::OsRng);
+        let ua_public = ua.public_key().to_encoded_point(false);
+        let auth = [7u8; 16];
+        let body = encrypt_random(b"{\"x\":1}", ua_public.as_bytes(), &auth).unwrap();
+        assert_eq!(decrypt(&body, &ua, &auth), b"{\"x\":1}");
+        let big = vec![b'a'; PLAINTEXT_BYTES_MAX];
+        let body = encrypt_random(&big, ua_public.as_bytes(), &auth).unwrap();
+        assert_eq!(body.len(), 4096);
+        assert!(encrypt_random(
+            &[b'a'; PLAINTEXT_BYTES_MAX + 1],
+            ua_public.as_bytes(),
+            &auth
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn vapid_jwt_verifies_with_the_public_key() {
+        let vapid = Vapid::from_secret(&Vapid::generate_secret()).unwrap();
+        let jwt = vapid.jwt("https://push.example.net", 1_900_000_000, "mailto:a@b.c");
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let claims = String::from_utf8(d(parts[1])).unwrap();
+        assert_eq!(
+            claims,
+            r#"{"aud":"https://push.example.net","exp":1900000000,"sub":"mailto:a@b.c"}"#
+        );
+        let key = VerifyingKey::from_sec1_bytes(&d(vapid.public_key_b64())).unwrap();
+        let sig = Signature::from_slice(&d(parts[2])).unwrap();
+        let input = format!("{}.{}", parts[0], parts[1]);
+        assert!(key.verify(input.as_bytes(), &sig).is_ok());
+        assert!(key.verify(b"other", &sig).is_err());
+        let auth = vapid.authorization("https://x", 1, "mailto:a@b.c");
+        assert!(
+            auth.starts_with("vapid t=")
+                && auth.ends_with(&format!(", k={}", vapid.public_key_b64()))
+        );
+    }
+
+    #[test]
+    fn endpoints_and_keys_are_validated() {
+        let e = Endpoint::parse("https://Push.Example.net/wpush/v2/abc?x=1", false).unwrap();
+        assert_eq!(e.origin(), "https://Push.Example.net");
+        assert_eq!(e.host_port(), "push.example.net:443");
+        let e = Endpoint::parse("https://[2001:db8::1]:8443/p", false).unwrap();
+        assert_eq!(e.host_port(), "[2001:db8::1]:8443");
+        for internal in [
+            "https://[::1]/p",
+            "https://localhost/p",
+            "https://127.0.0.1/p",
+            "https://10.1.2.3/p",
+            "https://192.168.0.1/p",
+            "https://169.254.169.254/p",
+            "https://[fd00::1]/p",
+            "https://[::ffff:10.0.0.1]/p",
+            "https://0.0.0.0/p",
+        ] {
+            assert!(Endpoint::parse(internal, false).is_err(), "{internal}");
+        }
+        assert!(Endpoint::parse("https://[::1]/p", true).is_ok());
+        for bad in [
+            "",
+            "ftp://x/y",
+            "http://push.example.net/x",
+            "https://user@host/x",
+            "https:///x",
+            "https://host:0/x",
+            "https://host:99999/x",
+            "https://ho st/x",
+        ] {
+            assert!(Endpoint::parse(bad, true).is_err(), "{bad}");
+        }
+        assert!(Endpoint::parse("http://127.0.0.1:9/x", false).is_err());
+        assert!(Endpoint::parse("http://127.0.0.1:9/x", true).is_ok());
+        assert!(Endpoint::parse("http://localhost/x", true).is_ok());
+        assert!(Endpoint::parse("http://10.0.0.1/x", true).is_err());
+        let ua = SecretKey::random(&mut rand::rngs::OsRng)
+            .public_key()
+            .to_encoded_point(false);
+        let key = URL_SAFE_NO_PAD.encode(ua.as_bytes());
+        let auth = URL_SAFE_NO_PAD.encode([1u8; 16]);
+        assert!(Subscription::parse("https://h/x", &key, &auth, false, 0).is_ok());
+        assert!(Subscription::parse(
+            "https://h/x",
+            &format!("{key}="),
+            &format!("{auth}=="),
+            false,
+            0
+        )
+        .is_ok());
+        assert_eq!(
+            Subscription::parse("https://h/x", &auth, &auth, false, 0)
+                .unwrap_err()
+                .code,
+            "invalid_p256dh"
+        );
+        assert_eq!(
+            Subscription::parse("https://h/x", &key, &key, false, 0)
+                .unwrap_err()
+                .code,
+            "invalid_auth"
+        );
+        let mut not_on_curve = ua.as_bytes().to_vec();
+        not_on_curve[64] ^= 1;
+        assert!(Subscription::parse(
+            "https://h/x",
+            &URL_SAFE_NO_PAD.encode(&not_on_curve),
+            &auth,
+            false,
+            0
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn subscriptions_are_kept_per_user_with_a_limit() {
+        use redb::backends::InMemoryBackend;
+        use redb::{Database, ReadableDatabase};
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let ua = SecretKey::random(&mut rand::rngs::OsRng)
+            .public_key()
+            .to_encoded_point(false);
+        let key = URL_SAFE_NO_PAD.encode(ua.as_bytes());
+        let auth = URL_SAFE_NO_PAD.encode([1u8; 16]);
+        let sub =
+            |n: u32| Subscription::parse(&format!("https://h/{n}"), &key, &auth, false, 0).unwrap();
+        let txn = db.begin_write().unwrap();
+        subscribe(&txn, 1, &sub(1), 2).unwrap();
+        subscribe(&txn, 1, &sub(1), 2).unwrap();
+        subscribe(&txn, 1, &sub(2), 2).unwrap();
+        assert!(subscribe(&txn, 1, &sub(3), 2).is_err());
+        subscribe(&txn, 2, &sub(3), 2).unwrap();
+        assert!(unsubscribe(&txn, 1, "https://h/1").unwrap());
+        assert!(!unsubscribe(&txn, 1, "https://h/1").unwrap());
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        let mine: Vec<String> = subscriptions(&read, 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.endpoint)
+            .collect();
+        assert_eq!(mine, vec!["https://h/2".to_string()]);
+        assert_eq!(subscriptions(&read, 2, 10).unwrap().len(), 1);
+    }
+}
