@@ -63,6 +63,7 @@ pub fn copy_all(
     crate::profiles::copy_tables(&mut c)?;
     crate::events::copy_tables(&mut c)?;
     crate::messages::copy_tables(&mut c)?;
+    crate::search::copy_tables(&mut c)?;
     let missed: Vec<String> = read
         .list_tables()?
         .map(|t| t.name().to_string())

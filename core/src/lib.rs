@@ -20,6 +20,7 @@ pub mod media;
 pub mod messages;
 pub mod password;
 pub mod profiles;
+pub mod search;
 pub mod social;
 pub mod tokens;
 

@@ -76,6 +76,9 @@ pub enum Route {
     TusHead(u64),
     TusPatch(u64),
     TusDelete(u64),
+    Search,
+    SearchBody,
+    TagPosts,
 }
 
 /// Why no route matched.
@@ -158,6 +161,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("HEAD", "/v1/uploads/{id}"),
     ("PATCH", "/v1/uploads/{id}"),
     ("DELETE", "/v1/uploads/{id}"),
+    ("GET", "/v1/search"),
+    ("POST", "/v1/search"),
+    ("GET", "/v1/tags/{tag}"),
 ];
 
 impl Route {
@@ -212,6 +218,11 @@ impl Route {
             "/wrk2-api/post/compose" => one(DsbCompose, Method::POST),
             "/wrk2-api/user-timeline/read" => one(DsbUserTimeline, Method::GET),
             "/wrk2-api/home-timeline/read" => one(DsbHomeTimeline, Method::GET),
+            "/v1/search" => match *method {
+                Method::GET => Ok(Search),
+                Method::POST => Ok(SearchBody),
+                _ => Err(RouteMiss::MethodNotAllowed),
+            },
             "/v1/media" => one(MediaUpload, Method::POST),
             "/v1/uploads" => match *method {
                 Method::OPTIONS => Ok(TusOptions),
@@ -308,6 +319,12 @@ impl Route {
                 _ => Err(RouteMiss::NotFound),
             };
         }
+        if let Some(tag) = path.strip_prefix("/v1/tags/") {
+            if tag.is_empty() || tag.contains('/') {
+                return Err(RouteMiss::NotFound);
+            }
+            return by_method(Some(TagPosts), None, None);
+        }
         if let Some(rest) = path.strip_prefix("/v1/users/") {
             if let Some(name) = rest.strip_prefix('@') {
                 if name.is_empty() || name.contains('/') {
@@ -388,6 +405,8 @@ impl Route {
             MediaFile(_) => "/v1/media/{id}/{name}",
             TusOptions | TusCreate => "/v1/uploads",
             TusHead(_) | TusPatch(_) | TusDelete(_) => "/v1/uploads/{id}",
+            Search | SearchBody => "/v1/search",
+            TagPosts => "/v1/tags/{tag}",
         }
     }
 }

@@ -332,6 +332,9 @@ async fn dispatch(
         | Route::TusHead(_)
         | Route::TusPatch(_)
         | Route::TusDelete(_) => crate::api_media::dispatch(shard, route, req, deadline).await,
+        Route::Search | Route::SearchBody | Route::TagPosts => {
+            crate::api_search::dispatch(shard, route, req, deadline).await
+        }
         social => crate::api_social::dispatch(shard, social, req, deadline).await,
     }
 }

@@ -115,6 +115,9 @@ pub struct Config {
     pub tus_upload_ttl_s: u64,
     /// Largest body of one tus PATCH.
     pub tus_chunk_bytes_max: u64,
+    /// How long a search waits for each shard's answer; a shard later than this is left
+    /// out and the answer is marked partial.
+    pub search_shard_timeout_ms: u64,
 }
 
 /// How the SMTP connection is protected.
@@ -205,6 +208,7 @@ impl Default for Config {
             media_url_ttl_s: 3600,
             tus_upload_ttl_s: 24 * 3600,
             tus_chunk_bytes_max: 1024 * 1024 * 1024,
+            search_shard_timeout_ms: 1_000,
         }
     }
 }
@@ -352,6 +356,8 @@ pub struct ServeArgs {
     pub tus_upload_ttl_s: Option<u64>,
     #[arg(long, env = "NOVA_TUS_CHUNK_BYTES_MAX")]
     pub tus_chunk_bytes_max: Option<u64>,
+    #[arg(long, env = "NOVA_SEARCH_SHARD_TIMEOUT_MS")]
+    pub search_shard_timeout_ms: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -425,7 +431,8 @@ impl Config {
             media_request_timeout_ms,
             media_url_ttl_s,
             tus_upload_ttl_s,
-            tus_chunk_bytes_max
+            tus_chunk_bytes_max,
+            search_shard_timeout_ms
         );
         for (slot, arg) in [
             (&mut cfg.smtp_host, &args.smtp_host),

@@ -328,6 +328,10 @@ impl Shard {
                 let _ = reply.send(Ok(self.snapshot()));
             }
             media if media.is_media() => crate::media_jobs::serve(&self, media).await,
+            search @ (Op::SearchMutes { .. }
+            | Op::SearchPosts { .. }
+            | Op::SearchAccounts { .. }
+            | Op::SearchTags { .. }) => self.serve_search(search),
             social => self.serve_social(social, deadline).await,
         }
     }
