@@ -13,7 +13,7 @@ PYENV := target/pyenv
 # taskset pins the server and the load generator to separate cores.
 BENCH_PACKAGES := util-linux
 
-.PHONY: run test bench lint deps bench-deps clean pyenv
+.PHONY: run test bench lint deps bench-deps clean pyenv bench-search
 
 define install_missing
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -46,6 +46,10 @@ lint: deps
 
 bench: bench-deps
 	./scripts/bench.sh
+
+# Search: 1,000,000 imported posts, index build rate, two-word queries at 1,000/s.
+bench-search: deps
+	./scripts/bench-search.sh
 
 clean:
 	$(CARGO) clean

@@ -171,6 +171,38 @@ pub fn post(read: &ReadTransaction, id: u64) -> Result<Option<Post>, CoreError> 
     value.map(|v| decode(v.value())).transpose()
 }
 
+/// `post` inside a write transaction (sees the batch's own earlier writes).
+pub fn post_in(txn: &WriteTransaction, id: u64) -> Result<Option<Post>, CoreError> {
+    let table = txn.open_table(POSTS)?;
+    let value = table.get(id)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+/// Up to `limit` posts with ids above `after`, in id order (a rebuild walks them all).
+pub fn posts_after(
+    read: &ReadTransaction,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Post>, CoreError> {
+    let table = match read.open_table(POSTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let start = match after {
+        None => 0,
+        Some(a) => match a.checked_add(1) {
+            Some(s) => s,
+            None => return Ok(Vec::new()),
+        },
+    };
+    let mut out = Vec::with_capacity(limit);
+    for row in table.range(start..)?.take(limit) {
+        out.push(decode(row?.1.value())?);
+    }
+    Ok(out)
+}
+
 /// The post an earlier create with this Idempotency-Key made, if within the window.
 pub fn idempotent_post(
     read: &ReadTransaction,

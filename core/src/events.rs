@@ -96,6 +96,11 @@ pub enum Event {
     Notified {
         notice: Box<crate::notifications::New>,
     },
+    /// A user was registered or changed its username or display name (local history only:
+    /// the search index of the user's shard reads it).
+    UserChanged {
+        user_id: u64,
+    },
 }
 
 /// Appends `event` to the history and queues it for each shard in `targets`.
@@ -116,6 +121,68 @@ pub fn record(
         }
     }
     Ok(())
+}
+
+/// A key of the history: (ms, event id).
+pub type HistoryKey = (u64, u64);
+
+/// Up to `limit` events of the history from key `from` (inclusive), oldest first.
+pub fn history(
+    read: &ReadTransaction,
+    from: HistoryKey,
+    limit: usize,
+) -> Result<Vec<(HistoryKey, Event)>, CoreError> {
+    let table = match read.open_table(EVENT_STORE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in table.range(from..)?.take(limit) {
+        let (key, value) = row?;
+        out.push((key.value(), decode(value.value())?));
+    }
+    Ok(out)
+}
+
+/// Up to `limit` keys (ms, event id) of the history from `from` (inclusive), oldest first.
+pub fn history_keys(
+    read: &ReadTransaction,
+    from: (u64, u64),
+    limit: usize,
+) -> Result<Vec<(u64, u64)>, CoreError> {
+    let table = match read.open_table(EVENT_STORE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in table.range(from..)?.take(limit) {
+        out.push(row?.0.value());
+    }
+    Ok(out)
+}
+
+/// One event of the history.
+pub fn stored(read: &ReadTransaction, key: (u64, u64)) -> Result<Option<Event>, CoreError> {
+    let table = match read.open_table(EVENT_STORE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let value = table.get(key)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+/// The newest key of the history.
+pub fn last_key(read: &ReadTransaction) -> Result<Option<(u64, u64)>, CoreError> {
+    let table = match read.open_table(EVENT_STORE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let last = table.last()?.map(|(k, _)| k.value());
+    Ok(last)
 }
 
 /// Up to `limit` undelivered events for `target`, oldest first.
@@ -264,6 +331,8 @@ pub fn apply(
         // Recorded on the uploader's own shard, never sent anywhere.
         Event::MediaReady { .. } | Event::MediaFailed { .. } => {}
         Event::Notified { notice } => crate::notifications::apply_remote(txn, notice, now_ms)?,
+        // Never sent to another shard.
+        Event::UserChanged { .. } => {}
     }
     Ok(true)
 }

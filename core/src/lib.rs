@@ -22,6 +22,7 @@ pub mod notifications;
 pub mod password;
 pub mod profiles;
 pub mod push;
+pub mod search;
 pub mod social;
 pub mod tokens;
 

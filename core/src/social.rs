@@ -199,6 +199,16 @@ pub fn mutes(read: &ReadTransaction, muter: u64, muted: u64) -> Result<bool, Cor
     Ok(found)
 }
 
+/// Up to `max` users `muter` mutes, on the muter's shard.
+pub fn muted_by(read: &ReadTransaction, muter: u64, max: usize) -> Result<Vec<u64>, CoreError> {
+    let t = open_read!(read, MUTES, Vec::new());
+    let mut out = Vec::new();
+    for row in t.range((muter, 0)..=(muter, u64::MAX))?.take(max) {
+        out.push(row?.0.value().1);
+    }
+    Ok(out)
+}
+
 /// On the follower's shard. Returns false when it already held (nothing written).
 pub fn follow(
     txn: &WriteTransaction,

@@ -427,3 +427,33 @@ pub struct ConversationEnvelope {
 pub struct ReadState {
     pub last_read_id: Option<String>,
 }
+
+// ---- search (issue 6) ----
+
+/// `POST /v1/search`: the query of `GET /v1/search` as a JSON body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub q: String,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
+/// A page of search results; `partial` when some shard did not answer in time.
+#[derive(Debug, Serialize)]
+pub struct SearchPage<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+    pub partial: bool,
+}
+
+/// A hashtag and how many posts use it.
+#[derive(Debug, Serialize)]
+pub struct TagView {
+    pub name: String,
+    pub count: u64,
+}

@@ -83,6 +83,9 @@ pub enum Route {
     PushSubscriptions,
     PushSubscribe,
     PushUnsubscribe,
+    Search,
+    SearchBody,
+    TagPosts,
 }
 
 /// Why no route matched.
@@ -172,6 +175,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/push/subscriptions"),
     ("POST", "/v1/push/subscriptions"),
     ("DELETE", "/v1/push/subscriptions"),
+    ("GET", "/v1/search"),
+    ("POST", "/v1/search"),
+    ("GET", "/v1/tags/{tag}"),
 ];
 
 impl Route {
@@ -226,6 +232,11 @@ impl Route {
             "/wrk2-api/post/compose" => one(DsbCompose, Method::POST),
             "/wrk2-api/user-timeline/read" => one(DsbUserTimeline, Method::GET),
             "/wrk2-api/home-timeline/read" => one(DsbHomeTimeline, Method::GET),
+            "/v1/search" => match *method {
+                Method::GET => Ok(Search),
+                Method::POST => Ok(SearchBody),
+                _ => Err(RouteMiss::MethodNotAllowed),
+            },
             "/v1/media" => one(MediaUpload, Method::POST),
             "/v1/uploads" => match *method {
                 Method::OPTIONS => Ok(TusOptions),
@@ -332,6 +343,12 @@ impl Route {
                 _ => Err(RouteMiss::NotFound),
             };
         }
+        if let Some(tag) = path.strip_prefix("/v1/tags/") {
+            if tag.is_empty() || tag.contains('/') {
+                return Err(RouteMiss::NotFound);
+            }
+            return by_method(Some(TagPosts), None, None);
+        }
         if let Some(rest) = path.strip_prefix("/v1/users/") {
             if let Some(name) = rest.strip_prefix('@') {
                 if name.is_empty() || name.contains('/') {
@@ -417,6 +434,8 @@ impl Route {
             NotificationsUnreadCount => "/v1/notifications/unread_count",
             PushVapidKey => "/v1/push/vapid_public_key",
             PushSubscriptions | PushSubscribe | PushUnsubscribe => "/v1/push/subscriptions",
+            Search | SearchBody => "/v1/search",
+            TagPosts => "/v1/tags/{tag}",
         }
     }
 }

@@ -339,6 +339,9 @@ async fn dispatch(
         | Route::PushSubscriptions
         | Route::PushSubscribe
         | Route::PushUnsubscribe => crate::api_notify::dispatch(shard, route, req, deadline).await,
+        Route::Search | Route::SearchBody | Route::TagPosts => {
+            crate::api_search::dispatch(shard, route, req, deadline).await
+        }
         social => crate::api_social::dispatch(shard, social, req, deadline).await,
     }
 }

@@ -137,6 +137,9 @@ pub struct Config {
     pub push_subscriptions_per_user_max: usize,
     /// The VAPID `sub` claim: a `mailto:` or `https:` contact for push services.
     pub vapid_subject: String,
+    /// How long a search waits for each shard's answer; a shard later than this is left
+    /// out and the answer is marked partial.
+    pub search_shard_timeout_ms: u64,
 }
 
 /// How the SMTP connection is protected.
@@ -238,6 +241,7 @@ impl Default for Config {
             push_ttl_s: 24 * 3600,
             push_subscriptions_per_user_max: 10,
             vapid_subject: "mailto:admin@localhost".to_string(),
+            search_shard_timeout_ms: 1_000,
         }
     }
 }
@@ -407,6 +411,8 @@ pub struct ServeArgs {
     pub push_subscriptions_per_user_max: Option<usize>,
     #[arg(long, env = "NOVA_VAPID_SUBJECT")]
     pub vapid_subject: Option<String>,
+    #[arg(long, env = "NOVA_SEARCH_SHARD_TIMEOUT_MS")]
+    pub search_shard_timeout_ms: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -491,7 +497,8 @@ impl Config {
             push_breaker_cooldown_ms,
             push_ttl_s,
             push_subscriptions_per_user_max,
-            vapid_subject
+            vapid_subject,
+            search_shard_timeout_ms
         );
         for (slot, arg) in [
             (&mut cfg.smtp_host, &args.smtp_host),

@@ -7,6 +7,7 @@ mod api_dsb;
 mod api_media;
 mod api_messages;
 mod api_notify;
+mod api_search;
 mod api_social;
 mod backup;
 mod body;
@@ -23,6 +24,8 @@ mod messaging;
 mod metrics;
 mod notify;
 mod push;
+mod search;
+mod search_admin;
 mod server;
 mod shard;
 mod social;
@@ -76,6 +79,30 @@ enum AdminCommand {
     /// The email queue: list emails by state, send dead ones again.
     #[command(subcommand)]
     Emails(mail_admin::EmailsCommand),
+    /// Drop and rebuild every shard's search index from the posts and users tables (the
+    /// server must be stopped).
+    Reindex {
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+    },
+    /// Write synthetic accounts and posts into a data directory (search benchmark corpus);
+    /// the search index is built at the next start or by `reindex`.
+    ImportPosts {
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// Shards of a new data directory (an existing one keeps its own).
+        #[arg(long, default_value_t = 2)]
+        shards: usize,
+        #[arg(long, default_value_t = 1_000)]
+        users: u64,
+        #[arg(long, default_value_t = 1_000_000)]
+        posts: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Every account's password.
+        #[arg(long, default_value = "password")]
+        password: String,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -117,6 +144,24 @@ fn main() -> std::process::ExitCode {
 fn admin(cmd: AdminCommand) -> anyhow::Result<String> {
     match cmd {
         AdminCommand::Emails(cmd) => mail_admin::run(cmd).map(|()| String::new()),
+        AdminCommand::Reindex { data_dir } => {
+            search_admin::reindex(&data_dir).map(|()| String::new())
+        }
+        AdminCommand::ImportPosts {
+            data_dir,
+            shards,
+            users,
+            posts,
+            seed,
+            password,
+        } => {
+            let shards = match nova_storage::DataDir::read_manifest(&data_dir) {
+                Ok(Some(m)) => m.shards,
+                _ => shards,
+            };
+            search_admin::import_posts(&data_dir, shards, users, posts, seed, &password)
+                .map(|()| String::new())
+        }
         AdminCommand::Backup {
             dest,
             server,

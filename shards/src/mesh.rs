@@ -469,6 +469,35 @@ pub enum Op {
     },
     /// Notifications and push subscriptions, on the user's shard (shards/src/notify.rs).
     Notify(crate::notify::NotifyOp),
+
+    // ---- search (shards/src/search.rs) ----
+    /// The users `user_id` mutes, on the user's shard (a search leaves their posts out).
+    SearchMutes {
+        user_id: u64,
+        reply: Reply<Vec<u64>>,
+    },
+    /// This shard's first posts for a query, as `searcher` may see them.
+    SearchPosts {
+        query: nova_core::search::PostQuery,
+        searcher: u64,
+        mutes: Vec<u64>,
+        after: Option<nova_core::search::Rank>,
+        limit: usize,
+        reply: Reply<crate::search::ShardPosts>,
+    },
+    /// This shard's accounts for a query, without those blocked either way with `searcher`.
+    SearchAccounts {
+        words: Vec<String>,
+        searcher: u64,
+        after: Option<nova_core::search::AccountRank>,
+        limit: usize,
+        reply: Reply<Vec<(nova_core::search::AccountRank, UserBrief)>>,
+    },
+    /// This shard's hashtags starting with a prefix, with their counts here.
+    SearchTags {
+        prefix: String,
+        reply: Reply<Vec<(String, u64)>>,
+    },
 }
 
 /// A comment with its counts as the viewer sees them.

@@ -72,6 +72,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     })?;
     let (push, push_threads) = crate::push::start(&cfg, vapid, partitions.clone())
         .context("cannot start the push threads")?;
+    // A missing or older search index is rebuilt before any shard serves.
+    crate::search_admin::ensure_indexes(&partitions, false)?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(crate::http::tls_acceptor(cert, key)?),
         _ => None,
@@ -334,6 +336,7 @@ async fn shard_main(start: ShardStart) {
     glommio::spawn_local(crate::mail::run(Rc::clone(&shard))).detach();
     glommio::spawn_local(crate::media_jobs::requeue_loop(Rc::clone(&shard))).detach();
     glommio::spawn_local(Rc::clone(&shard).sweep_loop()).detach();
+    glommio::spawn_local(Rc::clone(&shard).indexer_loop()).detach();
     let _ = ready.send(Ok(()));
     mesh_loop.await;
 }

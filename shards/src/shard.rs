@@ -333,6 +333,10 @@ impl Shard {
             }
             media if media.is_media() => crate::media_jobs::serve(&self, media).await,
             Op::Notify(op) => self.serve_notify(op).await,
+            search @ (Op::SearchMutes { .. }
+            | Op::SearchPosts { .. }
+            | Op::SearchAccounts { .. }
+            | Op::SearchTags { .. }) => self.serve_search(search),
             social => self.serve_social(social, deadline).await,
         }
     }

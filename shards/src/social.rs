@@ -364,11 +364,14 @@ impl Shard {
                 links,
                 reply,
             } => {
+                let (event_id, now) = (self.next_id(), now_ms());
                 let result = self
                     .partition
                     .write(move |t| {
                         let user = match &display_name {
-                            Some(name) => Some(identity::set_display_name(t, user_id, name)?),
+                            Some(name) => {
+                                Some(identity::set_display_name(t, user_id, name, event_id, now)?)
+                            }
                             None => None,
                         };
                         if bio.is_some() || links.is_some() {

@@ -234,6 +234,38 @@ pub fn user(read: &ReadTransaction, id: u64) -> Result<Option<User>, CoreError> 
     value.map(|v| decode(v.value())).transpose()
 }
 
+/// `user` inside a write transaction (sees the batch's own earlier writes).
+pub fn user_in(txn: &WriteTransaction, id: u64) -> Result<Option<User>, CoreError> {
+    let table = txn.open_table(USERS)?;
+    let value = table.get(id)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
+/// Up to `limit` users with ids above `after`, in id order (a search rebuild walks them).
+pub fn users_after(
+    read: &ReadTransaction,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<User>, CoreError> {
+    let table = match read.open_table(USERS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let start = match after {
+        None => 0,
+        Some(a) => match a.checked_add(1) {
+            Some(s) => s,
+            None => return Ok(Vec::new()),
+        },
+    };
+    let mut out = Vec::with_capacity(limit);
+    for row in table.range(start..)?.take(limit) {
+        out.push(decode(row?.1.value())?);
+    }
+    Ok(out)
+}
+
 pub fn user_by_username(read: &ReadTransaction, key: &str) -> Result<Option<User>, CoreError> {
     let id = {
         let table = open_or_empty!(read, USERNAMES);
@@ -479,6 +511,9 @@ pub fn create_user(txn: &WriteTransaction, ctx: &Context, new: NewUser) -> Resul
         OneTimeKind::VerifyEmail,
     )?;
     log(txn, ctx, AuthEvent::Register, Some(user.id), None)?;
+    // For the search index (the auth log's id is unique, so it serves as the event's).
+    let changed = crate::events::Event::UserChanged { user_id: user.id };
+    crate::events::record(txn, ctx.log_id, ctx.now_ms, &changed, &[])?;
     Ok(user)
 }
 
@@ -756,11 +791,14 @@ pub fn verify_email(txn: &WriteTransaction, ctx: &Context, token: &str) -> Resul
     Ok(user)
 }
 
-/// Changes the user's display name (validated by the caller).
+/// Changes the user's display name (validated by the caller); `event_id` and `now_ms` date
+/// its `UserChanged` event.
 pub fn set_display_name(
     txn: &WriteTransaction,
     user_id: u64,
     name: &DisplayName,
+    event_id: u64,
+    now_ms: u64,
 ) -> Result<User, CoreError> {
     let mut users = txn.open_table(USERS)?;
     let mut user: User = match users.get(user_id)? {
@@ -769,6 +807,8 @@ pub fn set_display_name(
     };
     user.display_name = name.as_str().to_string();
     users.insert(user_id, encode(&user).as_slice())?;
+    let changed = crate::events::Event::UserChanged { user_id };
+    crate::events::record(txn, event_id, now_ms, &changed, &[])?;
     Ok(user)
 }
 

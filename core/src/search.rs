@@ -1,0 +1,1286 @@
+//! Search: a projection of posts, accounts and hashtags (tables `search_postings`,
+//! `search_docs`, `search_doc_meta`, `search_tags`, `search_accounts`, `search_account_docs`, `search_meta`).
+//!
+//! Every shard indexes what it owns (its posts and its users) and nothing else; a query is
+//! answered by every shard and merged by the engine. The index is derived data: it is fed
+//! by re-reading the primary rows an event names (`resync_post`, `resync_user`), so applying
+//! the same event twice, or out of order, leaves the same index; and it can be dropped and
+//! rebuilt from the `posts` and `users` tables at any time (`clear`, `index_fresh_posts`,
+//! `index_fresh_users`, `finish_rebuild`).
+//!
+//! Text: Unicode word segmentation (UAX #29), then NFKD, combining marks removed, lower
+//! case: matching ignores case and accents. No stemming ("runs" does not find "run").
+//! A short list of English stop-words is neither indexed nor searched.
+//!
+//! Postings are blocks of post ids keyed `(term, smallest id in the block)`: a term's posts
+//! are one contiguous range of blocks, newest last, so an AND of terms is a leapfrog walk of
+//! descending lists (mostly inside blocks already read) that stops as soon as a page is
+//! full. Terms: a word, `#tag` for a hashtag, `@<author id>` for the author.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
+use unicode_segmentation::UnicodeSegmentation;
+
+use crate::codec::{decode, encode};
+use crate::content::{Post, Visibility};
+use crate::events::Event;
+use crate::{CoreError, Invalid};
+
+/// (term, smallest post id of the block) -> a block of up to `BLOCK_IDS_MAX` post ids of the
+/// term, ascending, 8 bytes little-endian each
+const POSTINGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("search_postings");
+/// post id -> PostDoc : what a post was indexed under, and what a query filters on
+const DOCS: TableDefinition<u64, &[u8]> = TableDefinition::new("search_docs");
+/// post id -> (author, flags: 1 followers-only, 2 has hashtags) : what a query filters on,
+/// fixed-size so that a candidate costs no decoding
+const DOC_META: TableDefinition<u64, (u64, u8)> = TableDefinition::new("search_doc_meta");
+const META_FOLLOWERS_ONLY: u8 = 1;
+const META_HAS_TAGS: u8 = 2;
+/// (folded tag, tag as written) -> posts on this shard using it
+const TAGS: TableDefinition<(&str, &str), u64> = TableDefinition::new("search_tags");
+/// (term, user id) -> AccountTerm code : username and display-name terms
+const ACCOUNTS: TableDefinition<(&str, u64), u8> = TableDefinition::new("search_accounts");
+/// user id -> AccountDoc
+const ACCOUNT_DOCS: TableDefinition<u64, &[u8]> = TableDefinition::new("search_account_docs");
+/// name -> value : `format`, and the event cursor (`cursor_ms`, `cursor_id`)
+const META: TableDefinition<&str, u64> = TableDefinition::new("search_meta");
+
+/// Bumped whenever what is indexed changes; an index of another format is rebuilt.
+pub const FORMAT_VERSION: u64 = 3;
+/// Post ids per posting block: one B-tree entry holds this many, so a build writes a
+/// hundred times fewer entries and a query walks most of a list in memory.
+const BLOCK_IDS_MAX: usize = 128;
+/// Longest query, in characters.
+pub const QUERY_CHARS_MAX: usize = 256;
+/// Terms (words, tags, `from:`) in one query, at most.
+pub const QUERY_TERMS_MAX: usize = 8;
+/// Longer terms are cut to this many bytes (at a character boundary), when indexed and
+/// when searched alike.
+pub const TERM_BYTES_MAX: usize = 64;
+/// Most results on one page.
+pub const RESULTS_MAX: usize = 100;
+/// Account-index rows looked at for one prefix, at most.
+pub const ACCOUNT_SCAN_MAX: usize = 2_000;
+/// Hashtag rows looked at for one prefix, at most.
+pub const TAG_SCAN_MAX: usize = 5_000;
+
+/// Words neither indexed nor searched: they would match nearly every post.
+const STOP_WORDS: [&str; 33] = [
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "he",
+    "i", "if", "in", "is", "it", "its", "not", "of", "on", "or", "she", "that", "the", "they",
+    "this", "to", "was", "were", "with",
+];
+
+// ---- text ------------------------------------------------------------------------------
+
+/// Case- and accent-folded form of a word: NFKD, combining marks dropped, lower case, cut
+/// to `TERM_BYTES_MAX` bytes.
+pub fn fold(word: &str) -> String {
+    if word.is_ascii() {
+        // Most words: nothing to decompose (the same answer, without the NFKD machinery).
+        let end = word.len().min(TERM_BYTES_MAX);
+        return word[..end].to_ascii_lowercase();
+    }
+    let mut out = String::with_capacity(word.len());
+    for c in word.nfkd().filter(|c| !is_combining_mark(*c)) {
+        for l in c.to_lowercase() {
+            if out.len() + l.len_utf8() > TERM_BYTES_MAX {
+                return out;
+            }
+            out.push(l);
+        }
+    }
+    out
+}
+
+pub fn is_stop_word(term: &str) -> bool {
+    STOP_WORDS.binary_search(&term).is_ok()
+}
+
+/// The folded words of a text (UAX #29 words, so punctuation and emoji are not words),
+/// stop-words included, in order.
+pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.unicode_words().map(fold).filter(|w| !w.is_empty())
+}
+
+/// The distinct searchable words of a text (no stop-words), sorted.
+fn word_terms(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = words(text).filter(|w| !is_stop_word(w)).collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+// ---- queries ---------------------------------------------------------------------------
+
+/// A post query as the client wrote it, checked and folded. `from` is still a username:
+/// the engine resolves it to an id on the user's shard.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ParsedPostQuery {
+    pub words: Vec<String>,
+    pub tags: Vec<String>,
+    pub from: Option<String>,
+}
+
+impl ParsedPostQuery {
+    /// True when nothing is left to search for (only stop-words and punctuation).
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty() && self.tags.is_empty() && self.from.is_none()
+    }
+}
+
+/// The checks every query passes: not empty, not too long, no control characters.
+pub fn check_query(raw: &str) -> Result<&str, Invalid> {
+    let q = raw.trim();
+    if q.is_empty() {
+        return Err(Invalid::new("invalid_query", "the query is empty"));
+    }
+    if q.chars().count() > QUERY_CHARS_MAX {
+        return Err(Invalid::new(
+            "query_too_long",
+            format!("a query has at most {QUERY_CHARS_MAX} characters"),
+        ));
+    }
+    if q.chars().any(char::is_control) {
+        return Err(Invalid::new(
+            "invalid_query",
+            "a query cannot contain control characters",
+        ));
+    }
+    Ok(q)
+}
+
+fn too_many_terms() -> Invalid {
+    Invalid::new(
+        "too_many_terms",
+        format!("a query has at most {QUERY_TERMS_MAX} terms"),
+    )
+}
+
+/// Parses a post query: words (all must match), `#tag`, `from:username`. A query of only
+/// stop-words and punctuation parses to an empty query (no results), not an error.
+pub fn parse_post_query(raw: &str) -> Result<ParsedPostQuery, Invalid> {
+    let q = check_query(raw)?;
+    let mut out = ParsedPostQuery::default();
+    for piece in q.split_whitespace() {
+        if let Some(name) = piece.strip_prefix("from:") {
+            let name = name.trim_start_matches('@');
+            if name.is_empty() {
+                continue;
+            }
+            if out.from.is_some() {
+                return Err(Invalid::new(
+                    "invalid_query",
+                    "a query has at most one from:",
+                ));
+            }
+            out.from = Some(name.to_ascii_lowercase());
+        } else if let Some(tag) = piece.strip_prefix('#') {
+            for t in words(tag) {
+                if !out.tags.contains(&t) {
+                    out.tags.push(t);
+                }
+            }
+        } else {
+            for w in words(piece) {
+                if !is_stop_word(&w) && !out.words.contains(&w) {
+                    out.words.push(w);
+                }
+            }
+        }
+        if out.words.len() + out.tags.len() + usize::from(out.from.is_some()) > QUERY_TERMS_MAX {
+            return Err(too_many_terms());
+        }
+    }
+    Ok(out)
+}
+
+/// The folded words of an account query (a leading `@` is ignored; stop-words are kept:
+/// names are short and "The" may be one).
+pub fn parse_account_query(raw: &str) -> Result<Vec<String>, Invalid> {
+    let q = check_query(raw)?;
+    let mut out: Vec<String> = Vec::new();
+    for w in words(q) {
+        if !out.contains(&w) {
+            out.push(w);
+        }
+    }
+    if out.len() > QUERY_TERMS_MAX {
+        return Err(too_many_terms());
+    }
+    Ok(out)
+}
+
+/// The folded prefix of a hashtag query (`#` optional); `None` when it has no word.
+pub fn parse_tag_query(raw: &str) -> Result<Option<String>, Invalid> {
+    let q = check_query(raw)?;
+    let mut it = words(q.trim_start_matches('#'));
+    let first = it.next();
+    if it.next().is_some() {
+        return Err(Invalid::new("invalid_query", "a hashtag query is one word"));
+    }
+    Ok(first)
+}
+
+// ---- posts ------------------------------------------------------------------------------
+
+/// What a post is indexed under, kept to remove it again and to filter hits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct PostDoc {
+    author: u64,
+    followers_only: bool,
+    /// Every posting term of the post.
+    terms: Vec<String>,
+    /// (folded, as written) hashtags.
+    tags: Vec<(String, String)>,
+}
+
+fn author_term(author: u64) -> String {
+    format!("@{author}")
+}
+
+fn tag_term(folded: &str) -> String {
+    format!("#{folded}")
+}
+
+fn post_doc(post: &Post) -> PostDoc {
+    let mut terms = word_terms(&post.text);
+    let mut tags: Vec<(String, String)> = Vec::new();
+    for tag in &post.hashtags {
+        let folded = fold(tag);
+        if !folded.is_empty() && !tags.iter().any(|(f, _)| *f == folded) {
+            terms.push(tag_term(&folded));
+            tags.push((folded, tag.clone()));
+        }
+    }
+    terms.push(author_term(post.author_id));
+    PostDoc {
+        author: post.author_id,
+        followers_only: post.visibility == Visibility::Followers,
+        terms,
+        tags,
+    }
+}
+
+fn meta_flags(doc: &PostDoc) -> u8 {
+    let mut flags = 0;
+    if doc.followers_only {
+        flags |= META_FOLLOWERS_ONLY;
+    }
+    if !doc.tags.is_empty() {
+        flags |= META_HAS_TAGS;
+    }
+    flags
+}
+
+fn add_tag_counts(
+    txn: &WriteTransaction,
+    tags: &[(String, String)],
+    delta: i64,
+) -> Result<(), CoreError> {
+    let mut table = txn.open_table(TAGS)?;
+    for (folded, written) in tags {
+        let key = (folded.as_str(), written.as_str());
+        let old = table.get(key)?.map(|v| v.value()).unwrap_or(0);
+        let new = old.saturating_add_signed(delta);
+        if new == 0 {
+            table.remove(key)?;
+        } else {
+            table.insert(key, new)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_doc(txn: &WriteTransaction, post_id: u64) -> Result<Option<PostDoc>, CoreError> {
+    let old: Option<PostDoc> = match txn.open_table(DOCS)?.remove(post_id)? {
+        Some(v) => Some(decode(v.value())?),
+        None => None,
+    };
+    txn.open_table(DOC_META)?.remove(post_id)?;
+    if let Some(doc) = &old {
+        let mut postings = txn.open_table(POSTINGS)?;
+        for term in &doc.terms {
+            remove_posting(&mut postings, term, post_id)?;
+        }
+        drop(postings);
+        add_tag_counts(txn, &doc.tags, -1)?;
+    }
+    Ok(old)
+}
+
+fn insert_doc(txn: &WriteTransaction, post_id: u64, doc: &PostDoc) -> Result<(), CoreError> {
+    let mut postings = txn.open_table(POSTINGS)?;
+    for term in &doc.terms {
+        add_posting(&mut postings, term, post_id)?;
+    }
+    drop(postings);
+    txn.open_table(DOCS)?
+        .insert(post_id, encode(doc).as_slice())?;
+    txn.open_table(DOC_META)?
+        .insert(post_id, (doc.author, meta_flags(doc)))?;
+    add_tag_counts(txn, &doc.tags, 1)
+}
+
+type Postings<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
+
+fn decode_block(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect()
+}
+
+fn encode_block(ids: &[u64]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.to_le_bytes()).collect()
+}
+
+/// The block of `term` that holds `id` if any does: the one with the greatest smallest id
+/// at most `id` (or, when `id` is below every block, the first block).
+fn block_for(
+    postings: &Postings<'_>,
+    term: &str,
+    id: u64,
+) -> Result<Option<(u64, Vec<u64>)>, CoreError> {
+    let below = postings.range((term, 0)..=(term, id))?.next_back();
+    let row = match below {
+        Some(r) => Some(r?),
+        None => match postings.range((term, id)..=(term, u64::MAX))?.next() {
+            Some(r) => Some(r?),
+            None => None,
+        },
+    };
+    Ok(row.map(|(k, v)| (k.value().1, decode_block(v.value()))))
+}
+
+fn put_block(postings: &mut Postings<'_>, term: &str, ids: &[u64]) -> Result<(), CoreError> {
+    if let Some(first) = ids.first() {
+        postings.insert((term, *first), encode_block(ids).as_slice())?;
+    }
+    Ok(())
+}
+
+/// Adds `id` to `term`'s list (idempotent).
+fn add_posting(postings: &mut Postings<'_>, term: &str, id: u64) -> Result<(), CoreError> {
+    let Some((key, mut ids)) = block_for(postings, term, id)? else {
+        return put_block(postings, term, &[id]);
+    };
+    let at = match ids.binary_search(&id) {
+        Ok(_) => return Ok(()),
+        Err(at) => at,
+    };
+    if ids.len() >= BLOCK_IDS_MAX && at == ids.len() {
+        // The usual case, a new post: the full newest block stays, a new one starts.
+        return put_block(postings, term, &[id]);
+    }
+    ids.insert(at, id);
+    postings.remove((term, key))?;
+    if ids.len() > BLOCK_IDS_MAX {
+        let upper = ids.split_off(ids.len() / 2);
+        put_block(postings, term, &upper)?;
+    }
+    put_block(postings, term, &ids)
+}
+
+/// Removes `id` from `term`'s list, if there.
+fn remove_posting(postings: &mut Postings<'_>, term: &str, id: u64) -> Result<(), CoreError> {
+    let Some((key, mut ids)) = block_for(postings, term, id)? else {
+        return Ok(());
+    };
+    let Ok(at) = ids.binary_search(&id) else {
+        return Ok(());
+    };
+    ids.remove(at);
+    postings.remove((term, key))?;
+    put_block(postings, term, &ids)
+}
+
+/// Appends ascending `ids`, all above any id `term` has (a rebuild, walking posts in order).
+fn append_postings(postings: &mut Postings<'_>, term: &str, ids: &[u64]) -> Result<(), CoreError> {
+    let mut rest = ids;
+    let last = match postings.range((term, 0)..=(term, u64::MAX))?.next_back() {
+        Some(r) => {
+            let (k, v) = r?;
+            Some((k.value().1, decode_block(v.value())))
+        }
+        None => None,
+    };
+    if let Some((key, mut block)) = last.filter(|(_, b)| b.len() < BLOCK_IDS_MAX) {
+        let room = (BLOCK_IDS_MAX - block.len()).min(rest.len());
+        block.extend_from_slice(&rest[..room]);
+        rest = &rest[room..];
+        postings.remove((term, key))?;
+        put_block(postings, term, &block)?;
+    }
+    for chunk in rest.chunks(BLOCK_IDS_MAX) {
+        put_block(postings, term, chunk)?;
+    }
+    Ok(())
+}
+
+/// Makes the index agree with `post` (`None`: the post is gone). Idempotent.
+pub fn resync_post(
+    txn: &WriteTransaction,
+    post_id: u64,
+    post: Option<&Post>,
+) -> Result<(), CoreError> {
+    let new = post.map(post_doc);
+    let old: Option<PostDoc> = match txn.open_table(DOCS)?.get(post_id)? {
+        Some(v) => Some(decode(v.value())?),
+        None => None,
+    };
+    if old == new {
+        return Ok(());
+    }
+    remove_doc(txn, post_id)?;
+    if let Some(doc) = &new {
+        insert_doc(txn, post_id, doc)?;
+    }
+    Ok(())
+}
+
+/// Indexes posts into an index known not to hold them (a rebuild): postings are sorted
+/// first so that the B-tree is written in order, and tag counts are summed per batch.
+pub fn index_fresh_posts(txn: &WriteTransaction, posts: &[Post]) -> Result<(), CoreError> {
+    let docs: Vec<(u64, PostDoc)> = posts.iter().map(|p| (p.id, post_doc(p))).collect();
+    let mut keys: Vec<(&str, u64)> = docs
+        .iter()
+        .flat_map(|(id, d)| d.terms.iter().map(move |t| (t.as_str(), *id)))
+        .collect();
+    keys.sort_unstable();
+    {
+        let mut postings = txn.open_table(POSTINGS)?;
+        for run in keys.chunk_by(|a, b| a.0 == b.0) {
+            let ids: Vec<u64> = run.iter().map(|(_, id)| *id).collect();
+            append_postings(&mut postings, run[0].0, &ids)?;
+        }
+        let mut table = txn.open_table(DOCS)?;
+        let mut meta = txn.open_table(DOC_META)?;
+        for (id, doc) in &docs {
+            table.insert(*id, encode(doc).as_slice())?;
+            meta.insert(*id, (doc.author, meta_flags(doc)))?;
+        }
+    }
+    let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for (_, doc) in &docs {
+        for (f, w) in &doc.tags {
+            *counts.entry((f.as_str(), w.as_str())).or_default() += 1;
+        }
+    }
+    let mut tags = txn.open_table(TAGS)?;
+    for (key, n) in counts {
+        let old = tags.get(key)?.map(|v| v.value()).unwrap_or(0);
+        tags.insert(key, old + n)?;
+    }
+    Ok(())
+}
+
+/// Where a post sorts in a result list: by tier (0 first: every searched word is also one
+/// of the post's hashtags), then newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rank {
+    pub tier: u8,
+    pub id: u64,
+}
+
+impl Ord for Rank {
+    fn cmp(&self, other: &Rank) -> std::cmp::Ordering {
+        self.tier
+            .cmp(&other.tier)
+            .then_with(|| other.id.cmp(&self.id))
+    }
+}
+
+impl PartialOrd for Rank {
+    fn partial_cmp(&self, other: &Rank) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Rank {
+    /// The cursor form: `<tier>-<id>`.
+    pub fn render(&self) -> String {
+        format!("{}-{}", self.tier, self.id)
+    }
+
+    pub fn parse(raw: &str) -> Option<Rank> {
+        let (tier, id) = raw.split_once('-')?;
+        Some(Rank {
+            tier: tier.parse().ok().filter(|t| *t <= 1)?,
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+/// A post query with `from:` resolved to the author's id.
+#[derive(Debug, Clone, Default)]
+pub struct PostQuery {
+    pub words: Vec<String>,
+    pub tags: Vec<String>,
+    pub author: Option<u64>,
+}
+
+/// A candidate post, before the engine's visibility checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostHit {
+    pub rank: Rank,
+    pub author: u64,
+    pub followers_only: bool,
+}
+
+/// One page of post hits and how far the walk got.
+#[derive(Debug, Default)]
+pub struct PostPage {
+    pub hits: Vec<PostHit>,
+    /// `None`: every match after the cursor was looked at. `Some(r)`: everything up to `r`
+    /// was looked at (the page is full, or the walk hit `steps_max`); a next page starts
+    /// after `r`.
+    pub stopped_at: Option<Rank>,
+}
+
+/// Posts matching `q`, after `after`, that `keep` accepts; at most `limit`, walking at most
+/// `steps_max` posting seeks.
+pub fn search_posts(
+    read: &ReadTransaction,
+    q: &PostQuery,
+    after: Option<Rank>,
+    limit: usize,
+    steps_max: usize,
+    mut keep: impl FnMut(&PostHit) -> Result<bool, CoreError>,
+) -> Result<PostPage, CoreError> {
+    let mut page = PostPage::default();
+    if limit == 0 || (q.words.is_empty() && q.tags.is_empty() && q.author.is_none()) {
+        return Ok(page);
+    }
+    let postings = match read.open_table(POSTINGS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(page),
+        Err(e) => return Err(e.into()),
+    };
+    let docs = read.open_table(DOCS)?;
+    let meta = read.open_table(DOC_META)?;
+    let mut common: Vec<String> = q.tags.iter().map(|t| tag_term(t)).collect();
+    if let Some(a) = q.author {
+        common.push(author_term(a));
+    }
+    // Tier 0 (only when words are searched): the words are hashtags of the post.
+    let mut tiers: Vec<(u8, Vec<String>)> = Vec::new();
+    if !q.words.is_empty() {
+        let mut t0: Vec<String> = q.words.iter().map(|w| tag_term(w)).collect();
+        t0.extend(common.iter().cloned());
+        tiers.push((0, t0));
+    }
+    let mut t1 = q.words.clone();
+    t1.extend(common);
+    tiers.push((1, t1));
+    let mut steps = 0usize;
+    for (tier, terms) in tiers {
+        let mut lists: Vec<Cursor> = terms
+            .into_iter()
+            .map(|term| Cursor { term, block: None })
+            .collect();
+        let mut high = match after {
+            Some(a) if a.tier > tier => continue,
+            Some(a) if a.tier == tier => match a.id.checked_sub(1) {
+                Some(h) => h,
+                None => continue,
+            },
+            _ => u64::MAX,
+        };
+        loop {
+            let found = leapfrog(&postings, &mut lists, high, &mut steps, steps_max)?;
+            let id = match found {
+                Walk::Match(id) => id,
+                Walk::Exhausted => break,
+                Walk::OutOfSteps(at) => {
+                    // Nothing above `at` matched: the next page starts at `at` itself.
+                    let id = at.saturating_add(1);
+                    page.stopped_at = Some(Rank { tier, id });
+                    return Ok(page);
+                }
+            };
+            let found = meta.get(id)?.map(|v| v.value());
+            if let Some((author, flags)) = found {
+                // A tier-0 post was listed in tier 0 already (only a post with hashtags can
+                // be one; only then is its whole doc read).
+                let in_tier0 = tier == 1 && !q.words.is_empty() && flags & META_HAS_TAGS != 0 && {
+                    let doc: Option<PostDoc> = match docs.get(id)? {
+                        Some(v) => Some(decode(v.value())?),
+                        None => None,
+                    };
+                    doc.is_some_and(|d| q.words.iter().all(|w| d.tags.iter().any(|(f, _)| f == w)))
+                };
+                let hit = PostHit {
+                    rank: Rank { tier, id },
+                    author,
+                    followers_only: flags & META_FOLLOWERS_ONLY != 0,
+                };
+                if !in_tier0 && keep(&hit)? {
+                    page.hits.push(hit);
+                    if page.hits.len() == limit {
+                        page.stopped_at = Some(hit.rank);
+                        return Ok(page);
+                    }
+                }
+            }
+            match id.checked_sub(1) {
+                Some(h) => high = h,
+                None => break,
+            }
+            if steps >= steps_max {
+                page.stopped_at = Some(Rank { tier, id });
+                return Ok(page);
+            }
+        }
+    }
+    Ok(page)
+}
+
+enum Walk {
+    Match(u64),
+    Exhausted,
+    /// Gave up after `steps_max` probes; no id above this one matches.
+    OutOfSteps(u64),
+}
+
+/// One term's list as the walk reads it: the block last read, kept while the walk stays in
+/// it (the walk only goes down, so a block is read once).
+struct Cursor {
+    term: String,
+    /// (smallest id, ids ascending) of the block read last.
+    block: Option<(u64, Vec<u64>)>,
+}
+
+impl Cursor {
+    /// The largest id of the list at most `at_most`.
+    fn seek(
+        &mut self,
+        postings: &redb::ReadOnlyTable<(&str, u64), &[u8]>,
+        at_most: u64,
+    ) -> Result<Option<u64>, CoreError> {
+        let cached = matches!(&self.block, Some((min, _)) if *min <= at_most);
+        if !cached {
+            let term = self.term.as_str();
+            let row = postings.range((term, 0)..=(term, at_most))?.next_back();
+            self.block = match row {
+                Some(r) => {
+                    let (k, v) = r?;
+                    Some((k.value().1, decode_block(v.value())))
+                }
+                None => return Ok(None),
+            };
+        }
+        let Some((_, ids)) = &self.block else {
+            return Ok(None);
+        };
+        // The block's smallest id is at most `at_most`, so there is an answer in it.
+        let n = ids.partition_point(|id| *id <= at_most);
+        Ok(n.checked_sub(1).map(|i| ids[i]))
+    }
+}
+
+/// The largest id at most `high` that is in every list (a leapfrog join: each list jumps to
+/// the candidate of the others).
+fn leapfrog(
+    postings: &redb::ReadOnlyTable<(&str, u64), &[u8]>,
+    lists: &mut [Cursor],
+    high: u64,
+    steps: &mut usize,
+    steps_max: usize,
+) -> Result<Walk, CoreError> {
+    let n = lists.len();
+    let mut candidate = high;
+    let mut agreed = 0usize;
+    let mut i = 0usize;
+    loop {
+        *steps += 1;
+        let Some(id) = lists[i].seek(postings, candidate)? else {
+            return Ok(Walk::Exhausted);
+        };
+        if id == candidate {
+            agreed += 1;
+        } else {
+            candidate = id;
+            agreed = 1;
+        }
+        if agreed == n {
+            return Ok(Walk::Match(candidate));
+        }
+        i = (i + 1) % n;
+        if *steps >= steps_max {
+            return Ok(Walk::OutOfSteps(candidate));
+        }
+    }
+}
+
+// ---- accounts ----------------------------------------------------------------------------
+
+/// How an account term was made.
+const TERM_USERNAME: u8 = 0;
+const TERM_USERNAME_PART: u8 = 1;
+const TERM_NAME: u8 = 2;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+struct AccountDoc {
+    username_key: String,
+    terms: Vec<(String, u8)>,
+}
+
+fn account_doc(username: &str, display_name: &str) -> AccountDoc {
+    let key = fold(username);
+    let mut terms: Vec<(String, u8)> = vec![(key.clone(), TERM_USERNAME)];
+    for part in key.split('_').filter(|p| !p.is_empty() && *p != key) {
+        if !terms.iter().any(|(t, _)| t == part) {
+            terms.push((part.to_string(), TERM_USERNAME_PART));
+        }
+    }
+    for w in words(display_name) {
+        if !terms.iter().any(|(t, _)| *t == w) {
+            terms.push((w, TERM_NAME));
+        }
+    }
+    AccountDoc {
+        username_key: key,
+        terms,
+    }
+}
+
+/// Makes the account index agree with a user (`None`: the user is gone). Idempotent.
+pub fn resync_user(
+    txn: &WriteTransaction,
+    user_id: u64,
+    user: Option<(&str, &str)>,
+) -> Result<(), CoreError> {
+    let new = user.map(|(u, d)| account_doc(u, d));
+    let mut docs = txn.open_table(ACCOUNT_DOCS)?;
+    let old: Option<AccountDoc> = match docs.get(user_id)? {
+        Some(v) => Some(decode(v.value())?),
+        None => None,
+    };
+    if old == new {
+        return Ok(());
+    }
+    let mut index = txn.open_table(ACCOUNTS)?;
+    if let Some(old) = old {
+        for (t, _) in &old.terms {
+            index.remove((t.as_str(), user_id))?;
+        }
+        docs.remove(user_id)?;
+    }
+    if let Some(new) = new {
+        for (t, kind) in &new.terms {
+            index.insert((t.as_str(), user_id), *kind)?;
+        }
+        docs.insert(user_id, encode(&new).as_slice())?;
+    }
+    Ok(())
+}
+
+/// Where an account sorts: tier 0 the username is the query, 1 every word is a whole
+/// term, 2 some word only as a prefix; then by username.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AccountRank {
+    pub tier: u8,
+    pub username_key: String,
+}
+
+impl AccountRank {
+    pub fn render(&self) -> String {
+        format!("{}-{}", self.tier, self.username_key)
+    }
+
+    pub fn parse(raw: &str) -> Option<AccountRank> {
+        let (tier, name) = raw.split_once('-')?;
+        Some(AccountRank {
+            tier: tier.parse().ok().filter(|t| *t <= 2)?,
+            username_key: name.to_string(),
+        })
+    }
+}
+
+/// Accounts whose username or display name has every query word as a word or a word's
+/// prefix; after `after`, at most `limit`, each accepted by `keep(user id)`.
+pub fn search_accounts(
+    read: &ReadTransaction,
+    words: &[String],
+    after: Option<&AccountRank>,
+    limit: usize,
+    mut keep: impl FnMut(u64) -> Result<bool, CoreError>,
+) -> Result<Vec<(AccountRank, u64)>, CoreError> {
+    let Some(first) = words.iter().max_by_key(|w| w.len()) else {
+        return Ok(Vec::new());
+    };
+    let index = match read.open_table(ACCOUNTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let docs = read.open_table(ACCOUNT_DOCS)?;
+    let whole: String = words.join("_");
+    let mut candidates: Vec<u64> = Vec::new();
+    for row in index.range((first.as_str(), 0)..)?.take(ACCOUNT_SCAN_MAX) {
+        let (key, _) = row?;
+        let (term, user) = key.value();
+        if !term.starts_with(first.as_str()) {
+            break;
+        }
+        if !candidates.contains(&user) {
+            candidates.push(user);
+        }
+    }
+    let mut out: Vec<(AccountRank, u64)> = Vec::new();
+    for user in candidates {
+        let doc: AccountDoc = match docs.get(user)? {
+            Some(v) => decode(v.value())?,
+            None => continue,
+        };
+        let mut all_whole = true;
+        let mut all_match = true;
+        for w in words {
+            if doc.terms.iter().any(|(t, _)| t == w) {
+                continue;
+            }
+            all_whole = false;
+            if !doc.terms.iter().any(|(t, _)| t.starts_with(w.as_str())) {
+                all_match = false;
+                break;
+            }
+        }
+        if !all_match {
+            continue;
+        }
+        let tier = if doc.username_key == whole {
+            0
+        } else if all_whole {
+            1
+        } else {
+            2
+        };
+        let rank = AccountRank {
+            tier,
+            username_key: doc.username_key,
+        };
+        if after.is_some_and(|a| rank <= *a) {
+            continue;
+        }
+        out.push((rank, user));
+    }
+    out.sort();
+    let mut kept = Vec::with_capacity(limit);
+    for (rank, user) in out {
+        if kept.len() == limit {
+            break;
+        }
+        if keep(user)? {
+            kept.push((rank, user));
+        }
+    }
+    Ok(kept)
+}
+
+// ---- hashtags ----------------------------------------------------------------------------
+
+/// Hashtags (as written) starting with the folded `prefix`, with how many of this shard's
+/// posts use them; at most `TAG_SCAN_MAX` looked at.
+pub fn complete_tags(
+    read: &ReadTransaction,
+    prefix: &str,
+) -> Result<Vec<(String, u64)>, CoreError> {
+    let table = match read.open_table(TAGS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in table.range((prefix, "")..)?.take(TAG_SCAN_MAX) {
+        let (key, count) = row?;
+        let (folded, written) = key.value();
+        if !folded.starts_with(prefix) {
+            break;
+        }
+        out.push((written.to_string(), count.value()));
+    }
+    Ok(out)
+}
+
+// ---- events, cursor, rebuild -------------------------------------------------------------
+
+/// What an event asks the index to look at again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    Post(u64),
+    User(u64),
+}
+
+/// The index entry an event touches, if any. Exhaustive on purpose: a new event kind must
+/// say here whether search cares.
+pub fn subject(event: &Event) -> Option<Subject> {
+    match event {
+        Event::PostCreated { post } => Some(Subject::Post(post.id)),
+        Event::PostDeleted { post_id, .. } => Some(Subject::Post(*post_id)),
+        Event::PostEdited { post } => Some(Subject::Post(post.id)),
+        Event::UserChanged { user_id } => Some(Subject::User(*user_id)),
+        // Messages and media states are not searched.
+        Event::MediaReady { .. }
+        | Event::MediaFailed { .. }
+        | Event::ConversationJoined { .. }
+        | Event::MessagePosted { .. }
+        | Event::ConversationLeft { .. }
+        | Event::Notified { .. } => None,
+        // Relations change who may see a post, which is checked when a query runs.
+        Event::Followed { .. }
+        | Event::Unfollowed { .. }
+        | Event::Blocked { .. }
+        | Event::Unblocked { .. }
+        | Event::FollowApproved { .. } => None,
+    }
+}
+
+/// The stored format of this shard's index; `None` when there is none (or it is unfinished).
+pub fn format(read: &ReadTransaction) -> Result<Option<u64>, CoreError> {
+    let table = match read.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let v = table.get("format")?.map(|v| v.value());
+    Ok(v)
+}
+
+/// The last event (ms, id) the index has taken in.
+pub fn cursor(read: &ReadTransaction) -> Result<Option<(u64, u64)>, CoreError> {
+    let table = match read.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let ms = table.get("cursor_ms")?.map(|v| v.value());
+    let id = table.get("cursor_id")?.map(|v| v.value());
+    Ok(ms.zip(id))
+}
+
+/// Moves the cursor forward (never back).
+pub fn advance_cursor(txn: &WriteTransaction, to: (u64, u64)) -> Result<(), CoreError> {
+    let mut table = txn.open_table(META)?;
+    let ms = table.get("cursor_ms")?.map(|v| v.value());
+    let id = table.get("cursor_id")?.map(|v| v.value());
+    if ms.zip(id).is_some_and(|old| old >= to) {
+        return Ok(());
+    }
+    table.insert("cursor_ms", to.0)?;
+    table.insert("cursor_id", to.1)?;
+    Ok(())
+}
+
+/// Drops the whole index (the format mark first, so a half-built index is never taken for
+/// a finished one).
+pub fn clear(txn: &WriteTransaction) -> Result<(), CoreError> {
+    txn.delete_table(META)?;
+    txn.delete_table(POSTINGS)?;
+    txn.delete_table(DOCS)?;
+    txn.delete_table(DOC_META)?;
+    txn.delete_table(TAGS)?;
+    txn.delete_table(ACCOUNTS)?;
+    txn.delete_table(ACCOUNT_DOCS)?;
+    Ok(())
+}
+
+/// Indexes users into an index known not to hold them (a rebuild).
+pub fn index_fresh_users(
+    txn: &WriteTransaction,
+    users: &[(u64, &str, &str)],
+) -> Result<(), CoreError> {
+    for (id, username, display) in users {
+        resync_user(txn, *id, Some((username, display)))?;
+    }
+    Ok(())
+}
+
+/// Marks a rebuild finished: the format, and the event cursor it was built at.
+pub fn finish_rebuild(txn: &WriteTransaction, cursor: Option<(u64, u64)>) -> Result<(), CoreError> {
+    let mut table = txn.open_table(META)?;
+    if let Some((ms, id)) = cursor {
+        table.insert("cursor_ms", ms)?;
+        table.insert("cursor_id", id)?;
+    }
+    table.insert("format", FORMAT_VERSION)?;
+    Ok(())
+}
+
+/// Copies this module's tables (backups: the index is copied with the data and event
+/// cursor of the same moment, so a restored server needs no rebuild).
+pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
+    c.copy(POSTINGS)?;
+    c.copy(DOCS)?;
+    c.copy(DOC_META)?;
+    c.copy(TAGS)?;
+    c.copy(ACCOUNTS)?;
+    c.copy(ACCOUNT_DOCS)?;
+    c.copy(META)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::Post;
+    use redb::backends::InMemoryBackend;
+    use redb::{Database, ReadableDatabase};
+
+    fn db() -> Database {
+        Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap()
+    }
+
+    fn post(id: u64, author: u64, text: &str, visibility: Visibility) -> Post {
+        Post {
+            id,
+            author_id: author,
+            author_username: "u".into(),
+            author_display_name: "U".into(),
+            text: text.into(),
+            visibility,
+            reply_to: None,
+            mentions: vec![],
+            hashtags: crate::content::extract(text).hashtags,
+            urls: vec![],
+            created_ms: 0,
+            edited_ms: None,
+            post_type: 0,
+            media: vec![],
+            author_external_id: None,
+            fanned_to: vec![],
+        }
+    }
+
+    fn write(db: &Database, f: impl FnOnce(&WriteTransaction)) {
+        let txn = db.begin_write().unwrap();
+        f(&txn);
+        txn.commit().unwrap();
+    }
+
+    fn find(db: &Database, q: &str, author: Option<u64>) -> Vec<(u8, u64)> {
+        let p = parse_post_query(q).unwrap();
+        let q = PostQuery {
+            words: p.words,
+            tags: p.tags,
+            author,
+        };
+        let read = db.begin_read().unwrap();
+        search_posts(&read, &q, None, 50, 10_000, |_| Ok(true))
+            .unwrap()
+            .hits
+            .iter()
+            .map(|h| (h.rank.tier, h.rank.id))
+            .collect()
+    }
+
+    #[test]
+    fn folding_and_stop_words() {
+        assert_eq!(fold("Café"), "cafe");
+        assert_eq!(fold("ÉCOLE"), "ecole");
+        assert_eq!(fold("ﬁne"), "fine");
+        assert_eq!(fold(&"x".repeat(100)).len(), TERM_BYTES_MAX);
+        assert_eq!(
+            words("Hello, wörld! The naïve café's 3.14").collect::<Vec<_>>(),
+            vec!["hello", "world", "the", "naive", "cafe's", "3.14"]
+        );
+        assert!(is_stop_word("the") && !is_stop_word("rust"));
+        let mut sorted = STOP_WORDS;
+        sorted.sort_unstable();
+        assert_eq!(sorted, STOP_WORDS, "binary search needs a sorted list");
+        assert!(parse_post_query("the, and ... !!").unwrap().is_empty());
+        assert_eq!(parse_post_query("").unwrap_err().code, "invalid_query");
+        assert_eq!(
+            parse_post_query("a\u{1}b").unwrap_err().code,
+            "invalid_query"
+        );
+        assert_eq!(
+            parse_post_query(&"x".repeat(300)).unwrap_err().code,
+            "query_too_long"
+        );
+        assert_eq!(
+            parse_post_query("a1 b1 c1 d1 e1 f1 g1 h1 i1")
+                .unwrap_err()
+                .code,
+            "too_many_terms"
+        );
+        let p = parse_post_query("Rust #Día from:@Bob").unwrap();
+        assert_eq!(p.words, vec!["rust"]);
+        assert_eq!(p.tags, vec!["dia"]);
+        assert_eq!(p.from.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn and_of_words_ranked_by_tags_then_recency_and_resync() {
+        let db = db();
+        write(&db, |t| {
+            resync_post(
+                t,
+                10,
+                Some(&post(10, 1, "Rust is fast", Visibility::Public)),
+            )
+            .unwrap();
+            resync_post(
+                t,
+                11,
+                Some(&post(11, 2, "fast café and RUST", Visibility::Public)),
+            )
+            .unwrap();
+            resync_post(t, 12, Some(&post(12, 1, "only fast", Visibility::Public))).unwrap();
+            resync_post(
+                t,
+                13,
+                Some(&post(13, 1, "#rust tips", Visibility::Followers)),
+            )
+            .unwrap();
+            resync_post(t, 9, Some(&post(9, 2, "rust", Visibility::Public))).unwrap();
+        });
+        assert_eq!(find(&db, "rust fast", None), vec![(1, 11), (1, 10)]);
+        assert_eq!(
+            find(&db, "RÚST", None),
+            vec![(0, 13), (1, 11), (1, 10), (1, 9)]
+        );
+        assert_eq!(find(&db, "#rust", None), vec![(1, 13)]);
+        assert_eq!(find(&db, "cafe", None), vec![(1, 11)]);
+        assert_eq!(find(&db, "rust", Some(2)), vec![(1, 11), (1, 9)]);
+        // Pagination: after (1, 11) comes (1, 10).
+        let read = db.begin_read().unwrap();
+        let q = PostQuery {
+            words: vec!["rust".into()],
+            ..Default::default()
+        };
+        let page = search_posts(&read, &q, None, 2, 1000, |_| Ok(true)).unwrap();
+        assert_eq!(page.stopped_at, Some(Rank { tier: 1, id: 11 }));
+        let next = search_posts(&read, &q, page.stopped_at, 2, 1000, |_| Ok(true)).unwrap();
+        let ids: Vec<u64> = next.hits.iter().map(|h| h.rank.id).collect();
+        assert_eq!(ids, vec![10, 9]);
+        drop(read);
+        // An edit and a delete are taken in; doing them twice changes nothing.
+        for _ in 0..2 {
+            write(&db, |t| {
+                resync_post(t, 10, Some(&post(10, 1, "Go is fast", Visibility::Public))).unwrap();
+                resync_post(t, 11, None).unwrap();
+            });
+        }
+        assert_eq!(find(&db, "rust fast", None), vec![]);
+        assert_eq!(find(&db, "go", None), vec![(1, 10)]);
+        let read = db.begin_read().unwrap();
+        assert_eq!(
+            complete_tags(&read, "ru").unwrap(),
+            vec![("rust".into(), 1)]
+        );
+    }
+
+    #[test]
+    fn fresh_build_equals_incremental() {
+        let posts: Vec<Post> = (1..200)
+            .map(|i| {
+                post(
+                    i,
+                    i % 7,
+                    &format!("word{} common #t{}", i % 13, i % 3),
+                    Visibility::Public,
+                )
+            })
+            .collect();
+        let a = db();
+        write(&a, |t| index_fresh_posts(t, &posts).unwrap());
+        let b = db();
+        write(&b, |t| {
+            for p in &posts {
+                resync_post(t, p.id, Some(p)).unwrap();
+            }
+        });
+        for q in ["common", "word3 common", "#t1", "word5 #t2"] {
+            assert_eq!(find(&a, q, None), find(&b, q, None), "{q}");
+            assert!(!find(&a, q, None).is_empty(), "{q}");
+        }
+        assert_eq!(
+            complete_tags(&a.begin_read().unwrap(), "t").unwrap(),
+            complete_tags(&b.begin_read().unwrap(), "t").unwrap()
+        );
+    }
+
+    #[test]
+    fn posting_blocks_against_a_model() {
+        // Ids in a scrambled order, some removed, some added twice: the lists must read back
+        // as a sorted set would, across block splits.
+        let db = db();
+        let mut model = std::collections::BTreeSet::new();
+        let ids: Vec<u64> = (0..1000u64).map(|i| (i * 7919) % 1000 + 1).collect();
+        write(&db, |t| {
+            for (n, id) in ids.iter().enumerate() {
+                let text = if id % 2 == 0 { "even blocky" } else { "blocky" };
+                resync_post(t, *id, Some(&post(*id, 1, text, Visibility::Public))).unwrap();
+                model.insert(*id);
+                if n % 3 == 0 {
+                    resync_post(t, *id, None).unwrap();
+                    model.remove(id);
+                }
+            }
+            for id in ids.iter().take(50) {
+                resync_post(t, *id, Some(&post(*id, 1, "blocky", Visibility::Public))).unwrap();
+                model.insert(*id);
+            }
+        });
+        let read = db.begin_read().unwrap();
+        let q = PostQuery {
+            words: vec!["blocky".into()],
+            ..Default::default()
+        };
+        let mut got = Vec::new();
+        let mut after = None;
+        loop {
+            let page = search_posts(&read, &q, after, 37, 100_000, |_| Ok(true)).unwrap();
+            got.extend(page.hits.iter().map(|h| h.rank.id));
+            match page.stopped_at {
+                Some(r) => after = Some(r),
+                None => break,
+            }
+        }
+        let want: Vec<u64> = model.iter().rev().copied().collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn accounts_exact_whole_then_prefix() {
+        let db = db();
+        write(&db, |t| {
+            resync_user(t, 1, Some(("ana", "Ana Lima"))).unwrap();
+            resync_user(t, 2, Some(("anabel_x", "Bel"))).unwrap();
+            resync_user(t, 3, Some(("zed", "Ana Ñandú"))).unwrap();
+            resync_user(t, 4, Some(("bob", "Bob"))).unwrap();
+        });
+        let read = db.begin_read().unwrap();
+        let names = |q: &str| -> Vec<(u8, u64)> {
+            let w = parse_account_query(q).unwrap();
+            search_accounts(&read, &w, None, 10, |_| Ok(true))
+                .unwrap()
+                .into_iter()
+                .map(|(r, u)| (r.tier, u))
+                .collect()
+        };
+        assert_eq!(names("ana"), vec![(0, 1), (1, 3), (2, 2)]);
+        assert_eq!(names("@ANA"), vec![(0, 1), (1, 3), (2, 2)]);
+        assert_eq!(names("nandu"), vec![(1, 3)]);
+        assert_eq!(names("ana lim"), vec![(2, 1)]);
+        assert_eq!(names("anabel_x"), vec![(0, 2)]);
+        drop(read);
+        write(&db, |t| resync_user(t, 3, Some(("zed", "Zed"))).unwrap());
+        let read = db.begin_read().unwrap();
+        let w = parse_account_query("nandu").unwrap();
+        assert!(search_accounts(&read, &w, None, 10, |_| Ok(true))
+            .unwrap()
+            .is_empty());
+    }
+}
