@@ -473,6 +473,13 @@ pub fn finish(
                 meta_t.insert(id, encode(&meta).as_slice())?;
             }
             media.state = MediaState::Ready;
+            let notice = crate::notifications::New {
+                recipient: media.owner,
+                kind: crate::notifications::Kind::MediaReady,
+                actor: None,
+                subject: crate::notifications::Subject::Media(id),
+            };
+            crate::notifications::notify(txn, crate::shard_of(media.owner), &notice, now_ms)?;
             Event::MediaReady {
                 media_id: id,
                 owner: media.owner,

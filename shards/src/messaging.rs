@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use nova_core::events::{self, Event};
 use nova_core::messages::{self, Conversation, Message, Summary};
+use nova_core::notifications;
 use nova_core::profiles::{self, MessagesFrom};
 use nova_core::{identity, shard_of, social, CoreError};
 
@@ -334,43 +335,54 @@ impl Shard {
         let key = new.idempotency_key;
         let (stored, fresh, local) = {
             let message = message.clone();
-            self.partition
-                .write(move |t| {
-                    if let Some(key) = &key {
-                        if let Some(first) =
-                            messages::idempotent_message(t, message.conversation, sender, key, now)?
-                        {
-                            return Ok((first, false, Vec::new()));
-                        }
+            self.write_notifying(move |t| {
+                if let Some(key) = &key {
+                    if let Some(first) =
+                        messages::idempotent_message(t, message.conversation, sender, key, now)?
+                    {
+                        return Ok((first, false, Vec::new()));
                     }
-                    let conversation = messages::post(t, &message, key.as_deref())?;
-                    let recipients: Vec<u64> = conversation
-                        .participants
-                        .iter()
-                        .copied()
-                        .filter(|p| *p != sender)
-                        .collect();
-                    let mut local = Vec::new();
-                    let mut targets: Vec<usize> = Vec::new();
-                    for p in &conversation.participants {
-                        let s = shard_of(*p);
-                        if s == here {
-                            messages::touch_inbox(t, *p, conversation.id, now)?;
-                            if *p != sender {
-                                local.push(*p);
-                            }
-                        } else if !targets.contains(&s) {
-                            targets.push(s);
+                }
+                let conversation = messages::post(t, &message, key.as_deref())?;
+                let recipients: Vec<u64> = conversation
+                    .participants
+                    .iter()
+                    .copied()
+                    .filter(|p| *p != sender)
+                    .collect();
+                let mut local = Vec::new();
+                let mut targets: Vec<usize> = Vec::new();
+                for p in &conversation.participants {
+                    let s = shard_of(*p);
+                    if s == here {
+                        messages::touch_inbox(t, *p, conversation.id, now)?;
+                        if *p != sender {
+                            local.push(*p);
                         }
+                    } else if !targets.contains(&s) {
+                        targets.push(s);
                     }
-                    let event = Event::MessagePosted {
-                        message: Box::new(message.clone()),
-                        recipients,
+                }
+                let event = Event::MessagePosted {
+                    message: Box::new(message.clone()),
+                    recipients,
+                };
+                events::record(t, event_id, now, &event, &targets)?;
+                for r in conversation.participants.iter().filter(|p| **p != sender) {
+                    let notice = notifications::New {
+                        recipient: *r,
+                        kind: notifications::Kind::Message,
+                        actor: Some(sender),
+                        subject: notifications::Subject::Message {
+                            id: message.id,
+                            conversation: conversation.id,
+                        },
                     };
-                    events::record(t, event_id, now, &event, &targets)?;
-                    Ok::<_, CoreError>((message, true, local))
-                })
-                .await?
+                    notifications::notify(t, here, &notice, now)?;
+                }
+                Ok::<_, CoreError>((message, true, local))
+            })
+            .await?
         };
         if fresh {
             self.typing.stop(stored.conversation, sender);

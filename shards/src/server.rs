@@ -317,6 +317,9 @@ async fn shard_main(start: ShardStart) {
         push,
     });
     shard.fresh.listen(Box::new(crate::push::on_fresh));
+    shard
+        .fresh
+        .listen(Box::new(crate::stream::on_fresh_notifications));
     // The mesh must be served before recovery broadcasts, or two shards could wait on each
     // other's full inboxes.
     let accept_slot: AcceptSlot = Rc::new(RefCell::new(None));

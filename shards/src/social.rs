@@ -935,7 +935,7 @@ impl Shard {
 
     /// On the followee's shard: may `follower` follow now, or must it ask? A private account
     /// records the request (idempotent).
-    async fn follow_gate(&self, followee: u64, follower: u64) -> Result<Gate, Fail> {
+    async fn follow_gate(self: &Rc<Self>, followee: u64, follower: u64) -> Result<Gate, Fail> {
         let open = self.read(|r| {
             if identity::user(r, followee)?.is_none()
                 || social::blocked_either_way(r, followee, follower)?
@@ -952,16 +952,24 @@ impl Shard {
             Some(true) => Ok(Gate::Open),
             Some(false) => {
                 let now = now_ms();
-                self.partition
-                    .write(move |t| {
-                        if social::blocked_either_way_in(t, followee, follower)? {
-                            return Ok(Gate::Missing);
-                        }
-                        social::request_follow(t, followee, follower, now)?;
-                        Ok::<_, CoreError>(Gate::Requested)
-                    })
-                    .await
-                    .map_err(Fail::from)
+                let here = self.id;
+                self.write_notifying(move |t| {
+                    if social::blocked_either_way_in(t, followee, follower)? {
+                        return Ok(Gate::Missing);
+                    }
+                    if social::request_follow(t, followee, follower, now)? {
+                        let notice = nova_core::notifications::New {
+                            recipient: followee,
+                            kind: nova_core::notifications::Kind::FollowRequest,
+                            actor: Some(follower),
+                            subject: nova_core::notifications::Subject::None,
+                        };
+                        nova_core::notifications::notify(t, here, &notice, now)?;
+                    }
+                    Ok::<_, CoreError>(Gate::Requested)
+                })
+                .await
+                .map_err(Fail::from)
             }
         }
     }

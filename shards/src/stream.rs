@@ -366,3 +366,39 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
         }
     }
 }
+
+/// A listener of fresh notifications (see `notify::Fresh`): each one becomes a
+/// `notification` event on its recipient's stream, with the actor's username.
+pub(crate) fn on_fresh_notifications(
+    shard: &Rc<Shard>,
+    fresh: &[nova_core::notifications::Notification],
+) {
+    let listening: Vec<nova_core::notifications::Notification> = {
+        let users = shard.streams.users.borrow();
+        fresh
+            .iter()
+            .filter(|n| users.contains_key(&n.recipient))
+            .cloned()
+            .collect()
+    };
+    if listening.is_empty() {
+        return;
+    }
+    let shard = Rc::clone(shard);
+    glommio::spawn_local(async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut actors: Vec<u64> = listening.iter().filter_map(|n| n.actor).collect();
+        actors.sort_unstable();
+        actors.dedup();
+        let names: HashMap<u64, String> = crate::api_social::briefs(&shard, &actors, deadline)
+            .await
+            .map(|b| b.into_iter().map(|b| (b.id, b.username)).collect())
+            .unwrap_or_default();
+        for n in &listening {
+            let view = crate::api_notify::view(n, &names);
+            let data = String::from_utf8_lossy(&nova_protocol::to_json(&view)).into_owned();
+            shard.publish(n.recipient, "notification", data);
+        }
+    })
+    .detach();
+}

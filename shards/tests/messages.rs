@@ -84,6 +84,36 @@ fn conversations_across_shards() {
     }
 
     let m1 = send(&server, &a, conv, "hello from shard 0");
+    // Each other participant is notified of it, on its own shard (through the outbox for
+    // one on another shard: within moments).
+    for m in [&b, &c] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let resp = loop {
+            let resp = server.get("/v1/notifications?types=message", m.auth());
+            resp.expect(200);
+            if !item_ids(&resp).is_empty() || std::time::Instant::now() > deadline {
+                break resp;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_eq!(
+            resp.at("items.0.subject.id")
+                .as_str()
+                .map(|s| s.parse::<u64>().unwrap()),
+            Some(m1),
+            "{}",
+            resp.text()
+        );
+        assert_eq!(
+            resp.str("items.0.subject.conversation_id"),
+            conv.to_string()
+        );
+    }
+    let none = server.get("/v1/notifications?types=message", a.auth());
+    assert!(
+        item_ids(&none).is_empty(),
+        "no notification of one's own message"
+    );
     let m2 = send(&server, &b, conv, "hi from shard 1");
     let m3 = send(&server, &c, conv, "and me");
     assert_eq!(messages(&server, &a, conv), vec![m3, m2, m1]);

@@ -125,6 +125,14 @@ fn private_accounts_approve_each_follower() {
             profile_count(&server, &owner, owner.id(), "followers_count"),
             0
         );
+        let notes = server.get("/v1/notifications?types=follow_request", owner.auth());
+        notes.expect(200);
+        assert_eq!(
+            notes.str("items.0.actor.id").parse::<u64>().unwrap(),
+            asker.id(),
+            "{}",
+            notes.text()
+        );
         assert_eq!(
             profile_count(&server, &asker, asker.id(), "following_count"),
             0

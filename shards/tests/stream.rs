@@ -190,6 +190,30 @@ fn messages_posts_and_typing_reach_the_stream_on_any_shard() {
             parse_id(at(&json_of(&e), "id").unwrap()),
             parse_id(resp.at("post.id"))
         );
+
+        // A like of the listener's post arrives as a `notification` event.
+        let mine = server.post("/v1/posts", listener.auth(), json!({"text": "like me"}));
+        mine.expect(201);
+        let mine = parse_id(mine.at("post.id"));
+        server
+            .call(
+                "POST",
+                &format!("/v1/posts/{mine}/like"),
+                sender.auth(),
+                None,
+            )
+            .expect(200);
+        let e = sse.next_of("notification");
+        let n = json_of(&e);
+        assert_eq!(
+            at(&n, "type").and_then(|t| t.as_str()),
+            Some("like"),
+            "{n:?}"
+        );
+        assert_eq!(
+            at(&n, "actor.username").and_then(|t| t.as_str()),
+            Some(sender.name())
+        );
     }
 }
 
