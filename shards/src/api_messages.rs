@@ -125,13 +125,12 @@ pub(crate) async fn dispatch(
             let key = crate::api_social::idempotency_key(req.headers())?;
             let body: wire::SendMessageRequest = json_body(shard, req).await?;
             let text = messages::parse_text(&body.text)?;
-            if !body.media_ids.is_empty() {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_media",
-                    "media in messages are not available yet",
-                ));
-            }
+            let media_ids: Vec<u64> =
+                crate::api_social::attachments(shard, viewer, &body.media_ids, deadline)
+                    .await?
+                    .into_iter()
+                    .map(|(id, _)| id)
+                    .collect();
             let sender = briefs(shard, &[viewer], deadline)
                 .await?
                 .into_iter()
@@ -141,7 +140,7 @@ pub(crate) async fn dispatch(
                 conversation,
                 sender,
                 text,
-                media_ids: Vec::new(),
+                media_ids,
                 idempotency_key: key,
             };
             let message = shard

@@ -755,7 +755,7 @@ pub(crate) fn post_view(p: &Post, counts: Counts) -> wire::PostView {
                 short: l.short.clone(),
             })
             .collect(),
-        media_ids: Vec::new(),
+        media_ids: p.media.iter().map(|(id, _)| id.clone()).collect(),
         created_at: rfc3339(p.created_ms),
         edited_at: p.edited_ms.map(rfc3339),
         likes_count: counts.likes,
@@ -764,6 +764,52 @@ pub(crate) fn post_view(p: &Post, counts: Counts) -> wire::PostView {
         views_count: counts.views,
     }
 }
+
+/// Media attached to a post or a message: at most `MEDIA_ATTACHED_MAX` distinct ids of the
+/// caller's own uploads that have not failed (pending ones are fine: they become ready
+/// later). Anything else is 422 `invalid_media`. Returns (id, "image" | "video").
+pub(crate) async fn attachments(
+    shard: &Rc<Shard>,
+    owner: u64,
+    ids: &[String],
+    deadline: Instant,
+) -> Result<Vec<(u64, &'static str)>> {
+    let invalid = |m: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_media", m);
+    if ids.len() > MEDIA_ATTACHED_MAX {
+        return Err(invalid("at most 4 media per post or message"));
+    }
+    let mut out: Vec<(u64, &'static str)> = Vec::with_capacity(ids.len());
+    for raw in ids {
+        let id = raw
+            .parse::<u64>()
+            .ok()
+            .filter(|id| shard_of(*id) < shard.shards)
+            .ok_or_else(|| invalid("media ids are ids of your uploads"))?;
+        if out.iter().any(|(i, _)| *i == id) {
+            continue;
+        }
+        let found = shard
+            .ask(shard_of(id), deadline, |reply| Op::MediaGet { id, reply })
+            .await?;
+        match found {
+            Some(v)
+                if v.media.owner == owner
+                    && !matches!(v.media.state, nova_core::media::MediaState::Failed(_)) =>
+            {
+                out.push((id, v.media.kind.as_str()));
+            }
+            _ => {
+                return Err(invalid(
+                    "media ids are ids of your uploads that have not failed",
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Media per post or message, at most.
+pub(crate) const MEDIA_ATTACHED_MAX: usize = 4;
 
 pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     let Some(value) = headers.get("idempotency-key") else {
@@ -806,13 +852,11 @@ async fn create_post(
                 .ok_or_else(ApiError::not_found)?,
         ),
     };
-    if !body.media_ids.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_media",
-            "media uploads are not available yet",
-        ));
-    }
+    let media = attachments(shard, author, &body.media_ids, deadline)
+        .await?
+        .into_iter()
+        .map(|(id, kind)| (id.to_string(), kind.to_string()))
+        .collect();
     let new = NewPost {
         author,
         text,
@@ -820,7 +864,7 @@ async fn create_post(
         reply_to,
         idempotency_key: key,
         post_type: 0,
-        media: Vec::new(),
+        media,
         author_external_id: None,
     };
     let post = shard

@@ -412,3 +412,89 @@ fn bad_conversation_input_is_refused() {
         .get(&format!("{path}?limit=0"), a.auth())
         .expect_error(400, "invalid_limit");
 }
+
+/// A picture uploaded by `member` (made with the ffmpeg command), once it is ready.
+fn picture(server: &Server, member: &Member) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("p.png");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=blue:s=40x30",
+            "-frames:v",
+            "1",
+        ])
+        .arg(&png)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let up = server.req(
+        &Req::post("/v1/media")
+            .bearer(&member.token)
+            .raw("application/octet-stream", std::fs::read(&png).unwrap()),
+    );
+    up.expect(202);
+    up.str("media.id").parse().unwrap()
+}
+
+#[test]
+fn posts_and_messages_carry_the_senders_own_media() {
+    let server = Server::start(&[]);
+    let a = server.member_on_shard(0);
+    let b = server.member_on_shard(1);
+    let mine = picture(&server, &a);
+    let theirs = picture(&server, &b);
+
+    let post = server.post(
+        "/v1/posts",
+        a.auth(),
+        json!({"text": "look", "media_ids": [mine.to_string()]}),
+    );
+    post.expect(201);
+    assert_eq!(post.at("post.media_ids"), &json!([mine.to_string()]));
+    let id = parse_id(post.at("post.id"));
+    let read = server.get(&format!("/v1/posts/{id}"), b.auth());
+    assert_eq!(read.at("post.media_ids"), &json!([mine.to_string()]));
+
+    let conv = conversation(&server, &a, &[&b]);
+    let path = format!("/v1/conversations/{conv}/messages");
+    let sent = server.post(
+        &path,
+        a.auth(),
+        json!({"text": "see", "media_ids": [mine.to_string()]}),
+    );
+    sent.expect(201);
+    assert_eq!(sent.at("message.media_ids"), &json!([mine.to_string()]));
+
+    // Someone else's upload, an unknown id, or too many: 422 invalid_media.
+    for ids in [
+        vec![theirs.to_string()],
+        vec!["4194311".to_string()],
+        vec![mine.to_string(); 5]
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                if i == 0 {
+                    m
+                } else {
+                    format!("{}", 4194311 + i)
+                }
+            })
+            .collect(),
+    ] {
+        server
+            .post(
+                "/v1/posts",
+                a.auth(),
+                json!({"text": "x", "media_ids": ids.clone()}),
+            )
+            .expect_error(422, "invalid_media");
+        server
+            .post(&path, a.auth(), json!({"text": "x", "media_ids": ids}))
+            .expect_error(422, "invalid_media");
+    }
+}
