@@ -89,12 +89,18 @@ pub struct Post {
 /// Post text: trimmed, 1 to `TEXT_CHARS_MAX` characters, no control characters but newlines
 /// and tabs.
 pub fn parse_text(raw: &str) -> Result<String, Invalid> {
+    parse_user_text(raw, "a post", TEXT_CHARS_MAX)
+}
+
+/// Text a user writes (a post, a comment, a message): trimmed, 1 to `max` characters, no
+/// control characters but newlines, carriage returns and tabs. `what` names it in errors.
+pub fn parse_user_text(raw: &str, what: &str, max: usize) -> Result<String, Invalid> {
     let text = raw.trim();
     let len = text.chars().count();
-    if len == 0 || len > TEXT_CHARS_MAX {
+    if len == 0 || len > max {
         return Err(Invalid::new(
             "invalid_text",
-            format!("a post has 1 to {TEXT_CHARS_MAX} characters"),
+            format!("{what} has 1 to {max} characters"),
         ));
     }
     if text
@@ -103,7 +109,7 @@ pub fn parse_text(raw: &str) -> Result<String, Invalid> {
     {
         return Err(Invalid::new(
             "invalid_text",
-            "a post cannot contain control characters",
+            format!("{what} cannot contain control characters"),
         ));
     }
     Ok(text.to_string())
@@ -505,24 +511,7 @@ pub struct Comment {
 
 /// Comment text: like a post's, shorter.
 pub fn parse_comment_text(raw: &str) -> Result<String, Invalid> {
-    let text = raw.trim();
-    let len = text.chars().count();
-    if len == 0 || len > COMMENT_CHARS_MAX {
-        return Err(Invalid::new(
-            "invalid_text",
-            format!("a comment has 1 to {COMMENT_CHARS_MAX} characters"),
-        ));
-    }
-    if text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
-    {
-        return Err(Invalid::new(
-            "invalid_text",
-            "a comment cannot contain control characters",
-        ));
-    }
-    Ok(text.to_string())
+    parse_user_text(raw, "a comment", COMMENT_CHARS_MAX)
 }
 
 /// (likes, comments) of a post, or (likes, replies) of a comment.

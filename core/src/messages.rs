@@ -76,24 +76,7 @@ pub struct Summary {
 /// Message text: trimmed, 1 to `MESSAGE_CHARS_MAX` characters, no control characters but
 /// newlines and tabs.
 pub fn parse_text(raw: &str) -> Result<String, Invalid> {
-    let text = raw.trim();
-    let n = text.chars().count();
-    if n == 0 || n > MESSAGE_CHARS_MAX {
-        return Err(Invalid::new(
-            "invalid_text",
-            format!("a message has 1 to {MESSAGE_CHARS_MAX} characters"),
-        ));
-    }
-    if text
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
-    {
-        return Err(Invalid::new(
-            "invalid_text",
-            "a message cannot contain control characters",
-        ));
-    }
-    Ok(text.to_string())
+    crate::content::parse_user_text(raw, "a message", MESSAGE_CHARS_MAX)
 }
 
 /// The other participants of a new conversation: distinct, not the creator, 1 to
