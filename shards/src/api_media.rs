@@ -131,12 +131,15 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// Reads a whole raw body of at most `max` bytes.
 async fn raw_body(req: Request<Incoming>, max: usize) -> Result<Bytes> {
     let declared = declared_length(req.headers());
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared.is_some_and(|n| n > max as u64 + BODY_DRAIN_BYTES_MAX) {
+        // Too big to be worth reading just to discard it: refuse now, the connection closes.
         return Err(too_large(max as u64));
     }
-    let mut buf = BytesMut::with_capacity(declared.map_or(64 * 1024, |n| n as usize));
+    // Slightly over: read and drop the rest so that the 413 reaches the client (closing a
+    // socket with unread input resets it, which can destroy the answer in flight).
+    let mut over = declared.is_some_and(|n| n > max as u64);
+    let mut buf = BytesMut::with_capacity(declared.map_or(64 * 1024, |n| n as usize).min(max));
     let mut body = req.into_body();
-    let mut over = false;
     let mut seen = 0u64;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| bad_body())?;
