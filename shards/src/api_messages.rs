@@ -14,7 +14,7 @@ use nova_core::{shard_of, CoreError};
 use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, authenticate_token, json_body, query_param, Reply, Result};
-use crate::api_social::{briefs, page};
+use crate::api_social::{briefs, known, page};
 use crate::error::{ApiError, Fail};
 use crate::mesh::{NewMessage, Op, UserBrief};
 use crate::messaging::message_view;
@@ -246,15 +246,6 @@ pub(crate) async fn dispatch(
     }
 }
 
-/// An id that could belong to this server (its shard exists), or 404.
-fn known(shard: &Shard, id: u64) -> Result<u64> {
-    if shard_of(id) < shard.shards {
-        Ok(id)
-    } else {
-        Err(ApiError::not_found())
-    }
-}
-
 /// `GET /v1/conversations`: the caller's inbox, newest activity first. The cursor is
 /// `<activity ms>.<conversation id>` of the last item.
 async fn list(
@@ -264,23 +255,7 @@ async fn list(
     deadline: Instant,
 ) -> Result<Reply> {
     let q = query.unwrap_or("");
-    let limit = match query_param(q, "limit") {
-        None => crate::api_social::PAGE_LIMIT_DEFAULT,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=crate::api_social::PAGE_LIMIT_MAX).contains(n))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_limit",
-                    format!(
-                        "limit is a number from 1 to {}",
-                        crate::api_social::PAGE_LIMIT_MAX
-                    ),
-                )
-            })?,
-    };
+    let limit = page(query)?.limit;
     let before = match query_param(q, "cursor") {
         None => None,
         Some(c) => Some(

@@ -518,7 +518,7 @@ fn comment_view(info: CommentInfo) -> wire::CommentView {
 }
 
 /// An id that could belong to this server (its shard exists), or 404.
-fn known(shard: &Shard, id: u64) -> Result<u64> {
+pub(crate) fn known(shard: &Shard, id: u64) -> Result<u64> {
     if shard_of(id) < shard.shards {
         Ok(id)
     } else {
