@@ -246,6 +246,15 @@ pub fn first_application(txn: &WriteTransaction, id: u64, now_ms: u64) -> Result
     Ok(true)
 }
 
+/// Has the event `id` been applied on this shard?
+pub fn applied(read: &ReadTransaction, id: u64) -> Result<bool, CoreError> {
+    match read.open_table(EVENT_APPLIED) {
+        Ok(t) => Ok(t.get(id)?.is_some()),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Deletes history and dedupe rows older than `before_ms` (at most `max` of each).
 pub fn prune(txn: &WriteTransaction, before_ms: u64, max: usize) -> Result<usize, CoreError> {
     let mut store = txn.open_table(EVENT_STORE)?;

@@ -439,27 +439,14 @@ pub fn fan_out(
     mentioned_here: &[u64],
 ) -> Result<(), CoreError> {
     crate::notifications::on_mention(txn, post, mentioned_here)?;
-    let mut readers: Vec<(u64, Reason)> = Vec::new();
-    if author_here {
-        readers.push((post.author_id, Reason::Own));
-    }
-    {
-        let local = txn.open_table(FOLLOWERS_LOCAL)?;
-        for row in local.range((post.author_id, 0)..=(post.author_id, u64::MAX))? {
-            readers.push((row?.0.value().1, Reason::Followed));
-        }
-    }
-    {
-        let blocks = txn.open_table(BLOCKS)?;
-        let by = txn.open_table(BLOCKED_BY)?;
-        for user in mentioned_here {
-            let blocked = blocks.get((*user, post.author_id))?.is_some()
-                || by.get((*user, post.author_id))?.is_some();
-            if !blocked && !readers.iter().any(|(r, _)| r == user) {
-                readers.push((*user, Reason::Mentioned));
-            }
-        }
-    }
+    let readers = readers_among(
+        Some(&txn.open_table(FOLLOWERS_LOCAL)?),
+        Some(&txn.open_table(BLOCKS)?),
+        Some(&txn.open_table(BLOCKED_BY)?),
+        post,
+        author_here,
+        mentioned_here,
+    )?;
     if readers.is_empty() {
         return Ok(());
     }
@@ -472,6 +459,68 @@ pub fn fan_out(
         index.insert((post.id, reader), ())?;
     }
     Ok(())
+}
+
+/// The readers on this shard whose feeds `fan_out` would put `post` in, and why: what a
+/// shard shows before the fan-out's own commit (see `home`'s `early`).
+pub fn fan_out_readers(
+    read: &ReadTransaction,
+    post: &Post,
+    author_here: bool,
+    mentioned_here: &[u64],
+) -> Result<Vec<(u64, Reason)>, CoreError> {
+    readers_among(
+        open_or_none(read, FOLLOWERS_LOCAL)?.as_ref(),
+        open_or_none(read, BLOCKS)?.as_ref(),
+        open_or_none(read, BLOCKED_BY)?.as_ref(),
+        post,
+        author_here,
+        mentioned_here,
+    )
+}
+
+fn open_or_none<K: redb::Key + 'static, V: redb::Value + 'static>(
+    read: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, CoreError> {
+    match read.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn readers_among(
+    local: Option<&impl ReadableTable<(u64, u64), ()>>,
+    blocks: Option<&impl ReadableTable<(u64, u64), u64>>,
+    by: Option<&impl ReadableTable<(u64, u64), u64>>,
+    post: &Post,
+    author_here: bool,
+    mentioned_here: &[u64],
+) -> Result<Vec<(u64, Reason)>, CoreError> {
+    let mut readers: Vec<(u64, Reason)> = Vec::new();
+    if author_here {
+        readers.push((post.author_id, Reason::Own));
+    }
+    if let Some(local) = local {
+        for row in local.range((post.author_id, 0)..=(post.author_id, u64::MAX))? {
+            readers.push((row?.0.value().1, Reason::Followed));
+        }
+    }
+    for user in mentioned_here {
+        let key = (*user, post.author_id);
+        let blocked = match blocks {
+            Some(t) => t.get(key)?.is_some(),
+            None => false,
+        } || match by {
+            Some(t) => t.get(key)?.is_some(),
+            None => false,
+        };
+        if !blocked && !readers.iter().any(|(r, _)| r == user) {
+            readers.push((*user, Reason::Mentioned));
+        }
+    }
+    Ok(readers)
 }
 
 /// Replaces this shard's copy of an edited post, if it holds one.
@@ -540,6 +589,10 @@ pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
 /// mentions), never anything across a block. Scans at most `scan_max` rows; returns the items
 /// and, when the scan stopped at that cap before filling the page, the last id scanned (the
 /// cursor to continue from).
+///
+/// `early` are feed items of `reader` delivered to this shard whose fan-out has not committed
+/// yet (ascending post ids): they are merged in and pass the same checks.
+#[allow(clippy::too_many_arguments)]
 pub fn home(
     read: &ReadTransaction,
     reader: u64,
@@ -548,14 +601,25 @@ pub fn home(
     limit: usize,
     scan_max: usize,
     prefs: &FeedPreferences,
+    early: &[(&Post, Reason)],
 ) -> Result<(Vec<Post>, Option<u64>), CoreError> {
-    let items = open_read!(read, FEED_ITEMS, (Vec::new(), None));
-    let copies = open_read!(read, POST_COPIES, (Vec::new(), None));
     let low = min_id.map_or(0, |m| m.saturating_add(1));
     let high = max_id.map_or(u64::MAX, |m| m.saturating_sub(1));
     if low > high {
         return Ok((Vec::new(), None));
     }
+    let early: Vec<&(&Post, Reason)> = early
+        .iter()
+        .filter(|(p, _)| (low..=high).contains(&p.id))
+        .collect();
+    let (items, copies) = match (
+        open_or_none(read, FEED_ITEMS)?,
+        open_or_none(read, POST_COPIES)?,
+    ) {
+        (Some(items), Some(copies)) => (Some(items), Some(copies)),
+        _ if early.is_empty() => return Ok((Vec::new(), None)),
+        _ => (None, None),
+    };
     let follows_t = read.open_table(FOLLOWS).ok();
     let blocks_t = read.open_table(BLOCKS).ok();
     let by_t = read.open_table(BLOCKED_BY).ok();
@@ -563,18 +627,42 @@ pub fn home(
     let mut out = Vec::with_capacity(limit);
     let mut last = None;
     let mut scanned = 0;
-    let range = items.range((reader, low)..=(reader, high))?;
-    let rows: Box<dyn Iterator<Item = _>> = if min_id.is_some() && max_id.is_none() {
-        Box::new(range)
+    let forward = min_id.is_some() && max_id.is_none();
+    // Durable rows as (post id, author, reason code, None), early ones with their post.
+    type Row<'p> = Result<(u64, u64, u8, Option<&'p Post>), CoreError>;
+    let durable: Box<dyn Iterator<Item = Row<'_>>> = match &items {
+        None => Box::new(std::iter::empty()),
+        Some(items) => {
+            let range = items.range((reader, low)..=(reader, high))?;
+            let rows = range.map(|row| {
+                let (key, value) = row?;
+                let (author, reason) = value.value();
+                Ok((key.value().1, author, reason, None))
+            });
+            if forward {
+                Box::new(rows)
+            } else {
+                Box::new(rows.rev())
+            }
+        }
+    };
+    let early_rows = early
+        .iter()
+        .map(|(p, reason)| Ok((p.id, p.author_id, reason.code(), Some(*p))));
+    let early_rows: Box<dyn Iterator<Item = Row<'_>>> = if forward {
+        Box::new(early_rows)
     } else {
-        Box::new(range.rev())
+        Box::new(early_rows.rev())
+    };
+    let rows = Merged {
+        a: durable.peekable(),
+        b: early_rows.peekable(),
+        forward,
     };
     for row in rows.take(scan_max) {
-        let (key, value) = row?;
-        let post_id = key.value().1;
+        let (post_id, author, reason, early_post) = row?;
         last = Some(post_id);
         scanned += 1;
-        let (author, reason) = value.value();
         let keep = match Reason::from_code(reason) {
             Reason::Own => true,
             Reason::Followed => match &follows_t {
@@ -597,9 +685,15 @@ pub fn home(
                 None => false,
             };
         if keep && !blocked && !muted {
-            let copy = copies.get(post_id)?;
-            if let Some(copy) = copy {
-                let post: Post = decode(copy.value())?;
+            let post = match (early_post, &copies) {
+                (Some(post), _) => Some(post.clone()),
+                (None, Some(copies)) => match copies.get(post_id)? {
+                    Some(copy) => Some(decode::<Post>(copy.value())?),
+                    None => None,
+                },
+                (None, None) => None,
+            };
+            if let Some(post) = post {
                 if author != reader && prefs.hides(&post.text, post.reply_to.is_some()) {
                     continue;
                 }
@@ -619,6 +713,45 @@ pub fn home(
         None
     };
     Ok((out, more_from))
+}
+
+/// Two id-ordered streams of feed rows as one (ascending when `forward`, else descending); a
+/// post in both is given once, from `a`.
+struct Merged<I: Iterator> {
+    a: std::iter::Peekable<I>,
+    b: std::iter::Peekable<I>,
+    forward: bool,
+}
+
+impl<'p, I> Iterator for Merged<I>
+where
+    I: Iterator<Item = Result<(u64, u64, u8, Option<&'p Post>), CoreError>>,
+{
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let key = |row: &I::Item| row.as_ref().map(|r| r.0).ok();
+        let take_a = match (self.a.peek(), self.b.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(a), Some(b)) => match (key(a), key(b)) {
+                (Some(x), Some(y)) if x == y => {
+                    self.b.next();
+                    true
+                }
+                (Some(x), Some(y)) => (x < y) == self.forward,
+                // An error comes out first.
+                (None, _) => true,
+                (_, None) => false,
+            },
+        };
+        if take_a {
+            self.a.next()
+        } else {
+            self.b.next()
+        }
+    }
 }
 
 /// Has `user` (on this shard) blocked or muted `other`, or been blocked by it? Inside a write
@@ -697,21 +830,67 @@ mod tests {
     }
 
     fn home_ids(db: &Database, reader: u64) -> Vec<u64> {
+        home_with(db, reader, None, None, &[])
+    }
+
+    fn home_with(
+        db: &Database,
+        reader: u64,
+        max_id: Option<u64>,
+        min_id: Option<u64>,
+        early: &[(&Post, Reason)],
+    ) -> Vec<u64> {
         let read = db.begin_read().unwrap();
         home(
             &read,
             reader,
-            None,
-            None,
+            max_id,
+            min_id,
             100,
             1000,
             &FeedPreferences::default(),
+            early,
         )
         .unwrap()
         .0
         .iter()
         .map(|p| p.id)
         .collect()
+    }
+
+    #[test]
+    fn early_items_merge_in_order_once_and_pass_the_same_checks() {
+        let db = db();
+        // No feed table yet: an early post shows, subject to the follow check.
+        assert_eq!(
+            home_with(&db, 1, None, None, &[(&post(9, 1), Reason::Own)]),
+            vec![9]
+        );
+        assert!(home_with(&db, 1, None, None, &[(&post(9, 2), Reason::Followed)]).is_empty());
+        // Reader 1 follows 2 (on this shard) but not 3.
+        write(&db, |t| follow(t, 1, 2, 0));
+        write(&db, |t| add_follower(t, 2, 1, 0));
+        write(&db, |t| fan_out(t, &post(10, 2), false, &[]));
+        write(&db, |t| fan_out(t, &post(13, 2), false, &[]));
+        let (p11, p12, p13, p14) = (post(11, 2), post(12, 2), post(13, 2), post(14, 3));
+        let read = db.begin_read().unwrap();
+        let readers = fan_out_readers(&read, &p11, false, &[]).unwrap();
+        assert_eq!(readers, vec![(1, Reason::Followed)]);
+        drop(read);
+        let early = [
+            (&p11, Reason::Followed),
+            (&p12, Reason::Followed),
+            // Committed meanwhile: shown once.
+            (&p13, Reason::Followed),
+            // Its author is not followed: left out like a committed row would be.
+            (&p14, Reason::Followed),
+        ];
+        assert_eq!(home_with(&db, 1, None, None, &early), vec![13, 12, 11, 10]);
+        assert_eq!(home_with(&db, 1, Some(13), None, &early), vec![12, 11, 10]);
+        assert_eq!(home_with(&db, 1, None, Some(10), &early), vec![13, 12, 11]);
+        assert_eq!(home_with(&db, 1, Some(13), Some(10), &early), vec![12, 11]);
+        write(&db, |t| block(t, 1, 2, 0));
+        assert!(home_with(&db, 1, None, None, &early).is_empty());
     }
 
     #[test]

@@ -197,20 +197,8 @@ async fn by_external(shard: &Rc<Shard>, ext: u64, deadline: Instant) -> Result<u
 /// Our user id for a username (cached: usernames never change owner).
 async fn by_name(shard: &Rc<Shard>, name: &str, deadline: Instant) -> Result<u64> {
     let key = name.trim().to_ascii_lowercase();
-    if let Some(id) = shard.names.borrow().get(&key) {
-        return Ok(*id);
-    }
-    let home = shard_for_key(&key, shard.shards);
-    let lookup = key.clone();
-    let found = shard
-        .ask(home, deadline, |reply| Op::LookupUsername {
-            key: lookup,
-            reply,
-        })
-        .await?;
-    let id = found.ok_or_else(ApiError::not_found)?.id;
-    shard.names.borrow_mut().insert(key, id);
-    Ok(id)
+    let named = shard.user_named(key, deadline).await?;
+    Ok(named.ok_or_else(ApiError::not_found)?.id)
 }
 
 async fn follow(shard: &Rc<Shard>, form: &Form, on: bool, deadline: Instant) -> Result<Reply> {

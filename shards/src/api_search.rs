@@ -10,7 +10,7 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
 use nova_core::search::{self, AccountRank, PostQuery, Rank};
-use nova_core::{shard_for_key, shard_of, Invalid};
+use nova_core::{shard_of, Invalid};
 use nova_protocol::{self as wire, Route};
 
 use crate::api::{authenticate, json_body, Reply, Result};
@@ -98,12 +98,7 @@ async fn search(shard: &Rc<Shard>, searcher: u64, ask: Ask, deadline: Instant) -
             let author = match parsed.from {
                 None => None,
                 Some(name) => {
-                    let home = shard_for_key(&name, shard.shards);
-                    let key = name;
-                    let user = shard
-                        .ask(home, deadline, |reply| Op::LookupUsername { key, reply })
-                        .await?;
-                    match user {
+                    match shard.user_named(name, deadline).await? {
                         Some(u) => Some(u.id),
                         // Nobody by that name wrote anything.
                         None => return Ok(page(Vec::<wire::PostView>::new(), None, false, None)),

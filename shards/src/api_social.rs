@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use nova_core::content::{self, Post, Visibility};
 use nova_core::identity::DisplayName;
 use nova_core::profiles;
-use nova_core::{shard_for_key, shard_of, CoreError};
+use nova_core::{shard_of, CoreError};
 use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, json_body, query_param, Reply, Result};
@@ -39,10 +39,7 @@ pub(crate) async fn dispatch(
             if key.is_empty() || key.len() > 64 {
                 return Err(ApiError::not_found());
             }
-            let home = shard_for_key(&key, shard.shards);
-            let user = shard
-                .ask(home, deadline, |reply| Op::LookupUsername { key, reply })
-                .await?;
+            let user = shard.user_named(key, deadline).await?;
             let user = user.ok_or_else(ApiError::not_found)?;
             profile(shard, user.id, viewer, deadline).await
         }

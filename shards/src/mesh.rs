@@ -411,6 +411,19 @@ pub enum Op {
         events: Vec<(u64, Event)>,
         reply: Reply<()>,
     },
+    /// A fresh delivery from shard `from` answered as soon as its posts show in feeds here;
+    /// applied durably right after, then acknowledged to `from` with `Acked`.
+    Offer {
+        from: usize,
+        events: Vec<(u64, Event)>,
+        reply: Reply<()>,
+    },
+    /// Shard `from` applied these outbox events of this shard durably.
+    Acked {
+        from: usize,
+        ids: Vec<u64>,
+        reply: Reply<()>,
+    },
 
     // ---- media (shards/src/media_jobs.rs) ----
     /// Record an upload (its blob stored already); the id is made on the owner's shard.

@@ -84,8 +84,8 @@ pub struct Shard {
     /// Users this shard owns, by id: read on every authenticated `GET /v1/me`. Every change
     /// to a user happens on this shard, which updates or drops the entry in the same step.
     pub users: RefCell<quick_cache::unsync::Cache<u64, Rc<User>>>,
-    /// Username key -> user id; never stale (a username's owner never changes).
-    pub names: RefCell<quick_cache::unsync::Cache<String, u64>>,
+    /// Username key -> its owner; never stale (a username's owner never changes).
+    pub names: RefCell<quick_cache::unsync::Cache<String, Rc<Named>>>,
     /// DeathStarBench user id -> user id; never stale (mappings are never changed).
     pub ext_ids: RefCell<quick_cache::unsync::Cache<u64, u64>>,
     pub request_seq: Cell<u64>,
@@ -102,6 +102,15 @@ pub struct Shard {
     pub fresh: crate::notify::Fresh,
     /// The Web Push delivery threads (shards/src/push.rs).
     pub push: crate::push::Push,
+}
+
+/// The owner of a username, with what a mention of it records.
+#[derive(Debug)]
+pub struct Named {
+    pub id: u64,
+    pub username: String,
+    /// The owner's DeathStarBench id, if it registered through that API.
+    pub external_id: Option<u64>,
 }
 
 impl Shard {
@@ -148,6 +157,35 @@ impl Shard {
             Some(Err(_)) => Err(Fail::Timeout),
             None => Err(Fail::Timeout),
         }
+    }
+
+    /// The owner of a username key (lowercase), asked of the shard that owns the name once and
+    /// then remembered in `names`. `None` when nobody has that name (not remembered).
+    pub async fn user_named(
+        self: &Rc<Self>,
+        key: String,
+        deadline: Instant,
+    ) -> Result<Option<Rc<Named>>, Fail> {
+        if let Some(named) = self.names.borrow().get(&key) {
+            return Ok(Some(Rc::clone(named)));
+        }
+        let home = shard_for_key(&key, self.shards);
+        let lookup = key.clone();
+        let found = self
+            .ask(home, deadline, |reply| Op::LookupUsername {
+                key: lookup,
+                reply,
+            })
+            .await?;
+        Ok(found.map(|user| {
+            let named = Rc::new(Named {
+                id: user.id,
+                username: user.username,
+                external_id: user.external_id,
+            });
+            self.names.borrow_mut().insert(key, Rc::clone(&named));
+            named
+        }))
     }
 
     /// Tells every shard (this one included) to refuse these sessions' access tokens.

@@ -2,7 +2,7 @@
 //! the outbox relay that carries their events to other shards.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use nova_core::events::{self, Event};
 use nova_core::identity;
 use nova_core::profiles;
 use nova_core::social;
-use nova_core::{id_ms, shard_for_key, shard_of, CoreError};
+use nova_core::{id_ms, shard_of, CoreError};
 
 use crate::error::Fail;
 use crate::mesh::{Gate, NewPost, Op, Page, PostStats, Profile, SettingsUpdate, UserBrief};
@@ -44,6 +44,7 @@ pub const DSB_NAMESPACE: &str = "dsb";
 #[derive(Default)]
 pub struct Relay {
     acks: RefCell<Vec<(usize, u64)>>,
+    early: RefCell<Early>,
     /// Wakes the relay before its period (events that go only through the relay, in order).
     wake: Wake,
     views: RefCell<Views>,
@@ -57,6 +58,62 @@ pub struct Relay {
 struct Views {
     pending: std::collections::HashMap<u64, u64>,
     seen: std::collections::HashMap<(u64, u64), u64>,
+}
+
+/// Posts offered to this shard (`Op::Offer`) whose fan-out has not committed yet: home feeds
+/// show them meanwhile. Lost in a crash, which is fine: the author's outbox delivers them
+/// again.
+#[derive(Default)]
+struct Early {
+    posts: HashMap<u64, (Post, Vec<(u64, social::Reason)>)>,
+    /// Reader -> ids of its early posts, ascending.
+    readers: HashMap<u64, Vec<u64>>,
+}
+
+impl Early {
+    fn add(&mut self, post: Post, readers: Vec<(u64, social::Reason)>) {
+        for (reader, _) in &readers {
+            let ids = self.readers.entry(*reader).or_default();
+            if let Err(at) = ids.binary_search(&post.id) {
+                ids.insert(at, post.id);
+            }
+        }
+        self.posts.insert(post.id, (post, readers));
+    }
+
+    fn remove(&mut self, post_id: u64) {
+        let Some((_, readers)) = self.posts.remove(&post_id) else {
+            return;
+        };
+        for (reader, _) in readers {
+            if let Some(ids) = self.readers.get_mut(&reader) {
+                ids.retain(|id| *id != post_id);
+                if ids.is_empty() {
+                    self.readers.remove(&reader);
+                }
+            }
+        }
+    }
+
+    fn edit(&mut self, post: &Post) {
+        if let Some((early, _)) = self.posts.get_mut(&post.id) {
+            *early = post.clone();
+        }
+    }
+
+    /// `reader`'s early posts, ascending ids.
+    fn of(&self, reader: u64) -> Vec<(&Post, social::Reason)> {
+        let Some(ids) = self.readers.get(&reader) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| {
+                let (post, readers) = self.posts.get(id)?;
+                let reason = readers.iter().find(|(r, _)| *r == reader)?.1;
+                Some((post, reason))
+            })
+            .collect()
+    }
 }
 
 /// A latch the relay sleeps on besides its timer.
@@ -258,6 +315,7 @@ impl Shard {
                 page,
                 reply,
             } => {
+                let early = self.relay.early.borrow();
                 let result = self.read(|r| {
                     let prefs = profiles::feed_preferences(r, reader)?;
                     social::home(
@@ -268,8 +326,10 @@ impl Shard {
                         page.limit,
                         HOME_SCAN_MAX,
                         &prefs,
+                        &early.of(reader),
                     )
                 });
+                drop(early);
                 let _ = reply.send(result);
             }
             Op::Like {
@@ -539,34 +599,132 @@ impl Shard {
                 let _ = reply.send(self.edit_post(post_id, author, text, deadline).await);
             }
             Op::Deliver { events, reply } => {
-                let id = self.id;
-                let shards = self.shards;
-                let now = now_ms();
-                let result = self
-                    .write_notifying(move |t| {
-                        let mut fresh = Vec::with_capacity(events.len());
-                        for (event_id, event) in events {
-                            if events::apply(t, event_id, now, &event, |user| {
-                                shard_of(user) == id && id < shards
-                            })? {
-                                fresh.push((event_id, event));
-                            }
-                        }
-                        Ok::<_, CoreError>(fresh)
-                    })
-                    .await;
-                match result {
-                    Ok(fresh) => {
-                        let _ = reply.send(Ok(()));
-                        self.publish_applied(&fresh);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(Fail::from(e)));
-                    }
-                }
+                let _ = reply.send(self.apply_delivered(events).await);
+            }
+            Op::Offer {
+                from,
+                events,
+                reply,
+            } => self.offer(from, events, reply),
+            Op::Acked { from, ids, reply } => {
+                self.relay
+                    .acks
+                    .borrow_mut()
+                    .extend(ids.into_iter().map(|id| (from, id)));
+                let _ = reply.send(Ok(()));
             }
             other => self.serve_messaging(other, deadline).await,
         }
+    }
+
+    /// Applies delivered events here, once each, and publishes what they bring to streams.
+    async fn apply_delivered(self: &Rc<Self>, events: Vec<(u64, Event)>) -> Result<(), Fail> {
+        {
+            let mut early = self.relay.early.borrow_mut();
+            for (_, event) in &events {
+                match event {
+                    Event::PostDeleted { post_id, .. } => early.remove(*post_id),
+                    Event::PostEdited { post } => early.edit(post),
+                    _ => {}
+                }
+            }
+        }
+        let id = self.id;
+        let shards = self.shards;
+        let now = now_ms();
+        let fresh = self
+            .write_notifying(move |t| {
+                let mut fresh = Vec::with_capacity(events.len());
+                for (event_id, event) in events {
+                    if events::apply(t, event_id, now, &event, |user| {
+                        shard_of(user) == id && id < shards
+                    })? {
+                        fresh.push((event_id, event));
+                    }
+                }
+                Ok::<_, CoreError>(fresh)
+            })
+            .await?;
+        self.publish_applied(&fresh);
+        Ok(())
+    }
+
+    /// `Op::Offer`: the offered posts show in this shard's home feeds at once (answered
+    /// then); their fan-out is committed right after and acknowledged to `from`. Until it
+    /// commits they live in `Relay::early`.
+    fn offer(
+        self: &Rc<Self>,
+        from: usize,
+        events: Vec<(u64, Event)>,
+        reply: crate::mesh::Reply<()>,
+    ) {
+        let (here, shards) = (self.id, self.shards);
+        let shown = self.read(|r| {
+            let mut shown = Vec::new();
+            for (event_id, event) in &events {
+                let Event::PostCreated { post } = event else {
+                    continue;
+                };
+                if events::applied(r, *event_id)? {
+                    continue;
+                }
+                let mentioned: Vec<u64> = post
+                    .mentions
+                    .iter()
+                    .map(|m| m.user_id)
+                    .filter(|u| shard_of(*u) == here && here < shards)
+                    .collect();
+                let readers = social::fan_out_readers(r, post, false, &mentioned)?;
+                shown.push(((**post).clone(), readers));
+            }
+            Ok(shown)
+        });
+        let shown = match shown {
+            Ok(shown) => shown,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let post_ids: Vec<u64> = shown.iter().map(|(p, _)| p.id).collect();
+        {
+            let mut early = self.relay.early.borrow_mut();
+            for (post, readers) in shown {
+                early.add(post, readers);
+            }
+        }
+        let _ = reply.send(Ok(()));
+        let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
+        let me = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let applied = me.apply_delivered(events).await;
+            {
+                let mut early = me.relay.early.borrow_mut();
+                for id in post_ids {
+                    early.remove(id);
+                }
+            }
+            match applied {
+                Ok(()) => {
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    let acked = me
+                        .ask(from, deadline, |reply| Op::Acked {
+                            from: me.id,
+                            ids,
+                            reply,
+                        })
+                        .await;
+                    if let Err(e) = acked {
+                        // The outbox delivers them again; applying twice does nothing.
+                        tracing::debug!(error = %e, "acknowledging offered events failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "offered events not applied; the outbox will retry")
+                }
+            }
+        })
+        .detach();
     }
 
     /// Likes need the liker to see the post (for a comment: the comment's post).
@@ -1056,15 +1214,10 @@ impl Shard {
     ) -> Result<Vec<Mention>, Fail> {
         let mut mentions = Vec::new();
         for name in names {
-            let key = name.to_ascii_lowercase();
-            let home = shard_for_key(&key, self.shards);
-            if let Some(user) = self
-                .ask(home, deadline, |reply| Op::LookupUsername { key, reply })
-                .await?
-            {
+            if let Some(user) = self.user_named(name.to_ascii_lowercase(), deadline).await? {
                 mentions.push(Mention {
                     user_id: user.id,
-                    username: user.username,
+                    username: user.username.clone(),
                     external_id: user.external_id,
                 });
             }
@@ -1165,20 +1318,31 @@ impl Shard {
         targets: &[usize],
         deadline: Instant,
     ) {
+        // A new post only needs to show in feeds before the answer: offered, the target
+        // acknowledges it once committed. Everything else waits for the target's commit.
+        let offer = matches!(event, Event::PostCreated { .. });
         let mut waits = Vec::with_capacity(targets.len());
         for &target in targets {
             let events = vec![(event_id, event.clone())];
             let me = Rc::clone(self);
             waits.push(glommio::spawn_local(async move {
-                let delivered = me
-                    .ask(target, deadline, |reply| Op::Deliver { events, reply })
-                    .await;
+                let delivered = if offer {
+                    me.ask(target, deadline, |reply| Op::Offer {
+                        from: me.id,
+                        events,
+                        reply,
+                    })
+                    .await
+                } else {
+                    me.ask(target, deadline, |reply| Op::Deliver { events, reply })
+                        .await
+                };
                 (target, delivered.is_ok())
             }));
         }
         for wait in waits {
             let (target, ok) = wait.await;
-            if ok {
+            if ok && !offer {
                 self.relay.acks.borrow_mut().push((target, event_id));
             }
         }
