@@ -71,6 +71,11 @@ pub struct FeedPreferences {
 }
 
 impl FeedPreferences {
+    /// True when `hides` is false for every post.
+    pub fn hides_nothing(&self) -> bool {
+        !self.hide_replies && self.muted_words.is_empty()
+    }
+
     /// Does this preference hide `text` (a post by someone else, replying or not)?
     pub fn hides(&self, text: &str, is_reply: bool) -> bool {
         if self.hide_replies && is_reply {

@@ -591,18 +591,21 @@ pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
 /// cursor to continue from).
 ///
 /// `early` are feed items of `reader` delivered to this shard whose fan-out has not committed
-/// yet (ascending post ids): they are merged in and pass the same checks.
+/// yet (ascending post ids): they are merged in and pass the same checks. The first `skip`
+/// posts the page would show (in scan order) are left out, without decoding them when the
+/// preferences do not need their text (the benchmark API's `start`).
 #[allow(clippy::too_many_arguments)]
 pub fn home(
     read: &ReadTransaction,
     reader: u64,
     max_id: Option<u64>,
     min_id: Option<u64>,
-    limit: usize,
+    (skip, limit): (usize, usize),
     scan_max: usize,
     prefs: &FeedPreferences,
     early: &[(&Post, Reason)],
 ) -> Result<(Vec<Post>, Option<u64>), CoreError> {
+    let mut skip = skip;
     let low = min_id.map_or(0, |m| m.saturating_add(1));
     let high = max_id.map_or(u64::MAX, |m| m.saturating_sub(1));
     if low > high {
@@ -685,6 +688,15 @@ pub fn home(
                 None => false,
             };
         if keep && !blocked && !muted {
+            if skip > 0 && prefs.hides_nothing() {
+                let exists = early_post.is_some()
+                    || match &copies {
+                        Some(copies) => copies.get(post_id)?.is_some(),
+                        None => false,
+                    };
+                skip -= usize::from(exists);
+                continue;
+            }
             let post = match (early_post, &copies) {
                 (Some(post), _) => Some(post.clone()),
                 (None, Some(copies)) => match copies.get(post_id)? {
@@ -695,6 +707,10 @@ pub fn home(
             };
             if let Some(post) = post {
                 if author != reader && prefs.hides(&post.text, post.reply_to.is_some()) {
+                    continue;
+                }
+                if skip > 0 {
+                    skip -= 1;
                     continue;
                 }
                 out.push(post);
@@ -846,7 +862,7 @@ mod tests {
             reader,
             max_id,
             min_id,
-            100,
+            (0, 100),
             1000,
             &FeedPreferences::default(),
             early,
@@ -889,6 +905,18 @@ mod tests {
         assert_eq!(home_with(&db, 1, Some(13), None, &early), vec![12, 11, 10]);
         assert_eq!(home_with(&db, 1, None, Some(10), &early), vec![13, 12, 11]);
         assert_eq!(home_with(&db, 1, Some(13), Some(10), &early), vec![12, 11]);
+        // Skipping: the benchmark API's `start`, counted over shown posts only.
+        let read = db.begin_read().unwrap();
+        let prefs = FeedPreferences::default();
+        let page = home(&read, 1, None, None, (2, 1), 1000, &prefs, &early).unwrap();
+        assert_eq!(page.0.iter().map(|p| p.id).collect::<Vec<_>>(), vec![11]);
+        let muting = FeedPreferences {
+            hide_replies: false,
+            muted_words: vec!["hi".into()],
+        };
+        let page = home(&read, 1, None, None, (0, 5), 1000, &muting, &early).unwrap();
+        assert!(page.0.is_empty(), "every post says hi");
+        drop(read);
         write(&db, |t| block(t, 1, 2, 0));
         assert!(home_with(&db, 1, None, None, &early).is_empty());
     }

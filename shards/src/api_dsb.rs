@@ -322,18 +322,24 @@ async fn timeline(
         min_id: None,
         limit: stop,
     };
-    let posts = if route == Route::DsbHomeTimeline {
-        shard
+    let (posts, skip) = if route == Route::DsbHomeTimeline {
+        let page = Page {
+            limit: stop - start,
+            ..page
+        };
+        let posts = shard
             .ask(shard_of(user), deadline, |reply| Op::Home {
                 reader: user,
                 page,
+                skip: start,
                 reply,
             })
             .await?
-            .0
+            .0;
+        (posts, 0)
     } else {
         // The benchmark reads timelines without a viewer: public posts only.
-        shard
+        let posts = shard
             .ask(shard_of(user), deadline, |reply| Op::UserPosts {
                 author: user,
                 viewer: 0,
@@ -341,9 +347,10 @@ async fn timeline(
                 reply,
             })
             .await?
-            .0
+            .0;
+        (posts, start)
     };
-    let items: Vec<wire::DsbPost> = posts.iter().skip(start).map(dsb_post).collect();
+    let items: Vec<wire::DsbPost> = posts.iter().skip(skip).map(dsb_post).collect();
     Ok(Reply::json(StatusCode::OK, &items))
 }
 

@@ -283,6 +283,7 @@ pub(crate) async fn dispatch(
                 .ask(shard_of(viewer), deadline, |reply| Op::Home {
                     reader: viewer,
                     page,
+                    skip: 0,
                     reply,
                 })
                 .await?;

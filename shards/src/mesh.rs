@@ -241,9 +241,11 @@ pub enum Op {
         page: Page,
         reply: Reply<(Vec<Post>, Option<u64>)>,
     },
+    /// A page of a home feed, after leaving out its first `skip` posts.
     Home {
         reader: u64,
         page: Page,
+        skip: usize,
         reply: Reply<(Vec<Post>, Option<u64>)>,
     },
     /// Like or unlike a post (`comment: false`) or comment on its shard; the new count.

@@ -313,6 +313,7 @@ impl Shard {
             Op::Home {
                 reader,
                 page,
+                skip,
                 reply,
             } => {
                 let early = self.relay.early.borrow();
@@ -323,7 +324,7 @@ impl Shard {
                         reader,
                         page.max_id,
                         page.min_id,
-                        page.limit,
+                        (skip, page.limit),
                         HOME_SCAN_MAX,
                         &prefs,
                         &early.of(reader),
