@@ -520,13 +520,21 @@ impl Shard {
                     Some(SettingsUpdate {
                         private,
                         messages_from,
-                    }) => self
-                        .partition
-                        .write(move |t| {
-                            profiles::update_settings(t, user_id, private, messages_from)
-                        })
-                        .await
-                        .map_err(Fail::from),
+                    }) => {
+                        let result = self
+                            .partition
+                            .write(move |t| {
+                                profiles::update_settings(t, user_id, private, messages_from)
+                            })
+                            .await
+                            .map_err(Fail::from);
+                        match result {
+                            Ok(settings) if private == Some(false) => {
+                                self.approve_all(user_id, deadline).await.map(|()| settings)
+                            }
+                            other => other,
+                        }
+                    }
                 };
                 let _ = reply.send(result);
             }
@@ -1205,6 +1213,26 @@ impl Shard {
             }
         }
         Ok(())
+    }
+
+    /// An account made public approves the follow requests it was still holding.
+    async fn approve_all(self: &Rc<Self>, followee: u64, deadline: Instant) -> Result<(), Fail> {
+        loop {
+            let pending = self.read(|r| social::requests(r, followee, None, 64))?;
+            if pending.is_empty() {
+                return Ok(());
+            }
+            for (requester, _) in pending {
+                match self
+                    .answer_request(followee, requester, true, deadline)
+                    .await
+                {
+                    // Withdrawn or blocked meanwhile.
+                    Ok(()) | Err(Fail::Core(CoreError::NotFound)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
     }
 
     /// Usernames mentioned in a text, resolved on their shards (unknown names are skipped).

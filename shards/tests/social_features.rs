@@ -211,6 +211,28 @@ fn private_accounts_approve_each_follower() {
             )
             .expect(200);
         assert!(requests(&server, &owner).is_empty());
+
+        // Going public approves what is still pending.
+        let fourth = server.member_on_shard(other_shard);
+        follow(&server, &fourth, owner.id());
+        assert_eq!(requests(&server, &owner), vec![fourth.id()]);
+        set(
+            &server,
+            &owner,
+            "/v1/me/settings",
+            json!({"private": false}),
+        )
+        .expect(200);
+        assert!(requests(&server, &owner).is_empty());
+        assert_eq!(
+            profile_count(&server, &fourth, fourth.id(), "following_count"),
+            1
+        );
+        assert!(
+            home(&server, &fourth).contains(&later),
+            "approval backfills"
+        );
+        set(&server, &owner, "/v1/me/settings", json!({"private": true})).expect(200);
     }
 }
 
