@@ -13,7 +13,7 @@ PYENV := target/pyenv
 # taskset pins the server and the load generator to separate cores.
 BENCH_PACKAGES := util-linux
 
-.PHONY: run test bench lint deps bench-deps clean pyenv bench-search
+.PHONY: run test bench lint deps bench-deps clean pyenv bench-search bench-backup
 
 define install_missing
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -50,6 +50,10 @@ bench: bench-deps
 # Search: 1,000,000 imported posts, index build rate, two-word queries at 1,000/s.
 bench-search: deps
 	./scripts/bench-search.sh
+
+# Online backup: MB/s of database and media, and a read route's p99 before and during it.
+bench-backup: deps
+	./scripts/bench-backup.sh
 
 clean:
 	$(CARGO) clean
