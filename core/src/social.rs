@@ -630,6 +630,7 @@ pub fn home(
     let mut out = Vec::with_capacity(limit);
     let mut last = None;
     let mut scanned = 0;
+    let mut verdicts: std::collections::HashMap<(u64, u8), bool> = Default::default();
     let forward = min_id.is_some() && max_id.is_none();
     // Durable rows as (post id, author, reason code, None), early ones with their post.
     type Row<'p> = Result<(u64, u64, u8, Option<&'p Post>), CoreError>;
@@ -666,28 +667,37 @@ pub fn home(
         let (post_id, author, reason, early_post) = row?;
         last = Some(post_id);
         scanned += 1;
-        let keep = match Reason::from_code(reason) {
-            Reason::Own => true,
-            Reason::Followed => match &follows_t {
-                Some(t) => t.get((reader, author))?.is_some(),
-                None => false,
-            },
-            Reason::Mentioned => true,
+        // Feeds repeat authors: each (author, reason) is checked once per page.
+        let shown = match verdicts.get(&(author, reason)) {
+            Some(shown) => *shown,
+            None => {
+                let keep = match Reason::from_code(reason) {
+                    Reason::Own => true,
+                    Reason::Followed => match &follows_t {
+                        Some(t) => t.get((reader, author))?.is_some(),
+                        None => false,
+                    },
+                    Reason::Mentioned => true,
+                };
+                let blocked = author != reader
+                    && (match &blocks_t {
+                        Some(t) => t.get((reader, author))?.is_some(),
+                        None => false,
+                    } || match &by_t {
+                        Some(t) => t.get((reader, author))?.is_some(),
+                        None => false,
+                    });
+                let muted = author != reader
+                    && match &mutes_t {
+                        Some(t) => t.get((reader, author))?.is_some(),
+                        None => false,
+                    };
+                let shown = keep && !blocked && !muted;
+                verdicts.insert((author, reason), shown);
+                shown
+            }
         };
-        let blocked = author != reader
-            && (match &blocks_t {
-                Some(t) => t.get((reader, author))?.is_some(),
-                None => false,
-            } || match &by_t {
-                Some(t) => t.get((reader, author))?.is_some(),
-                None => false,
-            });
-        let muted = author != reader
-            && match &mutes_t {
-                Some(t) => t.get((reader, author))?.is_some(),
-                None => false,
-            };
-        if keep && !blocked && !muted {
+        if shown {
             if skip > 0 && prefs.hides_nothing() {
                 let exists = early_post.is_some()
                     || match &copies {
