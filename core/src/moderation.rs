@@ -525,7 +525,7 @@ fn id_floor(ms: u64) -> u64 {
     ms.saturating_sub(crate::ID_EPOCH_MS) << 22
 }
 
-fn report_in(txn: &WriteTransaction, id: u64) -> Result<Option<Report>, CoreError> {
+pub fn report_in(txn: &WriteTransaction, id: u64) -> Result<Option<Report>, CoreError> {
     let table = txn.open_table(REPORTS)?;
     let value = table.get(id)?;
     value.map(|v| decode(v.value())).transpose()

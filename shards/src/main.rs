@@ -6,6 +6,7 @@ mod api;
 mod api_dsb;
 mod api_media;
 mod api_messages;
+mod api_moderation;
 mod api_notify;
 mod api_search;
 mod api_social;
@@ -22,6 +23,7 @@ mod media_jobs;
 mod mesh;
 mod messaging;
 mod metrics;
+mod moderation;
 mod notify;
 mod push;
 mod search;
@@ -30,6 +32,7 @@ mod server;
 mod shard;
 mod social;
 mod stream;
+mod users_admin;
 
 use clap::{Parser, Subcommand};
 

@@ -315,6 +315,7 @@ async fn shard_main(start: ShardStart) {
         media,
         fresh: crate::notify::Fresh::default(),
         push,
+        moderation: crate::moderation::Moderation::default(),
     });
     shard.fresh.listen(Box::new(crate::push::on_fresh));
     shard
