@@ -168,6 +168,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 data_root: cfg.data.clone(),
                 partitions: partitions.clone(),
                 token,
+                mesh: senders.clone(),
             },
         )?;
         tracing::info!(%admin_addr, "admin listener ready");
