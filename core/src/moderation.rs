@@ -265,7 +265,9 @@ pub enum Filed {
     /// The reporter already has an open report on this target: that one.
     Existing(Report),
     /// Too many reports from this reporter in the last hour; retry after this many ms.
-    TooMany { retry_after_ms: u64 },
+    TooMany {
+        retry_after_ms: u64,
+    },
 }
 
 /// What a moderator (or the operator) did.

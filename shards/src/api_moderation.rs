@@ -52,9 +52,8 @@ pub(crate) async fn dispatch(
             let q = req.uri().query().unwrap_or("");
             let state = match query_param(q, "state") {
                 None => ReportState::Open,
-                Some(s) => ReportState::parse(&s).ok_or_else(|| {
-                    bad("invalid_state", "state is open, actioned or dismissed")
-                })?,
+                Some(s) => ReportState::parse(&s)
+                    .ok_or_else(|| bad("invalid_state", "state is open, actioned or dismissed"))?,
             };
             let (after, limit) = cursor_and_limit(q, "cursor")?;
             let reports = ask_mod(shard, REPORTS_SHARD, deadline, |reply| ModOp::Reports {
@@ -174,7 +173,7 @@ pub(crate) async fn dispatch(
                 );
             }
             // Ids are time-ordered across shards: one merge, newest first.
-            all.sort_by(|a, b| b.id.cmp(&a.id));
+            all.sort_by_key(|e| std::cmp::Reverse(e.id));
             all.truncate(limit);
             let next = (all.len() == limit)
                 .then(|| all.last().map(|e| e.id.to_string()))

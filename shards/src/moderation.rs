@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use nova_core::events::{self, Event};
-use nova_core::identity::{self, Context, DisplayName, Email, Username, User};
+use nova_core::identity::{self, Context, DisplayName, Email, User, Username};
 use nova_core::moderation::{
     self as mods, Action, Actor, AuditEntry, Filed, NewReport, Report, ReportState, Role,
     Suspension, TargetKind,
@@ -314,7 +314,12 @@ impl Shard {
         }
     }
 
-    async fn set_role(self: &Rc<Self>, user_id: u64, role: Role, actor: Actor) -> Result<Status, Fail> {
+    async fn set_role(
+        self: &Rc<Self>,
+        user_id: u64,
+        role: Role,
+        actor: Actor,
+    ) -> Result<Status, Fail> {
         let mut audit = self.audit(actor, Action::SetRole(role), TargetKind::Account, user_id);
         audit.reason = format!("role set to {}", role.as_str());
         let result = self
@@ -353,7 +358,11 @@ impl Shard {
         reason: String,
         deadline: Instant,
     ) -> Result<Status, Fail> {
-        let action = if on { Action::Suspend } else { Action::Unsuspend };
+        let action = if on {
+            Action::Suspend
+        } else {
+            Action::Unsuspend
+        };
         let mut audit = self.audit(actor, action, TargetKind::Account, user_id);
         audit.reason = reason.clone();
         let event_id = self.next_id();
@@ -389,7 +398,11 @@ impl Shard {
                         if role >= actor_role {
                             return Err(CoreError::forbidden(
                                 "target_role_too_high",
-                                format!("a {} cannot be suspended by a {}", role.as_str(), actor_role.as_str()),
+                                format!(
+                                    "a {} cannot be suspended by a {}",
+                                    role.as_str(),
+                                    actor_role.as_str()
+                                ),
                             ));
                         }
                     }
@@ -410,7 +423,14 @@ impl Shard {
                         }
                         events::record(t, event_id, now, &event, &targets)?;
                     }
-                    Ok((Status { role, suspended: on }, changed, revoked))
+                    Ok((
+                        Status {
+                            role,
+                            suspended: on,
+                        },
+                        changed,
+                        revoked,
+                    ))
                 })
                 .await?
         };
@@ -472,7 +492,12 @@ impl Shard {
         let user = self
             .ask(self.id, deadline, |reply| Op::Register { new, reply })
             .await?;
-        let audit = self.audit(Actor::AdminCli, Action::CreateUser, TargetKind::Account, user.id);
+        let audit = self.audit(
+            Actor::AdminCli,
+            Action::CreateUser,
+            TargetKind::Account,
+            user.id,
+        );
         self.partition
             .write(move |t| mods::record_audit(t, &audit))
             .await?;

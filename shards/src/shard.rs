@@ -518,12 +518,15 @@ impl Shard {
         let ok = self.hasher.verify(password, phc).await?;
         let user = match user {
             // Checked after the password, so a guesser learns nothing about the account.
-            Some(u) if ok && self.read(|r| nova_core::moderation::suspension(r, u.id))?.is_some() => {
-                return Err(CoreError::forbidden(
-                    "account_suspended",
-                    "this account is suspended",
-                )
-                .into());
+            Some(u)
+                if ok
+                    && self
+                        .read(|r| nova_core::moderation::suspension(r, u.id))?
+                        .is_some() =>
+            {
+                return Err(
+                    CoreError::forbidden("account_suspended", "this account is suspended").into(),
+                );
             }
             Some(u) if ok => u,
             other => {

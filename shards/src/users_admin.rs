@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use nova_core::events::{self, Event};
 use nova_core::identity::{self, Context, DisplayName, Email, NewUser, Password, User, Username};
-use nova_core::moderation::{self as mods, Action, Actor, AuditEntry, Role, Suspension, TargetKind};
+use nova_core::moderation::{
+    self as mods, Action, Actor, AuditEntry, Role, Suspension, TargetKind,
+};
 use nova_core::password::HashCost;
 use nova_core::{shard_for_key, shard_of, CoreError, IdGen};
 use nova_storage::redb::{self, Database, ReadableDatabase};
@@ -573,9 +575,8 @@ impl Offline {
     }
 
     fn run(mut self, req: &UserRequest, cost: HashCost) -> anyhow::Result<simd_json::OwnedValue> {
-        let field = |v: &Option<String>, name: &str| {
-            v.clone().with_context(|| format!("{name} is needed"))
-        };
+        let field =
+            |v: &Option<String>, name: &str| v.clone().with_context(|| format!("{name} is needed"));
         let invalid = |v: nova_core::Invalid| anyhow::anyhow!("{}", v.message);
         let shards = self.dbs.len();
         if req.action == "create" {
@@ -643,7 +644,11 @@ impl Offline {
                     "invalid_reason",
                 )
                 .map_err(invalid)?;
-                let action = if on { Action::Suspend } else { Action::Unsuspend };
+                let action = if on {
+                    Action::Suspend
+                } else {
+                    Action::Unsuspend
+                };
                 let audit = self.audit(k, action, user_id, &reason);
                 let ctx = self.ctx(k);
                 let event_id = self.next_id(k);

@@ -118,7 +118,11 @@ fn follow(server: &Server, follower: &Member, followee: &Member) {
         follower.auth(),
         json!({}),
     );
-    assert!(resp.status == 200 || resp.status == 201, "{}", resp.what_happened());
+    assert!(
+        resp.status == 200 || resp.status == 201,
+        "{}",
+        resp.what_happened()
+    );
 }
 
 fn home(server: &Server, reader: &Member) -> Vec<u64> {
@@ -382,7 +386,12 @@ fn a_suspension_hides_the_account_everywhere_until_it_is_lifted() {
         .filter(|e| {
             e.get("target_id").and_then(|t| t.as_str()) == Some(target.id().to_string().as_str())
         })
-        .map(|e| e.get("action").and_then(|a| a.as_str()).unwrap().to_string())
+        .map(|e| {
+            e.get("action")
+                .and_then(|a| a.as_str())
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(actions[..2], ["unsuspend", "suspend"], "{actions:?}");
 }
@@ -400,7 +409,10 @@ fn only_moderators_moderate_and_only_admins_grant_roles() {
         None,
     );
     users_ok(
-        &online(&url, &["promote", &admin.id().to_string(), "--role", "admin"]),
+        &online(
+            &url,
+            &["promote", &admin.id().to_string(), "--role", "admin"],
+        ),
         None,
     );
     let post = compose(&server, &other, "a post");
@@ -409,10 +421,22 @@ fn only_moderators_moderate_and_only_admins_grant_roles() {
         ("POST", "/v1/moderation/reports/1/resolve".into()),
         ("DELETE", format!("/v1/moderation/posts/{post}")),
         ("DELETE", "/v1/moderation/comments/1".into()),
-        ("POST", format!("/v1/moderation/users/{}/suspension", other.id())),
-        ("DELETE", format!("/v1/moderation/users/{}/suspension", other.id())),
-        ("POST", format!("/v1/moderation/users/{}/moderator", other.id())),
-        ("DELETE", format!("/v1/moderation/users/{}/moderator", other.id())),
+        (
+            "POST",
+            format!("/v1/moderation/users/{}/suspension", other.id()),
+        ),
+        (
+            "DELETE",
+            format!("/v1/moderation/users/{}/suspension", other.id()),
+        ),
+        (
+            "POST",
+            format!("/v1/moderation/users/{}/moderator", other.id()),
+        ),
+        (
+            "DELETE",
+            format!("/v1/moderation/users/{}/moderator", other.id()),
+        ),
         ("GET", "/v1/moderation/audit".into()),
     ];
     for (method, path) in &routes {
@@ -513,10 +537,16 @@ fn admin_user_commands_work_online() {
     assert!(created2.get("password").is_none());
     server.login(&name2, "a-stdin-password-123");
     // Taken names are refused.
-    let dup = nova_users(&online(&url, &["create", &name, "--email", "x@example.com"]), None);
+    let dup = nova_users(
+        &online(&url, &["create", &name, "--email", "x@example.com"]),
+        None,
+    );
     assert!(!dup.status.success());
 
-    let shown = users_ok(&online(&url, &["promote", &name, "--role", "moderator"]), None);
+    let shown = users_ok(
+        &online(&url, &["promote", &name, "--role", "moderator"]),
+        None,
+    );
     assert_eq!(field(&shown, "role").as_str(), Some("moderator"));
     let shown = users_ok(&online(&url, &["demote", &id.to_string()]), None);
     assert_eq!(field(&shown, "role").as_str(), Some("user"));
@@ -574,7 +604,10 @@ fn admin_user_commands_work_online() {
 
     // Each command left an audit entry by admin-cli (read as an admin).
     let mut admin = server.member_on_shard(0);
-    users_ok(&online(&url, &["promote", admin.name(), "--role", "admin"]), None);
+    users_ok(
+        &online(&url, &["promote", admin.name(), "--role", "admin"]),
+        None,
+    );
     relogin(&server, &mut admin);
     let audit = server.get("/v1/moderation/audit?limit=100", admin.auth());
     audit.expect(200);
@@ -585,7 +618,12 @@ fn admin_user_commands_work_online() {
         .iter()
         .filter(|e| e.get("target_id").and_then(|t| t.as_str()) == Some(id.to_string().as_str()))
         .inspect(|e| assert_eq!(e.get("actor").and_then(|a| a.as_str()), Some("admin-cli")))
-        .map(|e| e.get("action").and_then(|a| a.as_str()).unwrap().to_string())
+        .map(|e| {
+            e.get("action")
+                .and_then(|a| a.as_str())
+                .unwrap()
+                .to_string()
+        })
         .collect();
     for action in [
         "create_user",
@@ -691,7 +729,10 @@ fn admin_user_commands_work_offline() {
     // The audit entries, read by an admin made online.
     let url = admin_url(&server);
     let mut reader = server.member_on_shard(0);
-    users_ok(&online(&url, &["promote", reader.name(), "--role", "admin"]), None);
+    users_ok(
+        &online(&url, &["promote", reader.name(), "--role", "admin"]),
+        None,
+    );
     relogin(&server, &mut reader);
     let audit = server.get("/v1/moderation/audit?limit=100", reader.auth());
     audit.expect(200);
@@ -703,8 +744,14 @@ fn admin_user_commands_work_offline() {
         .filter(|e| e.get("actor").and_then(|a| a.as_str()) == Some("admin-cli"))
         .map(|e| {
             (
-                e.get("action").and_then(|a| a.as_str()).unwrap().to_string(),
-                e.get("target_id").and_then(|a| a.as_str()).unwrap().to_string(),
+                e.get("action")
+                    .and_then(|a| a.as_str())
+                    .unwrap()
+                    .to_string(),
+                e.get("target_id")
+                    .and_then(|a| a.as_str())
+                    .unwrap()
+                    .to_string(),
             )
         })
         .collect();
