@@ -224,10 +224,46 @@ fn a_report_reaches_the_queue_and_a_moderator_removes_the_post_everywhere() {
     again.expect(200);
     assert_eq!(parse_id(again.at("report.id")), report_id);
 
+    // A message can be reported by a participant only (the conversation lives on shard 1).
+    let conv = server.post(
+        "/v1/conversations",
+        author.auth(),
+        json!({"participants": [reporter.id().to_string()]}),
+    );
+    conv.expect(201);
+    let conv = parse_id(conv.at("conversation.id"));
+    let sent = server.post(
+        &format!("/v1/conversations/{conv}/messages"),
+        author.auth(),
+        json!({"text": "buy my things"}),
+    );
+    sent.expect(201);
+    let message = parse_id(sent.at("message.id"));
+    report(&server, &moderator, "message", message, "spam").expect(404);
+    report(&server, &reporter, "message", message, "spam").expect(201);
+    report(&server, &reporter, "account", author.id(), "impersonation").expect(201);
+
     // The queue, as the moderator sees it.
     let queue = server.get("/v1/moderation/reports", moderator.auth());
     queue.expect(200);
     assert!(item_ids(&queue).contains(&report_id), "{}", queue.text());
+    let kinds: Vec<&str> = queue
+        .at("items")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.get("target_type").and_then(|t| t.as_str()).unwrap())
+        .collect();
+    assert_eq!(kinds, ["post", "message", "account"], "oldest first");
+    // Cursor pagination walks the same queue one by one.
+    let first = server.get("/v1/moderation/reports?limit=1", moderator.auth());
+    assert_eq!(item_ids(&first), vec![report_id]);
+    let cursor = next_cursor(&first).unwrap();
+    let second = server.get(
+        &format!("/v1/moderation/reports?limit=1&cursor={cursor}"),
+        moderator.auth(),
+    );
+    assert_eq!(item_ids(&second), item_ids(&queue)[1..2].to_vec());
 
     // Removal: gone from the follower's feed (other shard), the post, and search.
     server
