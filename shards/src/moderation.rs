@@ -25,7 +25,7 @@ use nova_core::moderation::{
 use nova_core::{content, messages, shard_for_key, CoreError};
 
 use crate::error::Fail;
-use crate::mesh::{Op, Registration, Reply};
+use crate::mesh::{Op, Reply};
 use crate::shard::{now_ms, Shard};
 
 /// The suspended users as this shard's mirror says, loaded on first use and reloaded after
@@ -472,6 +472,9 @@ impl Shard {
         Ok(())
     }
 
+    /// The operator's registration: the same steps as `Shard::register` (claim the email on
+    /// its shard, then create the user here, releasing the claim if that fails), with the
+    /// audit entry in the user's creation transaction.
     async fn create_user(
         self: &Rc<Self>,
         username: Username,
@@ -481,27 +484,73 @@ impl Shard {
     ) -> Result<User, Fail> {
         debug_assert_eq!(shard_for_key(&username.key(), self.shards), self.id);
         let display_name = DisplayName::parse(username.as_str()).map_err(CoreError::from)?;
+        if self
+            .read(|r| identity::user_by_username(r, &username.key()))?
+            .is_some()
+        {
+            return Err(CoreError::UsernameTaken.into());
+        }
         let password_hash = self.hasher.hash(password).await?;
-        let new = Registration {
-            username,
-            email,
-            display_name,
-            password_hash,
-            ip: "admin".to_string(),
+        let user_id = self.next_id();
+        let email_key = email.key();
+        let email_shard = shard_for_key(&email_key, self.shards);
+        let claimed = email.clone();
+        self.ask(email_shard, deadline, |reply| Op::ClaimEmail {
+            email: claimed,
+            user_id,
+            reply,
+        })
+        .await?;
+        let ctx = Context {
+            now_ms: now_ms(),
+            ip: "admin-cli".to_string(),
+            log_id: self.next_id(),
         };
-        let user = self
-            .ask(self.id, deadline, |reply| Op::Register { new, reply })
-            .await?;
+        let email_id = self.next_id();
+        let verify_ttl_ms = self.cfg.email_token_ttl_s * 1000;
         let audit = self.audit(
             Actor::AdminCli,
             Action::CreateUser,
             TargetKind::Account,
-            user.id,
+            user_id,
         );
-        self.partition
-            .write(move |t| mods::record_audit(t, &audit))
-            .await?;
-        Ok(user)
+        let created = self
+            .partition
+            .write(move |t| {
+                let user = identity::create_user(
+                    t,
+                    &ctx,
+                    identity::NewUser {
+                        id: user_id,
+                        username,
+                        email,
+                        display_name,
+                        password_hash,
+                        email_id,
+                        verify_ttl_ms,
+                    },
+                )?;
+                mods::record_audit(t, &audit)?;
+                Ok::<_, CoreError>(user)
+            })
+            .await;
+        match created {
+            Ok(user) => {
+                self.mail.wake();
+                Ok(user)
+            }
+            Err(e) => {
+                // Best effort: a claim left behind goes stale and is taken over later.
+                let _ = self
+                    .ask(email_shard, deadline, |reply| Op::ReleaseEmail {
+                        key: email_key,
+                        user_id,
+                        reply,
+                    })
+                    .await;
+                Err(e.into())
+            }
+        }
     }
 
     /// Removes a post or comment through the same core paths as its author's delete (feeds,
