@@ -67,6 +67,7 @@ pub fn copy_all(
     crate::notifications::copy_tables(&mut c)?;
     crate::push::copy_tables(&mut c)?;
     crate::search::copy_tables(&mut c)?;
+    crate::moderation::copy_tables(&mut c)?;
     let missed: Vec<String> = read
         .list_tables()?
         .map(|t| t.name().to_string())

@@ -101,6 +101,12 @@ pub enum Event {
     UserChanged {
         user_id: u64,
     },
+    /// A user was suspended or unsuspended (moderation): every shard's mirror of suspended
+    /// users follows, newest change wins (the event id orders them).
+    SuspensionChanged {
+        user_id: u64,
+        suspended: bool,
+    },
 }
 
 /// Appends `event` to the history and queues it for each shard in `targets`.
@@ -342,6 +348,9 @@ pub fn apply(
         Event::Notified { notice } => crate::notifications::apply_remote(txn, notice, now_ms)?,
         // Never sent to another shard.
         Event::UserChanged { .. } => {}
+        Event::SuspensionChanged { user_id, suspended } => {
+            crate::moderation::mirror(txn, *user_id, *suspended, id)?;
+        }
     }
     Ok(true)
 }

@@ -18,6 +18,7 @@ pub mod identity;
 mod ids;
 pub mod media;
 pub mod messages;
+pub mod moderation;
 pub mod notifications;
 pub mod password;
 pub mod profiles;

@@ -941,6 +941,8 @@ pub fn subject(event: &Event) -> Option<Subject> {
         | Event::Blocked { .. }
         | Event::Unblocked { .. }
         | Event::FollowApproved { .. } => None,
+        // A suspension hides results when a query runs (the mirror), nothing is reindexed.
+        Event::SuspensionChanged { .. } => None,
     }
 }
 

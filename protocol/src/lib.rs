@@ -7,6 +7,7 @@
 mod body;
 mod json;
 mod media;
+mod moderation;
 mod notify;
 mod routes;
 mod time;
@@ -14,6 +15,7 @@ mod time;
 pub use body::*;
 pub use json::{error_body, parse_json, to_json, WireError};
 pub use media::{tus, MediaEnvelope, MediaMetadataView, MediaUsageView, MediaView, RenditionView};
+pub use moderation::*;
 pub use notify::*;
 pub use routes::{Route, RouteMiss, ROUTES};
 pub use time::rfc3339;

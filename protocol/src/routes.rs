@@ -86,6 +86,16 @@ pub enum Route {
     Search,
     SearchBody,
     TagPosts,
+    CreateReport,
+    ModReports,
+    ModResolveReport(u64),
+    ModRemovePost(u64),
+    ModRemoveComment(u64),
+    ModSuspend(u64),
+    ModUnsuspend(u64),
+    ModGrantModerator(u64),
+    ModRevokeModerator(u64),
+    ModAudit,
 }
 
 /// Why no route matched.
@@ -178,6 +188,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/search"),
     ("POST", "/v1/search"),
     ("GET", "/v1/tags/{tag}"),
+    ("POST", "/v1/reports"),
+    ("GET", "/v1/moderation/reports"),
+    ("POST", "/v1/moderation/reports/{id}/resolve"),
+    ("DELETE", "/v1/moderation/posts/{id}"),
+    ("DELETE", "/v1/moderation/comments/{id}"),
+    ("POST", "/v1/moderation/users/{id}/suspension"),
+    ("DELETE", "/v1/moderation/users/{id}/suspension"),
+    ("POST", "/v1/moderation/users/{id}/moderator"),
+    ("DELETE", "/v1/moderation/users/{id}/moderator"),
+    ("GET", "/v1/moderation/audit"),
 ];
 
 impl Route {
@@ -253,6 +273,9 @@ impl Route {
                 Method::DELETE => Ok(PushUnsubscribe),
                 _ => Err(RouteMiss::MethodNotAllowed),
             },
+            "/v1/reports" => one(CreateReport, Method::POST),
+            "/v1/moderation/reports" => one(ModReports, Method::GET),
+            "/v1/moderation/audit" => one(ModAudit, Method::GET),
             _ => Route::find_with_id(method, path),
         }
     }
@@ -340,6 +363,25 @@ impl Route {
                 "" => by_method(Some(GetPost(id)), None, Some(DeletePost(id))),
                 "like" => by_method(None, Some(LikePost(id)), Some(UnlikePost(id))),
                 "comments" => by_method(Some(ListComments(id)), Some(CreateComment(id)), None),
+                _ => Err(RouteMiss::NotFound),
+            };
+        }
+        if let Some(rest) = path.strip_prefix("/v1/moderation/") {
+            let (kind, rest) = rest.split_once('/').ok_or(RouteMiss::NotFound)?;
+            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            return match (kind, tail) {
+                ("reports", "resolve") => by_method(None, Some(ModResolveReport(id)), None),
+                ("posts", "") => by_method(None, None, Some(ModRemovePost(id))),
+                ("comments", "") => by_method(None, None, Some(ModRemoveComment(id))),
+                ("users", "suspension") => {
+                    by_method(None, Some(ModSuspend(id)), Some(ModUnsuspend(id)))
+                }
+                ("users", "moderator") => by_method(
+                    None,
+                    Some(ModGrantModerator(id)),
+                    Some(ModRevokeModerator(id)),
+                ),
                 _ => Err(RouteMiss::NotFound),
             };
         }
@@ -436,6 +478,14 @@ impl Route {
             PushSubscriptions | PushSubscribe | PushUnsubscribe => "/v1/push/subscriptions",
             Search | SearchBody => "/v1/search",
             TagPosts => "/v1/tags/{tag}",
+            CreateReport => "/v1/reports",
+            ModReports => "/v1/moderation/reports",
+            ModResolveReport(_) => "/v1/moderation/reports/{id}/resolve",
+            ModRemovePost(_) => "/v1/moderation/posts/{id}",
+            ModRemoveComment(_) => "/v1/moderation/comments/{id}",
+            ModSuspend(_) | ModUnsuspend(_) => "/v1/moderation/users/{id}/suspension",
+            ModGrantModerator(_) | ModRevokeModerator(_) => "/v1/moderation/users/{id}/moderator",
+            ModAudit => "/v1/moderation/audit",
         }
     }
 }

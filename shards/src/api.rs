@@ -342,6 +342,16 @@ async fn dispatch(
         Route::Search | Route::SearchBody | Route::TagPosts => {
             crate::api_search::dispatch(shard, route, req, deadline).await
         }
+        Route::CreateReport
+        | Route::ModReports
+        | Route::ModResolveReport(_)
+        | Route::ModRemovePost(_)
+        | Route::ModRemoveComment(_)
+        | Route::ModSuspend(_)
+        | Route::ModUnsuspend(_)
+        | Route::ModGrantModerator(_)
+        | Route::ModRevokeModerator(_)
+        | Route::ModAudit => crate::api_moderation::dispatch(shard, route, req, deadline).await,
         social => crate::api_social::dispatch(shard, social, req, deadline).await,
     }
 }
@@ -444,6 +454,15 @@ pub(crate) fn authenticate_token(shard: &Shard, token: &str) -> Result<AccessCla
         return Err(ApiError::unauthorized(
             "session_revoked",
             "this session has ended; log in again",
+        ));
+    }
+    // A suspension revokes every session too; this covers a token whose revocation has not
+    // reached this shard's deny list.
+    if shard.is_suspended(claims.user_id) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_suspended",
+            "this account is suspended",
         ));
     }
     tracing::Span::current().record("user", claims.user_id);

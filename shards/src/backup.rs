@@ -399,6 +399,8 @@ pub struct Admin {
     pub data_root: PathBuf,
     pub partitions: Vec<Arc<Partition>>,
     pub token: String,
+    /// The shards' inboxes, for `nova admin users` (shards/src/users_admin.rs).
+    pub mesh: Vec<flume::Sender<crate::mesh::ShardMsg>>,
 }
 
 pub fn spawn_admin(listener: TcpListener, admin: Admin) -> anyhow::Result<()> {
@@ -539,6 +541,10 @@ fn serve_admin(stream: TcpStream, admin: &Admin) -> anyhow::Result<()> {
                 &simd_json::to_string(&simd_json::json!({ "shards": shards }))?,
             )
         }
+        ("POST", "/admin/users") => {
+            let (status, answer) = crate::users_admin::serve(&admin.mesh, &mut body);
+            respond(stream, status, &answer)
+        }
         _ => respond(stream, 404, r#"{"error":"not found"}"#),
     }
 }
@@ -548,6 +554,9 @@ fn respond(mut stream: TcpStream, status: u16, body: &str) -> anyhow::Result<()>
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
+        409 => "Conflict",
+        503 => "Service Unavailable",
         404 => "Not Found",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",

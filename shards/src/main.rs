@@ -6,6 +6,7 @@ mod api;
 mod api_dsb;
 mod api_media;
 mod api_messages;
+mod api_moderation;
 mod api_notify;
 mod api_search;
 mod api_social;
@@ -22,6 +23,7 @@ mod media_jobs;
 mod mesh;
 mod messaging;
 mod metrics;
+mod moderation;
 mod notify;
 mod push;
 mod search;
@@ -30,6 +32,7 @@ mod server;
 mod shard;
 mod social;
 mod stream;
+mod users_admin;
 
 use clap::{Parser, Subcommand};
 
@@ -85,6 +88,10 @@ enum AdminCommand {
         #[arg(long)]
         data_dir: std::path::PathBuf,
     },
+    /// Accounts: create, promote/demote, suspend/unsuspend, reset-password, show. Online
+    /// with --server (the admin listener) or offline with a stopped server's --data-dir.
+    #[command(subcommand)]
+    Users(users_admin::UsersCommand),
     /// Write synthetic accounts and posts into a data directory (search benchmark corpus);
     /// the search index is built at the next start or by `reindex`.
     ImportPosts {
@@ -144,6 +151,7 @@ fn main() -> std::process::ExitCode {
 fn admin(cmd: AdminCommand) -> anyhow::Result<String> {
     match cmd {
         AdminCommand::Emails(cmd) => mail_admin::run(cmd).map(|()| String::new()),
+        AdminCommand::Users(cmd) => users_admin::run(cmd),
         AdminCommand::Reindex { data_dir } => {
             search_admin::reindex(&data_dir).map(|()| String::new())
         }

@@ -513,6 +513,8 @@ pub enum Op {
         prefix: String,
         reply: Reply<Vec<(String, u64)>>,
     },
+    /// Moderation: roles, suspensions, removals, reports, audit (shards/src/moderation.rs).
+    Moderation(crate::moderation::ModOp),
 }
 
 /// A comment with its counts as the viewer sees them.

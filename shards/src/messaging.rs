@@ -465,6 +465,7 @@ impl Shard {
                     }
                 }
                 Event::PostCreated { post } => self.publish_post(post),
+                Event::SuspensionChanged { .. } => self.reload_suspended(),
                 _ => {}
             }
         }

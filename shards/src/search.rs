@@ -120,6 +120,9 @@ impl Shard {
             let mut follows: HashMap<u64, bool> = HashMap::new();
             let page = search::search_posts(r, q, after, limit, SEARCH_STEPS_MAX, |hit| {
                 let author = hit.author;
+                if self.hidden_from(author, searcher) {
+                    return Ok(false);
+                }
                 if author == searcher {
                     return Ok(true);
                 }
@@ -182,7 +185,9 @@ impl Shard {
     ) -> Result<Vec<(AccountRank, UserBrief)>, Fail> {
         self.read(|r| {
             let found = search::search_accounts(r, words, after.as_ref(), limit, |user| {
-                Ok(user == searcher || !social::blocked_either_way(r, user, searcher)?)
+                Ok(user == searcher
+                    || (!self.hidden_from(user, searcher)
+                        && !social::blocked_either_way(r, user, searcher)?))
             })?;
             let mut out = Vec::with_capacity(found.len());
             for (rank, id) in found {

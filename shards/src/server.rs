@@ -168,6 +168,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 data_root: cfg.data.clone(),
                 partitions: partitions.clone(),
                 token,
+                mesh: senders.clone(),
             },
         )?;
         tracing::info!(%admin_addr, "admin listener ready");
@@ -315,6 +316,7 @@ async fn shard_main(start: ShardStart) {
         media,
         fresh: crate::notify::Fresh::default(),
         push,
+        moderation: crate::moderation::Moderation::default(),
     });
     shard.fresh.listen(Box::new(crate::push::on_fresh));
     shard

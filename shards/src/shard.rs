@@ -102,6 +102,8 @@ pub struct Shard {
     pub fresh: crate::notify::Fresh,
     /// The Web Push delivery threads (shards/src/push.rs).
     pub push: crate::push::Push,
+    /// The suspended users, as this shard's mirror says (shards/src/moderation.rs).
+    pub moderation: crate::moderation::Moderation,
 }
 
 /// The owner of a username, with what a mention of it records.
@@ -371,6 +373,7 @@ impl Shard {
             }
             media if media.is_media() => crate::media_jobs::serve(&self, media).await,
             Op::Notify(op) => self.serve_notify(op).await,
+            Op::Moderation(op) => self.serve_moderation(op, deadline).await,
             search @ (Op::SearchMutes { .. }
             | Op::SearchPosts { .. }
             | Op::SearchAccounts { .. }
@@ -514,6 +517,17 @@ impl Shard {
         );
         let ok = self.hasher.verify(password, phc).await?;
         let user = match user {
+            // Checked after the password, so a guesser learns nothing about the account.
+            Some(u)
+                if ok
+                    && self
+                        .read(|r| nova_core::moderation::suspension(r, u.id))?
+                        .is_some() =>
+            {
+                return Err(
+                    CoreError::forbidden("account_suspended", "this account is suspended").into(),
+                );
+            }
             Some(u) if ok => u,
             other => {
                 let user_id = other.map(|u| u.id);

@@ -216,6 +216,7 @@ impl Shard {
             } => {
                 let visible = self.read(|r| {
                     Ok(identity::user(r, user_id)?.is_some()
+                        && !self.hidden_from(user_id, viewer)
                         && !social::blocked_either_way(r, user_id, viewer)?)
                 });
                 let _ = reply.send(visible);
@@ -331,6 +332,21 @@ impl Shard {
                     )
                 });
                 drop(early);
+                // Posts of suspended authors stay in the feed tables (an unsuspension brings
+                // them back) and are left out of the page; a full page cut short this way
+                // still names where the next one starts.
+                let result = result.map(|(mut posts, cursor)| {
+                    let full_to = (posts.len() >= page.limit)
+                        .then(|| posts.last().map(|p| p.id))
+                        .flatten();
+                    posts.retain(|p| !self.hidden_from(p.author_id, reader));
+                    let cursor = if posts.len() < page.limit && cursor.is_none() {
+                        full_to
+                    } else {
+                        cursor
+                    };
+                    (posts, cursor)
+                });
                 let _ = reply.send(result);
             }
             Op::Like {
@@ -370,6 +386,7 @@ impl Shard {
                     }
                     content::comments_of(r, post_id, after, limit)?
                         .into_iter()
+                        .filter(|c| !self.hidden_from(c.author_id, viewer))
                         .map(|c| comment_info(r, c, viewer))
                         .collect()
                 });
@@ -813,7 +830,8 @@ impl Shard {
             let Some(user) = identity::user(r, user_id)? else {
                 return Ok(None);
             };
-            if social::blocked_either_way(r, user_id, viewer)? {
+            if social::blocked_either_way(r, user_id, viewer)? || self.hidden_from(user_id, viewer)
+            {
                 return Ok(None);
             }
             let (followers, following) = social::counts(r, user_id)?;
@@ -832,7 +850,7 @@ impl Shard {
     }
 
     /// May `viewer` read `post` (on the author's shard)?
-    fn may_see(
+    pub(crate) fn may_see(
         &self,
         r: &nova_storage::redb::ReadTransaction,
         post: &Post,
@@ -840,6 +858,9 @@ impl Shard {
     ) -> Result<bool, CoreError> {
         if post.author_id == viewer {
             return Ok(true);
+        }
+        if self.hidden_from(post.author_id, viewer) {
+            return Ok(false);
         }
         if social::blocked_either_way(r, post.author_id, viewer)? {
             return Ok(false);
@@ -871,6 +892,7 @@ impl Shard {
     ) -> Result<(Vec<Post>, Option<u64>), Fail> {
         self.read(|r| {
             if identity::user(r, author)?.is_none()
+                || self.hidden_from(author, viewer)
                 || social::blocked_either_way(r, author, viewer)?
             {
                 return Err(CoreError::NotFound);

@@ -753,6 +753,38 @@ fn revoke_all(txn: &WriteTransaction, ctx: &Context, user_id: u64) -> Result<Vec
     Ok(ids)
 }
 
+/// Revokes every live session of the user (a suspension, an operator's password reset);
+/// returns their IDs for the deny lists.
+pub fn revoke_all_sessions(
+    txn: &WriteTransaction,
+    ctx: &Context,
+    user_id: u64,
+) -> Result<Vec<u64>, CoreError> {
+    revoke_all(txn, ctx, user_id)
+}
+
+/// Sets a new password hash (the operator's reset, no token) and revokes every session.
+/// Unknown user: `NotFound`. Returns the revoked session IDs.
+pub fn set_password_hash(
+    txn: &WriteTransaction,
+    ctx: &Context,
+    user_id: u64,
+    new_hash: String,
+) -> Result<Vec<u64>, CoreError> {
+    let mut users = txn.open_table(USERS)?;
+    let mut user: User = match users.get(user_id)? {
+        Some(v) => decode(v.value())?,
+        None => return Err(CoreError::NotFound),
+    };
+    user.password_hash = new_hash;
+    user.password_changed_ms = ctx.now_ms;
+    users.insert(user_id, encode(&user).as_slice())?;
+    drop(users);
+    let revoked = revoke_all(txn, ctx, user_id)?;
+    log(txn, ctx, AuthEvent::PasswordReset, Some(user_id), None)?;
+    Ok(revoked)
+}
+
 /// Checks a one-time token stored in `table`, applies `change` to its user and saves the
 /// user, then deletes the token. Every check comes before the first write.
 fn consume_one_time(
