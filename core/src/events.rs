@@ -24,6 +24,9 @@ const EVENT_OUTBOX: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("e
 const EVENT_APPLIED: TableDefinition<u64, u64> = TableDefinition::new("event_applied");
 
 /// Something that happened, as other shards need to hear it.
+///
+/// Stored (event_store, event_outbox) with postcard, which writes a variant's position: a new
+/// variant goes at the end, and none is ever removed or moved (`tests::stored_tags_never_move`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Event {
     /// `follower` (on the source shard) now follows `followee` (on the target).
@@ -361,4 +364,91 @@ pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError
     c.copy(EVENT_OUTBOX)?;
     c.copy(EVENT_APPLIED)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tag each variant is stored with. Exhaustive on purpose: a new variant does not
+    /// compile until it is given the next number here.
+    fn stored_tag(event: &Event) -> u8 {
+        match event {
+            Event::Followed { .. } => 0,
+            Event::Unfollowed { .. } => 1,
+            Event::Blocked { .. } => 2,
+            Event::Unblocked { .. } => 3,
+            Event::PostCreated { .. } => 4,
+            Event::PostDeleted { .. } => 5,
+            Event::PostEdited { .. } => 6,
+            Event::ConversationJoined { .. } => 7,
+            Event::MessagePosted { .. } => 8,
+            Event::ConversationLeft { .. } => 9,
+            Event::FollowApproved { .. } => 10,
+            Event::MediaReady { .. } => 11,
+            Event::MediaFailed { .. } => 12,
+            Event::Notified { .. } => 13,
+            Event::UserChanged { .. } => 14,
+            Event::SuspensionChanged { .. } => 15,
+        }
+    }
+
+    #[test]
+    fn stored_tags_never_move() {
+        let samples = [
+            Event::Followed {
+                follower: 1,
+                followee: 2,
+            },
+            Event::Unfollowed {
+                follower: 1,
+                followee: 2,
+            },
+            Event::Blocked {
+                blocker: 1,
+                blocked: 2,
+            },
+            Event::Unblocked {
+                blocker: 1,
+                blocked: 2,
+            },
+            Event::PostDeleted {
+                post_id: 1,
+                author: 2,
+            },
+            Event::ConversationJoined {
+                conversation: 1,
+                users: vec![2],
+                at_ms: 3,
+            },
+            Event::ConversationLeft {
+                conversation: 1,
+                user: 2,
+            },
+            Event::FollowApproved {
+                follower: 1,
+                followee: 2,
+            },
+            Event::MediaReady {
+                media_id: 1,
+                owner: 2,
+            },
+            Event::MediaFailed {
+                media_id: 1,
+                owner: 2,
+                reason: "x".into(),
+            },
+            Event::UserChanged { user_id: 1 },
+            Event::SuspensionChanged {
+                user_id: 1,
+                suspended: true,
+            },
+        ];
+        for event in &samples {
+            let bytes = encode(event);
+            // After the format byte.
+            assert_eq!(bytes[1], stored_tag(event), "{event:?}");
+            assert_eq!(&decode::<Event>(&bytes).unwrap(), event);
+        }
+    }
 }
