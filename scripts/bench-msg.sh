@@ -73,7 +73,8 @@ col() { sed -n "s/^result $1 .*$2=\([0-9.]*\).*/\1/p" "$out" | median; }
 echo
 echo "== medians of $runs run(s)"
 if grep -q '^result messages' "$out"; then
-    echo "messages: $(col messages sent_per_s)/s answered 201 (offered $rate/s)," \
+    echo "messages: $(col messages sent_per_s)/s answered 201 (offered $rate/s;" \
+        "throughput $(col messages throughput)/s)," \
         "delivery p50 $(col messages p50_ms) ms, p99 $(col messages p99_ms) ms," \
         "p99.9 $(col messages p999_ms) ms; missing $(col messages missing)," \
         "duplicates $(col messages duplicates); load $(col messages load)"
