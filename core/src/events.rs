@@ -339,7 +339,10 @@ pub fn apply(
             message,
             recipients,
         } => {
-            for u in recipients.iter().filter(|u| here(**u)) {
+            // The sender's own inbox moves too when the sender lives here (the event came
+            // to this shard for it even with no recipient here).
+            let sender = std::iter::once(&message.sender);
+            for u in recipients.iter().chain(sender).filter(|u| here(**u)) {
                 messages::touch_inbox(txn, *u, message.conversation, message.created_ms)?;
             }
         }

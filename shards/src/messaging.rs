@@ -14,7 +14,7 @@ use nova_core::events::{self, Event};
 use nova_core::messages::{self, Conversation, Message, Summary};
 use nova_core::notifications;
 use nova_core::profiles::{self, MessagesFrom};
-use nova_core::{identity, shard_of, social, CoreError};
+use nova_core::{id_ms, identity, shard_of, social, CoreError};
 
 use crate::error::Fail;
 use crate::mesh::{NewMessage, Op};
@@ -318,9 +318,12 @@ impl Shard {
                 }
             }
         }
-        let now = now_ms();
+        // The message's time is its id's millisecond, so ordering by time (the inbox) and
+        // by id (a conversation's messages) agree even when the clock ticks in between.
+        let id = self.next_id();
+        let now = id_ms(id);
         let message = Message {
-            id: self.next_id(),
+            id,
             conversation: new.conversation,
             sender,
             sender_username: new.sender.username,

@@ -171,6 +171,23 @@ fn conversations_across_shards() {
         .get("/v1/conversations?cursor=nope", a.auth())
         .expect_error(400, "invalid_cursor");
 
+    // A sender's own message moves the sender's inbox, also when the conversation lives on
+    // another shard (b is on shard 1, `conv` on shard 0; `other` is on b's shard).
+    send(&server, &a, other, "in the pair");
+    assert_eq!(inbox(&server, &b), vec![other, conv]);
+    send(&server, &b, conv, "my own message moves my inbox");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while inbox(&server, &b) != vec![conv, other] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "inbox of b: {:?}, want {:?}",
+            inbox(&server, &b),
+            vec![conv, other]
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(inbox(&server, &a), vec![conv, other]);
+
     // Typing shows for a while on the conversation.
     server
         .call(
