@@ -199,6 +199,7 @@ fn open_rung(
     frame_rate: Option<Rational>,
     rotation: u16,
     adec: Option<(&codec::decoder::Audio, Rational)>,
+    threads: usize,
 ) -> Result<Rung, MediaError> {
     let mut octx = format::output_as(&path, "mp4").map_err(failed("output"))?;
     let global = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
@@ -219,6 +220,8 @@ fn open_rung(
     let mut opts = Dictionary::new();
     opts.set("preset", X264_PRESET);
     opts.set("crf", X264_CRF);
+    // x264's own threads (frame threads and the lookahead) follow this count.
+    opts.set("threads", &threads.max(1).to_string());
     let enc = enc.open_with(opts).map_err(failed("H.264 encoder"))?;
     let mut ost = octx.add_stream(h264).map_err(failed("video stream"))?;
     ost.set_parameters(&enc);
@@ -459,6 +462,7 @@ pub(crate) fn process(
     p: &Probe,
     out_dir: &Path,
     budget: &Budget,
+    threads: usize,
 ) -> Result<(Vec<Rendition>, Option<String>), MediaError> {
     let (dw, dh) = p.display_size();
     let rungs = ladder(dw, dh);
@@ -483,7 +487,14 @@ pub(crate) fn process(
     let rate = vstream.avg_frame_rate();
     let frame_rate = (rate.numerator() > 0 && rate.denominator() > 0).then_some(rate);
     let mut vdec = codec::context::Context::from_parameters(vstream.parameters())
-        .and_then(|c| c.decoder().video())
+        .and_then(|mut c| {
+            c.set_threading(codec::threading::Config {
+                kind: codec::threading::Type::Frame,
+                count: threads.max(1),
+                ..Default::default()
+            });
+            c.decoder().video()
+        })
         .map_err(|e| MediaError::Unreadable(e.to_string()))?;
     let mut adec = None;
     if p.audio_codec.is_some() && !to_encode.is_empty() {
@@ -508,6 +519,7 @@ pub(crate) fn process(
             frame_rate,
             p.rotation,
             adec.as_ref().map(|(_, tb, d)| (d, *tb)),
+            threads,
         )?);
     }
 

@@ -271,12 +271,17 @@ fn quota_full(shard: &Shard) -> ApiError {
 
 /// The URL of a rendition: plain for public media, signed and expiring for private media.
 fn rendition_url(shard: &Shard, media: &records::Media, name: &str) -> String {
-    let base = format!("/v1/media/{}/{name}", media.id);
-    if !media.private {
+    url_for(shard, media.id, name, media.private)
+}
+
+/// The URL of rendition `name` of media `id`, signed and expiring when `signed`.
+pub(crate) fn url_for(shard: &Shard, id: u64, name: &str, signed: bool) -> String {
+    let base = format!("/v1/media/{id}/{name}");
+    if !signed {
         return base;
     }
     let expires = now_ms() / 1000 + shard.cfg.media_url_ttl_s;
-    let sig = records::sign_url(&shard.media.url_key, media.id, name, expires);
+    let sig = records::sign_url(&shard.media.url_key, id, name, expires);
     format!("{base}?expires={expires}&sig={sig}")
 }
 

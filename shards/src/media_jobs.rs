@@ -107,6 +107,7 @@ pub struct MediaSettings {
     pub video_bytes_max: u64,
     pub threads: usize,
     pub nice: i32,
+    pub sched_idle: bool,
     pub queue_max: usize,
 }
 
@@ -139,16 +140,27 @@ impl MediaThreads {
     }
 }
 
-/// Lowers the calling thread's priority so that transcoding yields to the shards.
-fn lower_priority(nice: i32) {
+/// Lowers the calling thread's priority so that transcoding yields to the shards: its nice
+/// value, then (when `sched_idle`) the SCHED_IDLE class. On Linux both are per thread (the
+/// calls name this thread, not the process), and threads it starts later (x264's, when
+/// `media_codec_threads` > 1) inherit them.
+fn lower_priority(nice: i32, sched_idle: bool) {
     // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
-    // this thread's (and its future children's, e.g. x264's) nice value.
+    // this thread's (and its future children's) nice value.
     let rc = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, nice.clamp(0, 19))
     };
     if rc != 0 {
         tracing::warn!(nice, "could not lower the transcoding thread's priority");
+    }
+    if sched_idle {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::warn!("could not put the transcoding thread in SCHED_IDLE");
+        }
     }
 }
 
@@ -203,7 +215,7 @@ impl Media {
                 std::thread::Builder::new()
                     .name(format!("nova-transcode-{i}"))
                     .spawn(move || {
-                        lower_priority(settings.nice);
+                        lower_priority(settings.nice, settings.sched_idle);
                         for (shard, id) in rx.iter() {
                             transcode(shard, id, &stores, &partitions, &mesh, &settings);
                         }
@@ -609,6 +621,8 @@ impl Op {
                 | Op::MediaStart { .. }
                 | Op::MediaFinish { .. }
                 | Op::MediaUsage { .. }
+                | Op::MediaViews { .. }
+                | Op::MediaMakePrivate { .. }
                 | Op::TusCreate { .. }
                 | Op::TusGet { .. }
                 | Op::TusAdvance { .. }
@@ -675,6 +689,17 @@ pub async fn serve(shard: &Rc<Shard>, op: Op) {
         }
         Op::MediaUsage { user_id, reply } => {
             let _ = reply.send(shard.read(|r| records::usage(r, user_id)));
+        }
+        Op::MediaViews { ids, reply } => {
+            let _ = reply.send(shard.read(|r| records::get_many(r, &ids)));
+        }
+        Op::MediaMakePrivate { ids, owner, reply } => {
+            let now = now_ms();
+            let result = shard
+                .partition
+                .write(move |t| records::make_private(t, &ids, owner, now))
+                .await;
+            let _ = reply.send(result.map_err(Fail::from));
         }
         Op::TusCreate { mut upload, reply } => {
             upload.id = shard.next_id();
