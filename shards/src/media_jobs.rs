@@ -120,6 +120,22 @@ pub struct Media {
     /// Key of the HMAC-signed URLs of private media.
     pub url_key: Arc<[u8]>,
     root: PathBuf,
+    /// tus uploads with a PATCH in progress (any shard may receive one), so that a second
+    /// PATCH of the same upload is refused instead of writing over the first.
+    patching: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+}
+
+/// A tus upload claimed by one PATCH until dropped.
+pub struct PatchClaim {
+    patching: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    id: u64,
+}
+
+impl Drop for PatchClaim {
+    fn drop(&mut self) {
+        let mut set = self.patching.lock().unwrap_or_else(|e| e.into_inner());
+        set.remove(&self.id);
+    }
 }
 
 pub struct MediaThreads {
@@ -229,6 +245,7 @@ impl Media {
                 stores,
                 url_key,
                 root: root.to_path_buf(),
+                patching: Arc::default(),
             },
             MediaThreads {
                 io: io_tx,
@@ -242,6 +259,16 @@ impl Media {
     pub fn blob_path(&self, shard: usize, blob: &str) -> Option<PathBuf> {
         let store = self.stores.get(shard)?;
         nova_media::valid_id(blob).then(|| store.path_of(blob))
+    }
+
+    /// Claims tus upload `id` for one PATCH; `None` while another PATCH of it is running.
+    /// The lock is held only to test and insert (never across an await).
+    pub fn claim_patch(&self, id: u64) -> Option<PatchClaim> {
+        let mut set = self.patching.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(id).then(|| PatchClaim {
+            patching: Arc::clone(&self.patching),
+            id,
+        })
     }
 
     /// The part file of tus upload `id` (owned by shard `shard`).

@@ -814,7 +814,20 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
     assert_eq!((num(thumb, "width"), num(thumb, "height")), (240, 320));
     let plain = url(thumb);
     assert_eq!(plain, format!("/v1/media/{public}/thumb.jpg"));
-    server.req(&Req::get(&plain)).expect(200);
+    let got = server.req(&Req::get(&plain));
+    got.expect(200);
+    // HEAD: the same headers, no body.
+    let head = server.req(&Req::new("HEAD", &plain));
+    head.expect(200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(num(thumb, "bytes").to_string().as_str())
+    );
+    assert_eq!(head.header("etag"), got.header("etag"));
+    let head = server.req(&Req::new("HEAD", &plain).header("range", "bytes=0-9"));
+    head.expect(206);
+    assert_eq!(head.header("content-length"), Some("10"));
 
     // A followers-only post: its media become private; the follower (another shard) gets
     // working signed URLs, in the post and in the author's list of posts.
@@ -892,4 +905,70 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
     server
         .get(&format!("/v1/conversations/{conv}/messages"), stranger.auth())
         .expect(404);
+}
+
+#[test]
+fn two_patches_of_one_upload_at_once_the_second_is_refused() {
+    let server = Server::start(&[]);
+    let users = server.users_on_each_shard();
+    // The uploader's upload lives on shard 1; the PATCHes arrive on any shard.
+    let token = server.login(&users[1].username, &users[1].password).access;
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let created = server.req(
+        &tus(Req::post("/v1/uploads"))
+            .bearer(&token)
+            .header("Upload-Length", &(data.len() + 100_000).to_string()),
+    );
+    created.expect(201);
+    let location = created.header("location").unwrap().to_string();
+    // The first PATCH sends half its body and waits.
+    let mut first = std::net::TcpStream::connect(server.addr()).unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    first.write_all(head.as_bytes()).unwrap();
+    first.write_all(&data[..100_000]).unwrap();
+    first.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A second PATCH at the same offset meanwhile, from each shard: 409 upload_busy.
+    let other = vec![0xAAu8; 1000];
+    server.on_each_shard(
+        &tus(Req::new("PATCH", &location))
+            .bearer(&token)
+            .header("Upload-Offset", "0")
+            .raw("application/offset+octet-stream", other),
+        |r| {
+            r.expect_error(409, "upload_busy");
+        },
+    );
+    // The first one finishes; the upload holds its bytes, not the second's.
+    first.write_all(&data[100_000..]).unwrap();
+    first.flush().unwrap();
+    let mut answer = Vec::new();
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = first.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 204"), "{answer}");
+    assert!(answer.contains(&format!("upload-offset: {}", data.len())), "{answer}");
+    // The claim is released with the answer: the next PATCH goes on from there.
+    let next = server.req(
+        &tus(Req::new("PATCH", &location))
+            .bearer(&token)
+            .header("Upload-Offset", &data.len().to_string())
+            .raw("application/offset+octet-stream", vec![7u8; 50_000]),
+    );
+    next.expect(204);
+    assert_eq!(
+        next.header("upload-offset"),
+        Some((data.len() + 50_000).to_string().as_str())
+    );
 }
