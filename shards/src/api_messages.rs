@@ -175,7 +175,10 @@ pub(crate) async fn dispatch(
             let mut views = [message_view(&message)];
             crate::media_views::fill_messages(shard, &mut views, deadline).await?;
             let [message] = views;
-            Ok(Reply::json(StatusCode::OK, &wire::MessageEnvelope { message }))
+            Ok(Reply::json(
+                StatusCode::OK,
+                &wire::MessageEnvelope { message },
+            ))
         }
         Route::DeleteMessage(id) => {
             let id = known(shard, id)?;

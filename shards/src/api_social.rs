@@ -268,7 +268,16 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             let counts = counts_of(shard, &posts, viewer, deadline).await?;
-            post_list(shard, req.uri().path(), posts, &counts, page, scanned, deadline).await
+            post_list(
+                shard,
+                req.uri().path(),
+                posts,
+                &counts,
+                page,
+                scanned,
+                deadline,
+            )
+            .await
         }
         Route::HomeTimeline => {
             let page = page(req.uri().query())?;
@@ -281,7 +290,16 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             let counts = counts_of(shard, &posts, viewer, deadline).await?;
-            post_list(shard, req.uri().path(), posts, &counts, page, scanned, deadline).await
+            post_list(
+                shard,
+                req.uri().path(),
+                posts,
+                &counts,
+                page,
+                scanned,
+                deadline,
+            )
+            .await
         }
         Route::CreatePost => create_post(shard, viewer, req, deadline).await,
         Route::GetPost(id) => {

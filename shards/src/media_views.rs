@@ -105,7 +105,12 @@ async fn resolve(
     Ok(found)
 }
 
-fn attached(shard: &Shard, id: &str, found: Option<&Rc<MediaView>>, sign: bool) -> wire::AttachedMediaView {
+fn attached(
+    shard: &Shard,
+    id: &str,
+    found: Option<&Rc<MediaView>>,
+    sign: bool,
+) -> wire::AttachedMediaView {
     let Some(v) = found else {
         return wire::AttachedMediaView {
             id: id.to_string(),
@@ -147,7 +152,12 @@ fn ids_of(media_ids: &[String]) -> impl Iterator<Item = u64> + '_ {
     media_ids.iter().filter_map(|s| s.parse::<u64>().ok())
 }
 
-fn fill(shard: &Shard, media_ids: &[String], found: &HashMap<u64, Rc<MediaView>>, sign: bool) -> Vec<wire::AttachedMediaView> {
+fn fill(
+    shard: &Shard,
+    media_ids: &[String],
+    found: &HashMap<u64, Rc<MediaView>>,
+    sign: bool,
+) -> Vec<wire::AttachedMediaView> {
     media_ids
         .iter()
         .map(|raw| {
@@ -215,7 +225,11 @@ pub(crate) async fn make_private(
     for (k, ids) in by_shard {
         forget(&ids);
         shard
-            .ask(k, deadline, |reply| Op::MediaMakePrivate { ids, owner, reply })
+            .ask(k, deadline, |reply| Op::MediaMakePrivate {
+                ids,
+                owner,
+                reply,
+            })
             .await?;
     }
     Ok(())

@@ -792,8 +792,14 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
     );
     post.expect(201);
     let m = attached(&post, "post.media");
-    assert_eq!(m.get("id").and_then(|v| v.as_str()), Some(public.to_string().as_str()));
-    assert!(["pending", "processing", "ready"].contains(&state(m)), "{m:?}");
+    assert_eq!(
+        m.get("id").and_then(|v| v.as_str()),
+        Some(public.to_string().as_str())
+    );
+    assert!(
+        ["pending", "processing", "ready"].contains(&state(m)),
+        "{m:?}"
+    );
     let post_id = post.str("post.id").to_string();
     wait_done(&server, &token, public);
     let seen = server.get(&format!("/v1/posts/{post_id}"), stranger.auth());
@@ -810,7 +816,10 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
         .iter()
         .find(|r| r.get("name").and_then(|n| n.as_str()) == Some("thumb.jpg"))
         .unwrap();
-    assert_eq!(thumb.get("mime").and_then(|v| v.as_str()), Some("image/jpeg"));
+    assert_eq!(
+        thumb.get("mime").and_then(|v| v.as_str()),
+        Some("image/jpeg")
+    );
     assert_eq!((num(thumb, "width"), num(thumb, "height")), (240, 320));
     let plain = url(thumb);
     assert_eq!(plain, format!("/v1/media/{public}/thumb.jpg"));
@@ -848,7 +857,10 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
     server.on_each_shard(&Req::get(&signed), |r| {
         r.expect(200);
     });
-    let listed = server.get(&format!("/v1/users/{}/posts", uploader.id()), follower.auth());
+    let listed = server.get(
+        &format!("/v1/users/{}/posts", uploader.id()),
+        follower.auth(),
+    );
     listed.expect(200);
     let item = listed
         .at("items")
@@ -858,7 +870,9 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
         .find(|p| p.get("id").and_then(|v| v.as_str()) == Some(post_id.as_str()))
         .unwrap();
     let m = &item.get("media").and_then(|v| v.as_array()).unwrap()[0];
-    server.req(&Req::get(&attached_url(m, "thumb.jpg"))).expect(200);
+    server
+        .req(&Req::get(&attached_url(m, "thumb.jpg")))
+        .expect(200);
     // A non-follower gets neither the post, nor the media record, nor a working URL.
     server
         .get(&format!("/v1/posts/{post_id}"), stranger.auth())
@@ -889,7 +903,10 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
         simd_json::json!({"text": "a photo", "media_ids": [sent.to_string()]}),
     );
     msg.expect(201);
-    let list = server.get(&format!("/v1/conversations/{conv}/messages"), follower.auth());
+    let list = server.get(
+        &format!("/v1/conversations/{conv}/messages"),
+        follower.auth(),
+    );
     list.expect(200);
     let m = &list.at("items").as_array().unwrap()[0]
         .get("media")
@@ -903,7 +920,10 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
         .req(&Req::get(&format!("/v1/media/{sent}/thumb.jpg")))
         .expect_error(403, "bad_signature");
     server
-        .get(&format!("/v1/conversations/{conv}/messages"), stranger.auth())
+        .get(
+            &format!("/v1/conversations/{conv}/messages"),
+            stranger.auth(),
+        )
         .expect(404);
 }
 
@@ -953,12 +973,19 @@ fn two_patches_of_one_upload_at_once_the_second_is_refused() {
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
         let n = first.read(&mut buf).unwrap();
-        assert!(n > 0, "connection closed: {}", String::from_utf8_lossy(&answer));
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&answer)
+        );
         answer.extend_from_slice(&buf[..n]);
     }
     let answer = String::from_utf8_lossy(&answer).to_lowercase();
     assert!(answer.starts_with("http/1.1 204"), "{answer}");
-    assert!(answer.contains(&format!("upload-offset: {}", data.len())), "{answer}");
+    assert!(
+        answer.contains(&format!("upload-offset: {}", data.len())),
+        "{answer}"
+    );
     // The claim is released with the answer: the next PATCH goes on from there.
     let next = server.req(
         &tus(Req::new("PATCH", &location))

@@ -329,7 +329,15 @@ fn ffmpeg_baseline_command(src: &Path, out: &Path, args: &Args) -> (String, Vec<
     } else {
         "ffmpeg".to_string()
     };
-    for a in ["-hide_banner", "-loglevel", "error", "-y", "-threads", &threads, "-i"] {
+    for a in [
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-threads",
+        &threads,
+        "-i",
+    ] {
         cmd.push(a.to_string());
     }
     cmd.push(src.to_string_lossy().into_owned());
@@ -485,7 +493,10 @@ fn video(nova: &Nova, token: &str, dir: &Path, args: &Args) -> Result<()> {
         );
         println!("  health idle:                 {}", summary(idle.clone()));
         println!("  health while nova processes: {}", summary(busy.clone()));
-        println!("  health while ffmpeg runs:    {}", summary(during_ffmpeg.clone()));
+        println!(
+            "  health while ffmpeg runs:    {}",
+            summary(during_ffmpeg.clone())
+        );
         ratios.push(nova_s / ffmpeg_s);
         idle_p99.push(p99(idle));
         busy_p99.push(p99(busy));
