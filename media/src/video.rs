@@ -99,14 +99,27 @@ fn rotate_filter(rotation: u16) -> &'static str {
     }
 }
 
+/// An empty filter graph whose filters use at most `threads` threads (libavfilter's default
+/// is one per core, for slice threading of `scale` and others).
+fn new_graph(threads: usize) -> filter::Graph {
+    let mut graph = filter::Graph::new();
+    // SAFETY: the pointer is the graph's own, valid while `graph` lives; `nb_threads` is a
+    // plain int read when filters are added, which happens after this.
+    unsafe {
+        (*graph.as_mut_ptr()).nb_threads = i32::try_from(threads.max(1)).unwrap_or(1);
+    }
+    graph
+}
+
 fn video_graph(
     dec: &codec::decoder::Video,
     tb: Rational,
     rotation: u16,
     w: u32,
     h: u32,
+    threads: usize,
 ) -> Result<filter::Graph, MediaError> {
-    let mut graph = filter::Graph::new();
+    let mut graph = new_graph(threads);
     let pix: ffmpeg::ffi::AVPixelFormat = dec.format().into();
     let sar = dec.aspect_ratio();
     let sar = if sar.numerator() > 0 {
@@ -149,8 +162,9 @@ fn audio_graph(
     dec: &codec::decoder::Audio,
     tb: Rational,
     frame_size: u32,
+    threads: usize,
 ) -> Result<filter::Graph, MediaError> {
-    let mut graph = filter::Graph::new();
+    let mut graph = new_graph(threads);
     let layout = dec.channel_layout().bits();
     let layout = if layout != 0 {
         format!("0x{layout:x}")
@@ -227,7 +241,7 @@ fn open_rung(
     ost.set_parameters(&enc);
     ost.set_time_base(vtb);
     let video = VideoOut {
-        graph: video_graph(vdec, vtb, rotation, w, h)?,
+        graph: video_graph(vdec, vtb, rotation, w, h, threads)?,
         enc,
         ost: ost.index(),
         enc_tb: vtb,
@@ -255,7 +269,7 @@ fn open_rung(
             ost.set_time_base((1, AAC_SAMPLE_RATE));
             let frame_size = enc.frame_size().max(1);
             Some(AudioOut {
-                graph: audio_graph(adec, atb, frame_size)?,
+                graph: audio_graph(adec, atb, frame_size, threads)?,
                 enc,
                 ost: ost.index(),
                 enc_tb: Rational(1, AAC_SAMPLE_RATE),
