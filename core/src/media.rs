@@ -538,6 +538,37 @@ pub fn delete(txn: &WriteTransaction, id: u64, owner: u64) -> Result<Vec<String>
     Ok(unreferenced)
 }
 
+/// Makes these media of `owner` private (served only through signed URLs): done when they
+/// are attached to a followers-only post or a message. Ids that are not `owner`'s media are
+/// left alone (the caller checked them just before; a media deleted since has nothing to
+/// protect). Idempotent.
+pub fn make_private(
+    txn: &WriteTransaction,
+    ids: &[u64],
+    owner: u64,
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    for &id in ids {
+        if let Some(mut media) = load(txn, id)?.filter(|m| m.owner == owner && !m.private) {
+            media.private = true;
+            media.updated_ms = now_ms;
+            store(txn, &media)?;
+        }
+    }
+    Ok(())
+}
+
+/// The views of these media that exist, in the order asked.
+pub fn get_many(read: &ReadTransaction, ids: &[u64]) -> Result<Vec<MediaView>, CoreError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        if let Some(v) = get(read, id)? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
 // ---- resumable uploads (tus) ----
 
 pub fn tus_create(txn: &WriteTransaction, upload: &TusUpload) -> Result<(), CoreError> {

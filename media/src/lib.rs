@@ -93,7 +93,8 @@ pub fn process(
     match probe.kind {
         Kind::Image => process_image(path, probe, out_dir, &budget),
         Kind::Video => {
-            let (renditions, blurhash) = video::process(path, probe, out_dir, &budget)?;
+            let (renditions, blurhash) =
+                video::process(path, probe, out_dir, &budget, limits.codec_threads)?;
             Ok(Processed {
                 renditions,
                 blurhash,

@@ -28,6 +28,8 @@ pub struct Limits {
     pub frame_rate_max: f64,
     /// Wall time for the whole processing of one file.
     pub time_budget_ms: u64,
+    /// Threads each decoder and encoder may use (1: a file's processing stays on one core).
+    pub codec_threads: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +40,7 @@ impl Default for Limits {
             duration_ms_max: 10 * 60 * 1000,
             frame_rate_max: 120.0,
             time_budget_ms: 10 * 60 * 1000,
+            codec_threads: 1,
         }
     }
 }

@@ -99,14 +99,27 @@ fn rotate_filter(rotation: u16) -> &'static str {
     }
 }
 
+/// An empty filter graph whose filters use at most `threads` threads (libavfilter's default
+/// is one per core, for slice threading of `scale` and others).
+fn new_graph(threads: usize) -> filter::Graph {
+    let mut graph = filter::Graph::new();
+    // SAFETY: the pointer is the graph's own, valid while `graph` lives; `nb_threads` is a
+    // plain int read when filters are added, which happens after this.
+    unsafe {
+        (*graph.as_mut_ptr()).nb_threads = i32::try_from(threads.max(1)).unwrap_or(1);
+    }
+    graph
+}
+
 fn video_graph(
     dec: &codec::decoder::Video,
     tb: Rational,
     rotation: u16,
     w: u32,
     h: u32,
+    threads: usize,
 ) -> Result<filter::Graph, MediaError> {
-    let mut graph = filter::Graph::new();
+    let mut graph = new_graph(threads);
     let pix: ffmpeg::ffi::AVPixelFormat = dec.format().into();
     let sar = dec.aspect_ratio();
     let sar = if sar.numerator() > 0 {
@@ -149,8 +162,9 @@ fn audio_graph(
     dec: &codec::decoder::Audio,
     tb: Rational,
     frame_size: u32,
+    threads: usize,
 ) -> Result<filter::Graph, MediaError> {
-    let mut graph = filter::Graph::new();
+    let mut graph = new_graph(threads);
     let layout = dec.channel_layout().bits();
     let layout = if layout != 0 {
         format!("0x{layout:x}")
@@ -199,6 +213,7 @@ fn open_rung(
     frame_rate: Option<Rational>,
     rotation: u16,
     adec: Option<(&codec::decoder::Audio, Rational)>,
+    threads: usize,
 ) -> Result<Rung, MediaError> {
     let mut octx = format::output_as(&path, "mp4").map_err(failed("output"))?;
     let global = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
@@ -219,12 +234,14 @@ fn open_rung(
     let mut opts = Dictionary::new();
     opts.set("preset", X264_PRESET);
     opts.set("crf", X264_CRF);
+    // x264's own threads (frame threads and the lookahead) follow this count.
+    opts.set("threads", &threads.max(1).to_string());
     let enc = enc.open_with(opts).map_err(failed("H.264 encoder"))?;
     let mut ost = octx.add_stream(h264).map_err(failed("video stream"))?;
     ost.set_parameters(&enc);
     ost.set_time_base(vtb);
     let video = VideoOut {
-        graph: video_graph(vdec, vtb, rotation, w, h)?,
+        graph: video_graph(vdec, vtb, rotation, w, h, threads)?,
         enc,
         ost: ost.index(),
         enc_tb: vtb,
@@ -252,7 +269,7 @@ fn open_rung(
             ost.set_time_base((1, AAC_SAMPLE_RATE));
             let frame_size = enc.frame_size().max(1);
             Some(AudioOut {
-                graph: audio_graph(adec, atb, frame_size)?,
+                graph: audio_graph(adec, atb, frame_size, threads)?,
                 enc,
                 ost: ost.index(),
                 enc_tb: Rational(1, AAC_SAMPLE_RATE),
@@ -459,6 +476,7 @@ pub(crate) fn process(
     p: &Probe,
     out_dir: &Path,
     budget: &Budget,
+    threads: usize,
 ) -> Result<(Vec<Rendition>, Option<String>), MediaError> {
     let (dw, dh) = p.display_size();
     let rungs = ladder(dw, dh);
@@ -483,7 +501,14 @@ pub(crate) fn process(
     let rate = vstream.avg_frame_rate();
     let frame_rate = (rate.numerator() > 0 && rate.denominator() > 0).then_some(rate);
     let mut vdec = codec::context::Context::from_parameters(vstream.parameters())
-        .and_then(|c| c.decoder().video())
+        .and_then(|mut c| {
+            c.set_threading(codec::threading::Config {
+                kind: codec::threading::Type::Frame,
+                count: threads.max(1),
+                ..Default::default()
+            });
+            c.decoder().video()
+        })
         .map_err(|e| MediaError::Unreadable(e.to_string()))?;
     let mut adec = None;
     if p.audio_codec.is_some() && !to_encode.is_empty() {
@@ -508,6 +533,7 @@ pub(crate) fn process(
             frame_rate,
             p.rotation,
             adec.as_ref().map(|(_, tb, d)| (d, *tb)),
+            threads,
         )?);
     }
 

@@ -160,6 +160,8 @@ pub struct PostView {
     pub hashtags: Vec<String>,
     pub urls: Vec<LinkView>,
     pub media_ids: Vec<String>,
+    /// The media of `media_ids` with their state and renditions (resolved when read).
+    pub media: Vec<crate::AttachedMediaView>,
     pub created_at: String,
     pub edited_at: Option<String>,
     pub likes_count: u64,
@@ -388,6 +390,8 @@ pub struct MessageView {
     pub sender: UserBrief,
     pub text: String,
     pub media_ids: Vec<String>,
+    /// The media of `media_ids` with their state and renditions (resolved when read).
+    pub media: Vec<crate::AttachedMediaView>,
     pub created_at: String,
     pub edited_at: Option<String>,
 }

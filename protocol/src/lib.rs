@@ -14,7 +14,10 @@ mod time;
 
 pub use body::*;
 pub use json::{error_body, parse_json, to_json, WireError};
-pub use media::{tus, MediaEnvelope, MediaMetadataView, MediaUsageView, MediaView, RenditionView};
+pub use media::{
+    tus, AttachedMediaView, MediaEnvelope, MediaMetadataView, MediaUsageView, MediaView,
+    RenditionView,
+};
 pub use moderation::*;
 pub use notify::*;
 pub use routes::{Route, RouteMiss, ROUTES};

@@ -23,6 +23,24 @@ pub struct MediaView {
     pub renditions: Vec<RenditionView>,
 }
 
+/// A media attached to a post or a message, as its readers see it: its state and, once
+/// ready, its renditions. URLs of private media (attached to a followers-only post or a
+/// message) are signed and expire; they are handed only to those who can read the post.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachedMediaView {
+    pub id: String,
+    /// `image` or `video`.
+    pub kind: &'static str,
+    /// `pending`, `processing`, `ready` or `failed`; `deleted` when the media is gone.
+    pub state: &'static str,
+    /// Size as shown (rotation applied); 0 when deleted.
+    pub width: u32,
+    pub height: u32,
+    pub duration_ms: Option<u64>,
+    pub blurhash: Option<String>,
+    pub renditions: Vec<RenditionView>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct MediaMetadataView {
     pub container: String,
@@ -38,7 +56,7 @@ pub struct MediaMetadataView {
     pub blurhash: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct RenditionView {
     /// `thumb.jpg`, `display.jpg`, `360p.mp4`, `720p.mp4`, `1080p.mp4`, `poster.jpg`.
     pub name: String,

@@ -173,6 +173,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/media/{id}"),
     ("DELETE", "/v1/media/{id}"),
     ("GET", "/v1/media/{id}/{name}"),
+    ("HEAD", "/v1/media/{id}/{name}"),
     ("OPTIONS", "/v1/uploads"),
     ("POST", "/v1/uploads"),
     ("HEAD", "/v1/uploads/{id}"),
@@ -339,6 +340,9 @@ impl Route {
             }
             if name.contains('/') {
                 return Err(RouteMiss::NotFound);
+            }
+            if *method == Method::HEAD {
+                return Ok(MediaFile(id));
             }
             return by_method(Some(MediaFile(id)), None, None);
         }

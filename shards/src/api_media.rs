@@ -271,12 +271,17 @@ fn quota_full(shard: &Shard) -> ApiError {
 
 /// The URL of a rendition: plain for public media, signed and expiring for private media.
 fn rendition_url(shard: &Shard, media: &records::Media, name: &str) -> String {
-    let base = format!("/v1/media/{}/{name}", media.id);
-    if !media.private {
+    url_for(shard, media.id, name, media.private)
+}
+
+/// The URL of rendition `name` of media `id`, signed and expiring when `signed`.
+pub(crate) fn url_for(shard: &Shard, id: u64, name: &str, signed: bool) -> String {
+    let base = format!("/v1/media/{id}/{name}");
+    if !signed {
         return base;
     }
     let expires = now_ms() / 1000 + shard.cfg.media_url_ttl_s;
-    let sig = records::sign_url(&shard.media.url_key, media.id, name, expires);
+    let sig = records::sign_url(&shard.media.url_key, id, name, expires);
     format!("{base}?expires={expires}&sig={sig}")
 }
 
@@ -460,6 +465,15 @@ async fn serve_file(
             return Err(e);
         }
     };
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    if req.method() == http::Method::HEAD {
+        // The same headers as a GET, and no body.
+        headers.push((CONTENT_LENGTH, HeaderValue::from(count)));
+        let mut reply = Reply::empty(status);
+        reply.content_type = content_type;
+        reply.headers = headers;
+        return Ok(reply);
+    }
     let path = shard
         .media
         .blob_path(target, &r.blob)
@@ -468,7 +482,6 @@ async fn serve_file(
         tracing::error!(error = %e, path = %path.display(), "a rendition's blob is missing");
         ApiError::not_found()
     })?;
-    let count = if len == 0 { 0 } else { end - start + 1 };
     headers.push((CONTENT_LENGTH, HeaderValue::from(count)));
     let file = Rc::new(file);
     let chunks =
@@ -666,6 +679,16 @@ async fn tus_patch(
         ));
     }
     let offset = number_header(req.headers(), tus::UPLOAD_OFFSET)?;
+    // One PATCH of an upload at a time: a second one would write over the first's bytes.
+    let claim = shard.media.claim_patch(id).ok_or_else(|| {
+        let mut e = ApiError::new(
+            StatusCode::CONFLICT,
+            "upload_busy",
+            "another PATCH of this upload is in progress; HEAD for the offset when it ends",
+        );
+        e.retry_after_s = None;
+        e
+    })?;
     let up = tus_upload(shard, user, id, deadline).await?;
     if offset != up.offset {
         let mut e = ApiError::new(
@@ -691,9 +714,10 @@ async fn tus_patch(
         user,
         room,
         deadline,
+        claim,
     ))
     .detach();
-    let (up, over, broken) = task
+    let (up, over, broken, claim) = task
         .await
         .ok_or_else(|| ApiError::from(Fail::Unavailable))??;
     if over {
@@ -709,11 +733,14 @@ async fn tus_patch(
         let media_id = finish_upload(shard, user, &up, deadline).await?;
         reply.headers.push(header(tus::MEDIA_ID, media_id));
     }
+    drop(claim);
     Ok(reply)
 }
 
 /// Streams a PATCH body into the upload's part file in slices, then fsyncs and moves the
-/// upload's offset: (upload after, body over its room, body broken off).
+/// upload's offset: (upload after, body over its room, body broken off, the claim on the
+/// upload, held until the bytes are acknowledged even when the client is gone).
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 async fn receive(
     shard: Rc<Shard>,
     mut body: Incoming,
@@ -722,7 +749,8 @@ async fn receive(
     user: u64,
     room: u64,
     deadline: Instant,
-) -> Result<(TusUpload, bool, bool)> {
+    claim: crate::media_jobs::PatchClaim,
+) -> Result<(TusUpload, bool, bool, crate::media_jobs::PatchClaim)> {
     let id = up.id;
     let path = shard.media.tus_path(target, id);
     let mut pending = BytesMut::new();
@@ -768,7 +796,7 @@ async fn receive(
     written += n;
     let from = up.offset;
     if written == from {
-        return Ok((up, over, broken));
+        return Ok((up, over, broken, claim));
     }
     // Not bound by the request's deadline: these bytes are on disk and should count.
     let ack_deadline = Instant::now() + std::time::Duration::from_secs(10);
@@ -789,7 +817,7 @@ async fn receive(
             }
             other => other.into(),
         })?;
-    Ok((up, over, broken))
+    Ok((up, over, broken, claim))
 }
 
 /// A complete tus upload becomes a media record like a small upload; the tus record goes.

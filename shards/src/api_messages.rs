@@ -107,7 +107,8 @@ pub(crate) async fn dispatch(
                     first.id, page.limit
                 ));
             }
-            let items: Vec<wire::MessageView> = list.iter().map(message_view).collect();
+            let mut items: Vec<wire::MessageView> = list.iter().map(message_view).collect();
+            crate::media_views::fill_messages(shard, &mut items, deadline).await?;
             let mut reply = Reply::json(
                 StatusCode::OK,
                 &wire::List {
@@ -131,6 +132,8 @@ pub(crate) async fn dispatch(
                     .into_iter()
                     .map(|(id, _)| id)
                     .collect();
+            // Media sent in a message are private before the message exists.
+            crate::media_views::make_private(shard, viewer, &media_ids, deadline).await?;
             let sender = briefs(shard, &[viewer], deadline)
                 .await?
                 .into_iter()
@@ -149,11 +152,12 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
+            let mut views = [message_view(&message)];
+            crate::media_views::fill_messages(shard, &mut views, deadline).await?;
+            let [message] = views;
             Ok(Reply::json(
                 StatusCode::CREATED,
-                &wire::MessageEnvelope {
-                    message: message_view(&message),
-                },
+                &wire::MessageEnvelope { message },
             ))
         }
         Route::EditMessage(id) => {
@@ -168,11 +172,12 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
+            let mut views = [message_view(&message)];
+            crate::media_views::fill_messages(shard, &mut views, deadline).await?;
+            let [message] = views;
             Ok(Reply::json(
                 StatusCode::OK,
-                &wire::MessageEnvelope {
-                    message: message_view(&message),
-                },
+                &wire::MessageEnvelope { message },
             ))
         }
         Route::DeleteMessage(id) => {

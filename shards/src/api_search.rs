@@ -236,7 +236,7 @@ async fn posts(
         .await?
     };
     let (hits, next) = merge_posts(gathered.answers, limit);
-    let items: Vec<wire::PostView> = hits
+    let mut items: Vec<wire::PostView> = hits
         .iter()
         .map(|h| {
             post_view(
@@ -251,6 +251,7 @@ async fn posts(
             )
         })
         .collect();
+    crate::media_views::fill_posts(shard, &mut items, deadline).await?;
     let next = next.map(|r| r.render());
     let link = next.as_ref().map(|n| link(link_base, limit, n));
     Ok(page(items, next, gathered.partial, link))

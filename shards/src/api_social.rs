@@ -172,14 +172,7 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
-            let counts = counts_of(shard, std::slice::from_ref(&post), viewer, deadline).await?;
-            let counts = counts.get(&post.id).copied().unwrap_or_default();
-            Ok(Reply::json(
-                StatusCode::OK,
-                &wire::PostEnvelope {
-                    post: post_view(&post, counts),
-                },
-            ))
+            post_reply(shard, StatusCode::OK, &post, viewer, deadline).await
         }
         Route::Block(id) => {
             let blocked = known(shard, id)?;
@@ -275,7 +268,16 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             let counts = counts_of(shard, &posts, viewer, deadline).await?;
-            Ok(post_list(req.uri().path(), posts, &counts, page, scanned))
+            post_list(
+                shard,
+                req.uri().path(),
+                posts,
+                &counts,
+                page,
+                scanned,
+                deadline,
+            )
+            .await
         }
         Route::HomeTimeline => {
             let page = page(req.uri().query())?;
@@ -288,7 +290,16 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             let counts = counts_of(shard, &posts, viewer, deadline).await?;
-            Ok(post_list(req.uri().path(), posts, &counts, page, scanned))
+            post_list(
+                shard,
+                req.uri().path(),
+                posts,
+                &counts,
+                page,
+                scanned,
+                deadline,
+            )
+            .await
         }
         Route::CreatePost => create_post(shard, viewer, req, deadline).await,
         Route::GetPost(id) => {
@@ -301,14 +312,7 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             let post = post.ok_or_else(ApiError::not_found)?;
-            let counts = counts_of(shard, std::slice::from_ref(&post), viewer, deadline).await?;
-            let counts = counts.get(&post.id).copied().unwrap_or_default();
-            Ok(Reply::json(
-                StatusCode::OK,
-                &wire::PostEnvelope {
-                    post: post_view(&post, counts),
-                },
-            ))
+            post_reply(shard, StatusCode::OK, &post, viewer, deadline).await
         }
         Route::DeletePost(id) => {
             let post_id = known(shard, id)?;
@@ -656,13 +660,15 @@ pub(crate) fn page(query: Option<&str>) -> Result<Page> {
 }
 
 /// A page of posts with its `next` cursor and `Link` header.
-fn post_list(
+async fn post_list(
+    shard: &Rc<Shard>,
     path: &str,
     posts: Vec<Post>,
     counts: &HashMap<u64, Counts>,
     page: Page,
     scanned_to: Option<u64>,
-) -> Reply {
+    deadline: Instant,
+) -> Result<Reply> {
     // A full page may have more after it; a short page only when the feed scan stopped at
     // its cap (`scanned_to`), in which case the next page continues from there.
     let next_id = if posts.len() >= page.limit {
@@ -683,10 +689,11 @@ fn post_list(
             first.id, page.limit
         ));
     }
-    let items: Vec<wire::PostView> = posts
+    let mut items: Vec<wire::PostView> = posts
         .iter()
         .map(|p| post_view(p, counts.get(&p.id).copied().unwrap_or_default()))
         .collect();
+    crate::media_views::fill_posts(shard, &mut items, deadline).await?;
     let mut reply = Reply::json(
         StatusCode::OK,
         &wire::List {
@@ -697,7 +704,7 @@ fn post_list(
     if !links.is_empty() {
         reply.link = Some(links.join(", "));
     }
-    reply
+    Ok(reply)
 }
 
 /// (likes, comments, liked by the viewer) of each post, asking each owning shard once.
@@ -754,6 +761,7 @@ pub(crate) fn post_view(p: &Post, counts: Counts) -> wire::PostView {
             })
             .collect(),
         media_ids: p.media.iter().map(|(id, _)| id.clone()).collect(),
+        media: Vec::new(),
         created_at: rfc3339(p.created_ms),
         edited_at: p.edited_ms.map(rfc3339),
         likes_count: counts.likes,
@@ -850,8 +858,15 @@ async fn create_post(
                 .ok_or_else(ApiError::not_found)?,
         ),
     };
-    let media = attachments(shard, author, &body.media_ids, deadline)
-        .await?
+    let attached = attachments(shard, author, &body.media_ids, deadline).await?;
+    let attached_ids: Vec<u64> = attached.iter().map(|(id, _)| *id).collect();
+    // Media of a followers-only post become private before the post exists.
+    let mut made_private = false;
+    if visibility == Some(Visibility::Followers) && !attached_ids.is_empty() {
+        crate::media_views::make_private(shard, author, &attached_ids, deadline).await?;
+        made_private = true;
+    }
+    let media = attached
         .into_iter()
         .map(|(id, kind)| (id.to_string(), kind.to_string()))
         .collect();
@@ -871,13 +886,26 @@ async fn create_post(
             reply,
         })
         .await?;
+    // The account's default visibility (or an idempotent repeat's) decided it.
+    if post.visibility == Visibility::Followers && !made_private && !attached_ids.is_empty() {
+        crate::media_views::make_private(shard, author, &attached_ids, deadline).await?;
+    }
     // An idempotent repeat returns the first post, which may have gathered likes since.
-    let counts = counts_of(shard, std::slice::from_ref(&post), author, deadline).await?;
+    post_reply(shard, StatusCode::CREATED, &post, author, deadline).await
+}
+
+/// One post as `viewer` sees it: counts, and its media resolved.
+async fn post_reply(
+    shard: &Rc<Shard>,
+    status: StatusCode,
+    post: &Post,
+    viewer: u64,
+    deadline: Instant,
+) -> Result<Reply> {
+    let counts = counts_of(shard, std::slice::from_ref(post), viewer, deadline).await?;
     let counts = counts.get(&post.id).copied().unwrap_or_default();
-    Ok(Reply::json(
-        StatusCode::CREATED,
-        &wire::PostEnvelope {
-            post: post_view(&post, counts),
-        },
-    ))
+    let mut views = [post_view(post, counts)];
+    crate::media_views::fill_posts(shard, &mut views, deadline).await?;
+    let [post] = views;
+    Ok(Reply::json(status, &wire::PostEnvelope { post }))
 }

@@ -105,6 +105,12 @@ pub struct Config {
     pub media_threads: usize,
     /// Nice value of the transcoding threads (0..=19).
     pub media_nice: i32,
+    /// Threads each decoder and encoder of a transcoding thread may use; 1 keeps each
+    /// transcoding thread on one core.
+    pub media_codec_threads: usize,
+    /// Run the transcoding threads in Linux's SCHED_IDLE class: they get a core only when
+    /// no request thread wants it, and a waking shard preempts them at once.
+    pub media_sched_idle: bool,
     /// Files waiting for a transcoding thread (more stay pending on disk).
     pub media_queue_max: usize,
     /// Time for a media upload request (bodies are large).
@@ -225,6 +231,8 @@ impl Default for Config {
             media_quota_bytes: 5 * 1024 * 1024 * 1024,
             media_threads: 1,
             media_nice: 19,
+            media_codec_threads: 1,
+            media_sched_idle: true,
             media_queue_max: 1024,
             media_request_timeout_ms: 300_000,
             media_url_ttl_s: 3600,
@@ -379,6 +387,10 @@ pub struct ServeArgs {
     pub media_threads: Option<usize>,
     #[arg(long, env = "NOVA_MEDIA_NICE")]
     pub media_nice: Option<i32>,
+    #[arg(long, env = "NOVA_MEDIA_CODEC_THREADS")]
+    pub media_codec_threads: Option<usize>,
+    #[arg(long, env = "NOVA_MEDIA_SCHED_IDLE", num_args = 0..=1, default_missing_value = "true")]
+    pub media_sched_idle: Option<bool>,
     #[arg(long, env = "NOVA_MEDIA_QUEUE_MAX")]
     pub media_queue_max: Option<usize>,
     #[arg(long, env = "NOVA_MEDIA_REQUEST_TIMEOUT_MS")]
@@ -482,6 +494,8 @@ impl Config {
             media_quota_bytes,
             media_threads,
             media_nice,
+            media_codec_threads,
+            media_sched_idle,
             media_queue_max,
             media_request_timeout_ms,
             media_url_ttl_s,
@@ -581,6 +595,7 @@ impl Config {
             ("hash_queue_max", self.hash_queue_max),
             ("mail_in_flight_max", self.mail_in_flight_max),
             ("media_threads", self.media_threads),
+            ("media_codec_threads", self.media_codec_threads),
             ("media_queue_max", self.media_queue_max),
         ] {
             anyhow::ensure!(v > 0, "{name} must be positive");

@@ -20,6 +20,7 @@ mod limits;
 mod mail;
 mod mail_admin;
 mod media_jobs;
+mod media_views;
 mod mesh;
 mod messaging;
 mod metrics;

@@ -107,6 +107,7 @@ pub struct MediaSettings {
     pub video_bytes_max: u64,
     pub threads: usize,
     pub nice: i32,
+    pub sched_idle: bool,
     pub queue_max: usize,
 }
 
@@ -119,6 +120,22 @@ pub struct Media {
     /// Key of the HMAC-signed URLs of private media.
     pub url_key: Arc<[u8]>,
     root: PathBuf,
+    /// tus uploads with a PATCH in progress (any shard may receive one), so that a second
+    /// PATCH of the same upload is refused instead of writing over the first.
+    patching: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+}
+
+/// A tus upload claimed by one PATCH until dropped.
+pub struct PatchClaim {
+    patching: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    id: u64,
+}
+
+impl Drop for PatchClaim {
+    fn drop(&mut self) {
+        let mut set = self.patching.lock().unwrap_or_else(|e| e.into_inner());
+        set.remove(&self.id);
+    }
 }
 
 pub struct MediaThreads {
@@ -139,16 +156,27 @@ impl MediaThreads {
     }
 }
 
-/// Lowers the calling thread's priority so that transcoding yields to the shards.
-fn lower_priority(nice: i32) {
+/// Lowers the calling thread's priority so that transcoding yields to the shards: its nice
+/// value, then (when `sched_idle`) the SCHED_IDLE class. On Linux both are per thread (the
+/// calls name this thread, not the process), and threads it starts later (x264's, when
+/// `media_codec_threads` > 1) inherit them.
+fn lower_priority(nice: i32, sched_idle: bool) {
     // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
-    // this thread's (and its future children's, e.g. x264's) nice value.
+    // this thread's (and its future children's) nice value.
     let rc = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, nice.clamp(0, 19))
     };
     if rc != 0 {
         tracing::warn!(nice, "could not lower the transcoding thread's priority");
+    }
+    if sched_idle {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+        if rc != 0 {
+            tracing::warn!("could not put the transcoding thread in SCHED_IDLE");
+        }
     }
 }
 
@@ -203,7 +231,7 @@ impl Media {
                 std::thread::Builder::new()
                     .name(format!("nova-transcode-{i}"))
                     .spawn(move || {
-                        lower_priority(settings.nice);
+                        lower_priority(settings.nice, settings.sched_idle);
                         for (shard, id) in rx.iter() {
                             transcode(shard, id, &stores, &partitions, &mesh, &settings);
                         }
@@ -217,6 +245,7 @@ impl Media {
                 stores,
                 url_key,
                 root: root.to_path_buf(),
+                patching: Arc::default(),
             },
             MediaThreads {
                 io: io_tx,
@@ -230,6 +259,16 @@ impl Media {
     pub fn blob_path(&self, shard: usize, blob: &str) -> Option<PathBuf> {
         let store = self.stores.get(shard)?;
         nova_media::valid_id(blob).then(|| store.path_of(blob))
+    }
+
+    /// Claims tus upload `id` for one PATCH; `None` while another PATCH of it is running.
+    /// The lock is held only to test and insert (never across an await).
+    pub fn claim_patch(&self, id: u64) -> Option<PatchClaim> {
+        let mut set = self.patching.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(id).then(|| PatchClaim {
+            patching: Arc::clone(&self.patching),
+            id,
+        })
     }
 
     /// The part file of tus upload `id` (owned by shard `shard`).
@@ -609,6 +648,8 @@ impl Op {
                 | Op::MediaStart { .. }
                 | Op::MediaFinish { .. }
                 | Op::MediaUsage { .. }
+                | Op::MediaViews { .. }
+                | Op::MediaMakePrivate { .. }
                 | Op::TusCreate { .. }
                 | Op::TusGet { .. }
                 | Op::TusAdvance { .. }
@@ -675,6 +716,17 @@ pub async fn serve(shard: &Rc<Shard>, op: Op) {
         }
         Op::MediaUsage { user_id, reply } => {
             let _ = reply.send(shard.read(|r| records::usage(r, user_id)));
+        }
+        Op::MediaViews { ids, reply } => {
+            let _ = reply.send(shard.read(|r| records::get_many(r, &ids)));
+        }
+        Op::MediaMakePrivate { ids, owner, reply } => {
+            let now = now_ms();
+            let result = shard
+                .partition
+                .write(move |t| records::make_private(t, &ids, owner, now))
+                .await;
+            let _ = reply.send(result.map_err(Fail::from));
         }
         Op::TusCreate { mut upload, reply } => {
             upload.id = shard.next_id();

@@ -462,6 +462,17 @@ pub enum Op {
         user_id: u64,
         reply: Reply<u64>,
     },
+    /// The media attached to posts or messages being shown (ids of this shard's media).
+    MediaViews {
+        ids: Vec<u64>,
+        reply: Reply<Vec<nova_core::media::MediaView>>,
+    },
+    /// Media attached to a followers-only post or a message become private.
+    MediaMakePrivate {
+        ids: Vec<u64>,
+        owner: u64,
+        reply: Reply<()>,
+    },
     TusCreate {
         upload: nova_core::media::TusUpload,
         reply: Reply<nova_core::media::TusUpload>,

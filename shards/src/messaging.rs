@@ -487,6 +487,7 @@ pub(crate) fn message_view(m: &Message) -> nova_protocol::MessageView {
         },
         text: m.text.clone(),
         media_ids: m.media_ids.iter().map(u64::to_string).collect(),
+        media: Vec::new(),
         created_at: nova_protocol::rfc3339(m.created_ms),
         edited_at: m.edited_ms.map(nova_protocol::rfc3339),
     }

@@ -108,11 +108,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 duration_ms_max: cfg.media_duration_s_max * 1000,
                 frame_rate_max: f64::from(cfg.media_frame_rate_max),
                 time_budget_ms: cfg.media_time_budget_s * 1000,
+                codec_threads: cfg.media_codec_threads,
             },
             image_bytes_max: cfg.media_image_bytes_max,
             video_bytes_max: cfg.media_video_bytes_max,
             threads: cfg.media_threads,
             nice: cfg.media_nice,
+            sched_idle: cfg.media_sched_idle,
             queue_max: cfg.media_queue_max,
         },
     )?;

@@ -743,3 +743,259 @@ fn tus_upload_broken_and_resumed() {
     let mut sink = Vec::new();
     let _ = std::io::empty().read_to_end(&mut sink);
 }
+
+/// The first attached media of a post or message view.
+fn attached<'a>(resp: &'a Resp, at: &str) -> &'a Json {
+    let list = resp.at(at).as_array().unwrap();
+    assert_eq!(list.len(), 1, "{}", resp.text());
+    &list[0]
+}
+
+fn attached_url(media: &Json, name: &str) -> String {
+    media
+        .get("renditions")
+        .and_then(|r| r.as_array())
+        .unwrap()
+        .iter()
+        .find(|r| r.get("name").and_then(|n| n.as_str()) == Some(name))
+        .map(url)
+        .unwrap_or_else(|| panic!("no {name} in {media:?}"))
+}
+
+fn state(media: &Json) -> &str {
+    media.get("state").and_then(|s| s.as_str()).unwrap()
+}
+
+#[test]
+fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
+    let server = Server::start(&[]);
+    let d = scratch("attached");
+    // The uploader on shard 0; the follower and the stranger read from shard 1.
+    let uploader = server.member_on_shard(0);
+    let follower = server.member_on_shard(1);
+    let stranger = server.member_on_shard(1);
+    server
+        .post(
+            &format!("/v1/users/{}/follow", uploader.id()),
+            follower.auth(),
+            simd_json::json!({}),
+        )
+        .expect(200);
+    let token = uploader.token.clone();
+
+    // A public post made while its photo is still processing shows it once it is ready.
+    let public = media_id(&upload(&server, &token, &photo(&d, "red"), ""));
+    let post = server.post(
+        "/v1/posts",
+        uploader.auth(),
+        simd_json::json!({"text": "public photo", "media_ids": [public.to_string()]}),
+    );
+    post.expect(201);
+    let m = attached(&post, "post.media");
+    assert_eq!(
+        m.get("id").and_then(|v| v.as_str()),
+        Some(public.to_string().as_str())
+    );
+    assert!(
+        ["pending", "processing", "ready"].contains(&state(m)),
+        "{m:?}"
+    );
+    let post_id = post.str("post.id").to_string();
+    wait_done(&server, &token, public);
+    let seen = server.get(&format!("/v1/posts/{post_id}"), stranger.auth());
+    seen.expect(200);
+    let m = attached(&seen, "post.media");
+    assert_eq!(state(m), "ready");
+    assert_eq!(m.get("kind").and_then(|v| v.as_str()), Some("image"));
+    // Turned upright: 640x480 with orientation 6 is shown 480x640.
+    assert_eq!((num(m, "width"), num(m, "height")), (480, 640));
+    let thumb = m
+        .get("renditions")
+        .and_then(|r| r.as_array())
+        .unwrap()
+        .iter()
+        .find(|r| r.get("name").and_then(|n| n.as_str()) == Some("thumb.jpg"))
+        .unwrap();
+    assert_eq!(
+        thumb.get("mime").and_then(|v| v.as_str()),
+        Some("image/jpeg")
+    );
+    assert_eq!((num(thumb, "width"), num(thumb, "height")), (240, 320));
+    let plain = url(thumb);
+    assert_eq!(plain, format!("/v1/media/{public}/thumb.jpg"));
+    let got = server.req(&Req::get(&plain));
+    got.expect(200);
+    // HEAD: the same headers, no body.
+    let head = server.req(&Req::new("HEAD", &plain));
+    head.expect(200);
+    assert!(head.body.is_empty());
+    assert_eq!(
+        head.header("content-length"),
+        Some(num(thumb, "bytes").to_string().as_str())
+    );
+    assert_eq!(head.header("etag"), got.header("etag"));
+    let head = server.req(&Req::new("HEAD", &plain).header("range", "bytes=0-9"));
+    head.expect(206);
+    assert_eq!(head.header("content-length"), Some("10"));
+
+    // A followers-only post: its media become private; the follower (another shard) gets
+    // working signed URLs, in the post and in the author's list of posts.
+    let hidden = media_id(&upload(&server, &token, &photo(&d, "green"), ""));
+    wait_done(&server, &token, hidden);
+    let post = server.post(
+        "/v1/posts",
+        uploader.auth(),
+        simd_json::json!({"text": "for followers", "visibility": "followers",
+            "media_ids": [hidden.to_string()]}),
+    );
+    post.expect(201);
+    let post_id = post.str("post.id").to_string();
+    let seen = server.get(&format!("/v1/posts/{post_id}"), follower.auth());
+    seen.expect(200);
+    let signed = attached_url(attached(&seen, "post.media"), "display.jpg");
+    assert!(signed.contains("sig="), "{signed}");
+    server.on_each_shard(&Req::get(&signed), |r| {
+        r.expect(200);
+    });
+    let listed = server.get(
+        &format!("/v1/users/{}/posts", uploader.id()),
+        follower.auth(),
+    );
+    listed.expect(200);
+    let item = listed
+        .at("items")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p.get("id").and_then(|v| v.as_str()) == Some(post_id.as_str()))
+        .unwrap();
+    let m = &item.get("media").and_then(|v| v.as_array()).unwrap()[0];
+    server
+        .req(&Req::get(&attached_url(m, "thumb.jpg")))
+        .expect(200);
+    // A non-follower gets neither the post, nor the media record, nor a working URL.
+    server
+        .get(&format!("/v1/posts/{post_id}"), stranger.auth())
+        .expect(404);
+    server
+        .get(&format!("/v1/media/{hidden}"), stranger.auth())
+        .expect(404);
+    server
+        .req(&Req::get(&format!("/v1/media/{hidden}/display.jpg")))
+        .expect_error(403, "bad_signature");
+    // The owner's own view agrees.
+    let own = server.get(&format!("/v1/media/{hidden}"), Some(&token));
+    assert_eq!(own.at("media.private").as_bool(), Some(true));
+
+    // A message: its media are private and its members get signed URLs.
+    let sent = media_id(&upload(&server, &token, &photo(&d, "yellow"), ""));
+    wait_done(&server, &token, sent);
+    let conv = server.post(
+        "/v1/conversations",
+        uploader.auth(),
+        simd_json::json!({"participants": [follower.id().to_string()]}),
+    );
+    conv.expect(201);
+    let conv = conv.str("conversation.id").to_string();
+    let msg = server.post(
+        &format!("/v1/conversations/{conv}/messages"),
+        uploader.auth(),
+        simd_json::json!({"text": "a photo", "media_ids": [sent.to_string()]}),
+    );
+    msg.expect(201);
+    let list = server.get(
+        &format!("/v1/conversations/{conv}/messages"),
+        follower.auth(),
+    );
+    list.expect(200);
+    let m = &list.at("items").as_array().unwrap()[0]
+        .get("media")
+        .and_then(|v| v.as_array())
+        .unwrap()[0];
+    assert_eq!(state(m), "ready");
+    let signed = attached_url(m, "thumb.jpg");
+    assert!(signed.contains("sig="), "{signed}");
+    server.req(&Req::get(&signed)).expect(200);
+    server
+        .req(&Req::get(&format!("/v1/media/{sent}/thumb.jpg")))
+        .expect_error(403, "bad_signature");
+    server
+        .get(
+            &format!("/v1/conversations/{conv}/messages"),
+            stranger.auth(),
+        )
+        .expect(404);
+}
+
+#[test]
+fn two_patches_of_one_upload_at_once_the_second_is_refused() {
+    let server = Server::start(&[]);
+    let users = server.users_on_each_shard();
+    // The uploader's upload lives on shard 1; the PATCHes arrive on any shard.
+    let token = server.login(&users[1].username, &users[1].password).access;
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let created = server.req(
+        &tus(Req::post("/v1/uploads"))
+            .bearer(&token)
+            .header("Upload-Length", &(data.len() + 100_000).to_string()),
+    );
+    created.expect(201);
+    let location = created.header("location").unwrap().to_string();
+    // The first PATCH sends half its body and waits.
+    let mut first = std::net::TcpStream::connect(server.addr()).unwrap();
+    let head = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    first.write_all(head.as_bytes()).unwrap();
+    first.write_all(&data[..100_000]).unwrap();
+    first.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A second PATCH at the same offset meanwhile, from each shard: 409 upload_busy.
+    let other = vec![0xAAu8; 1000];
+    server.on_each_shard(
+        &tus(Req::new("PATCH", &location))
+            .bearer(&token)
+            .header("Upload-Offset", "0")
+            .raw("application/offset+octet-stream", other),
+        |r| {
+            r.expect_error(409, "upload_busy");
+        },
+    );
+    // The first one finishes; the upload holds its bytes, not the second's.
+    first.write_all(&data[100_000..]).unwrap();
+    first.flush().unwrap();
+    let mut answer = Vec::new();
+    first
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = first.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 204"), "{answer}");
+    assert!(
+        answer.contains(&format!("upload-offset: {}", data.len())),
+        "{answer}"
+    );
+    // The claim is released with the answer: the next PATCH goes on from there.
+    let next = server.req(
+        &tus(Req::new("PATCH", &location))
+            .bearer(&token)
+            .header("Upload-Offset", &data.len().to_string())
+            .raw("application/offset+octet-stream", vec![7u8; 50_000]),
+    );
+    next.expect(204);
+    assert_eq!(
+        next.header("upload-offset"),
+        Some((data.len() + 50_000).to_string().as_str())
+    );
+}

@@ -8,9 +8,13 @@
 //!   encoded) uploaded and polled until `ready`, against the ffmpeg command doing the same
 //!   work with the same settings (one decode; 360p, 720p and 1080p H.264 yuv420p at
 //!   `preset=veryfast crf=23`, AAC 128 kb/s 48 kHz stereo, faststart MP4; a poster JPEG),
-//!   alternated `--rounds` times on the same machine.
-//! - while the video is processed, `GET /health` at 50 requests/s on one keep-alive
-//!   connection, against the same measured idle just before: p50/p99/max.
+//!   alternated `--rounds` times on the same machine. Same resources too: the command gets
+//!   `--codec-threads` threads per decoder, encoder and filter graph (as Nova's
+//!   `--media-codec-threads`), and runs in SCHED_IDLE at nice 19 (`chrt --idle 0 nice -n 19`)
+//!   when Nova's transcoding does (`--sched-idle`, the default). The command is printed.
+//! - `GET /health` at 50 requests/s on one keep-alive connection: idle for 10 s before each
+//!   round, while Nova processes the clip, and while the ffmpeg command runs: p50/p99/max
+//!   per round, with the load average (the machine may be shared).
 //!
 //! Inputs are made with the ffmpeg command (Debian `ffmpeg`), which is also the baseline.
 
@@ -44,6 +48,14 @@ struct Args {
     /// Transcoding threads given to nova (`--media-threads`).
     #[arg(long, default_value_t = 1)]
     media_threads: usize,
+    /// Threads per decoder and encoder, for Nova (`--media-codec-threads`) and the command.
+    #[arg(long, default_value_t = 1)]
+    codec_threads: usize,
+    /// Nova's transcoding in SCHED_IDLE (`--media-sched-idle`), and the command under
+    /// `chrt --idle 0 nice -n 19`; `false`: both at nice 0 in the normal class (Nova keeps
+    /// its `--media-nice` of 19 unless given `--media-nice 0` through NOVA_MEDIA_NICE).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    sched_idle: bool,
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -74,7 +86,7 @@ impl Drop for Nova {
     }
 }
 
-fn start(nova: &Path, dir: &Path, media_threads: usize) -> Result<Nova> {
+fn start(nova: &Path, dir: &Path, args: &Args) -> Result<Nova> {
     use std::io::BufRead as _;
     let mut child = Command::new(nova)
         .args([
@@ -90,7 +102,10 @@ fn start(nova: &Path, dir: &Path, media_threads: usize) -> Result<Nova> {
         .arg(dir.join("data"))
         .args(["--argon2-memory-kib", "64", "--argon2-iterations", "1"])
         .args(["--registrations-per-ip-per-hour", "100000"])
-        .args(["--media-threads", &media_threads.to_string()])
+        .args(["--media-threads", &args.media_threads.to_string()])
+        .args(["--media-codec-threads", &args.codec_threads.to_string()])
+        .args(["--media-sched-idle", &args.sched_idle.to_string()])
+        .args(["--media-nice", if args.sched_idle { "19" } else { "0" }])
         .args(["--media-upload-bytes-max", &(512u64 << 20).to_string()])
         .args(["--media-video-bytes-max", &(512u64 << 20).to_string()])
         .stdout(Stdio::piped())
@@ -288,20 +303,52 @@ fn images(nova: &Nova, token: &str, dir: &Path, n: usize, clients: usize) -> Res
     Ok(())
 }
 
-fn ffmpeg_baseline(src: &Path, out: &Path) -> Result<f64> {
-    std::fs::create_dir_all(out)?;
+/// The one-minute load average, from /proc/loadavg.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The ffmpeg command doing Nova's work on `src` into `out`, as (program, arguments).
+fn ffmpeg_baseline_command(src: &Path, out: &Path, args: &Args) -> (String, Vec<String>) {
     let o = |name: &str| out.join(name).to_string_lossy().into_owned();
     let graph = "[0:v]split=4[a][b][c][d];\
         [a]scale=640:360:flags=bicubic,setsar=1,format=yuv420p[v360];\
         [b]scale=1280:720:flags=bicubic,setsar=1,format=yuv420p[v720];\
         [c]scale=1920:1080:flags=bicubic,setsar=1,format=yuv420p[v1080];\
         [d]scale=1280:720[poster]";
-    let mut args: Vec<String> = vec![
-        "-i".into(),
-        src.to_string_lossy().into_owned(),
-        "-filter_complex".into(),
-        graph.into(),
-    ];
+    let threads = args.codec_threads.to_string();
+    let mut cmd: Vec<String> = Vec::new();
+    let program = if args.sched_idle {
+        for a in ["--idle", "0", "nice", "-n", "19", "ffmpeg"] {
+            cmd.push(a.to_string());
+        }
+        "chrt".to_string()
+    } else {
+        "ffmpeg".to_string()
+    };
+    for a in [
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-threads",
+        &threads,
+        "-i",
+    ] {
+        cmd.push(a.to_string());
+    }
+    cmd.push(src.to_string_lossy().into_owned());
+    for a in [
+        "-filter_complex_threads",
+        &threads,
+        "-filter_complex",
+        graph,
+    ] {
+        cmd.push(a.to_string());
+    }
     for (label, name) in [
         ("[v360]", "360p.mp4"),
         ("[v720]", "720p.mp4"),
@@ -312,6 +359,8 @@ fn ffmpeg_baseline(src: &Path, out: &Path) -> Result<f64> {
             label,
             "-map",
             "0:a",
+            "-threads",
+            &threads,
             "-c:v",
             "libx264",
             "-preset",
@@ -329,17 +378,29 @@ fn ffmpeg_baseline(src: &Path, out: &Path) -> Result<f64> {
             "-movflags",
             "+faststart",
         ] {
-            args.push(a.to_string());
+            cmd.push(a.to_string());
         }
-        args.push(o(name));
+        cmd.push(o(name));
     }
     for a in ["-map", "[poster]", "-frames:v", "1", "-q:v", "3"] {
-        args.push(a.to_string());
+        cmd.push(a.to_string());
     }
-    args.push(o("poster.jpg"));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    cmd.push(o("poster.jpg"));
+    (program, cmd)
+}
+
+/// Runs the ffmpeg command; its wall time in seconds.
+fn ffmpeg_baseline(src: &Path, out: &Path, args: &Args) -> Result<f64> {
+    std::fs::create_dir_all(out)?;
+    let (program, cmd) = ffmpeg_baseline_command(src, out, args);
     let t = Instant::now();
-    ffmpeg(&refs)?;
+    let status = Command::new(&program)
+        .args(&cmd)
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !status.success() {
+        bail!("the ffmpeg command failed: {program} {}", cmd.join(" "));
+    }
     Ok(t.elapsed().as_secs_f64())
 }
 
@@ -349,7 +410,27 @@ fn nova_media_preset() -> &'static str {
     "veryfast"
 }
 
-fn video(nova: &Nova, token: &str, dir: &Path, rounds: usize, secs: u32) -> Result<()> {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn p99(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    percentile(&v, 99.0)
+}
+
+/// `GET /health` for `secs` seconds with nothing else running.
+fn idle_health(base: &str, secs: u64) -> Result<Vec<f64>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = health_probe(base.to_string(), Arc::clone(&stop));
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    probe.join().map_err(|_| anyhow::anyhow!("probe panicked"))
+}
+
+fn video(nova: &Nova, token: &str, dir: &Path, args: &Args) -> Result<()> {
+    let (rounds, secs) = (args.rounds, args.seconds);
     let src = dir.join("clip.mkv");
     let size = format!("testsrc2=s=1920x1080:r=30:d={secs}");
     let tone = format!("sine=f=440:d={secs}");
@@ -374,21 +455,19 @@ fn video(nova: &Nova, token: &str, dir: &Path, rounds: usize, secs: u32) -> Resu
     ])?;
     let bytes = std::fs::read(&src)?;
     println!(
-        "video: {secs} s 1920x1080p30 H.264 4:4:4 + AAC in Matroska ({:.1} MiB); x264 preset {} crf 23",
+        "video: {secs} s 1920x1080p30 H.264 4:4:4 + AAC in Matroska ({:.1} MiB); x264 preset {} crf 23; codec threads {}; sched_idle {}",
         bytes.len() as f64 / 1048576.0,
-        nova_media_preset()
+        nova_media_preset(),
+        args.codec_threads,
+        args.sched_idle
     );
-    // Idle /health first, then busy while Nova transcodes.
-    let stop = Arc::new(AtomicBool::new(false));
-    let probe = health_probe(nova.base.clone(), Arc::clone(&stop));
-    std::thread::sleep(Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    let idle = probe
-        .join()
-        .map_err(|_| anyhow::anyhow!("probe panicked"))?;
-    let mut busy = Vec::new();
+    let (program, cmd) = ffmpeg_baseline_command(&src, &dir.join("ffmpeg-N"), args);
+    println!("ffmpeg command: {program} {}", cmd.join(" "));
     let a = agent();
+    let (mut ratios, mut idle_p99, mut busy_p99, mut ffmpeg_p99) = (vec![], vec![], vec![], vec![]);
     for round in 1..=rounds {
+        let idle = idle_health(&nova.base, 10)?;
+        let load_before = load();
         let stop = Arc::new(AtomicBool::new(false));
         let probe = health_probe(nova.base.clone(), Arc::clone(&stop));
         let t = Instant::now();
@@ -396,19 +475,41 @@ fn video(nova: &Nova, token: &str, dir: &Path, rounds: usize, secs: u32) -> Resu
         wait_ready(&a, nova, token, &id)?;
         let nova_s = t.elapsed().as_secs_f64();
         stop.store(true, Ordering::Relaxed);
-        busy.extend(
-            probe
-                .join()
-                .map_err(|_| anyhow::anyhow!("probe panicked"))?,
-        );
-        let ffmpeg_s = ffmpeg_baseline(&src, &dir.join(format!("ffmpeg-{round}")))?;
+        let busy = probe
+            .join()
+            .map_err(|_| anyhow::anyhow!("probe panicked"))?;
+        let load_nova = load();
+        let stop = Arc::new(AtomicBool::new(false));
+        let probe = health_probe(nova.base.clone(), Arc::clone(&stop));
+        let ffmpeg_s = ffmpeg_baseline(&src, &dir.join(format!("ffmpeg-{round}")), args)?;
+        stop.store(true, Ordering::Relaxed);
+        let during_ffmpeg = probe
+            .join()
+            .map_err(|_| anyhow::anyhow!("probe panicked"))?;
+        let load_ffmpeg = load();
         println!(
-            "video round {round}: nova upload-to-ready {nova_s:.2} s, ffmpeg command {ffmpeg_s:.2} s, ratio {:.3}",
+            "video round {round}: nova upload-to-ready {nova_s:.2} s, ffmpeg command {ffmpeg_s:.2} s, ratio {:.3} (load average {load_before} before, {load_nova} after nova, {load_ffmpeg} after ffmpeg)",
             nova_s / ffmpeg_s
         );
+        println!("  health idle:                 {}", summary(idle.clone()));
+        println!("  health while nova processes: {}", summary(busy.clone()));
+        println!(
+            "  health while ffmpeg runs:    {}",
+            summary(during_ffmpeg.clone())
+        );
+        ratios.push(nova_s / ffmpeg_s);
+        idle_p99.push(p99(idle));
+        busy_p99.push(p99(busy));
+        ffmpeg_p99.push(p99(during_ffmpeg));
     }
-    println!("health idle: {}", summary(idle));
-    println!("health while transcoding: {}", summary(busy));
+    println!(
+        "video medians over {rounds} rounds: ratio {:.3}; health p99 idle {:.2} ms, while nova processes {:.2} ms ({:.2}x idle), while ffmpeg runs {:.2} ms",
+        median(ratios),
+        median(idle_p99.clone()),
+        median(busy_p99.clone()),
+        median(busy_p99) / median(idle_p99).max(1e-9),
+        median(ffmpeg_p99)
+    );
     Ok(())
 }
 
@@ -416,10 +517,12 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let dir = std::env::temp_dir().join(format!("nova-media-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let nova = start(&args.nova, &dir, args.media_threads)?;
+    let nova = start(&args.nova, &dir, &args)?;
     let token = token(&nova)?;
-    images(&nova, &token, &dir, args.images, args.clients)?;
-    video(&nova, &token, &dir, args.rounds, args.seconds)?;
+    if args.images > 0 {
+        images(&nova, &token, &dir, args.images, args.clients)?;
+    }
+    video(&nova, &token, &dir, &args)?;
     drop(nova);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
