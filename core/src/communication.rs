@@ -535,6 +535,34 @@ pub fn emails(
     Ok(out)
 }
 
+/// Drops queued and dead emails addressed to `address` (compared case-insensitively), looking
+/// at no more than `scan_max` emails of each state (account erasure). An email being sent
+/// right now is left to finish. Returns how many went.
+pub fn drop_emails_to(
+    txn: &WriteTransaction,
+    address: &str,
+    scan_max: usize,
+) -> Result<usize, CoreError> {
+    let mut dropped = 0;
+    for status in [EmailStatus::Queued, EmailStatus::Dead] {
+        let ids = {
+            let states = txn.open_table(EMAIL_STATES)?;
+            ids_in_state(&states, status, u64::MAX, scan_max)?
+        };
+        for id in ids {
+            let Some(email) = get(txn, id)? else {
+                continue;
+            };
+            if email.to.to_lowercase() == address {
+                txn.open_table(EMAIL_STATES)?.remove(email.index_key())?;
+                txn.open_table(EMAIL_QUEUES)?.remove(id)?;
+                dropped += 1;
+            }
+        }
+    }
+    Ok(dropped)
+}
+
 /// Copies this module's tables (backups).
 pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
     c.copy(EMAIL_QUEUES)?;

@@ -372,6 +372,8 @@ pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError
     c.copy(COMMENT_LIKES)?;
     c.copy(COUNTS)?;
     c.copy(POST_VIEWS)?;
+    c.copy(USER_COMMENTS)?;
+    c.copy(USER_LIKES)?;
     Ok(())
 }
 
@@ -490,6 +492,10 @@ const COMMENT_LIKES: TableDefinition<(u64, u64), u64> = TableDefinition::new("co
 const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("content_counts");
 /// post id -> views : flushed in batches from the shard's view buffer
 const POST_VIEWS: TableDefinition<u64, u64> = TableDefinition::new("post_views");
+/// (author, comment id) -> () : a user's comments on this shard (export, account erasure)
+const USER_COMMENTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("user_comments");
+/// (user, post or comment id) -> 1 for a comment, 0 for a post : a user's likes on this shard
+const USER_LIKES: TableDefinition<(u64, u64), u8> = TableDefinition::new("user_likes");
 
 pub const COMMENT_CHARS_MAX: usize = 2000;
 /// How deep replies to comments nest.
@@ -581,6 +587,12 @@ pub fn set_like(
     drop(likes);
     if changed {
         bump(txn, id, if on { 1 } else { -1 }, 0)?;
+        let mut index = txn.open_table(USER_LIKES)?;
+        if on {
+            index.insert((user, id), u8::from(of_comment))?;
+        } else {
+            index.remove((user, id))?;
+        }
     }
     if changed && on {
         notify_like(txn, id, user, of_comment, now_ms)?;
@@ -630,6 +642,8 @@ pub fn add_comment(txn: &WriteTransaction, mut comment: Comment) -> Result<Comme
     drop(comments);
     txn.open_table(POST_COMMENTS)?
         .insert((comment.post_id, comment.id), ())?;
+    txn.open_table(USER_COMMENTS)?
+        .insert((comment.author_id, comment.id), ())?;
     bump(txn, comment.post_id, 0, 1)?;
     if let Some(parent) = comment.parent {
         bump(txn, parent, 0, 1)?;
@@ -674,22 +688,29 @@ pub fn delete_comment(txn: &WriteTransaction, id: u64, user: u64) -> Result<(), 
     if c.author_id != user && post_author != user {
         return Err(CoreError::NotFound);
     }
+    remove_comment(txn, &c)
+}
+
+/// Removes a comment with its likes, keeping the counts of its post and parent exact.
+fn remove_comment(txn: &WriteTransaction, c: &Comment) -> Result<(), CoreError> {
+    let id = c.id;
     txn.open_table(COMMENTS)?.remove(id)?;
     txn.open_table(POST_COMMENTS)?.remove((c.post_id, id))?;
+    txn.open_table(USER_COMMENTS)?.remove((c.author_id, id))?;
     bump(txn, c.post_id, 0, -1)?;
     if let Some(parent) = c.parent {
         bump(txn, parent, 0, -1)?;
     }
     let likers: Vec<u64> = txn
         .open_table(COMMENT_LIKES)?
-        .range((id, 0)..=(id, u64::MAX))?
+        .extract_from_if((id, 0)..=(id, u64::MAX), |_, _| true)?
         .map(|r| r.map(|(k, _)| k.value().1))
         .collect::<Result<_, _>>()?;
-    let mut likes = txn.open_table(COMMENT_LIKES)?;
+    let mut index = txn.open_table(USER_LIKES)?;
     for u in likers {
-        likes.remove((id, u))?;
+        index.remove((u, id))?;
     }
-    drop(likes);
+    drop(index);
     txn.open_table(COUNTS)?.remove(id)?;
     Ok(())
 }
@@ -706,17 +727,122 @@ fn purge_reactions(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError
         let mut comments = txn.open_table(COMMENTS)?;
         let mut likes = txn.open_table(COMMENT_LIKES)?;
         let mut counts = txn.open_table(COUNTS)?;
+        let mut by_author = txn.open_table(USER_COMMENTS)?;
+        let mut by_liker = txn.open_table(USER_LIKES)?;
         for c in &comment_ids {
-            comments.remove(c)?;
+            if let Some(v) = comments.remove(c)? {
+                let comment: Comment = decode(v.value())?;
+                by_author.remove((comment.author_id, *c))?;
+            }
             counts.remove(c)?;
-            likes.retain_in((*c, 0)..=(*c, u64::MAX), |_, _| false)?;
+            let likers: Vec<u64> = likes
+                .extract_from_if((*c, 0)..=(*c, u64::MAX), |_, _| true)?
+                .map(|r| r.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for u in likers {
+                by_liker.remove((u, *c))?;
+            }
         }
         counts.remove(post_id)?;
     }
-    txn.open_table(POST_LIKES)?
-        .retain_in((post_id, 0)..=(post_id, u64::MAX), |_, _| false)?;
+    let likers: Vec<u64> = txn
+        .open_table(POST_LIKES)?
+        .extract_from_if((post_id, 0)..=(post_id, u64::MAX), |_, _| true)?
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    let mut by_liker = txn.open_table(USER_LIKES)?;
+    for u in likers {
+        by_liker.remove((u, post_id))?;
+    }
+    drop(by_liker);
     txn.open_table(POST_VIEWS)?.remove(post_id)?;
     Ok(())
+}
+
+// ---- account export and erasure -----------------------------------------------------------
+// Comments and likes live on the post's shard, so a user's comments and likes are spread
+// over every shard; `user_comments` and `user_likes` index them by user on each shard.
+
+/// A page of `author`'s comments on this shard, in id order after `after`.
+pub fn comments_by(
+    read: &ReadTransaction,
+    author: u64,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Comment>, CoreError> {
+    let index = match read.open_table(USER_COMMENTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    let mut out = Vec::with_capacity(limit);
+    for row in index.range((author, start)..=(author, u64::MAX))?.take(limit) {
+        if let Some(c) = comment(read, row?.0.value().1)? {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// A page of `user`'s likes on this shard as (id, is a comment), in id order after `after`.
+pub fn likes_by(
+    read: &ReadTransaction,
+    user: u64,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(u64, bool)>, CoreError> {
+    let index = match read.open_table(USER_LIKES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    index
+        .range((user, start)..=(user, u64::MAX))?
+        .take(limit)
+        .map(|r| {
+            r.map(|(k, v)| (k.value().1, v.value() == 1))
+                .map_err(Into::into)
+        })
+        .collect()
+}
+
+/// Deletes up to `limit` of `author`'s comments on this shard (counts stay exact); returns
+/// how many went. Fewer than `limit`: none is left.
+pub fn erase_comments(txn: &WriteTransaction, author: u64, limit: usize) -> Result<usize, CoreError> {
+    let ids: Vec<u64> = txn
+        .open_table(USER_COMMENTS)?
+        .range((author, 0)..=(author, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    for id in &ids {
+        match comment_in(txn, *id)? {
+            Some(c) => remove_comment(txn, &c)?,
+            None => {
+                txn.open_table(USER_COMMENTS)?.remove((author, *id))?;
+            }
+        }
+    }
+    Ok(ids.len())
+}
+
+/// Withdraws up to `limit` of `user`'s likes on this shard (counts stay exact); returns how
+/// many went. Fewer than `limit`: none is left.
+pub fn erase_likes(txn: &WriteTransaction, user: u64, limit: usize) -> Result<usize, CoreError> {
+    let likes: Vec<(u64, u8)> = txn
+        .open_table(USER_LIKES)?
+        .range((user, 0)..=(user, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, v)| (k.value().1, v.value())))
+        .collect::<Result<_, _>>()?;
+    for (id, kind) in &likes {
+        set_like(txn, *id, user, *kind == 1, false, 0)?;
+        // A like whose row had gone already leaves only its index entry.
+        txn.open_table(USER_LIKES)?.remove((user, *id))?;
+    }
+    Ok(likes.len())
 }
 
 /// Adds buffered view counts to posts that still exist.

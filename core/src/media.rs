@@ -688,6 +688,56 @@ pub fn blob_refs(read: &ReadTransaction) -> Result<Vec<String>, CoreError> {
     Ok(out)
 }
 
+/// A page of `owner`'s media records, by id after `after` (export).
+pub fn of_owner(
+    read: &ReadTransaction,
+    owner: u64,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<MediaView>, CoreError> {
+    let Some(index) = opt_table(read, USER_MEDIA)? else {
+        return Ok(Vec::new());
+    };
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    let mut out = Vec::with_capacity(limit);
+    for row in index.range((owner, start)..=(owner, u64::MAX))?.take(limit) {
+        if let Some(view) = get(read, row?.0.value().1)? {
+            out.push(view);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes up to `limit` of `owner`'s media (account erasure). Returns how many went and the
+/// blobs no longer referenced (to delete after the commit); fewer than `limit`: none is left,
+/// and the owner's usage row goes too.
+pub fn erase_owner(
+    txn: &WriteTransaction,
+    owner: u64,
+    limit: usize,
+) -> Result<(usize, Vec<String>), CoreError> {
+    let ids: Vec<u64> = txn
+        .open_table(USER_MEDIA)?
+        .range((owner, 0)..=(owner, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    let mut blobs = Vec::new();
+    for id in &ids {
+        match delete(txn, *id, owner) {
+            Ok(mut freed) => blobs.append(&mut freed),
+            Err(CoreError::NotFound) => {
+                txn.open_table(USER_MEDIA)?.remove((owner, *id))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if ids.len() < limit {
+        txn.open_table(MEDIA_USAGE)?.remove(owner)?;
+    }
+    Ok((ids.len(), blobs))
+}
+
 /// Copies this module's tables (backups).
 pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
     c.copy(MEDIA_UPLOADS)?;

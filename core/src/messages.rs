@@ -458,6 +458,118 @@ pub fn inbox(
         .collect()
 }
 
+// ---- account export and erasure ---------------------------------------------------------
+
+/// The sender an erased user's messages show: no id, no name.
+pub const ERASED_SENDER: u64 = 0;
+pub const ERASED_USERNAME: &str = "deleted";
+pub const ERASED_DISPLAY_NAME: &str = "Deleted account";
+
+/// A page of the conversations in `user`'s inbox, by conversation id after `after` (export).
+pub fn conversations_of(
+    read: &ReadTransaction,
+    user: u64,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<u64>, CoreError> {
+    let table = match read.open_table(INBOX) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    table
+        .range((user, start)..=(user, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, _)| k.value().1).map_err(Into::into))
+        .collect()
+}
+
+/// A page of a conversation's messages in id order after `after`, if `user` takes part in
+/// it (export; `None` otherwise).
+pub fn messages_for(
+    read: &ReadTransaction,
+    conversation: u64,
+    user: u64,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Option<(Conversation, Vec<Message>)>, CoreError> {
+    let c = match conversation_for(read, conversation, user) {
+        Ok(c) => c,
+        Err(CoreError::NotFound) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let index = read.open_table(CONVERSATION_MESSAGES)?;
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    let mut out = Vec::with_capacity(limit);
+    for row in index
+        .range((conversation, start)..=(conversation, u64::MAX))?
+        .take(limit)
+    {
+        if let Some(m) = message(read, row?.0.value().1)? {
+            out.push(m);
+        }
+    }
+    Ok(Some((c, out)))
+}
+
+/// On the erased user's shard: drops up to `limit` conversations from the user's inbox and
+/// returns them (their shards then run `erase_sender`). Empty: the inbox is empty.
+pub fn erase_inbox(txn: &WriteTransaction, user: u64, limit: usize) -> Result<Vec<u64>, CoreError> {
+    let rows: Vec<(u64, u64)> = txn
+        .open_table(INBOX)?
+        .range((user, 0)..=(user, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, v)| (k.value().1, v.value())))
+        .collect::<Result<_, _>>()?;
+    let mut inbox = txn.open_table(INBOX)?;
+    let mut by = txn.open_table(INBOX_BY_ACTIVITY)?;
+    for (conv, at) in &rows {
+        inbox.remove((user, *conv))?;
+        by.remove((user, *at, *conv))?;
+    }
+    Ok(rows.into_iter().map(|(c, _)| c).collect())
+}
+
+/// On a conversation's shard: anonymises up to `limit` messages of the conversation after
+/// `after` that the erased `user` sent (text, media and name removed, the sender shown as
+/// `ERASED_SENDER`). Returns where to go on; when the conversation was walked, the user
+/// leaves it (a conversation nobody is left in is deleted) and `None` is returned.
+pub fn erase_sender(
+    txn: &WriteTransaction,
+    conversation: u64,
+    user: u64,
+    after: u64,
+    limit: usize,
+) -> Result<Option<u64>, CoreError> {
+    let ids: Vec<u64> = txn
+        .open_table(CONVERSATION_MESSAGES)?
+        .range((conversation, after)..=(conversation, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    let mut messages = txn.open_table(MESSAGES)?;
+    for id in &ids {
+        let m: Option<Message> = messages.get(*id)?.map(|v| decode(v.value())).transpose()?;
+        if let Some(mut m) = m.filter(|m| m.sender == user) {
+            m.sender = ERASED_SENDER;
+            m.sender_username = ERASED_USERNAME.to_string();
+            m.sender_display_name = ERASED_DISPLAY_NAME.to_string();
+            m.text = String::new();
+            m.media_ids = Vec::new();
+            messages.insert(*id, encode(&m).as_slice())?;
+        }
+    }
+    drop(messages);
+    if ids.len() >= limit {
+        return Ok(ids.last().map(|l| l.saturating_add(1)));
+    }
+    match leave(txn, conversation, user) {
+        Ok(_) | Err(CoreError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Copies this module's tables (backups).
 pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
     c.copy(CONVERSATIONS)?;

@@ -543,6 +543,67 @@ fn next_id(txn: &WriteTransaction, here: usize, now_ms: u64) -> Result<u64, Core
     Ok(id)
 }
 
+/// Deletes every notification of `recipient` (account erasure; at most `PER_USER_MAX`).
+pub fn erase_recipient(txn: &WriteTransaction, recipient: u64) -> Result<(), CoreError> {
+    let gone: Vec<Notification> = txn
+        .open_table(NOTIFICATIONS)?
+        .extract_from_if((recipient, 0)..=(recipient, u64::MAX), |_, _| true)?
+        .map(|r| {
+            r.map_err(CoreError::from)
+                .and_then(|(_, v)| decode(v.value()))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut keys = txn.open_table(KEYS)?;
+    let mut fresh = txn.open_table(FRESH)?;
+    for n in &gone {
+        keys.remove(n.key())?;
+        fresh.remove((recipient, n.id))?;
+    }
+    drop((keys, fresh));
+    txn.open_table(COUNTS)?.remove(recipient)?;
+    Ok(())
+}
+
+/// Looks at up to `limit` notifications from key `from` on and deletes those `actor` caused
+/// (account erasure: nobody keeps "X liked your post" of an erased X). Counts stay exact.
+/// Returns where to go on, or `None` when the table was walked.
+pub fn erase_actor_scan(
+    txn: &WriteTransaction,
+    actor: u64,
+    from: (u64, u64),
+    limit: usize,
+) -> Result<Option<(u64, u64)>, CoreError> {
+    let rows: Vec<Notification> = txn
+        .open_table(NOTIFICATIONS)?
+        .range(from..)?
+        .take(limit)
+        .map(|r| {
+            r.map_err(CoreError::from)
+                .and_then(|(_, v)| decode(v.value()))
+        })
+        .collect::<Result<_, _>>()?;
+    for n in rows.iter().filter(|n| n.actor == Some(actor)) {
+        txn.open_table(NOTIFICATIONS)?.remove((n.recipient, n.id))?;
+        txn.open_table(KEYS)?.remove(n.key())?;
+        txn.open_table(FRESH)?.remove((n.recipient, n.id))?;
+        let (total, unread) = counts_in(txn, n.recipient)?;
+        let unread = if n.read {
+            unread
+        } else {
+            unread.saturating_sub(1)
+        };
+        txn.open_table(COUNTS)?
+            .insert(n.recipient, (total.saturating_sub(1), unread))?;
+    }
+    if rows.len() < limit {
+        return Ok(None);
+    }
+    Ok(rows.last().map(|n| match n.id.checked_add(1) {
+        Some(next) => (n.recipient, next),
+        None => (n.recipient.saturating_add(1), 0),
+    }))
+}
+
 /// Copies this module's tables (backups).
 pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
     c.copy(NOTIFICATIONS)?;

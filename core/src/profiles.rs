@@ -326,6 +326,32 @@ pub fn update_preferences(
     })
 }
 
+/// Everything a user set (export): profile, preferences, settings, feed preferences.
+pub fn all(
+    read: &ReadTransaction,
+    user: u64,
+) -> Result<(Profile, Preferences, Settings, FeedPreferences), CoreError> {
+    Ok((
+        profile(read, user)?,
+        preferences(read, user)?,
+        settings(read, user)?,
+        feed_preferences(read, user)?,
+    ))
+}
+
+/// Deletes everything the user set (account erasure).
+pub fn erase_user(txn: &WriteTransaction, user: u64) -> Result<(), CoreError> {
+    for def in [
+        USER_PROFILES,
+        USER_PREFERENCES,
+        USER_SETTINGS,
+        FEED_PREFERENCES,
+    ] {
+        txn.open_table(def)?.remove(user)?;
+    }
+    Ok(())
+}
+
 /// Copies this module's tables (backups).
 pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
     c.copy(USER_PROFILES)?;

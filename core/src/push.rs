@@ -265,6 +265,20 @@ pub fn subscriptions(
     Ok(out)
 }
 
+/// Deletes up to `limit` of `user`'s subscriptions (account erasure); returns how many.
+pub fn erase_user(txn: &WriteTransaction, user: u64, limit: usize) -> Result<usize, CoreError> {
+    let mut table = txn.open_table(SUBSCRIPTIONS)?;
+    let endpoints: Vec<String> = table
+        .range((user, "")..(user.saturating_add(1), ""))?
+        .take(limit)
+        .map(|r| r.map(|(k, _)| k.value().1.to_string()))
+        .collect::<Result<_, _>>()?;
+    for e in &endpoints {
+        table.remove((user, e.as_str()))?;
+    }
+    Ok(endpoints.len())
+}
+
 /// Copies this module's tables (backups).
 pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
     c.copy(SUBSCRIPTIONS)?;

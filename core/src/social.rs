@@ -796,6 +796,188 @@ pub fn feed_has(read: &ReadTransaction, user: u64, post_id: u64) -> Result<bool,
     Ok(found)
 }
 
+// ---- account export and erasure ---------------------------------------------------------
+
+/// One of a user's relation lists (export).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relation {
+    Following,
+    Followers,
+    Blocks,
+    Mutes,
+}
+
+/// A page of (other user, ms) of one of `user`'s relations, by other's id after `after`.
+pub fn relation_page(
+    read: &ReadTransaction,
+    user: u64,
+    which: Relation,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(u64, u64)>, CoreError> {
+    let def = match which {
+        Relation::Following => FOLLOWS,
+        Relation::Followers => FOLLOWERS,
+        Relation::Blocks => BLOCKS,
+        Relation::Mutes => MUTES,
+    };
+    let t = open_read!(read, def, Vec::new());
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    t.range((user, start)..=(user, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, v)| (k.value().1, v.value())).map_err(Into::into))
+        .collect()
+}
+
+/// On an erased user's own shard: removes up to `limit` rows of the user's relations
+/// (follows, followers, blocks, blocked-by, mutes, follow requests to the user) and returns
+/// the other users whose side must forget the user (`forget`, on their shards). An empty
+/// answer: nothing is left (the user's counts go too).
+pub fn erase_relations(
+    txn: &WriteTransaction,
+    user: u64,
+    limit: usize,
+) -> Result<Vec<u64>, CoreError> {
+    let tables = [
+        FOLLOWS,
+        FOLLOWERS,
+        BLOCKS,
+        BLOCKED_BY,
+        MUTES,
+        FOLLOW_REQUESTS,
+    ];
+    let mut others: Vec<u64> = Vec::new();
+    let mut left = limit;
+    // Indices into `tables`: follows have a local reverse index; mutes no mirror.
+    const FOLLOWS_AT: usize = 0;
+    const MUTES_AT: usize = 4;
+    for (at, def) in tables.into_iter().enumerate() {
+        if left == 0 {
+            break;
+        }
+        let mut t = txn.open_table(def)?;
+        let taken: Vec<u64> = t
+            .range((user, 0)..=(user, u64::MAX))?
+            .take(left)
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for other in &taken {
+            t.remove((user, *other))?;
+        }
+        drop(t);
+        left -= taken.len();
+        if at == FOLLOWS_AT {
+            let mut local = txn.open_table(FOLLOWERS_LOCAL)?;
+            for other in &taken {
+                local.remove((*other, user))?;
+            }
+        }
+        for other in taken {
+            // Mutes are the user's alone: nobody else holds a mirror of them.
+            if at != MUTES_AT && !others.contains(&other) {
+                others.push(other);
+            }
+        }
+    }
+    if left == limit {
+        txn.open_table(COUNTS)?.remove(user)?;
+    }
+    Ok(others)
+}
+
+/// On `other`'s shard: every relation between `other` and the erased user goes (follows
+/// either way, blocks either way, mutes, follow requests), counts kept exact. Idempotent.
+pub fn forget(txn: &WriteTransaction, other: u64, erased: u64) -> Result<(), CoreError> {
+    unfollow(txn, other, erased)?;
+    remove_follower(txn, other, erased)?;
+    txn.open_table(BLOCKS)?.remove((other, erased))?;
+    txn.open_table(BLOCKED_BY)?.remove((other, erased))?;
+    txn.open_table(MUTES)?.remove((other, erased))?;
+    txn.open_table(FOLLOW_REQUESTS)?.remove((other, erased))?;
+    Ok(())
+}
+
+/// On any shard: up to `limit` local users who follow the erased user stop following it
+/// (found through `followers_local`); returns how many. Fewer than `limit`: none is left.
+pub fn erase_local_followers(
+    txn: &WriteTransaction,
+    erased: u64,
+    limit: usize,
+) -> Result<usize, CoreError> {
+    let followers: Vec<u64> = txn
+        .open_table(FOLLOWERS_LOCAL)?
+        .range((erased, 0)..=(erased, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    for f in &followers {
+        if !unfollow(txn, *f, erased)? {
+            txn.open_table(FOLLOWERS_LOCAL)?.remove((erased, *f))?;
+        }
+    }
+    Ok(followers.len())
+}
+
+/// On any shard: looks at up to `limit` rows of the mutes and follow requests from
+/// `from` on (the tables in turn: mutes, then requests, as `(table, user, other)`), removing
+/// those naming the erased user (nobody else knows who muted it or whom it asked). Returns
+/// where to go on, or `None` when both tables were walked.
+pub fn erase_mentions_scan(
+    txn: &WriteTransaction,
+    erased: u64,
+    from: (u64, u64, u64),
+    limit: usize,
+) -> Result<Option<(u64, u64, u64)>, CoreError> {
+    let (table, a, b) = from;
+    let def = match table {
+        0 => MUTES,
+        1 => FOLLOW_REQUESTS,
+        _ => return Ok(None),
+    };
+    let mut t = txn.open_table(def)?;
+    let rows: Vec<(u64, u64)> = t
+        .range((a, b)..)?
+        .take(limit)
+        .map(|r| r.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
+    for (x, y) in &rows {
+        if *y == erased {
+            t.remove((*x, *y))?;
+        }
+    }
+    if rows.len() < limit {
+        return Ok(Some((table + 1, 0, 0)).filter(|_| table == 0));
+    }
+    Ok(rows.last().map(|(x, y)| match y.checked_add(1) {
+        Some(next) => (table, *x, next),
+        None => (table, x.saturating_add(1), 0),
+    }))
+}
+
+/// On the erased user's shard: empties up to `limit` items of the user's home feed (copies
+/// nobody else here reads go too). Returns how many; fewer than `limit`: none is left.
+pub fn erase_feed(txn: &WriteTransaction, reader: u64, limit: usize) -> Result<usize, CoreError> {
+    let mut feed = txn.open_table(FEED_ITEMS)?;
+    let items: Vec<u64> = feed
+        .range((reader, 0)..=(reader, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    for post in &items {
+        feed.remove((reader, *post))?;
+    }
+    drop(feed);
+    let mut index = txn.open_table(FEED_POSTS)?;
+    let mut copies = txn.open_table(POST_COPIES)?;
+    for post in &items {
+        index.remove((*post, reader))?;
+        if index.range((*post, 0)..=(*post, u64::MAX))?.next().is_none() {
+            copies.remove(*post)?;
+        }
+    }
+    Ok(items.len())
+}
+
 /// Copies this module's tables (backups).
 pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
     c.copy(FOLLOWS)?;

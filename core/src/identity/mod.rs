@@ -123,6 +123,8 @@ pub enum AuthEvent {
     EmailVerified,
     PasswordResetRequested,
     PasswordReset,
+    /// The account was deleted (`DELETE /v1/me`). Last: postcard encodes the variant index.
+    AccountDeleted,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -891,6 +893,54 @@ pub fn confirm_password_reset(
     let revoked = revoke_all(txn, ctx, user.id)?;
     log(txn, ctx, AuthEvent::PasswordReset, Some(user.id), None)?;
     Ok((user.id, revoked))
+}
+
+/// What erasing an account released.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Erased {
+    pub user: User,
+    /// The key of the email claim to release (on the email's shard).
+    pub email_key: String,
+    /// Sessions revoked, to refuse their access tokens everywhere.
+    pub sessions: Vec<u64>,
+}
+
+/// Erases an account on its shard: every session is revoked, the user row and its username
+/// go (the username can be registered again at once), its external ids in `namespaces` go.
+/// The auth log keeps its rows until retention prunes them (who logged in from where, kept
+/// for abuse handling). `event_id` dates the `UserChanged` event the search index reads.
+pub fn erase_user(
+    txn: &WriteTransaction,
+    ctx: &Context,
+    user_id: u64,
+    event_id: u64,
+    namespaces: &[&str],
+) -> Result<Erased, CoreError> {
+    let user: User = match txn.open_table(USERS)?.get(user_id)? {
+        Some(v) => decode(v.value())?,
+        None => return Err(CoreError::NotFound),
+    };
+    let sessions = revoke_all(txn, ctx, user_id)?;
+    txn.open_table(USERS)?.remove(user_id)?;
+    let name_key = user.username.to_ascii_lowercase();
+    let mut names = txn.open_table(USERNAMES)?;
+    if names.get(name_key.as_str())?.map(|v| v.value()) == Some(user_id) {
+        names.remove(name_key.as_str())?;
+    }
+    drop(names);
+    let mut external = txn.open_table(EXTERNAL_OF)?;
+    for namespace in namespaces {
+        external.remove((*namespace, user_id))?;
+    }
+    drop(external);
+    log(txn, ctx, AuthEvent::AccountDeleted, Some(user_id), None)?;
+    let changed = crate::events::Event::UserChanged { user_id };
+    crate::events::record(txn, event_id, ctx.now_ms, &changed, &[])?;
+    Ok(Erased {
+        email_key: user.email.to_lowercase(),
+        user,
+        sessions,
+    })
 }
 
 /// Copies this module's tables (backups).
