@@ -68,6 +68,7 @@ pub fn copy_all(
     crate::push::copy_tables(&mut c)?;
     crate::search::copy_tables(&mut c)?;
     crate::moderation::copy_tables(&mut c)?;
+    crate::erasure::copy_tables(&mut c)?;
     let missed: Vec<String> = read
         .list_tables()?
         .map(|t| t.name().to_string())

@@ -808,6 +808,17 @@ pub fn likes_by(
         .collect()
 }
 
+/// The first `limit` of `author`'s post ids, inside a write (account erasure).
+pub fn post_ids_in(txn: &WriteTransaction, author: u64, limit: usize) -> Result<Vec<u64>, CoreError> {
+    let table = txn.open_table(USER_POSTS)?;
+    let ids = table
+        .range((author, 0)..=(author, u64::MAX))?
+        .take(limit)
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    Ok(ids)
+}
+
 /// Deletes up to `limit` of `author`'s comments on this shard (counts stay exact); returns
 /// how many went. Fewer than `limit`: none is left.
 pub fn erase_comments(txn: &WriteTransaction, author: u64, limit: usize) -> Result<usize, CoreError> {

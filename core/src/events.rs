@@ -110,6 +110,19 @@ pub enum Event {
         user_id: u64,
         suspended: bool,
     },
+    /// A user deleted its account (`erasure`): the target shard starts its part of the
+    /// erasure and releases the email claim if it holds it. Variants go only at the end:
+    /// postcard encodes the variant index.
+    AccountErased {
+        user_id: u64,
+        email_key: String,
+    },
+    /// Erasure work for the target shard: relations to forget, conversations to leave
+    /// (`erasure::add_work`).
+    ErasureWork {
+        user_id: u64,
+        items: Vec<(u8, u64)>,
+    },
 }
 
 /// Appends `event` to the history and queues it for each shard in `targets`.
@@ -356,6 +369,12 @@ pub fn apply(
         Event::UserChanged { .. } => {}
         Event::SuspensionChanged { user_id, suspended } => {
             crate::moderation::mirror(txn, *user_id, *suspended, id)?;
+        }
+        Event::AccountErased { user_id, email_key } => {
+            crate::erasure::on_erased(txn, *user_id, email_key, now_ms)?
+        }
+        Event::ErasureWork { user_id, items } => {
+            crate::erasure::add_work(txn, *user_id, items, now_ms)?
         }
     }
     Ok(true)

@@ -12,6 +12,7 @@ pub mod backup;
 mod codec;
 pub mod communication;
 pub mod content;
+pub mod erasure;
 mod error;
 pub mod events;
 pub mod identity;

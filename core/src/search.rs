@@ -943,6 +943,9 @@ pub fn subject(event: &Event) -> Option<Subject> {
         | Event::FollowApproved { .. } => None,
         // A suspension hides results when a query runs (the mirror), nothing is reindexed.
         Event::SuspensionChanged { .. } => None,
+        // An erased user's posts and account are deleted through `PostDeleted` and
+        // `UserChanged`, recorded on its own shard.
+        Event::AccountErased { .. } | Event::ErasureWork { .. } => None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod account;
 mod body;
 mod json;
 mod media;
@@ -12,6 +13,7 @@ mod notify;
 mod routes;
 mod time;
 
+pub use account::*;
 pub use body::*;
 pub use json::{error_body, parse_json, to_json, WireError};
 pub use media::{

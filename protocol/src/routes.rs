@@ -96,6 +96,8 @@ pub enum Route {
     ModGrantModerator(u64),
     ModRevokeModerator(u64),
     ModAudit,
+    DeleteAccount,
+    ExportAccount,
 }
 
 /// Why no route matched.
@@ -199,6 +201,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/moderation/users/{id}/moderator"),
     ("DELETE", "/v1/moderation/users/{id}/moderator"),
     ("GET", "/v1/moderation/audit"),
+    ("DELETE", "/v1/me"),
+    ("GET", "/v1/me/export"),
 ];
 
 impl Route {
@@ -225,7 +229,12 @@ impl Route {
             },
             "/v1/sessions/refresh" => one(Refresh, Method::POST),
             "/v1/sessions/current" => one(Logout, Method::DELETE),
-            "/v1/me" => one(Me, Method::GET),
+            "/v1/me" => match *method {
+                Method::GET => Ok(Me),
+                Method::DELETE => Ok(DeleteAccount),
+                _ => Err(RouteMiss::MethodNotAllowed),
+            },
+            "/v1/me/export" => one(ExportAccount, Method::GET),
             "/v1/me/profile" => one(UpdateProfile, Method::PATCH),
             "/v1/me/preferences" => match *method {
                 Method::GET => Ok(GetPreferences),
@@ -490,6 +499,8 @@ impl Route {
             ModSuspend(_) | ModUnsuspend(_) => "/v1/moderation/users/{id}/suspension",
             ModGrantModerator(_) | ModRevokeModerator(_) => "/v1/moderation/users/{id}/moderator",
             ModAudit => "/v1/moderation/audit",
+            DeleteAccount => "/v1/me",
+            ExportAccount => "/v1/me/export",
         }
     }
 }

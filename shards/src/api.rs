@@ -339,6 +339,9 @@ async fn dispatch(
         | Route::PushSubscriptions
         | Route::PushSubscribe
         | Route::PushUnsubscribe => crate::api_notify::dispatch(shard, route, req, deadline).await,
+        Route::DeleteAccount | Route::ExportAccount => {
+            crate::api_account::dispatch(shard, route, req, peer, deadline).await
+        }
         Route::Search | Route::SearchBody | Route::TagPosts => {
             crate::api_search::dispatch(shard, route, req, deadline).await
         }

@@ -146,6 +146,10 @@ pub struct Config {
     /// How long a search waits for each shard's answer; a shard later than this is left
     /// out and the answer is marked partial.
     pub search_shard_timeout_ms: u64,
+    /// Rows one step of an account erasure touches at most (one write transaction each).
+    pub erasure_batch_rows: usize,
+    /// A user may start one data export per this many seconds (and one at a time).
+    pub export_interval_s: u64,
 }
 
 /// How the SMTP connection is protected.
@@ -250,6 +254,8 @@ impl Default for Config {
             push_subscriptions_per_user_max: 10,
             vapid_subject: "mailto:admin@localhost".to_string(),
             search_shard_timeout_ms: 1_000,
+            erasure_batch_rows: 500,
+            export_interval_s: 60,
         }
     }
 }
@@ -425,6 +431,10 @@ pub struct ServeArgs {
     pub vapid_subject: Option<String>,
     #[arg(long, env = "NOVA_SEARCH_SHARD_TIMEOUT_MS")]
     pub search_shard_timeout_ms: Option<u64>,
+    #[arg(long, env = "NOVA_ERASURE_BATCH_ROWS")]
+    pub erasure_batch_rows: Option<usize>,
+    #[arg(long, env = "NOVA_EXPORT_INTERVAL_S")]
+    pub export_interval_s: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -512,7 +522,9 @@ impl Config {
             push_ttl_s,
             push_subscriptions_per_user_max,
             vapid_subject,
-            search_shard_timeout_ms
+            search_shard_timeout_ms,
+            erasure_batch_rows,
+            export_interval_s
         );
         for (slot, arg) in [
             (&mut cfg.smtp_host, &args.smtp_host),

@@ -2,7 +2,9 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+mod account;
 mod api;
+mod api_account;
 mod api_dsb;
 mod api_media;
 mod api_messages;
@@ -34,6 +36,7 @@ mod shard;
 mod social;
 mod stream;
 mod users_admin;
+mod zip;
 
 use clap::{Parser, Subcommand};
 

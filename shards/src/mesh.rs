@@ -526,6 +526,8 @@ pub enum Op {
     },
     /// Moderation: roles, suspensions, removals, reports, audit (shards/src/moderation.rs).
     Moderation(crate::moderation::ModOp),
+    /// Account export and deletion (shards/src/account.rs).
+    Account(crate::account::AccountOp),
 }
 
 /// A comment with its counts as the viewer sees them.

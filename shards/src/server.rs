@@ -319,6 +319,7 @@ async fn shard_main(start: ShardStart) {
         fresh: crate::notify::Fresh::default(),
         push,
         moderation: crate::moderation::Moderation::default(),
+        account: crate::account::Accounts::default(),
     });
     shard.fresh.listen(Box::new(crate::push::on_fresh));
     shard
@@ -344,6 +345,7 @@ async fn shard_main(start: ShardStart) {
     glommio::spawn_local(crate::media_jobs::requeue_loop(Rc::clone(&shard))).detach();
     glommio::spawn_local(Rc::clone(&shard).sweep_loop()).detach();
     glommio::spawn_local(Rc::clone(&shard).indexer_loop()).detach();
+    glommio::spawn_local(Rc::clone(&shard).erasure_loop()).detach();
     let _ = ready.send(Ok(()));
     mesh_loop.await;
 }

@@ -104,6 +104,8 @@ pub struct Shard {
     pub push: crate::push::Push,
     /// The suspended users, as this shard's mirror says (shards/src/moderation.rs).
     pub moderation: crate::moderation::Moderation,
+    /// Export slots and the erasure loop's wake-up (shards/src/account.rs).
+    pub account: crate::account::Accounts,
 }
 
 /// The owner of a username, with what a mention of it records.
@@ -374,6 +376,7 @@ impl Shard {
             media if media.is_media() => crate::media_jobs::serve(&self, media).await,
             Op::Notify(op) => self.serve_notify(op).await,
             Op::Moderation(op) => self.serve_moderation(op, deadline).await,
+            Op::Account(op) => self.serve_account(op, deadline).await,
             search @ (Op::SearchMutes { .. }
             | Op::SearchPosts { .. }
             | Op::SearchAccounts { .. }
