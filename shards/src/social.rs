@@ -1484,7 +1484,10 @@ impl Shard {
 /// Events no request delivers itself: the relay sends them as soon as it runs, in id order
 /// per target (a conversation's messages arrive in order).
 fn relay_only(event: &Event) -> bool {
-    matches!(event, Event::MessagePosted { .. })
+    matches!(
+        event,
+        Event::MessagePosted { .. } | Event::AccountErased { .. } | Event::ErasureWork { .. }
+    )
 }
 
 fn comment_info(

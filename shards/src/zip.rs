@@ -55,6 +55,7 @@ impl ZipWriter {
             return Err(ZipFull);
         }
         let offset = self.written;
+        let ended = out.len() as u64;
         out.put_u32_le(LOCAL_HEADER);
         out.put_u16_le(VERSION);
         out.put_u16_le(FLAGS);
@@ -73,7 +74,7 @@ impl ZipWriter {
             size: 0,
             offset,
         });
-        self.count(out.len() as u64)?;
+        self.count(out.len() as u64 - ended)?;
         Ok(out.freeze())
     }
 
@@ -165,6 +166,32 @@ impl ZipWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two entries: every offset the central directory gives points at a local header.
+    #[test]
+    fn offsets_point_at_headers() {
+        let mut z = ZipWriter::default();
+        let mut all = Vec::new();
+        for (name, data) in [("a", &b"one"[..]), ("bb", &b"second"[..])] {
+            all.extend_from_slice(&z.begin(name).unwrap());
+            z.data(data).unwrap();
+            all.extend_from_slice(data);
+        }
+        all.extend_from_slice(&z.finish().unwrap());
+        let end = &all[all.len() - 22..];
+        let cd_size = u32::from_le_bytes([end[12], end[13], end[14], end[15]]) as usize;
+        let cd_start = u32::from_le_bytes([end[16], end[17], end[18], end[19]]) as usize;
+        assert_eq!(cd_start + cd_size + 22, all.len());
+        let mut at = cd_start;
+        for _ in 0..2 {
+            let h = &all[at..];
+            assert_eq!(&h[..4], &CENTRAL_HEADER.to_le_bytes());
+            let name_len = u16::from_le_bytes([h[28], h[29]]) as usize;
+            let offset = u32::from_le_bytes([h[42], h[43], h[44], h[45]]) as usize;
+            assert_eq!(&all[offset..offset + 4], &LOCAL_HEADER.to_le_bytes());
+            at += 46 + name_len;
+        }
+    }
 
     /// The layout checked by hand against APPNOTE: one entry "a" holding "hi".
     #[test]
