@@ -777,7 +777,10 @@ pub fn comments_by(
     };
     let start = after.map_or(0, |a| a.saturating_add(1));
     let mut out = Vec::with_capacity(limit);
-    for row in index.range((author, start)..=(author, u64::MAX))?.take(limit) {
+    for row in index
+        .range((author, start)..=(author, u64::MAX))?
+        .take(limit)
+    {
         if let Some(c) = comment(read, row?.0.value().1)? {
             out.push(c);
         }
@@ -809,7 +812,11 @@ pub fn likes_by(
 }
 
 /// The first `limit` of `author`'s post ids, inside a write (account erasure).
-pub fn post_ids_in(txn: &WriteTransaction, author: u64, limit: usize) -> Result<Vec<u64>, CoreError> {
+pub fn post_ids_in(
+    txn: &WriteTransaction,
+    author: u64,
+    limit: usize,
+) -> Result<Vec<u64>, CoreError> {
     let table = txn.open_table(USER_POSTS)?;
     let ids = table
         .range((author, 0)..=(author, u64::MAX))?
@@ -821,7 +828,11 @@ pub fn post_ids_in(txn: &WriteTransaction, author: u64, limit: usize) -> Result<
 
 /// Deletes up to `limit` of `author`'s comments on this shard (counts stay exact); returns
 /// how many went. Fewer than `limit`: none is left.
-pub fn erase_comments(txn: &WriteTransaction, author: u64, limit: usize) -> Result<usize, CoreError> {
+pub fn erase_comments(
+    txn: &WriteTransaction,
+    author: u64,
+    limit: usize,
+) -> Result<usize, CoreError> {
     let ids: Vec<u64> = txn
         .open_table(USER_COMMENTS)?
         .range((author, 0)..=(author, u64::MAX))?

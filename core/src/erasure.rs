@@ -152,7 +152,11 @@ fn new_job(user: u64, home: bool, email_key: &str, stage: Stage, now_ms: u64) ->
 
 /// On the erased user's shard, in the transaction that erased the account: starts the job
 /// and releases the email claim if this shard holds it.
-pub fn begin(txn: &WriteTransaction, erased: &identity::Erased, now_ms: u64) -> Result<(), CoreError> {
+pub fn begin(
+    txn: &WriteTransaction,
+    erased: &identity::Erased,
+    now_ms: u64,
+) -> Result<(), CoreError> {
     let user = erased.user.id;
     identity::release_email(txn, &erased.email_key, user)?;
     if load(txn, user)?.is_none() {

@@ -971,7 +971,11 @@ pub fn erase_feed(txn: &WriteTransaction, reader: u64, limit: usize) -> Result<u
     let mut copies = txn.open_table(POST_COPIES)?;
     for post in &items {
         index.remove((*post, reader))?;
-        if index.range((*post, 0)..=(*post, u64::MAX))?.next().is_none() {
+        if index
+            .range((*post, 0)..=(*post, u64::MAX))?
+            .next()
+            .is_none()
+        {
             copies.remove(*post)?;
         }
     }

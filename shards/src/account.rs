@@ -227,7 +227,8 @@ impl Shard {
         let interval = self.cfg.export_interval_s;
         let mut exports = self.account.exports.borrow_mut();
         exports.retain(|_, (running, at)| {
-            now_s.saturating_sub(*at) < interval.max(EXPORT_SLOT_STALE_S) && (*running || now_s.saturating_sub(*at) < interval)
+            now_s.saturating_sub(*at) < interval.max(EXPORT_SLOT_STALE_S)
+                && (*running || now_s.saturating_sub(*at) < interval)
         });
         if let Some((running, at)) = exports.get(&user_id) {
             let wait = interval.saturating_sub(now_s.saturating_sub(*at));
@@ -309,7 +310,10 @@ impl Shard {
                         edited_at: c.edited_ms.map(rfc3339),
                     }));
                 }
-                page.next = comments.last().map(|c| c.id).filter(|_| comments.len() >= n);
+                page.next = comments
+                    .last()
+                    .map(|c| c.id)
+                    .filter(|_| comments.len() >= n);
             }
             Part::Conversations => {
                 page.ids = self.read(|r| messages::conversations_of(r, user_id, after, n))?;
@@ -342,9 +346,8 @@ impl Shard {
                 page.next = list.last().map(|m| m.id).filter(|_| list.len() >= n);
             }
             Part::Relation(which) => {
-                let rows = self.read(|r| {
-                    nova_core::social::relation_page(r, user_id, which, after, n)
-                })?;
+                let rows =
+                    self.read(|r| nova_core::social::relation_page(r, user_id, which, after, n))?;
                 for (other, ms) in &rows {
                     page.items.push(json(&wire::ExportRelation {
                         user_id: other.to_string(),
@@ -695,7 +698,9 @@ async fn blob_into(
             .map_err(|e| Stop::Failed(format!("blob {blob}: {e}")))?;
         if buf.is_empty() {
             let _ = file.close().await;
-            return Err(Stop::Failed(format!("blob {blob} is shorter than its record")));
+            return Err(Stop::Failed(format!(
+                "blob {blob} is shorter than its record"
+            )));
         }
         pos += buf.len() as u64;
         out.data(Bytes::copy_from_slice(&buf)).await?;

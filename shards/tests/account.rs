@@ -52,7 +52,17 @@ fn id_of(resp: &Resp, path: &str) -> u64 {
 fn tiny_jpeg(dir: &Path) -> Option<Vec<u8>> {
     let out = dir.join("tiny.jpg");
     let status = std::process::Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=red:s=32x24", "-frames:v", "1"])
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=red:s=32x24",
+            "-frames:v",
+            "1",
+        ])
         .arg(&out)
         .status()
         .ok()?;
@@ -79,23 +89,48 @@ fn cast(server: &Server, with_media: bool) -> Cast {
         .expect(200);
     for f in [&follower, &local] {
         server
-            .call("POST", &format!("/v1/users/{}/follow", d.id()), f.auth(), None)
+            .call(
+                "POST",
+                &format!("/v1/users/{}/follow", d.id()),
+                f.auth(),
+                None,
+            )
             .expect(200);
     }
     for other in [&follower, &commenter] {
         server
-            .call("POST", &format!("/v1/users/{}/follow", other.id()), d.auth(), None)
+            .call(
+                "POST",
+                &format!("/v1/users/{}/follow", other.id()),
+                d.auth(),
+                None,
+            )
             .expect(200);
     }
     server
-        .call("POST", &format!("/v1/users/{}/block", blocked.id()), d.auth(), None)
+        .call(
+            "POST",
+            &format!("/v1/users/{}/block", blocked.id()),
+            d.auth(),
+            None,
+        )
         .expect(200);
     server
-        .call("POST", &format!("/v1/users/{}/mute", muted.id()), d.auth(), None)
+        .call(
+            "POST",
+            &format!("/v1/users/{}/mute", muted.id()),
+            d.auth(),
+            None,
+        )
         .expect(200);
     // The muted user mutes d back: a mirror-less row on the other shard.
     server
-        .call("POST", &format!("/v1/users/{}/mute", d.id()), muted.auth(), None)
+        .call(
+            "POST",
+            &format!("/v1/users/{}/mute", d.id()),
+            muted.auth(),
+            None,
+        )
         .expect(200);
 
     let mut d_posts = Vec::new();
@@ -112,7 +147,12 @@ fn cast(server: &Server, with_media: bool) -> Cast {
     resp.expect(201);
     let their_post = id_of(&resp, "post.id");
     server
-        .call("POST", &format!("/v1/posts/{their_post}/like"), d.auth(), None)
+        .call(
+            "POST",
+            &format!("/v1/posts/{their_post}/like"),
+            d.auth(),
+            None,
+        )
         .expect(200);
     let resp = server.post(
         &format!("/v1/posts/{their_post}/comments"),
@@ -129,7 +169,12 @@ fn cast(server: &Server, with_media: bool) -> Cast {
     resp.expect(201);
     let on_d_post = id_of(&resp, "comment.id");
     server
-        .call("POST", &format!("/v1/posts/{}/like", d_posts[0]), commenter.auth(), None)
+        .call(
+            "POST",
+            &format!("/v1/posts/{}/like", d_posts[0]),
+            commenter.auth(),
+            None,
+        )
         .expect(200);
 
     let resp = server.post(
@@ -221,7 +266,11 @@ fn unzip(bytes: &[u8], dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if path.is_dir() {
                 stack.push(path);
             } else {
-                let name = path.strip_prefix(&out).unwrap().to_string_lossy().to_string();
+                let name = path
+                    .strip_prefix(&out)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
                 files.insert(name, std::fs::read(&path).unwrap());
             }
         }
@@ -231,9 +280,8 @@ fn unzip(bytes: &[u8], dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 fn parse(bytes: &[u8]) -> Json {
     let mut copy = bytes.to_vec();
-    simd_json::to_owned_value(&mut copy).unwrap_or_else(|e| {
-        panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes))
-    })
+    simd_json::to_owned_value(&mut copy)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
 }
 
 fn ids(list: &Json, key: &str) -> Vec<u64> {
@@ -351,7 +399,10 @@ fn export_holds_everything_file_by_file() {
         media.as_array().unwrap()[0].get("file").unwrap().as_str(),
         Some(media_name.as_str())
     );
-    assert_eq!(files[&media_name], media_bytes, "the original, byte for byte");
+    assert_eq!(
+        files[&media_name], media_bytes,
+        "the original, byte for byte"
+    );
 
     // One export per interval: the next one waits, with Retry-After.
     let again = server.get("/v1/me/export", c.d.auth());
@@ -369,7 +420,12 @@ fn deletion_leaves_nothing_readable() {
 
     // Wrong password (or none): refused, nothing deleted.
     server
-        .call("DELETE", "/v1/me", d.auth(), Some(json!({"password": "not-it"})))
+        .call(
+            "DELETE",
+            "/v1/me",
+            d.auth(),
+            Some(json!({"password": "not-it"})),
+        )
         .expect_error(403, "wrong_password");
     server
         .call("DELETE", "/v1/me", d.auth(), Some(json!({})))
@@ -413,7 +469,8 @@ fn deletion_leaves_nothing_readable() {
                 == 404
         });
         let feed = server.get("/v1/timelines/home?limit=100", c.follower.auth());
-        let feed_clean = feed.status == 200 && !item_ids(&feed).iter().any(|p| c.d_posts.contains(p));
+        let feed_clean =
+            feed.status == 200 && !item_ids(&feed).iter().any(|p| c.d_posts.contains(p));
         let notes = server.get("/v1/notifications?limit=100", c.commenter.auth());
         let notes_clean = notes.status == 200
             && !notes.at("items").as_array().unwrap().iter().any(|n| {
@@ -427,7 +484,10 @@ fn deletion_leaves_nothing_readable() {
 
     // Comments on the erased user's posts went with them; its comment elsewhere too.
     server
-        .get(&format!("/v1/posts/{}/comments", c.d_posts[0]), c.commenter.auth())
+        .get(
+            &format!("/v1/posts/{}/comments", c.d_posts[0]),
+            c.commenter.auth(),
+        )
         .expect(404);
     let _ = c.on_d_post;
     let comments = server.get(
@@ -439,14 +499,26 @@ fn deletion_leaves_nothing_readable() {
 
     // Lists on both shards.
     for (who, path) in [
-        (&c.follower, format!("/v1/users/{}/following", c.follower.id())),
-        (&c.follower, format!("/v1/users/{}/followers", c.follower.id())),
+        (
+            &c.follower,
+            format!("/v1/users/{}/following", c.follower.id()),
+        ),
+        (
+            &c.follower,
+            format!("/v1/users/{}/followers", c.follower.id()),
+        ),
         (&c.local, format!("/v1/users/{}/following", c.local.id())),
-        (&c.commenter, format!("/v1/users/{}/followers", c.commenter.id())),
+        (
+            &c.commenter,
+            format!("/v1/users/{}/followers", c.commenter.id()),
+        ),
     ] {
         let resp = server.get(&path, who.auth());
         resp.expect(200);
-        assert!(!item_ids(&resp).contains(&d.id()), "{path} still lists the user");
+        assert!(
+            !item_ids(&resp).contains(&d.id()),
+            "{path} still lists the user"
+        );
     }
     let follower = server.get(&format!("/v1/users/{}", c.follower.id()), c.follower.auth());
     assert_eq!(follower.at("user.following_count").as_u64(), Some(0));
