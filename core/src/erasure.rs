@@ -474,3 +474,168 @@ pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError
     c.copy(WORK)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use redb::backends::InMemoryBackend;
+    use redb::{Database, ReadableDatabase};
+
+    use super::*;
+    use crate::content::{Comment, Post, Visibility};
+    use crate::identity::{Context, DisplayName, Email, NewUser, Username};
+    use crate::IdGen;
+
+    fn post(id: u64, author: u64) -> Post {
+        Post {
+            id,
+            author_id: author,
+            author_username: "a".into(),
+            author_display_name: String::new(),
+            text: "hi".into(),
+            visibility: Visibility::Public,
+            reply_to: None,
+            mentions: Vec::new(),
+            hashtags: Vec::new(),
+            urls: Vec::new(),
+            created_ms: 0,
+            edited_ms: None,
+            post_type: 0,
+            media: Vec::new(),
+            author_external_id: None,
+            fanned_to: Vec::new(),
+        }
+    }
+
+    fn comment(id: u64, post_id: u64, author: u64) -> Comment {
+        Comment {
+            id,
+            post_id,
+            author_id: author,
+            author_username: "c".into(),
+            author_display_name: String::new(),
+            text: "c".into(),
+            parent: None,
+            depth: 0,
+            created_ms: 0,
+            edited_ms: None,
+        }
+    }
+
+    /// A user with posts, comments, likes and relations on a one-shard database is erased in
+    /// many one-row steps; afterwards the other users' counts are exact and nothing of the
+    /// user is left in any table a reader looks at.
+    #[test]
+    fn erasure_in_small_steps_leaves_counts_exact() {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let mut ids = IdGen::new(0);
+        let mut next = || ids.next(1_000);
+        let (d, x, y, z) = (next(), next(), next(), next());
+        let ctx = Context {
+            now_ms: 1_000,
+            ip: "127.0.0.1".into(),
+            log_id: next(),
+        };
+        let txn = db.begin_write().unwrap();
+        let new = NewUser {
+            id: d,
+            username: Username::parse("erased_one").unwrap(),
+            email: Email::parse("Erased@Example.com").unwrap(),
+            display_name: DisplayName::parse("E").unwrap(),
+            password_hash: "x".into(),
+            email_id: next(),
+            verify_ttl_ms: 1,
+        };
+        crate::identity::create_user(&txn, &ctx, new).unwrap();
+        let email = Email::parse("Erased@Example.com").unwrap();
+        crate::identity::claim_email(&txn, &email, d, 1_000, None).unwrap();
+        let d_posts: Vec<u64> = (0..5).map(|_| next()).collect();
+        for p in &d_posts {
+            content::insert_post(&txn, &post(*p, d), None).unwrap();
+        }
+        let x_post = next();
+        content::insert_post(&txn, &post(x_post, x), None).unwrap();
+        // x comments on d's post, d on x's (twice), likes both ways.
+        content::add_comment(&txn, comment(next(), d_posts[0], x)).unwrap();
+        content::add_comment(&txn, comment(next(), x_post, d)).unwrap();
+        content::add_comment(&txn, comment(next(), x_post, d)).unwrap();
+        let x_comment = next();
+        content::add_comment(&txn, comment(x_comment, x_post, x)).unwrap();
+        content::set_like(&txn, x_post, d, false, true, 0).unwrap();
+        content::set_like(&txn, x_comment, d, true, true, 0).unwrap();
+        content::set_like(&txn, d_posts[1], x, false, true, 0).unwrap();
+        // Follows both ways with x, d blocks y, z mutes d, d asked z to follow.
+        social::follow(&txn, d, x, 0).unwrap();
+        social::add_follower(&txn, x, d, 0).unwrap();
+        social::follow(&txn, x, d, 0).unwrap();
+        social::add_follower(&txn, d, x, 0).unwrap();
+        social::block(&txn, d, y, 0).unwrap();
+        social::apply_blocked(&txn, d, y, 0).unwrap();
+        social::set_mute(&txn, z, d, true, 0).unwrap();
+        social::request_follow(&txn, z, d, 0).unwrap();
+        txn.commit().unwrap();
+
+        let txn = db.begin_write().unwrap();
+        let erased = crate::identity::erase_user(&txn, &ctx, d, next(), &["dsb"]).unwrap();
+        assert_eq!(erased.email_key, "erased@example.com");
+        begin(&txn, &erased, 1_000).unwrap();
+        txn.commit().unwrap();
+
+        let lim = Limits {
+            here: 0,
+            shards: 1,
+            batch: 1,
+            now_ms: 2_000,
+        };
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 200, "the erasure does not end");
+            let txn = db.begin_write().unwrap();
+            let reserve: Vec<u64> = (0..3).map(|_| next()).collect();
+            let s = step(&txn, d, &lim, &mut EventIds(reserve)).unwrap();
+            txn.commit().unwrap();
+            assert!(s.rows <= 2, "a step of batch 1 touched {} rows", s.rows);
+            if s.done {
+                break;
+            }
+        }
+        assert!(steps > 10, "one-row batches take many steps ({steps})");
+
+        let r = db.begin_read().unwrap();
+        assert!(crate::identity::user(&r, d).unwrap().is_none());
+        assert!(crate::identity::user_by_username(&r, "erased_one")
+            .unwrap()
+            .is_none());
+        assert!(crate::identity::email_claim(&r, "erased@example.com")
+            .unwrap()
+            .is_none());
+        assert!(pending(&r, 10).unwrap().is_empty());
+        for p in &d_posts {
+            assert!(content::post(&r, *p).unwrap().is_none());
+        }
+        // x's post: no like and no comment of d left; x's own comment stays, unliked.
+        assert_eq!(content::counts(&r, x_post).unwrap(), (0, 1));
+        assert_eq!(content::counts(&r, x_comment).unwrap(), (0, 0));
+        assert!(content::comments_by(&r, d, None, 10).unwrap().is_empty());
+        assert!(content::likes_by(&r, d, None, 10).unwrap().is_empty());
+        assert_eq!(social::counts(&r, x).unwrap(), (0, 0));
+        for which in [
+            social::Relation::Following,
+            social::Relation::Followers,
+            social::Relation::Blocks,
+            social::Relation::Mutes,
+        ] {
+            assert!(social::relation_page(&r, d, which, None, 10)
+                .unwrap()
+                .is_empty());
+            assert!(social::relation_page(&r, x, which, None, 10)
+                .unwrap()
+                .is_empty());
+        }
+        assert!(!social::mutes(&r, z, d).unwrap());
+        assert!(!social::requested(&r, z, d).unwrap());
+        assert!(!social::blocked_either_way(&r, y, d).unwrap());
+    }
+}
