@@ -260,12 +260,16 @@ pub fn step(
     // Does the stage have more to do?
     let more = match job.stage {
         Stage::Account => {
-            profiles::erase_user(txn, user)?;
-            let subs = push::erase_user(txn, user, n)?;
-            if !job.email_key.is_empty() {
-                communication::drop_emails_to(txn, &job.email_key, EMAILS_SCANNED_MAX)?;
+            // The one-shot parts run in the stage's first step only (cursor.0 marks them).
+            if job.cursor.0 == 0 {
+                profiles::erase_user(txn, user)?;
+                if !job.email_key.is_empty() {
+                    communication::drop_emails_to(txn, &job.email_key, EMAILS_SCANNED_MAX)?;
+                }
+                notifications::erase_recipient(txn, user)?;
+                job.cursor.0 = 1;
             }
-            notifications::erase_recipient(txn, user)?;
+            let subs = push::erase_user(txn, user, n)?;
             let feed = social::erase_feed(txn, user, n)?;
             out.rows = subs + feed;
             subs >= n || feed >= n
@@ -450,7 +454,8 @@ fn drain_work(txn: &WriteTransaction, user: u64, limit: usize) -> Result<(usize,
                     }
                     None => {
                         txn.open_table(WORK)?.remove((user, kind, item))?;
-                        units += room.min(limit).max(1);
+                        // Up to `room` messages were looked at: the step's budget is spent.
+                        units = limit;
                     }
                 }
             }

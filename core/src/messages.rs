@@ -565,8 +565,87 @@ pub fn erase_sender(
         return Ok(ids.last().map(|l| l.saturating_add(1)));
     }
     match leave(txn, conversation, user) {
+        Ok(Some(mut c)) if c.creator == user => {
+            c.creator = ERASED_SENDER;
+            txn.open_table(CONVERSATIONS)?
+                .insert(conversation, encode(&c).as_slice())?;
+            Ok(None)
+        }
         Ok(_) | Err(CoreError::NotFound) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod erase_tests {
+    use redb::backends::InMemoryBackend;
+    use redb::{Database, ReadableDatabase};
+
+    use super::*;
+
+    #[test]
+    fn erase_sender_anonymises_in_batches_then_leaves() {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let (conv, d, p) = (100, 1, 2);
+        let txn = db.begin_write().unwrap();
+        create(
+            &txn,
+            &Conversation {
+                id: conv,
+                creator: d,
+                participants: vec![d, p],
+                created_ms: 0,
+                last_ms: 0,
+                last_message: None,
+            },
+        )
+        .unwrap();
+        for i in 0..5u64 {
+            let sender = if i % 2 == 0 { d } else { p };
+            let m = Message {
+                id: 200 + i,
+                conversation: conv,
+                sender,
+                sender_username: "n".into(),
+                sender_display_name: "N".into(),
+                text: format!("text {i}"),
+                media_ids: vec![9],
+                created_ms: i,
+                edited_ms: None,
+            };
+            post(&txn, &m, None).unwrap();
+        }
+        txn.commit().unwrap();
+        let mut cursor = 0;
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            let txn = db.begin_write().unwrap();
+            let next = erase_sender(&txn, conv, d, cursor, 2).unwrap();
+            txn.commit().unwrap();
+            match next {
+                Some(c) => cursor = c,
+                None => break,
+            }
+        }
+        assert_eq!(steps, 3);
+        let r = db.begin_read().unwrap();
+        let c = conversation_for(&r, conv, p).unwrap();
+        assert_eq!(c.participants, vec![p]);
+        assert_eq!(c.creator, ERASED_SENDER);
+        for i in 0..5u64 {
+            let m = message(&r, 200 + i).unwrap().unwrap();
+            if i % 2 == 0 {
+                assert_eq!(m.sender, ERASED_SENDER);
+                assert!(m.text.is_empty() && m.media_ids.is_empty());
+                assert_eq!(m.sender_username, ERASED_USERNAME);
+            } else {
+                assert_eq!(m.sender, p);
+                assert_eq!(m.text, format!("text {i}"));
+            }
+        }
     }
 }
 

@@ -18,6 +18,8 @@ use std::time::Duration;
 use common::*;
 use simd_json::json;
 
+/// Posts of the erased user in the crash test (one erasure step each).
+const POSTS_BEFORE_KILL: usize = 100;
 /// How long the background erasure may take to reach every shard.
 const ERASURE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -592,10 +594,10 @@ fn deletion_leaves_nothing_readable() {
 #[test]
 fn deletion_completes_after_sigkill() {
     // Tiny batches: the erasure takes many steps, so the kill lands in the middle of it.
-    let mut server = Server::start(&["--erasure-batch-rows", "2"]);
+    let mut server = Server::start(&["--erasure-batch-rows", "1"]);
     let c = cast(&server, false);
     let d = &c.d;
-    for i in 0..20 {
+    for i in 0..POSTS_BEFORE_KILL {
         server
             .post("/v1/posts", d.auth(), json!({"text": format!("more {i}")}))
             .expect(201);
@@ -624,6 +626,16 @@ fn deletion_completes_after_sigkill() {
             && posts.at("user.followers_count").as_u64() == Some(0)
     });
     assert!(settled, "the erasure did not finish after the restart");
+    // The kill landed in the middle: the user's own shard finished its job after the restart
+    // (one post per step, so the job outlives the answer by far more than the kill takes).
+    let resumed = wait_until(ERASURE_TIMEOUT, || {
+        server
+            .stderr_text()
+            .lines()
+            .chain(server.stdout_lines().iter().map(String::as_str))
+            .any(|l| l.contains("erasure finished here") && l.contains("shard=0"))
+    });
+    assert!(resumed, "no erasure job was resumed after the restart");
     server
         .get(&format!("/v1/users/{}", d.id()), c.follower.auth())
         .expect(404);
