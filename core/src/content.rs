@@ -374,6 +374,7 @@ pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError
     c.copy(POST_VIEWS)?;
     c.copy(USER_COMMENTS)?;
     c.copy(USER_LIKES)?;
+    c.copy(CONTENT_META)?;
     Ok(())
 }
 
@@ -471,6 +472,67 @@ mod tests {
         assert_eq!(counts(&read, 20).unwrap(), (1, 0));
     }
 
+    /// Rows written before the per-user indexes existed are indexed by the one-time build.
+    #[test]
+    fn user_indexes_are_built_for_older_rows() {
+        use redb::backends::InMemoryBackend;
+        use redb::{Database, ReadableDatabase};
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            // As an older version wrote them: no index rows.
+            let mut comments = txn.open_table(COMMENTS).unwrap();
+            for (id, author) in [(11u64, 7u64), (12, 8), (13, 7)] {
+                let c = Comment {
+                    id,
+                    post_id: 10,
+                    author_id: author,
+                    author_username: "x".into(),
+                    author_display_name: String::new(),
+                    text: "t".into(),
+                    parent: None,
+                    depth: 0,
+                    created_ms: 0,
+                    edited_ms: None,
+                };
+                comments.insert(id, encode(&c).as_slice()).unwrap();
+            }
+            let mut likes = txn.open_table(POST_LIKES).unwrap();
+            likes.insert((10, 7), 0).unwrap();
+            likes.insert((20, 7), 0).unwrap();
+            txn.open_table(COMMENT_LIKES)
+                .unwrap()
+                .insert((12, 7), 0)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 50);
+            let txn = db.begin_write().unwrap();
+            let more = index_users_step(&txn, 1).unwrap();
+            txn.commit().unwrap();
+            if !more {
+                break;
+            }
+        }
+        let read = db.begin_read().unwrap();
+        assert!(users_indexed(&read).unwrap());
+        let mine: Vec<u64> = comments_by(&read, 7, None, 10)
+            .unwrap()
+            .iter()
+            .map(|c| c.id)
+            .collect();
+        assert_eq!(mine, vec![11, 13]);
+        assert_eq!(
+            likes_by(&read, 7, None, 10).unwrap(),
+            vec![(10, false), (12, true), (20, false)]
+        );
+    }
+
     fn post_of(read: &ReadTransaction, id: u64) -> Option<Post> {
         super::post(read, id).unwrap()
     }
@@ -496,6 +558,9 @@ const POST_VIEWS: TableDefinition<u64, u64> = TableDefinition::new("post_views")
 const USER_COMMENTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("user_comments");
 /// (user, post or comment id) -> 1 for a comment, 0 for a post : a user's likes on this shard
 const USER_LIKES: TableDefinition<(u64, u64), u8> = TableDefinition::new("user_likes");
+/// name -> value : how far the one-time build of `user_comments`/`user_likes` over rows
+/// written before they existed has come (`index_users_step`)
+const CONTENT_META: TableDefinition<&str, u64> = TableDefinition::new("content_meta");
 
 pub const COMMENT_CHARS_MAX: usize = 2000;
 /// How deep replies to comments nest.
@@ -809,6 +874,93 @@ pub fn likes_by(
                 .map_err(Into::into)
         })
         .collect()
+}
+
+/// Is the one-time build of the per-user indexes finished?
+pub fn users_indexed(read: &ReadTransaction) -> Result<bool, CoreError> {
+    let table = match read.open_table(CONTENT_META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let done = table.get("user_index_done")?.is_some();
+    Ok(done)
+}
+
+/// One step of the one-time build of `user_comments` and `user_likes` from the rows of a
+/// data dir older than them: looks at up to `limit` rows of `comments`, then
+/// `comment_likes`, then `post_likes`, from where the last step stopped (kept in
+/// `content_meta`). Returns whether more is left. Indexing a row twice changes nothing.
+pub fn index_users_step(txn: &WriteTransaction, limit: usize) -> Result<bool, CoreError> {
+    let meta = txn.open_table(CONTENT_META)?;
+    if meta.get("user_index_done")?.is_some() {
+        return Ok(false);
+    }
+    let table = meta.get("user_index_table")?.map_or(0, |v| v.value());
+    let a = meta.get("user_index_a")?.map_or(0, |v| v.value());
+    let b = meta.get("user_index_b")?.map_or(0, |v| v.value());
+    drop(meta);
+    let (seen, last) = match table {
+        0 => {
+            let rows: Vec<(u64, u64)> = txn
+                .open_table(COMMENTS)?
+                .range(a..)?
+                .take(limit)
+                .map(|r| {
+                    r.map_err(CoreError::from)
+                        .and_then(|(k, v)| Ok((k.value(), decode::<Comment>(v.value())?.author_id)))
+                })
+                .collect::<Result<_, _>>()?;
+            let mut index = txn.open_table(USER_COMMENTS)?;
+            for (id, author) in &rows {
+                index.insert((*author, *id), ())?;
+            }
+            (rows.len(), rows.last().map(|(id, _)| (*id, 0)))
+        }
+        1 | 2 => {
+            let def = if table == 1 {
+                COMMENT_LIKES
+            } else {
+                POST_LIKES
+            };
+            let rows: Vec<(u64, u64)> = txn
+                .open_table(def)?
+                .range((a, b)..)?
+                .take(limit)
+                .map(|r| r.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?;
+            let mut index = txn.open_table(USER_LIKES)?;
+            for (id, user) in &rows {
+                index.insert((*user, *id), u8::from(table == 1))?;
+            }
+            (rows.len(), rows.last().copied())
+        }
+        _ => (0, None),
+    };
+    let mut meta = txn.open_table(CONTENT_META)?;
+    if seen < limit {
+        if table >= 2 {
+            meta.insert("user_index_done", 1)?;
+            return Ok(false);
+        }
+        meta.insert("user_index_table", table + 1)?;
+        meta.insert("user_index_a", 0)?;
+        meta.insert("user_index_b", 0)?;
+        return Ok(true);
+    }
+    // Go on just after the last row seen.
+    let (la, lb) = last.unwrap_or((u64::MAX, u64::MAX));
+    let (na, nb) = if table == 0 {
+        (la.saturating_add(1), 0)
+    } else {
+        match lb.checked_add(1) {
+            Some(n) => (la, n),
+            None => (la.saturating_add(1), 0),
+        }
+    };
+    meta.insert("user_index_a", na)?;
+    meta.insert("user_index_b", nb)?;
+    Ok(true)
 }
 
 /// The first `limit` of `author`'s post ids, inside a write (account erasure).

@@ -382,6 +382,7 @@ impl Shard {
     /// The erasure loop: works through this shard's erasure jobs, one bounded transaction per
     /// step, until none is left; then sleeps until kicked or the next period.
     pub async fn erasure_loop(self: Rc<Self>) {
+        self.index_users().await;
         loop {
             futures_lite::future::or(glommio::timer::sleep(ERASURE_PERIOD), self.account.kicked())
                 .await;
@@ -394,6 +395,34 @@ impl Shard {
             };
             for user in users {
                 self.erase_steps(user).await;
+            }
+        }
+    }
+
+    /// Builds the per-user comment and like indexes over rows older than them (once per data
+    /// dir, in steps like the erasure's), before any erasure job runs.
+    async fn index_users(self: &Rc<Self>) {
+        match self.read(content::users_indexed) {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the user index state failed");
+                return;
+            }
+        }
+        let batch = self.cfg.erasure_batch_rows.max(1);
+        loop {
+            let more = self
+                .partition
+                .write(move |t| content::index_users_step(t, batch))
+                .await;
+            match more {
+                Ok(true) => glommio::timer::sleep(ERASURE_PAUSE).await,
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "building the user index failed; next start retries");
+                    return;
+                }
             }
         }
     }
