@@ -226,9 +226,15 @@ impl Shard {
         let now_s = now_ms() / 1000;
         let interval = self.cfg.export_interval_s;
         let mut exports = self.account.exports.borrow_mut();
+        // Forget finished exports past the interval, and running ones whose producer must
+        // have died (a slot is memory only: a restart forgets them all).
         exports.retain(|_, (running, at)| {
-            now_s.saturating_sub(*at) < interval.max(EXPORT_SLOT_STALE_S)
-                && (*running || now_s.saturating_sub(*at) < interval)
+            let age = now_s.saturating_sub(*at);
+            if *running {
+                age < EXPORT_SLOT_STALE_S
+            } else {
+                age < interval
+            }
         });
         if let Some((running, at)) = exports.get(&user_id) {
             let wait = interval.saturating_sub(now_s.saturating_sub(*at));
