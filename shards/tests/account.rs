@@ -280,6 +280,17 @@ fn unzip(bytes: &[u8], dir: &Path) -> BTreeMap<String, Vec<u8>> {
     files
 }
 
+/// Files in a blob store's two-letter fan-out directories.
+fn blob_files(store: &Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(store) else {
+        return 0;
+    };
+    dirs.flatten()
+        .filter(|d| d.file_name().len() == 2 && d.path().is_dir())
+        .map(|d| std::fs::read_dir(d.path()).map_or(0, |f| f.count()))
+        .sum()
+}
+
 fn parse(bytes: &[u8]) -> Json {
     let mut copy = bytes.to_vec();
     simd_json::to_owned_value(&mut copy)
@@ -436,6 +447,12 @@ fn deletion_leaves_nothing_readable() {
     server
         .get(&format!("/v1/posts/{}", c.d_posts[0]), c.follower.auth())
         .expect(200);
+    let store = server.launch().data_dir().join("media").join("shard-0");
+    assert!(
+        blob_files(&store) > 0,
+        "the upload left no blob in {}",
+        store.display()
+    );
 
     server
         .call(
@@ -572,11 +589,18 @@ fn deletion_leaves_nothing_readable() {
     );
     assert!(msgs.text().contains("hi back") && !msgs.text().contains("secret hello"));
 
-    // Media: gone.
+    // Media: gone, and its blobs (original and renditions) freed: the erased user was the
+    // only uploader of its shard.
     let (media_id, _) = c.media.clone().unwrap();
     server
         .get(&format!("/v1/media/{media_id}"), c.follower.auth())
         .expect(404);
+    let store = server.launch().data_dir().join("media").join("shard-0");
+    assert!(
+        wait_until(ERASURE_TIMEOUT, || blob_files(&store) == 0),
+        "blobs left in {}",
+        store.display()
+    );
 
     // The muted user's mute of the erased user went too (a walk of the mutes table).
     let _ = (&c.blocked, &c.muted);
