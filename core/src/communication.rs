@@ -535,12 +535,14 @@ pub fn emails(
     Ok(out)
 }
 
-/// Drops queued and dead emails addressed to `address` (compared case-insensitively), looking
+/// Drops queued and dead emails addressed to `address` (compared case-insensitively) and
+/// made up to `until_ms` (a later one belongs to a new account with the address), looking
 /// at no more than `scan_max` emails of each state (account erasure). An email being sent
 /// right now is left to finish. Returns how many went.
 pub fn drop_emails_to(
     txn: &WriteTransaction,
     address: &str,
+    until_ms: u64,
     scan_max: usize,
 ) -> Result<usize, CoreError> {
     let mut dropped = 0;
@@ -553,7 +555,7 @@ pub fn drop_emails_to(
             let Some(email) = get(txn, id)? else {
                 continue;
             };
-            if email.to.to_lowercase() == address {
+            if email.to.to_lowercase() == address && email.created_ms <= until_ms {
                 txn.open_table(EMAIL_STATES)?.remove(email.index_key())?;
                 txn.open_table(EMAIL_QUEUES)?.remove(id)?;
                 dropped += 1;

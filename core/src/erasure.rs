@@ -264,7 +264,12 @@ pub fn step(
             if job.cursor.0 == 0 {
                 profiles::erase_user(txn, user)?;
                 if !job.email_key.is_empty() {
-                    communication::drop_emails_to(txn, &job.email_key, EMAILS_SCANNED_MAX)?;
+                    communication::drop_emails_to(
+                        txn,
+                        &job.email_key,
+                        job.started_ms,
+                        EMAILS_SCANNED_MAX,
+                    )?;
                 }
                 notifications::erase_recipient(txn, user)?;
                 job.cursor.0 = 1;
@@ -581,6 +586,10 @@ mod tests {
         social::request_follow(&txn, z, d, 0).unwrap();
         txn.commit().unwrap();
 
+        let r = db.begin_read().unwrap();
+        let queued = communication::emails(&r, Some("Erased@Example.com"), 10, 100).unwrap();
+        assert_eq!(queued.len(), 1, "the verification email waits");
+        drop(r);
         let txn = db.begin_write().unwrap();
         let erased = crate::identity::erase_user(&txn, &ctx, d, next(), &["dsb"]).unwrap();
         assert_eq!(erased.email_key, "erased@example.com");
@@ -617,6 +626,11 @@ mod tests {
             .unwrap()
             .is_none());
         assert!(pending(&r, 10).unwrap().is_empty());
+        assert!(
+            communication::emails(&r, Some("Erased@Example.com"), 10, 100)
+                .unwrap()
+                .is_empty()
+        );
         for p in &d_posts {
             assert!(content::post(&r, *p).unwrap().is_none());
         }

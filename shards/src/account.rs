@@ -60,6 +60,9 @@ pub enum AccountOp {
     ExportBegin { user_id: u64, reply: Reply<()> },
     /// On the user's shard: the export ended.
     ExportEnd { user_id: u64, reply: Reply<()> },
+    /// On every shard: forget a deleted username in the name cache (`Shard::names`, which
+    /// otherwise never expires), so a reused name maps to its new owner.
+    ForgetName { key: String, reply: Reply<()> },
     /// One page of one part of a user's export, from the shard owning it.
     Part {
         user_id: u64,
@@ -150,6 +153,10 @@ impl Shard {
                 }
                 let _ = reply.send(Ok(()));
             }
+            AccountOp::ForgetName { key, reply } => {
+                self.names.borrow_mut().remove(&key);
+                let _ = reply.send(Ok(()));
+            }
             AccountOp::Part {
                 user_id,
                 part,
@@ -215,6 +222,20 @@ impl Shard {
             .await?;
         self.users.borrow_mut().remove(&user_id);
         self.broadcast_revoked(&sessions).await;
+        // The name caches are memory only (a restart empties them all), so telling every
+        // shard now is enough; a shard too busy to hear it keeps a stale entry, logged.
+        let key = user.username.to_ascii_lowercase();
+        for target in 0..self.shards {
+            let key = key.clone();
+            let forgot = self
+                .ask(target, deadline, |reply| {
+                    Op::Account(AccountOp::ForgetName { key, reply })
+                })
+                .await;
+            if let Err(e) = forgot {
+                tracing::warn!(shard = target, error = %e, "a name cache kept an erased username");
+            }
+        }
         // The other shards start their part now; what this misses, the relay sends.
         self.deliver_now(event_id, event, &targets, deadline).await;
         self.account.kick();
