@@ -84,7 +84,8 @@ pub struct Shard {
     /// Users this shard owns, by id: read on every authenticated `GET /v1/me`. Every change
     /// to a user happens on this shard, which updates or drops the entry in the same step.
     pub users: RefCell<quick_cache::unsync::Cache<u64, Rc<User>>>,
-    /// Username key -> its owner; never stale (a username's owner never changes).
+    /// Username key -> its owner. A name changes owner only when its account is deleted and
+    /// the name registered again: every shard drops it then (`AccountOp::ForgetName`).
     pub names: RefCell<quick_cache::unsync::Cache<String, Rc<Named>>>,
     /// DeathStarBench user id -> user id; never stale (mappings are never changed).
     pub ext_ids: RefCell<quick_cache::unsync::Cache<u64, u64>>,
