@@ -412,6 +412,8 @@ mod tests {
             Event::Notified { .. } => 13,
             Event::UserChanged { .. } => 14,
             Event::SuspensionChanged { .. } => 15,
+            Event::AccountErased { .. } => 16,
+            Event::ErasureWork { .. } => 17,
         }
     }
 
@@ -464,6 +466,14 @@ mod tests {
             Event::SuspensionChanged {
                 user_id: 1,
                 suspended: true,
+            },
+            Event::AccountErased {
+                user_id: 1,
+                email_key: "a@b.c".into(),
+            },
+            Event::ErasureWork {
+                user_id: 1,
+                items: vec![(0, 2)],
             },
         ];
         for event in &samples {
