@@ -270,10 +270,9 @@ pub fn first_application(txn: &WriteTransaction, id: u64, now_ms: u64) -> Result
 
 /// Has the event `id` been applied on this shard?
 pub fn applied(read: &ReadTransaction, id: u64) -> Result<bool, CoreError> {
-    match read.open_table(EVENT_APPLIED) {
-        Ok(t) => Ok(t.get(id)?.is_some()),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-        Err(e) => Err(e.into()),
+    match crate::table_or_none(read, EVENT_APPLIED)? {
+        Some(t) => Ok(t.get(id)?.is_some()),
+        None => Ok(false),
     }
 }
 

@@ -30,3 +30,15 @@ pub mod tokens;
 
 pub use error::{CoreError, Invalid};
 pub use ids::{id_ms, shard_for_key, shard_of, IdGen, ID_EPOCH_MS, SHARDS_MAX};
+
+/// A table in a read transaction, or `None` when no write has created it yet.
+pub(crate) fn table_or_none<K: redb::Key + 'static, V: redb::Value + 'static>(
+    read: &redb::ReadTransaction,
+    def: redb::TableDefinition<K, V>,
+) -> Result<Option<redb::ReadOnlyTable<K, V>>, CoreError> {
+    match read.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}

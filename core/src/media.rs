@@ -165,17 +165,6 @@ pub struct NewMedia {
     pub metadata: Metadata,
 }
 
-fn opt_table<K: redb::Key + 'static, V: redb::Value + 'static>(
-    read: &ReadTransaction,
-    def: TableDefinition<K, V>,
-) -> Result<Option<redb::ReadOnlyTable<K, V>>, CoreError> {
-    match read.open_table(def) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 fn quota_error(used: u64, adding: u64, quota: u64) -> CoreError {
     CoreError::Invalid(Invalid::new(
         "quota_exceeded",
@@ -185,7 +174,7 @@ fn quota_error(used: u64, adding: u64, quota: u64) -> CoreError {
 
 /// Bytes a user stores (originals and renditions).
 pub fn usage(read: &ReadTransaction, owner: u64) -> Result<u64, CoreError> {
-    let Some(t) = opt_table(read, MEDIA_USAGE)? else {
+    let Some(t) = crate::table_or_none(read, MEDIA_USAGE)? else {
         return Ok(0);
     };
     Ok(t.get(owner)?.map_or(0, |v| v.value()))
@@ -193,7 +182,7 @@ pub fn usage(read: &ReadTransaction, owner: u64) -> Result<u64, CoreError> {
 
 /// Does any record on this shard reference blob `id`?
 pub fn referenced(read: &ReadTransaction, blob: &str) -> Result<bool, CoreError> {
-    let Some(t) = opt_table(read, MEDIA_BLOB_REFS)? else {
+    let Some(t) = crate::table_or_none(read, MEDIA_BLOB_REFS)? else {
         return Ok(false);
     };
     Ok(t.get(blob)?.is_some_and(|v| v.value() > 0))
@@ -283,7 +272,7 @@ fn store(txn: &WriteTransaction, media: &Media) -> Result<(), CoreError> {
 }
 
 pub fn get(read: &ReadTransaction, id: u64) -> Result<Option<MediaView>, CoreError> {
-    let Some(uploads) = opt_table(read, MEDIA_UPLOADS)? else {
+    let Some(uploads) = crate::table_or_none(read, MEDIA_UPLOADS)? else {
         return Ok(None);
     };
     let Some(media) = uploads
@@ -293,7 +282,7 @@ pub fn get(read: &ReadTransaction, id: u64) -> Result<Option<MediaView>, CoreErr
     else {
         return Ok(None);
     };
-    let metadata = match opt_table(read, MEDIA_METADATA)? {
+    let metadata = match crate::table_or_none(read, MEDIA_METADATA)? {
         Some(t) => t
             .get(id)?
             .map(|v| decode(v.value()))
@@ -302,7 +291,7 @@ pub fn get(read: &ReadTransaction, id: u64) -> Result<Option<MediaView>, CoreErr
         None => Metadata::default(),
     };
     let mut renditions = Vec::new();
-    if let Some(t) = opt_table(read, CDN_URLS)? {
+    if let Some(t) = crate::table_or_none(read, CDN_URLS)? {
         for row in t.range((id, "")..(id + 1, ""))? {
             let (_, v) = row?;
             renditions.push(decode(v.value())?);
@@ -321,8 +310,10 @@ pub fn rendition(
     id: u64,
     name: &str,
 ) -> Result<Option<(Media, Rendition)>, CoreError> {
-    let (Some(uploads), Some(urls)) = (opt_table(read, MEDIA_UPLOADS)?, opt_table(read, CDN_URLS)?)
-    else {
+    let (Some(uploads), Some(urls)) = (
+        crate::table_or_none(read, MEDIA_UPLOADS)?,
+        crate::table_or_none(read, CDN_URLS)?,
+    ) else {
         return Ok(None);
     };
     let Some(media) = uploads
@@ -341,7 +332,7 @@ pub fn rendition(
 
 /// Unfinished work on this shard (pending or processing), oldest first, at most `limit`.
 pub fn unfinished(read: &ReadTransaction, limit: usize) -> Result<Vec<u64>, CoreError> {
-    let Some(t) = opt_table(read, VIDEO_TRANSCODES)? else {
+    let Some(t) = crate::table_or_none(read, VIDEO_TRANSCODES)? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
@@ -578,7 +569,7 @@ pub fn tus_create(txn: &WriteTransaction, upload: &TusUpload) -> Result<(), Core
 }
 
 pub fn tus_get(read: &ReadTransaction, id: u64) -> Result<Option<TusUpload>, CoreError> {
-    let Some(t) = opt_table(read, MEDIA_TUS)? else {
+    let Some(t) = crate::table_or_none(read, MEDIA_TUS)? else {
         return Ok(None);
     };
     let v = t.get(id)?;
@@ -625,7 +616,7 @@ pub fn tus_expired(
     now_ms: u64,
     limit: usize,
 ) -> Result<Vec<TusUpload>, CoreError> {
-    let Some(t) = opt_table(read, MEDIA_TUS)? else {
+    let Some(t) = crate::table_or_none(read, MEDIA_TUS)? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
@@ -695,7 +686,7 @@ pub fn of_owner(
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<MediaView>, CoreError> {
-    let Some(index) = opt_table(read, USER_MEDIA)? else {
+    let Some(index) = crate::table_or_none(read, USER_MEDIA)? else {
         return Ok(Vec::new());
     };
     let start = after.map_or(0, |a| a.saturating_add(1));

@@ -470,24 +470,13 @@ pub fn fan_out_readers(
     mentioned_here: &[u64],
 ) -> Result<Vec<(u64, Reason)>, CoreError> {
     readers_among(
-        open_or_none(read, FOLLOWERS_LOCAL)?.as_ref(),
-        open_or_none(read, BLOCKS)?.as_ref(),
-        open_or_none(read, BLOCKED_BY)?.as_ref(),
+        crate::table_or_none(read, FOLLOWERS_LOCAL)?.as_ref(),
+        crate::table_or_none(read, BLOCKS)?.as_ref(),
+        crate::table_or_none(read, BLOCKED_BY)?.as_ref(),
         post,
         author_here,
         mentioned_here,
     )
-}
-
-fn open_or_none<K: redb::Key + 'static, V: redb::Value + 'static>(
-    read: &ReadTransaction,
-    def: TableDefinition<K, V>,
-) -> Result<Option<redb::ReadOnlyTable<K, V>>, CoreError> {
-    match read.open_table(def) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
 }
 
 fn readers_among(
@@ -616,8 +605,8 @@ pub fn home(
         .filter(|(p, _)| (low..=high).contains(&p.id))
         .collect();
     let (items, copies) = match (
-        open_or_none(read, FEED_ITEMS)?,
-        open_or_none(read, POST_COPIES)?,
+        crate::table_or_none(read, FEED_ITEMS)?,
+        crate::table_or_none(read, POST_COPIES)?,
     ) {
         (Some(items), Some(copies)) => (Some(items), Some(copies)),
         _ if early.is_empty() => return Ok((Vec::new(), None)),
