@@ -378,6 +378,29 @@ pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError
     Ok(())
 }
 
+/// A public post saying "hi", for tests.
+#[cfg(test)]
+pub(crate) fn test_post(id: u64, author: u64) -> Post {
+    Post {
+        id,
+        author_id: author,
+        author_username: format!("u{author}"),
+        author_display_name: String::new(),
+        text: "hi".into(),
+        visibility: Visibility::Public,
+        reply_to: None,
+        mentions: Vec::new(),
+        hashtags: Vec::new(),
+        urls: Vec::new(),
+        created_ms: 0,
+        edited_ms: None,
+        post_type: 0,
+        media: Vec::new(),
+        author_external_id: None,
+        fanned_to: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,24 +424,7 @@ mod tests {
         let db = Database::builder()
             .create_with_backend(InMemoryBackend::new())
             .unwrap();
-        let post = Post {
-            id: 10,
-            author_id: 1,
-            author_username: "a".into(),
-            author_display_name: String::new(),
-            text: "hi".into(),
-            visibility: Visibility::Public,
-            reply_to: None,
-            mentions: Vec::new(),
-            hashtags: Vec::new(),
-            urls: Vec::new(),
-            created_ms: 0,
-            edited_ms: None,
-            post_type: 0,
-            media: Vec::new(),
-            author_external_id: None,
-            fanned_to: Vec::new(),
-        };
+        let post = test_post(10, 1);
         let new_comment = |id, parent| Comment {
             id,
             post_id: 10,
@@ -835,22 +841,7 @@ pub fn comments_by(
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<Comment>, CoreError> {
-    let index = match read.open_table(USER_COMMENTS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let start = after.map_or(0, |a| a.saturating_add(1));
-    let mut out = Vec::with_capacity(limit);
-    for row in index
-        .range((author, start)..=(author, u64::MAX))?
-        .take(limit)
-    {
-        if let Some(c) = comment(read, row?.0.value().1)? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+    comments_keyed(read, USER_COMMENTS, author, after, limit)
 }
 
 /// A page of `user`'s likes on this shard as (id, is a comment), in id order after `after`.
@@ -1051,17 +1042,23 @@ pub fn comments_of(
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<Comment>, CoreError> {
-    let index = match read.open_table(POST_COMMENTS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
+    comments_keyed(read, POST_COMMENTS, post_id, after, limit)
+}
+
+/// The comments an index of (key, comment id) lists for `key`, in id order after `after`.
+fn comments_keyed(
+    read: &ReadTransaction,
+    index: TableDefinition<(u64, u64), ()>,
+    key: u64,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Comment>, CoreError> {
+    let Some(index) = crate::table_or_none(read, index)? else {
+        return Ok(Vec::new());
     };
     let start = after.map_or(0, |a| a.saturating_add(1));
     let mut out = Vec::with_capacity(limit);
-    for row in index
-        .range((post_id, start)..=(post_id, u64::MAX))?
-        .take(limit)
-    {
+    for row in index.range((key, start)..=(key, u64::MAX))?.take(limit) {
         if let Some(c) = comment(read, row?.0.value().1)? {
             out.push(c);
         }

@@ -491,29 +491,12 @@ mod tests {
     use redb::{Database, ReadableDatabase};
 
     use super::*;
-    use crate::content::{Comment, Post, Visibility};
+    use crate::content::{Comment, Post};
     use crate::identity::{Context, DisplayName, Email, NewUser, Username};
     use crate::IdGen;
 
     fn post(id: u64, author: u64) -> Post {
-        Post {
-            id,
-            author_id: author,
-            author_username: "a".into(),
-            author_display_name: String::new(),
-            text: "hi".into(),
-            visibility: Visibility::Public,
-            reply_to: None,
-            mentions: Vec::new(),
-            hashtags: Vec::new(),
-            urls: Vec::new(),
-            created_ms: 0,
-            edited_ms: None,
-            post_type: 0,
-            media: Vec::new(),
-            author_external_id: None,
-            fanned_to: Vec::new(),
-        }
+        crate::content::test_post(id, author)
     }
 
     fn comment(id: u64, post_id: u64, author: u64) -> Comment {

@@ -993,7 +993,6 @@ mod tests {
     use redb::{Database, ReadableDatabase};
 
     use super::*;
-    use crate::content::Visibility;
     use crate::events::{self, Event};
 
     fn db() -> Database {
@@ -1010,24 +1009,7 @@ mod tests {
     }
 
     fn post(id: u64, author: u64) -> Post {
-        Post {
-            id,
-            author_id: author,
-            author_username: format!("u{author}"),
-            author_display_name: String::new(),
-            text: "hi".into(),
-            visibility: Visibility::Public,
-            reply_to: None,
-            mentions: Vec::new(),
-            hashtags: Vec::new(),
-            urls: Vec::new(),
-            created_ms: 0,
-            edited_ms: None,
-            post_type: 0,
-            media: Vec::new(),
-            author_external_id: None,
-            fanned_to: Vec::new(),
-        }
+        crate::content::test_post(id, author)
     }
 
     fn home_ids(db: &Database, reader: u64) -> Vec<u64> {
