@@ -8,8 +8,12 @@
 //! there. So every question about one user ("does R follow me? did I block R, or R me?") is
 //! answered by that user's own shard.
 //!
-//! Home feeds are durable (`feed_items`, on the reader's shard), filled when a post's event
-//! is applied, and filtered at read time by the reader's current follows and blocks.
+//! Home feeds are read, not written: a shard keeps one durable copy of each post its users may
+//! see (`post_copies`, indexed by author in `copies_by_author`), and a reader's home page is
+//! the merge, newest first, of the author indexes of the reader and of everyone the reader
+//! follows now, plus the reader's own `feed_items` rows (mentions). A new post therefore
+//! costs each shard two appends, not one row per follower; unfollowing, blocking and muting
+//! act at once because the sources are chosen at read time.
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -31,13 +35,16 @@ const BLOCKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocks");
 const BLOCKED_BY: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocked_by");
 /// (muter, muted) -> ms : on the muter's shard; only the muter's reads change
 const MUTES: TableDefinition<(u64, u64), u64> = TableDefinition::new("mutes");
-/// (reader, post id) -> (author, Reason as u8) : on the reader's shard; small and fixed-size,
-/// so a feed page is filtered without decoding a post
+/// (reader, post id) -> (author, Reason as u8) : on the reader's shard; posts that reach a
+/// reader other than by following their author (mentions). Rows of any reason written by
+/// earlier versions are still read.
 const FEED_ITEMS: TableDefinition<(u64, u64), (u64, u8)> = TableDefinition::new("feed_items");
 /// post id -> Post : one copy per shard whose feeds hold the post (not one per reader)
 const POST_COPIES: TableDefinition<u64, &[u8]> = TableDefinition::new("post_copies");
-/// (post id, reader) -> () : which local feeds hold a post, for deletes
+/// (post id, reader) -> () : which local `feed_items` rows name a post, for deletes
 const FEED_POSTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("feed_posts");
+/// (author, post id) -> () : the posts of each author held in `post_copies` here
+const COPIES_BY_AUTHOR: TableDefinition<(u64, u64), ()> = TableDefinition::new("copies_by_author");
 /// (followee, requester) -> ms : follow requests to a private account, on its shard
 const FOLLOW_REQUESTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("follow_requests");
 /// user id -> (followers, following) counts, each kept on the shard that owns that side
@@ -207,6 +214,32 @@ pub fn muted_by(read: &ReadTransaction, muter: u64, max: usize) -> Result<Vec<u6
         out.push(row?.0.value().1);
     }
     Ok(out)
+}
+
+/// `follows` inside a write transaction.
+pub fn follows_in(txn: &WriteTransaction, follower: u64, followee: u64) -> Result<bool, CoreError> {
+    Ok(txn
+        .open_table(FOLLOWS)?
+        .get((follower, followee))?
+        .is_some())
+}
+
+/// The most accounts one user may follow (a request counts when it is approved).
+pub const FOLLOWING_MAX: u64 = 5_000;
+
+/// Refuses a new follow by `follower` (on its shard) who follows `FOLLOWING_MAX` already.
+pub fn check_following_room(txn: &WriteTransaction, follower: u64) -> Result<(), CoreError> {
+    let following = txn
+        .open_table(COUNTS)?
+        .get(follower)?
+        .map_or(0, |v| v.value().1);
+    if following >= FOLLOWING_MAX {
+        return Err(CoreError::invalid(
+            "following_limit",
+            format!("you follow {FOLLOWING_MAX} accounts, the most allowed"),
+        ));
+    }
+    Ok(())
 }
 
 /// On the follower's shard. Returns false when it already held (nothing written).
@@ -430,8 +463,9 @@ pub fn follower_shards(
     Ok(out)
 }
 
-/// Puts `post` into the feeds of this shard's followers of its author, of `also` (users on
-/// this shard it mentions, who have not blocked the author) and of the author if local.
+/// Makes `post` readable in the home feeds of this shard: keeps a copy when the author is here
+/// or has followers here, and a feed row for each user of `mentioned_here` (users on this
+/// shard it mentions) who has not blocked the author or been blocked by it.
 pub fn fan_out(
     txn: &WriteTransaction,
     post: &Post,
@@ -439,25 +473,48 @@ pub fn fan_out(
     mentioned_here: &[u64],
 ) -> Result<(), CoreError> {
     crate::notifications::on_mention(txn, post, mentioned_here)?;
-    let readers = readers_among(
-        Some(&txn.open_table(FOLLOWERS_LOCAL)?),
-        Some(&txn.open_table(BLOCKS)?),
-        Some(&txn.open_table(BLOCKED_BY)?),
-        post,
-        author_here,
-        mentioned_here,
-    )?;
-    if readers.is_empty() {
+    let author = post.author_id;
+    let followed_here = txn
+        .open_table(FOLLOWERS_LOCAL)?
+        .range((author, 0)..=(author, u64::MAX))?
+        .next()
+        .is_some();
+    let mut mentioned = Vec::with_capacity(mentioned_here.len());
+    if !mentioned_here.is_empty() {
+        let blocks = txn.open_table(BLOCKS)?;
+        let by = txn.open_table(BLOCKED_BY)?;
+        for user in mentioned_here {
+            let key = (*user, author);
+            if *user != author
+                && blocks.get(key)?.is_none()
+                && by.get(key)?.is_none()
+                && !mentioned.contains(user)
+            {
+                mentioned.push(*user);
+            }
+        }
+    }
+    if !author_here && !followed_here && mentioned.is_empty() {
         return Ok(());
     }
+    keep_copy(txn, post)?;
+    if !mentioned.is_empty() {
+        let mut items = txn.open_table(FEED_ITEMS)?;
+        let mut index = txn.open_table(FEED_POSTS)?;
+        for reader in mentioned {
+            items.insert((reader, post.id), (author, Reason::Mentioned.code()))?;
+            index.insert((post.id, reader), ())?;
+        }
+    }
+    Ok(())
+}
+
+/// Stores this shard's copy of a post and its author-index row.
+fn keep_copy(txn: &WriteTransaction, post: &Post) -> Result<(), CoreError> {
     txn.open_table(POST_COPIES)?
         .insert(post.id, encode(post).as_slice())?;
-    let mut items = txn.open_table(FEED_ITEMS)?;
-    let mut index = txn.open_table(FEED_POSTS)?;
-    for (reader, reason) in readers {
-        items.insert((reader, post.id), (post.author_id, reason.code()))?;
-        index.insert((post.id, reader), ())?;
-    }
+    txn.open_table(COPIES_BY_AUTHOR)?
+        .insert((post.author_id, post.id), ())?;
     Ok(())
 }
 
@@ -521,8 +578,9 @@ pub fn refresh_copy(txn: &WriteTransaction, post: &Post) -> Result<(), CoreError
     Ok(())
 }
 
-/// Puts earlier posts of a newly followed author into `reader`'s feed (on the reader's
-/// shard), unless the follow ended or a block came in the meantime.
+/// Keeps copies of earlier posts of a newly followed author here (on the reader's shard), so
+/// that they show in the reader's home feed, unless the follow ended or a block came in the
+/// meantime.
 pub fn backfill(txn: &WriteTransaction, reader: u64, posts: &[Post]) -> Result<(), CoreError> {
     let Some(author) = posts.first().map(|p| p.author_id) else {
         return Ok(());
@@ -533,31 +591,49 @@ pub fn backfill(txn: &WriteTransaction, reader: u64, posts: &[Post]) -> Result<(
     {
         return Ok(());
     }
-    let mut copies = txn.open_table(POST_COPIES)?;
-    let mut items = txn.open_table(FEED_ITEMS)?;
-    let mut index = txn.open_table(FEED_POSTS)?;
     for post in posts.iter().filter(|p| p.author_id == author) {
-        if items.get((reader, post.id))?.is_some() {
-            continue;
+        let held = txn
+            .open_table(COPIES_BY_AUTHOR)?
+            .get((author, post.id))?
+            .is_some();
+        if !held {
+            keep_copy(txn, post)?;
         }
-        if copies.get(post.id)?.is_none() {
-            copies.insert(post.id, encode(post).as_slice())?;
-        }
-        items.insert((reader, post.id), (author, Reason::Followed.code()))?;
-        index.insert((post.id, reader), ())?;
     }
     Ok(())
 }
 
-/// The readers on this shard whose feeds hold a post.
-pub fn feed_readers(read: &ReadTransaction, post_id: u64) -> Result<Vec<u64>, CoreError> {
-    let t = open_read!(read, FEED_POSTS, Vec::new());
-    t.range((post_id, 0)..=(post_id, u64::MAX))?
-        .map(|r| r.map(|(k, _)| k.value().1).map_err(Into::into))
-        .collect()
+/// The readers on this shard whose home feeds show a post: its author when `author_here`,
+/// the author's local followers, and users whose feed rows name it (mentions).
+pub fn feed_readers(
+    read: &ReadTransaction,
+    post: &Post,
+    author_here: bool,
+) -> Result<Vec<u64>, CoreError> {
+    let mut readers: Vec<u64> = readers_among(
+        crate::table_or_none(read, FOLLOWERS_LOCAL)?.as_ref(),
+        None::<&redb::ReadOnlyTable<(u64, u64), u64>>,
+        None::<&redb::ReadOnlyTable<(u64, u64), u64>>,
+        post,
+        author_here,
+        &[],
+    )?
+    .into_iter()
+    .map(|(reader, _)| reader)
+    .collect();
+    if let Some(index) = crate::table_or_none(read, FEED_POSTS)? {
+        for row in index.range((post.id, 0)..=(post.id, u64::MAX))? {
+            let reader = row?.0.value().1;
+            if !readers.contains(&reader) {
+                readers.push(reader);
+            }
+        }
+    }
+    Ok(readers)
 }
 
-/// Removes a post from every feed on this shard.
+/// Removes a post from every feed on this shard: its copy, its author-index row and the feed
+/// rows naming it.
 pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
     let mut index = txn.open_table(FEED_POSTS)?;
     let readers: Vec<u64> = index
@@ -569,13 +645,23 @@ pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
         items.remove((reader, post_id))?;
         index.remove((post_id, reader))?;
     }
-    txn.open_table(POST_COPIES)?.remove(post_id)?;
+    let mut copies = txn.open_table(POST_COPIES)?;
+    let author = match copies.remove(post_id)? {
+        Some(copy) => Some(decode::<Post>(copy.value())?.author_id),
+        None => None,
+    };
+    if let Some(author) = author {
+        txn.open_table(COPIES_BY_AUTHOR)?
+            .remove((author, post_id))?;
+    }
     Ok(())
 }
 
 /// A page of `reader`'s home feed, newest first, strictly between `min_id` and `max_id`,
 /// keeping only items the reader may still see (own posts, posts of people it follows now,
-/// mentions), never anything across a block. Scans at most `scan_max` rows; returns the items
+/// mentions), never anything across a block: the merge of the author index ranges of the
+/// reader and of each account it follows with its own feed rows. Scans at most `scan_max`
+/// rows; returns the items
 /// and, when the scan stopped at that cap before filling the page, the last id scanned (the
 /// cursor to continue from).
 ///
@@ -604,64 +690,81 @@ pub fn home(
         .iter()
         .filter(|(p, _)| (low..=high).contains(&p.id))
         .collect();
-    let (items, copies) = match (
-        crate::table_or_none(read, FEED_ITEMS)?,
-        crate::table_or_none(read, POST_COPIES)?,
-    ) {
-        (Some(items), Some(copies)) => (Some(items), Some(copies)),
-        _ if early.is_empty() => return Ok((Vec::new(), None)),
-        _ => (None, None),
-    };
-    let follows_t = read.open_table(FOLLOWS).ok();
-    let blocks_t = read.open_table(BLOCKS).ok();
-    let by_t = read.open_table(BLOCKED_BY).ok();
-    let mutes_t = read.open_table(MUTES).ok();
-    let mut out = Vec::with_capacity(limit);
-    let mut last = None;
-    let mut scanned = 0;
-    let mut verdicts: std::collections::HashMap<(u64, u8), bool> = Default::default();
+    let copies = crate::table_or_none(read, POST_COPIES)?;
+    if copies.is_none() && early.is_empty() {
+        return Ok((Vec::new(), None));
+    }
+    let by_author = crate::table_or_none(read, COPIES_BY_AUTHOR)?;
+    let items = crate::table_or_none(read, FEED_ITEMS)?;
+    let follows_t = crate::table_or_none(read, FOLLOWS)?;
+    let blocks_t = crate::table_or_none(read, BLOCKS)?;
+    let by_t = crate::table_or_none(read, BLOCKED_BY)?;
+    let mutes_t = crate::table_or_none(read, MUTES)?;
     let forward = min_id.is_some() && max_id.is_none();
-    // Durable rows as (post id, author, reason code, None), early ones with their post.
-    type Row<'p> = Result<(u64, u64, u8, Option<&'p Post>), CoreError>;
-    let durable: Box<dyn Iterator<Item = Row<'_>>> = match &items {
-        None => Box::new(std::iter::empty()),
-        Some(items) => {
-            let range = items.range((reader, low)..=(reader, high))?;
-            let rows = range.map(|row| {
-                let (key, value) = row?;
-                let (author, reason) = value.value();
-                Ok((key.value().1, author, reason, None))
-            });
-            if forward {
+    // The sources, each ordered by post id: the reader's own posts, the posts of everyone the
+    // reader follows, the reader's feed rows, the early items. Rows are
+    // (post id, author, reason code, the post when it is an early one).
+    let mut sources: Vec<Box<dyn Iterator<Item = Row<'_>> + '_>> = Vec::new();
+    if let Some(index) = &by_author {
+        let mut authors = vec![(reader, Reason::Own)];
+        if let Some(follows) = &follows_t {
+            for row in follows
+                .range((reader, 0)..=(reader, u64::MAX))?
+                .take(HOME_SOURCES_MAX)
+            {
+                authors.push((row?.0.value().1, Reason::Followed));
+            }
+        }
+        for (author, reason) in authors {
+            let rows = index
+                .range((author, low)..=(author, high))?
+                .map(move |row| Ok((row?.0.value().1, author, reason.code(), None)));
+            sources.push(if forward {
                 Box::new(rows)
             } else {
                 Box::new(rows.rev())
-            }
+            });
         }
-    };
+    }
+    if let Some(items) = &items {
+        let rows = items.range((reader, low)..=(reader, high))?.map(|row| {
+            let (key, value) = row?;
+            let (author, reason) = value.value();
+            Ok((key.value().1, author, reason, None))
+        });
+        sources.push(if forward {
+            Box::new(rows)
+        } else {
+            Box::new(rows.rev())
+        });
+    }
     let early_rows = early
         .iter()
         .map(|(p, reason)| Ok((p.id, p.author_id, reason.code(), Some(*p))));
-    let early_rows: Box<dyn Iterator<Item = Row<'_>>> = if forward {
+    sources.push(if forward {
         Box::new(early_rows)
     } else {
         Box::new(early_rows.rev())
-    };
-    let rows = Merged {
-        a: durable.peekable(),
-        b: early_rows.peekable(),
-        forward,
-    };
-    for row in rows.take(scan_max) {
+    });
+    let mut out = Vec::with_capacity(limit);
+    let mut last = None;
+    let mut scanned = 0;
+    // The last post id shown or skipped: sources can name one post twice, one after the other.
+    let mut taken = None;
+    let mut verdicts: std::collections::HashMap<(u64, u8), bool> = Default::default();
+    for row in Merged::new(sources, forward).take(scan_max) {
         let (post_id, author, reason, early_post) = row?;
         last = Some(post_id);
         scanned += 1;
+        if taken == Some(post_id) {
+            continue;
+        }
         // Feeds repeat authors: each (author, reason) is checked once per page.
         let shown = match verdicts.get(&(author, reason)) {
             Some(shown) => *shown,
             None => {
                 let keep = match Reason::from_code(reason) {
-                    Reason::Own => true,
+                    Reason::Own => author == reader,
                     Reason::Followed => match &follows_t {
                         Some(t) => t.get((reader, author))?.is_some(),
                         None => false,
@@ -686,40 +789,46 @@ pub fn home(
                 shown
             }
         };
-        if shown {
-            if skip > 0 && prefs.hides_nothing() {
-                let exists = early_post.is_some()
-                    || match &copies {
-                        Some(copies) => copies.get(post_id)?.is_some(),
-                        None => false,
-                    };
-                skip -= usize::from(exists);
-                continue;
+        if !shown {
+            continue;
+        }
+        if skip > 0 && prefs.hides_nothing() {
+            let exists = early_post.is_some()
+                || match &copies {
+                    Some(copies) => copies.get(post_id)?.is_some(),
+                    None => false,
+                };
+            if exists {
+                skip -= 1;
+                taken = Some(post_id);
             }
-            let post = match (early_post, &copies) {
-                (Some(post), _) => Some(post.clone()),
-                (None, Some(copies)) => match copies.get(post_id)? {
-                    Some(copy) => Some(decode::<Post>(copy.value())?),
-                    None => None,
-                },
-                (None, None) => None,
-            };
-            if let Some(post) = post {
-                if author != reader && prefs.hides(&post.text, post.reply_to.is_some()) {
-                    continue;
-                }
-                if skip > 0 {
-                    skip -= 1;
-                    continue;
-                }
-                out.push(post);
-                if out.len() >= limit {
-                    break;
-                }
-            }
+            continue;
+        }
+        let post = match (early_post, &copies) {
+            (Some(post), _) => Some(post.clone()),
+            (None, Some(copies)) => match copies.get(post_id)? {
+                Some(copy) => Some(decode::<Post>(copy.value())?),
+                None => None,
+            },
+            (None, None) => None,
+        };
+        let Some(post) = post else {
+            continue;
+        };
+        taken = Some(post_id);
+        if author != reader && prefs.hides(&post.text, post.reply_to.is_some()) {
+            continue;
+        }
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
+        out.push(post);
+        if out.len() >= limit {
+            break;
         }
     }
-    if min_id.is_some() && max_id.is_none() {
+    if forward {
         out.reverse();
     }
     let more_from = if scanned >= scan_max && out.len() < limit {
@@ -730,42 +839,74 @@ pub fn home(
     Ok((out, more_from))
 }
 
-/// Two id-ordered streams of feed rows as one (ascending when `forward`, else descending); a
-/// post in both is given once, from `a`.
-struct Merged<I: Iterator> {
-    a: std::iter::Peekable<I>,
-    b: std::iter::Peekable<I>,
+/// A home feed row: (post id, author, reason code, the post when the row carries it).
+type FeedRow<'p> = (u64, u64, u8, Option<&'p Post>);
+type Row<'p> = Result<FeedRow<'p>, CoreError>;
+
+/// At most this many followed accounts are read into one home page (a follow beyond
+/// `FOLLOWING_MAX` can only come from requests approved late).
+const HOME_SOURCES_MAX: usize = FOLLOWING_MAX as usize + 1_000;
+
+/// Id-ordered streams of feed rows as one (ascending when `forward`, else descending). Rows
+/// with the same post id come out one after the other; an error comes out as soon as it is
+/// met.
+struct Merged<'a, 'p> {
+    sources: Vec<Box<dyn Iterator<Item = Row<'p>> + 'a>>,
+    /// The next row of each source, by source index.
+    heads: Vec<Option<FeedRow<'p>>>,
+    /// (ordering key, source index) of every source with a head; the largest comes next.
+    heap: std::collections::BinaryHeap<(u64, usize)>,
+    failed: Option<CoreError>,
     forward: bool,
 }
 
-impl<'p, I> Iterator for Merged<I>
-where
-    I: Iterator<Item = Result<(u64, u64, u8, Option<&'p Post>), CoreError>>,
-{
-    type Item = I::Item;
+impl<'a, 'p> Merged<'a, 'p> {
+    fn new(sources: Vec<Box<dyn Iterator<Item = Row<'p>> + 'a>>, forward: bool) -> Self {
+        let n = sources.len();
+        let mut merged = Merged {
+            sources,
+            heads: vec![None; n],
+            heap: std::collections::BinaryHeap::with_capacity(n),
+            failed: None,
+            forward,
+        };
+        for i in 0..n {
+            merged.advance(i);
+        }
+        merged
+    }
+
+    /// Takes the next row of source `i` as its head.
+    fn advance(&mut self, i: usize) {
+        match self.sources[i].next() {
+            Some(Ok(row)) => {
+                let key = if self.forward {
+                    u64::MAX - row.0
+                } else {
+                    row.0
+                };
+                self.heads[i] = Some(row);
+                self.heap.push((key, usize::MAX - i));
+            }
+            Some(Err(e)) if self.failed.is_none() => self.failed = Some(e),
+            Some(Err(_)) | None => {}
+        }
+    }
+}
+
+impl<'p> Iterator for Merged<'_, 'p> {
+    type Item = Row<'p>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let key = |row: &I::Item| row.as_ref().map(|r| r.0).ok();
-        let take_a = match (self.a.peek(), self.b.peek()) {
-            (None, None) => return None,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (Some(a), Some(b)) => match (key(a), key(b)) {
-                (Some(x), Some(y)) if x == y => {
-                    self.b.next();
-                    true
-                }
-                (Some(x), Some(y)) => (x < y) == self.forward,
-                // An error comes out first.
-                (None, _) => true,
-                (_, None) => false,
-            },
-        };
-        if take_a {
-            self.a.next()
-        } else {
-            self.b.next()
+        if let Some(e) = self.failed.take() {
+            return Some(Err(e));
         }
+        let (_, slot) = self.heap.pop()?;
+        // Equal ids come out in source order (`usize::MAX - i`: lower index first).
+        let i = usize::MAX - slot;
+        let row = self.heads[i].take()?;
+        self.advance(i);
+        Some(Ok(row))
     }
 }
 
@@ -776,13 +917,6 @@ pub fn silenced_in(txn: &WriteTransaction, user: u64, other: u64) -> Result<bool
     Ok(txn.open_table(BLOCKS)?.get(key)?.is_some()
         || txn.open_table(BLOCKED_BY)?.get(key)?.is_some()
         || txn.open_table(MUTES)?.get(key)?.is_some())
-}
-
-/// Does `user`'s feed on this shard hold this post (for tests and checks)?
-pub fn feed_has(read: &ReadTransaction, user: u64, post_id: u64) -> Result<bool, CoreError> {
-    let t = open_read!(read, FEED_ITEMS, false);
-    let found = t.get((user, post_id))?.is_some();
-    Ok(found)
 }
 
 // ---- account export and erasure ---------------------------------------------------------
@@ -943,8 +1077,9 @@ pub fn erase_mentions_scan(
     }))
 }
 
-/// On the erased user's shard: empties up to `limit` items of the user's home feed (copies
-/// nobody else here reads go too). Returns how many; fewer than `limit`: none is left.
+/// On the erased user's shard: empties up to `limit` rows of the user's own feed rows (the
+/// copies stay: other readers here read them). Returns how many; fewer than `limit`: none is
+/// left.
 pub fn erase_feed(txn: &WriteTransaction, reader: u64, limit: usize) -> Result<usize, CoreError> {
     let mut feed = txn.open_table(FEED_ITEMS)?;
     let items: Vec<u64> = feed
@@ -957,16 +1092,8 @@ pub fn erase_feed(txn: &WriteTransaction, reader: u64, limit: usize) -> Result<u
     }
     drop(feed);
     let mut index = txn.open_table(FEED_POSTS)?;
-    let mut copies = txn.open_table(POST_COPIES)?;
     for post in &items {
         index.remove((*post, reader))?;
-        if index
-            .range((*post, 0)..=(*post, u64::MAX))?
-            .next()
-            .is_none()
-        {
-            copies.remove(*post)?;
-        }
     }
     Ok(items.len())
 }
@@ -982,6 +1109,7 @@ pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError
     c.copy(FEED_ITEMS)?;
     c.copy(POST_COPIES)?;
     c.copy(FEED_POSTS)?;
+    c.copy(COPIES_BY_AUTHOR)?;
     c.copy(FOLLOW_REQUESTS)?;
     c.copy(COUNTS)?;
     Ok(())
@@ -1086,6 +1214,76 @@ mod tests {
         drop(read);
         write(&db, |t| block(t, 1, 2, 0));
         assert!(home_with(&db, 1, None, None, &early).is_empty());
+    }
+
+    fn mentioning(id: u64, author: u64, user: u64) -> Post {
+        let mut p = post(id, author);
+        p.mentions.push(crate::content::Mention {
+            user_id: user,
+            username: format!("u{user}"),
+            external_id: None,
+        });
+        p
+    }
+
+    #[test]
+    fn home_merges_own_followed_and_mentioned_posts_in_id_order() {
+        let db = db();
+        write(&db, |t| follow(t, 1, 2, 0));
+        write(&db, |t| follow(t, 1, 3, 0));
+        write(&db, |t| fan_out(t, &post(10, 2), false, &[]));
+        write(&db, |t| fan_out(t, &post(11, 1), true, &[]));
+        write(&db, |t| fan_out(t, &post(12, 3), false, &[]));
+        write(&db, |t| fan_out(t, &mentioning(13, 4, 1), false, &[1]));
+        // Nobody here follows 4 and nobody is mentioned: this shard keeps nothing.
+        write(&db, |t| fan_out(t, &post(14, 4), false, &[]));
+        write(&db, |t| fan_out(t, &post(15, 2), false, &[]));
+        // A followed author mentioning the reader: shown once.
+        write(&db, |t| fan_out(t, &mentioning(16, 3, 1), false, &[1]));
+        assert_eq!(home_ids(&db, 1), vec![16, 15, 13, 12, 11, 10]);
+        assert_eq!(home_with(&db, 1, Some(13), None, &[]), vec![12, 11, 10]);
+        assert_eq!(home_with(&db, 1, None, Some(12), &[]), vec![16, 15, 13]);
+        let read = db.begin_read().unwrap();
+        let prefs = FeedPreferences::default();
+        let (page, _) = home(&read, 1, None, None, (1, 2), 1000, &prefs, &[]).unwrap();
+        assert_eq!(page.iter().map(|p| p.id).collect::<Vec<_>>(), vec![15, 13]);
+        // The scan cap names where to go on.
+        let (page, more) = home(&read, 1, None, None, (0, 10), 3, &prefs, &[]).unwrap();
+        assert_eq!(page.iter().map(|p| p.id).collect::<Vec<_>>(), vec![16, 15]);
+        assert_eq!(more, Some(15), "16 came twice (followed and mentioned)");
+        let mut readers = feed_readers(&read, &mentioning(16, 3, 1), false).unwrap();
+        readers.sort_unstable();
+        assert_eq!(readers, vec![1]);
+        drop(read);
+        // Muting 3 hides its posts, mentions included; unfollowing 2 hides 2's at once.
+        write(&db, |t| set_mute(t, 1, 3, true, 0));
+        assert_eq!(home_ids(&db, 1), vec![15, 13, 11, 10]);
+        write(&db, |t| unfollow(t, 1, 2));
+        assert_eq!(home_ids(&db, 1), vec![13, 11]);
+        write(&db, |t| unfan(t, 13));
+        assert_eq!(home_ids(&db, 1), vec![11]);
+        // Following 2 again brings its kept posts back; a backfill adds older ones once.
+        write(&db, |t| follow(t, 1, 2, 0));
+        write(&db, |t| backfill(t, 1, &[post(5, 2), post(10, 2)]));
+        write(&db, |t| backfill(t, 1, &[post(5, 2)]));
+        assert_eq!(home_ids(&db, 1), vec![15, 11, 10, 5]);
+        // The erased reader's own rows go; the copies stay for others.
+        write(&db, |t| fan_out(t, &mentioning(17, 4, 1), false, &[1]));
+        assert_eq!(write(&db, |t| erase_feed(t, 1, 10)), 2, "16 and 17");
+        assert_eq!(home_ids(&db, 1), vec![15, 11, 10, 5]);
+    }
+
+    #[test]
+    fn following_is_capped() {
+        let db = db();
+        write(&db, |t| {
+            bump(t, 1, 0, FOLLOWING_MAX as i64)?;
+            Ok(())
+        });
+        let txn = db.begin_write().unwrap();
+        let err = check_following_room(&txn, 1).unwrap_err();
+        assert!(err.to_string().contains("5000"), "{err}");
+        assert!(check_following_room(&txn, 2).is_ok());
     }
 
     #[test]

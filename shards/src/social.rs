@@ -1093,6 +1093,10 @@ impl Shard {
         }
         let event = Event::Followed { follower, followee };
         self.change(follower, followee, event, deadline, move |t, now| {
+            if social::follows_in(t, follower, followee)? {
+                return Ok(false);
+            }
+            social::check_following_room(t, follower)?;
             social::follow(t, follower, followee, now)
         })
         .await?;

@@ -178,7 +178,8 @@ impl Shard {
         if !self.streams.any() {
             return;
         }
-        let readers = match self.read(|r| social::feed_readers(r, post.id)) {
+        let author_here = shard_of(post.author_id) == self.id;
+        let readers = match self.read(|r| social::feed_readers(r, post, author_here)) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "stream: feed readers of a post");
