@@ -1,6 +1,7 @@
-//! Still pictures: decode one frame, scale, turn upright, flatten transparency, and write a
-//! fresh JPEG. Nothing of the source's metadata is copied: the output is made from pixels
-//! alone, so EXIF (GPS included), XMP and comments cannot survive.
+//! Still pictures: decode one frame, scale, convert to sRGB (see `icc`), turn upright,
+//! flatten transparency, and write a fresh JPEG. Nothing of the source's metadata is copied:
+//! the output is made from pixels alone, so EXIF (GPS included), XMP, comments and ICC
+//! profiles cannot survive.
 
 use std::path::Path;
 
@@ -8,6 +9,7 @@ use ffmpeg::format::Pixel;
 use ffmpeg::software::scaling;
 use ffmpeg_next as ffmpeg;
 
+use crate::icc::ToSrgb;
 use crate::probe::{self, Budget};
 use crate::MediaError;
 
@@ -202,18 +204,25 @@ pub(crate) fn encode_jpeg(img: &Rgba) -> Result<Vec<u8>, MediaError> {
     Ok(out)
 }
 
-/// An upright RGBA copy of `frame` whose longest side is at most `longest`.
+/// An upright sRGB RGBA copy of `frame` whose longest side is at most `longest`.
+///
+/// Colour is converted after scaling: the same result to within rounding (both are gamma
+/// encoded), at the cost of the output's pixels rather than the source's.
 pub(crate) fn upright(
     frame: &ffmpeg::frame::Video,
     orientation: u8,
     longest: u32,
+    colour: &ToSrgb,
 ) -> Result<Rgba, MediaError> {
     let swap = (5..=8).contains(&orientation);
     let (sw, sh) = (frame.width(), frame.height());
     let (dw, dh) = if swap { (sh, sw) } else { (sw, sh) };
     let (fw, fh) = fit(dw, dh, longest);
     let (pw, ph) = if swap { (fh, fw) } else { (fw, fh) };
-    let mut img = orient(to_rgba(frame, pw, ph)?, orientation);
+    let mut img = to_rgba(frame, pw, ph)?;
+    // Before flattening: the white behind transparency is sRGB white, not the profile's.
+    colour.apply(&mut img);
+    let mut img = orient(img, orientation);
     flatten(&mut img);
     Ok(img)
 }

@@ -5,9 +5,10 @@
 //! - `inspect`: what a file is, from its bytes (never its name or declared type), checked
 //!   against `Limits` before anything is decoded (an image's own header is read by hand, so
 //!   a PNG that claims 50,000 x 50,000 costs 24 bytes of reading).
-//! - `process`: renditions into a directory. Images: upright, metadata stripped (the output
-//!   is made from pixels alone), a thumbnail (320) and a display copy (1280), never enlarged,
-//!   and a blurhash. Videos: an H.264 + AAC faststart MP4 ladder (360p, 720p, 1080p, never
+//! - `process`: renditions into a directory. Images: upright, converted to sRGB from their
+//!   embedded ICC profile (`icc`), metadata stripped (the output is made from pixels alone,
+//!   so it carries no EXIF, XMP or profile), a thumbnail (320) and a display copy (1280),
+//!   never enlarged, and a blurhash of the converted pixels. Videos: an H.264 + AAC faststart MP4 ladder (360p, 720p, 1080p, never
 //!   above the source; a compliant rung is copied, not re-encoded) and a poster.
 //! - `BlobStore`: SHA-256 named files, durable before they are named.
 //!
@@ -17,6 +18,7 @@
 
 mod blobs;
 mod blurhash;
+mod icc;
 mod image;
 mod probe;
 mod sniff;
@@ -25,6 +27,7 @@ mod video;
 use std::path::{Path, PathBuf};
 
 pub use blobs::{valid_id, BlobId, BlobStore};
+pub use icc::{Colour, ICC_PROFILE_BYTES_MAX};
 pub use image::fit;
 pub use probe::{inspect, Kind, Limits, Probe};
 pub use sniff::{image_header, ImageFormat, ImageHeader};
@@ -78,6 +81,8 @@ pub struct Rendition {
 pub struct Processed {
     pub renditions: Vec<Rendition>,
     pub blurhash: Option<String>,
+    /// What was done about an image's embedded colour profile (`Untagged` for videos).
+    pub colour: Colour,
 }
 
 /// Makes the renditions of the file at `path` (already `inspect`ed into `probe`) inside
@@ -98,6 +103,7 @@ pub fn process(
             Ok(Processed {
                 renditions,
                 blurhash,
+                colour: Colour::Untagged,
             })
         }
     }
@@ -110,6 +116,7 @@ fn process_image(
     budget: &probe::Budget,
 ) -> Result<Processed, MediaError> {
     let frame = image::first_frame(path, &probe.container, budget)?;
+    let colour = icc::ToSrgb::for_frame(&frame, path, &probe.container);
     let mut renditions = Vec::with_capacity(2);
     let mut hash = None;
     for (name, side) in [
@@ -117,7 +124,7 @@ fn process_image(
         ("display.jpg", DISPLAY_SIDE_MAX),
     ] {
         budget.check()?;
-        let img = image::upright(&frame, probe.orientation, side)?;
+        let img = image::upright(&frame, probe.orientation, side, &colour)?;
         if hash.is_none() {
             hash = Some(blurhash_of(&img)?);
         }
@@ -136,6 +143,7 @@ fn process_image(
     Ok(Processed {
         renditions,
         blurhash: hash,
+        colour: colour.colour,
     })
 }
 

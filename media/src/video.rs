@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use ffmpeg::{codec, filter, format, frame, media, Dictionary, Packet, Rational};
 use ffmpeg_next as ffmpeg;
 
+use crate::icc::ToSrgb;
 use crate::image;
 use crate::probe::{self, Budget, Probe};
 use crate::{MediaError, Rendition};
@@ -552,7 +553,12 @@ pub(crate) fn process(
      -> Result<(), MediaError> {
         while vdec.receive_frame(&mut vframe).is_ok() {
             if poster.is_none() {
-                *poster = Some(image::upright(&vframe, orientation, POSTER_SIDE_MAX)?);
+                *poster = Some(image::upright(
+                    &vframe,
+                    orientation,
+                    POSTER_SIDE_MAX,
+                    &ToSrgb::none(),
+                )?);
             }
             let ts = vframe.timestamp();
             vframe.set_pts(ts);
