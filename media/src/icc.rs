@@ -80,22 +80,23 @@ impl ToSrgb {
         // Palette pictures are colour even with one component: named, not counted.
         let grey = matches!(
             frame.format(),
-            Pixel::GRAY8 | Pixel::GRAY16BE | Pixel::GRAY16LE | Pixel::YA8 | Pixel::YA16BE
+            Pixel::GRAY8
+                | Pixel::GRAY16BE
+                | Pixel::GRAY16LE
+                | Pixel::YA8
+                | Pixel::YA16BE
                 | Pixel::YA16LE
         );
-        let out = match profile {
+        match profile {
             Ok(None) => ToSrgb::none(),
             Ok(Some(icc)) => ToSrgb::for_profile(&icc, grey),
             Err(reason) => ToSrgb::ignored(reason),
-        };
-        if let Colour::Ignored(reason) = &out.colour {
-            let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
-            tracing::warn!(file, reason, "image ICC profile ignored; pixels taken as sRGB");
         }
-        out
     }
 
-    fn ignored(reason: String) -> ToSrgb {
+    /// No conversion, because of `reason` (logged).
+    pub fn ignored(reason: String) -> ToSrgb {
+        tracing::warn!(reason, "image ICC profile ignored; pixels taken as sRGB");
         ToSrgb {
             transform: None,
             colour: Colour::Ignored(reason),
@@ -227,6 +228,91 @@ fn is_identity(t: &qcms::Transform, layout: &Layout) -> bool {
         }
     }
     rgba.iter().zip(&out).all(|(a, b)| a.abs_diff(*b) <= 1)
+}
+
+/// A PNG's iCCP chunk as FFmpeg 5.1 would meet it.
+pub(crate) enum PngIccp {
+    /// None, or one that inflates within the limit: ffmpeg may decode the file as it is.
+    Fine,
+    /// One ffmpeg must not see (it fails the whole picture on a damaged zlib stream, and
+    /// inflates without a bound): why, and where the chunk is (start, length with header
+    /// and CRC).
+    Unusable { reason: String, at: u64, len: u64 },
+}
+
+/// Looks at the iCCP chunk of the PNG at `path` (before PLTE and IDAT, as the format puts
+/// it), inflating it with a limit of `ICC_PROFILE_BYTES_MAX`.
+pub(crate) fn check_png(path: &Path) -> std::io::Result<PngIccp> {
+    use std::io::{BufReader, Seek as _};
+    let mut file = BufReader::new(std::fs::File::open(path)?);
+    let mut at = 8u64;
+    file.seek_relative(8)?;
+    // Each step moves past a whole chunk, so the loop ends within the file's length.
+    loop {
+        let mut head = [0u8; 8];
+        if file.read_exact(&mut head).is_err() {
+            return Ok(PngIccp::Fine);
+        }
+        let size = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+        match &head[4..8] {
+            b"iCCP" => {
+                let unusable = |reason: String| PngIccp::Unusable {
+                    reason,
+                    at,
+                    len: size + 12,
+                };
+                // Deflate does not make a profile much larger than it is.
+                if size > 2 * ICC_PROFILE_BYTES_MAX as u64 {
+                    return Ok(unusable(format!("iCCP chunk of {size} bytes is too large")));
+                }
+                let mut data = vec![0u8; size as usize];
+                if file.read_exact(&mut data).is_err() {
+                    return Ok(unusable("the iCCP chunk is cut short".into()));
+                }
+                return Ok(match inflate_iccp(&data) {
+                    Ok(()) => PngIccp::Fine,
+                    Err(reason) => unusable(reason),
+                });
+            }
+            b"PLTE" | b"IDAT" | b"IEND" => return Ok(PngIccp::Fine),
+            _ => {
+                let skip = size + 4;
+                file.seek_relative(skip as i64)?;
+                at += 8 + skip;
+            }
+        }
+    }
+}
+
+/// Checks an iCCP chunk's data (name, NUL, method 0, zlib) inflates within the limit.
+fn inflate_iccp(data: &[u8]) -> Result<(), String> {
+    let name_end = data
+        .iter()
+        .take(80)
+        .position(|b| *b == 0)
+        .ok_or_else(|| "iCCP chunk with a bad profile name".to_string())?;
+    let Some((0, zlib)) = data[name_end + 1..].split_first() else {
+        return Err("iCCP chunk with an unknown compression".into());
+    };
+    miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(zlib, ICC_PROFILE_BYTES_MAX)
+        .map(|_| ())
+        .map_err(|e| match e.status {
+            miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
+                format!("profile over the limit of {ICC_PROFILE_BYTES_MAX} bytes")
+            }
+            _ => "iCCP chunk with a damaged zlib stream".into(),
+        })
+}
+
+/// Copies the file at `src` to `dst` without the `len` bytes at `at`.
+pub(crate) fn copy_without(src: &Path, at: u64, len: u64, dst: &Path) -> std::io::Result<()> {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let mut from = std::fs::File::open(src)?;
+    let mut to = std::io::BufWriter::new(std::fs::File::create(dst)?);
+    std::io::copy(&mut (&mut from).take(at), &mut to)?;
+    from.seek(SeekFrom::Start(at + len))?;
+    std::io::copy(&mut from, &mut to)?;
+    to.flush()
 }
 
 /// The ICCP chunk of the WebP file at `path`, if it has one: `Err` with a reason when it is

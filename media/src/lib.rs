@@ -115,8 +115,26 @@ fn process_image(
     out_dir: &Path,
     budget: &probe::Budget,
 ) -> Result<Processed, MediaError> {
-    let frame = image::first_frame(path, &probe.container, budget)?;
-    let colour = icc::ToSrgb::for_frame(&frame, path, &probe.container);
+    // FFmpeg 5.1 fails a PNG whose iCCP chunk is damaged and inflates it without a bound:
+    // such a chunk is left out of a copy that is decoded instead.
+    let mut unusable = None;
+    let mut source = path.to_path_buf();
+    if probe.container == "png_pipe" {
+        if let icc::PngIccp::Unusable { reason, at, len } = icc::check_png(path)? {
+            source = out_dir.join("source-without-iccp.png");
+            icc::copy_without(path, at, len, &source)?;
+            unusable = Some(reason);
+        }
+    }
+    let frame = image::first_frame(&source, &probe.container, budget);
+    if source != path {
+        let _ = std::fs::remove_file(&source);
+    }
+    let frame = frame?;
+    let colour = match unusable {
+        Some(reason) => icc::ToSrgb::ignored(reason),
+        None => icc::ToSrgb::for_frame(&frame, path, &probe.container),
+    };
     let mut renditions = Vec::with_capacity(2);
     let mut hash = None;
     for (name, side) in [
