@@ -243,7 +243,7 @@ pub(crate) enum PngIccp {
 /// Looks at the iCCP chunk of the PNG at `path` (before PLTE and IDAT, as the format puts
 /// it), inflating it with a limit of `ICC_PROFILE_BYTES_MAX`.
 pub(crate) fn check_png(path: &Path) -> std::io::Result<PngIccp> {
-    use std::io::{BufReader, Seek as _};
+    use std::io::BufReader;
     let mut file = BufReader::new(std::fs::File::open(path)?);
     let mut at = 8u64;
     file.seek_relative(8)?;
