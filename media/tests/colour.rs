@@ -163,7 +163,7 @@ fn icc(space: &[u8; 4], tags: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
             None => {
                 let at = 128 + table + data.len();
                 data.extend_from_slice(bytes);
-                while data.len() % 4 != 0 {
+                while !data.len().is_multiple_of(4) {
                     data.push(0);
                 }
                 at
