@@ -126,30 +126,26 @@ impl ToSrgb {
         }
     }
 
-    /// Converts `img` to sRGB in place. Pixels are left as they are when there is nothing
-    /// to do or the conversion fails (then with a log line).
+    /// Converts `img` to sRGB in place (nothing to do for untagged and sRGB pictures).
     pub fn apply(&self, img: &mut Rgba) {
         let Some((t, layout)) = &self.transform else {
             return;
         };
-        let converted = catch_unwind(AssertUnwindSafe(|| {
-            let mut out = vec![0u8; img.data.len()];
-            match layout {
-                Layout::Rgb => t.convert(&img.data, &mut out),
-                Layout::Grey => {
-                    let ga: Vec<u8> = img
-                        .data
-                        .chunks_exact(4)
-                        .flat_map(|p| [p[0], p[3]])
-                        .collect();
-                    t.convert(&ga, &mut out);
-                }
+        // qcms only panics on a buffer that is not whole pixels, which `Rgba` always is; the
+        // guard keeps a bug there from taking the transcoding thread.
+        let converted = catch_unwind(AssertUnwindSafe(|| match layout {
+            Layout::Rgb => t.apply(&mut img.data),
+            Layout::Grey => {
+                let ga: Vec<u8> = img
+                    .data
+                    .chunks_exact(4)
+                    .flat_map(|p| [p[0], p[3]])
+                    .collect();
+                t.convert(&ga, &mut img.data);
             }
-            out
         }));
-        match converted {
-            Ok(out) => img.data = out,
-            Err(_) => tracing::warn!("colour conversion panicked; pixels taken as sRGB"),
+        if converted.is_err() {
+            tracing::warn!("colour conversion panicked; the picture may be partly converted");
         }
     }
 }

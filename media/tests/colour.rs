@@ -714,3 +714,55 @@ fn bad_profiles_give_renditions_as_srgb() {
     );
     check(&done, TOLERANCE, |i| PATCHES[i]);
 }
+
+/// The cost of a profile: `process` on a 12-megapixel photo with and without one. Not a
+/// test (no assertion on time); run it on a quiet machine with
+/// `cargo test --release -p nova-media --test colour -- --ignored --nocapture cost`.
+#[test]
+#[ignore]
+fn cost_of_a_profile() {
+    const RUNS: usize = 9;
+    let d = dir("cost");
+    let p3 = rgb_profile(P3_D50, Trc::Srgb);
+    for (name, ext, extra) in [
+        ("jpeg 4032x3024", "jpg", &["-q:v", "2"][..]),
+        ("png 4032x3024", "png", &[][..]),
+    ] {
+        let src = d.join(format!("src.{ext}"));
+        let mut args = vec!["-f", "lavfi", "-i", "testsrc2=s=4032x3024"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-frames:v", "1", src.to_str().unwrap()]);
+        ffmpeg(&args);
+        let plain = std::fs::read(&src).unwrap();
+        let tagged = match ext {
+            "jpg" => jpeg_with_icc(&plain, &p3),
+            _ => png_with_iccp(&plain, &p3),
+        };
+        for (label, bytes, colour) in [
+            ("no profile", &plain, Colour::Untagged),
+            ("Display P3", &tagged, Colour::Converted),
+        ] {
+            let path = d.join(format!("in.{ext}"));
+            std::fs::write(&path, bytes).unwrap();
+            let out = d.join("out");
+            std::fs::create_dir_all(&out).unwrap();
+            let limits = Limits::default();
+            let mut ms: Vec<f64> = (0..RUNS)
+                .map(|_| {
+                    let started = std::time::Instant::now();
+                    let probe = inspect(&path, &limits).unwrap();
+                    let done = process(&path, &probe, &out, &limits).unwrap();
+                    assert_eq!(done.colour, colour);
+                    started.elapsed().as_secs_f64() * 1000.0
+                })
+                .collect();
+            ms.sort_by(f64::total_cmp);
+            println!(
+                "{name}, {label}: median {:.1} ms, min {:.1} ms, max {:.1} ms ({RUNS} runs)",
+                ms[RUNS / 2],
+                ms[0],
+                ms[RUNS - 1]
+            );
+        }
+    }
+}
