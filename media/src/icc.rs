@@ -70,13 +70,8 @@ impl ToSrgb {
         }
     }
 
-    /// The conversion for `frame`, decoded from the file at `path` by `decoder`.
+    /// The conversion for `frame`, decoded from the file at `path` opened as `demuxer`.
     pub fn for_frame(frame: &ffmpeg::frame::Video, path: &Path, demuxer: &str) -> ToSrgb {
-        let profile = match frame.side_data(SideData::IccProfile) {
-            Some(sd) => Ok(Some(sd.data().to_vec())),
-            None if demuxer == "webp_pipe" => webp_profile(path),
-            None => Ok(None),
-        };
         // Palette pictures are colour even with one component: named, not counted.
         let grey = matches!(
             frame.format(),
@@ -87,7 +82,13 @@ impl ToSrgb {
                 | Pixel::YA16BE
                 | Pixel::YA16LE
         );
-        match profile {
+        if let Some(sd) = frame.side_data(SideData::IccProfile) {
+            return ToSrgb::for_profile(sd.data(), grey);
+        }
+        if demuxer != "webp_pipe" {
+            return ToSrgb::none();
+        }
+        match webp_profile(path) {
             Ok(None) => ToSrgb::none(),
             Ok(Some(icc)) => ToSrgb::for_profile(&icc, grey),
             Err(reason) => ToSrgb::ignored(reason),
