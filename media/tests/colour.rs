@@ -1,6 +1,7 @@
 //! Colour: an image's embedded ICC profile (PNG iCCP, JPEG APP2, WebP ICCP) is applied, so
 //! renditions are sRGB with no profile left in them; untagged and sRGB pictures come out
 //! unchanged; a damaged, oversized or unusable profile still gives renditions, as sRGB.
+//! Matrix/TRC (v4 parametric and v2 gamma curves) and v2 LUT profiles, RGB and grey.
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -505,6 +506,63 @@ fn patches_rotated(d: &Path) -> Vec<u8> {
         out.to_str().unwrap(),
     ]);
     std::fs::read(out).unwrap()
+}
+
+/// The rotated profile again, as an ICC v2 LUT profile (an `A2B0` lut16Type: sRGB-decoding
+/// input tables, a 2-point CLUT holding the corners' XYZ, which trilinear interpolation
+/// makes exactly the matrix, identity output tables): qcms's other input path.
+fn rotated_lut_profile() -> Vec<u8> {
+    const ENTRIES: usize = 1024;
+    let s = SRGB_D50;
+    // Profile red, green, blue = sRGB green, blue, red.
+    let cols = [1, 2, 0].map(|c| [s[0][c], s[1][c], s[2][c]]);
+    let mut t = b"mft2\0\0\0\0".to_vec();
+    t.extend_from_slice(&[3, 3, 2, 0]);
+    for v in [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0] {
+        t.extend_from_slice(&s15(v));
+    }
+    t.extend_from_slice(&(ENTRIES as u16).to_be_bytes());
+    t.extend_from_slice(&2u16.to_be_bytes());
+    for _ in 0..3 {
+        for i in 0..ENTRIES {
+            let v = (i as f64 / (ENTRIES - 1) as f64 * 255.0).round() as u8;
+            let lin = srgb_decode(v).max(0.0);
+            t.extend_from_slice(&((lin * 65535.0).round() as u16).to_be_bytes());
+        }
+    }
+    for r in 0..2 {
+        for g in 0..2 {
+            for b in 0..2 {
+                for k in 0..3 {
+                    let xyz = f64::from(r) * cols[0][k]
+                        + f64::from(g) * cols[1][k]
+                        + f64::from(b) * cols[2][k];
+                    // lut16 XYZ: 1.0 is 0x8000.
+                    let v = (xyz * 32768.0).round().min(65535.0) as u16;
+                    t.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+        }
+    }
+    for _ in 0..3 {
+        t.extend_from_slice(&0u16.to_be_bytes());
+        t.extend_from_slice(&65535u16.to_be_bytes());
+    }
+    let mut p = icc(
+        b"RGB ",
+        &[(b"wtpt", xyz_tag(0.9642, 1.0, 0.8249)), (b"A2B0", t)],
+    );
+    p[8..12].copy_from_slice(&[2, 0x40, 0, 0]); // version 2.4
+    p
+}
+
+#[test]
+fn png_with_a_lut_profile() {
+    let d = dir("lut");
+    let png = patches(&d, "p.png", &[]);
+    let done = run(&d, "lut.png", &png_with_iccp(&png, &rotated_lut_profile()));
+    assert_eq!(done.colour, Colour::Converted);
+    check(&done, TOLERANCE, |i| rotated(PATCHES[i]));
 }
 
 #[test]
