@@ -525,20 +525,23 @@ fn rotated_lut_profile() -> Vec<u8> {
     t.extend_from_slice(&2u16.to_be_bytes());
     for _ in 0..3 {
         for i in 0..ENTRIES {
-            let v = (i as f64 / (ENTRIES - 1) as f64 * 255.0).round() as u8;
-            let lin = srgb_decode(v).max(0.0);
+            let v = i as f64 / (ENTRIES - 1) as f64;
+            let lin = if v <= 0.04045 {
+                v / 12.92
+            } else {
+                ((v + 0.055) / 1.055).powf(2.4)
+            };
             t.extend_from_slice(&((lin * 65535.0).round() as u16).to_be_bytes());
         }
     }
     for r in 0..2 {
         for g in 0..2 {
             for b in 0..2 {
-                for k in 0..3 {
-                    let xyz = f64::from(r) * cols[0][k]
-                        + f64::from(g) * cols[1][k]
-                        + f64::from(b) * cols[2][k];
+                let corner = [r, g, b].map(f64::from);
+                let xyz = [0, 1, 2].map(|k| (0..3).map(|c| corner[c] * cols[c][k]).sum::<f64>());
+                for v in xyz {
                     // lut16 XYZ: 1.0 is 0x8000.
-                    let v = (xyz * 32768.0).round().min(65535.0) as u16;
+                    let v = (v * 32768.0).round().min(65535.0) as u16;
                     t.extend_from_slice(&v.to_be_bytes());
                 }
             }
