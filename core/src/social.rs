@@ -47,6 +47,9 @@ const FEED_POSTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("feed_p
 const COPIES_BY_AUTHOR: TableDefinition<(u64, u64), ()> = TableDefinition::new("copies_by_author");
 /// (followee, requester) -> ms : follow requests to a private account, on its shard
 const FOLLOW_REQUESTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("follow_requests");
+/// (reader, author) -> ms : follows whose backfill (copies of the author's recent posts) is
+/// not written yet, on the reader's shard; written with the follow, removed by the backfill
+const BACKFILLS: TableDefinition<(u64, u64), u64> = TableDefinition::new("feed_backfills");
 /// user id -> (followers, following) counts, each kept on the shard that owns that side
 const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("social_counts");
 
@@ -256,6 +259,8 @@ pub fn follow(
     f.insert((follower, followee), now_ms)?;
     txn.open_table(FOLLOWERS_LOCAL)?
         .insert((followee, follower), ())?;
+    txn.open_table(BACKFILLS)?
+        .insert((follower, followee), now_ms)?;
     drop(f);
     bump(txn, follower, 0, 1)?;
     Ok(true)
@@ -270,6 +275,7 @@ pub fn unfollow(txn: &WriteTransaction, follower: u64, followee: u64) -> Result<
     if removed {
         txn.open_table(FOLLOWERS_LOCAL)?
             .remove((followee, follower))?;
+        txn.open_table(BACKFILLS)?.remove((follower, followee))?;
         bump(txn, follower, 0, -1)?;
     }
     Ok(removed)
@@ -578,13 +584,16 @@ pub fn refresh_copy(txn: &WriteTransaction, post: &Post) -> Result<(), CoreError
     Ok(())
 }
 
-/// Keeps copies of earlier posts of a newly followed author here (on the reader's shard), so
-/// that they show in the reader's home feed, unless the follow ended or a block came in the
-/// meantime.
-pub fn backfill(txn: &WriteTransaction, reader: u64, posts: &[Post]) -> Result<(), CoreError> {
-    let Some(author) = posts.first().map(|p| p.author_id) else {
-        return Ok(());
-    };
+/// Keeps copies of earlier posts of a newly followed `author` here (on the reader's shard),
+/// so that they show in the reader's home feed, unless the follow ended or a block came in
+/// the meantime. Either way the follow's pending backfill row is done.
+pub fn backfill(
+    txn: &WriteTransaction,
+    reader: u64,
+    author: u64,
+    posts: &[Post],
+) -> Result<(), CoreError> {
+    txn.open_table(BACKFILLS)?.remove((reader, author))?;
     if txn.open_table(FOLLOWS)?.get((reader, author))?.is_none()
         || txn.open_table(BLOCKS)?.get((reader, author))?.is_some()
         || txn.open_table(BLOCKED_BY)?.get((reader, author))?.is_some()
@@ -601,6 +610,27 @@ pub fn backfill(txn: &WriteTransaction, reader: u64, posts: &[Post]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Up to `limit` follows on this shard, as (reader, author), whose backfill was asked for at
+/// or before `before_ms` and is still not written (a crash or a failed request in between).
+pub fn pending_backfills(
+    read: &ReadTransaction,
+    before_ms: u64,
+    limit: usize,
+) -> Result<Vec<(u64, u64)>, CoreError> {
+    let t = open_read!(read, BACKFILLS, Vec::new());
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (key, ms) = row?;
+        if ms.value() <= before_ms {
+            out.push(key.value());
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The readers on this shard whose home feeds show a post: its author when `author_here`,
@@ -1110,6 +1140,7 @@ pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError
     c.copy(POST_COPIES)?;
     c.copy(FEED_POSTS)?;
     c.copy(COPIES_BY_AUTHOR)?;
+    c.copy(BACKFILLS)?;
     c.copy(FOLLOW_REQUESTS)?;
     c.copy(COUNTS)?;
     Ok(())
@@ -1264,8 +1295,18 @@ mod tests {
         assert_eq!(home_ids(&db, 1), vec![11]);
         // Following 2 again brings its kept posts back; a backfill adds older ones once.
         write(&db, |t| follow(t, 1, 2, 0));
-        write(&db, |t| backfill(t, 1, &[post(5, 2), post(10, 2)]));
-        write(&db, |t| backfill(t, 1, &[post(5, 2)]));
+        let read = db.begin_read().unwrap();
+        assert_eq!(
+            pending_backfills(&read, 0, 10).unwrap(),
+            vec![(1, 2), (1, 3)]
+        );
+        drop(read);
+        write(&db, |t| backfill(t, 1, 2, &[post(5, 2), post(10, 2)]));
+        write(&db, |t| backfill(t, 1, 2, &[post(5, 2)]));
+        write(&db, |t| backfill(t, 1, 3, &[]));
+        let read = db.begin_read().unwrap();
+        assert!(pending_backfills(&read, u64::MAX, 10).unwrap().is_empty());
+        drop(read);
         assert_eq!(home_ids(&db, 1), vec![15, 11, 10, 5]);
         // The erased reader's own rows go; the copies stay for others.
         write(&db, |t| fan_out(t, &mentioning(17, 4, 1), false, &[1]));

@@ -189,9 +189,11 @@ pub enum Op {
         limit: usize,
         reply: Reply<Vec<Post>>,
     },
-    /// On the follower's shard: put these posts in the follower's feed.
+    /// On the follower's shard: put these posts of `author` in the follower's feed (none:
+    /// the backfill is done all the same).
     Backfill {
         reader: u64,
+        author: u64,
         posts: Vec<Post>,
         reply: Reply<()>,
     },

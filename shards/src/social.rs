@@ -30,6 +30,14 @@ const RELAY_AGE_MIN_MS: u64 = 2000;
 const RELAY_PERIOD: Duration = Duration::from_millis(250);
 /// Posts of a newly followed author put into the follower's feed.
 const BACKFILL_POSTS: usize = 20;
+/// Relay passes between two looks for backfills left undone (20 x 250 ms: 5 s).
+const BACKFILL_RETRY_EVERY: u32 = 20;
+/// A follow's backfill is retried once its follow is this old (the request does it first).
+const BACKFILL_RETRY_AGE_MS: u64 = 10_000;
+/// Backfills retried per look, at most.
+const BACKFILL_RETRIES_MAX: usize = 32;
+/// Time allowed to one retried backfill.
+const BACKFILL_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
 /// Views are written to `post_views` every this many relay passes.
 const VIEW_FLUSH_EVERY: u32 = 4;
 /// A viewer's repeated views of a post within this window count once.
@@ -607,12 +615,13 @@ impl Shard {
             }
             Op::Backfill {
                 reader,
+                author,
                 posts,
                 reply,
             } => {
                 let result = self
                     .partition
-                    .write(move |t| social::backfill(t, reader, &posts))
+                    .write(move |t| social::backfill(t, reader, author, &posts))
                     .await;
                 let _ = reply.send(result.map_err(Fail::from));
             }
@@ -1100,30 +1109,59 @@ impl Shard {
             social::follow(t, follower, followee, now)
         })
         .await?;
+        self.backfill(follower, followee, deadline).await;
+        Ok(true)
+    }
+
+    /// On the reader's shard: copies of the author's latest posts the reader may see, so that
+    /// they show in the reader's home feed. The follow left a pending row in its own
+    /// transaction; if this fails (or the process dies first), `retry_backfills` does it
+    /// later, so a follow always ends up with its backfill.
+    async fn backfill(self: &Rc<Self>, reader: u64, author: u64, deadline: Instant) {
         let posts = self
-            .ask(shard_of(followee), deadline, |reply| Op::RecentPosts {
-                author: followee,
-                viewer: follower,
+            .ask(shard_of(author), deadline, |reply| Op::RecentPosts {
+                author,
+                viewer: reader,
                 limit: BACKFILL_POSTS,
                 reply,
             })
             .await;
-        // The backfill is derived state: a failure here leaves an older-posts gap in the
-        // feed, never a wrong answer, so the follow stands.
-        match posts {
-            Ok(posts) if !posts.is_empty() => {
-                if let Err(e) = self
-                    .partition
-                    .write(move |t| social::backfill(t, follower, &posts))
-                    .await
-                {
-                    tracing::warn!(error = %e, "feed backfill failed");
-                }
+        let posts = match posts {
+            Ok(posts) => posts,
+            // The author is gone: nothing to copy, and nothing to retry.
+            Err(Fail::Core(CoreError::NotFound)) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(error = %e, reader, author, "feed backfill failed; will retry");
+                return;
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "feed backfill failed"),
+        };
+        if let Err(e) = self
+            .partition
+            .write(move |t| social::backfill(t, reader, author, &posts))
+            .await
+        {
+            tracing::warn!(error = %e, reader, author, "feed backfill failed; will retry");
         }
-        Ok(true)
+    }
+
+    /// Backfills whose follow committed more than `BACKFILL_RETRY_AGE_MS` ago without them.
+    async fn retry_backfills(self: &Rc<Self>) -> Result<(), Fail> {
+        let before = now_ms().saturating_sub(BACKFILL_RETRY_AGE_MS);
+        let pending = self.read(|r| social::pending_backfills(r, before, BACKFILL_RETRIES_MAX))?;
+        if !pending.is_empty() {
+            tracing::info!(count = pending.len(), "retrying feed backfills left undone");
+        }
+        // The relay waits for this pass: it stops after one retry timeout's worth.
+        let pass_end = Instant::now() + BACKFILL_RETRY_TIMEOUT;
+        for (reader, author) in pending {
+            let now = Instant::now();
+            if now >= pass_end {
+                break;
+            }
+            self.backfill(reader, author, now + BACKFILL_RETRY_TIMEOUT)
+                .await;
+        }
+        Ok(())
     }
 
     /// On the followee's shard: may `follower` follow now, or must it ask? A private account
@@ -1226,17 +1264,16 @@ impl Shard {
             min_id: None,
         };
         let (posts, _) = self.user_posts(followee, requester, page)?;
-        if !posts.is_empty() {
-            let result = self
-                .ask(target, deadline, |reply| Op::Backfill {
-                    reader: requester,
-                    posts,
-                    reply,
-                })
-                .await;
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "feed backfill failed");
-            }
+        let result = self
+            .ask(target, deadline, |reply| Op::Backfill {
+                reader: requester,
+                author: followee,
+                posts,
+                reply,
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "feed backfill failed; the follower's shard will retry");
         }
         Ok(())
     }
@@ -1431,6 +1468,9 @@ impl Shard {
     async fn relay_once(self: &Rc<Self>) -> Result<(), Fail> {
         let pass = self.relay.passes.get().wrapping_add(1);
         self.relay.passes.set(pass);
+        if pass.is_multiple_of(BACKFILL_RETRY_EVERY) {
+            self.retry_backfills().await?;
+        }
         if pass.is_multiple_of(VIEW_FLUSH_EVERY) {
             self.flush_views().await?;
             self.prune_streams();

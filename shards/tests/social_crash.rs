@@ -265,3 +265,105 @@ fn acknowledged_posts_reach_timelines_and_feeds_after_sigkill() {
         );
     }
 }
+
+/// Pairs of (author on shard 0 with posts of its own, reader on shard 1): each reader's feed
+/// can only get its author's older posts from that follow's own backfill.
+const BACKFILL_PAIRS: usize = 8;
+/// How long a restarted server may take to redo an interrupted backfill (it retries follows
+/// older than 10 s, every 5 s).
+const BACKFILL_RETRY_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// A follow answered or not, killed anywhere between its commit and its backfill's: after the
+/// restart, every follow that exists brings the author's earlier posts into the reader's home
+/// feed. The kills land at spread-out moments of the follows in flight; wherever they land,
+/// the check is the same.
+#[test]
+fn a_follow_cut_by_sigkill_still_gets_its_backfill() {
+    let mut server = Server::start(&[]);
+    for (round, delay_ms) in [3u64, 8, 15, 25, 40].into_iter().enumerate() {
+        let pairs: Vec<(Member, Member, Vec<u64>)> = (0..BACKFILL_PAIRS)
+            .map(|_| {
+                let author = server.member_on_shard(0);
+                let reader = server.member_on_shard(1);
+                let posts = (0..3)
+                    .map(|i| {
+                        let resp = server.post(
+                            "/v1/posts",
+                            Some(&author.token),
+                            json!({"text": format!("earlier post {i}")}),
+                        );
+                        resp.expect(201);
+                        parse_id(resp.at("post.id"))
+                    })
+                    .collect();
+                (author, reader, posts)
+            })
+            .collect();
+        let server_arc = Arc::new(server);
+        let handles: Vec<_> = pairs
+            .iter()
+            .map(|(author, reader, _)| {
+                let server = Arc::clone(&server_arc);
+                let (author, token) = (author.id(), reader.token.clone());
+                thread::spawn(move || {
+                    let req = Req::post(&format!("/v1/users/{author}/follow"))
+                        .bearer(&token)
+                        .timeout(Duration::from_secs(10));
+                    server.send(&req).map(|r| r.status).ok()
+                })
+            })
+            .collect();
+        // Somewhere among the follows in flight: a different moment each round.
+        thread::sleep(Duration::from_millis(delay_ms));
+        server_arc.signal(libc::SIGKILL);
+        let answered: Vec<Option<u16>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let Ok(mut s) = Arc::try_unwrap(server_arc) else {
+            panic!("every client thread has ended");
+        };
+        s.kill9();
+        s.restart();
+        server = s;
+        let deadline = Instant::now() + BACKFILL_RETRY_TIMEOUT;
+        let mut followed = 0;
+        for ((author, reader, posts), answer) in pairs.iter().zip(&answered) {
+            let reader_token = server
+                .login(&reader.user.username, &reader.user.password)
+                .access;
+            let resp = server.get(
+                &format!("/v1/users/{}/following?limit=10", reader.id()),
+                Some(&reader_token),
+            );
+            resp.expect(200);
+            let following: Vec<u64> = resp
+                .at("items")
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|item| parse_id(item.get("id").expect("id")))
+                .collect();
+            if !following.contains(&author.id()) {
+                assert_ne!(*answer, Some(200), "an answered follow was lost");
+                continue;
+            }
+            followed += 1;
+            loop {
+                let home = server.walk_posts("/v1/timelines/home", &reader_token, 100);
+                if posts.iter().all(|p| home.contains(p)) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: reader {} follows {} but its feed has {home:?}, not {posts:?}",
+                    reader.id(),
+                    author.id()
+                );
+                thread::sleep(Duration::from_millis(250));
+            }
+        }
+        eprintln!(
+            "round {round} (kill after {delay_ms} ms): {followed} of {BACKFILL_PAIRS} follows \
+             survived the kill (answered before it: {})",
+            answered.iter().filter(|a| **a == Some(200)).count()
+        );
+    }
+}
