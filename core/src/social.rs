@@ -695,6 +695,9 @@ pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
 /// and, when the scan stopped at that cap before filling the page, the last id scanned (the
 /// cursor to continue from).
 ///
+/// `hidden` names authors nobody else may see now (suspended): their posts are passed over
+/// like blocked ones, so a page stays full.
+///
 /// `early` are feed items of `reader` delivered to this shard whose fan-out has not committed
 /// yet (ascending post ids): they are merged in and pass the same checks. The first `skip`
 /// posts the page would show (in scan order) are left out, without decoding them when the
@@ -709,6 +712,7 @@ pub fn home(
     scan_max: usize,
     prefs: &FeedPreferences,
     early: &[(&Post, Reason)],
+    hidden: &dyn Fn(u64) -> bool,
 ) -> Result<(Vec<Post>, Option<u64>), CoreError> {
     let mut skip = skip;
     let low = min_id.map_or(0, |m| m.saturating_add(1));
@@ -814,7 +818,7 @@ pub fn home(
                         Some(t) => t.get((reader, author))?.is_some(),
                         None => false,
                     };
-                let shown = keep && !blocked && !muted;
+                let shown = keep && !blocked && !muted && (author == reader || !hidden(author));
                 verdicts.insert((author, reason), shown);
                 shown
             }
@@ -1192,6 +1196,7 @@ mod tests {
             1000,
             &FeedPreferences::default(),
             early,
+            &|_| false,
         )
         .unwrap()
         .0
@@ -1234,13 +1239,19 @@ mod tests {
         // Skipping: the benchmark API's `start`, counted over shown posts only.
         let read = db.begin_read().unwrap();
         let prefs = FeedPreferences::default();
-        let page = home(&read, 1, None, None, (2, 1), 1000, &prefs, &early).unwrap();
+        let page = home(&read, 1, None, None, (2, 1), 1000, &prefs, &early, &|_| {
+            false
+        })
+        .unwrap();
         assert_eq!(page.0.iter().map(|p| p.id).collect::<Vec<_>>(), vec![11]);
         let muting = FeedPreferences {
             hide_replies: false,
             muted_words: vec!["hi".into()],
         };
-        let page = home(&read, 1, None, None, (0, 5), 1000, &muting, &early).unwrap();
+        let page = home(&read, 1, None, None, (0, 5), 1000, &muting, &early, &|_| {
+            false
+        })
+        .unwrap();
         assert!(page.0.is_empty(), "every post says hi");
         drop(read);
         write(&db, |t| block(t, 1, 2, 0));
@@ -1276,12 +1287,18 @@ mod tests {
         assert_eq!(home_with(&db, 1, None, Some(12), &[]), vec![16, 15, 13]);
         let read = db.begin_read().unwrap();
         let prefs = FeedPreferences::default();
-        let (page, _) = home(&read, 1, None, None, (1, 2), 1000, &prefs, &[]).unwrap();
+        let (page, _) = home(&read, 1, None, None, (1, 2), 1000, &prefs, &[], &|_| false).unwrap();
         assert_eq!(page.iter().map(|p| p.id).collect::<Vec<_>>(), vec![15, 13]);
         // The scan cap names where to go on.
-        let (page, more) = home(&read, 1, None, None, (0, 10), 3, &prefs, &[]).unwrap();
+        let (page, more) = home(&read, 1, None, None, (0, 10), 3, &prefs, &[], &|_| false).unwrap();
         assert_eq!(page.iter().map(|p| p.id).collect::<Vec<_>>(), vec![16, 15]);
         assert_eq!(more, Some(15), "16 came twice (followed and mentioned)");
+        // A hidden (suspended) author is passed over and the page still fills.
+        let (page, _) = home(&read, 1, None, None, (0, 3), 1000, &prefs, &[], &|a| a == 3).unwrap();
+        assert_eq!(
+            page.iter().map(|p| p.id).collect::<Vec<_>>(),
+            vec![15, 13, 11]
+        );
         let mut readers = feed_readers(&read, &mentioning(16, 3, 1), false).unwrap();
         readers.sort_unstable();
         assert_eq!(readers, vec![1]);

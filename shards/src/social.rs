@@ -337,24 +337,10 @@ impl Shard {
                         HOME_SCAN_MAX,
                         &prefs,
                         &early.of(reader),
+                        &|author| self.hidden_from(author, reader),
                     )
                 });
                 drop(early);
-                // Posts of suspended authors stay in the feed tables (an unsuspension brings
-                // them back) and are left out of the page; a full page cut short this way
-                // still names where the next one starts.
-                let result = result.map(|(mut posts, cursor)| {
-                    let full_to = (posts.len() >= page.limit)
-                        .then(|| posts.last().map(|p| p.id))
-                        .flatten();
-                    posts.retain(|p| !self.hidden_from(p.author_id, reader));
-                    let cursor = if posts.len() < page.limit && cursor.is_none() {
-                        full_to
-                    } else {
-                        cursor
-                    };
-                    (posts, cursor)
-                });
                 let _ = reply.send(result);
             }
             Op::Like {
