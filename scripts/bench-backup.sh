@@ -20,6 +20,8 @@
 #                       turn, BIN first, and every row names its binary
 #   BACKUP_PASSES=N     with BACKUP_COMPARE: how many times each binary takes its turn
 #                       (default 2, alternating, so a change in the machine's load hits both)
+#   BACKUP_FLAGS=...    extra `nova serve` flags for this build's server (not the compared
+#                       one), e.g. "--backup-low-priority false"
 #   BENCH_NO_BUILD=1    use the binaries already in target/release
 #
 # Every row carries the machine's 1-minute load average at its end (other work on a shared
@@ -75,8 +77,12 @@ start_s=$(date +%s.%N)
 echo "bench-backup: imported in $(calc "$(date +%s.%N) - $start_s") s"
 
 serve() {
+    local extra=()
+    if [[ $1 == "$nova" && -n ${BACKUP_FLAGS:-} ]]; then
+        read -r -a extra <<<"$BACKUP_FLAGS"
+    fi
     "$1" serve --data "$data" --listen "$addr" --shards 2 --admin-listen "$admin" \
-        --admin-token "$token" --log warn >"$work/server.out" 2>"$work/server.err" &
+        --admin-token "$token" --log warn "${extra[@]}" >"$work/server.out" 2>"$work/server.err" &
     server_pid=$!
     for _ in $(seq 1200); do
         grep -q "nova listening on" "$work/server.out" && break
