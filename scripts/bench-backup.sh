@@ -15,7 +15,17 @@
 #   BACKUP_ROUNDS=N     backups taken, each with its own load run (default 3)
 #   BACKUP_DIR=D        where the data dir and the backups go (default a new dir under
 #                       target/, on the same disk as a real deployment's data dir would be)
+#   BACKUP_COMPARE=BIN  another `nova` binary (an older build, say) to measure in the same
+#                       run on the same data dir: the server is restarted with each binary in
+#                       turn, BIN first, and every row names its binary
+#   BACKUP_PASSES=N     with BACKUP_COMPARE: how many times each binary takes its turn
+#                       (default 2, alternating, so a change in the machine's load hits both)
+#   BACKUP_FLAGS=...    extra `nova serve` flags for this build's server (not the compared
+#                       one), e.g. "--backup-low-priority false"
 #   BENCH_NO_BUILD=1    use the binaries already in target/release
+#
+# Every row carries the machine's 1-minute load average at its end (other work on a shared
+# machine slows the backup and the requests alike).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -66,19 +76,31 @@ start_s=$(date +%s.%N)
     --password password >/dev/null
 echo "bench-backup: imported in $(calc "$(date +%s.%N) - $start_s") s"
 
-"$nova" serve --data "$data" --listen "$addr" --shards 2 --admin-listen "$admin" \
-    --admin-token "$token" --log warn >"$work/server.out" 2>"$work/server.err" &
-server_pid=$!
-for _ in $(seq 1200); do
-    grep -q "nova listening on" "$work/server.out" && break
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-        echo "bench-backup: the server exited:" >&2
-        cat "$work/server.err" >&2
-        exit 1
+serve() {
+    local extra=()
+    if [[ $1 == "$nova" && -n ${BACKUP_FLAGS:-} ]]; then
+        read -r -a extra <<<"$BACKUP_FLAGS"
     fi
-    sleep 0.1
-done
-grep -q "nova listening on" "$work/server.out" || { echo "bench-backup: no server" >&2; exit 1; }
+    "$1" serve --data "$data" --listen "$addr" --shards 2 --admin-listen "$admin" \
+        --admin-token "$token" --log warn "${extra[@]}" >"$work/server.out" 2>"$work/server.err" &
+    server_pid=$!
+    for _ in $(seq 1200); do
+        grep -q "nova listening on" "$work/server.out" && break
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            echo "bench-backup: the server exited:" >&2
+            cat "$work/server.err" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    grep -q "nova listening on" "$work/server.out" || { echo "bench-backup: no server" >&2; exit 1; }
+}
+stop_server() {
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+}
+serve "$nova"
 
 bearer=$("$bench" login --url "$url")
 auth="Authorization: Bearer $bearer"
@@ -129,22 +151,41 @@ backup() {
     rm -rf "$dest"
 }
 
-# Round 0: the backup alone, which also sizes the load window of the measured rounds.
-backup 0
-printf '%-6s %10s %10s %10s %10s %14s %14s\n' round seconds MB MB_per_s files p99_before_ms \
-    p99_during_ms
-printf '%-6s %10.2f %10d %10.0f %10d %14s %14s\n' 0 "$secs" $((bytes / 1000000)) \
-    "$(calc "$bytes / 1000000 / $secs")" "$files" - -
-window=$(calc "int($secs + 0.999)")
-for round in $(seq "$rounds"); do
-    before=$(load "$seconds")
-    # The load's measured window starts after its 1 s warmup; so does the backup.
-    load "$window" >"$work/during.out" 2>&1 &
-    load_pid=$!
-    sleep 1
-    backup "$round"
-    wait "$load_pid"
-    during=$(cat "$work/during.out")
-    printf '%-6s %10.2f %10d %10.0f %10d %14s %14s\n' "$round" "$secs" $((bytes / 1000000)) \
-        "$(calc "$bytes / 1000000 / $secs")" "$files" "$(p99 "$before")" "$(p99 "$during")"
-done
+loadavg() { cut -d' ' -f1 /proc/loadavg; }
+
+# One binary's turn: round 0 is the backup alone, which also sizes the load window of the
+# measured rounds.
+turn() {
+    local label=$1 window round before during
+    backup 0
+    printf '%-8s %-6s %10.2f %10d %10.0f %10d %14s %14s %8s\n' "$label" 0 "$secs" \
+        $((bytes / 1000000)) "$(calc "$bytes / 1000000 / $secs")" "$files" - - "$(loadavg)"
+    window=$(calc "int($secs + 0.999)")
+    for round in $(seq "$rounds"); do
+        before=$(load "$seconds")
+        # The load's measured window starts after its 1 s warmup; so does the backup.
+        load "$window" >"$work/during.out" 2>&1 &
+        load_pid=$!
+        sleep 1
+        backup "$round"
+        wait "$load_pid"
+        during=$(cat "$work/during.out")
+        printf '%-8s %-6s %10.2f %10d %10.0f %10d %14s %14s %8s\n' "$label" "$round" "$secs" \
+            $((bytes / 1000000)) "$(calc "$bytes / 1000000 / $secs")" "$files" \
+            "$(p99 "$before")" "$(p99 "$during")" "$(loadavg)"
+    done
+}
+
+printf '%-8s %-6s %10s %10s %10s %10s %14s %14s %8s\n' binary round seconds MB MB_per_s files \
+    p99_before_ms p99_during_ms loadavg
+if [[ -z ${BACKUP_COMPARE:-} ]]; then
+    turn this
+else
+    for _ in $(seq "${BACKUP_PASSES:-2}"); do
+        for which in compare this; do
+            stop_server
+            if [[ $which == compare ]]; then serve "$BACKUP_COMPARE"; else serve "$nova"; fi
+            turn "$which"
+        done
+    done
+fi

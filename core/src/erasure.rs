@@ -68,6 +68,11 @@ pub enum Stage {
     Likes,
     /// Work other shards asked for (`erasure_work`).
     Work,
+    /// The user's events in this shard's history (`event_store`): post and message texts,
+    /// relations, notifications (a walk, `events::erase_revealing`). Last, so that what the
+    /// stages before recorded is looked at too. Variants go only at the end: a job row
+    /// stores the stage by its position.
+    Events,
 }
 
 impl Stage {
@@ -84,7 +89,8 @@ impl Stage {
             Notifications => Comments,
             Comments => Likes,
             Likes => Work,
-            Work => return None,
+            Work => Events,
+            Events => return None,
         })
     }
 }
@@ -380,6 +386,18 @@ pub fn step(
             out.rows = units;
             more
         }
+        Stage::Events => {
+            let from = (job.cursor.0, job.cursor.1);
+            let (_, next) = events::erase_revealing(txn, user, from, n)?;
+            out.rows = n;
+            match next {
+                Some((a, b)) => {
+                    job.cursor = (a, b, 0);
+                    true
+                }
+                None => false,
+            }
+        }
     };
     job.rows = job.rows.saturating_add(out.rows as u64);
     if more {
@@ -567,6 +585,20 @@ mod tests {
         social::apply_blocked(&txn, d, y, 0).unwrap();
         social::set_mute(&txn, z, d, true, 0).unwrap();
         social::request_follow(&txn, z, d, 0).unwrap();
+        // The history: d's post and follow, and x's post that stays.
+        let d_created = Event::PostCreated {
+            post: Box::new(post(d_posts[0], d)),
+        };
+        let x_created = Event::PostCreated {
+            post: Box::new(post(x_post, x)),
+        };
+        let d_followed = Event::Followed {
+            follower: d,
+            followee: x,
+        };
+        for event in [&d_created, &x_created, &d_followed] {
+            events::record(&txn, next(), 1_000, event, &[]).unwrap();
+        }
         txn.commit().unwrap();
 
         let r = db.begin_read().unwrap();
@@ -639,5 +671,20 @@ mod tests {
         assert!(!social::mutes(&r, z, d).unwrap());
         assert!(!social::requested(&r, z, d).unwrap());
         assert!(!social::blocked_either_way(&r, y, d).unwrap());
+        // The history keeps x's post and the tombstones, nothing that reveals d.
+        let history: Vec<Event> = events::history(&r, (0, 0), 1_000)
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        assert!(history.contains(&x_created));
+        assert!(history
+            .iter()
+            .any(|e| matches!(e, Event::PostDeleted { author, .. } if *author == d)));
+        assert!(
+            !history.iter().any(|e| e.reveals(d)),
+            "{:?}",
+            history.iter().filter(|e| e.reveals(d)).collect::<Vec<_>>()
+        );
     }
 }

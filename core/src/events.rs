@@ -125,6 +125,70 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// Does the event carry something of `user`'s (its posts, messages, relations,
+    /// notifications, media) that must go from the history when the account is erased?
+    /// Tombstones that other readers of the history still need (`PostDeleted` for the search
+    /// index, `UserChanged`, `SuspensionChanged`, `AccountErased`, `ErasureWork`) name ids
+    /// only and stay until retention. Exhaustive on purpose: a new variant must decide.
+    pub fn reveals(&self, user: u64) -> bool {
+        match self {
+            Event::Followed { follower, followee }
+            | Event::Unfollowed { follower, followee }
+            | Event::FollowApproved { follower, followee } => {
+                *follower == user || *followee == user
+            }
+            Event::Blocked { blocker, blocked } | Event::Unblocked { blocker, blocked } => {
+                *blocker == user || *blocked == user
+            }
+            Event::PostCreated { post } | Event::PostEdited { post } => post.author_id == user,
+            Event::ConversationJoined { users, .. } => users.contains(&user),
+            Event::MessagePosted {
+                message,
+                recipients,
+            } => message.sender == user || recipients.contains(&user),
+            Event::ConversationLeft { user: left, .. } => *left == user,
+            Event::MediaReady { owner, .. } | Event::MediaFailed { owner, .. } => *owner == user,
+            Event::Notified { notice } => notice.recipient == user || notice.actor == Some(user),
+            Event::PostDeleted { .. }
+            | Event::UserChanged { .. }
+            | Event::SuspensionChanged { .. }
+            | Event::AccountErased { .. }
+            | Event::ErasureWork { .. } => false,
+        }
+    }
+}
+
+/// Account erasure: walks up to `limit` rows of the history from `from` and deletes the
+/// events that reveal `user` (`Event::reveals`). Returns the rows deleted and where the walk
+/// goes on (`None`: the end of the history is reached). A row that does not decode is
+/// deleted too: nothing can tell whose it was.
+pub fn erase_revealing(
+    txn: &WriteTransaction,
+    user: u64,
+    from: HistoryKey,
+    limit: usize,
+) -> Result<(usize, Option<HistoryKey>), CoreError> {
+    let mut store = txn.open_table(EVENT_STORE)?;
+    let mut doomed = Vec::new();
+    let mut next = None;
+    for (i, row) in store.range(from..)?.enumerate() {
+        let (key, value) = row?;
+        if i == limit {
+            next = Some(key.value());
+            break;
+        }
+        let reveals = decode::<Event>(value.value()).map_or(true, |e| e.reveals(user));
+        if reveals {
+            doomed.push(key.value());
+        }
+    }
+    for key in &doomed {
+        store.remove(key)?;
+    }
+    Ok((doomed.len(), next))
+}
+
 /// Appends `event` to the history and queues it for each shard in `targets`.
 pub fn record(
     txn: &WriteTransaction,

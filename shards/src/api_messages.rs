@@ -53,7 +53,7 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
-            let view = conversation_views(shard, vec![(summary, None)], deadline).await?;
+            let view = conversation_views(shard, viewer, vec![(summary, None)], deadline).await?;
             let conversation = view.into_iter().next().ok_or_else(ApiError::not_found)?;
             Ok(Reply::json(
                 StatusCode::CREATED,
@@ -72,7 +72,8 @@ pub(crate) async fn dispatch(
                     }
                 })
                 .await?;
-            let view = conversation_views(shard, vec![(summary, Some(typing))], deadline).await?;
+            let view =
+                conversation_views(shard, viewer, vec![(summary, Some(typing))], deadline).await?;
             let conversation = view.into_iter().next().ok_or_else(ApiError::not_found)?;
             Ok(Reply::json(
                 StatusCode::OK,
@@ -107,7 +108,13 @@ pub(crate) async fn dispatch(
                     first.id, page.limit
                 ));
             }
-            let mut items: Vec<wire::MessageView> = list.iter().map(message_view).collect();
+            // A suspended sender's messages are hidden from the others (the cursors above
+            // still move past them).
+            let mut items: Vec<wire::MessageView> = list
+                .iter()
+                .filter(|m| !shard.hidden_from(m.sender, viewer))
+                .map(message_view)
+                .collect();
             crate::media_views::fill_messages(shard, &mut items, deadline).await?;
             let mut reply = Reply::json(
                 StatusCode::OK,
@@ -311,7 +318,7 @@ async fn list(
         .filter_map(|(_, id)| found.remove(id))
         .map(|s| (s, None))
         .collect();
-    let items = conversation_views(shard, ordered, deadline).await?;
+    let items = conversation_views(shard, viewer, ordered, deadline).await?;
     let mut reply = Reply::json(
         StatusCode::OK,
         &wire::List {
@@ -330,6 +337,7 @@ async fn list(
 /// Conversations with their participants' names (asked of their shards once per shard).
 async fn conversation_views(
     shard: &Rc<Shard>,
+    viewer: u64,
     summaries: Vec<(Summary, Option<Vec<u64>>)>,
     deadline: Instant,
 ) -> Result<Vec<wire::ConversationView>> {
@@ -369,7 +377,12 @@ async fn conversation_views(
                 .collect(),
             created_at: rfc3339(s.conversation.created_ms),
             last_activity_at: rfc3339(s.conversation.last_ms),
-            last_message: s.last_message.as_ref().map(message_view),
+            // A suspended sender's last message is not shown to the others.
+            last_message: s
+                .last_message
+                .as_ref()
+                .filter(|m| !shard.hidden_from(m.sender, viewer))
+                .map(message_view),
             unread_count: s.unread,
             read_receipts: s
                 .receipts

@@ -197,6 +197,11 @@ async fn list(
             })
         })
         .await?;
+    // What a suspended user caused is hidden (the cursor still moves on).
+    let items: Vec<_> = items
+        .into_iter()
+        .filter(|n| !n.actor.is_some_and(|a| shard.hidden_from(a, user)))
+        .collect();
     let mut actors: Vec<u64> = items.iter().filter_map(|n| n.actor).collect();
     actors.sort_unstable();
     actors.dedup();

@@ -252,6 +252,11 @@ pub(crate) async fn dispatch(
             let next = (ids.len() == limit)
                 .then(|| ids.last().map(u64::to_string))
                 .flatten();
+            // Suspended users are left out of others' lists (the cursor still moves on).
+            let ids: Vec<u64> = ids
+                .into_iter()
+                .filter(|id| !shard.hidden_from(*id, viewer))
+                .collect();
             let briefs = briefs(shard, &ids, deadline).await?;
             let items: Vec<wire::UserBrief> = briefs.into_iter().map(brief_view).collect();
             Ok(Reply::json(StatusCode::OK, &wire::List { items, next }))

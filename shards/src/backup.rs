@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use nova_storage::redb::{self, ReadTransaction, ReadableDatabase};
-use nova_storage::{DataDir, Partition};
+use nova_storage::{DataDir, Image, Partition, Tap};
 
 pub const BACKUP_MANIFEST: &str = "backup.json";
 const FORMAT: u32 = 1;
@@ -46,43 +46,101 @@ fn shard_file(k: usize) -> String {
     format!("shard-{k}.redb")
 }
 
-/// Writes a backup of `snapshots` (one per shard, in order) and the other files of `data`
-/// into `dest`, which must not exist yet or be empty.
-pub fn write_backup(
+/// How a backup's copying threads run.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Lower the copying threads (nice 19, SCHED_IDLE, the idle I/O class) so that the
+    /// shards keep their latency: the copy gets what the server leaves.
+    pub low_priority: bool,
+    /// Bytes per second the copy writes at most (0: no limit).
+    pub bytes_per_s_max: u64,
+}
+
+impl Pace {
+    /// A stopped server's data dir: nothing to yield to.
+    pub const FULL: Pace = Pace {
+        low_priority: false,
+        bytes_per_s_max: 0,
+    };
+}
+
+/// One read and write of the copy.
+const COPY_BUF_BYTES: usize = 1 << 20;
+/// Bytes of one file written before the copy waits for the disk to take the previous ones
+/// (write-behind): the page cache never fills with the backup's dirty pages, which would
+/// stall the server's own writes, and the final fsync of each file is short.
+const WRITE_BEHIND_BYTES: u64 = 8 << 20;
+
+/// Online backup: images of every shard's database at one moment (`consistent_images`), the
+/// media blobs that moment references, every other file of the data dir.
+pub fn backup_partitions(
     data_root: &Path,
-    snapshots: Vec<ReadTransaction>,
+    partitions: &[Arc<Partition>],
     dest: &Path,
+    pace: Pace,
 ) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
     prepare_empty(dest)?;
-    // The blobs the snapshot references first (a delete after the snapshot could free one).
-    for (k, read) in snapshots.iter().enumerate() {
-        for blob in nova_core::media::blob_refs(read).map_err(|e| anyhow::anyhow!("{e}"))? {
-            let rel = blob_rel(k, &blob)?;
-            let target = dest.join(&rel);
-            if let Some(parent) = target.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::copy(data_root.join(&rel), &target)
-                .with_context(|| format!("shard {k}: referenced blob {blob} is missing"))?;
-            std::fs::File::open(&target)?.sync_all()?;
+    let files = (0..partitions.len())
+        .map(|k| image_file(&dest.join(shard_file(k))))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let images = Partition::consistent_images(partitions, files)?;
+    write_backup(data_root, images, dest, pace, started)
+}
+
+fn image_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// Writes the backup of `images` (one per shard, in order, each with a read transaction of
+/// the same moment) and of the other files of the data dir into `dest`: the databases on
+/// one thread, the media blobs and other files on another, both hashing what they copy as
+/// they go (one pass over the bytes).
+fn write_backup(
+    data_root: &Path,
+    images: Vec<(Image, ReadTransaction)>,
+    dest: &Path,
+    pace: Pace,
+    started: Instant,
+) -> anyhow::Result<BackupManifest> {
+    let mut tables = Vec::with_capacity(images.len());
+    let mut blobs = Vec::new();
+    let mut copies = Vec::with_capacity(images.len());
+    for (k, (image, read)) in images.into_iter().enumerate() {
+        tables.push(nova_core::backup::table_rows(&read).map_err(|e| anyhow::anyhow!("{e}"))?);
+        for blob in nova_core::media::blob_refs(&read).map_err(|e| anyhow::anyhow!("{e}"))? {
+            blobs.push((k, blob));
         }
+        copies.push(image);
     }
-    let mut tables = Vec::with_capacity(snapshots.len());
-    for (k, read) in snapshots.iter().enumerate() {
-        let path = dest.join(shard_file(k));
-        let db = redb::Database::create(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        let write = db.begin_write()?;
-        let rows = nova_core::backup::copy_all(read, &write)
-            .map_err(|e| anyhow::anyhow!("shard {k}: {e}"))?;
-        write.commit()?;
-        drop(db);
-        tables.push(rows);
-    }
-    drop(snapshots);
-    copy_other_files(data_root, data_root, dest)?;
-    let files = checksums(dest)?;
+    let throttle = Throttle::new(pace.bytes_per_s_max);
+    let (databases, others) = std::thread::scope(|scope| {
+        let databases = std::thread::Builder::new()
+            .name("nova-backup-db".into())
+            .spawn_scoped(scope, || {
+                lower_priority(pace);
+                copy_images(copies, &throttle)
+            })?;
+        let others = std::thread::Builder::new()
+            .name("nova-backup-files".into())
+            .spawn_scoped(scope, || {
+                lower_priority(pace);
+                copy_files(data_root, dest, &blobs, &throttle)
+            })?;
+        let joined = |h: std::thread::ScopedJoinHandle<'_, anyhow::Result<Vec<FileEntry>>>| {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("a backup thread panicked")))
+        };
+        Ok::<_, anyhow::Error>((joined(databases), joined(others)))
+    })?;
+    let mut files = databases?;
+    files.extend(others?);
+    files.sort_by(|a, b| a.path.cmp(&b.path));
     let bytes = files.iter().map(|f| f.bytes).sum();
     let manifest = BackupManifest {
         format: FORMAT,
@@ -99,6 +157,219 @@ pub fn write_backup(
     Ok(manifest)
 }
 
+/// Nice 19, SCHED_IDLE and the idle I/O class for the calling thread (each per thread on
+/// Linux). Failing to lower is logged, not fatal: the backup is still right, only less kind.
+fn lower_priority(pace: Pace) {
+    if !pace.low_priority {
+        return;
+    }
+    crate::media_jobs::lower_priority(19, true);
+    // ioprio_set(IOPRIO_WHO_PROCESS, this thread, IOPRIO_CLASS_IDLE): its reads and the
+    // writeback it starts wait for the server's. libc has no wrapper.
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: u32 = 13;
+    // SAFETY: ioprio_set on our own thread id takes plain integers and changes only this
+    // thread's I/O priority.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid);
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
+    if rc != 0 {
+        tracing::warn!("could not put the backup thread in the idle I/O class");
+    }
+}
+
+/// Holds the copy to `bytes_per_s_max` (both threads together).
+struct Throttle {
+    max: u64,
+    start: Instant,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    fn new(max: u64) -> Throttle {
+        Throttle {
+            max,
+            start: Instant::now(),
+            bytes: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn account(&self, n: usize) {
+        if self.max == 0 {
+            return;
+        }
+        let total = self
+            .bytes
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed)
+            + n as u64;
+        let due = Duration::from_secs_f64(total as f64 / self.max as f64);
+        if let Some(wait) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
+/// Write-behind for one file being written front to back: once `WRITE_BEHIND_BYTES` more
+/// are written, their writeback starts and the window before them is waited for and dropped
+/// from the page cache (a backup is not read again soon; the server's pages stay).
+struct Behind {
+    started: u64,
+    settled: u64,
+}
+
+impl Behind {
+    fn new() -> Behind {
+        Behind {
+            started: 0,
+            settled: 0,
+        }
+    }
+
+    fn wrote(&mut self, file: &std::fs::File, upto: u64) {
+        use std::os::fd::AsRawFd;
+        if upto < self.started + WRITE_BEHIND_BYTES {
+            return;
+        }
+        let fd = file.as_raw_fd();
+        // SAFETY: plain syscalls on a file descriptor we own, with in-range offsets; their
+        // failure only loses the hint (the final fsync still makes the file durable).
+        unsafe {
+            libc::sync_file_range(
+                fd,
+                self.started as libc::off64_t,
+                (upto - self.started) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+            if self.started > self.settled {
+                let len = (self.started - self.settled) as libc::off64_t;
+                libc::sync_file_range(
+                    fd,
+                    self.settled as libc::off64_t,
+                    len,
+                    libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                        | libc::SYNC_FILE_RANGE_WRITE
+                        | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+                );
+                libc::posix_fadvise(
+                    fd,
+                    self.settled as libc::off64_t,
+                    len,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+        }
+        self.settled = self.started;
+        self.started = upto;
+    }
+}
+
+/// Copies every shard's image, hashing it on the way.
+fn copy_images(images: Vec<Image>, throttle: &Throttle) -> anyhow::Result<Vec<FileEntry>> {
+    let mut buf = vec![0u8; COPY_BUF_BYTES];
+    let mut out = Vec::with_capacity(images.len());
+    for (k, mut image) in images.into_iter().enumerate() {
+        let mut hasher = Sha256::new();
+        let mut behind = Behind::new();
+        let mut pos = 0u64;
+        while let Some(bytes) = image
+            .next(&mut buf)
+            .with_context(|| format!("copying shard {k}'s database"))?
+        {
+            hasher.update(bytes);
+            pos += bytes.len() as u64;
+            behind.wrote(image.dest(), pos);
+            throttle.account(bytes.len());
+        }
+        image.dest().sync_all()?;
+        out.push(FileEntry {
+            path: shard_file(k),
+            bytes: image.len(),
+            sha256: hex(&hasher.finalize()),
+        });
+        // Dropping the image here ends the copy-on-write on this shard's writer.
+    }
+    Ok(out)
+}
+
+/// The referenced blobs first (a delete after the snapshot could free one), each checked
+/// against its name, then every other file of the data dir.
+fn copy_files(
+    data_root: &Path,
+    dest: &Path,
+    blobs: &[(usize, String)],
+    throttle: &Throttle,
+) -> anyhow::Result<Vec<FileEntry>> {
+    let mut buf = vec![0u8; COPY_BUF_BYTES];
+    let mut out = Vec::with_capacity(blobs.len());
+    let mut dirs = std::collections::BTreeSet::new();
+    for (k, blob) in blobs {
+        let rel = blob_rel(*k, blob)?;
+        let target = dest.join(&rel);
+        if target.exists() {
+            continue; // referenced twice
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+            dirs.insert(parent.to_path_buf());
+        }
+        let (bytes, sha256) = copy_hashed(&data_root.join(&rel), &target, &mut buf, throttle)
+            .with_context(|| format!("shard {k}: referenced blob {blob} is missing"))?;
+        if &sha256 != blob {
+            bail!("shard {k}: blob {blob} does not hash to its name (damaged in the data dir)");
+        }
+        out.push(FileEntry {
+            path: rel.to_string_lossy().into_owned(),
+            bytes,
+            sha256,
+        });
+    }
+    copy_other_files(data_root, data_root, dest, &mut buf, throttle, &mut out)?;
+    for dir in dirs {
+        sync_dir(&dir)?;
+    }
+    Ok(out)
+}
+
+/// Copies `from` to a new file `to`, hashing the bytes on the way; fsyncs `to`.
+fn copy_hashed(
+    from: &Path,
+    to: &Path,
+    buf: &mut [u8],
+    throttle: &Throttle,
+) -> anyhow::Result<(u64, String)> {
+    let mut src = std::fs::File::open(from)?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    let mut hasher = Sha256::new();
+    let mut behind = Behind::new();
+    let mut bytes = 0u64;
+    loop {
+        let n = match src.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        hasher.update(&buf[..n]);
+        dst.write_all(&buf[..n])?;
+        bytes += n as u64;
+        behind.wrote(&dst, bytes);
+        throttle.account(n);
+    }
+    dst.sync_all()?;
+    Ok((bytes, hex(&hasher.finalize())))
+}
+
 fn prepare_empty(dest: &Path) -> anyhow::Result<()> {
     if dest.exists() {
         let mut entries = std::fs::read_dir(dest)?;
@@ -111,8 +382,15 @@ fn prepare_empty(dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies every file under `dir` but the live databases (and temporary files).
-fn copy_other_files(root: &Path, dir: &Path, dest_root: &Path) -> anyhow::Result<()> {
+/// Copies every file under `dir` but the live databases (and temporary files), hashing each.
+fn copy_other_files(
+    root: &Path,
+    dir: &Path,
+    dest_root: &Path,
+    buf: &mut [u8],
+    throttle: &Throttle,
+    out: &mut Vec<FileEntry>,
+) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
@@ -123,19 +401,24 @@ fn copy_other_files(root: &Path, dir: &Path, dest_root: &Path) -> anyhow::Result
         }
         let rel = path.strip_prefix(root)?;
         let target = dest_root.join(rel);
-        if target.exists() {
-            continue; // a referenced blob, copied already
-        }
         if kind.is_dir() {
             std::fs::create_dir_all(&target)?;
-            copy_other_files(root, &path, dest_root)?;
+            copy_other_files(root, &path, dest_root, buf, throttle, out)?;
             sync_dir(&target)?;
         } else if kind.is_file() {
+            if target.exists() {
+                continue; // a referenced blob, copied already
+            }
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::copy(&path, &target).with_context(|| format!("copying {}", path.display()))?;
-            std::fs::File::open(&target)?.sync_all()?;
+            let (bytes, sha256) = copy_hashed(&path, &target, buf, throttle)
+                .with_context(|| format!("copying {}", path.display()))?;
+            out.push(FileEntry {
+                path: rel.to_string_lossy().into_owned(),
+                bytes,
+                sha256,
+            });
         }
     }
     Ok(())
@@ -164,25 +447,6 @@ fn check_blobs(root: &Path, k: usize, read: &ReadTransaction) -> anyhow::Result<
         }
     }
     Ok(refs.len())
-}
-
-fn checksums(root: &Path) -> anyhow::Result<Vec<FileEntry>> {
-    let mut out = Vec::new();
-    walk(root, &mut |path| {
-        let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
-        if rel == BACKUP_MANIFEST {
-            return Ok(());
-        }
-        let (bytes, sha256) = hash_file(path)?;
-        out.push(FileEntry {
-            path: rel,
-            bytes,
-            sha256,
-        });
-        Ok(())
-    })?;
-    out.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(out)
 }
 
 fn walk(dir: &Path, each: &mut dyn FnMut(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -367,27 +631,43 @@ pub fn restore(src: &Path, data: &Path) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Offline backup of a stopped server's data dir.
+/// Offline backup of a stopped server's data dir: the same images, of files nothing writes
+/// (opening them here also refuses a data dir a running server holds).
 pub fn backup_offline(data: &Path, dest: &Path) -> anyhow::Result<BackupManifest> {
+    let started = Instant::now();
     let manifest = DataDir::read_manifest(data)
         .map_err(|e| anyhow::anyhow!("{e}"))?
         .with_context(|| format!("{} is not a Nova data dir", data.display()))?;
     let mut dbs = Vec::with_capacity(manifest.shards);
     for k in 0..manifest.shards {
         let path = data.join(shard_file(k));
-        let db = redb::Database::open(&path).map_err(|e| {
+        let running = |e: &dyn std::fmt::Display| {
             anyhow::anyhow!(
                 "{}: {e} (is the server running? use --server for an online backup)",
                 path.display()
             )
-        })?;
-        dbs.push(db);
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| running(&e))?;
+        let tap = Tap::new(file).map_err(|e| running(&e))?;
+        let db = redb::Database::builder()
+            .create_with_backend(tap.clone())
+            .map_err(|e| running(&e))?;
+        dbs.push((db, tap));
     }
-    let snapshots = dbs
-        .iter()
-        .map(|db| db.begin_read())
-        .collect::<Result<Vec<_>, _>>()?;
-    write_backup(data, snapshots, dest)
+    prepare_empty(dest)?;
+    let mut images = Vec::with_capacity(dbs.len());
+    for (k, (db, tap)) in dbs.iter().enumerate() {
+        let read = db.begin_read()?;
+        let image = nova_storage::quiet_image(tap, image_file(&dest.join(shard_file(k)))?)?;
+        images.push((image, read));
+    }
+    let written = write_backup(data, images, dest, Pace::FULL, started);
+    drop(dbs);
+    written
 }
 
 // ---- the admin listener ---------------------------------------------------------------------
@@ -401,6 +681,8 @@ pub struct Admin {
     pub token: String,
     /// The shards' inboxes, for `nova admin users` (shards/src/users_admin.rs).
     pub mesh: Vec<flume::Sender<crate::mesh::ShardMsg>>,
+    /// How online backups copy (`backup_low_priority`, `backup_bytes_per_s_max`).
+    pub pace: Pace,
 }
 
 pub fn spawn_admin(listener: TcpListener, admin: Admin) -> anyhow::Result<()> {
@@ -502,9 +784,8 @@ fn serve_admin(stream: TcpStream, admin: &Admin) -> anyhow::Result<()> {
                     return respond(stream, 422, &simd_json::to_string(&msg)?);
                 }
             };
-            let result = Partition::consistent_snapshot(&admin.partitions)
-                .map_err(anyhow::Error::from)
-                .and_then(|snaps| write_backup(&admin.data_root, snaps, &req.dest));
+            let result =
+                backup_partitions(&admin.data_root, &admin.partitions, &req.dest, admin.pace);
             match result {
                 Ok(m) => {
                     let summary = simd_json::json!({

@@ -113,6 +113,12 @@ pub struct Config {
     pub media_sched_idle: bool,
     /// Files waiting for a transcoding thread (more stay pending on disk).
     pub media_queue_max: usize,
+    /// Online backups copy on threads at nice 19, in SCHED_IDLE and the idle I/O class, so
+    /// that requests keep their latency (false: normal priority, a faster backup on a busy
+    /// machine).
+    pub backup_low_priority: bool,
+    /// Bytes per second an online backup writes at most (0: as fast as the disk goes).
+    pub backup_bytes_per_s_max: u64,
     /// Time for a media upload request (bodies are large).
     pub media_request_timeout_ms: u64,
     /// Lifetime of signed URLs for private media.
@@ -238,6 +244,8 @@ impl Default for Config {
             media_codec_threads: 1,
             media_sched_idle: true,
             media_queue_max: 1024,
+            backup_low_priority: true,
+            backup_bytes_per_s_max: 0,
             media_request_timeout_ms: 300_000,
             media_url_ttl_s: 3600,
             tus_upload_ttl_s: 24 * 3600,
@@ -399,6 +407,10 @@ pub struct ServeArgs {
     pub media_sched_idle: Option<bool>,
     #[arg(long, env = "NOVA_MEDIA_QUEUE_MAX")]
     pub media_queue_max: Option<usize>,
+    #[arg(long, env = "NOVA_BACKUP_LOW_PRIORITY", num_args = 0..=1, default_missing_value = "true")]
+    pub backup_low_priority: Option<bool>,
+    #[arg(long, env = "NOVA_BACKUP_BYTES_PER_S_MAX")]
+    pub backup_bytes_per_s_max: Option<u64>,
     #[arg(long, env = "NOVA_MEDIA_REQUEST_TIMEOUT_MS")]
     pub media_request_timeout_ms: Option<u64>,
     #[arg(long, env = "NOVA_MEDIA_URL_TTL_S")]
@@ -524,7 +536,9 @@ impl Config {
             vapid_subject,
             search_shard_timeout_ms,
             erasure_batch_rows,
-            export_interval_s
+            export_interval_s,
+            backup_low_priority,
+            backup_bytes_per_s_max
         );
         for (slot, arg) in [
             (&mut cfg.smtp_host, &args.smtp_host),

@@ -159,8 +159,8 @@ impl MediaThreads {
 /// Lowers the calling thread's priority so that transcoding yields to the shards: its nice
 /// value, then (when `sched_idle`) the SCHED_IDLE class. On Linux both are per thread (the
 /// calls name this thread, not the process), and threads it starts later (x264's, when
-/// `media_codec_threads` > 1) inherit them.
-fn lower_priority(nice: i32, sched_idle: bool) {
+/// `media_codec_threads` > 1) inherit them. Backups lower their copying threads the same way.
+pub(crate) fn lower_priority(nice: i32, sched_idle: bool) {
     // SAFETY: gettid has no preconditions; setpriority on our own thread id only changes
     // this thread's (and its future children's) nice value.
     let rc = unsafe {
@@ -168,14 +168,14 @@ fn lower_priority(nice: i32, sched_idle: bool) {
         libc::setpriority(libc::PRIO_PROCESS, tid, nice.clamp(0, 19))
     };
     if rc != 0 {
-        tracing::warn!(nice, "could not lower the transcoding thread's priority");
+        tracing::warn!(nice, "could not lower the thread's priority");
     }
     if sched_idle {
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for the call.
         let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
         if rc != 0 {
-            tracing::warn!("could not put the transcoding thread in SCHED_IDLE");
+            tracing::warn!("could not put the thread in SCHED_IDLE");
         }
     }
 }

@@ -171,6 +171,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 partitions: partitions.clone(),
                 token,
                 mesh: senders.clone(),
+                pace: crate::backup::Pace {
+                    low_priority: cfg.backup_low_priority,
+                    bytes_per_s_max: cfg.backup_bytes_per_s_max,
+                },
             },
         )?;
         tracing::info!(%admin_addr, "admin listener ready");

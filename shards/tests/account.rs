@@ -4,7 +4,7 @@
 //! password, and afterwards nothing of the user is readable by anyone (profile, posts,
 //! comments, likes, feeds and lists on the other shard, search, notifications; messages show
 //! a deleted author), its tokens and login are refused and its username and email can be
-//! registered again; a SIGKILL right after the answer does not stop the erasure.
+//! registered again, and no shard's event history keeps anything of it; a SIGKILL right after the answer does not stop the erasure.
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -613,6 +613,52 @@ fn deletion_leaves_nothing_readable() {
     server
         .get(&format!("/v1/users/@{}", d.name()), c.follower.auth())
         .expect(200);
+
+    // The history (`event_store`) of every shard, read from the data dir once the jobs are
+    // done and the server stopped: no event of the user's is left (posts, the message, the
+    // comment, relations, notifications), only id-only tombstones.
+    let finished = |k: usize| {
+        let user = format!("user={}", d.id());
+        let shard = format!("shard={k}");
+        server
+            .stderr_text()
+            .lines()
+            .chain(server.stdout_lines().iter().map(String::as_str))
+            .any(|l| l.contains("erasure finished here") && l.contains(&user) && l.contains(&shard))
+    };
+    assert!(
+        wait_until(ERASURE_TIMEOUT, || finished(0) && finished(1)),
+        "the erasure jobs did not finish on every shard"
+    );
+    let mut server = server;
+    server.stop();
+    let mut tombstones = 0;
+    for k in 0..2 {
+        let path = server.launch().data_dir().join(format!("shard-{k}.redb"));
+        let db = nova_storage::redb::Database::open(&path).unwrap();
+        let read = nova_storage::redb::ReadableDatabase::begin_read(&db).unwrap();
+        let history = nova_core::events::history(&read, (0, 0), 1_000_000).unwrap();
+        assert!(!history.is_empty(), "shard {k} has no history at all");
+        for (key, event) in history {
+            let text = format!("{event:?}");
+            assert!(
+                !event.reveals(d.id())
+                    && !text.contains("secret hello")
+                    && !text.contains("d was here")
+                    && !text.contains(&c.word),
+                "shard {k} still holds {key:?}: {text}"
+            );
+            tombstones += usize::from(matches!(
+                event,
+                nova_core::events::Event::PostDeleted { author, .. } if author == d.id()
+            ));
+        }
+    }
+    assert_eq!(
+        tombstones,
+        c.d_posts.len(),
+        "one PostDeleted per erased post stays"
+    );
 }
 
 #[test]

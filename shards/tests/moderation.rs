@@ -2,7 +2,8 @@
 //! to the queue, a moderator on another shard removes the post (gone from a follower's home
 //! feed on the other shard and from search) and every action is in the audit log; a
 //! suspension refuses login and tokens, hides the profile, posts and comments on every shard,
-//! and an unsuspension brings it all back; plain users get 403 on every moderator route and
+//! and an unsuspension brings it all back; a suspended user also leaves others' follower and
+//! following lists, notifications and conversations (its messages) until lifted; plain users get 403 on every moderator route and
 //! a moderator cannot grant roles or suspend an admin; bad reports get 400/404; and every
 //! `nova admin users` command works online (admin listener) and offline (data dir).
 
@@ -430,6 +431,128 @@ fn a_suspension_hides_the_account_everywhere_until_it_is_lifted() {
         })
         .collect();
     assert_eq!(actions[..2], ["unsuspend", "suspend"], "{actions:?}");
+}
+
+/// What `viewer` sees of `who` in lists, notifications and conversations: (in viewer's
+/// followers, in viewer's following, notifications caused, messages sent in `conv`, last
+/// message of `conv` in the inbox is who's).
+fn traces(
+    server: &Server,
+    viewer: &Member,
+    who: u64,
+    conv: u64,
+) -> (bool, bool, usize, usize, bool) {
+    let listed = |path: String| {
+        let resp = server.get(&path, viewer.auth());
+        resp.expect(200);
+        item_ids(&resp).contains(&who)
+    };
+    let followers = listed(format!("/v1/users/{}/followers", viewer.id()));
+    let following = listed(format!("/v1/users/{}/following", viewer.id()));
+    let notes = server.get("/v1/notifications?limit=100", viewer.auth());
+    notes.expect(200);
+    let caused = notes
+        .at("items")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| {
+            n.get("actor")
+                .and_then(|a| a.get("id"))
+                .is_some_and(|id| parse_id(id) == who)
+        })
+        .count();
+    let msgs = server.get(&format!("/v1/conversations/{conv}/messages"), viewer.auth());
+    msgs.expect(200);
+    let sent = msgs
+        .at("items")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| parse_id(m.get("sender").unwrap().get("id").unwrap()) == who)
+        .count();
+    let inbox = server.get("/v1/conversations", viewer.auth());
+    inbox.expect(200);
+    let last_is_theirs = inbox.at("items").as_array().unwrap().iter().any(|c| {
+        parse_id(c.get("id").unwrap()) == conv
+            && c.get("last_message")
+                .and_then(|m| m.get("sender"))
+                .and_then(|s| s.get("id"))
+                .is_some_and(|id| parse_id(id) == who)
+    });
+    (followers, following, caused, sent, last_is_theirs)
+}
+
+#[test]
+fn a_suspended_user_leaves_lists_notifications_and_conversations_until_lifted() {
+    let server = start();
+    let mut target = server.member_on_shard(1);
+    let viewer = server.member_on_shard(0);
+    let moderator = server.member_on_shard(1);
+    let url = admin_url(&server);
+    users_ok(
+        &online(&url, &["promote", moderator.name(), "--role", "moderator"]),
+        None,
+    );
+    // Follows both ways (the target follows the viewer: a notification on the other shard),
+    // a comment on the viewer's post (another), and a conversation the viewer made, in
+    // which the target wrote last.
+    follow(&server, &viewer, &target);
+    follow(&server, &target, &viewer);
+    let theirs = compose(&server, &viewer, "a post on shard 0");
+    comment(&server, &target, theirs, "a comment from shard 1");
+    let conv = server.post(
+        "/v1/conversations",
+        viewer.auth(),
+        json!({"participants": [target.id().to_string()]}),
+    );
+    conv.expect(201);
+    let conv = parse_id(conv.at("conversation.id"));
+    for (who, text) in [(&viewer, "hello"), (&target, "hi from shard 1")] {
+        server
+            .post(
+                &format!("/v1/conversations/{conv}/messages"),
+                who.auth(),
+                json!({"text": text}),
+            )
+            .expect(201);
+    }
+    // The follow and the comment notify the viewer (so may the message: at least 2).
+    let mut visible = traces(&server, &viewer, target.id(), conv);
+    let settled = wait_until(INDEX_LAG_MAX, || {
+        visible = traces(&server, &viewer, target.id(), conv);
+        visible.0 && visible.1 && visible.2 >= 2 && visible.3 == 1 && visible.4
+    });
+    assert!(settled, "before the suspension: {visible:?}");
+
+    server
+        .post(
+            &format!("/v1/moderation/users/{}/suspension", target.id()),
+            moderator.auth(),
+            json!({"reason": "spam account"}),
+        )
+        .expect(200);
+    // At once (the suspension reaches every shard before it is answered).
+    assert_eq!(
+        traces(&server, &viewer, target.id(), conv),
+        (false, false, 0, 0, false)
+    );
+    // The viewer's own message is still there.
+    let msgs = server.get(&format!("/v1/conversations/{conv}/messages"), viewer.auth());
+    assert!(msgs.text().contains("hello"), "{}", msgs.what_happened());
+
+    server
+        .delete(
+            &format!("/v1/moderation/users/{}/suspension", target.id()),
+            moderator.auth(),
+        )
+        .expect(200);
+    assert_eq!(traces(&server, &viewer, target.id(), conv), visible);
+    // And the target sees itself in the viewer's lists again (and always saw its own
+    // messages).
+    relogin(&server, &mut target);
+    let msgs = server.get(&format!("/v1/conversations/{conv}/messages"), target.auth());
+    assert!(msgs.text().contains("hi from shard 1"));
 }
 
 #[test]

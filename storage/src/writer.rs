@@ -105,6 +105,8 @@ pub struct Partition {
     tx: flume::Sender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<CommitStats>,
+    /// The file under redb, for online images (storage/src/snapshot.rs).
+    tap: crate::snapshot::Tap,
 }
 
 impl Partition {
@@ -123,14 +125,21 @@ impl Partition {
         let exists = path.exists();
         // A redb open of a file altered outside redb may panic rather than fail; the check on
         // open turns that into an error, and catch_unwind covers what it does not.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| StorageError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let tap = crate::snapshot::Tap::new(file).map_err(|e| damaged(e.to_string()))?;
         let opened = std::panic::catch_unwind(|| {
             let mut builder = Database::builder();
             builder.set_check_integrity_on_open(exists);
-            if exists {
-                builder.open(path)
-            } else {
-                builder.create(path)
-            }
+            builder.create_with_backend(tap.clone())
         });
         let db = match opened {
             Ok(Ok(db)) => db,
@@ -163,7 +172,12 @@ impl Partition {
             tx,
             thread: Mutex::new(Some(thread)),
             stats,
+            tap,
         })
+    }
+
+    pub(crate) fn tap(&self) -> &crate::snapshot::Tap {
+        &self.tap
     }
 
     pub fn path(&self) -> &Path {
