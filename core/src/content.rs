@@ -274,6 +274,7 @@ pub fn delete_post(txn: &WriteTransaction, author: u64, id: u64) -> Result<Post,
     drop(posts);
     txn.open_table(USER_POSTS)?.remove((author, id))?;
     purge_reactions(txn, id)?;
+    crate::notifications::forget_subject(txn, id)?;
     Ok(post)
 }
 
@@ -765,6 +766,7 @@ pub fn delete_comment(txn: &WriteTransaction, id: u64, user: u64) -> Result<(), 
 /// Removes a comment with its likes, keeping the counts of its post and parent exact.
 fn remove_comment(txn: &WriteTransaction, c: &Comment) -> Result<(), CoreError> {
     let id = c.id;
+    crate::notifications::forget_subject(txn, id)?;
     txn.open_table(COMMENTS)?.remove(id)?;
     txn.open_table(POST_COMMENTS)?.remove((c.post_id, id))?;
     txn.open_table(USER_COMMENTS)?.remove((c.author_id, id))?;

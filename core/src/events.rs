@@ -123,6 +123,11 @@ pub enum Event {
         user_id: u64,
         items: Vec<(u8, u64)>,
     },
+    /// A post or comment was deleted: the target shard deletes its users' notifications
+    /// about it (`notifications::forget_subject`).
+    NotificationsRetracted {
+        subject: u64,
+    },
 }
 
 impl Event {
@@ -397,7 +402,11 @@ pub fn apply(
                 .collect();
             social::fan_out(txn, post, false, &mentioned)?;
         }
-        Event::PostDeleted { post_id, .. } => social::unfan(txn, *post_id)?,
+        Event::PostDeleted { post_id, .. } => {
+            social::unfan(txn, *post_id)?;
+            // Mentions were made here when the post arrived.
+            crate::notifications::forget_local(txn, *post_id)?;
+        }
         Event::PostEdited { post } => social::refresh_copy(txn, post)?,
         Event::FollowApproved { follower, followee } => {
             social::apply_approved(txn, *follower, *followee, now_ms)?
@@ -439,6 +448,9 @@ pub fn apply(
         Event::ErasureWork { user_id, items } => {
             crate::erasure::add_work(txn, *user_id, items, now_ms)?
         }
+        Event::NotificationsRetracted { subject } => {
+            crate::notifications::forget_local(txn, *subject)?
+        }
     }
     Ok(true)
 }
@@ -477,6 +489,7 @@ mod tests {
             Event::SuspensionChanged { .. } => 15,
             Event::AccountErased { .. } => 16,
             Event::ErasureWork { .. } => 17,
+            Event::NotificationsRetracted { .. } => 18,
         }
     }
 
@@ -538,6 +551,7 @@ mod tests {
                 user_id: 1,
                 items: vec![(0, 2)],
             },
+            Event::NotificationsRetracted { subject: 1 },
         ];
         for event in &samples {
             let bytes = encode(event);

@@ -17,6 +17,13 @@
 //! learns, after the commit, what to push live without every domain function having to
 //! return them.
 //!
+//! A deleted post or comment takes its notifications with it (`forget_subject`, in the
+//! deleting transaction): those on this shard at once, through `notification_subjects`; on
+//! each shard a notice about it was sent to (`notification_subjects_sent`), through an
+//! `Event::NotificationsRetracted` parked in `notifications_retract` and sent like a notice.
+//! Mentions, made where the mentioned user lives when the post arrives there, go when
+//! `PostDeleted` is applied there.
+//!
 //! Duplicates coalesce: one notification per (recipient, kind, actor, subject), so like,
 //! unlike, like notifies once. Each user keeps at most `PER_USER_MAX` notifications; the
 //! oldest go first.
@@ -41,6 +48,14 @@ const IDS: TableDefinition<&str, u64> = TableDefinition::new("notification_ids")
 const FRESH: TableDefinition<(u64, u64), ()> = TableDefinition::new("notifications_fresh");
 /// local sequence -> New : for a recipient on another shard, waiting for an event id
 const REMOTE: TableDefinition<u64, &[u8]> = TableDefinition::new("notifications_remote");
+/// (post or comment id, recipient, notification id) -> () : what to delete when the post or
+/// comment goes (a comment's notifications are listed under its post too)
+const SUBJECTS: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("notification_subjects");
+/// (post or comment id, shard) -> () : on the subject's shard, the shards a notice about it
+/// was sent to (parked in `REMOTE`), so that its deletion reaches them
+const SENT: TableDefinition<(u64, u32), ()> = TableDefinition::new("notification_subjects_sent");
+/// (post or comment id, shard) -> () : a deletion to tell that shard, waiting for an event id
+const RETRACT: TableDefinition<(u64, u32), ()> = TableDefinition::new("notifications_retract");
 
 /// Notifications kept per user; past it the oldest is deleted.
 pub const PER_USER_MAX: u64 = 1000;
@@ -180,6 +195,19 @@ impl Filter {
     }
 }
 
+impl Subject {
+    /// The post and comment ids a notification about this subject is listed under in
+    /// `notification_subjects` (none for messages, media and follows).
+    fn deletable(self) -> impl Iterator<Item = u64> {
+        let (a, b) = match self {
+            Subject::Post(post) => (Some(post), None),
+            Subject::Comment { id, post } => (Some(id), Some(post)),
+            Subject::None | Subject::Message { .. } | Subject::Media(_) => (None, None),
+        };
+        a.into_iter().chain(b)
+    }
+}
+
 /// Notifies `new.recipient`, in the caller's write transaction, on shard `here`. A recipient
 /// on another shard is parked for an outbox event (see `take_remote`). Nothing is made for
 /// one's own action, for an actor the recipient blocked, muted or was blocked by, or when
@@ -197,6 +225,11 @@ pub fn notify(
         let seq = next_id(txn, here, now_ms)?;
         txn.open_table(REMOTE)?
             .insert(seq, encode(new).as_slice())?;
+        let target = shard_of(new.recipient) as u32;
+        let mut sent = txn.open_table(SENT)?;
+        for subject in new.subject.deletable() {
+            sent.insert((subject, target), ())?;
+        }
         return Ok(());
     }
     if let Some(actor) = new.actor {
@@ -227,6 +260,11 @@ pub fn notify(
         .insert((n.recipient, id), encode(&n).as_slice())?;
     txn.open_table(KEYS)?.insert(key, id)?;
     txn.open_table(FRESH)?.insert((n.recipient, id), ())?;
+    let mut subjects = txn.open_table(SUBJECTS)?;
+    for subject in n.subject.deletable() {
+        subjects.insert((subject, n.recipient, id), ())?;
+    }
+    drop(subjects);
     let (total, unread) = counts_in(txn, n.recipient)?;
     txn.open_table(COUNTS)?
         .insert(n.recipient, (total + 1, unread + 1))?;
@@ -374,7 +412,89 @@ pub fn take_remote(
         events::record(txn, *event_id, now_ms, &event, &[target])?;
         out.push((*event_id, target, event));
     }
+    let left = &event_ids[out.len()..];
+    let mut retract = txn.open_table(RETRACT)?;
+    let rows: Vec<(u64, u32)> = retract
+        .iter()?
+        .take(left.len())
+        .map(|r| r.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
+    for ((subject, target), event_id) in rows.into_iter().zip(left) {
+        retract.remove((subject, target))?;
+        let target = target as usize;
+        let event = Event::NotificationsRetracted { subject };
+        events::record(txn, *event_id, now_ms, &event, &[target])?;
+        out.push((*event_id, target, event));
+    }
     Ok(out)
+}
+
+/// A post or comment (`subject`) was deleted, on its own shard, in the deleting transaction:
+/// its notifications here go, and each shard a notice about it was sent to gets a parked
+/// `NotificationsRetracted` (see `take_remote`).
+pub fn forget_subject(txn: &WriteTransaction, subject: u64) -> Result<(), CoreError> {
+    forget_local(txn, subject)?;
+    let targets: Vec<u32> = txn
+        .open_table(SENT)?
+        .extract_from_if((subject, 0)..=(subject, u32::MAX), |_, _| true)?
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    let mut retract = txn.open_table(RETRACT)?;
+    for target in targets {
+        retract.insert((subject, target), ())?;
+    }
+    Ok(())
+}
+
+/// Deletes this shard's notifications about `subject` (a deleted post or comment): the
+/// deletion itself, `PostDeleted` or `NotificationsRetracted` applied here. Counts stay
+/// exact; nothing to delete is fine.
+pub fn forget_local(txn: &WriteTransaction, subject: u64) -> Result<(), CoreError> {
+    let listed: Vec<(u64, u64)> = txn
+        .open_table(SUBJECTS)?
+        .range((subject, 0, 0)..=(subject, u64::MAX, u64::MAX))?
+        .map(|r| r.map(|(k, _)| (k.value().1, k.value().2)))
+        .collect::<Result<_, _>>()?;
+    for key in listed {
+        let n: Option<Notification> = match txn.open_table(NOTIFICATIONS)?.get(key)? {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        };
+        match n {
+            Some(n) => remove(txn, &n)?,
+            // Trimmed or erased already: only the listing is left.
+            None => {
+                txn.open_table(SUBJECTS)?.remove((subject, key.0, key.1))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes one notification with its coalescing key and listings, keeping counts exact.
+fn remove(txn: &WriteTransaction, n: &Notification) -> Result<(), CoreError> {
+    txn.open_table(NOTIFICATIONS)?.remove((n.recipient, n.id))?;
+    txn.open_table(KEYS)?.remove(n.key())?;
+    txn.open_table(FRESH)?.remove((n.recipient, n.id))?;
+    unlist(txn, n)?;
+    let (total, unread) = counts_in(txn, n.recipient)?;
+    let unread = if n.read {
+        unread
+    } else {
+        unread.saturating_sub(1)
+    };
+    txn.open_table(COUNTS)?
+        .insert(n.recipient, (total.saturating_sub(1), unread))?;
+    Ok(())
+}
+
+/// Drops a notification's rows in `notification_subjects`.
+fn unlist(txn: &WriteTransaction, n: &Notification) -> Result<(), CoreError> {
+    let mut subjects = txn.open_table(SUBJECTS)?;
+    for subject in n.subject.deletable() {
+        subjects.remove((subject, n.recipient, n.id))?;
+    }
+    Ok(())
 }
 
 /// Is anything left for `take_fresh` or `take_remote` (made by a write that did not take
@@ -392,6 +512,15 @@ pub fn has_pending(read: &ReadTransaction) -> Result<bool, CoreError> {
         }
     }
     match read.open_table(REMOTE) {
+        Ok(t) => {
+            if t.first()?.is_some() {
+                return Ok(true);
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match read.open_table(RETRACT) {
         Ok(t) => Ok(t.first()?.is_some()),
         Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
         Err(e) => Err(e.into()),
@@ -506,7 +635,7 @@ fn counts_in(txn: &WriteTransaction, recipient: u64) -> Result<(u64, u64), CoreE
 /// Deletes the recipient's oldest notification (over the per-user limit). Its coalescing key
 /// goes with it, so the same event much later notifies again.
 fn drop_oldest(txn: &WriteTransaction, recipient: u64) -> Result<(), CoreError> {
-    let mut table = txn.open_table(NOTIFICATIONS)?;
+    let table = txn.open_table(NOTIFICATIONS)?;
     let oldest: Option<Notification> =
         match table.range((recipient, 0)..=(recipient, u64::MAX))?.next() {
             Some(row) => Some(decode(row?.1.value())?),
@@ -515,19 +644,8 @@ fn drop_oldest(txn: &WriteTransaction, recipient: u64) -> Result<(), CoreError> 
     let Some(oldest) = oldest else {
         return Ok(());
     };
-    table.remove((recipient, oldest.id))?;
     drop(table);
-    txn.open_table(KEYS)?.remove(oldest.key())?;
-    txn.open_table(FRESH)?.remove((recipient, oldest.id))?;
-    let (total, unread) = counts_in(txn, recipient)?;
-    let unread = if oldest.read {
-        unread
-    } else {
-        unread.saturating_sub(1)
-    };
-    txn.open_table(COUNTS)?
-        .insert(recipient, (total.saturating_sub(1), unread))?;
-    Ok(())
+    remove(txn, &oldest)
 }
 
 /// The next notification id of this shard: time-ordered, carrying the shard like every id,
@@ -560,6 +678,9 @@ pub fn erase_recipient(txn: &WriteTransaction, recipient: u64) -> Result<(), Cor
         fresh.remove((recipient, n.id))?;
     }
     drop((keys, fresh));
+    for n in &gone {
+        unlist(txn, n)?;
+    }
     txn.open_table(COUNTS)?.remove(recipient)?;
     Ok(())
 }
@@ -583,17 +704,7 @@ pub fn erase_actor_scan(
         })
         .collect::<Result<_, _>>()?;
     for n in rows.iter().filter(|n| n.actor == Some(actor)) {
-        txn.open_table(NOTIFICATIONS)?.remove((n.recipient, n.id))?;
-        txn.open_table(KEYS)?.remove(n.key())?;
-        txn.open_table(FRESH)?.remove((n.recipient, n.id))?;
-        let (total, unread) = counts_in(txn, n.recipient)?;
-        let unread = if n.read {
-            unread
-        } else {
-            unread.saturating_sub(1)
-        };
-        txn.open_table(COUNTS)?
-            .insert(n.recipient, (total.saturating_sub(1), unread))?;
+        remove(txn, n)?;
     }
     if rows.len() < limit {
         return Ok(None);
@@ -612,6 +723,9 @@ pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError
     c.copy(IDS)?;
     c.copy(FRESH)?;
     c.copy(REMOTE)?;
+    c.copy(SUBJECTS)?;
+    c.copy(SENT)?;
+    c.copy(RETRACT)?;
     Ok(())
 }
 
@@ -784,5 +898,76 @@ mod tests {
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].actor, Some(actor));
         assert_eq!(crate::shard_of(got[0].id), 1);
+    }
+
+    #[test]
+    fn a_deleted_subject_takes_its_notifications_here_and_elsewhere() {
+        let db = db();
+        let (author, liker, other) = (user(0, 1), user(0, 2), user(0, 3));
+        let remote = user(1, 4);
+        let (post, comment) = (user(0, 10), user(0, 11));
+        let on_comment = Subject::Comment { id: comment, post };
+        write(&db, |t| {
+            notify(t, 0, &like(author, liker, post), NOW)?;
+            notify(t, 0, &like(author, other, 99), NOW)?;
+            // A reply to `remote`'s comment, and a like of it: both parked for shard 1.
+            let reply = New {
+                recipient: remote,
+                kind: Kind::Reply,
+                actor: Some(liker),
+                subject: on_comment,
+            };
+            notify(t, 0, &reply, NOW)?;
+            notify(
+                t,
+                0,
+                &New {
+                    recipient: author,
+                    kind: Kind::Comment,
+                    actor: Some(liker),
+                    subject: on_comment,
+                },
+                NOW,
+            )
+        });
+        assert_eq!(all(&db, author).len(), 3);
+        let parked = write(&db, |t| take_remote(t, &[500, 501], NOW));
+        assert_eq!(parked.len(), 1);
+
+        // Deleting the comment: its notification here goes, one retraction for shard 1.
+        write(&db, |t| forget_subject(t, comment));
+        assert_eq!(all(&db, author).len(), 2);
+        assert!(has_pending(&db.begin_read().unwrap()).unwrap());
+        let taken = write(&db, |t| take_remote(t, &[600, 601], NOW));
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].1, 1);
+        assert_eq!(
+            taken[0].2,
+            Event::NotificationsRetracted { subject: comment }
+        );
+        assert!(!has_pending(&db.begin_read().unwrap()).unwrap());
+
+        // Shard 1 got the reply, then the retraction.
+        let there = self::db();
+        write(&there, |t| events::apply(t, 500, NOW, &parked[0].2, |_| true));
+        assert_eq!(all(&there, remote).len(), 1);
+        assert_eq!(unread(&there.begin_read().unwrap(), remote).unwrap(), 1);
+        write(&there, |t| events::apply(t, 600, NOW, &taken[0].2, |_| true));
+        assert!(all(&there, remote).is_empty());
+        assert_eq!(unread(&there.begin_read().unwrap(), remote).unwrap(), 0);
+
+        // Deleting the post: the like of it goes, the other post's stays, counts follow.
+        write(&db, |t| forget_subject(t, post));
+        let left = all(&db, author);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].subject, Subject::Post(99));
+        assert_eq!(unread(&db.begin_read().unwrap(), author).unwrap(), 1);
+        // Shard 1 heard of a comment on the post, so it hears of the post's deletion too.
+        let taken = write(&db, |t| take_remote(t, &[700, 701], NOW));
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].2, Event::NotificationsRetracted { subject: post });
+        // The same like can notify again later (its coalescing key went too).
+        write(&db, |t| notify(t, 0, &like(author, liker, post), NOW + 5));
+        assert_eq!(all(&db, author).len(), 2);
     }
 }

@@ -934,7 +934,8 @@ pub fn subject(event: &Event) -> Option<Subject> {
         | Event::ConversationJoined { .. }
         | Event::MessagePosted { .. }
         | Event::ConversationLeft { .. }
-        | Event::Notified { .. } => None,
+        | Event::Notified { .. }
+        | Event::NotificationsRetracted { .. } => None,
         // Relations change who may see a post, which is checked when a query runs.
         Event::Followed { .. }
         | Event::Unfollowed { .. }

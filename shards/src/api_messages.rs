@@ -365,7 +365,7 @@ async fn conversation_views(
             display_name: String::new(),
         },
     };
-    Ok(summaries
+    let mut views: Vec<wire::ConversationView> = summaries
         .into_iter()
         .map(|(s, typing)| wire::ConversationView {
             id: s.conversation.id.to_string(),
@@ -394,7 +394,20 @@ async fn conversation_views(
                 .collect(),
             typing: typing.map(|t| t.iter().map(u64::to_string).collect()),
         })
-        .collect())
+        .collect();
+    // The last messages' media, resolved like a message list's (one ask per owning shard).
+    let (mut at, mut last) = (Vec::new(), Vec::new());
+    for (i, v) in views.iter_mut().enumerate() {
+        if let Some(m) = v.last_message.take() {
+            at.push(i);
+            last.push(m);
+        }
+    }
+    crate::media_views::fill_messages(shard, &mut last, deadline).await?;
+    for (i, m) in at.into_iter().zip(last) {
+        views[i].last_message = Some(m);
+    }
+    Ok(views)
 }
 
 /// `GET /v1/stream`: authenticated by the header or, for EventSource, `access_token` in the

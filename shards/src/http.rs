@@ -143,34 +143,21 @@ pub async fn accept_loop(
         shard.open_connections.set(shard.open_connections.get() + 1);
         let conn_shard = Rc::clone(&shard);
         let builder = Rc::clone(&builder);
-        let tls = tls.clone();
-        glommio::spawn_local(async move {
-            let guard = ConnectionGuard(Rc::clone(&conn_shard));
-            match tls {
-                None => serve_connection(conn_shard, &builder, HyperIo(stream), peer).await,
-                Some(acceptor) => {
-                    let handshake_timeout =
-                        Duration::from_millis(conn_shard.cfg.header_read_timeout_ms);
-                    let handshake = futures_lite::future::or(
-                        async { Some(acceptor.accept(stream).await) },
-                        async {
-                            glommio::timer::sleep(handshake_timeout).await;
-                            None
-                        },
-                    )
-                    .await;
-                    match handshake {
-                        Some(Ok(tls_stream)) => {
-                            serve_connection(conn_shard, &builder, HyperIo(tls_stream), peer).await
-                        }
-                        Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                        None => tracing::debug!("TLS handshake timed out"),
-                    }
-                }
-            }
-            drop(guard);
-        })
-        .detach();
+        let guard = ConnectionGuard(Rc::clone(&conn_shard));
+        // Two kinds of task: a plain connection's task is not sized for TLS state it never
+        // has (every open connection, idle event streams included, carries its task).
+        match tls.clone() {
+            None => glommio::spawn_local(async move {
+                serve_connection(conn_shard, &builder, HyperIo(stream), peer).await;
+                drop(guard);
+            })
+            .detach(),
+            Some(acceptor) => glommio::spawn_local(async move {
+                serve_tls(conn_shard, &builder, stream, acceptor, peer).await;
+                drop(guard);
+            })
+            .detach(),
+        };
     }
     drop(listener);
     // Stop accepting happened above; now wait for the open connections to finish.
@@ -189,6 +176,27 @@ impl Drop for ConnectionGuard {
     }
 }
 
+/// A TLS connection: the handshake (within the header read timeout), then HTTP over it.
+async fn serve_tls(
+    shard: Rc<Shard>,
+    builder: &http1::Builder,
+    stream: TcpStream,
+    acceptor: futures_rustls::TlsAcceptor,
+    peer: IpAddr,
+) {
+    let handshake_timeout = Duration::from_millis(shard.cfg.header_read_timeout_ms);
+    let handshake = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+        glommio::timer::sleep(handshake_timeout).await;
+        None
+    })
+    .await;
+    match handshake {
+        Some(Ok(tls_stream)) => serve_connection(shard, builder, HyperIo(tls_stream), peer).await,
+        Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+        None => tracing::debug!("TLS handshake timed out"),
+    }
+}
+
 async fn serve_connection<T>(
     shard: Rc<Shard>,
     builder: &http1::Builder,
@@ -200,7 +208,13 @@ async fn serve_connection<T>(
     let svc_shard = Rc::clone(&shard);
     let service = hyper::service::service_fn(move |req| {
         let shard = Rc::clone(&svc_shard);
-        async move { Ok::<_, std::convert::Infallible>(api::handle(shard, req, peer).await) }
+        // Boxed per request: hyper keeps the box it puts a request's future in for the whole
+        // life of the connection, sized for the largest route's future, so an idle
+        // connection (an event stream above all) would carry that much forever. This way it
+        // holds a pointer, and the future's memory goes back when the answer is made.
+        let answer: Answer =
+            Box::pin(async move { Ok(api::handle(shard, req, peer).await) });
+        answer
     });
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
@@ -219,6 +233,11 @@ async fn serve_connection<T>(
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
+
+/// A request's future as the connection keeps it (see `serve_connection`).
+type Answer = Pin<
+    Box<dyn Future<Output = Result<hyper::Response<crate::body::Body>, std::convert::Infallible>>>,
+>;
 
 /// Over the connection limit: answer 503 with Retry-After and close, without hyper.
 async fn refuse_overloaded(mut stream: TcpStream, shard: usize, request_id: String) {

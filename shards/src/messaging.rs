@@ -390,10 +390,7 @@ impl Shard {
         if fresh {
             self.typing.stop(stored.conversation, sender);
             self.relay.kick();
-            let data = message_json(&stored);
-            for user in local {
-                self.publish(user, "message", data.clone());
-            }
+            self.publish_message(local, &stored);
         }
         Ok(stored)
     }
@@ -462,10 +459,12 @@ impl Shard {
                     if !self.streams.any() {
                         continue;
                     }
-                    let data = message_json(message);
-                    for r in recipients.iter().filter(|r| shard_of(**r) == self.id) {
-                        self.publish(*r, "message", data.clone());
-                    }
+                    let here = recipients
+                        .iter()
+                        .copied()
+                        .filter(|r| shard_of(*r) == self.id)
+                        .collect();
+                    self.publish_message(here, message);
                 }
                 Event::PostCreated { post } => self.publish_post(post),
                 Event::SuspensionChanged { .. } => self.reload_suspended(),
@@ -493,9 +492,6 @@ pub(crate) fn message_view(m: &Message) -> nova_protocol::MessageView {
     }
 }
 
-fn message_json(m: &Message) -> String {
-    String::from_utf8_lossy(&nova_protocol::to_json(&message_view(m))).into_owned()
-}
 
 impl Shard {
     async fn serve_stream(self: &Rc<Self>, op: Op) {

@@ -32,16 +32,31 @@ pub fn now_ms() -> u64 {
 }
 
 /// A one-shot signal for the tasks of one shard (no atomics: one thread).
+///
+/// Each waiting future holds one slot for its waker, refreshed in place when polled again
+/// and freed when the future is dropped: a connection polls its drain signal on every wake,
+/// so pushing a waker per poll would grow without bound (and keep every finished
+/// connection's task allocation alive through its waker) until shutdown.
 #[derive(Default)]
 pub struct Notify {
     fired: Cell<bool>,
-    waiters: RefCell<Vec<Waker>>,
+    waiters: RefCell<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    wakers: Vec<Option<Waker>>,
+    free: Vec<usize>,
 }
 
 impl Notify {
     pub fn fire(&self) {
         self.fired.set(true);
-        for w in self.waiters.borrow_mut().drain(..) {
+        let wakers: Vec<Waker> = {
+            let mut slots = self.waiters.borrow_mut();
+            slots.wakers.iter_mut().filter_map(Option::take).collect()
+        };
+        for w in wakers {
             w.wake();
         }
     }
@@ -50,16 +65,63 @@ impl Notify {
         self.fired.get()
     }
 
-    pub async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if self.fired.get() {
-                std::task::Poll::Ready(())
-            } else {
-                self.waiters.borrow_mut().push(cx.waker().clone());
-                std::task::Poll::Pending
+    pub fn wait(&self) -> Wait<'_> {
+        Wait {
+            notify: self,
+            slot: None,
+        }
+    }
+}
+
+/// The future of `Notify::wait`.
+pub struct Wait<'a> {
+    notify: &'a Notify,
+    slot: Option<usize>,
+}
+
+impl std::future::Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.notify.fired.get() {
+            return std::task::Poll::Ready(());
+        }
+        let mut slots = self.notify.waiters.borrow_mut();
+        match self.slot {
+            Some(i) => match &mut slots.wakers[i] {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                w => *w = Some(cx.waker().clone()),
+            },
+            None => {
+                let waker = Some(cx.waker().clone());
+                let i = match slots.free.pop() {
+                    Some(i) => {
+                        slots.wakers[i] = waker;
+                        i
+                    }
+                    None => {
+                        slots.wakers.push(waker);
+                        slots.wakers.len() - 1
+                    }
+                };
+                drop(slots);
+                self.slot = Some(i);
             }
-        })
-        .await
+        }
+        std::task::Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            let mut slots = self.notify.waiters.borrow_mut();
+            slots.wakers[i] = None;
+            slots.free.push(i);
+        }
     }
 }
 
@@ -634,4 +696,36 @@ pub async fn until<T>(deadline: Instant, fut: impl std::future::Future<Output = 
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    use super::Notify;
+
+    #[test]
+    fn a_waiter_holds_one_slot_however_often_polled() {
+        let notify = Notify::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        {
+            let mut wait = pin!(notify.wait());
+            for _ in 0..1000 {
+                assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
+            }
+            assert_eq!(notify.waiters.borrow().wakers.len(), 1);
+        }
+        // Dropped: its slot is reused.
+        let mut a = pin!(notify.wait());
+        let mut b = pin!(notify.wait());
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(b.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(notify.waiters.borrow().wakers.len(), 2);
+        notify.fire();
+        assert_eq!(a.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert_eq!(b.as_mut().poll(&mut cx), Poll::Ready(()));
+        assert!(notify.waiters.borrow().wakers.iter().all(Option::is_none));
+    }
 }

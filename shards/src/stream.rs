@@ -23,6 +23,7 @@ use http::header::{HeaderValue, CACHE_CONTROL};
 use http::{HeaderMap, StatusCode};
 
 use nova_core::content::Post;
+use nova_core::messages::Message;
 use nova_core::{shard_of, social};
 
 use crate::api::Reply;
@@ -38,6 +39,11 @@ const RESUME_WINDOW_MS: u64 = 5 * 60 * 1000;
 const SINK_CAPACITY: usize = 128;
 /// Tells a client how long to wait before reconnecting.
 const RETRY_MS: u64 = 2000;
+/// Message events queued behind one whose media are being resolved; past it, messages still
+/// queue (their order is kept) but go out without resolving their media.
+const MEDIA_QUEUE_MAX: usize = 1024;
+/// How long resolving one message's media may take; after it the event goes out without.
+const MEDIA_RESOLVE_MS: u64 = 2000;
 
 /// One event for a user's stream.
 #[derive(Debug, Clone)]
@@ -65,6 +71,11 @@ pub struct Streams {
     sinks: RefCell<HashMap<u64, flume::Sender<StreamEvent>>>,
     /// Streams open on this shard.
     open: Cell<usize>,
+    /// Message events waiting for their media (see `publish_message`): (listeners, message,
+    /// whether to resolve its media).
+    media_queue: RefCell<VecDeque<(Vec<u64>, Message, bool)>>,
+    /// A task is working through `media_queue`.
+    resolving: Cell<bool>,
 }
 
 #[derive(Default)]
@@ -113,6 +124,67 @@ impl Shard {
                 self.tell(shard, Op::StreamPush { sub, event });
             }
         }
+    }
+
+    /// On the shard of `users`: a `message` event for each of them who listens, carrying the
+    /// message's media as a message list shows them (`media_views::fill_messages`). Events
+    /// go out in the order of the calls: a message with media waits for them (within
+    /// `MEDIA_RESOLVE_MS`), and messages after it wait behind it.
+    pub(crate) fn publish_message(self: &Rc<Self>, users: Vec<u64>, message: &Message) {
+        let users: Vec<u64> = {
+            let listening = self.streams.users.borrow();
+            users
+                .into_iter()
+                .filter(|u| listening.contains_key(u))
+                .collect()
+        };
+        if users.is_empty() {
+            return;
+        }
+        let streams = &self.streams;
+        if message.media_ids.is_empty()
+            && !streams.resolving.get()
+            && streams.media_queue.borrow().is_empty()
+        {
+            let data = message_data(&crate::messaging::message_view(message));
+            for user in users {
+                self.publish(user, "message", data.clone());
+            }
+            return;
+        }
+        {
+            let mut queue = streams.media_queue.borrow_mut();
+            let resolve = queue.len() < MEDIA_QUEUE_MAX;
+            queue.push_back((users, message.clone(), resolve));
+        }
+        if !streams.resolving.replace(true) {
+            let shard = Rc::clone(self);
+            glommio::spawn_local(async move { shard.resolve_messages().await }).detach();
+        }
+    }
+
+    /// Works through `media_queue` in order, then stops.
+    async fn resolve_messages(self: Rc<Self>) {
+        loop {
+            let next = self.streams.media_queue.borrow_mut().pop_front();
+            let Some((users, message, resolve)) = next else {
+                break;
+            };
+            let mut views = [crate::messaging::message_view(&message)];
+            if resolve && !message.media_ids.is_empty() {
+                let deadline = Instant::now() + Duration::from_millis(MEDIA_RESOLVE_MS);
+                if let Err(e) =
+                    crate::media_views::fill_messages(&self, &mut views, deadline).await
+                {
+                    tracing::debug!(status = e.status.as_u16(), "stream: message media");
+                }
+            }
+            let data = message_data(&views[0]);
+            for user in users {
+                self.publish(user, "message", data.clone());
+            }
+        }
+        self.streams.resolving.set(false);
     }
 
     /// On a connection's shard: queue an event for a connection; a full queue cuts it off.
@@ -217,6 +289,10 @@ impl Shard {
             }
         }
     }
+}
+
+fn message_data(view: &nova_protocol::MessageView) -> String {
+    String::from_utf8_lossy(&nova_protocol::to_json(view)).into_owned()
 }
 
 /// Unregisters a connection when its body is dropped (the client went away, or the stream

@@ -372,3 +372,105 @@ fn a_reader_that_stops_reading_is_cut_off() {
     // And the user can open a new stream right away.
     Sse::open(&server, &listener, None).unwrap();
 }
+
+/// A picture uploaded by `member` (made with the ffmpeg command); it may still be processing.
+fn picture(server: &Server, member: &Member) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("p.png");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=blue:s=40x30",
+            "-frames:v",
+            "1",
+        ])
+        .arg(&png)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let up = server.req(
+        &Req::post("/v1/media")
+            .bearer(&member.token)
+            .raw("application/octet-stream", std::fs::read(&png).unwrap()),
+    );
+    up.expect(202);
+    up.str("media.id").parse().unwrap()
+}
+
+/// The ids of a message view's `media`, checking each has a state.
+fn media_of(message: &Json) -> Vec<u64> {
+    at(message, "media")
+        .and_then(|m| m.as_array())
+        .unwrap_or_else(|| panic!("no media in {message:?}"))
+        .iter()
+        .map(|m| {
+            assert!(
+                at(m, "state").and_then(|s| s.as_str()).is_some(),
+                "{m:?}"
+            );
+            parse_id(at(m, "id").unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn message_events_and_last_messages_carry_their_media() {
+    let server = Server::start(&[]);
+    for (sender_shard, listener_shard) in [(0, 1), (1, 0), (1, 1)] {
+        let sender = server.member_on_shard(sender_shard);
+        let listener = server.member_on_shard(listener_shard);
+        let case = format!("sender on {sender_shard}, listener on {listener_shard}");
+        let pic = picture(&server, &sender);
+        let mut sse = Sse::open(&server, &listener, None).unwrap();
+        let conv = conversation(&server, &sender, &listener);
+
+        // A message with media, then one without: in order, the first with its media.
+        let resp = server.post(
+            &format!("/v1/conversations/{conv}/messages"),
+            sender.auth(),
+            json!({"text": "look", "media_ids": [pic.to_string()]}),
+        );
+        resp.expect(201);
+        let with = parse_id(resp.at("message.id"));
+        let without = send(&server, &sender, conv, "and this");
+        let first = json_of(&sse.next_of("message"));
+        assert_eq!(parse_id(at(&first, "id").unwrap()), with, "{case}");
+        assert_eq!(media_of(&first), vec![pic], "{case}");
+        let second = json_of(&sse.next_of("message"));
+        assert_eq!(parse_id(at(&second, "id").unwrap()), without, "{case}");
+        assert!(media_of(&second).is_empty(), "{case}");
+
+        // The conversation's last message, listed and alone, carries its media.
+        let media_message = server.post(
+            &format!("/v1/conversations/{conv}/messages"),
+            sender.auth(),
+            json!({"text": "last", "media_ids": [pic.to_string()]}),
+        );
+        media_message.expect(201);
+        for who in [&listener, &sender] {
+            let list = server.get("/v1/conversations", who.auth());
+            list.expect(200);
+            let item = list
+                .at("items")
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| at(c, "id").map(parse_id) == Some(conv))
+                .cloned()
+                .unwrap_or_else(|| panic!("{case}: conversation not listed"));
+            let last = at(&item, "last_message").unwrap();
+            assert_eq!(media_of(last), vec![pic], "{case}");
+            let one = server.get(&format!("/v1/conversations/{conv}"), who.auth());
+            one.expect(200);
+            assert_eq!(
+                media_of(one.at("conversation.last_message")),
+                vec![pic],
+                "{case}"
+            );
+        }
+    }
+}
