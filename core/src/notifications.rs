@@ -50,7 +50,8 @@ const FRESH: TableDefinition<(u64, u64), ()> = TableDefinition::new("notificatio
 const REMOTE: TableDefinition<u64, &[u8]> = TableDefinition::new("notifications_remote");
 /// (post or comment id, recipient, notification id) -> () : what to delete when the post or
 /// comment goes (a comment's notifications are listed under its post too)
-const SUBJECTS: TableDefinition<(u64, u64, u64), ()> = TableDefinition::new("notification_subjects");
+const SUBJECTS: TableDefinition<(u64, u64, u64), ()> =
+    TableDefinition::new("notification_subjects");
 /// (post or comment id, shard) -> () : on the subject's shard, the shards a notice about it
 /// was sent to (parked in `REMOTE`), so that its deletion reaches them
 const SENT: TableDefinition<(u64, u32), ()> = TableDefinition::new("notification_subjects_sent");
@@ -949,10 +950,14 @@ mod tests {
 
         // Shard 1 got the reply, then the retraction.
         let there = self::db();
-        write(&there, |t| events::apply(t, 500, NOW, &parked[0].2, |_| true));
+        write(&there, |t| {
+            events::apply(t, 500, NOW, &parked[0].2, |_| true)
+        });
         assert_eq!(all(&there, remote).len(), 1);
         assert_eq!(unread(&there.begin_read().unwrap(), remote).unwrap(), 1);
-        write(&there, |t| events::apply(t, 600, NOW, &taken[0].2, |_| true));
+        write(&there, |t| {
+            events::apply(t, 600, NOW, &taken[0].2, |_| true)
+        });
         assert!(all(&there, remote).is_empty());
         assert_eq!(unread(&there.begin_read().unwrap(), remote).unwrap(), 0);
 

@@ -185,11 +185,12 @@ async fn serve_tls(
     peer: IpAddr,
 ) {
     let handshake_timeout = Duration::from_millis(shard.cfg.header_read_timeout_ms);
-    let handshake = futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
-        glommio::timer::sleep(handshake_timeout).await;
-        None
-    })
-    .await;
+    let handshake =
+        futures_lite::future::or(async { Some(acceptor.accept(stream).await) }, async {
+            glommio::timer::sleep(handshake_timeout).await;
+            None
+        })
+        .await;
     match handshake {
         Some(Ok(tls_stream)) => serve_connection(shard, builder, HyperIo(tls_stream), peer).await,
         Some(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -212,8 +213,7 @@ async fn serve_connection<T>(
         // life of the connection, sized for the largest route's future, so an idle
         // connection (an event stream above all) would carry that much forever. This way it
         // holds a pointer, and the future's memory goes back when the answer is made.
-        let answer: Answer =
-            Box::pin(async move { Ok(api::handle(shard, req, peer).await) });
+        let answer: Answer = Box::pin(async move { Ok(api::handle(shard, req, peer).await) });
         answer
     });
     let conn = builder.serve_connection(io, service);

@@ -492,7 +492,6 @@ pub(crate) fn message_view(m: &Message) -> nova_protocol::MessageView {
     }
 }
 
-
 impl Shard {
     async fn serve_stream(self: &Rc<Self>, op: Op) {
         match op {

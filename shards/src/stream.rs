@@ -173,8 +173,7 @@ impl Shard {
             let mut views = [crate::messaging::message_view(&message)];
             if resolve && !message.media_ids.is_empty() {
                 let deadline = Instant::now() + Duration::from_millis(MEDIA_RESOLVE_MS);
-                if let Err(e) =
-                    crate::media_views::fill_messages(&self, &mut views, deadline).await
+                if let Err(e) = crate::media_views::fill_messages(&self, &mut views, deadline).await
                 {
                     tracing::debug!(status = e.status.as_u16(), "stream: message media");
                 }

@@ -138,7 +138,11 @@ fn deleting_a_post_or_comment_takes_its_notifications_across_shards() {
             ("like", rc),
             ("mention", m),
         ];
-        assert_eq!(wait_until(&server, &recipient, &left), want(&left), "{case}");
+        assert_eq!(
+            wait_until(&server, &recipient, &left),
+            want(&left),
+            "{case}"
+        );
         assert_eq!(unread(&server, &recipient), 5, "{case}");
 
         // The reply, deleted by its author on the post's shard (the actor's).
@@ -146,14 +150,22 @@ fn deleting_a_post_or_comment_takes_its_notifications_across_shards() {
             .delete(&format!("/v1/comments/{reply}"), actor.auth())
             .expect(204);
         let left = [("like", p), ("comment", c2), ("like", rc), ("mention", m)];
-        assert_eq!(wait_until(&server, &recipient, &left), want(&left), "{case}");
+        assert_eq!(
+            wait_until(&server, &recipient, &left),
+            want(&left),
+            "{case}"
+        );
 
         // The mentioning post, deleted by the actor.
         server
             .delete(&format!("/v1/posts/{m}"), actor.auth())
             .expect(204);
         let left = [("like", p), ("comment", c2), ("like", rc)];
-        assert_eq!(wait_until(&server, &recipient, &left), want(&left), "{case}");
+        assert_eq!(
+            wait_until(&server, &recipient, &left),
+            want(&left),
+            "{case}"
+        );
 
         // The third user deletes its post: the recipient's comment on it goes, and with it
         // the like of that comment the recipient was told of.
@@ -161,7 +173,11 @@ fn deleting_a_post_or_comment_takes_its_notifications_across_shards() {
             .delete(&format!("/v1/posts/{q}"), third.auth())
             .expect(204);
         let left = [("like", p), ("comment", c2)];
-        assert_eq!(wait_until(&server, &recipient, &left), want(&left), "{case}");
+        assert_eq!(
+            wait_until(&server, &recipient, &left),
+            want(&left),
+            "{case}"
+        );
         // The third user heard of the recipient's comment on its post: gone too.
         assert_eq!(wait_until(&server, &third, &[]), want(&[]), "{case}");
 

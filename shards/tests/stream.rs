@@ -408,10 +408,7 @@ fn media_of(message: &Json) -> Vec<u64> {
         .unwrap_or_else(|| panic!("no media in {message:?}"))
         .iter()
         .map(|m| {
-            assert!(
-                at(m, "state").and_then(|s| s.as_str()).is_some(),
-                "{m:?}"
-            );
+            assert!(at(m, "state").and_then(|s| s.as_str()).is_some(), "{m:?}");
             parse_id(at(m, "id").unwrap())
         })
         .collect()
