@@ -932,6 +932,7 @@ mod tests {
             )
         });
         assert_eq!(all(&db, author).len(), 3);
+        write(&db, take_fresh);
         let parked = write(&db, |t| take_remote(t, &[500, 501], NOW));
         assert_eq!(parked.len(), 1);
 
