@@ -146,18 +146,17 @@ pub async fn accept_loop(
         let guard = ConnectionGuard(Rc::clone(&conn_shard));
         // Two kinds of task: a plain connection's task is not sized for TLS state it never
         // has (every open connection, idle event streams included, carries its task).
-        match tls.clone() {
+        let task = match tls.clone() {
             None => glommio::spawn_local(async move {
                 serve_connection(conn_shard, &builder, HyperIo(stream), peer).await;
                 drop(guard);
-            })
-            .detach(),
+            }),
             Some(acceptor) => glommio::spawn_local(async move {
                 serve_tls(conn_shard, &builder, stream, acceptor, peer).await;
                 drop(guard);
-            })
-            .detach(),
+            }),
         };
+        task.detach();
     }
     drop(listener);
     // Stop accepting happened above; now wait for the open connections to finish.
