@@ -134,8 +134,8 @@ impl Event {
     /// Does the event carry something of `user`'s (its posts, messages, relations,
     /// notifications, media) that must go from the history when the account is erased?
     /// Tombstones that other readers of the history still need (`PostDeleted` for the search
-    /// index, `UserChanged`, `SuspensionChanged`, `AccountErased`, `ErasureWork`) name ids
-    /// only and stay until retention. Exhaustive on purpose: a new variant must decide.
+    /// index, `UserChanged`, `SuspensionChanged`, `AccountErased`, `ErasureWork`,
+    /// `NotificationsRetracted`) name ids only and stay until retention. Exhaustive on purpose: a new variant must decide.
     pub fn reveals(&self, user: u64) -> bool {
         match self {
             Event::Followed { follower, followee }
@@ -159,7 +159,8 @@ impl Event {
             | Event::UserChanged { .. }
             | Event::SuspensionChanged { .. }
             | Event::AccountErased { .. }
-            | Event::ErasureWork { .. } => false,
+            | Event::ErasureWork { .. }
+            | Event::NotificationsRetracted { .. } => false,
         }
     }
 }
