@@ -565,11 +565,5 @@ pub fn drop_emails_to(
     Ok(dropped)
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(EMAIL_QUEUES)?;
-    c.copy(EMAIL_STATES)?;
-    Ok(())
-}
 #[cfg(test)]
 mod tests;

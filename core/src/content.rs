@@ -362,23 +362,6 @@ pub fn posts_count(read: &ReadTransaction, author: u64, cap: usize) -> Result<u6
         .count() as u64)
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(POSTS)?;
-    c.copy(USER_POSTS)?;
-    c.copy(POST_IDEMPOTENCY)?;
-    c.copy(COMMENTS)?;
-    c.copy(POST_COMMENTS)?;
-    c.copy(POST_LIKES)?;
-    c.copy(COMMENT_LIKES)?;
-    c.copy(COUNTS)?;
-    c.copy(POST_VIEWS)?;
-    c.copy(USER_COMMENTS)?;
-    c.copy(USER_LIKES)?;
-    c.copy(CONTENT_META)?;
-    Ok(())
-}
-
 /// A public post saying "hi", for tests.
 #[cfg(test)]
 pub(crate) fn test_post(id: u64, author: u64) -> Post {

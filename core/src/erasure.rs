@@ -496,13 +496,6 @@ fn drain_work(txn: &WriteTransaction, user: u64, limit: usize) -> Result<(usize,
     Ok((units, left))
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(JOBS)?;
-    c.copy(WORK)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use redb::backends::InMemoryBackend;

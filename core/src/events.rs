@@ -456,14 +456,6 @@ pub fn apply(
     Ok(true)
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(EVENT_STORE)?;
-    c.copy(EVENT_OUTBOX)?;
-    c.copy(EVENT_APPLIED)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -729,19 +729,6 @@ pub fn erase_owner(
     Ok((ids.len(), blobs))
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(MEDIA_UPLOADS)?;
-    c.copy(MEDIA_METADATA)?;
-    c.copy(VIDEO_TRANSCODES)?;
-    c.copy(CDN_URLS)?;
-    c.copy(MEDIA_BLOB_REFS)?;
-    c.copy(MEDIA_USAGE)?;
-    c.copy(USER_MEDIA)?;
-    c.copy(MEDIA_TUS)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

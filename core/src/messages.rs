@@ -649,18 +649,6 @@ mod erase_tests {
     }
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(CONVERSATIONS)?;
-    c.copy(MESSAGES)?;
-    c.copy(CONVERSATION_MESSAGES)?;
-    c.copy(READ_RECEIPTS)?;
-    c.copy(MESSAGE_IDEMPOTENCY)?;
-    c.copy(INBOX)?;
-    c.copy(INBOX_BY_ACTIVITY)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use redb::backends::InMemoryBackend;

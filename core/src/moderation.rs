@@ -649,18 +649,5 @@ pub fn highest_id(read: &ReadTransaction) -> Result<Option<u64>, CoreError> {
     Ok(best)
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(USER_ROLES)?;
-    c.copy(SUSPENSIONS)?;
-    c.copy(SUSPENDED_MIRROR)?;
-    c.copy(REPORTS)?;
-    c.copy(REPORTS_BY_STATE)?;
-    c.copy(REPORT_KEYS)?;
-    c.copy(REPORTS_BY_REPORTER)?;
-    c.copy(MODERATION_AUDIT)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests;

@@ -716,20 +716,6 @@ pub fn erase_actor_scan(
     }))
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(NOTIFICATIONS)?;
-    c.copy(KEYS)?;
-    c.copy(COUNTS)?;
-    c.copy(IDS)?;
-    c.copy(FRESH)?;
-    c.copy(REMOTE)?;
-    c.copy(SUBJECTS)?;
-    c.copy(SENT)?;
-    c.copy(RETRACT)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use redb::backends::InMemoryBackend;

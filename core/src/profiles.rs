@@ -352,15 +352,6 @@ pub fn erase_user(txn: &WriteTransaction, user: u64) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(USER_PROFILES)?;
-    c.copy(USER_PREFERENCES)?;
-    c.copy(USER_SETTINGS)?;
-    c.copy(FEED_PREFERENCES)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -279,12 +279,6 @@ pub fn erase_user(txn: &WriteTransaction, user: u64, limit: usize) -> Result<usi
     Ok(endpoints.len())
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(SUBSCRIPTIONS)?;
-    Ok(())
-}
-
 // ---- VAPID (RFC 8292) ----------------------------------------------------------------------
 
 /// The application server's key pair.

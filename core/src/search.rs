@@ -1021,19 +1021,6 @@ pub fn finish_rebuild(txn: &WriteTransaction, cursor: Option<(u64, u64)>) -> Res
     Ok(())
 }
 
-/// Copies this module's tables (backups: the index is copied with the data and event
-/// cursor of the same moment, so a restored server needs no rebuild).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(POSTINGS)?;
-    c.copy(DOCS)?;
-    c.copy(DOC_META)?;
-    c.copy(TAGS)?;
-    c.copy(ACCOUNTS)?;
-    c.copy(ACCOUNT_DOCS)?;
-    c.copy(META)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

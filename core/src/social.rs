@@ -1132,24 +1132,6 @@ pub fn erase_feed(txn: &WriteTransaction, reader: u64, limit: usize) -> Result<u
     Ok(items.len())
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(FOLLOWS)?;
-    c.copy(FOLLOWERS_LOCAL)?;
-    c.copy(FOLLOWERS)?;
-    c.copy(BLOCKS)?;
-    c.copy(BLOCKED_BY)?;
-    c.copy(MUTES)?;
-    c.copy(FEED_ITEMS)?;
-    c.copy(POST_COPIES)?;
-    c.copy(FEED_POSTS)?;
-    c.copy(COPIES_BY_AUTHOR)?;
-    c.copy(BACKFILLS)?;
-    c.copy(FOLLOW_REQUESTS)?;
-    c.copy(COUNTS)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use redb::backends::InMemoryBackend;

@@ -943,22 +943,5 @@ pub fn erase_user(
     })
 }
 
-/// Copies this module's tables (backups).
-pub(crate) fn copy_tables(c: &mut crate::backup::Copier) -> Result<(), CoreError> {
-    c.copy(USERS)?;
-    c.copy(USERNAMES)?;
-    c.copy(EMAIL_CLAIMS)?;
-    c.copy(SESSIONS)?;
-    c.copy(USER_SESSIONS)?;
-    c.copy(TOKENS)?;
-    c.copy(REVOKED_SESSIONS)?;
-    c.copy(EMAIL_VERIFICATIONS)?;
-    c.copy(PASSWORD_RESETS)?;
-    c.copy(EXTERNAL_IDS)?;
-    c.copy(EXTERNAL_OF)?;
-    c.copy(AUTH_LOGS)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests;
