@@ -1,8 +1,8 @@
 //! Backups that restore: `nova admin backup` (online through the admin listener, or offline
 //! from a stopped server's data dir), `nova admin restore` and `nova admin verify`.
 //!
-//! A backup is a directory: one redb file per shard, copied table by table from snapshots
-//! that show one moment across every shard (`Partition::consistent_snapshot`), every other
+//! A backup is a directory: one redb file per shard, a byte image of each file taken at one
+//! moment across every shard (`Partition::consistent_images`, storage/src/snapshot.rs), every other
 //! file of the data dir (manifest, secrets, media blobs), and `backup.json`: the shard count,
 //! each file's size and SHA-256, and each table's row count.
 

@@ -231,56 +231,6 @@ impl Partition {
         futures_block_on(self.write(op))
     }
 
-    /// Read transactions on several partitions that show one moment: every partition's writer
-    /// is parked inside a write transaction at once (between two group commits), the
-    /// snapshots are taken, then the writers go on. Writes wait for that short moment only;
-    /// reads never wait. For backups across shards. Call off any executor.
-    pub fn consistent_snapshot(
-        partitions: &[Arc<Partition>],
-    ) -> Result<Vec<ReadTransaction>, StorageError> {
-        let (reached_tx, reached_rx) = std::sync::mpsc::channel::<()>();
-        let (release_tx, release_rx) = flume::bounded::<()>(0);
-        let mut parked = Vec::with_capacity(partitions.len());
-        for p in partitions {
-            let p = Arc::clone(p);
-            let reached = reached_tx.clone();
-            let release = release_rx.clone();
-            parked.push(std::thread::spawn(move || {
-                p.write_blocking(move |_txn| {
-                    let _ = reached.send(());
-                    // Held here (nothing commits on this partition) until every snapshot
-                    // is taken; a dropped sender also releases.
-                    let _ = release.recv_timeout(std::time::Duration::from_secs(30));
-                    Ok::<(), StorageError>(())
-                })
-            }));
-        }
-        drop(reached_tx);
-        let mut all_parked = true;
-        for _ in partitions {
-            if reached_rx
-                .recv_timeout(std::time::Duration::from_secs(10))
-                .is_err()
-            {
-                all_parked = false;
-                break;
-            }
-        }
-        let snapshots = if all_parked {
-            partitions
-                .iter()
-                .map(|p| p.read())
-                .collect::<Result<Vec<_>, _>>()
-        } else {
-            Err(StorageError::WriterStopped)
-        };
-        drop(release_tx);
-        for t in parked {
-            let _ = t.join();
-        }
-        snapshots
-    }
-
     pub fn stats(&self) -> CommitStatsSnapshot {
         self.stats.snapshot()
     }
