@@ -430,34 +430,6 @@ fn bad_conversation_input_is_refused() {
         .expect_error(400, "invalid_limit");
 }
 
-/// A picture uploaded by `member` (made with the ffmpeg command), once it is ready.
-fn picture(server: &Server, member: &Member) -> u64 {
-    let dir = tempfile::tempdir().unwrap();
-    let png = dir.path().join("p.png");
-    let made = std::process::Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=blue:s=40x30",
-            "-frames:v",
-            "1",
-        ])
-        .arg(&png)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let up = server.req(
-        &Req::post("/v1/media")
-            .bearer(&member.token)
-            .raw("application/octet-stream", std::fs::read(&png).unwrap()),
-    );
-    up.expect(202);
-    up.str("media.id").parse().unwrap()
-}
-
 #[test]
 fn posts_and_messages_carry_the_senders_own_media() {
     let server = Server::start(&[]);

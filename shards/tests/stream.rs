@@ -373,34 +373,6 @@ fn a_reader_that_stops_reading_is_cut_off() {
     Sse::open(&server, &listener, None).unwrap();
 }
 
-/// A picture uploaded by `member` (made with the ffmpeg command); it may still be processing.
-fn picture(server: &Server, member: &Member) -> u64 {
-    let dir = tempfile::tempdir().unwrap();
-    let png = dir.path().join("p.png");
-    let made = std::process::Command::new("ffmpeg")
-        .args([
-            "-v",
-            "error",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=blue:s=40x30",
-            "-frames:v",
-            "1",
-        ])
-        .arg(&png)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    let up = server.req(
-        &Req::post("/v1/media")
-            .bearer(&member.token)
-            .raw("application/octet-stream", std::fs::read(&png).unwrap()),
-    );
-    up.expect(202);
-    up.str("media.id").parse().unwrap()
-}
-
 /// The ids of a message view's `media`, checking each has a state.
 fn media_of(message: &Json) -> Vec<u64> {
     at(message, "media")

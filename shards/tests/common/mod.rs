@@ -1431,3 +1431,32 @@ impl Server {
         panic!("{path}: more than 10,000 pages");
     }
 }
+
+/// A small picture uploaded by `member` (made with the ffmpeg command); answered 202, so it
+/// may still be processing.
+pub fn picture(server: &Server, member: &Member) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("p.png");
+    let made = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=blue:s=40x30",
+            "-frames:v",
+            "1",
+        ])
+        .arg(&png)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let up = server.req(
+        &Req::post("/v1/media")
+            .bearer(&member.token)
+            .raw("application/octet-stream", std::fs::read(&png).unwrap()),
+    );
+    up.expect(202);
+    up.str("media.id").parse().unwrap()
+}
