@@ -575,6 +575,13 @@ fn readers_among(
     Ok(readers)
 }
 
+/// This shard's copy of a post, if it holds one (what home feeds show).
+pub fn copy(read: &ReadTransaction, post_id: u64) -> Result<Option<Post>, CoreError> {
+    let copies = open_read!(read, POST_COPIES, None);
+    let value = copies.get(post_id)?;
+    value.map(|v| decode(v.value())).transpose()
+}
+
 /// Replaces this shard's copy of an edited post, if it holds one.
 pub fn refresh_copy(txn: &WriteTransaction, post: &Post) -> Result<(), CoreError> {
     let mut copies = txn.open_table(POST_COPIES)?;

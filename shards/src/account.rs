@@ -471,6 +471,8 @@ impl Shard {
                 .partition
                 .write(move |t| erasure::step(t, user, &lim, &mut EventIds(ids)))
                 .await;
+            // A step removes posts, copies and relations of others too.
+            self.feeds.forget_all();
             match stepped {
                 Ok(s) => {
                     if !s.blobs.is_empty() {

@@ -317,17 +317,16 @@ async fn timeline(
     }
     let stop = stop.min(TIMELINE_STOP_MAX) as usize;
     let start = (start as usize).min(stop);
+    if start == stop {
+        return Ok(Reply::json(StatusCode::OK, &Vec::<wire::DsbPost>::new()));
+    }
     let page = Page {
         max_id: None,
         min_id: None,
-        limit: stop,
+        limit: stop - start,
     };
-    let (posts, skip) = if route == Route::DsbHomeTimeline {
-        let page = Page {
-            limit: stop - start,
-            ..page
-        };
-        let posts = shard
+    let posts = if route == Route::DsbHomeTimeline {
+        shard
             .ask(shard_of(user), deadline, |reply| Op::Home {
                 reader: user,
                 page,
@@ -335,22 +334,21 @@ async fn timeline(
                 reply,
             })
             .await?
-            .0;
-        (posts, 0)
+            .0
     } else {
         // The benchmark reads timelines without a viewer: public posts only.
-        let posts = shard
+        shard
             .ask(shard_of(user), deadline, |reply| Op::UserPosts {
                 author: user,
                 viewer: 0,
                 page,
+                skip: start,
                 reply,
             })
             .await?
-            .0;
-        (posts, start)
+            .0
     };
-    let items: Vec<wire::DsbPost> = posts.iter().skip(skip).map(dsb_post).collect();
+    let items: Vec<wire::DsbPost> = posts.iter().map(dsb_post).collect();
     Ok(Reply::json(StatusCode::OK, &items))
 }
 

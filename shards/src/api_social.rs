@@ -269,6 +269,7 @@ pub(crate) async fn dispatch(
                     author,
                     viewer,
                     page,
+                    skip: 0,
                     reply,
                 })
                 .await?;

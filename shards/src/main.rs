@@ -16,6 +16,7 @@ mod backup;
 mod body;
 mod config;
 mod error;
+mod feeds;
 mod hasher;
 mod http;
 mod limits;

@@ -237,10 +237,12 @@ pub enum Op {
         limit: usize,
         reply: Reply<Vec<u64>>,
     },
+    /// A page of an author's posts, after leaving out the first `skip` the viewer may see.
     UserPosts {
         author: u64,
         viewer: u64,
         page: Page,
+        skip: usize,
         reply: Reply<(Vec<Post>, Option<u64>)>,
     },
     /// A page of a home feed, after leaving out its first `skip` posts.

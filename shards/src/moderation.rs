@@ -591,6 +591,7 @@ impl Shard {
                         })
                         .await?;
                 }
+                self.feeds.drop_post(id);
                 self.deliver_now(event_id, event, &targets, deadline).await;
                 Ok(())
             }

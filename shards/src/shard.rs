@@ -153,6 +153,8 @@ pub struct Shard {
     pub ext_ids: RefCell<quick_cache::unsync::Cache<u64, u64>>,
     pub request_seq: Cell<u64>,
     pub relay: crate::social::Relay,
+    /// Home-feed heads and decoded posts (shards/src/feeds.rs).
+    pub feeds: crate::feeds::Feeds,
     pub streams: crate::stream::Streams,
     pub typing: crate::messaging::Typing,
     /// Fired when the shard starts draining: stop accepting, close idle connections.

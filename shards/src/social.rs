@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nova_core::content::{self, Mention, Post, Visibility};
@@ -14,6 +15,7 @@ use nova_core::social;
 use nova_core::{id_ms, shard_of, CoreError};
 
 use crate::error::Fail;
+use crate::feeds::{Head, HEAD_LEN};
 use crate::mesh::{Gate, NewPost, Op, Page, PostStats, Profile, SettingsUpdate, UserBrief};
 use crate::shard::{now_ms, Shard};
 
@@ -107,6 +109,10 @@ impl Early {
         if let Some((early, _)) = self.posts.get_mut(&post.id) {
             *early = post.clone();
         }
+    }
+
+    fn post(&self, post_id: u64) -> Option<&Post> {
+        self.posts.get(&post_id).map(|(post, _)| post)
     }
 
     /// `reader`'s early posts, ascending ids.
@@ -315,9 +321,10 @@ impl Shard {
                 author,
                 viewer,
                 page,
+                skip,
                 reply,
             } => {
-                let _ = reply.send(self.user_posts(author, viewer, page));
+                let _ = reply.send(self.user_posts(author, viewer, page, skip));
             }
             Op::Home {
                 reader,
@@ -325,23 +332,7 @@ impl Shard {
                 skip,
                 reply,
             } => {
-                let early = self.relay.early.borrow();
-                let result = self.read(|r| {
-                    let prefs = profiles::feed_preferences(r, reader)?;
-                    social::home(
-                        r,
-                        reader,
-                        page.max_id,
-                        page.min_id,
-                        (skip, page.limit),
-                        HOME_SCAN_MAX,
-                        &prefs,
-                        &early.of(reader),
-                        &|author| self.hidden_from(author, reader),
-                    )
-                });
-                drop(early);
-                let _ = reply.send(result);
+                let _ = reply.send(self.home_page(reader, page, skip));
             }
             Op::Like {
                 id,
@@ -493,7 +484,8 @@ impl Shard {
                             Ok::<_, CoreError>((prefs, feed))
                         })
                         .await
-                        .map_err(Fail::from),
+                        .map_err(Fail::from)
+                        .inspect(|_| self.feeds.forget(user_id)),
                 };
                 let _ = reply.send(result);
             }
@@ -508,6 +500,7 @@ impl Shard {
                     .partition
                     .write(move |t| social::set_mute(t, muter, muted, on, now))
                     .await;
+                self.feeds.forget(muter);
                 let _ = reply.send(result.map_err(Fail::from));
             }
             Op::SetExternalOf {
@@ -597,7 +590,7 @@ impl Shard {
                     max_id: None,
                     min_id: None,
                 };
-                let _ = reply.send(self.user_posts(author, viewer, page).map(|(p, _)| p));
+                let _ = reply.send(self.user_posts(author, viewer, page, 0).map(|(p, _)| p));
             }
             Op::Backfill {
                 reader,
@@ -609,6 +602,7 @@ impl Shard {
                     .partition
                     .write(move |t| social::backfill(t, reader, author, &posts))
                     .await;
+                self.feeds.forget(reader);
                 let _ = reply.send(result.map_err(Fail::from));
             }
             Op::EditPost {
@@ -643,9 +637,17 @@ impl Shard {
         {
             let mut early = self.relay.early.borrow_mut();
             for (_, event) in &events {
+                // A cached post must not outlive its delete or edit, not even until the
+                // commit (`feeds_applied` drops it again after).
                 match event {
-                    Event::PostDeleted { post_id, .. } => early.remove(*post_id),
-                    Event::PostEdited { post } => early.edit(post),
+                    Event::PostDeleted { post_id, .. } => {
+                        early.remove(*post_id);
+                        self.feeds.drop_post(*post_id);
+                    }
+                    Event::PostEdited { post } => {
+                        early.edit(post);
+                        self.feeds.drop_post(post.id);
+                    }
                     _ => {}
                 }
             }
@@ -666,8 +668,185 @@ impl Shard {
                 Ok::<_, CoreError>(fresh)
             })
             .await?;
+        self.feeds_applied(&fresh);
         self.publish_applied(&fresh);
         Ok(())
+    }
+
+    /// Keeps the feed heads and cached posts true to events applied here (after their
+    /// commit).
+    pub(crate) fn feeds_applied(&self, applied: &[(u64, Event)]) {
+        for (_, event) in applied {
+            match event {
+                Event::Followed { follower, followee }
+                | Event::Unfollowed { follower, followee }
+                | Event::FollowApproved { follower, followee } => {
+                    self.feeds.forget(*follower);
+                    self.feeds.forget(*followee);
+                }
+                Event::Blocked { blocker, blocked } | Event::Unblocked { blocker, blocked } => {
+                    self.feeds.forget(*blocker);
+                    self.feeds.forget(*blocked);
+                }
+                Event::PostCreated { post } => self.feeds_add(post),
+                Event::PostDeleted { post_id, .. } => self.feeds.drop_post(*post_id),
+                Event::PostEdited { post } => self.feeds.drop_post(post.id),
+                // Erasures remove posts, copies and relations of anyone: start again.
+                Event::AccountErased { .. } | Event::ErasureWork { .. } => self.feeds.forget_all(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Adds a post stored here to the heads of the readers whose feeds it reaches here (the
+    /// same readers `social::fan_out` wrote it for).
+    fn feeds_add(&self, post: &Post) {
+        let author_here = shard_of(post.author_id) == self.id;
+        match self.read(|r| social::feed_readers(r, post, author_here)) {
+            Ok(readers) => self.feeds.add(readers, post.id),
+            Err(e) => {
+                // The heads may now miss the post: merge them again instead.
+                tracing::warn!(error = %e, "feed heads: readers of a post");
+                self.feeds.forget_all();
+            }
+        }
+    }
+
+    /// A page of `reader`'s home feed, on the reader's shard: from its head in memory when
+    /// the head holds the page, else merged from redb.
+    fn home_page(
+        &self,
+        reader: u64,
+        page: Page,
+        skip: usize,
+    ) -> Result<(Vec<Post>, Option<u64>), Fail> {
+        if page.min_id.is_none() {
+            let head = match self.feeds.head(reader) {
+                Some(head) => head,
+                None => self.fill_head(reader)?,
+            };
+            if let Some(posts) = self.page_of_head(reader, &head, page.max_id, skip, page.limit)? {
+                return Ok((posts, None));
+            }
+        }
+        let early = self.relay.early.borrow();
+        self.read(|r| {
+            let prefs = profiles::feed_preferences(r, reader)?;
+            social::home(
+                r,
+                reader,
+                page.max_id,
+                page.min_id,
+                (skip, page.limit),
+                HOME_SCAN_MAX,
+                &prefs,
+                &early.of(reader),
+                &|author| self.hidden_from(author, reader),
+            )
+        })
+    }
+
+    /// Merges `reader`'s head from redb (and the early posts) and keeps it.
+    fn fill_head(&self, reader: u64) -> Result<Rc<RefCell<Head>>, Fail> {
+        let early = self.relay.early.borrow();
+        let (posts, more, prefs) = self.read(|r| {
+            let prefs = profiles::feed_preferences(r, reader)?;
+            // Preferences and suspensions are applied when a page is served.
+            let (posts, more) = social::home(
+                r,
+                reader,
+                None,
+                None,
+                (0, HEAD_LEN),
+                HOME_SCAN_MAX,
+                &Default::default(),
+                &early.of(reader),
+                &|_| false,
+            )?;
+            Ok((posts, more, prefs))
+        })?;
+        drop(early);
+        let whole = posts.len() < HEAD_LEN && more.is_none();
+        let head = Head::new(posts.iter().map(|p| p.id), whole, prefs);
+        for post in posts {
+            self.feeds.keep_post(Arc::new(post));
+        }
+        Ok(self.feeds.keep_head(reader, head))
+    }
+
+    /// A page (newest first, older than `max_id`, after `skip` posts) of `reader`'s head, or
+    /// `None` when the head ends before the page does and older posts exist.
+    fn page_of_head(
+        &self,
+        reader: u64,
+        head: &RefCell<Head>,
+        max_id: Option<u64>,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Option<Vec<Post>>, Fail> {
+        let head = head.borrow();
+        let mut read = None;
+        let mut out = Vec::with_capacity(limit);
+        let mut gone = Vec::new();
+        let mut skip = skip;
+        let mut full = limit == 0;
+        for id in head.before(max_id) {
+            if full {
+                break;
+            }
+            let Some(post) = self.feed_post(id, &mut read)? else {
+                gone.push(id);
+                continue;
+            };
+            let author = post.author_id;
+            if author != reader
+                && (self.hidden_from(author, reader)
+                    || head.prefs.hides(&post.text, post.reply_to.is_some()))
+            {
+                continue;
+            }
+            if skip > 0 {
+                skip -= 1;
+                continue;
+            }
+            out.push((*post).clone());
+            full = out.len() >= limit;
+        }
+        let answered = full || head.whole();
+        drop(head);
+        for id in gone {
+            self.feeds.remove(reader, id);
+        }
+        Ok(answered.then_some(out))
+    }
+
+    /// A post a head names: cached, early, or this shard's copy (`None`: deleted since).
+    fn feed_post(
+        &self,
+        id: u64,
+        read: &mut Option<nova_storage::redb::ReadTransaction>,
+    ) -> Result<Option<Arc<Post>>, Fail> {
+        if let Some(post) = self.feeds.post(id) {
+            return Ok(Some(post));
+        }
+        let early = self.relay.early.borrow().post(id).cloned();
+        let found = match early {
+            Some(post) => Some(post),
+            None => {
+                if read.is_none() {
+                    *read = Some(self.partition.read()?);
+                }
+                match read {
+                    Some(r) => social::copy(r, id)?,
+                    None => None,
+                }
+            }
+        };
+        Ok(found.map(|post| {
+            let post = Arc::new(post);
+            self.feeds.keep_post(Arc::clone(&post));
+            post
+        }))
     }
 
     /// `Op::Offer`: the offered posts show in this shard's home feeds at once (answered
@@ -711,6 +890,7 @@ impl Shard {
         {
             let mut early = self.relay.early.borrow_mut();
             for (post, readers) in shown {
+                self.feeds.add(readers.iter().map(|(r, _)| *r), post.id);
                 early.add(post, readers);
             }
         }
@@ -884,6 +1064,7 @@ impl Shard {
         author: u64,
         viewer: u64,
         page: Page,
+        skip: usize,
     ) -> Result<(Vec<Post>, Option<u64>), Fail> {
         self.read(|r| {
             if identity::user(r, author)?.is_none()
@@ -892,29 +1073,48 @@ impl Shard {
             {
                 return Err(CoreError::NotFound);
             }
-            if author != viewer
-                && profiles::settings(r, author)?.private
-                && !social::is_follower(r, author, viewer)?
-            {
+            // What `may_see` asks of every post, asked once: one author, one viewer.
+            let private = author != viewer && profiles::settings(r, author)?.private;
+            let mut follows = None;
+            let mut follower = |r: &nova_storage::redb::ReadTransaction| match follows {
+                Some(f) => Ok::<bool, CoreError>(f),
+                None => {
+                    let f = social::is_follower(r, author, viewer)?;
+                    follows = Some(f);
+                    Ok(f)
+                }
+            };
+            if private && !follower(r)? {
                 // A private account shows its posts to its followers only.
                 return Ok((Vec::new(), None));
             }
             let mut out = Vec::with_capacity(page.limit);
             let mut max_id = page.max_id;
             let mut scanned = 0;
+            let mut skip = skip;
+            let batch = page.limit.saturating_add(skip).clamp(1, HOME_SCAN_MAX);
             loop {
-                let ids = content::user_post_ids(r, author, max_id, page.min_id, page.limit)?;
-                let exhausted = ids.len() < page.limit;
+                let ids = content::user_post_ids(r, author, max_id, page.min_id, batch)?;
+                let exhausted = ids.len() < batch;
                 for id in &ids {
                     scanned += 1;
                     max_id = Some(*id);
-                    if let Some(post) = content::post(r, *id)? {
-                        if self.may_see(r, &post, viewer)? {
-                            out.push(post);
-                            if out.len() == page.limit {
-                                return Ok((out, None));
-                            }
-                        }
+                    let Some(post) = self.stored_post(r, *id)? else {
+                        continue;
+                    };
+                    let visible = author == viewer
+                        || (post.visibility == Visibility::Public && !private)
+                        || follower(r)?;
+                    if !visible {
+                        continue;
+                    }
+                    if skip > 0 {
+                        skip -= 1;
+                        continue;
+                    }
+                    out.push((*post).clone());
+                    if out.len() == page.limit {
+                        return Ok((out, None));
                     }
                 }
                 // An ascending (min_id) page is one window; only newest-first pages go on.
@@ -926,6 +1126,22 @@ impl Shard {
                 }
             }
         })
+    }
+
+    /// A post of this shard's `posts` table, from the post cache when it is there.
+    fn stored_post(
+        &self,
+        r: &nova_storage::redb::ReadTransaction,
+        id: u64,
+    ) -> Result<Option<Arc<Post>>, CoreError> {
+        if let Some(post) = self.feeds.post(id) {
+            return Ok(Some(post));
+        }
+        Ok(content::post(r, id)?.map(|post| {
+            let post = Arc::new(post);
+            self.feeds.keep_post(Arc::clone(&post));
+            post
+        }))
     }
 
     /// On the author's shard: store the post, put it in local feeds, queue it for the
@@ -1024,6 +1240,8 @@ impl Shard {
                 .read(|r| content::post(r, existing))?
                 .ok_or_else(|| CoreError::NotFound.into());
         }
+        self.feeds.keep_post(Arc::new(post.clone()));
+        self.feeds_add(&post);
         self.publish_post(&post);
         if let Some(event) = event {
             self.deliver_now(event_id, event, &targets, deadline).await;
@@ -1053,6 +1271,7 @@ impl Shard {
                 Ok::<_, CoreError>((targets, event))
             })
             .await?;
+        self.feeds.drop_post(post_id);
         self.deliver_now(event_id, event, &targets, deadline).await;
         Ok(())
     }
@@ -1121,11 +1340,12 @@ impl Shard {
                 return;
             }
         };
-        if let Err(e) = self
+        let written = self
             .partition
             .write(move |t| social::backfill(t, reader, author, &posts))
-            .await
-        {
+            .await;
+        self.feeds.forget(reader);
+        if let Err(e) = written {
             tracing::warn!(error = %e, reader, author, "feed backfill failed; will retry");
         }
     }
@@ -1241,6 +1461,8 @@ impl Shard {
         if !approved {
             return Err(CoreError::NotFound.into());
         }
+        self.feeds.forget(requester);
+        self.feeds.forget(followee);
         if target != here {
             self.deliver_now(event_id, sent, &[target], deadline).await;
         }
@@ -1249,7 +1471,7 @@ impl Shard {
             max_id: None,
             min_id: None,
         };
-        let (posts, _) = self.user_posts(followee, requester, page)?;
+        let (posts, _) = self.user_posts(followee, requester, page, 0)?;
         let result = self
             .ask(target, deadline, |reply| Op::Backfill {
                 reader: requester,
@@ -1341,6 +1563,7 @@ impl Shard {
                 })
                 .await?
         };
+        self.feeds.drop_post(post_id);
         self.deliver_now(event_id, event, &targets, deadline).await;
         Ok(post)
     }
@@ -1381,6 +1604,10 @@ impl Shard {
                 Ok::<_, CoreError>(true)
             })
             .await?;
+        if changed {
+            self.feeds.forget(actor);
+            self.feeds.forget(other);
+        }
         if changed && target != here {
             self.deliver_now(event_id, sent, &[target], deadline).await;
         }

@@ -1,0 +1,193 @@
+//! Memory-resident home feeds and posts: derived state, rebuilt from redb on a miss.
+//!
+//! A *head* is the newest `HEAD_LEN` post ids of one reader's home feed, in the order and
+//! with the relations `social::home` applies when it merges the feed from redb (follows,
+//! blocks, mutes, mentions). What changes without a feed write is applied when a page is
+//! served from it: suspended authors (`Shard::hidden_from`), deleted posts (no longer found)
+//! and the reader's feed preferences (kept in the head, which a preference change drops).
+//!
+//! A head is filled by one merge the first time its reader's feed is read, and kept up to
+//! date after that: every post committed or offered on this shard is added to the heads of
+//! the readers it reaches here (`Shard::feeds_add`); every change of a relation drops the
+//! heads of both users (`Feeds::forget`), and a rare change that can touch anyone's feed
+//! (an erasure, a moderator's removal) drops them all. Anything a head cannot answer (a page
+//! past its end, an ascending page) is read from redb as before.
+//!
+//! The post cache holds decoded posts by id, for heads and timelines alike: both the
+//! author's `posts` row and other shards' `post_copies` hold the same post. An edit replaces
+//! it, a delete drops it; a user change (display name) drops them all.
+//!
+//! Both live on one shard's executor and are never shared with another.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use nova_core::content::Post;
+use nova_core::profiles::FeedPreferences;
+use quick_cache::unsync::Cache;
+
+/// Post ids one head keeps (the benchmark API reads at most 110 deep).
+pub const HEAD_LEN: usize = 256;
+/// Heads kept per shard (least recently used go first): 2 KiB each at most.
+const HEADS_MAX: usize = 20_000;
+/// Posts kept decoded per shard.
+const POSTS_MAX: usize = 20_000;
+
+/// The newest post ids of one reader's home feed.
+pub struct Head {
+    /// Ascending post ids.
+    ids: VecDeque<u64>,
+    /// True when `ids` is the whole feed: nothing older exists.
+    whole: bool,
+    /// The reader's feed preferences when the head was filled.
+    pub prefs: FeedPreferences,
+}
+
+impl Head {
+    /// A head of `newest_first` ids (as `social::home` returns them).
+    pub fn new(
+        newest_first: impl Iterator<Item = u64>,
+        whole: bool,
+        prefs: FeedPreferences,
+    ) -> Head {
+        let mut ids: VecDeque<u64> = newest_first.take(HEAD_LEN).collect();
+        ids.make_contiguous().reverse();
+        Head { ids, whole, prefs }
+    }
+
+    /// Adds a post id in its place (ids are time-ordered, so nearly always at the end).
+    fn add(&mut self, post_id: u64) {
+        if let Some(&oldest) = self.ids.front() {
+            if post_id < oldest && !self.whole {
+                // Older than everything kept, with older posts not kept: a page that far
+                // back is read from redb, which has it.
+                return;
+            }
+        }
+        if let Err(at) = self.ids.binary_search(&post_id) {
+            self.ids.insert(at, post_id);
+            if self.ids.len() > HEAD_LEN {
+                self.ids.pop_front();
+                self.whole = false;
+            }
+        }
+    }
+
+    fn remove(&mut self, post_id: u64) {
+        if let Ok(at) = self.ids.binary_search(&post_id) {
+            self.ids.remove(at);
+        }
+    }
+
+    /// Ids older than `max_id` (all when `None`), newest first.
+    pub fn before(&self, max_id: Option<u64>) -> impl Iterator<Item = u64> + '_ {
+        let end = match max_id {
+            Some(m) => self.ids.partition_point(|id| *id < m),
+            None => self.ids.len(),
+        };
+        self.ids.range(..end).rev().copied()
+    }
+
+    pub fn whole(&self) -> bool {
+        self.whole
+    }
+}
+
+pub struct Feeds {
+    heads: RefCell<Cache<u64, Rc<RefCell<Head>>>>,
+    posts: RefCell<Cache<u64, Arc<Post>>>,
+}
+
+impl Default for Feeds {
+    fn default() -> Feeds {
+        Feeds {
+            heads: RefCell::new(Cache::new(HEADS_MAX)),
+            posts: RefCell::new(Cache::new(POSTS_MAX)),
+        }
+    }
+}
+
+impl Feeds {
+    pub fn head(&self, reader: u64) -> Option<Rc<RefCell<Head>>> {
+        self.heads.borrow().get(&reader).cloned()
+    }
+
+    pub fn keep_head(&self, reader: u64, head: Head) -> Rc<RefCell<Head>> {
+        let head = Rc::new(RefCell::new(head));
+        self.heads.borrow_mut().insert(reader, Rc::clone(&head));
+        head
+    }
+
+    /// Adds `post_id` to the heads of those of `readers` that have one.
+    pub fn add(&self, readers: impl IntoIterator<Item = u64>, post_id: u64) {
+        let heads = self.heads.borrow();
+        for reader in readers {
+            if let Some(head) = heads.peek(&reader) {
+                head.borrow_mut().add(post_id);
+            }
+        }
+    }
+
+    /// Drops a post id from `reader`'s head (its post is gone).
+    pub fn remove(&self, reader: u64, post_id: u64) {
+        if let Some(head) = self.heads.borrow().peek(&reader) {
+            head.borrow_mut().remove(post_id);
+        }
+    }
+
+    /// Drops `user`'s head: the next read merges it again.
+    pub fn forget(&self, user: u64) {
+        self.heads.borrow_mut().remove(&user);
+    }
+
+    /// Drops every head and every post.
+    pub fn forget_all(&self) {
+        self.heads.borrow_mut().clear();
+        self.posts.borrow_mut().clear();
+    }
+
+    pub fn post(&self, id: u64) -> Option<Arc<Post>> {
+        self.posts.borrow().get(&id).cloned()
+    }
+
+    pub fn keep_post(&self, post: Arc<Post>) {
+        self.posts.borrow_mut().insert(post.id, post);
+    }
+
+    pub fn drop_post(&self, id: u64) {
+        self.posts.borrow_mut().remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(head: &Head, max_id: Option<u64>) -> Vec<u64> {
+        head.before(max_id).collect()
+    }
+
+    #[test]
+    fn a_head_keeps_the_newest_ids_in_order() {
+        let mut head = Head::new([9, 7, 5].into_iter(), true, FeedPreferences::default());
+        assert_eq!(ids(&head, None), vec![9, 7, 5]);
+        assert_eq!(ids(&head, Some(7)), vec![5]);
+        head.add(8);
+        head.add(8);
+        head.add(1);
+        assert_eq!(ids(&head, None), vec![9, 8, 7, 5, 1]);
+        head.remove(7);
+        assert_eq!(ids(&head, None), vec![9, 8, 5, 1]);
+        for id in 100..100 + HEAD_LEN as u64 {
+            head.add(id);
+        }
+        assert!(!head.whole());
+        assert_eq!(head.before(None).count(), HEAD_LEN);
+        assert_eq!(head.before(None).last(), Some(100));
+        // Older than the oldest kept of a partial head: not kept (redb answers that far).
+        head.add(50);
+        assert_eq!(head.before(None).last(), Some(100));
+    }
+}
