@@ -209,34 +209,34 @@ pub struct Blocking {
 
 /// DeathStarBench's post, as its clients read it.
 #[derive(Debug, Serialize)]
-pub struct DsbPost {
+pub struct DsbPost<'a> {
     pub post_id: String,
-    pub creator: DsbCreator,
+    pub creator: DsbCreator<'a>,
     pub req_id: String,
-    pub text: String,
-    pub user_mentions: Vec<DsbCreator>,
-    pub media: Vec<DsbMedia>,
-    pub urls: Vec<DsbUrl>,
+    pub text: &'a str,
+    pub user_mentions: Vec<DsbCreator<'a>>,
+    pub media: Vec<DsbMedia<'a>>,
+    pub urls: Vec<DsbUrl<'a>>,
     pub timestamp: String,
     pub post_type: u32,
 }
 
 #[derive(Debug, Serialize)]
-pub struct DsbCreator {
+pub struct DsbCreator<'a> {
     pub user_id: String,
-    pub username: String,
+    pub username: &'a str,
 }
 
 #[derive(Debug, Serialize)]
-pub struct DsbMedia {
-    pub media_id: String,
-    pub media_type: String,
+pub struct DsbMedia<'a> {
+    pub media_id: &'a str,
+    pub media_type: &'a str,
 }
 
 #[derive(Debug, Serialize)]
-pub struct DsbUrl {
-    pub shortened_url: String,
-    pub expanded_url: String,
+pub struct DsbUrl<'a> {
+    pub shortened_url: &'a str,
+    pub expanded_url: &'a str,
 }
 
 #[derive(Debug, Deserialize)]

@@ -348,41 +348,41 @@ async fn timeline(
             .await?
             .0
     };
-    let items: Vec<wire::DsbPost> = posts.iter().map(dsb_post).collect();
+    let items: Vec<wire::DsbPost> = posts.iter().map(|p| dsb_post(p)).collect();
     Ok(Reply::json(StatusCode::OK, &items))
 }
 
-fn dsb_post(p: &Post) -> wire::DsbPost {
+fn dsb_post(p: &Post) -> wire::DsbPost<'_> {
     wire::DsbPost {
         post_id: p.id.to_string(),
         creator: wire::DsbCreator {
             user_id: p.author_external_id.unwrap_or(p.author_id).to_string(),
-            username: p.author_username.clone(),
+            username: &p.author_username,
         },
         req_id: p.id.to_string(),
-        text: p.text.clone(),
+        text: &p.text,
         user_mentions: p
             .mentions
             .iter()
             .map(|m| wire::DsbCreator {
                 user_id: m.external_id.unwrap_or(m.user_id).to_string(),
-                username: m.username.clone(),
+                username: &m.username,
             })
             .collect(),
         media: p
             .media
             .iter()
             .map(|(id, kind)| wire::DsbMedia {
-                media_id: id.clone(),
-                media_type: kind.clone(),
+                media_id: id,
+                media_type: kind,
             })
             .collect(),
         urls: p
             .urls
             .iter()
             .map(|l| wire::DsbUrl {
-                shortened_url: l.short.clone(),
-                expanded_url: l.url.clone(),
+                shortened_url: &l.short,
+                expanded_url: &l.url,
             })
             .collect(),
         timestamp: p.created_ms.to_string(),

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{HeaderMap, Request, StatusCode};
@@ -273,7 +274,7 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
-            let counts = counts_of(shard, &posts, viewer, deadline).await?;
+            let counts = counts_of(shard, posts.iter().map(|p| p.id), viewer, deadline).await?;
             post_list(
                 shard,
                 req.uri().path(),
@@ -295,7 +296,7 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
-            let counts = counts_of(shard, &posts, viewer, deadline).await?;
+            let counts = counts_of(shard, posts.iter().map(|p| p.id), viewer, deadline).await?;
             post_list(
                 shard,
                 req.uri().path(),
@@ -669,7 +670,7 @@ pub(crate) fn page(query: Option<&str>) -> Result<Page> {
 async fn post_list(
     shard: &Rc<Shard>,
     path: &str,
-    posts: Vec<Post>,
+    posts: Vec<Arc<Post>>,
     counts: &HashMap<u64, Counts>,
     page: Page,
     scanned_to: Option<u64>,
@@ -716,15 +717,15 @@ async fn post_list(
 /// (likes, comments, liked by the viewer) of each post, asking each owning shard once.
 async fn counts_of(
     shard: &Rc<Shard>,
-    posts: &[Post],
+    posts: impl IntoIterator<Item = u64>,
     viewer: u64,
     deadline: Instant,
 ) -> Result<HashMap<u64, Counts>> {
     let mut by_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-    for p in posts {
-        by_shard.entry(shard_of(p.id)).or_default().push(p.id);
+    for id in posts {
+        by_shard.entry(shard_of(id)).or_default().push(id);
     }
-    let mut out = HashMap::with_capacity(posts.len());
+    let mut out = HashMap::with_capacity(by_shard.values().map(Vec::len).sum());
     for (k, ids) in by_shard {
         for stats in shard
             .ask(k, deadline, |reply| Op::PostCounts { ids, viewer, reply })
@@ -908,7 +909,7 @@ async fn post_reply(
     viewer: u64,
     deadline: Instant,
 ) -> Result<Reply> {
-    let counts = counts_of(shard, std::slice::from_ref(post), viewer, deadline).await?;
+    let counts = counts_of(shard, [post.id], viewer, deadline).await?;
     let counts = counts.get(&post.id).copied().unwrap_or_default();
     let mut views = [post_view(post, counts)];
     crate::media_views::fill_posts(shard, &mut views, deadline).await?;

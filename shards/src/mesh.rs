@@ -2,6 +2,7 @@
 //! deadline; the receiver drops work whose deadline has passed. Replies travel on a channel
 //! carried in the message.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use nova_core::communication::QueuedEmail;
@@ -243,14 +244,14 @@ pub enum Op {
         viewer: u64,
         page: Page,
         skip: usize,
-        reply: Reply<(Vec<Post>, Option<u64>)>,
+        reply: Reply<(Vec<Arc<Post>>, Option<u64>)>,
     },
     /// A page of a home feed, after leaving out its first `skip` posts.
     Home {
         reader: u64,
         page: Page,
         skip: usize,
-        reply: Reply<(Vec<Post>, Option<u64>)>,
+        reply: Reply<(Vec<Arc<Post>>, Option<u64>)>,
     },
     /// Like or unlike a post (`comment: false`) or comment on its shard; the new count.
     Like {

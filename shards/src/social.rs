@@ -590,7 +590,10 @@ impl Shard {
                     max_id: None,
                     min_id: None,
                 };
-                let _ = reply.send(self.user_posts(author, viewer, page, 0).map(|(p, _)| p));
+                let _ = reply.send(
+                    self.user_posts(author, viewer, page, 0)
+                        .map(|(p, _)| owned(p)),
+                );
             }
             Op::Backfill {
                 reader,
@@ -719,7 +722,7 @@ impl Shard {
         reader: u64,
         page: Page,
         skip: usize,
-    ) -> Result<(Vec<Post>, Option<u64>), Fail> {
+    ) -> Result<(Vec<Arc<Post>>, Option<u64>), Fail> {
         if page.min_id.is_none() {
             let head = match self.feeds.head(reader) {
                 Some(head) => head,
@@ -730,7 +733,7 @@ impl Shard {
             }
         }
         let early = self.relay.early.borrow();
-        self.read(|r| {
+        let (posts, more) = self.read(|r| {
             let prefs = profiles::feed_preferences(r, reader)?;
             social::home(
                 r,
@@ -743,7 +746,8 @@ impl Shard {
                 &early.of(reader),
                 &|author| self.hidden_from(author, reader),
             )
-        })
+        })?;
+        Ok((posts.into_iter().map(Arc::new).collect(), more))
     }
 
     /// Merges `reader`'s head from redb (and the early posts) and keeps it.
@@ -783,7 +787,7 @@ impl Shard {
         max_id: Option<u64>,
         skip: usize,
         limit: usize,
-    ) -> Result<Option<Vec<Post>>, Fail> {
+    ) -> Result<Option<Vec<Arc<Post>>>, Fail> {
         let head = head.borrow();
         let mut read = None;
         let mut out = Vec::with_capacity(limit);
@@ -809,7 +813,7 @@ impl Shard {
                 skip -= 1;
                 continue;
             }
-            out.push((*post).clone());
+            out.push(post);
             full = out.len() >= limit;
         }
         let answered = full || head.whole();
@@ -1065,7 +1069,7 @@ impl Shard {
         viewer: u64,
         page: Page,
         skip: usize,
-    ) -> Result<(Vec<Post>, Option<u64>), Fail> {
+    ) -> Result<(Vec<Arc<Post>>, Option<u64>), Fail> {
         self.read(|r| {
             if identity::user(r, author)?.is_none()
                 || self.hidden_from(author, viewer)
@@ -1112,7 +1116,7 @@ impl Shard {
                         skip -= 1;
                         continue;
                     }
-                    out.push((*post).clone());
+                    out.push(post);
                     if out.len() == page.limit {
                         return Ok((out, None));
                     }
@@ -1471,7 +1475,7 @@ impl Shard {
             max_id: None,
             min_id: None,
         };
-        let (posts, _) = self.user_posts(followee, requester, page, 0)?;
+        let posts = owned(self.user_posts(followee, requester, page, 0)?.0);
         let result = self
             .ask(target, deadline, |reply| Op::Backfill {
                 reader: requester,
@@ -1789,4 +1793,12 @@ fn shorten(url: &str) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     url.hash(&mut h);
     format!("http://short-url/{:016x}", h.finish())
+}
+
+/// Posts shared from a cache, as owned values (what outlives the page: a backfill's copies).
+fn owned(posts: Vec<Arc<Post>>) -> Vec<Post> {
+    posts
+        .into_iter()
+        .map(|p| Arc::try_unwrap(p).unwrap_or_else(|shared| (*shared).clone()))
+        .collect()
 }
