@@ -56,9 +56,14 @@ pub struct Reply {
 
 impl Reply {
     pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+        Reply::json_bytes(status, Bytes::from(wire::to_json(value)))
+    }
+
+    /// A JSON answer already rendered.
+    pub(crate) fn json_bytes(status: StatusCode, body: Bytes) -> Reply {
         Reply {
             status,
-            body: Bytes::from(wire::to_json(value)),
+            body,
             content_type: JSON,
             rate: None,
             link: None,

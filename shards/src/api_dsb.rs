@@ -348,8 +348,18 @@ async fn timeline(
             .await?
             .0
     };
-    let items: Vec<wire::DsbPost> = posts.iter().map(|p| dsb_post(p)).collect();
-    Ok(Reply::json(StatusCode::OK, &items))
+    // Each post is rendered once per shard (and version), then pages are joined from that.
+    let mut body = Vec::with_capacity(2 + posts.len() * 1024);
+    body.push(b'[');
+    for (i, post) in posts.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        let json = shard.feeds.rendered(post, |p| wire::to_json(&dsb_post(p)));
+        body.extend_from_slice(&json);
+    }
+    body.push(b']');
+    Ok(Reply::json_bytes(StatusCode::OK, body.into()))
 }
 
 fn dsb_post(p: &Post) -> wire::DsbPost<'_> {

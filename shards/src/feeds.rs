@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use nova_core::content::Post;
 use nova_core::profiles::FeedPreferences;
 use quick_cache::unsync::Cache;
@@ -34,6 +35,8 @@ pub const HEAD_LEN: usize = 256;
 const HEADS_MAX: usize = 20_000;
 /// Posts kept decoded per shard.
 const POSTS_MAX: usize = 20_000;
+/// Posts kept rendered per shard (the benchmark API's JSON).
+const RENDERED_MAX: usize = 20_000;
 
 /// The newest post ids of one reader's home feed.
 pub struct Head {
@@ -98,6 +101,9 @@ impl Head {
 pub struct Feeds {
     heads: RefCell<Cache<u64, Rc<RefCell<Head>>>>,
     posts: RefCell<Cache<u64, Arc<Post>>>,
+    /// (post id, edit time) -> the post as JSON: an edit makes a new key, so nothing here
+    /// is ever stale (a deleted post is no longer on any page).
+    rendered: RefCell<Cache<(u64, u64), Bytes>>,
 }
 
 impl Default for Feeds {
@@ -105,6 +111,7 @@ impl Default for Feeds {
         Feeds {
             heads: RefCell::new(Cache::new(HEADS_MAX)),
             posts: RefCell::new(Cache::new(POSTS_MAX)),
+            rendered: RefCell::new(Cache::new(RENDERED_MAX)),
         }
     }
 }
@@ -158,6 +165,17 @@ impl Feeds {
 
     pub fn drop_post(&self, id: u64) {
         self.posts.borrow_mut().remove(&id);
+    }
+
+    /// `post` rendered by `render`, rendered once per shard and version of the post.
+    pub fn rendered(&self, post: &Post, render: impl FnOnce(&Post) -> Vec<u8>) -> Bytes {
+        let key = (post.id, post.edited_ms.unwrap_or(0));
+        if let Some(json) = self.rendered.borrow().get(&key) {
+            return json.clone();
+        }
+        let json = Bytes::from(render(post));
+        self.rendered.borrow_mut().insert(key, json.clone());
+        json
     }
 }
 
