@@ -352,6 +352,47 @@ fn sigkill_and_crash_leftovers_are_swept_and_shared_at_start_up() {
     assert_eq!(all, names, "orphans left after the start-up sweep");
 }
 
+#[test]
+fn account_erasure_frees_only_the_bytes_no_one_else_uses() {
+    let server = Server::start(&[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let media = server.launch().data_dir().join("media");
+    let a = server.member_on_shard(0);
+    let b = server.member_on_shard(1);
+    let bytes = photo(scratch.path(), 300);
+    let id_a = upload(&server, &a, &bytes);
+    let id_b = upload(&server, &b, &bytes);
+    wait_ready(&server, &a, id_a);
+    let served = downloads(&server, &wait_ready(&server, &b, id_b));
+    let names = blob_names(&bytes, &served);
+    check_shared(&media, &names, &["blobs", "shard-0", "shard-1"]);
+
+    // Erasing shard 0's user: its names go (the erasure runs after the 204), shard 1's
+    // media stays served from the same bytes.
+    let gone = |m: &Member, want: &[&str]| {
+        server
+            .call(
+                "DELETE",
+                "/v1/me",
+                m.auth(),
+                Some(simd_json::json!({"password": m.user.password.clone()})),
+            )
+            .expect(204);
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let settled = wait_until(Duration::from_secs(30), || {
+            let files = stored(&media);
+            names.iter().all(|n| stores_of(&files, &media, n) == want)
+        });
+        assert!(settled, "after erasure: {:#?}", stored(&media));
+    };
+    gone(&a, &["blobs", "shard-1"]);
+    check_shared(&media, &names, &["blobs", "shard-1"]);
+    assert_eq!(downloads(&server, &wait_ready(&server, &b, id_b)), served);
+    gone(&b, &[]);
+    let left = stored(&media);
+    assert!(left.is_empty(), "blobs left: {left:#?}");
+}
+
 fn nova(args: &[&str]) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_nova"))
         .args(args)
