@@ -390,8 +390,15 @@ impl BlobStore {
     /// makes every blob kept a link of the shared file. `SharedBlobs::sweep` runs after every
     /// store's sweep.
     pub fn sweep(&self, referenced: impl Fn(&str) -> bool) -> std::io::Result<Swept> {
+        // Temporary files, and the work directories of renditions (one may hold a file that
+        // already has its shared name: removing it lets the shared sweep see link count 1).
         for entry in fs::read_dir(self.dir.join("tmp"))? {
-            let _ = fs::remove_file(entry?.path());
+            let entry = entry?;
+            let _ = if entry.file_type()?.is_dir() {
+                fs::remove_dir_all(entry.path())
+            } else {
+                fs::remove_file(entry.path())
+            };
         }
         let mut swept = Swept::default();
         each_blob(&self.dir, |path, id| {
@@ -461,10 +468,20 @@ mod tests {
         assert!(!shared.path_of(&id).exists());
         let (t3, id3) = store.write_temp(b"orphan").unwrap();
         store.put(&t3, &id3).unwrap();
+        // A crash while placing a rendition: its file in a work directory has its shared
+        // name, not yet its shard name.
+        let work = store.temp_path("work");
+        fs::create_dir_all(&work).unwrap();
+        fs::write(work.join("thumb.jpg"), b"rendition").unwrap();
+        let id4 = hex(&Sha256::digest(b"rendition"));
+        fs::create_dir_all(shared.path_of(&id4).parent().unwrap()).unwrap();
+        fs::hard_link(work.join("thumb.jpg"), shared.path_of(&id4)).unwrap();
         let store = BlobStore::open(&dir.join("shard-0"), Arc::clone(&shared)).unwrap();
         assert_eq!(store.sweep(|_| false).unwrap().removed, 1);
-        assert_eq!(shared.sweep().unwrap(), 1);
+        assert!(!work.exists());
+        assert_eq!(shared.sweep().unwrap(), 2);
         assert!(!shared.path_of(&id3).exists());
+        assert!(!shared.path_of(&id4).exists());
         fs::remove_dir_all(&dir).unwrap();
     }
 

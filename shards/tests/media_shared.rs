@@ -313,6 +313,17 @@ fn sigkill_and_crash_leftovers_are_swept_and_shared_at_start_up() {
     // - a temp file;
     let temp = media.join("shard-0/tmp/1-0-upload");
     std::fs::write(&temp, &bytes).unwrap();
+    // - a rendition in its work directory that already has its shared name;
+    let work = media.join("shard-0/tmp/1-1-work");
+    std::fs::create_dir_all(&work).unwrap();
+    let rendition = b"a rendition being placed";
+    std::fs::write(work.join("thumb.jpg"), rendition).unwrap();
+    let rendition_shared = media
+        .join("blobs")
+        .join(&sha(rendition)[..2])
+        .join(sha(rendition));
+    std::fs::create_dir_all(rendition_shared.parent().unwrap()).unwrap();
+    std::fs::hard_link(work.join("thumb.jpg"), &rendition_shared).unwrap();
     // - the committed original as two separate copies and no shared name (a data dir from
     //   before sharing, or a crash that lost the shared name's directory entry).
     for k in 0..2 {
@@ -345,7 +356,14 @@ fn sigkill_and_crash_leftovers_are_swept_and_shared_at_start_up() {
     let names = blob_names(&bytes, &served);
     // Every blob one file again; the leftovers gone; nothing else under media.
     check_shared(&media, &names, &["blobs", "shard-0", "shard-1"]);
-    for gone in [&lone, &uncommitted, &uncommitted_shared, &temp] {
+    for gone in [
+        &lone,
+        &uncommitted,
+        &uncommitted_shared,
+        &temp,
+        &work,
+        &rendition_shared,
+    ] {
         assert!(!gone.exists(), "{} survived the sweep", gone.display());
     }
     let all: BTreeSet<String> = stored(&media).into_iter().map(|f| f.name).collect();
