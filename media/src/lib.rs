@@ -10,7 +10,8 @@
 //!   so it carries no EXIF, XMP or profile), a thumbnail (320) and a display copy (1280),
 //!   never enlarged, and a blurhash of the converted pixels. Videos: an H.264 + AAC faststart MP4 ladder (360p, 720p, 1080p, never
 //!   above the source; a compliant rung is copied, not re-encoded) and a poster.
-//! - `BlobStore`: SHA-256 named files, durable before they are named.
+//! - `BlobStore`: SHA-256 named files, durable before they are named; one per shard, each
+//!   a hard link of one `SharedBlobs` file, so identical content is one file across shards.
 //!
 //! Everything here blocks and may take seconds: callers run it on their own threads.
 
@@ -26,7 +27,7 @@ mod video;
 
 use std::path::{Path, PathBuf};
 
-pub use blobs::{valid_id, BlobId, BlobStore};
+pub use blobs::{valid_id, BlobId, BlobStore, SharedBlobs, Swept};
 pub use icc::{Colour, ICC_PROFILE_BYTES_MAX};
 pub use image::fit;
 pub use probe::{inspect, Kind, Limits, Probe};

@@ -299,7 +299,9 @@ fn copy_images(images: Vec<Image>, throttle: &Throttle) -> anyhow::Result<Vec<Fi
 }
 
 /// The referenced blobs first (a delete after the snapshot could free one), each checked
-/// against its name, then every other file of the data dir.
+/// against its name, then every other file of the data dir. A blob several shards reference
+/// is copied once: the other shards' names in the backup are hard links of that copy (as in
+/// the data dir, where they share one file), and `restore` keeps them linked.
 fn copy_files(
     data_root: &Path,
     dest: &Path,
@@ -309,6 +311,8 @@ fn copy_files(
     let mut buf = vec![0u8; COPY_BUF_BYTES];
     let mut out = Vec::with_capacity(blobs.len());
     let mut dirs = std::collections::BTreeSet::new();
+    let mut copied: std::collections::HashMap<&str, (PathBuf, u64)> =
+        std::collections::HashMap::new();
     for (k, blob) in blobs {
         let rel = blob_rel(*k, blob)?;
         let target = dest.join(&rel);
@@ -319,15 +323,28 @@ fn copy_files(
             std::fs::create_dir_all(parent)?;
             dirs.insert(parent.to_path_buf());
         }
-        let (bytes, sha256) = copy_hashed(&data_root.join(&rel), &target, &mut buf, throttle)
-            .with_context(|| format!("shard {k}: referenced blob {blob} is missing"))?;
-        if &sha256 != blob {
-            bail!("shard {k}: blob {blob} does not hash to its name (damaged in the data dir)");
-        }
+        let linked = copied
+            .get(blob.as_str())
+            .and_then(|(first, bytes)| std::fs::hard_link(first, &target).ok().map(|()| *bytes));
+        let bytes = match linked {
+            Some(bytes) => bytes,
+            None => {
+                let (bytes, sha256) =
+                    copy_hashed(&data_root.join(&rel), &target, &mut buf, throttle)
+                        .with_context(|| format!("shard {k}: referenced blob {blob} is missing"))?;
+                if &sha256 != blob {
+                    bail!(
+                        "shard {k}: blob {blob} does not hash to its name (damaged in the data dir)"
+                    );
+                }
+                copied.insert(blob, (target.clone(), bytes));
+                bytes
+            }
+        };
         out.push(FileEntry {
             path: rel.to_string_lossy().into_owned(),
             bytes,
-            sha256,
+            sha256: blob.clone(),
         });
     }
     copy_other_files(data_root, data_root, dest, &mut buf, throttle, &mut out)?;
@@ -382,7 +399,12 @@ fn prepare_empty(dest: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Copies every file under `dir` but the live databases (and temporary files), hashing each.
+/// The shared blob store (`nova_media::SharedBlobs`): derived from the shards' stores, whose
+/// files are links of it, and made again from them at start-up; never copied.
+const SHARED_BLOBS_DIR: &str = "media/blobs";
+
+/// Copies every file under `dir` but the live databases, temporary files and the shared blob
+/// store, hashing each.
 fn copy_other_files(
     root: &Path,
     dir: &Path,
@@ -400,6 +422,9 @@ fn copy_other_files(
             continue;
         }
         let rel = path.strip_prefix(root)?;
+        if rel == Path::new(SHARED_BLOBS_DIR) {
+            continue;
+        }
         let target = dest_root.join(rel);
         if kind.is_dir() {
             std::fs::create_dir_all(&target)?;
@@ -606,7 +631,12 @@ pub fn restore(src: &Path, data: &Path) -> anyhow::Result<Report> {
         files.push(p.to_path_buf());
         Ok(())
     })?;
+    // Files the backup holds as links of one another (a blob of several shards) are restored
+    // as links too: one copy of the bytes, as in the data dir the backup was taken from.
+    let mut restored: std::collections::HashMap<(u64, u64), PathBuf> =
+        std::collections::HashMap::new();
     for p in files {
+        use std::os::unix::fs::MetadataExt as _;
         let rel = p.strip_prefix(src)?;
         if rel == Path::new(BACKUP_MANIFEST) {
             continue;
@@ -615,8 +645,20 @@ pub fn restore(src: &Path, data: &Path) -> anyhow::Result<Report> {
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
+        let meta = std::fs::metadata(&p)?;
+        let inode = (meta.dev(), meta.ino());
+        if meta.nlink() > 1 {
+            if let Some(first) = restored.get(&inode) {
+                if std::fs::hard_link(first, &target).is_ok() {
+                    continue;
+                }
+            }
+        }
         std::fs::copy(&p, &target)?;
         std::fs::File::open(&target)?.sync_all()?;
+        if meta.nlink() > 1 {
+            restored.insert(inode, target);
+        }
     }
     let mut dirs = vec![data.to_path_buf()];
     while let Some(d) = dirs.pop() {

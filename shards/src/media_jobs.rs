@@ -11,7 +11,9 @@
 //!   it again (and everything unfinished at start-up, so a crash leaves nothing stuck).
 //!
 //! Blobs live in `<data>/media/shard-<k>/`, one store per shard, so that a blob's reference
-//! count is in the same database as the records that use it.
+//! count is in the same database as the records that use it; each shard's blob is a hard link
+//! of one file in `<data>/media/blobs/`, so identical content is stored once across shards
+//! (`nova_media::SharedBlobs`).
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use nova_core::media::{self as records, Outcome};
 use nova_core::CoreError;
-use nova_media::{BlobStore, Limits, MediaError, Probe};
+use nova_media::{BlobStore, Limits, MediaError, Probe, SharedBlobs};
 use nova_storage::Partition;
 
 use crate::error::Fail;
@@ -191,7 +193,8 @@ fn referenced(partition: &Partition, blob: &str) -> bool {
 }
 
 impl Media {
-    /// Opens the blob stores, sweeps what a crash left behind, and starts the threads.
+    /// Opens the blob stores, sweeps what a crash left behind (and shares the bytes of blobs
+    /// that have their own copy), and starts the threads.
     pub fn start(
         root: &Path,
         url_key: Arc<[u8]>,
@@ -199,15 +202,34 @@ impl Media {
         mesh: Vec<flume::Sender<ShardMsg>>,
         settings: MediaSettings,
     ) -> anyhow::Result<(Media, MediaThreads)> {
+        let shared = SharedBlobs::open(&root.join("media").join("blobs"))?;
         let mut stores = Vec::with_capacity(partitions.len());
         for (k, partition) in partitions.iter().enumerate() {
-            let store = BlobStore::open(&root.join("media").join(format!("shard-{k}")))?;
-            let removed = store.sweep(|blob| referenced(partition, blob))?;
-            if removed > 0 {
-                tracing::info!(shard = k, removed, "removed blobs no record references");
+            let dir = root.join("media").join(format!("shard-{k}"));
+            let store = BlobStore::open(&dir, Arc::clone(&shared))?;
+            let swept = store.sweep(|blob| referenced(partition, blob))?;
+            if swept.removed > 0 {
+                tracing::info!(
+                    shard = k,
+                    removed = swept.removed,
+                    "removed blobs no record references"
+                );
+            }
+            if swept.shared > 0 || swept.unshared > 0 {
+                tracing::info!(
+                    shard = k,
+                    shared = swept.shared,
+                    unshared = swept.unshared,
+                    "linked blobs into the shared store"
+                );
             }
             std::fs::create_dir_all(tus_dir(root, k))?;
             stores.push(store);
+        }
+        // After every shard's sweep: the shared names no shard links any more.
+        let removed = shared.sweep()?;
+        if removed > 0 {
+            tracing::info!(removed, "removed shared blobs no shard uses");
         }
         let stores = Arc::new(stores);
         let (io_tx, io_rx) = flume::bounded::<IoJob>(INTAKE_QUEUE_MAX);
