@@ -49,6 +49,8 @@ pub struct Config {
 
     pub commit_batch_ops_max: usize,
     pub commit_queue_max: usize,
+    /// How long (µs) a busy commit thread waits for more writes before committing (0: never).
+    pub commit_linger_us: u64,
     pub mesh_queue_max: usize,
     pub auth_log_retention_days: u64,
     /// Serve DeathStarBench's unauthenticated `/wrk2-api/*` routes (benchmarks only).
@@ -211,6 +213,7 @@ impl Default for Config {
             password_resets_per_ip_per_hour: 10,
             commit_batch_ops_max: 1024,
             commit_queue_max: 8192,
+            commit_linger_us: 1000,
             mesh_queue_max: 4096,
             auth_log_retention_days: 90,
             dsb_compat: false,
@@ -339,6 +342,8 @@ pub struct ServeArgs {
     pub commit_batch_ops_max: Option<usize>,
     #[arg(long, env = "NOVA_COMMIT_QUEUE_MAX")]
     pub commit_queue_max: Option<usize>,
+    #[arg(long, env = "NOVA_COMMIT_LINGER_US")]
+    pub commit_linger_us: Option<u64>,
     #[arg(long, env = "NOVA_MESH_QUEUE_MAX")]
     pub mesh_queue_max: Option<usize>,
     #[arg(long, env = "NOVA_AUTH_LOG_RETENTION_DAYS")]
@@ -490,6 +495,7 @@ impl Config {
             password_resets_per_ip_per_hour,
             commit_batch_ops_max,
             commit_queue_max,
+            commit_linger_us,
             mesh_queue_max,
             auth_log_retention_days,
             dsb_compat,

@@ -59,6 +59,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.commit_batch_ops_max,
             cfg.commit_queue_max,
         )?;
+        partition.set_commit_linger(std::time::Duration::from_micros(cfg.commit_linger_us));
         partitions.push(Arc::new(partition));
     }
     // The VAPID key pair is made at first start and kept with the other secrets.

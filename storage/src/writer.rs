@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 
@@ -105,6 +105,8 @@ pub struct Partition {
     tx: flume::Sender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
     stats: Arc<CommitStats>,
+    /// How long (µs) a busy writer waits for more writes before committing (`run_writer`).
+    linger_us: Arc<AtomicU64>,
     /// The file under redb, for online images (storage/src/snapshot.rs).
     tap: crate::snapshot::Tap,
 }
@@ -149,9 +151,11 @@ impl Partition {
         let db = Arc::new(db);
         let (tx, rx) = flume::bounded(commit_queue_max);
         let stats = Arc::new(CommitStats::default());
+        let linger_us = Arc::new(AtomicU64::new(0));
         let thread = {
             let db = Arc::clone(&db);
             let stats = Arc::clone(&stats);
+            let linger = Arc::clone(&linger_us);
             let name = format!(
                 "nova-commit-{}",
                 path.file_stem()
@@ -160,7 +164,7 @@ impl Partition {
             );
             std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run_writer(&db, &rx, &stats, commit_batch_ops_max))
+                .spawn(move || run_writer(&db, &rx, &stats, &linger, commit_batch_ops_max))
                 .map_err(|source| StorageError::Io {
                     path: path.to_path_buf(),
                     source,
@@ -172,12 +176,21 @@ impl Partition {
             tx,
             thread: Mutex::new(Some(thread)),
             stats,
+            linger_us,
             tap,
         })
     }
 
     pub(crate) fn tap(&self) -> &crate::snapshot::Tap {
         &self.tap
+    }
+
+    /// How long a busy writer waits for more writes before it commits (zero: never waits).
+    /// Longer lingers make fewer, larger commits under load, at the cost of that much
+    /// latency per write; an idle writer always commits at once.
+    pub fn set_commit_linger(&self, linger: Duration) {
+        let us = u64::try_from(linger.as_micros()).unwrap_or(u64::MAX);
+        self.linger_us.store(us, Ordering::Relaxed);
     }
 
     pub fn path(&self) -> &Path {
@@ -255,13 +268,18 @@ impl Drop for Partition {
     }
 }
 
+/// A write that arrives this soon after the previous commit ended finds the writer busy.
+const BUSY_GAP: Duration = Duration::from_millis(5);
+
 fn run_writer(
     db: &Database,
     rx: &flume::Receiver<Msg>,
     stats: &CommitStats,
+    linger_us: &AtomicU64,
     commit_batch_ops_max: usize,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(commit_batch_ops_max);
+    let mut last_end: Option<Instant> = None;
     loop {
         let mut stop = false;
         match rx.recv() {
@@ -278,7 +296,26 @@ fn run_writer(
                 Err(_) => break,
             }
         }
+        // Busy (the previous commit ended moments ago): wait a little for more writes, so one
+        // commit carries them all, with one fsync and one write of the pages that every write
+        // dirties near the roots of its tables. An idle writer commits at once.
+        let linger = Duration::from_micros(linger_us.load(Ordering::Relaxed));
+        let busy = last_end.is_some_and(|end| end.elapsed() < BUSY_GAP);
+        if !stop && busy && !linger.is_zero() {
+            let until = Instant::now() + linger;
+            while batch.len() < commit_batch_ops_max {
+                match rx.recv_deadline(until) {
+                    Ok(Msg::Write(job)) => batch.push(job),
+                    Ok(Msg::Stop) | Err(flume::RecvTimeoutError::Disconnected) => {
+                        stop = true;
+                        break;
+                    }
+                    Err(flume::RecvTimeoutError::Timeout) => break,
+                }
+            }
+        }
         commit_batch(db, &mut batch, stats);
+        last_end = Some(Instant::now());
         if stop {
             return;
         }
