@@ -451,11 +451,12 @@ pub fn apply_unblocked(
     Ok(())
 }
 
-/// The shards holding followers of `author` (asked on the author's shard), with cap.
+/// The shards (of `shards`) holding followers of `author` (asked on the author's shard),
+/// looking at `cap` followers at most; the scan stops once every shard is found.
 pub fn follower_shards(
     read: &ReadTransaction,
     author: u64,
-    shard_of: impl Fn(u64) -> usize,
+    (shard_of, shards): (impl Fn(u64) -> usize, usize),
     cap: usize,
 ) -> Result<Vec<usize>, CoreError> {
     let t = open_read!(read, FOLLOWERS, Vec::new());
@@ -464,6 +465,9 @@ pub fn follower_shards(
         let s = shard_of(row?.0.value().1);
         if !out.contains(&s) {
             out.push(s);
+            if out.len() >= shards {
+                break;
+            }
         }
     }
     Ok(out)
@@ -721,6 +725,71 @@ pub fn home(
     early: &[(&Post, Reason)],
     hidden: &dyn Fn(u64) -> bool,
 ) -> Result<(Vec<Post>, Option<u64>), CoreError> {
+    let range = (max_id, min_id);
+    let want = Want::Posts(prefs);
+    let (items, more) = scan(
+        read,
+        reader,
+        range,
+        (skip, limit),
+        scan_max,
+        want,
+        early,
+        hidden,
+    )?;
+    Ok((items.into_iter().filter_map(|(_, p)| p).collect(), more))
+}
+
+/// The ids of the newest `limit` posts of `reader`'s home feed that `home` would show with
+/// no preferences and nobody hidden, without decoding them (what the engine keeps in
+/// memory and filters when it serves a page), and the cursor as `home`'s.
+pub fn home_ids(
+    read: &ReadTransaction,
+    reader: u64,
+    limit: usize,
+    scan_max: usize,
+    early: &[(&Post, Reason)],
+) -> Result<(Vec<u64>, Option<u64>), CoreError> {
+    let (items, more) = scan(
+        read,
+        reader,
+        (None, None),
+        (0, limit),
+        scan_max,
+        Want::Ids,
+        early,
+        &|_| false,
+    )?;
+    Ok((items.into_iter().map(|(id, _)| id).collect(), more))
+}
+
+/// What a feed scan gives: decoded posts filtered by preferences, or ids only.
+#[derive(Clone, Copy)]
+enum Want<'p> {
+    Posts(&'p FeedPreferences),
+    Ids,
+}
+
+/// A post a feed scan shows: its id, and the post unless only ids are wanted.
+type Scanned = (u64, Option<Post>);
+
+/// `home`'s merge: the posts shown, and the cursor.
+#[allow(clippy::too_many_arguments)]
+fn scan(
+    read: &ReadTransaction,
+    reader: u64,
+    (max_id, min_id): (Option<u64>, Option<u64>),
+    (skip, limit): (usize, usize),
+    scan_max: usize,
+    want: Want<'_>,
+    early: &[(&Post, Reason)],
+    hidden: &dyn Fn(u64) -> bool,
+) -> Result<(Vec<Scanned>, Option<u64>), CoreError> {
+    let no_prefs = FeedPreferences::default();
+    let prefs = match want {
+        Want::Posts(prefs) => prefs,
+        Want::Ids => &no_prefs,
+    };
     let mut skip = skip;
     let low = min_id.map_or(0, |m| m.saturating_add(1));
     let high = max_id.map_or(u64::MAX, |m| m.saturating_sub(1));
@@ -833,6 +902,21 @@ pub fn home(
         if !shown {
             continue;
         }
+        if matches!(want, Want::Ids) {
+            let exists = early_post.is_some()
+                || match &copies {
+                    Some(copies) => copies.get(post_id)?.is_some(),
+                    None => false,
+                };
+            if exists {
+                taken = Some(post_id);
+                out.push((post_id, None));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            continue;
+        }
         if skip > 0 && prefs.hides_nothing() {
             let exists = early_post.is_some()
                 || match &copies {
@@ -864,7 +948,7 @@ pub fn home(
             skip -= 1;
             continue;
         }
-        out.push(post);
+        out.push((post.id, Some(post)));
         if out.len() >= limit {
             break;
         }
@@ -1176,7 +1260,7 @@ mod tests {
         early: &[(&Post, Reason)],
     ) -> Vec<u64> {
         let read = db.begin_read().unwrap();
-        home(
+        let ids: Vec<u64> = home(
             &read,
             reader,
             max_id,
@@ -1191,7 +1275,13 @@ mod tests {
         .0
         .iter()
         .map(|p| p.id)
-        .collect()
+        .collect();
+        if max_id.is_none() && min_id.is_none() {
+            // What the engine keeps in memory: the same ids, without decoding a post.
+            let (only, _) = super::home_ids(&read, reader, 100, 1000, early).unwrap();
+            assert_eq!(only, ids, "home_ids of reader {reader}");
+        }
+        ids
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Default for Config {
             password_resets_per_ip_per_hour: 10,
             commit_batch_ops_max: 1024,
             commit_queue_max: 8192,
-            commit_linger_us: 1000,
+            commit_linger_us: 0,
             mesh_queue_max: 4096,
             auth_log_retention_days: 90,
             dsb_compat: false,

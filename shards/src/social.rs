@@ -753,28 +753,16 @@ impl Shard {
     /// Merges `reader`'s head from redb (and the early posts) and keeps it.
     fn fill_head(&self, reader: u64) -> Result<Rc<RefCell<Head>>, Fail> {
         let early = self.relay.early.borrow();
-        let (posts, more, prefs) = self.read(|r| {
+        let (ids, more, prefs) = self.read(|r| {
             let prefs = profiles::feed_preferences(r, reader)?;
             // Preferences and suspensions are applied when a page is served.
-            let (posts, more) = social::home(
-                r,
-                reader,
-                None,
-                None,
-                (0, HEAD_LEN),
-                HOME_SCAN_MAX,
-                &Default::default(),
-                &early.of(reader),
-                &|_| false,
-            )?;
-            Ok((posts, more, prefs))
+            let (ids, more) =
+                social::home_ids(r, reader, HEAD_LEN, HOME_SCAN_MAX, &early.of(reader))?;
+            Ok((ids, more, prefs))
         })?;
         drop(early);
-        let whole = posts.len() < HEAD_LEN && more.is_none();
-        let head = Head::new(posts.iter().map(|p| p.id), whole, prefs);
-        for post in posts {
-            self.feeds.keep_post(Arc::new(post));
-        }
+        let whole = ids.len() < HEAD_LEN && more.is_none();
+        let head = Head::new(ids.into_iter(), whole, prefs);
         Ok(self.feeds.keep_head(reader, head))
     }
 
@@ -1183,8 +1171,9 @@ impl Shard {
         };
         let extracted = content::extract(&new.text);
         let mentions = self.resolve_mentions(extracted.mentions, deadline).await?;
-        let mut targets: Vec<usize> =
-            self.read(|r| social::follower_shards(r, author.id, shard_of, FANOUT_FOLLOWERS_MAX))?;
+        let mut targets: Vec<usize> = self.read(|r| {
+            social::follower_shards(r, author.id, (shard_of, self.shards), FANOUT_FOLLOWERS_MAX)
+        })?;
         for m in &mentions {
             let s = shard_of(m.user_id);
             if !targets.contains(&s) {
