@@ -67,7 +67,8 @@ pub enum Event {
         users: Vec<u64>,
         at_ms: u64,
     },
-    /// A new message: the conversation moves up in the inboxes of `recipients` there.
+    /// A new message: the conversation moves up in the inboxes of `recipients` there, and
+    /// they are notified of it there (`notifications::on_message`).
     MessagePosted {
         message: Box<Message>,
         recipients: Vec<u64>,
@@ -431,6 +432,13 @@ pub fn apply(
             for u in recipients.iter().chain(sender).filter(|u| here(**u)) {
                 messages::touch_inbox(txn, *u, message.conversation, message.created_ms)?;
             }
+            // The recipients here hear of it now: the message carries its notifications.
+            let local: Vec<u64> = recipients
+                .iter()
+                .copied()
+                .filter(|u| here(*u) && *u != message.sender)
+                .collect();
+            crate::notifications::on_message(txn, message, &local)?;
         }
         Event::ConversationLeft { conversation, user } => {
             messages::drop_from_inbox(txn, *user, *conversation)?

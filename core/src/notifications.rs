@@ -163,13 +163,24 @@ pub struct Notification {
 }
 
 impl Notification {
-    fn key(&self) -> (u64, u8, u64, u64) {
-        (
-            self.recipient,
-            self.kind.code(),
-            self.actor.unwrap_or(0),
-            self.subject.id(),
-        )
+    /// Drops this notification's coalescing key, if it is still this one's.
+    fn unkey(&self, keys: &mut redb::Table<(u64, u8, u64, u64), u64>) -> Result<(), CoreError> {
+        let key = coalescing_key(self.recipient, self.kind, self.actor, self.subject);
+        if keys.get(key)?.is_some_and(|v| v.value() == self.id) {
+            keys.remove(key)?;
+        }
+        if self.kind == Kind::Message {
+            // Message notifications made before they were kept one per conversation were
+            // keyed by (actor, message).
+            let legacy = (
+                self.recipient,
+                self.kind.code(),
+                self.actor.unwrap_or(0),
+                self.subject.id(),
+            );
+            keys.remove(legacy)?;
+        }
+        Ok(())
     }
 }
 
@@ -212,7 +223,10 @@ impl Subject {
 /// Notifies `new.recipient`, in the caller's write transaction, on shard `here`. A recipient
 /// on another shard is parked for an outbox event (see `take_remote`). Nothing is made for
 /// one's own action, for an actor the recipient blocked, muted or was blocked by, or when
-/// the same (kind, actor, subject) was notified before.
+/// the same (kind, actor, subject) was notified before. A message is the exception: a
+/// recipient keeps one `message` notification per conversation, which each new message
+/// replaces (a new id, so it moves to the top; unread again), so a busy conversation costs
+/// one row, not one per message.
 pub fn notify(
     txn: &WriteTransaction,
     here: usize,
@@ -227,9 +241,11 @@ pub fn notify(
         txn.open_table(REMOTE)?
             .insert(seq, encode(new).as_slice())?;
         let target = shard_of(new.recipient) as u32;
-        let mut sent = txn.open_table(SENT)?;
-        for subject in new.subject.deletable() {
-            sent.insert((subject, target), ())?;
+        if new.subject.deletable().next().is_some() {
+            let mut sent = txn.open_table(SENT)?;
+            for subject in new.subject.deletable() {
+                sent.insert((subject, target), ())?;
+            }
         }
         return Ok(());
     }
@@ -238,15 +254,19 @@ pub fn notify(
             return Ok(());
         }
     }
-    let key = (
-        new.recipient,
-        new.kind.code(),
-        new.actor.unwrap_or(0),
-        new.subject.id(),
-    );
-    if txn.open_table(KEYS)?.get(key)?.is_some() {
-        return Ok(());
-    }
+    let key = coalescing_key(new.recipient, new.kind, new.actor, new.subject);
+    let mut keys = txn.open_table(KEYS)?;
+    let earlier = keys.get(key)?.map(|v| v.value());
+    let mut table = txn.open_table(NOTIFICATIONS)?;
+    // The conversation's earlier message notification, taken out to be replaced.
+    let replaced: Option<Notification> = match earlier {
+        None => None,
+        Some(old) if new.kind == Kind::Message => {
+            let row = table.remove((new.recipient, old))?;
+            row.map(|v| decode(v.value())).transpose()?
+        }
+        Some(_) => return Ok(()),
+    };
     let id = next_id(txn, here, now_ms)?;
     let n = Notification {
         id,
@@ -257,22 +277,53 @@ pub fn notify(
         created_ms: now_ms,
         read: false,
     };
-    txn.open_table(NOTIFICATIONS)?
-        .insert((n.recipient, id), encode(&n).as_slice())?;
-    txn.open_table(KEYS)?.insert(key, id)?;
+    table.insert((n.recipient, id), encode(&n).as_slice())?;
+    keys.insert(key, id)?;
+    drop((table, keys));
     txn.open_table(FRESH)?.insert((n.recipient, id), ())?;
-    let mut subjects = txn.open_table(SUBJECTS)?;
-    for subject in n.subject.deletable() {
-        subjects.insert((subject, n.recipient, id), ())?;
+    // Opening a table is not free: only when there is something to list.
+    if n.subject.deletable().next().is_some() {
+        let mut subjects = txn.open_table(SUBJECTS)?;
+        for subject in n.subject.deletable() {
+            subjects.insert((subject, n.recipient, id), ())?;
+        }
     }
-    drop(subjects);
-    let (total, unread) = counts_in(txn, n.recipient)?;
-    txn.open_table(COUNTS)?
-        .insert(n.recipient, (total + 1, unread + 1))?;
-    if total + 1 > PER_USER_MAX {
+    let trim = {
+        let mut counts = txn.open_table(COUNTS)?;
+        let (total, unread) = counts.get(n.recipient)?.map_or((0, 0), |v| v.value());
+        match replaced {
+            // Replaced an unread one: the counts stay.
+            Some(old) if !old.read => false,
+            Some(_) => {
+                counts.insert(n.recipient, (total, unread + 1))?;
+                false
+            }
+            None => {
+                counts.insert(n.recipient, (total + 1, unread + 1))?;
+                total + 1 > PER_USER_MAX
+            }
+        }
+    };
+    if trim {
         drop_oldest(txn, n.recipient)?;
     }
     Ok(())
+}
+
+/// The coalescing key of a notification (`notification_keys`): (recipient, kind, actor or 0,
+/// subject id or 0); for a message, (recipient, kind, 0, conversation): one per conversation.
+fn coalescing_key(
+    recipient: u64,
+    kind: Kind,
+    actor: Option<u64>,
+    subject: Subject,
+) -> (u64, u8, u64, u64) {
+    match (kind, subject) {
+        (Kind::Message, Subject::Message { conversation, .. }) => {
+            (recipient, kind.code(), 0, conversation)
+        }
+        _ => (recipient, kind.code(), actor.unwrap_or(0), subject.id()),
+    }
 }
 
 /// `notify` for a notice that arrived from another shard (`Event::Notified`).
@@ -361,6 +412,30 @@ pub fn on_comment(
             subject,
         };
         notify(txn, here, &new, comment.created_ms)?;
+    }
+    Ok(())
+}
+
+/// A new message, on the shard of `recipients` (users of this shard, the sender not among
+/// them): in the conversation's own shard's transaction for those there, when
+/// `Event::MessagePosted` is applied for the others (no notice of its own crosses shards).
+pub fn on_message(
+    txn: &WriteTransaction,
+    message: &crate::messages::Message,
+    recipients: &[u64],
+) -> Result<(), CoreError> {
+    let subject = Subject::Message {
+        id: message.id,
+        conversation: message.conversation,
+    };
+    for recipient in recipients {
+        let new = New {
+            recipient: *recipient,
+            kind: Kind::Message,
+            actor: Some(message.sender),
+            subject,
+        };
+        notify(txn, shard_of(*recipient), &new, message.created_ms)?;
     }
     Ok(())
 }
@@ -475,7 +550,7 @@ pub fn forget_local(txn: &WriteTransaction, subject: u64) -> Result<(), CoreErro
 /// Deletes one notification with its coalescing key and listings, keeping counts exact.
 fn remove(txn: &WriteTransaction, n: &Notification) -> Result<(), CoreError> {
     txn.open_table(NOTIFICATIONS)?.remove((n.recipient, n.id))?;
-    txn.open_table(KEYS)?.remove(n.key())?;
+    n.unkey(&mut txn.open_table(KEYS)?)?;
     txn.open_table(FRESH)?.remove((n.recipient, n.id))?;
     unlist(txn, n)?;
     let (total, unread) = counts_in(txn, n.recipient)?;
@@ -675,7 +750,7 @@ pub fn erase_recipient(txn: &WriteTransaction, recipient: u64) -> Result<(), Cor
     let mut keys = txn.open_table(KEYS)?;
     let mut fresh = txn.open_table(FRESH)?;
     for n in &gone {
-        keys.remove(n.key())?;
+        n.unkey(&mut keys)?;
         fresh.remove((recipient, n.id))?;
     }
     drop((keys, fresh));
@@ -854,6 +929,101 @@ mod tests {
         assert_eq!(oldest.last().map(|n| n.subject), Some(Subject::Post(1005)));
         drop(read);
         assert_eq!(write(&db, take_fresh).len() as u64, PER_USER_MAX);
+    }
+
+    #[test]
+    fn a_conversation_keeps_one_message_notification_moved_up_by_each_message() {
+        let db = db();
+        let (a, b, c) = (user(0, 1), user(0, 2), user(0, 3));
+        let message = |id: u64, sender: u64, conversation: u64| crate::messages::Message {
+            id,
+            conversation,
+            sender,
+            sender_username: String::new(),
+            sender_display_name: String::new(),
+            text: "hi".into(),
+            media_ids: Vec::new(),
+            created_ms: NOW + id,
+            edited_ms: None,
+        };
+        write(&db, |t| on_message(t, &message(1, b, 100), &[a]));
+        write(&db, |t| notify(t, 0, &like(a, c, 7), NOW));
+        let first = write(&db, take_fresh);
+        assert_eq!(first.len(), 2);
+        // Two more in the same conversation (one from another sender), one in another.
+        write(&db, |t| {
+            on_message(t, &message(2, c, 100), &[a])?;
+            on_message(t, &message(3, b, 100), &[a])?;
+            on_message(t, &message(4, b, 200), &[a])
+        });
+        let fresh = write(&db, take_fresh);
+        let subjects: Vec<Subject> = fresh.iter().map(|n| n.subject).collect();
+        assert_eq!(
+            subjects,
+            vec![
+                Subject::Message {
+                    id: 3,
+                    conversation: 100
+                },
+                Subject::Message {
+                    id: 4,
+                    conversation: 200
+                }
+            ],
+            "the replaced one of the same transaction is not handed out"
+        );
+        let got = all(&db, a);
+        let kinds: Vec<(Kind, u64)> = got.iter().map(|n| (n.kind, n.subject.id())).collect();
+        assert_eq!(
+            kinds,
+            vec![(Kind::Message, 4), (Kind::Message, 3), (Kind::Like, 7)],
+            "newest first, one per conversation"
+        );
+        assert_eq!(got[1].actor, Some(b));
+        assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 3);
+        // Read, then a new message: unread again, still one row.
+        write(&db, |t| mark_read(t, a, &Which::All));
+        write(&db, |t| on_message(t, &message(5, c, 100), &[a]));
+        assert_eq!(all(&db, a).len(), 3);
+        assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 1);
+        // Erasing the recipient leaves nothing behind: a later message notifies afresh.
+        write(&db, |t| erase_recipient(t, a));
+        assert!(all(&db, a).is_empty());
+        write(&db, |t| on_message(t, &message(6, c, 100), &[a]));
+        assert_eq!(all(&db, a).len(), 1);
+        assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 1);
+    }
+
+    #[test]
+    fn message_notifications_keyed_per_message_by_older_versions_still_go() {
+        let db = db();
+        let (a, b) = (user(0, 1), user(0, 2));
+        // As older versions wrote one: keyed by (actor, message).
+        let old = Notification {
+            id: user(0, 50),
+            recipient: a,
+            kind: Kind::Message,
+            actor: Some(b),
+            subject: Subject::Message {
+                id: 9,
+                conversation: 100,
+            },
+            created_ms: NOW,
+            read: false,
+        };
+        write(&db, |t| {
+            t.open_table(NOTIFICATIONS)?
+                .insert((a, old.id), encode(&old).as_slice())?;
+            t.open_table(KEYS)?
+                .insert((a, Kind::Message.code(), b, 9), old.id)?;
+            t.open_table(COUNTS)?.insert(a, (1, 1))?;
+            Ok(())
+        });
+        write(&db, |t| erase_actor_scan(t, b, (0, 0), 100));
+        assert!(all(&db, a).is_empty());
+        assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 0);
+        let read = db.begin_read().unwrap();
+        assert!(read.open_table(KEYS).unwrap().first().unwrap().is_none());
     }
 
     #[test]

@@ -371,18 +371,8 @@ impl Shard {
                     recipients,
                 };
                 events::record(t, event_id, now, &event, &targets)?;
-                for r in conversation.participants.iter().filter(|p| **p != sender) {
-                    let notice = notifications::New {
-                        recipient: *r,
-                        kind: notifications::Kind::Message,
-                        actor: Some(sender),
-                        subject: notifications::Subject::Message {
-                            id: message.id,
-                            conversation: conversation.id,
-                        },
-                    };
-                    notifications::notify(t, here, &notice, now)?;
-                }
+                // Recipients on other shards are notified where the event is applied.
+                notifications::on_message(t, &message, &local)?;
                 Ok::<_, CoreError>((message, true, local))
             })
             .await?

@@ -37,6 +37,9 @@ const RING_MAX: usize = 256;
 const RESUME_WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Events queued for one connection before it counts as a slow reader.
 const SINK_CAPACITY: usize = 128;
+/// Events written to a connection in one chunk at most, when they are waiting together (one
+/// write for a burst instead of one per event).
+const CHUNK_EVENTS_MAX: usize = 32;
 /// Tells a client how long to wait before reconnecting.
 const RETRY_MS: u64 = 2000;
 /// Message events queued behind one whose media are being resolved; past it, messages still
@@ -55,11 +58,13 @@ pub struct StreamEvent {
 }
 
 impl StreamEvent {
-    fn frame(&self) -> Bytes {
-        Bytes::from(format!(
-            "id: {}\nevent: {}\ndata: {}\n\n",
-            self.id, self.kind, self.data
-        ))
+    /// Appends the event's SSE frame to `out`.
+    fn frame_into(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "id: {}\nevent: {}\ndata: ", self.id, self.kind);
+        out.extend_from_slice(self.data.as_bytes());
+        out.extend_from_slice(b"\n\n");
     }
 }
 
@@ -406,11 +411,20 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
         let hello = format!("retry: {RETRY_MS}\n: connected\n\n");
         return Some((Ok(Bytes::from(hello)), s));
     }
-    while let Some(event) = s.backlog.pop_front() {
+    let mut out = Vec::new();
+    let mut taken = 0;
+    while taken < CHUNK_EVENTS_MAX {
+        let Some(event) = s.backlog.pop_front() else {
+            break;
+        };
         if event.id > s.last_sent {
             s.last_sent = event.id;
-            return Some((Ok(event.frame()), s));
+            event.frame_into(&mut out);
+            taken += 1;
         }
+    }
+    if taken > 0 {
+        return Some((Ok(Bytes::from(out)), s));
     }
     loop {
         if s.guard.shard.draining.fired() {
@@ -432,7 +446,18 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
             Wake::Event(Ok(event)) => {
                 if event.id > s.last_sent {
                     s.last_sent = event.id;
-                    return Some((Ok(event.frame()), s));
+                    event.frame_into(&mut out);
+                    // What else is already queued goes in the same write.
+                    for _ in 1..CHUNK_EVENTS_MAX {
+                        let Ok(more) = s.rx.try_recv() else {
+                            break;
+                        };
+                        if more.id > s.last_sent {
+                            s.last_sent = more.id;
+                            more.frame_into(&mut out);
+                        }
+                    }
+                    return Some((Ok(Bytes::from(out)), s));
                 }
             }
             // The sink was removed: a slow reader, cut off.
