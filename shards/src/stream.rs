@@ -40,6 +40,11 @@ const SINK_CAPACITY: usize = 128;
 /// Events written to a connection in one chunk at most, when they are waiting together (one
 /// write for a burst instead of one per event).
 const CHUNK_EVENTS_MAX: usize = 32;
+/// How long an actor's username, once looked up, is reused for live `notification` events
+/// (a renamed actor may show its old name that long; notification lists read it afresh).
+const ACTOR_NAME_TTL_MS: u64 = 5000;
+/// Actor names remembered per shard.
+const ACTOR_NAMES_MAX: usize = 8192;
 /// Tells a client how long to wait before reconnecting.
 const RETRY_MS: u64 = 2000;
 /// Message events queued behind one whose media are being resolved; past it, messages still
@@ -81,6 +86,9 @@ pub struct Streams {
     media_queue: RefCell<VecDeque<(Vec<u64>, Message, bool)>>,
     /// A task is working through `media_queue`.
     resolving: Cell<bool>,
+    /// actor -> (username, ms looked up): names for `notification` events (see
+    /// `on_fresh_notifications`); at most `ACTOR_NAMES_MAX`, emptied when full.
+    actor_names: RefCell<HashMap<u64, (String, u64)>>,
 }
 
 #[derive(Default)]
@@ -469,7 +477,10 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
 }
 
 /// A listener of fresh notifications (see `notify::Fresh`): each one becomes a
-/// `notification` event on its recipient's stream, with the actor's username.
+/// `notification` event on its recipient's stream, with the actor's username. Names looked
+/// up within `ACTOR_NAME_TTL_MS` are reused (`Streams::actor_names`), so a busy actor's
+/// notifications go out at once, with no lookup on its shard, right before or after the
+/// `message` event they come with (one write to the connection for both).
 pub(crate) fn on_fresh_notifications(
     shard: &Rc<Shard>,
     fresh: &[nova_core::notifications::Notification],
@@ -485,21 +496,52 @@ pub(crate) fn on_fresh_notifications(
     if listening.is_empty() {
         return;
     }
+    let now = now_ms();
+    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut missing: Vec<u64> = Vec::new();
+    {
+        let cache = shard.streams.actor_names.borrow();
+        for actor in listening.iter().filter_map(|n| n.actor) {
+            match cache.get(&actor) {
+                Some((name, at)) if now.saturating_sub(*at) < ACTOR_NAME_TTL_MS => {
+                    names.insert(actor, name.clone());
+                }
+                _ => missing.push(actor),
+            }
+        }
+    }
+    if missing.is_empty() {
+        publish_notifications(shard, &listening, &names);
+        return;
+    }
+    missing.sort_unstable();
+    missing.dedup();
     let shard = Rc::clone(shard);
     glommio::spawn_local(async move {
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut actors: Vec<u64> = listening.iter().filter_map(|n| n.actor).collect();
-        actors.sort_unstable();
-        actors.dedup();
-        let names: HashMap<u64, String> = crate::api_social::briefs(&shard, &actors, deadline)
-            .await
-            .map(|b| b.into_iter().map(|b| (b.id, b.username)).collect())
-            .unwrap_or_default();
-        for n in &listening {
-            let view = crate::api_notify::view(n, &names);
-            let data = String::from_utf8_lossy(&nova_protocol::to_json(&view)).into_owned();
-            shard.publish(n.recipient, "notification", data);
+        if let Ok(found) = crate::api_social::briefs(&shard, &missing, deadline).await {
+            let mut cache = shard.streams.actor_names.borrow_mut();
+            if cache.len() + found.len() > ACTOR_NAMES_MAX {
+                cache.clear();
+            }
+            for b in found {
+                cache.insert(b.id, (b.username.clone(), now));
+                names.insert(b.id, b.username);
+            }
         }
+        publish_notifications(&shard, &listening, &names);
     })
     .detach();
+}
+
+fn publish_notifications(
+    shard: &Rc<Shard>,
+    list: &[nova_core::notifications::Notification],
+    names: &HashMap<u64, String>,
+) {
+    for n in list {
+        let view = crate::api_notify::view(n, names);
+        let data = String::from_utf8_lossy(&nova_protocol::to_json(&view)).into_owned();
+        shard.publish(n.recipient, "notification", data);
+    }
 }
