@@ -12,10 +12,16 @@
 //! engine turns parked notices into `Event::Notified` outbox rows (`take_remote`, with event
 //! ids it supplies) inside the same transaction, and the recipient's shard applies them.
 //!
-//! Fresh notifications are also listed in `notifications_fresh` until the engine takes them
-//! (`take_fresh`), normally in the very transaction that made them: that is how the engine
-//! learns, after the commit, what to push live without every domain function having to
-//! return them.
+//! Fresh notifications are remembered in memory on the thread that made them (`MADE`: a
+//! partition's one writer thread) until the engine takes them (`take_fresh`) in the very
+//! transaction that made them: that is how the engine learns, after the commit, what to push
+//! live without every domain function having to return them. (Older versions kept them in
+//! `notifications_fresh`; what they left there is taken by `take_stored_fresh`.)
+//!
+//! A message's notification is one per (recipient, conversation), replaced by each new
+//! message (a new id, so it moves up, unread again): a busy conversation costs one row, and
+//! the recipient's shard makes it when it applies `Event::MessagePosted` (`on_message`),
+//! with no notice of its own crossing shards.
 //!
 //! A deleted post or comment takes its notifications with it (`forget_subject`, in the
 //! deleting transaction): those on this shard at once, through `notification_subjects`; on
@@ -27,6 +33,8 @@
 //! Duplicates coalesce: one notification per (recipient, kind, actor, subject), so like,
 //! unlike, like notifies once. Each user keeps at most `PER_USER_MAX` notifications; the
 //! oldest go first.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -44,7 +52,8 @@ const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("notificat
 /// "last" -> the last notification id made on this shard (ids are made here, not by the
 /// engine, so that any transaction can notify)
 const IDS: TableDefinition<&str, u64> = TableDefinition::new("notification_ids");
-/// (recipient, notification id) -> () : made but not yet taken by the engine
+/// (recipient, notification id) -> () : made but not yet taken by the engine, as versions
+/// before `MADE` wrote it; only drained now (`take_stored_fresh`)
 const FRESH: TableDefinition<(u64, u64), ()> = TableDefinition::new("notifications_fresh");
 /// local sequence -> New : for a recipient on another shard, waiting for an event id
 const REMOTE: TableDefinition<u64, &[u8]> = TableDefinition::new("notifications_remote");
@@ -57,6 +66,32 @@ const SUBJECTS: TableDefinition<(u64, u64, u64), ()> =
 const SENT: TableDefinition<(u64, u32), ()> = TableDefinition::new("notification_subjects_sent");
 /// (post or comment id, shard) -> () : a deletion to tell that shard, waiting for an event id
 const RETRACT: TableDefinition<(u64, u32), ()> = TableDefinition::new("notifications_retract");
+
+/// Notifications made and not yet taken remembered per thread, at most; past it the list
+/// is dropped (those notifications stay, unpublished live: nothing takes them then anyway).
+const MADE_MAX: usize = 100_000;
+
+std::thread_local! {
+    /// (recipient, id) of the notifications made on this thread and not yet taken by
+    /// `take_fresh`. Every write of a partition runs on its one writer thread, so the
+    /// notifications a write closure made are here when the closure takes them; keeping them
+    /// in memory spares a table written and emptied in every notifying transaction.
+    static MADE: std::cell::RefCell<Vec<(u64, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Per shard (its number modulo the length): notifications in some thread's `MADE`, made by
+/// a write that did not take them, so that the engine can come and take them (`untaken`).
+static UNTAKEN: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
+
+fn untaken_of(shard: usize) -> &'static AtomicUsize {
+    &UNTAKEN[shard % UNTAKEN.len()]
+}
+
+/// Did a write on shard `here` make notifications that no `take_fresh` took yet? (The engine
+/// then runs a notifying write on that shard, whose `take_fresh` takes them.)
+pub fn untaken(here: usize) -> bool {
+    untaken_of(here).load(Ordering::Relaxed) > 0
+}
 
 /// Notifications kept per user; past it the oldest is deleted.
 pub const PER_USER_MAX: u64 = 1000;
@@ -280,7 +315,16 @@ pub fn notify(
     table.insert((n.recipient, id), encode(&n).as_slice())?;
     keys.insert(key, id)?;
     drop((table, keys));
-    txn.open_table(FRESH)?.insert((n.recipient, id), ())?;
+    MADE.with(|made| {
+        let mut made = made.borrow_mut();
+        if made.len() >= MADE_MAX {
+            for (_, id) in made.drain(..) {
+                untaken_of(shard_of(id)).fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        made.push((n.recipient, id));
+    });
+    untaken_of(here).fetch_add(1, Ordering::Relaxed);
     // Opening a table is not free: only when there is something to list.
     if n.subject.deletable().next().is_some() {
         let mut subjects = txn.open_table(SUBJECTS)?;
@@ -440,21 +484,40 @@ pub fn on_message(
     Ok(())
 }
 
-/// Takes the notifications made (on this shard) and not yet handed to the engine.
+/// Takes the notifications made (on this thread: the partition's writer) and not yet handed
+/// to the engine, as they are in `txn`. Call it in the transaction that made them.
 pub fn take_fresh(txn: &WriteTransaction) -> Result<Vec<Notification>, CoreError> {
-    let mut fresh = txn.open_table(FRESH)?;
-    let keys: Vec<(u64, u64)> = fresh
-        .iter()?
-        .map(|r| r.map(|(k, _)| k.value()))
-        .collect::<Result<_, _>>()?;
+    let mut keys = MADE.with(|made| std::mem::take(&mut *made.borrow_mut()));
     if keys.is_empty() {
         return Ok(Vec::new());
     }
+    for (_, id) in &keys {
+        untaken_of(shard_of(*id)).fetch_sub(1, Ordering::Relaxed);
+    }
+    keys.sort_unstable();
+    keys.dedup();
     let table = txn.open_table(NOTIFICATIONS)?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
-        fresh.remove(key)?;
-        // Gone already when trimmed in the same transaction.
+        // Gone when replaced or trimmed in the same transaction (or made by a transaction
+        // that was aborted).
+        if let Some(v) = table.get(key)? {
+            out.push(decode(v.value())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Takes what older versions left in `notifications_fresh` (see `has_pending`).
+pub fn take_stored_fresh(txn: &WriteTransaction) -> Result<Vec<Notification>, CoreError> {
+    let keys: Vec<(u64, u64)> = txn
+        .open_table(FRESH)?
+        .extract_from_if((0, 0)..=(u64::MAX, u64::MAX), |_, _| true)?
+        .map(|r| r.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()?;
+    let table = txn.open_table(NOTIFICATIONS)?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
         if let Some(v) = table.get(key)? {
             out.push(decode(v.value())?);
         }
@@ -551,7 +614,6 @@ pub fn forget_local(txn: &WriteTransaction, subject: u64) -> Result<(), CoreErro
 fn remove(txn: &WriteTransaction, n: &Notification) -> Result<(), CoreError> {
     txn.open_table(NOTIFICATIONS)?.remove((n.recipient, n.id))?;
     n.unkey(&mut txn.open_table(KEYS)?)?;
-    txn.open_table(FRESH)?.remove((n.recipient, n.id))?;
     unlist(txn, n)?;
     let (total, unread) = counts_in(txn, n.recipient)?;
     let unread = if n.read {
@@ -573,8 +635,8 @@ fn unlist(txn: &WriteTransaction, n: &Notification) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// Is anything left for `take_fresh` or `take_remote` (made by a write that did not take
-/// them)?
+/// Is anything left for `take_stored_fresh` or `take_remote` (made by a write that did not
+/// take them)?
 pub fn has_pending(read: &ReadTransaction) -> Result<bool, CoreError> {
     for def in [FRESH] {
         match read.open_table(def) {
@@ -748,12 +810,10 @@ pub fn erase_recipient(txn: &WriteTransaction, recipient: u64) -> Result<(), Cor
         })
         .collect::<Result<_, _>>()?;
     let mut keys = txn.open_table(KEYS)?;
-    let mut fresh = txn.open_table(FRESH)?;
     for n in &gone {
         n.unkey(&mut keys)?;
-        fresh.remove((recipient, n.id))?;
     }
-    drop((keys, fresh));
+    drop(keys);
     for n in &gone {
         unlist(txn, n)?;
     }
@@ -1019,6 +1079,18 @@ mod tests {
             t.open_table(COUNTS)?.insert(a, (1, 1))?;
             Ok(())
         });
+        // Older versions also listed it in `notifications_fresh` until it was taken.
+        write(&db, |t| {
+            t.open_table(FRESH)?.insert((a, old.id), ())?;
+            Ok(())
+        });
+        assert!(has_pending(&db.begin_read().unwrap()).unwrap());
+        assert!(
+            write(&db, take_fresh).is_empty(),
+            "not made by this process"
+        );
+        assert_eq!(write(&db, take_stored_fresh), vec![old.clone()]);
+        assert!(!has_pending(&db.begin_read().unwrap()).unwrap());
         write(&db, |t| erase_actor_scan(t, b, (0, 0), 100));
         assert!(all(&db, a).is_empty());
         assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 0);

@@ -12,8 +12,11 @@
 //! - `Fresh::listen` adds a listener; `server.rs` adds `push::on_fresh`. A listener must not
 //!   block or await: it copies what it needs and spawns a task or sends on a bounded channel.
 //!
-//! A write that notifies without `write_notifying` loses nothing: `sweep_loop` finds what it
-//! left within `SWEEP_PERIOD` and publishes it then.
+//! A write that notifies without `write_notifying` loses nothing: the notifications a write
+//! made are remembered in memory on the partition's writer thread (`notifications::take_fresh`
+//! takes them; `notifications::untaken` tells the shard some are waiting), and notices for
+//! other shards are parked in a table; `sweep_loop` finds both within `SWEEP_PERIOD` and
+//! publishes them then (with what older versions left in `notifications_fresh`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -132,20 +135,21 @@ impl Shard {
     }
 
     /// Every `SWEEP_PERIOD`: publish notifications a plain `Partition::write` made (and send
-    /// its notices for other shards). Runs until the shard drains.
+    /// its notices for other shards), and what older versions left in `notifications_fresh`.
+    /// Runs until the shard drains.
     pub async fn sweep_loop(self: Rc<Self>) {
         loop {
             glommio::timer::sleep(SWEEP_PERIOD).await;
             if self.draining.fired() {
                 return;
             }
+            let untaken = notifications::untaken(self.id);
             match self.read(notifications::has_pending) {
-                Ok(false) => {}
-                Ok(true) => {
-                    if let Err(e) = self.write_notifying(|_| Ok(())).await {
-                        tracing::warn!(error = %e, "notification sweep failed");
-                    }
-                }
+                Ok(false) if !untaken => {}
+                Ok(_) => match self.write_notifying(notifications::take_stored_fresh).await {
+                    Ok(stored) => self.fresh.publish(&self, &stored),
+                    Err(e) => tracing::warn!(error = %e, "notification sweep failed"),
+                },
                 Err(e) => tracing::warn!(error = %e, "notification sweep could not read"),
             }
         }
