@@ -3,7 +3,9 @@
 //! filled by the conversation's events through the outbox (`ConversationJoined` is delivered
 //! before the create is answered; `MessagePosted` goes through the relay, woken at once, which
 //! sends each target's events one batch at a time in id order, so a participant on another
-//! shard gets a conversation's messages once and in order).
+//! shard gets a conversation's messages once and in order). Recipients are notified where
+//! they live: in the send's transaction on the conversation's shard, and when
+//! `MessagePosted` is applied on the others (`notifications::on_message`).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};

@@ -67,6 +67,7 @@ impl StreamEvent {
     fn frame_into(&self, out: &mut Vec<u8>) {
         use std::io::Write;
         // Writing to a Vec cannot fail.
+        out.reserve(self.data.len() + 64);
         let _ = write!(out, "id: {}\nevent: {}\ndata: ", self.id, self.kind);
         out.extend_from_slice(self.data.as_bytes());
         out.extend_from_slice(b"\n\n");
