@@ -1,6 +1,7 @@
 //! Proves direct messages (issue 4) against the real `nova` process with participants on both
 //! shards: conversations and their inboxes, messages with pagination and Idempotency-Key, edit
-//! and delete, read receipts and unread counts, typing, leaving, and the rules: only
+//! and delete, read receipts and unread counts, typing, leaving, one `message` notification
+//! per conversation for each recipient (on either shard), and the rules: only
 //! participants see a conversation (404 for anyone else), a block or a recipient's
 //! `messages_from` setting refuses a new conversation with 403 `cannot_message`.
 
@@ -486,4 +487,78 @@ fn posts_and_messages_carry_the_senders_own_media() {
             .post(&path, a.auth(), json!({"text": "x", "media_ids": ids}))
             .expect_error(422, "invalid_media");
     }
+}
+
+/// (subject message id, actor id) of `member`'s `message` notifications, newest first, once
+/// the newest is about `latest` (within moments: a recipient on another shard is notified
+/// when the message is applied there).
+fn message_notifications(server: &Server, member: &Member, latest: u64) -> Vec<(u64, u64)> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let resp = server.get("/v1/notifications?types=message", member.auth());
+        resp.expect(200);
+        let items: Vec<(u64, u64)> = resp
+            .at("items")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    parse_id(at(n, "subject.id").unwrap()),
+                    parse_id(at(n, "actor.id").unwrap()),
+                )
+            })
+            .collect();
+        if items.first().map(|(m, _)| *m) == Some(latest) || std::time::Instant::now() > deadline {
+            return items;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+fn unread_notifications(server: &Server, member: &Member) -> u64 {
+    let resp = server.get("/v1/notifications/unread_count", member.auth());
+    resp.expect(200);
+    resp.at("unread").as_u64().unwrap()
+}
+
+#[test]
+fn each_recipient_keeps_one_message_notification_per_conversation_on_any_shard() {
+    let server = Server::start(&[]);
+    let a = server.member_on_shard(0);
+    let b = server.member_on_shard(1);
+    let c = server.member_on_shard(0);
+    let conv = conversation(&server, &a, &[&b, &c]);
+    let m1 = send(&server, &a, conv, "one");
+    let m2 = send(&server, &a, conv, "two");
+    // c (the conversation's shard) and b (the other shard): one notification, the newest.
+    assert_eq!(message_notifications(&server, &c, m2), vec![(m2, a.id())]);
+    assert_eq!(message_notifications(&server, &b, m2), vec![(m2, a.id())]);
+    assert_ne!(m1, m2);
+    let m3 = send(&server, &c, conv, "three");
+    assert_eq!(message_notifications(&server, &b, m3), vec![(m3, c.id())]);
+    assert_eq!(
+        message_notifications(&server, &c, m2),
+        vec![(m2, a.id())],
+        "nobody is notified of their own message"
+    );
+    assert_eq!(unread_notifications(&server, &b), 1);
+
+    // Read, then a new message: unread again, still one.
+    server
+        .post("/v1/notifications/read", b.auth(), json!({ "all": true }))
+        .expect(200);
+    assert_eq!(unread_notifications(&server, &b), 0);
+    let m4 = send(&server, &a, conv, "four");
+    assert_eq!(message_notifications(&server, &b, m4), vec![(m4, a.id())]);
+    assert_eq!(unread_notifications(&server, &b), 1);
+
+    // Another conversation has its own, listed first while it is the newest.
+    let other = conversation(&server, &c, &[&b]);
+    let m5 = send(&server, &c, other, "elsewhere");
+    assert_eq!(
+        message_notifications(&server, &b, m5),
+        vec![(m5, c.id()), (m4, a.id())]
+    );
+    assert_eq!(unread_notifications(&server, &b), 2);
 }
