@@ -1437,8 +1437,7 @@ impl Shard {
         };
         let sent = event.clone();
         let approved = self
-            .partition
-            .write(move |t| {
+            .write_notifying(move |t| {
                 if !social::approve_request(t, followee, requester, now)? {
                     return Ok(false);
                 }
