@@ -496,11 +496,15 @@ pub fn take_fresh(txn: &WriteTransaction) -> Result<Vec<Notification>, CoreError
     }
     keys.sort_unstable();
     keys.dedup();
+    stored(txn, keys)
+}
+
+/// The notifications of `keys` that exist in this transaction: one made and then replaced
+/// or trimmed in it is gone (so is one made by a transaction that was aborted).
+fn stored(txn: &WriteTransaction, keys: Vec<(u64, u64)>) -> Result<Vec<Notification>, CoreError> {
     let table = txn.open_table(NOTIFICATIONS)?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
-        // Gone when replaced or trimmed in the same transaction (or made by a transaction
-        // that was aborted).
         if let Some(v) = table.get(key)? {
             out.push(decode(v.value())?);
         }
@@ -515,14 +519,7 @@ pub fn take_stored_fresh(txn: &WriteTransaction) -> Result<Vec<Notification>, Co
         .extract_from_if((0, 0)..=(u64::MAX, u64::MAX), |_, _| true)?
         .map(|r| r.map(|(k, _)| k.value()))
         .collect::<Result<_, _>>()?;
-    let table = txn.open_table(NOTIFICATIONS)?;
-    let mut out = Vec::with_capacity(keys.len());
-    for key in keys {
-        if let Some(v) = table.get(key)? {
-            out.push(decode(v.value())?);
-        }
-    }
-    Ok(out)
+    stored(txn, keys)
 }
 
 /// Turns parked notices for other shards into `Event::Notified` outbox rows, one per id in
