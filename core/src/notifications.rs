@@ -268,90 +268,144 @@ pub fn notify(
     new: &New,
     now_ms: u64,
 ) -> Result<(), CoreError> {
-    if new.actor == Some(new.recipient) {
+    notify_all(txn, here, std::slice::from_ref(new), now_ms)
+}
+
+/// `notify` for many notices in one transaction (a post's mentions): each table is opened
+/// once for all of them, and the shard's last id written once, instead of once per notice.
+pub fn notify_all(
+    txn: &WriteTransaction,
+    here: usize,
+    news: &[New],
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    let (local, remote): (Vec<&New>, Vec<&New>) = news
+        .iter()
+        .filter(|n| n.actor != Some(n.recipient))
+        .partition(|n| shard_of(n.recipient) == here);
+    if !remote.is_empty() {
+        park(txn, here, &remote, now_ms)?;
+    }
+    if local.is_empty() {
         return Ok(());
     }
-    if shard_of(new.recipient) != here {
-        let seq = next_id(txn, here, now_ms)?;
-        txn.open_table(REMOTE)?
-            .insert(seq, encode(new).as_slice())?;
-        let target = shard_of(new.recipient) as u32;
-        if new.subject.deletable().next().is_some() {
-            let mut sent = txn.open_table(SENT)?;
-            for subject in new.subject.deletable() {
-                sent.insert((subject, target), ())?;
-            }
-        }
+    let silence = social::Silence::open(txn)?;
+    let wanted: Vec<&New> = local
+        .into_iter()
+        .filter_map(|n| match n.actor {
+            Some(actor) => match silence.silenced(n.recipient, actor) {
+                Ok(true) => None,
+                Ok(false) => Some(Ok(n)),
+                Err(e) => Some(Err(e)),
+            },
+            None => Some(Ok(n)),
+        })
+        .collect::<Result<_, CoreError>>()?;
+    drop(silence);
+    if wanted.is_empty() {
         return Ok(());
     }
-    if let Some(actor) = new.actor {
-        if social::silenced_in(txn, new.recipient, actor)? {
-            return Ok(());
-        }
-    }
-    let key = coalescing_key(new.recipient, new.kind, new.actor, new.subject);
+    let mut ids = Ids::open(txn, here)?;
     let mut keys = txn.open_table(KEYS)?;
-    let earlier = keys.get(key)?.map(|v| v.value());
     let mut table = txn.open_table(NOTIFICATIONS)?;
-    // The conversation's earlier message notification, taken out to be replaced.
-    let replaced: Option<Notification> = match earlier {
-        None => None,
-        Some(old) if new.kind == Kind::Message => {
-            let row = table.remove((new.recipient, old))?;
-            row.map(|v| decode(v.value())).transpose()?
-        }
-        Some(_) => return Ok(()),
-    };
-    let id = next_id(txn, here, now_ms)?;
-    let n = Notification {
-        id,
-        recipient: new.recipient,
-        kind: new.kind,
-        actor: new.actor,
-        subject: new.subject,
-        created_ms: now_ms,
-        read: false,
-    };
-    table.insert((n.recipient, id), encode(&n).as_slice())?;
-    keys.insert(key, id)?;
-    drop((table, keys));
-    MADE.with(|made| {
-        let mut made = made.borrow_mut();
-        if made.len() >= MADE_MAX {
-            for (_, id) in made.drain(..) {
-                untaken_of(shard_of(id)).fetch_sub(1, Ordering::Relaxed);
+    let mut counts = txn.open_table(COUNTS)?;
+    let mut subjects = None;
+    let mut over_limit: Vec<u64> = Vec::new();
+    for new in wanted {
+        let key = coalescing_key(new.recipient, new.kind, new.actor, new.subject);
+        let earlier = keys.get(key)?.map(|v| v.value());
+        // The conversation's earlier message notification, taken out to be replaced.
+        let replaced: Option<Notification> = match earlier {
+            None => None,
+            Some(old) if new.kind == Kind::Message => {
+                let row = table.remove((new.recipient, old))?;
+                row.map(|v| decode(v.value())).transpose()?
+            }
+            Some(_) => continue,
+        };
+        let id = ids.next(now_ms);
+        let n = Notification {
+            id,
+            recipient: new.recipient,
+            kind: new.kind,
+            actor: new.actor,
+            subject: new.subject,
+            created_ms: now_ms,
+            read: false,
+        };
+        table.insert((n.recipient, id), encode(&n).as_slice())?;
+        keys.insert(key, id)?;
+        MADE.with(|made| {
+            let mut made = made.borrow_mut();
+            if made.len() >= MADE_MAX {
+                for (_, id) in made.drain(..) {
+                    untaken_of(shard_of(id)).fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            made.push((n.recipient, id));
+        });
+        untaken_of(here).fetch_add(1, Ordering::Relaxed);
+        // Opening a table is not free: only when there is something to list.
+        if n.subject.deletable().next().is_some() {
+            let subjects = match &mut subjects {
+                Some(t) => t,
+                None => subjects.insert(txn.open_table(SUBJECTS)?),
+            };
+            for subject in n.subject.deletable() {
+                subjects.insert((subject, n.recipient, id), ())?;
             }
         }
-        made.push((n.recipient, id));
-    });
-    untaken_of(here).fetch_add(1, Ordering::Relaxed);
-    // Opening a table is not free: only when there is something to list.
-    if n.subject.deletable().next().is_some() {
-        let mut subjects = txn.open_table(SUBJECTS)?;
-        for subject in n.subject.deletable() {
-            subjects.insert((subject, n.recipient, id), ())?;
-        }
-    }
-    let trim = {
-        let mut counts = txn.open_table(COUNTS)?;
         let (total, unread) = counts.get(n.recipient)?.map_or((0, 0), |v| v.value());
         match replaced {
             // Replaced an unread one: the counts stay.
-            Some(old) if !old.read => false,
+            Some(old) if !old.read => {}
             Some(_) => {
                 counts.insert(n.recipient, (total, unread + 1))?;
-                false
             }
             None => {
                 counts.insert(n.recipient, (total + 1, unread + 1))?;
-                total + 1 > PER_USER_MAX
+                if total + 1 > PER_USER_MAX && !over_limit.contains(&n.recipient) {
+                    over_limit.push(n.recipient);
+                }
             }
         }
-    };
-    if trim {
-        drop_oldest(txn, n.recipient)?;
+    }
+    drop((table, keys, counts, subjects));
+    ids.close()?;
+    for recipient in over_limit {
+        while counts_in(txn, recipient)?.0 > PER_USER_MAX {
+            if !drop_oldest(txn, recipient)? {
+                break;
+            }
+        }
     }
     Ok(())
+}
+
+/// Parks notices for recipients on other shards (see `take_remote`), and lists their
+/// subjects as sent there, so that a deletion follows them.
+fn park(
+    txn: &WriteTransaction,
+    here: usize,
+    notices: &[&New],
+    now_ms: u64,
+) -> Result<(), CoreError> {
+    let mut ids = Ids::open(txn, here)?;
+    let mut parked = txn.open_table(REMOTE)?;
+    let mut sent = None;
+    for new in notices {
+        parked.insert(ids.next(now_ms), encode(*new).as_slice())?;
+        let target = shard_of(new.recipient) as u32;
+        for subject in new.subject.deletable() {
+            let sent = match &mut sent {
+                Some(t) => t,
+                None => sent.insert(txn.open_table(SENT)?),
+            };
+            sent.insert((subject, target), ())?;
+        }
+    }
+    drop((parked, sent));
+    ids.close()
 }
 
 /// The coalescing key of a notification (`notification_keys`): (recipient, kind, actor or 0,
@@ -397,16 +451,19 @@ pub fn on_mention(
     post: &crate::content::Post,
     mentioned_here: &[u64],
 ) -> Result<(), CoreError> {
-    for user in mentioned_here {
-        let new = New {
+    let news: Vec<New> = mentioned_here
+        .iter()
+        .map(|user| New {
             recipient: *user,
             kind: Kind::Mention,
             actor: Some(post.author_id),
             subject: Subject::Post(post.id),
-        };
-        notify(txn, shard_of(*user), &new, post.created_ms)?;
-    }
-    Ok(())
+        })
+        .collect();
+    let Some(first) = news.first() else {
+        return Ok(());
+    };
+    notify_all(txn, shard_of(first.recipient), &news, post.created_ms)
 }
 
 /// A like of a post or comment by `actor`, in the like's transaction (on the post's shard).
@@ -472,16 +529,19 @@ pub fn on_message(
         id: message.id,
         conversation: message.conversation,
     };
-    for recipient in recipients {
-        let new = New {
+    let news: Vec<New> = recipients
+        .iter()
+        .map(|recipient| New {
             recipient: *recipient,
             kind: Kind::Message,
             actor: Some(message.sender),
             subject,
-        };
-        notify(txn, shard_of(*recipient), &new, message.created_ms)?;
-    }
-    Ok(())
+        })
+        .collect();
+    let Some(first) = news.first() else {
+        return Ok(());
+    };
+    notify_all(txn, shard_of(first.recipient), &news, message.created_ms)
 }
 
 /// Takes the notifications made (on this thread: the partition's writer) and not yet handed
@@ -769,7 +829,8 @@ fn counts_in(txn: &WriteTransaction, recipient: u64) -> Result<(u64, u64), CoreE
 
 /// Deletes the recipient's oldest notification (over the per-user limit). Its coalescing key
 /// goes with it, so the same event much later notifies again.
-fn drop_oldest(txn: &WriteTransaction, recipient: u64) -> Result<(), CoreError> {
+/// Whether there was one.
+fn drop_oldest(txn: &WriteTransaction, recipient: u64) -> Result<bool, CoreError> {
     let table = txn.open_table(NOTIFICATIONS)?;
     let oldest: Option<Notification> =
         match table.range((recipient, 0)..=(recipient, u64::MAX))?.next() {
@@ -777,23 +838,48 @@ fn drop_oldest(txn: &WriteTransaction, recipient: u64) -> Result<(), CoreError> 
             None => None,
         };
     let Some(oldest) = oldest else {
-        return Ok(());
+        return Ok(false);
     };
     drop(table);
-    remove(txn, &oldest)
+    remove(txn, &oldest)?;
+    Ok(true)
 }
 
-/// The next notification id of this shard: time-ordered, carrying the shard like every id,
-/// strictly above the last one made here (kept in `notification_ids`).
-fn next_id(txn: &WriteTransaction, here: usize, now_ms: u64) -> Result<u64, CoreError> {
-    let mut ids = txn.open_table(IDS)?;
-    let mut gen = IdGen::new(here);
-    if let Some(last) = ids.get("last")? {
-        gen.observe(last.value());
+/// The notification ids of this shard: time-ordered, carrying the shard like every id,
+/// strictly above the last one made here (kept in `notification_ids`, written back by
+/// `close` once for all the ids one call made).
+struct Ids<'t> {
+    table: redb::Table<'t, &'static str, u64>,
+    gen: IdGen,
+    last: Option<u64>,
+}
+
+impl<'t> Ids<'t> {
+    fn open(txn: &'t WriteTransaction, here: usize) -> Result<Self, CoreError> {
+        let table = txn.open_table(IDS)?;
+        let mut gen = IdGen::new(here);
+        if let Some(last) = table.get("last")? {
+            gen.observe(last.value());
+        }
+        Ok(Ids {
+            table,
+            gen,
+            last: None,
+        })
     }
-    let id = gen.next(now_ms);
-    ids.insert("last", id)?;
-    Ok(id)
+
+    fn next(&mut self, now_ms: u64) -> u64 {
+        let id = self.gen.next(now_ms);
+        self.last = Some(id);
+        id
+    }
+
+    fn close(mut self) -> Result<(), CoreError> {
+        if let Some(last) = self.last {
+            self.table.insert("last", last)?;
+        }
+        Ok(())
+    }
 }
 
 /// Deletes every notification of `recipient` (account erasure; at most `PER_USER_MAX`).
@@ -915,6 +1001,81 @@ mod tests {
         assert_eq!(fresh, got);
         assert!(write(&db, take_fresh).is_empty());
         assert!(!has_pending(&db.begin_read().unwrap()).unwrap());
+    }
+
+    /// One batch (a post's mentions) leaves what the same notices one by one leave: the
+    /// silenced, one's own and repeated ones skipped, remote ones parked, the limit kept.
+    #[test]
+    fn a_batch_of_notices_is_the_same_notices_one_by_one() {
+        let (a, b, c, d) = (user(0, 1), user(0, 2), user(0, 3), user(0, 4));
+        let remote = user(1, 5);
+        let mention = |recipient: u64| New {
+            recipient,
+            kind: Kind::Mention,
+            actor: Some(b),
+            subject: Subject::Post(77),
+        };
+        let news = vec![
+            mention(a),
+            mention(b),
+            mention(c),
+            mention(d),
+            mention(remote),
+            mention(a),
+        ];
+        let prepare = |db: &Database| {
+            write(db, |t| social::set_mute(t, c, b, true, NOW));
+            write(db, |t| social::block(t, d, b, NOW));
+            // `a` is at the limit: its oldest goes.
+            for i in 0..PER_USER_MAX {
+                write(db, |t| {
+                    notify(t, 0, &like(a, user(0, 100 + i), 1_000 + i), NOW)
+                });
+            }
+            write(db, take_fresh);
+        };
+        let (one, many) = (db(), db());
+        prepare(&one);
+        prepare(&many);
+        for new in &news {
+            write(&one, |t| notify(t, 0, new, NOW + 5));
+        }
+        write(&many, |t| notify_all(t, 0, &news, NOW + 5));
+        for who in [a, b, c, d] {
+            let strip = |ns: Vec<Notification>| -> Vec<(Kind, Option<u64>, Subject, bool)> {
+                ns.into_iter()
+                    .map(|n| (n.kind, n.actor, n.subject, n.read))
+                    .collect()
+            };
+            assert_eq!(strip(all(&one, who)), strip(all(&many, who)), "user {who}");
+            assert_eq!(
+                unread(&one.begin_read().unwrap(), who).unwrap(),
+                unread(&many.begin_read().unwrap(), who).unwrap()
+            );
+        }
+        let count = |db: &Database| -> (u64, u64) {
+            let read = db.begin_read().unwrap();
+            let counts = read.open_table(COUNTS).unwrap();
+            let total = read
+                .open_table(NOTIFICATIONS)
+                .unwrap()
+                .range((a, 0)..=(a, u64::MAX))
+                .unwrap()
+                .count() as u64;
+            let (kept, unread) = counts.get(a).unwrap().unwrap().value();
+            assert_eq!(kept, total);
+            (kept, unread)
+        };
+        assert_eq!(count(&many), count(&one));
+        assert_eq!(count(&many).0, PER_USER_MAX);
+        assert_eq!(all(&many, a)[0].kind, Kind::Mention);
+        assert!(all(&many, c).is_empty(), "muted");
+        assert!(all(&many, d).is_empty(), "blocked");
+        let fresh = write(&many, take_fresh);
+        assert_eq!(fresh.len(), 1);
+        assert_eq!(fresh[0].recipient, a);
+        let parked = write(&many, |t| take_remote(t, &[9, 10], NOW + 6));
+        assert_eq!(parked.len(), 1, "the remote mention is parked once");
     }
 
     #[test]

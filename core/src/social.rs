@@ -1038,10 +1038,32 @@ impl<'p> Iterator for Merged<'_, 'p> {
 /// Has `user` (on this shard) blocked or muted `other`, or been blocked by it? Inside a write
 /// (notifications ask it in the transaction that would notify).
 pub fn silenced_in(txn: &WriteTransaction, user: u64, other: u64) -> Result<bool, CoreError> {
-    let key = (user, other);
-    Ok(txn.open_table(BLOCKS)?.get(key)?.is_some()
-        || txn.open_table(BLOCKED_BY)?.get(key)?.is_some()
-        || txn.open_table(MUTES)?.get(key)?.is_some())
+    Silence::open(txn)?.silenced(user, other)
+}
+
+/// The tables `silenced_in` reads, opened once to ask about many pairs.
+pub struct Silence<'t> {
+    blocks: redb::Table<'t, (u64, u64), u64>,
+    blocked_by: redb::Table<'t, (u64, u64), u64>,
+    mutes: redb::Table<'t, (u64, u64), u64>,
+}
+
+impl<'t> Silence<'t> {
+    pub fn open(txn: &'t WriteTransaction) -> Result<Self, CoreError> {
+        Ok(Silence {
+            blocks: txn.open_table(BLOCKS)?,
+            blocked_by: txn.open_table(BLOCKED_BY)?,
+            mutes: txn.open_table(MUTES)?,
+        })
+    }
+
+    /// `silenced_in`.
+    pub fn silenced(&self, user: u64, other: u64) -> Result<bool, CoreError> {
+        let key = (user, other);
+        Ok(self.blocks.get(key)?.is_some()
+            || self.blocked_by.get(key)?.is_some()
+            || self.mutes.get(key)?.is_some())
+    }
 }
 
 // ---- account export and erasure ---------------------------------------------------------
