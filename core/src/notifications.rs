@@ -31,8 +31,9 @@
 //! `PostDeleted` is applied there.
 //!
 //! Duplicates coalesce: one notification per (recipient, kind, actor, subject), so like,
-//! unlike, like notifies once. Each user keeps at most `PER_USER_MAX` notifications; the
-//! oldest go first.
+//! unlike, like notifies once. Mentions need no coalescing key: a post's mentions are made
+//! once, when its fan-out is applied where each mentioned user lives. Each user keeps at most
+//! `PER_USER_MAX` notifications; the oldest go first.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -311,9 +312,18 @@ pub fn notify_all(
     let mut counts = txn.open_table(COUNTS)?;
     let mut subjects = None;
     let mut over_limit: Vec<u64> = Vec::new();
-    for new in wanted {
+    for (i, new) in wanted.iter().enumerate() {
         let key = coalescing_key(new.recipient, new.kind, new.actor, new.subject);
-        let earlier = keys.get(key)?.map(|v| v.value());
+        // A mention needs no key: a post's mentions are made once where each mentioned user
+        // lives (its fan-out is applied once), and the same user twice in one post is one.
+        let keyed = new.kind != Kind::Mention;
+        if !keyed && wanted[..i].iter().any(|n| n == new) {
+            continue;
+        }
+        let earlier = match keyed {
+            true => keys.get(key)?.map(|v| v.value()),
+            false => None,
+        };
         // The conversation's earlier message notification, taken out to be replaced.
         let replaced: Option<Notification> = match earlier {
             None => None,
@@ -334,7 +344,9 @@ pub fn notify_all(
             read: false,
         };
         table.insert((n.recipient, id), encode(&n).as_slice())?;
-        keys.insert(key, id)?;
+        if keyed {
+            keys.insert(key, id)?;
+        }
         MADE.with(|made| {
             let mut made = made.borrow_mut();
             if made.len() >= MADE_MAX {
@@ -1004,7 +1016,8 @@ mod tests {
     }
 
     /// One batch (a post's mentions) leaves what the same notices one by one leave: the
-    /// silenced, one's own and repeated ones skipped, remote ones parked, the limit kept.
+    /// silenced and one's own skipped, remote ones parked, the limit kept; a user mentioned
+    /// twice in the batch hears once.
     #[test]
     fn a_batch_of_notices_is_the_same_notices_one_by_one() {
         let (a, b, c, d) = (user(0, 1), user(0, 2), user(0, 3), user(0, 4));
@@ -1021,7 +1034,6 @@ mod tests {
             mention(c),
             mention(d),
             mention(remote),
-            mention(a),
         ];
         let prepare = |db: &Database| {
             write(db, |t| social::set_mute(t, c, b, true, NOW));
@@ -1040,7 +1052,10 @@ mod tests {
         for new in &news {
             write(&one, |t| notify(t, 0, new, NOW + 5));
         }
-        write(&many, |t| notify_all(t, 0, &news, NOW + 5));
+        // The same user twice in one post is one mention.
+        let mut twice = news.clone();
+        twice.push(mention(a));
+        write(&many, |t| notify_all(t, 0, &twice, NOW + 5));
         for who in [a, b, c, d] {
             let strip = |ns: Vec<Notification>| -> Vec<(Kind, Option<u64>, Subject, bool)> {
                 ns.into_iter()

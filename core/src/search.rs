@@ -447,30 +447,66 @@ pub fn resync_post(
     Ok(())
 }
 
-/// Indexes posts into an index known not to hold them (a rebuild): postings are sorted
-/// first so that the B-tree is written in order, and tag counts are summed per batch.
+/// `resync_post` for many posts in one transaction (the indexer's batch): the posts the index
+/// does not hold yet are added term by term (`index_docs`), so a word many of them share has
+/// its block rewritten once, not once per post; the others one by one.
+pub fn resync_posts(
+    txn: &WriteTransaction,
+    posts: &[(u64, Option<Post>)],
+) -> Result<(), CoreError> {
+    let mut fresh: Vec<(u64, PostDoc)> = Vec::new();
+    let mut known: Vec<(u64, Option<&Post>)> = Vec::new();
+    {
+        let docs = txn.open_table(DOCS)?;
+        for (id, post) in posts {
+            match post {
+                Some(p) if docs.get(*id)?.is_none() && !fresh.iter().any(|(f, _)| f == id) => {
+                    fresh.push((*id, post_doc(p)));
+                }
+                _ => known.push((*id, post.as_ref())),
+            }
+        }
+    }
+    index_docs(txn, &fresh)?;
+    for (id, post) in known {
+        resync_post(txn, id, post)?;
+    }
+    Ok(())
+}
+
+/// Indexes posts into an index known not to hold them (a rebuild): see `index_docs`.
 pub fn index_fresh_posts(txn: &WriteTransaction, posts: &[Post]) -> Result<(), CoreError> {
     let docs: Vec<(u64, PostDoc)> = posts.iter().map(|p| (p.id, post_doc(p))).collect();
+    index_docs(txn, &docs)
+}
+
+/// Adds documents the index does not hold: postings are sorted first so that the B-tree is
+/// written in order and each term once, and tag counts are summed per batch.
+fn index_docs(txn: &WriteTransaction, docs: &[(u64, PostDoc)]) -> Result<(), CoreError> {
+    if docs.is_empty() {
+        return Ok(());
+    }
     let mut keys: Vec<(&str, u64)> = docs
         .iter()
         .flat_map(|(id, d)| d.terms.iter().map(move |t| (t.as_str(), *id)))
         .collect();
     keys.sort_unstable();
+    keys.dedup();
     {
         let mut postings = txn.open_table(POSTINGS)?;
         for run in keys.chunk_by(|a, b| a.0 == b.0) {
             let ids: Vec<u64> = run.iter().map(|(_, id)| *id).collect();
-            append_postings(&mut postings, run[0].0, &ids)?;
+            add_postings(&mut postings, run[0].0, &ids)?;
         }
         let mut table = txn.open_table(DOCS)?;
         let mut meta = txn.open_table(DOC_META)?;
-        for (id, doc) in &docs {
+        for (id, doc) in docs {
             table.insert(*id, encode(doc).as_slice())?;
             meta.insert(*id, (doc.author, meta_flags(doc)))?;
         }
     }
     let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for (_, doc) in &docs {
+    for (_, doc) in docs {
         for (f, w) in &doc.tags {
             *counts.entry((f.as_str(), w.as_str())).or_default() += 1;
         }
@@ -479,6 +515,30 @@ pub fn index_fresh_posts(txn: &WriteTransaction, posts: &[Post]) -> Result<(), C
     for (key, n) in counts {
         let old = tags.get(key)?.map(|v| v.value()).unwrap_or(0);
         tags.insert(key, old + n)?;
+    }
+    Ok(())
+}
+
+/// Adds ascending `ids` to `term`'s list: appended when they all come after it (new posts),
+/// else one by one into their blocks.
+fn add_postings(postings: &mut Postings<'_>, term: &str, ids: &[u64]) -> Result<(), CoreError> {
+    let Some(first) = ids.first() else {
+        return Ok(());
+    };
+    let after_all = match postings.range((term, 0)..=(term, u64::MAX))?.next_back() {
+        Some(r) => {
+            let (_, v) = r?;
+            decode_block(v.value())
+                .last()
+                .is_none_or(|last| last < first)
+        }
+        None => true,
+    };
+    if after_all {
+        return append_postings(postings, term, ids);
+    }
+    for id in ids {
+        add_posting(postings, term, *id)?;
     }
     Ok(())
 }
@@ -1201,6 +1261,55 @@ mod tests {
         assert_eq!(
             complete_tags(&a.begin_read().unwrap(), "t").unwrap(),
             complete_tags(&b.begin_read().unwrap(), "t").unwrap()
+        );
+    }
+
+    /// The indexer's batches (`resync_posts`) index what posts one by one would: new posts
+    /// after the indexed ones, an older one arriving late (into the middle of its words'
+    /// lists), an edit, a deletion, the same post twice.
+    #[test]
+    fn a_batch_of_posts_indexes_as_posts_one_by_one() {
+        let p = |id: u64, text: &str| post(id, id % 3, text, Visibility::Public);
+        let earlier: Vec<Post> = (100..400u64)
+            .map(|i| p(i, &format!("http shared w{} #t{}", i % 11, i % 4)))
+            .collect();
+        let batch: Vec<(u64, Option<Post>)> = vec![
+            (500, Some(p(500, "http shared fresh #t1"))),
+            (150, Some(p(150, "http edited words #t9"))),
+            (151, None),
+            (50, Some(p(50, "http late shared"))),
+            (501, Some(p(501, "http shared fresh"))),
+            (501, Some(p(501, "http shared fresh"))),
+        ];
+        let (one, many) = (db(), db());
+        for db in [&one, &many] {
+            write(db, |t| {
+                for e in &earlier {
+                    resync_post(t, e.id, Some(e)).unwrap();
+                }
+            });
+        }
+        write(&one, |t| {
+            for (id, post) in &batch {
+                resync_post(t, *id, post.as_ref()).unwrap();
+            }
+        });
+        write(&many, |t| resync_posts(t, &batch).unwrap());
+        for q in [
+            "http", "shared", "fresh", "late", "edited", "w7", "#t1", "#t9", "words",
+        ] {
+            let got = find(&many, q, None);
+            assert_eq!(got, find(&one, q, None), "{q}");
+            assert!(!got.is_empty(), "{q}");
+        }
+        let ids = |q: &str| -> Vec<u64> { find(&many, q, None).iter().map(|h| h.1).collect() };
+        assert_eq!(ids("late"), vec![50]);
+        assert_eq!(ids("fresh"), vec![501, 500]);
+        assert!(ids("w8").contains(&162) && !ids("w8").contains(&151));
+        assert!(!ids("w7").contains(&150) && ids("edited") == vec![150]);
+        assert_eq!(
+            complete_tags(&many.begin_read().unwrap(), "t").unwrap(),
+            complete_tags(&one.begin_read().unwrap(), "t").unwrap()
         );
     }
 

@@ -29,7 +29,7 @@ use crate::shard::{until, Shard};
 /// Events taken in per write transaction, at most.
 const INDEX_BATCH_MAX: usize = 2_048;
 /// How often the indexer looks for new events when it is idle.
-const POLL_PERIOD: Duration = Duration::from_millis(50);
+const POLL_PERIOD: Duration = Duration::from_millis(200);
 /// How often late-committed events are looked for.
 const RESCAN_PERIOD: Duration = Duration::from_secs(1);
 /// Event keys looked at again per rescan, at most.
@@ -319,9 +319,14 @@ impl Shard {
         let advance = new_cursor.filter(|c| Some(*c) != tail.borrow().cursor);
         self.partition
             .write(move |t| {
+                let mut posts = Vec::new();
                 for s in &subjects {
-                    resync(t, *s)?;
+                    match s {
+                        Subject::Post(id) => posts.push((*id, content::post_in(t, *id)?)),
+                        Subject::User(_) => resync(t, *s)?,
+                    }
                 }
+                search::resync_posts(t, &posts)?;
                 if let Some(c) = advance {
                     search::advance_cursor(t, c)?;
                 }
