@@ -108,17 +108,31 @@ impl Shard {
         F: FnOnce(&WriteTransaction) -> Result<R, CoreError> + Send + 'static,
         R: Send + 'static,
     {
+        self.write_notifying_within(op, None).await
+    }
+
+    /// `write_notifying` through `Partition::write_deferred` when `defer` is given.
+    pub(crate) async fn write_notifying_within<R, F>(
+        self: &Rc<Self>,
+        op: F,
+        defer: Option<Duration>,
+    ) -> Result<R, CoreError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<R, CoreError> + Send + 'static,
+        R: Send + 'static,
+    {
         let event_ids: [u64; REMOTE_EVENT_IDS] = std::array::from_fn(|_| self.next_id());
         let now = now_ms();
-        let (out, fresh, remote) = self
-            .partition
-            .write(move |t| {
-                let out = op(t)?;
-                let fresh = notifications::take_fresh(t)?;
-                let remote = notifications::take_remote(t, &event_ids, now)?;
-                Ok::<_, CoreError>((out, fresh, remote))
-            })
-            .await?;
+        let op = move |t: &WriteTransaction| {
+            let out = op(t)?;
+            let fresh = notifications::take_fresh(t)?;
+            let remote = notifications::take_remote(t, &event_ids, now)?;
+            Ok::<_, CoreError>((out, fresh, remote))
+        };
+        let (out, fresh, remote) = match defer {
+            None => self.partition.write(op).await?,
+            Some(within) => self.partition.write_deferred(op, within).await?,
+        };
         self.fresh.publish(self, &fresh);
         for (event_id, target, event) in remote {
             if target == self.id || target >= self.shards {

@@ -30,6 +30,10 @@ use crate::shard::{until, Shard};
 const INDEX_BATCH_MAX: usize = 2_048;
 /// How often the indexer looks for new events when it is idle.
 const POLL_PERIOD: Duration = Duration::from_millis(200);
+/// How long an index write may wait for another commit to ride along with
+/// (`Partition::write_deferred`): the index follows the data by at most about
+/// `POLL_PERIOD` + this.
+const INDEX_DEFER: Duration = Duration::from_millis(100);
 /// How often late-committed events are looked for.
 const RESCAN_PERIOD: Duration = Duration::from_secs(1);
 /// Event keys looked at again per rescan, at most.
@@ -318,20 +322,23 @@ impl Shard {
         let taken = keys.len();
         let advance = new_cursor.filter(|c| Some(*c) != tail.borrow().cursor);
         self.partition
-            .write(move |t| {
-                let mut posts = Vec::new();
-                for s in &subjects {
-                    match s {
-                        Subject::Post(id) => posts.push((*id, content::post_in(t, *id)?)),
-                        Subject::User(_) => resync(t, *s)?,
+            .write_deferred(
+                move |t| {
+                    let mut posts = Vec::new();
+                    for s in &subjects {
+                        match s {
+                            Subject::Post(id) => posts.push((*id, content::post_in(t, *id)?)),
+                            Subject::User(_) => resync(t, *s)?,
+                        }
                     }
-                }
-                search::resync_posts(t, &posts)?;
-                if let Some(c) = advance {
-                    search::advance_cursor(t, c)?;
-                }
-                Ok::<_, CoreError>(())
-            })
+                    search::resync_posts(t, &posts)?;
+                    if let Some(c) = advance {
+                        search::advance_cursor(t, c)?;
+                    }
+                    Ok::<_, CoreError>(())
+                },
+                INDEX_DEFER,
+            )
             .await?;
         let mut t = tail.borrow_mut();
         t.cursor = new_cursor;

@@ -30,6 +30,8 @@ const DELIVER_BATCH_MAX: usize = 256;
 /// Events younger than this are left to the request that made them.
 const RELAY_AGE_MIN_MS: u64 = 2000;
 const RELAY_PERIOD: Duration = Duration::from_millis(250);
+/// How long the commit of offered posts may wait for a commit to ride along with.
+const OFFER_APPLY_DEFER: Duration = Duration::from_millis(25);
 /// Posts of a newly followed author put into the follower's feed.
 const BACKFILL_POSTS: usize = 20;
 /// Relay passes between two looks for backfills left undone (20 x 250 ms: 5 s).
@@ -617,7 +619,7 @@ impl Shard {
                 let _ = reply.send(self.edit_post(post_id, author, text, deadline).await);
             }
             Op::Deliver { events, reply } => {
-                let _ = reply.send(self.apply_delivered(events).await);
+                let _ = reply.send(self.apply_delivered(events, None).await);
             }
             Op::Offer {
                 from,
@@ -636,7 +638,12 @@ impl Shard {
     }
 
     /// Applies delivered events here, once each, and publishes what they bring to streams.
-    async fn apply_delivered(self: &Rc<Self>, events: Vec<(u64, Event)>) -> Result<(), Fail> {
+    /// Applies delivered events in one write (`defer`: through `Partition::write_deferred`).
+    async fn apply_delivered(
+        self: &Rc<Self>,
+        events: Vec<(u64, Event)>,
+        defer: Option<Duration>,
+    ) -> Result<(), Fail> {
         {
             let mut early = self.relay.early.borrow_mut();
             for (_, event) in &events {
@@ -659,17 +666,20 @@ impl Shard {
         let shards = self.shards;
         let now = now_ms();
         let fresh = self
-            .write_notifying(move |t| {
-                let mut fresh = Vec::with_capacity(events.len());
-                for (event_id, event) in events {
-                    if events::apply(t, event_id, now, &event, |user| {
-                        shard_of(user) == id && id < shards
-                    })? {
-                        fresh.push((event_id, event));
+            .write_notifying_within(
+                move |t| {
+                    let mut fresh = Vec::with_capacity(events.len());
+                    for (event_id, event) in events {
+                        if events::apply(t, event_id, now, &event, |user| {
+                            shard_of(user) == id && id < shards
+                        })? {
+                            fresh.push((event_id, event));
+                        }
                     }
-                }
-                Ok::<_, CoreError>(fresh)
-            })
+                    Ok::<_, CoreError>(fresh)
+                },
+                defer,
+            )
             .await?;
         self.feeds_applied(&fresh);
         self.publish_applied(&fresh);
@@ -890,7 +900,9 @@ impl Shard {
         let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
         let me = Rc::clone(self);
         glommio::spawn_local(async move {
-            let applied = me.apply_delivered(events).await;
+            // Nobody waits on this commit (the offer is answered, readers see the posts
+            // meanwhile): it rides along with the shard's next commit.
+            let applied = me.apply_delivered(events, Some(OFFER_APPLY_DEFER)).await;
             {
                 let mut early = me.relay.early.borrow_mut();
                 for id in post_ids {
