@@ -41,6 +41,12 @@ mod zip;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc's malloc: with glibc, malloc and free (and its
+/// `malloc_consolidate`) were about 15% of a server under messaging load, spread over every
+/// thread (docs/benchmarks.md, messaging). Its per-stream memory is measured there too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "nova",
