@@ -204,11 +204,27 @@ pub fn record(
     event: &Event,
     targets: &[usize],
 ) -> Result<(), CoreError> {
-    let bytes = encode(event);
-    txn.open_table(EVENT_STORE)?
-        .insert((now_ms, id), bytes.as_slice())?;
-    if !targets.is_empty() {
-        let mut outbox = txn.open_table(EVENT_OUTBOX)?;
+    record_all(txn, [(id, now_ms, event, targets)])
+}
+
+/// `record` for several events (id, ms, event, targets), each table opened once (a batch of
+/// sends records one event per message).
+pub fn record_all<'a>(
+    txn: &WriteTransaction,
+    events: impl IntoIterator<Item = (u64, u64, &'a Event, &'a [usize])>,
+) -> Result<(), CoreError> {
+    let mut store = txn.open_table(EVENT_STORE)?;
+    let mut outbox = None;
+    for (id, now_ms, event, targets) in events {
+        let bytes = encode(event);
+        store.insert((now_ms, id), bytes.as_slice())?;
+        if targets.is_empty() {
+            continue;
+        }
+        let outbox = match &mut outbox {
+            Some(t) => t,
+            None => outbox.insert(txn.open_table(EVENT_OUTBOX)?),
+        };
         for target in targets {
             outbox.insert((*target as u32, id), bytes.as_slice())?;
         }

@@ -6,8 +6,12 @@
 //! shard keeps that user's inbox (`inbox`, `inbox_by_activity`), written when the
 //! conversation's events are applied there (`ConversationJoined`, `MessagePosted`,
 //! `ConversationLeft`), so "my conversations, newest activity first" is one local range.
+//!
+//! A conversation's last message and activity time are not stored with it: they are the last
+//! row of `conversation_messages` (a message's time is its id's millisecond), so a send does
+//! not rewrite the conversation. A batch of sends opens its tables once (`Poster`).
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
@@ -46,7 +50,11 @@ pub struct Conversation {
     /// Current participants (a leaver is removed).
     pub participants: Vec<u64>,
     pub created_ms: u64,
+    /// The last message's time, or `created_ms` without one. Derived from
+    /// `conversation_messages` where it is shown (`summary`); the stored value is the
+    /// creation's (rows written before it was derived may hold a later one: never read).
     pub last_ms: u64,
+    /// Derived like `last_ms`.
     pub last_message: Option<u64>,
 }
 
@@ -107,6 +115,18 @@ fn load_conversation(
     table.get(id)?.map(|v| decode(v.value())).transpose()
 }
 
+/// The id of a conversation's latest message, from its index.
+fn latest(
+    index: &impl ReadableTable<(u64, u64), ()>,
+    conversation: u64,
+) -> Result<Option<u64>, CoreError> {
+    Ok(index
+        .range((conversation, 0)..=(conversation, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(k, _)| k.value().1))
+}
+
 /// The conversation if `user` takes part in it, else `NotFound` (no existence leak).
 pub fn conversation_for(
     read: &ReadTransaction,
@@ -143,18 +163,7 @@ pub fn idempotent_message(
     key: &str,
     now_ms: u64,
 ) -> Result<Option<Message>, CoreError> {
-    let found = txn
-        .open_table(MESSAGE_IDEMPOTENCY)?
-        .get((conversation, sender, key))?
-        .map(|v| v.value());
-    match found {
-        Some((id, at)) if now_ms.saturating_sub(at) < IDEMPOTENCY_WINDOW_MS => txn
-            .open_table(MESSAGES)?
-            .get(id)?
-            .map(|v| decode(v.value()))
-            .transpose(),
-        _ => Ok(None),
-    }
+    Poster::open(txn)?.idempotent(conversation, sender, key, now_ms)
 }
 
 /// Adds a message from a participant; the sender has read everything up to it. Returns the
@@ -164,27 +173,101 @@ pub fn post(
     message: &Message,
     idempotency_key: Option<&str>,
 ) -> Result<Conversation, CoreError> {
-    let mut conversations = txn.open_table(CONVERSATIONS)?;
-    let mut conversation = match load_conversation(&conversations, message.conversation)? {
-        Some(c) if c.participants.contains(&message.sender) => c,
-        _ => return Err(CoreError::NotFound),
-    };
-    conversation.last_ms = message.created_ms;
-    conversation.last_message = Some(message.id);
-    conversations.insert(conversation.id, encode(&conversation).as_slice())?;
-    txn.open_table(MESSAGES)?
-        .insert(message.id, encode(message).as_slice())?;
-    txn.open_table(CONVERSATION_MESSAGES)?
-        .insert((message.conversation, message.id), ())?;
-    txn.open_table(READ_RECEIPTS)?
-        .insert((message.conversation, message.sender), message.id)?;
-    if let Some(key) = idempotency_key {
-        txn.open_table(MESSAGE_IDEMPOTENCY)?.insert(
-            (message.conversation, message.sender, key),
-            (message.id, message.created_ms),
-        )?;
+    Poster::open(txn)?.post(message, idempotency_key)
+}
+
+/// The tables a send writes, opened once for a batch of sends in one transaction: opening a
+/// table costs a lookup in redb's table tree and a few allocations each time, which was a
+/// large part of a send (docs/benchmarks.md, messaging).
+pub struct Poster<'t> {
+    conversations: Table<'t, u64, &'static [u8]>,
+    messages: Table<'t, u64, &'static [u8]>,
+    index: Table<'t, (u64, u64), ()>,
+    receipts: Table<'t, (u64, u64), u64>,
+    idempotency: Table<'t, (u64, u64, &'static str), (u64, u64)>,
+    inbox: Table<'t, (u64, u64), u64>,
+    by_activity: Table<'t, (u64, u64, u64), ()>,
+}
+
+impl<'t> Poster<'t> {
+    /// Opens the tables; drop it before anything else in `txn` opens one of them.
+    pub fn open(txn: &'t WriteTransaction) -> Result<Poster<'t>, CoreError> {
+        Ok(Poster {
+            conversations: txn.open_table(CONVERSATIONS)?,
+            messages: txn.open_table(MESSAGES)?,
+            index: txn.open_table(CONVERSATION_MESSAGES)?,
+            receipts: txn.open_table(READ_RECEIPTS)?,
+            idempotency: txn.open_table(MESSAGE_IDEMPOTENCY)?,
+            inbox: txn.open_table(INBOX)?,
+            by_activity: txn.open_table(INBOX_BY_ACTIVITY)?,
+        })
     }
-    Ok(conversation)
+
+    /// The message an earlier request with the same key made, within the window.
+    pub fn idempotent(
+        &self,
+        conversation: u64,
+        sender: u64,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<Message>, CoreError> {
+        let found = self
+            .idempotency
+            .get((conversation, sender, key))?
+            .map(|v| v.value());
+        match found {
+            Some((id, at)) if now_ms.saturating_sub(at) < IDEMPOTENCY_WINDOW_MS => self
+                .messages
+                .get(id)?
+                .map(|v| decode(v.value()))
+                .transpose(),
+            _ => Ok(None),
+        }
+    }
+
+    /// Adds a message from a participant (checked first: nothing is written for anyone
+    /// else); the sender has read everything up to it. Returns the conversation as it is
+    /// after the message (its row is not rewritten: see the module comment).
+    pub fn post(
+        &mut self,
+        message: &Message,
+        idempotency_key: Option<&str>,
+    ) -> Result<Conversation, CoreError> {
+        let mut conversation = match load_conversation(&self.conversations, message.conversation)? {
+            Some(c) if c.participants.contains(&message.sender) => c,
+            _ => return Err(CoreError::NotFound),
+        };
+        self.messages
+            .insert(message.id, encode(message).as_slice())?;
+        self.index.insert((message.conversation, message.id), ())?;
+        self.receipts
+            .insert((message.conversation, message.sender), message.id)?;
+        if let Some(key) = idempotency_key {
+            self.idempotency.insert(
+                (message.conversation, message.sender, key),
+                (message.id, message.created_ms),
+            )?;
+        }
+        conversation.last_ms = message.created_ms;
+        conversation.last_message = Some(message.id);
+        Ok(conversation)
+    }
+
+    /// `touch_inbox` with the tables open.
+    pub fn touch_inbox(
+        &mut self,
+        user: u64,
+        conversation: u64,
+        at_ms: u64,
+    ) -> Result<(), CoreError> {
+        touch(
+            &mut self.inbox,
+            &mut self.by_activity,
+            user,
+            conversation,
+            at_ms,
+        )
+    }
 }
 
 /// The sender's own message, if it is still in a conversation the sender takes part in.
@@ -216,24 +299,13 @@ pub fn edit(
     Ok(message)
 }
 
+/// Deletes the sender's own message (the conversation's last message, derived, is then the
+/// one before it).
 pub fn delete(txn: &WriteTransaction, id: u64, sender: u64) -> Result<Message, CoreError> {
     let message = own_message(txn, id, sender)?;
     txn.open_table(MESSAGES)?.remove(id)?;
     txn.open_table(CONVERSATION_MESSAGES)?
         .remove((message.conversation, id))?;
-    let mut conversations = txn.open_table(CONVERSATIONS)?;
-    if let Some(mut c) = load_conversation(&conversations, message.conversation)? {
-        if c.last_message == Some(id) {
-            let previous = txn
-                .open_table(CONVERSATION_MESSAGES)?
-                .range((c.id, 0)..(c.id, id))?
-                .next_back()
-                .transpose()?
-                .map(|(k, _)| k.value().1);
-            c.last_message = previous;
-            conversations.insert(c.id, encode(&c).as_slice())?;
-        }
-    }
     Ok(message)
 }
 
@@ -245,11 +317,11 @@ pub fn mark_read(
     user: u64,
     up_to: Option<u64>,
 ) -> Result<u64, CoreError> {
-    let c = match load_conversation(&txn.open_table(CONVERSATIONS)?, conversation)? {
-        Some(c) if c.participants.contains(&user) => c,
+    match load_conversation(&txn.open_table(CONVERSATIONS)?, conversation)? {
+        Some(c) if c.participants.contains(&user) => {}
         _ => return Err(CoreError::NotFound),
-    };
-    let latest = c.last_message.unwrap_or(0);
+    }
+    let latest = latest(&txn.open_table(CONVERSATION_MESSAGES)?, conversation)?.unwrap_or(0);
     let target = up_to.map_or(latest, |u| u.min(latest));
     let mut receipts = txn.open_table(READ_RECEIPTS)?;
     let old = receipts.get((conversation, user))?.map_or(0, |v| v.value());
@@ -346,11 +418,23 @@ pub fn page(
 
 /// The conversation as `user` sees it: last message, unread count, everyone's receipts.
 pub fn summary(read: &ReadTransaction, id: u64, user: u64) -> Result<Summary, CoreError> {
-    let conversation = conversation_for(read, id, user)?;
+    let mut conversation = conversation_for(read, id, user)?;
+    let index = match read.open_table(CONVERSATION_MESSAGES) {
+        Ok(t) => Some(t),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    conversation.last_message = match &index {
+        Some(index) => latest(index, id)?,
+        None => None,
+    };
     let last_message = match conversation.last_message {
         Some(m) => message(read, m)?,
         None => None,
     };
+    conversation.last_ms = last_message.as_ref().map_or(conversation.created_ms, |m| {
+        m.created_ms.max(conversation.created_ms)
+    });
     let receipts_t = read.open_table(READ_RECEIPTS)?;
     let mut receipts = Vec::with_capacity(conversation.participants.len());
     for p in &conversation.participants {
@@ -361,7 +445,7 @@ pub fn summary(read: &ReadTransaction, id: u64, user: u64) -> Result<Summary, Co
         .find(|(p, _)| *p == user)
         .map_or(0, |(_, r)| *r);
     let mut unread = 0;
-    if let Ok(index) = read.open_table(CONVERSATION_MESSAGES) {
+    if let Some(index) = index {
         for row in index
             .range((id, mine.saturating_add(1))..=(id, u64::MAX))?
             .take(UNREAD_COUNTED_MAX)
@@ -389,17 +473,31 @@ pub fn touch_inbox(
     conversation: u64,
     at_ms: u64,
 ) -> Result<(), CoreError> {
-    let mut inbox = txn.open_table(INBOX)?;
+    touch(
+        &mut txn.open_table(INBOX)?,
+        &mut txn.open_table(INBOX_BY_ACTIVITY)?,
+        user,
+        conversation,
+        at_ms,
+    )
+}
+
+fn touch(
+    inbox: &mut Table<'_, (u64, u64), u64>,
+    by_activity: &mut Table<'_, (u64, u64, u64), ()>,
+    user: u64,
+    conversation: u64,
+    at_ms: u64,
+) -> Result<(), CoreError> {
     let old = inbox.get((user, conversation))?.map(|v| v.value());
     if old.is_some_and(|o| o >= at_ms) {
         return Ok(());
     }
     inbox.insert((user, conversation), at_ms)?;
-    let mut by = txn.open_table(INBOX_BY_ACTIVITY)?;
     if let Some(o) = old {
-        by.remove((user, o, conversation))?;
+        by_activity.remove((user, o, conversation))?;
     }
-    by.insert((user, at_ms, conversation), ())?;
+    by_activity.insert((user, at_ms, conversation), ())?;
     Ok(())
 }
 

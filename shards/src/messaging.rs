@@ -6,9 +6,15 @@
 //! shard gets a conversation's messages once and in order). Recipients are notified where
 //! they live: in the send's transaction on the conversation's shard, and when
 //! `MessagePosted` is applied on the others (`notifications::on_message`).
+//!
+//! Sends are written in batches: a checked send joins its conversation's shard's queue
+//! (`Sending`), and one task writes what is queued in one notifying write (tables opened
+//! once for the batch: `messages::Poster`, `events::record_all`), then answers each send once
+//! that write is durable, in queue order. While a batch commits the next one gathers, as the
+//! partition's group commit does for separate writes.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -17,6 +23,8 @@ use nova_core::messages::{self, Conversation, Message, Summary};
 use nova_core::notifications;
 use nova_core::profiles::{self, MessagesFrom};
 use nova_core::{id_ms, identity, shard_of, social, CoreError};
+use nova_storage::redb::WriteTransaction;
+use nova_storage::{StorageError, WriteFailure};
 
 use crate::error::Fail;
 use crate::mesh::{NewMessage, Op};
@@ -26,6 +34,34 @@ use crate::shard::{now_ms, Shard};
 const TYPING_MS: u64 = 6000;
 /// Conversations a user may be in, at most (counted when creating one).
 pub const CONVERSATIONS_PER_USER_MAX: usize = 10_000;
+/// Sends written in one batch, at most.
+const SEND_BATCH_MAX: usize = 256;
+/// Sends queued on one shard for writing, at most; past it a send is refused as busy.
+const SENDS_QUEUED_MAX: usize = 8192;
+
+/// Checked sends waiting on this (their conversation's) shard to be written.
+#[derive(Default)]
+pub struct Sending {
+    queue: RefCell<VecDeque<Outgoing>>,
+    /// A task is writing what is queued (`write_sends`).
+    writing: Cell<bool>,
+}
+
+/// One send, checked, with the ids it was given.
+struct Outgoing {
+    message: Message,
+    key: Option<String>,
+    event_id: u64,
+    reply: flume::Sender<Result<Message, Fail>>,
+}
+
+/// One send as written: the message (an earlier one for a repeated idempotency key),
+/// whether it is new, and its recipients on this shard.
+struct Sent {
+    message: Message,
+    fresh: bool,
+    local: Vec<u64>,
+}
 
 /// Who is typing where (on the conversation's shard): conversation -> (user, until ms).
 #[derive(Default)]
@@ -335,56 +371,84 @@ impl Shard {
             created_ms: now,
             edited_ms: None,
         };
-        let event_id = self.next_id();
-        let here = self.id;
-        let key = new.idempotency_key;
-        let (stored, fresh, local) = {
-            let message = message.clone();
-            self.write_notifying(move |t| {
-                if let Some(key) = &key {
-                    if let Some(first) =
-                        messages::idempotent_message(t, message.conversation, sender, key, now)?
-                    {
-                        return Ok((first, false, Vec::new()));
-                    }
-                }
-                let conversation = messages::post(t, &message, key.as_deref())?;
-                let recipients: Vec<u64> = conversation
-                    .participants
-                    .iter()
-                    .copied()
-                    .filter(|p| *p != sender)
-                    .collect();
-                let mut local = Vec::new();
-                let mut targets: Vec<usize> = Vec::new();
-                for p in &conversation.participants {
-                    let s = shard_of(*p);
-                    if s == here {
-                        messages::touch_inbox(t, *p, conversation.id, now)?;
-                        if *p != sender {
-                            local.push(*p);
-                        }
-                    } else if !targets.contains(&s) {
-                        targets.push(s);
-                    }
-                }
-                let event = Event::MessagePosted {
-                    message: Box::new(message.clone()),
-                    recipients,
-                };
-                events::record(t, event_id, now, &event, &targets)?;
-                // Recipients on other shards are notified where the event is applied.
-                notifications::on_message(t, &message, &local)?;
-                Ok::<_, CoreError>((message, true, local))
-            })
-            .await?
-        };
-        if fresh {
-            self.typing.stop(stored.conversation, sender);
-            self.relay.kick();
-            self.publish_message(local, &stored);
+        let (reply, answer) = flume::bounded(1);
+        {
+            let mut queue = self.sending.queue.borrow_mut();
+            if queue.len() >= SENDS_QUEUED_MAX {
+                return Err(Fail::Busy);
+            }
+            queue.push_back(Outgoing {
+                message,
+                key: new.idempotency_key,
+                event_id: self.next_id(),
+                reply,
+            });
         }
-        Ok(stored)
+        if !self.sending.writing.replace(true) {
+            let shard = Rc::clone(self);
+            glommio::spawn_local(async move { shard.write_sends().await }).detach();
+        }
+        // The write goes on if this caller goes (its deadline passed): it stands regardless.
+        answer.recv_async().await.map_err(|_| Fail::Unavailable)?
+    }
+
+    /// Writes the queued sends, a batch at a time, until none is left. Each batch is one
+    /// notifying write; after its commit, each new message goes to its local recipients'
+    /// streams and each send is answered, in queue order (ids were given in that order, so a
+    /// conversation's messages stay in id order everywhere).
+    async fn write_sends(self: Rc<Self>) {
+        loop {
+            let batch: Vec<Outgoing> = {
+                let mut queue = self.sending.queue.borrow_mut();
+                let n = queue.len().min(SEND_BATCH_MAX);
+                queue.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let mut replies = Vec::with_capacity(batch.len());
+            let mut sends = Vec::with_capacity(batch.len());
+            for o in batch {
+                replies.push(o.reply);
+                sends.push((o.message, o.key, o.event_id));
+            }
+            let here = self.id;
+            let written = self
+                .write_notifying(move |t| post_batch(t, here, sends))
+                .await;
+            let outcomes = match written {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    // The whole batch was aborted: every send in it fails alike.
+                    let reason = e.to_string();
+                    for reply in replies {
+                        let failed = CoreError::Storage(StorageError::Redb(reason.clone()));
+                        let _ = reply.send(Err(failed.into()));
+                    }
+                    continue;
+                }
+            };
+            let mut kick = false;
+            for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                let answer = match outcome {
+                    Ok(sent) => {
+                        if sent.fresh {
+                            kick = true;
+                            self.typing
+                                .stop(sent.message.conversation, sent.message.sender);
+                            self.publish_message(sent.local, &sent.message);
+                        }
+                        Ok(sent.message)
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                let _ = reply.send(answer);
+            }
+            if kick {
+                self.relay.kick();
+            }
+        }
+        self.sending.writing.set(false);
     }
 
     /// On the conversation's shard: remember the indicator and tell the other participants'
@@ -464,6 +528,96 @@ impl Shard {
             }
         }
     }
+}
+
+/// Writes a batch of sends (message, idempotency key, event id) on the conversation's shard
+/// `here`: each message, its conversation's local inboxes, its `MessagePosted` outbox event
+/// for the other shards and its local recipients' notifications. A send refused by the domain
+/// (its sender has left) fails alone and wrote nothing; a storage failure fails the batch.
+fn post_batch(
+    t: &WriteTransaction,
+    here: usize,
+    sends: Vec<(Message, Option<String>, u64)>,
+) -> Result<Vec<Result<Sent, CoreError>>, CoreError> {
+    let mut out: Vec<Result<Sent, CoreError>> = Vec::with_capacity(sends.len());
+    let mut recorded: Vec<(u64, u64, Event, Vec<usize>)> = Vec::with_capacity(sends.len());
+    {
+        let mut poster = messages::Poster::open(t)?;
+        for (message, key, event_id) in sends {
+            match post_one(&mut poster, here, message, key.as_deref(), event_id) {
+                Ok((sent, event)) => {
+                    recorded.extend(event);
+                    out.push(Ok(sent));
+                }
+                Err(e) if e.poisons_batch() => return Err(e),
+                Err(e) => out.push(Err(e)),
+            }
+        }
+    }
+    events::record_all(
+        t,
+        recorded
+            .iter()
+            .map(|(id, now, event, targets)| (*id, *now, event, targets.as_slice())),
+    )?;
+    // Recipients on other shards are notified where the event is applied.
+    for sent in out.iter().flatten().filter(|s| s.fresh) {
+        notifications::on_message(t, &sent.message, &sent.local)?;
+    }
+    Ok(out)
+}
+
+/// One send of `post_batch`: the message (or the one its idempotency key made before) and
+/// the event to record for it.
+#[allow(clippy::type_complexity)]
+fn post_one(
+    poster: &mut messages::Poster<'_>,
+    here: usize,
+    message: Message,
+    key: Option<&str>,
+    event_id: u64,
+) -> Result<(Sent, Option<(u64, u64, Event, Vec<usize>)>), CoreError> {
+    let (sender, now) = (message.sender, message.created_ms);
+    if let Some(key) = key {
+        if let Some(first) = poster.idempotent(message.conversation, sender, key, now)? {
+            let sent = Sent {
+                message: first,
+                fresh: false,
+                local: Vec::new(),
+            };
+            return Ok((sent, None));
+        }
+    }
+    let conversation = poster.post(&message, key)?;
+    let recipients: Vec<u64> = conversation
+        .participants
+        .iter()
+        .copied()
+        .filter(|p| *p != sender)
+        .collect();
+    let mut local = Vec::new();
+    let mut targets: Vec<usize> = Vec::new();
+    for p in &conversation.participants {
+        let s = shard_of(*p);
+        if s == here {
+            poster.touch_inbox(*p, conversation.id, now)?;
+            if *p != sender {
+                local.push(*p);
+            }
+        } else if !targets.contains(&s) {
+            targets.push(s);
+        }
+    }
+    let event = Event::MessagePosted {
+        message: Box::new(message.clone()),
+        recipients,
+    };
+    let sent = Sent {
+        message,
+        fresh: true,
+        local,
+    };
+    Ok((sent, Some((event_id, now, event, targets))))
 }
 
 /// A message as the API and the stream show it.

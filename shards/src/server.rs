@@ -319,6 +319,7 @@ async fn shard_main(start: ShardStart) {
         feeds: crate::feeds::Feeds::default(),
         streams: crate::stream::Streams::default(),
         typing: crate::messaging::Typing::default(),
+        sending: crate::messaging::Sending::default(),
         draining: Notify::default(),
         mail,
         media,

@@ -157,6 +157,8 @@ pub struct Shard {
     pub feeds: crate::feeds::Feeds,
     pub streams: crate::stream::Streams,
     pub typing: crate::messaging::Typing,
+    /// Sends waiting to be written in a batch (conversations of this shard).
+    pub sending: crate::messaging::Sending,
     /// Fired when the shard starts draining: stop accepting, close idle connections.
     pub draining: Notify,
     /// The shard's mailer (shards/src/mail.rs).

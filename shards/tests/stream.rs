@@ -443,3 +443,163 @@ fn message_events_and_last_messages_carry_their_media() {
         }
     }
 }
+
+/// Sends made at once (written together in one batch on the conversation's shard), into a
+/// group with members on both shards and a pair across shards: each is answered once with
+/// its own id (a repeated Idempotency-Key, raced, answers one message), each reaches every
+/// other member's stream once, in id order per conversation, and the conversation's last
+/// message (derived from its messages) follows sends and deletes.
+#[test]
+fn concurrent_sends_reach_every_stream_once_in_order() {
+    const PER_SENDER: usize = 10;
+    let server = Server::start(&[]);
+    let a = server.member_on_shard(0);
+    let b = server.member_on_shard(1);
+    let c = server.member_on_shard(0);
+    let d = server.member_on_shard(1);
+    let resp = server.post(
+        "/v1/conversations",
+        a.auth(),
+        json!({"participants": [b.id().to_string(), c.id().to_string(), d.id().to_string()]}),
+    );
+    resp.expect(201);
+    let group = parse_id(resp.at("conversation.id"));
+    // Made by b: lives on shard 1, a on shard 0.
+    let pair = conversation(&server, &b, &a);
+    let members = [&a, &b, &c, &d];
+    // a and d listen on the other shard than their own, b and c on their own.
+    let mut streams: Vec<Sse> = members
+        .iter()
+        .zip([1, 1, 0, 0])
+        .map(|(m, shard)| Sse::open_on(&server, m, shard))
+        .collect();
+
+    // (conversation, sender, message id) of every send.
+    let sent: Vec<(u64, u64, u64)> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for m in members {
+            let server = &server;
+            handles.push(s.spawn(move || {
+                (0..PER_SENDER)
+                    .map(|i| (group, m.id(), send(server, m, group, &format!("g{i}"))))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        for m in [&a, &b] {
+            let server = &server;
+            handles.push(s.spawn(move || {
+                (0..PER_SENDER)
+                    .map(|i| (pair, m.id(), send(server, m, pair, &format!("p{i}"))))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        let path = format!("/v1/conversations/{group}/messages");
+        for _ in 0..4 {
+            let (server, path, c) = (&server, &path, &c);
+            handles.push(s.spawn(move || {
+                let resp = server.req(
+                    &Req::post(path)
+                        .bearer(&c.token)
+                        .header("Idempotency-Key", "raced")
+                        .json(&json!({"text": "keyed"})),
+                );
+                resp.expect(201);
+                vec![(group, c.id(), parse_id(resp.at("message.id")))]
+            }));
+        }
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let keyed: Vec<u64> = sent[sent.len() - 4..]
+        .iter()
+        .map(|(_, _, id)| *id)
+        .collect();
+    assert!(keyed.iter().all(|id| *id == keyed[0]), "{keyed:?}");
+    let sent = &sent[..sent.len() - 3];
+    let mut ids: Vec<u64> = sent.iter().map(|(_, _, id)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), sent.len(), "every send has its own message");
+
+    let of = |conv: u64| {
+        let mut v: Vec<u64> = sent
+            .iter()
+            .filter(|(k, _, _)| *k == conv)
+            .map(|(_, _, id)| *id)
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    for m in members {
+        let mut newest_first = of(group);
+        newest_first.reverse();
+        let path = format!("/v1/conversations/{group}/messages");
+        assert_eq!(server.walk_posts(&path, &m.token, 7), newest_first);
+    }
+
+    for (m, sse) in members.iter().zip(streams.iter_mut()) {
+        let mut want: Vec<(u64, u64)> = sent
+            .iter()
+            .filter(|(conv, sender, _)| {
+                *sender != m.id() && (*conv == group || [a.id(), b.id()].contains(&m.id()))
+            })
+            .map(|(conv, _, id)| (*conv, *id))
+            .collect();
+        let mut got: Vec<(u64, u64)> = (0..want.len())
+            .map(|_| {
+                let body = json_of(&sse.next_of("message"));
+                let conv = parse_id(at(&body, "conversation_id").unwrap());
+                (conv, parse_id(at(&body, "id").unwrap()))
+            })
+            .collect();
+        for conv in [group, pair] {
+            let arrived: Vec<u64> = got
+                .iter()
+                .filter(|(k, _)| *k == conv)
+                .map(|(_, id)| *id)
+                .collect();
+            assert!(
+                arrived.windows(2).all(|w| w[0] < w[1]),
+                "{} got conversation {conv} out of order: {arrived:?}",
+                m.name()
+            );
+        }
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want, "{}: each message once", m.name());
+    }
+    // Nothing more (no repeats): the next message event is a new message.
+    let last = send(&server, &d, group, "the last word");
+    for (m, sse) in members.iter().zip(streams.iter_mut()) {
+        if m.id() != d.id() {
+            let e = sse.next_of("message");
+            assert_eq!(parse_id(at(&json_of(&e), "id").unwrap()), last);
+        }
+    }
+
+    // The last message is derived from the conversation's messages: deleting it brings the
+    // one before it back.
+    let view = |m: &Member| {
+        let resp = server.get(&format!("/v1/conversations/{group}"), m.auth());
+        resp.expect(200);
+        resp
+    };
+    let resp = view(&a);
+    assert_eq!(parse_id(resp.at("conversation.last_message.id")), last);
+    assert_eq!(
+        resp.str("conversation.last_activity_at"),
+        resp.str("conversation.last_message.created_at")
+    );
+    server
+        .delete(&format!("/v1/messages/{last}"), d.auth())
+        .expect(204);
+    let before = *of(group).last().unwrap();
+    let resp = view(&b);
+    assert_eq!(parse_id(resp.at("conversation.last_message.id")), before);
+    assert_eq!(
+        resp.str("conversation.last_activity_at"),
+        resp.str("conversation.last_message.created_at")
+    );
+}
