@@ -332,10 +332,10 @@ pub enum Op {
         sub: u64,
         reply: Reply<()>,
     },
-    /// On a connection's shard: events for its streams, (subscription, event) in order (no
-    /// answer). What one shard published in one go travels together (`Streams::outbound`).
+    /// On a connection's shard: an event for one of its streams (no answer).
     StreamPush {
-        pushes: Vec<(u64, StreamEvent)>,
+        sub: u64,
+        event: StreamEvent,
     },
     /// On a user's shard: add an event to the user's stream (typing, from a conversation's
     /// shard).

@@ -654,11 +654,7 @@ impl Shard {
                 self.unsubscribe(user, sub);
                 let _ = reply.send(Ok(()));
             }
-            Op::StreamPush { pushes } => {
-                for (sub, event) in pushes {
-                    self.push_local(sub, event);
-                }
-            }
+            Op::StreamPush { sub, event } => self.push_local(sub, event),
             Op::StreamPublish {
                 user,
                 kind,

@@ -5,8 +5,7 @@
 //! for resuming with `Last-Event-ID`. The connection may be on any shard: it registers a sink
 //! there (`Streams::sinks`), subscribes on the user's shard (which answers with the backlog
 //! after the client's last id), and from then on the user's shard forwards each new event to
-//! the connection's shard (`Op::StreamPush`, the events published in one go to one shard in
-//! one message: `Streams::outbound`). Event ids come from the user's shard's id
+//! the connection's shard (`Op::StreamPush`). Event ids come from the user's shard's id
 //! generator, so they only grow; the connection drops anything not newer than what it sent,
 //! so nothing arrives twice.
 //!
@@ -48,8 +47,6 @@ const ACTOR_NAME_TTL_MS: u64 = 5000;
 const ACTOR_NAMES_MAX: usize = 8192;
 /// Tells a client how long to wait before reconnecting.
 const RETRY_MS: u64 = 2000;
-/// Events forwarded to another shard in one `Op::StreamPush`, at most.
-const PUSH_BATCH_MAX: usize = 256;
 /// Message events queued behind one whose media are being resolved; past it, messages still
 /// queue (their order is kept) but go out without resolving their media.
 const MEDIA_QUEUE_MAX: usize = 1024;
@@ -93,12 +90,6 @@ pub struct Streams {
     /// actor -> (username, ms looked up): names for `notification` events (see
     /// `on_fresh_notifications`); at most `ACTOR_NAMES_MAX`, emptied when full.
     actor_names: RefCell<HashMap<u64, (String, u64)>>,
-    /// Events for connections on other shards, per shard, in the order published, until
-    /// `flush_outbound` sends them (one mesh message per shard, not one per event: a batch
-    /// of sends publishes many at once). Bounded by what one task publishes before yielding.
-    outbound: RefCell<HashMap<usize, Vec<(u64, StreamEvent)>>>,
-    /// A task is about to send `outbound`.
-    flushing: Cell<bool>,
 }
 
 #[derive(Default)]
@@ -144,30 +135,7 @@ impl Shard {
             if shard == self.id {
                 self.push_local(sub, event);
             } else {
-                self.streams
-                    .outbound
-                    .borrow_mut()
-                    .entry(shard)
-                    .or_default()
-                    .push((sub, event));
-                if !self.streams.flushing.replace(true) {
-                    let me = Rc::clone(self);
-                    glommio::spawn_local(async move { me.flush_outbound() }).detach();
-                }
-            }
-        }
-    }
-
-    /// Sends the events gathered for other shards' connections, in order, a message per
-    /// shard (of at most `PUSH_BATCH_MAX` events). Runs once the publishing task yields.
-    fn flush_outbound(self: &Rc<Self>) {
-        self.streams.flushing.set(false);
-        let outbound = std::mem::take(&mut *self.streams.outbound.borrow_mut());
-        for (shard, mut pushes) in outbound {
-            while !pushes.is_empty() {
-                let rest = pushes.split_off(pushes.len().min(PUSH_BATCH_MAX));
-                self.tell(shard, Op::StreamPush { pushes });
-                pushes = rest;
+                self.tell(shard, Op::StreamPush { sub, event });
             }
         }
     }
