@@ -537,23 +537,36 @@ pub fn on_message(
     message: &crate::messages::Message,
     recipients: &[u64],
 ) -> Result<(), CoreError> {
-    let subject = Subject::Message {
-        id: message.id,
-        conversation: message.conversation,
-    };
-    let news: Vec<New> = recipients
+    on_messages(txn, &[(message, recipients)])
+}
+
+/// `on_message` for the messages of one batch of sends (message, its recipients of this
+/// shard), in order: one `notify_all`, so each table is opened once for the batch. The
+/// notifications are made at the newest message's time.
+pub fn on_messages(
+    txn: &WriteTransaction,
+    sent: &[(&crate::messages::Message, &[u64])],
+) -> Result<(), CoreError> {
+    let news: Vec<New> = sent
         .iter()
-        .map(|recipient| New {
-            recipient: *recipient,
-            kind: Kind::Message,
-            actor: Some(message.sender),
-            subject,
+        .flat_map(|(message, recipients)| {
+            let subject = Subject::Message {
+                id: message.id,
+                conversation: message.conversation,
+            };
+            recipients.iter().map(move |recipient| New {
+                recipient: *recipient,
+                kind: Kind::Message,
+                actor: Some(message.sender),
+                subject,
+            })
         })
         .collect();
     let Some(first) = news.first() else {
         return Ok(());
     };
-    notify_all(txn, shard_of(first.recipient), &news, message.created_ms)
+    let now_ms = sent.iter().map(|(m, _)| m.created_ms).max().unwrap_or(0);
+    notify_all(txn, shard_of(first.recipient), &news, now_ms)
 }
 
 /// Takes the notifications made (on this thread: the partition's writer) and not yet handed

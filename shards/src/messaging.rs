@@ -561,9 +561,13 @@ fn post_batch(
             .map(|(id, now, event, targets)| (*id, *now, event, targets.as_slice())),
     )?;
     // Recipients on other shards are notified where the event is applied.
-    for sent in out.iter().flatten().filter(|s| s.fresh) {
-        notifications::on_message(t, &sent.message, &sent.local)?;
-    }
+    let notified: Vec<(&Message, &[u64])> = out
+        .iter()
+        .flatten()
+        .filter(|s| s.fresh)
+        .map(|s| (&s.message, s.local.as_slice()))
+        .collect();
+    notifications::on_messages(t, &notified)?;
     Ok(out)
 }
 

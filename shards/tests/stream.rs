@@ -474,6 +474,7 @@ fn concurrent_sends_reach_every_stream_once_in_order() {
         .map(|(m, shard)| Sse::open_on(&server, m, shard))
         .collect();
 
+    let keyed_path = format!("/v1/conversations/{group}/messages");
     // (conversation, sender, message id) of every send.
     let sent: Vec<(u64, u64, u64)> = std::thread::scope(|s| {
         let mut handles = Vec::new();
@@ -493,9 +494,8 @@ fn concurrent_sends_reach_every_stream_once_in_order() {
                     .collect::<Vec<_>>()
             }));
         }
-        let path = format!("/v1/conversations/{group}/messages");
         for _ in 0..4 {
-            let (server, path, c) = (&server, &path, &c);
+            let (server, path, c) = (&server, &keyed_path, &c);
             handles.push(s.spawn(move || {
                 let resp = server.req(
                     &Req::post(path)
