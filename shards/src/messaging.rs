@@ -9,7 +9,8 @@
 //!
 //! Sends are written in batches: a checked send joins its conversation's shard's queue
 //! (`Sending`), and one task writes what is queued in one notifying write (tables opened
-//! once for the batch: `messages::Poster`, `events::record_all`), then answers each send once
+//! once for the batch: `messages::Poster`, `events::record_all`,
+//! `notifications::on_messages`), then answers each send once
 //! that write is durable, in queue order. While a batch commits the next one gathers, as the
 //! partition's group commit does for separate writes.
 
