@@ -7,7 +7,9 @@
 //! transaction as the effect) and acknowledges; then the source deletes the row. Undelivered
 //! rows survive a crash and are sent again after restart.
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
@@ -312,6 +314,15 @@ pub fn pending(
         out.push((key.value().1, decode(value.value())?));
     }
     Ok(out)
+}
+
+/// Outbox rows not yet acknowledged, for every target.
+pub fn outbox_len(read: &ReadTransaction) -> Result<u64, CoreError> {
+    match read.open_table(EVENT_OUTBOX) {
+        Ok(table) => Ok(table.len()?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The shards that have undelivered events.

@@ -50,6 +50,10 @@ pub struct Snapshot {
     pub open_connections: usize,
     pub commit: CommitStatsSnapshot,
     pub mesh_queue_depth: usize,
+    /// Events in the outbox not yet acknowledged by their target shard.
+    pub outbox_pending: u64,
+    /// Events the relay sent again because no acknowledgement came in time.
+    pub outbox_redelivered: u64,
     /// Media files waiting for a transcoding thread (one queue for the process).
     pub transcode_queue_depth: usize,
 }
@@ -138,6 +142,22 @@ pub fn render(mut shards: Vec<Snapshot>) -> String {
             s.shard, s.mesh_queue_depth
         );
     }
+    per_shard(
+        &mut out,
+        "nova_outbox_pending",
+        "gauge",
+        "Events in the shard's outbox not yet acknowledged by their target shard.",
+        &shards,
+        |s| s.outbox_pending,
+    );
+    per_shard(
+        &mut out,
+        "nova_outbox_redelivered_total",
+        "counter",
+        "Events the outbox relay sent because their own delivery went unacknowledged (or, for events only the relay sends, after waiting over 2 s).",
+        &shards,
+        |s| s.outbox_redelivered,
+    );
     if let Some(s) = shards.first() {
         out.push_str(
             "# HELP nova_transcode_queue_depth Media files waiting for a transcoding thread.\n",
@@ -212,4 +232,20 @@ fn write_histogram(
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
     let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
     let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+}
+
+/// One series per shard: `name{shard="N"} value`.
+fn per_shard(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    shards: &[Snapshot],
+    value: impl Fn(&Snapshot) -> u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for s in shards {
+        let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", s.shard, value(s));
+    }
 }

@@ -306,6 +306,14 @@ impl Shard {
             open_connections: self.open_connections.get(),
             commit: self.partition.stats(),
             mesh_queue_depth: (self.inbox_len)(),
+            outbox_pending: match self.read(nova_core::events::outbox_len) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: outbox length");
+                    0
+                }
+            },
+            outbox_redelivered: self.relay.redelivered(),
             transcode_queue_depth: self.media.queue_len(),
         }
     }

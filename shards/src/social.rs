@@ -57,10 +57,19 @@ pub const DSB_NAMESPACE: &str = "dsb";
 pub struct Relay {
     acks: RefCell<Vec<(usize, u64)>>,
     early: RefCell<Early>,
+    offered: RefCell<Offered>,
     /// Wakes the relay before its period (events that go only through the relay, in order).
     wake: Wake,
     views: RefCell<Views>,
     passes: std::cell::Cell<u32>,
+    /// Events sent again by the relay (their acknowledgement did not come in time).
+    redelivered: std::cell::Cell<u64>,
+}
+
+impl Relay {
+    pub fn redelivered(&self) -> u64 {
+        self.redelivered.get()
+    }
 }
 
 /// Post views counted in memory and flushed in batches: a viewer's views of one post within
@@ -130,6 +139,14 @@ impl Early {
             })
             .collect()
     }
+}
+
+/// Offered events (from, event id, event) not yet handed to the writer, in arrival order, and
+/// whether a task to hand them over is spawned (`Shard::apply_offered`).
+#[derive(Default)]
+struct Offered {
+    queue: Vec<(usize, u64, Event)>,
+    scheduled: bool,
 }
 
 /// A latch the relay sleeps on besides its timer.
@@ -888,7 +905,6 @@ impl Shard {
                 return;
             }
         };
-        let post_ids: Vec<u64> = shown.iter().map(|(p, _)| p.id).collect();
         {
             let mut early = self.relay.early.borrow_mut();
             for (post, readers) in shown {
@@ -897,39 +913,69 @@ impl Shard {
             }
         }
         let _ = reply.send(Ok(()));
-        let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
-        let me = Rc::clone(self);
-        glommio::spawn_local(async move {
-            // Nobody waits on this commit (the offer is answered, readers see the posts
-            // meanwhile): it rides along with the shard's next commit.
-            let applied = me.apply_delivered(events, Some(OFFER_APPLY_DEFER)).await;
-            {
-                let mut early = me.relay.early.borrow_mut();
-                for id in post_ids {
-                    early.remove(id);
-                }
+        let start = {
+            let mut offered = self.relay.offered.borrow_mut();
+            offered
+                .queue
+                .extend(events.into_iter().map(|(id, event)| (from, id, event)));
+            !std::mem::replace(&mut offered.scheduled, true)
+        };
+        if start {
+            glommio::spawn_local(Rc::clone(self).apply_offered()).detach();
+        }
+    }
+
+    /// Applies the events offered since this task was spawned in one write: offers that
+    /// arrive together (the mesh hands them over back to back) share it. The write is handed
+    /// to the writer at once, so it keeps its place before any later write of this shard (an
+    /// edit delivered after its post), and rides along with the shard's next commit: nobody
+    /// waits on it (the offers are answered, readers see the posts meanwhile). Once committed
+    /// it is acknowledged to the shards the events came from; if it fails, they stay in their
+    /// outboxes.
+    async fn apply_offered(self: Rc<Self>) {
+        let batch = {
+            let mut offered = self.relay.offered.borrow_mut();
+            offered.scheduled = false;
+            std::mem::take(&mut offered.queue)
+        };
+        let mut acks: Vec<(usize, Vec<u64>)> = Vec::new();
+        let mut post_ids = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
+        for (from, id, event) in batch {
+            match acks.iter_mut().find(|(f, _)| *f == from) {
+                Some((_, ids)) => ids.push(id),
+                None => acks.push((from, vec![id])),
             }
-            match applied {
-                Ok(()) => {
-                    let deadline = Instant::now() + Duration::from_secs(5);
-                    let acked = me
-                        .ask(from, deadline, |reply| Op::Acked {
-                            from: me.id,
-                            ids,
-                            reply,
-                        })
-                        .await;
-                    if let Err(e) = acked {
-                        // The outbox delivers them again; applying twice does nothing.
-                        tracing::debug!(error = %e, "acknowledging offered events failed");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "offered events not applied; the outbox will retry")
-                }
+            if let Event::PostCreated { post } = &event {
+                post_ids.push(post.id);
             }
-        })
-        .detach();
+            events.push((id, event));
+        }
+        let applied = self.apply_delivered(events, Some(OFFER_APPLY_DEFER)).await;
+        {
+            let mut early = self.relay.early.borrow_mut();
+            for id in post_ids {
+                early.remove(id);
+            }
+        }
+        if let Err(e) = applied {
+            tracing::warn!(error = %e, "offered events not applied; the outbox will retry");
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (from, ids) in acks {
+            let acked = self
+                .ask(from, deadline, |reply| Op::Acked {
+                    from: self.id,
+                    ids,
+                    reply,
+                })
+                .await;
+            if let Err(e) = acked {
+                // The outbox delivers them again; applying twice does nothing.
+                tracing::debug!(error = %e, "acknowledging offered events failed");
+            }
+        }
     }
 
     /// Likes need the liker to see the post (for a comment: the comment's post).
@@ -1721,6 +1767,11 @@ impl Shard {
                 continue;
             }
             let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
+            // Fresh events the relay sends only itself are not redeliveries.
+            let again = batch
+                .iter()
+                .filter(|(id, event)| !relay_only(event) || id_ms(*id) <= cutoff)
+                .count() as u64;
             let deadline = Instant::now() + Duration::from_secs(5);
             match self
                 .ask(target, deadline, |reply| Op::Deliver {
@@ -1731,6 +1782,9 @@ impl Shard {
             {
                 Ok(()) => {
                     tracing::debug!(target, events = ids.len(), "outbox delivered");
+                    self.relay
+                        .redelivered
+                        .set(self.relay.redelivered.get().saturating_add(again));
                     self.partition
                         .write(move |t| events::acknowledge(t, target, &ids))
                         .await?;

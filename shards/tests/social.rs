@@ -689,6 +689,78 @@ fn delete_removes_a_post_everywhere() {
     }
 }
 
+/// The sum over shards of a `/metrics` series with only a shard label.
+fn shard_metric(server: &Server, name: &str) -> u64 {
+    let text = server.get("/metrics", None).text();
+    let prefix = format!("{name}{{shard=");
+    let rows: Vec<u64> = text
+        .lines()
+        .filter(|line| line.starts_with(&prefix))
+        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        rows.len(),
+        server.shards() as usize,
+        "{name} per shard in {text}"
+    );
+    rows.iter().sum()
+}
+
+/// Posts offered to the followers' shard while their authors post at once (the offers share
+/// writes there) are acknowledged from that write: the outboxes empty without the relay
+/// sending any of them again.
+#[test]
+fn offered_posts_are_acknowledged_not_sent_again() {
+    let server = Server::start(&[]);
+    let authors: Vec<Member> = (0..8).map(|_| server.member_on_shard(0)).collect();
+    let reader = server.member_on_shard(1);
+    for author in &authors {
+        follow(&server, &reader, author.id());
+    }
+    let posted: Vec<u64> = std::thread::scope(|scope| {
+        let handles: Vec<_> = authors
+            .iter()
+            .map(|author| {
+                let server = &server;
+                scope.spawn(move || {
+                    (0..5)
+                        .map(|i| post(server, author, &format!("at once {i}")))
+                        .collect::<Vec<u64>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut want = posted.clone();
+    want.sort_unstable_by(|a, b| b.cmp(a));
+    let feed = server.walk_posts("/v1/timelines/home", &reader.token, 100);
+    assert_eq!(
+        feed, want,
+        "every post in the reader's home feed, newest first"
+    );
+
+    // Acknowledgements are written by the relay (every 250 ms); unacknowledged events are
+    // sent again once 2 s old.
+    let start = std::time::Instant::now();
+    while shard_metric(&server, "nova_outbox_pending") > 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the outbox never emptied"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(shard_metric(&server, "nova_outbox_pending"), 0);
+    assert_eq!(
+        shard_metric(&server, "nova_outbox_redelivered_total"),
+        0,
+        "the relay sent offered posts again"
+    );
+}
+
 /// Sends `POST /v1/posts` over a raw connection with the given `Idempotency-Key` line.
 fn raw_post_with_key(server: &Server, token: &str, key_line: &str) -> RawResponse {
     let body = r#"{"text":"keyed"}"#;
