@@ -51,6 +51,8 @@ pub struct Config {
     pub commit_queue_max: usize,
     /// How long (µs) a busy commit thread waits for more writes before committing (0: never).
     pub commit_linger_us: u64,
+    /// How long (µs) an idle shard keeps polling for work before it sleeps (0: sleeps at once).
+    pub spin_before_park_us: u64,
     pub mesh_queue_max: usize,
     pub auth_log_retention_days: u64,
     /// Serve DeathStarBench's unauthenticated `/wrk2-api/*` routes (benchmarks only).
@@ -214,6 +216,7 @@ impl Default for Config {
             commit_batch_ops_max: 1024,
             commit_queue_max: 8192,
             commit_linger_us: 0,
+            spin_before_park_us: 0,
             mesh_queue_max: 4096,
             auth_log_retention_days: 90,
             dsb_compat: false,
@@ -344,6 +347,8 @@ pub struct ServeArgs {
     pub commit_queue_max: Option<usize>,
     #[arg(long, env = "NOVA_COMMIT_LINGER_US")]
     pub commit_linger_us: Option<u64>,
+    #[arg(long, env = "NOVA_SPIN_BEFORE_PARK_US")]
+    pub spin_before_park_us: Option<u64>,
     #[arg(long, env = "NOVA_MESH_QUEUE_MAX")]
     pub mesh_queue_max: Option<usize>,
     #[arg(long, env = "NOVA_AUTH_LOG_RETENTION_DAYS")]
@@ -496,6 +501,7 @@ impl Config {
             commit_batch_ops_max,
             commit_queue_max,
             commit_linger_us,
+            spin_before_park_us,
             mesh_queue_max,
             auth_log_retention_days,
             dsb_compat,
@@ -595,6 +601,10 @@ impl Config {
             self.shards <= nova_core::SHARDS_MAX,
             "shards must be at most {}",
             nova_core::SHARDS_MAX
+        );
+        anyhow::ensure!(
+            self.spin_before_park_us <= 10_000,
+            "spin_before_park_us must be at most 10000"
         );
         anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),
@@ -769,5 +779,17 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::load(&args).is_err());
+    }
+
+    #[test]
+    fn spinning_is_bounded() {
+        let spin = |us: u64| {
+            Config::load(&ServeArgs {
+                spin_before_park_us: Some(us),
+                ..Default::default()
+            })
+        };
+        assert_eq!(spin(200).unwrap().spin_before_park_us, 200);
+        assert!(spin(10_001).is_err());
     }
 }

@@ -143,8 +143,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             Some(cpu) => Placement::Fixed(*cpu),
             None => Placement::Unbound,
         };
-        let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("nova-shard-{k}"))
+        let mut builder = LocalExecutorBuilder::new(placement).name(&format!("nova-shard-{k}"));
+        if cfg.spin_before_park_us > 0 {
+            builder = builder.spin_before_park(Duration::from_micros(cfg.spin_before_park_us));
+        }
+        let handle = builder
             .spawn(move || shard_main(start))
             .map_err(|e| anyhow::anyhow!("cannot start shard {k}: {e}"))?;
         handles.push(handle);
