@@ -1,7 +1,7 @@
 //! Content: posts (tables `posts`, `user_posts`, `post_idempotency`). A post lives on its
 //! author's shard (its id carries that shard).
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
@@ -235,12 +235,7 @@ pub fn idempotent_post_in(
     key: &str,
     now_ms: u64,
 ) -> Result<Option<u64>, CoreError> {
-    let table = txn.open_table(POST_IDEMPOTENCY)?;
-    let value = table.get((author, key))?;
-    Ok(value
-        .map(|v| v.value())
-        .filter(|(_, at)| now_ms.saturating_sub(*at) < IDEMPOTENCY_WINDOW_MS)
-        .map(|(id, _)| id))
+    NewPosts::open(txn)?.earlier(author, key, now_ms)
 }
 
 /// Stores a new post (validated by the caller) and indexes it in the author's timeline.
@@ -249,18 +244,73 @@ pub fn insert_post(
     post: &Post,
     idempotency_key: Option<&str>,
 ) -> Result<(), CoreError> {
-    txn.open_table(POSTS)?
-        .insert(post.id, encode(post).as_slice())?;
-    txn.open_table(USER_POSTS)?
-        .insert((post.author_id, post.id), ())?;
-    if let Some(key) = idempotency_key {
-        txn.open_table(POST_IDEMPOTENCY)?
-            .insert((post.author_id, key), (post.id, post.created_ms))?;
-    }
-    Ok(())
+    NewPosts::open(txn)?.insert(post, idempotency_key)
 }
 
-/// Deletes the author's post; someone else's or a missing one is `NotFound`.
+/// (author, idempotency key) -> (post id, created ms), open in a write.
+type KeysTable<'t> = Table<'t, (u64, &'static str), (u64, u64)>;
+
+/// New posts written in one pass (a batch of composes): each table opened once.
+pub struct NewPosts<'t> {
+    txn: &'t WriteTransaction,
+    posts: Option<Table<'t, u64, &'static [u8]>>,
+    user_posts: Option<Table<'t, (u64, u64), ()>>,
+    keys: Option<KeysTable<'t>>,
+}
+
+impl<'t> NewPosts<'t> {
+    pub fn open(txn: &'t WriteTransaction) -> Result<NewPosts<'t>, CoreError> {
+        Ok(NewPosts {
+            txn,
+            posts: None,
+            user_posts: None,
+            keys: None,
+        })
+    }
+
+    fn keys(&mut self) -> Result<&mut KeysTable<'t>, CoreError> {
+        let table = match self.keys.take() {
+            Some(t) => t,
+            None => self.txn.open_table(POST_IDEMPOTENCY)?,
+        };
+        Ok(self.keys.insert(table))
+    }
+
+    /// The post `author` created with `key` within the idempotency window, if any (this
+    /// transaction's own creates included).
+    pub fn earlier(
+        &mut self,
+        author: u64,
+        key: &str,
+        now_ms: u64,
+    ) -> Result<Option<u64>, CoreError> {
+        let value = self.keys()?.get((author, key))?;
+        Ok(value
+            .map(|v| v.value())
+            .filter(|(_, at)| now_ms.saturating_sub(*at) < IDEMPOTENCY_WINDOW_MS)
+            .map(|(id, _)| id))
+    }
+
+    /// Stores a new post (validated by the caller) and indexes it in the author's timeline.
+    pub fn insert(&mut self, post: &Post, idempotency_key: Option<&str>) -> Result<(), CoreError> {
+        let posts = match &mut self.posts {
+            Some(t) => t,
+            None => self.posts.insert(self.txn.open_table(POSTS)?),
+        };
+        posts.insert(post.id, encode(post).as_slice())?;
+        let user_posts = match &mut self.user_posts {
+            Some(t) => t,
+            None => self.user_posts.insert(self.txn.open_table(USER_POSTS)?),
+        };
+        user_posts.insert((post.author_id, post.id), ())?;
+        if let Some(key) = idempotency_key {
+            self.keys()?
+                .insert((post.author_id, key), (post.id, post.created_ms))?;
+        }
+        Ok(())
+    }
+}
+
 pub fn delete_post(txn: &WriteTransaction, author: u64, id: u64) -> Result<Post, CoreError> {
     let mut posts = txn.open_table(POSTS)?;
     let post: Post = match posts.get(id)? {

@@ -157,7 +157,7 @@ impl Kind {
 }
 
 /// What a notification is about.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub enum Subject {
     None,
     Post(u64),
@@ -312,12 +312,13 @@ pub fn notify_all(
     let mut counts = txn.open_table(COUNTS)?;
     let mut subjects = None;
     let mut over_limit: Vec<u64> = Vec::new();
-    for (i, new) in wanted.iter().enumerate() {
+    let mut mentioned = std::collections::HashSet::new();
+    for new in &wanted {
         let key = coalescing_key(new.recipient, new.kind, new.actor, new.subject);
         // A mention needs no key: a post's mentions are made once where each mentioned user
         // lives (its fan-out is applied once), and the same user twice in one post is one.
         let keyed = new.kind != Kind::Mention;
-        if !keyed && wanted[..i].iter().any(|n| n == new) {
+        if !keyed && !mentioned.insert((new.recipient, new.actor, new.subject)) {
             continue;
         }
         let earlier = match keyed {
@@ -463,19 +464,31 @@ pub fn on_mention(
     post: &crate::content::Post,
     mentioned_here: &[u64],
 ) -> Result<(), CoreError> {
-    let news: Vec<New> = mentioned_here
+    on_mentions(txn, &[(post, mentioned_here)])
+}
+
+/// `on_mention` for several posts in one pass (a batch of composes): one `notify_all`, at
+/// the newest post's time (the posts of a batch are milliseconds apart).
+pub fn on_mentions(
+    txn: &WriteTransaction,
+    posts: &[(&crate::content::Post, &[u64])],
+) -> Result<(), CoreError> {
+    let news: Vec<New> = posts
         .iter()
-        .map(|user| New {
-            recipient: *user,
-            kind: Kind::Mention,
-            actor: Some(post.author_id),
-            subject: Subject::Post(post.id),
+        .flat_map(|(post, mentioned)| {
+            mentioned.iter().map(|user| New {
+                recipient: *user,
+                kind: Kind::Mention,
+                actor: Some(post.author_id),
+                subject: Subject::Post(post.id),
+            })
         })
         .collect();
     let Some(first) = news.first() else {
         return Ok(());
     };
-    notify_all(txn, shard_of(first.recipient), &news, post.created_ms)
+    let now_ms = posts.iter().map(|(p, _)| p.created_ms).max().unwrap_or(0);
+    notify_all(txn, shard_of(first.recipient), &news, now_ms)
 }
 
 /// A like of a post or comment by `actor`, in the like's transaction (on the post's shard).

@@ -482,35 +482,60 @@ pub fn fan_out(
     author_here: bool,
     mentioned_here: &[u64],
 ) -> Result<(), CoreError> {
-    crate::notifications::on_mention(txn, post, mentioned_here)?;
-    let author = post.author_id;
-    let followed_here = txn
-        .open_table(FOLLOWERS_LOCAL)?
-        .range((author, 0)..=(author, u64::MAX))?
-        .next()
-        .is_some();
-    let mut mentioned = Vec::with_capacity(mentioned_here.len());
-    if !mentioned_here.is_empty() {
-        let blocks = txn.open_table(BLOCKS)?;
-        let by = txn.open_table(BLOCKED_BY)?;
-        for user in mentioned_here {
+    fan_out_all(txn, &[(post, mentioned_here)], author_here)
+}
+
+/// `fan_out` for several posts (post, its mentioned users of this shard) in one pass, each
+/// table opened once (a batch of composes on the authors' shard).
+pub fn fan_out_all(
+    txn: &WriteTransaction,
+    posts: &[(&Post, &[u64])],
+    author_here: bool,
+) -> Result<(), CoreError> {
+    crate::notifications::on_mentions(txn, posts)?;
+    let local = txn.open_table(FOLLOWERS_LOCAL)?;
+    let mut blocks = None;
+    let mut copies = None;
+    let mut feed = None;
+    for (post, mentioned_here) in posts {
+        let author = post.author_id;
+        let followed_here = local
+            .range((author, 0)..=(author, u64::MAX))?
+            .next()
+            .is_some();
+        let mut mentioned = Vec::with_capacity(mentioned_here.len());
+        for user in *mentioned_here {
+            if *user == author || mentioned.contains(user) {
+                continue;
+            }
+            let (blocks, by) = match &mut blocks {
+                Some(t) => t,
+                None => blocks.insert((txn.open_table(BLOCKS)?, txn.open_table(BLOCKED_BY)?)),
+            };
             let key = (*user, author);
-            if *user != author
-                && blocks.get(key)?.is_none()
-                && by.get(key)?.is_none()
-                && !mentioned.contains(user)
-            {
+            if blocks.get(key)?.is_none() && by.get(key)?.is_none() {
                 mentioned.push(*user);
             }
         }
-    }
-    if !author_here && !followed_here && mentioned.is_empty() {
-        return Ok(());
-    }
-    keep_copy(txn, post)?;
-    if !mentioned.is_empty() {
-        let mut items = txn.open_table(FEED_ITEMS)?;
-        let mut index = txn.open_table(FEED_POSTS)?;
+        if !author_here && !followed_here && mentioned.is_empty() {
+            continue;
+        }
+        let (posts, by_author) = match &mut copies {
+            Some(t) => t,
+            None => copies.insert((
+                txn.open_table(POST_COPIES)?,
+                txn.open_table(COPIES_BY_AUTHOR)?,
+            )),
+        };
+        posts.insert(post.id, encode(*post).as_slice())?;
+        by_author.insert((author, post.id), ())?;
+        if mentioned.is_empty() {
+            continue;
+        }
+        let (items, index) = match &mut feed {
+            Some(t) => t,
+            None => feed.insert((txn.open_table(FEED_ITEMS)?, txn.open_table(FEED_POSTS)?)),
+        };
         for reader in mentioned {
             items.insert((reader, post.id), (author, Reason::Mentioned.code()))?;
             index.insert((post.id, reader), ())?;

@@ -32,6 +32,11 @@ const RELAY_AGE_MIN_MS: u64 = 2000;
 const RELAY_PERIOD: Duration = Duration::from_millis(250);
 /// How long the commit of offered posts may wait for a commit to ride along with.
 const OFFER_APPLY_DEFER: Duration = Duration::from_millis(25);
+/// Composes waiting for their write on one shard, at most: past it a compose is refused
+/// (503) rather than queued.
+const COMPOSE_QUEUE_MAX: usize = 4096;
+/// Composes one write takes, at most.
+const COMPOSE_BATCH_MAX: usize = 256;
 /// Posts of a newly followed author put into the follower's feed.
 const BACKFILL_POSTS: usize = 20;
 /// Relay passes between two looks for backfills left undone (20 x 250 ms: 5 s).
@@ -58,6 +63,7 @@ pub struct Relay {
     acks: RefCell<Vec<(usize, u64)>>,
     early: RefCell<Early>,
     offered: RefCell<Offered>,
+    composing: Arc<std::sync::Mutex<Composing>>,
     /// Wakes the relay before its period (events that go only through the relay, in order).
     wake: Wake,
     views: RefCell<Views>,
@@ -147,6 +153,36 @@ impl Early {
 struct Offered {
     queue: Vec<(usize, u64, Event)>,
     scheduled: bool,
+}
+
+/// Composes waiting for their write (`Shard::write_composes`). The write takes every compose
+/// queued when the writer runs it, not when it was queued: composes that arrive while the
+/// writer is busy share one write (each table opened once) instead of one each. Shared with
+/// the partition's writer thread.
+#[derive(Default)]
+struct Composing {
+    queue: Vec<Compose>,
+    /// A write that will take the queue is on its way to the writer.
+    pending: bool,
+}
+
+/// One compose's post, idempotency key, event id and the shards its event goes to, and
+/// where to answer: `Some(id)` when an earlier create with the same key is the answer.
+struct Compose {
+    post: Post,
+    key: Option<String>,
+    event_id: u64,
+    targets: Vec<usize>,
+    reply: ComposeReply,
+}
+
+type ComposeReply = flume::Sender<Result<Option<u64>, Fail>>;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Nothing panics while holding these locks; a poisoned one still holds sound data.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A latch the relay sleeps on besides its timer.
@@ -1257,47 +1293,112 @@ impl Shard {
             author_external_id: new.author_external_id,
             fanned_to: targets.iter().map(|s| *s as u16).collect(),
         };
+        let (reply, answer) = flume::bounded(1);
         let event_id = self.next_id();
-        let here = self.id;
-        let key = new.idempotency_key;
-        let (stored, event) = {
-            let post = post.clone();
-            let targets = targets.clone();
-            self.write_notifying(move |t| {
-                if let Some(key) = &key {
-                    if let Some(id) = content::idempotent_post_in(t, post.author_id, key, now)? {
-                        return Ok((Some(id), None));
-                    }
-                }
-                content::insert_post(t, &post, key.as_deref())?;
-                let mentioned_here: Vec<u64> = post
-                    .mentions
-                    .iter()
-                    .map(|m| m.user_id)
-                    .filter(|u| shard_of(*u) == here)
-                    .collect();
-                social::fan_out(t, &post, true, &mentioned_here)?;
-                let event = Event::PostCreated {
-                    post: Box::new(post.clone()),
-                };
-                events::record(t, event_id, now, &event, &targets)?;
-                Ok::<_, CoreError>((None, Some(event)))
-            })
-            .await?
+        let submit = {
+            let mut composing = lock(&self.relay.composing);
+            if composing.queue.len() >= COMPOSE_QUEUE_MAX {
+                return Err(Fail::Busy);
+            }
+            composing.queue.push(Compose {
+                post: post.clone(),
+                key: new.idempotency_key,
+                event_id,
+                targets: targets.clone(),
+                reply,
+            });
+            !std::mem::replace(&mut composing.pending, true)
         };
+        if submit {
+            glommio::spawn_local(Rc::clone(self).write_composes()).detach();
+        }
+        // The write goes on if this caller goes (its deadline passed): it stands regardless.
+        let stored = answer.recv_async().await.map_err(|_| Fail::Unavailable)??;
         if let Some(existing) = stored {
-            // A concurrent create with the same key won the race.
+            // An earlier create with the same key (or a concurrent one) won.
             return self
                 .read(|r| content::post(r, existing))?
                 .ok_or_else(|| CoreError::NotFound.into());
         }
+        let event = Event::PostCreated {
+            post: Box::new(post.clone()),
+        };
         self.feeds.keep_post(Arc::new(post.clone()));
         self.feeds_add(&post);
         self.publish_post(&post);
-        if let Some(event) = event {
-            self.deliver_now(event_id, event, &targets, deadline).await;
-        }
+        self.deliver_now(event_id, event, &targets, deadline).await;
         Ok(post)
+    }
+
+    /// Hands the writer a write that takes the composes queued when it runs (see
+    /// `Composing`), up to `COMPOSE_BATCH_MAX`, and answers each after the commit, in queue
+    /// order; again while some are left that no write is on its way for.
+    async fn write_composes(self: Rc<Self>) {
+        loop {
+            self.write_some_composes().await;
+            let mut composing = lock(&self.relay.composing);
+            if composing.queue.is_empty() || composing.pending {
+                return;
+            }
+            composing.pending = true;
+        }
+    }
+
+    async fn write_some_composes(self: &Rc<Self>) {
+        let queue = Arc::clone(&self.relay.composing);
+        // The answers of the composes the write took; `None` while it has not run.
+        let taken: Arc<std::sync::Mutex<Option<Vec<ComposeReply>>>> = Arc::default();
+        let replies = Arc::clone(&taken);
+        let here = self.id;
+        let written = self
+            .write_notifying(move |t| {
+                let batch: Vec<Compose> = {
+                    let mut composing = lock(&queue);
+                    composing.pending = false;
+                    let n = composing.queue.len().min(COMPOSE_BATCH_MAX);
+                    composing.queue.drain(..n).collect()
+                };
+                let mut items = Vec::with_capacity(batch.len());
+                let mut senders = Vec::with_capacity(batch.len());
+                for c in batch {
+                    items.push((c.post, c.key, c.event_id, c.targets));
+                    senders.push(c.reply);
+                }
+                *lock(&replies) = Some(senders);
+                compose_batch(t, here, &items)
+            })
+            .await;
+        let senders = lock(&taken).take();
+        match written {
+            Ok(outcomes) => {
+                for (reply, outcome) in senders.unwrap_or_default().into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                // The whole write was aborted: every compose in it fails alike. If the
+                // writer never ran it, the queue it would have taken fails too.
+                let reason = e.to_string();
+                let failed = || {
+                    Fail::from(CoreError::Storage(nova_storage::StorageError::Redb(
+                        reason.clone(),
+                    )))
+                };
+                let unanswered = match senders {
+                    Some(senders) => senders,
+                    // Not run: the queue is still this write's to take (no other write was
+                    // handed over since, as `pending` is still set).
+                    None => {
+                        let mut composing = lock(&self.relay.composing);
+                        composing.pending = false;
+                        composing.queue.drain(..).map(|c| c.reply).collect()
+                    }
+                };
+                for reply in unanswered {
+                    let _ = reply.send(Err(failed()));
+                }
+            }
+        }
     }
 
     async fn delete_post(
@@ -1794,6 +1895,67 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+/// Writes a batch of composes on their authors' shard `here`, in one pass: each post (unless
+/// an earlier create with its idempotency key is found: `Some(that id)`), its fan-out here
+/// (copies, feed rows and notifications of the mentioned users of this shard) and its
+/// `PostCreated` event for the other shards.
+fn compose_batch(
+    t: &nova_storage::redb::WriteTransaction,
+    here: usize,
+    items: &[(Post, Option<String>, u64, Vec<usize>)],
+) -> Result<Vec<Option<u64>>, CoreError> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut fresh = Vec::with_capacity(items.len());
+    {
+        let mut posts = content::NewPosts::open(t)?;
+        for (post, key, _, _) in items {
+            if let Some(key) = key {
+                if let Some(id) = posts.earlier(post.author_id, key, post.created_ms)? {
+                    out.push(Some(id));
+                    continue;
+                }
+            }
+            posts.insert(post, key.as_deref())?;
+            out.push(None);
+            fresh.push(post);
+        }
+    }
+    let mentioned: Vec<Vec<u64>> = fresh
+        .iter()
+        .map(|post| {
+            post.mentions
+                .iter()
+                .map(|m| m.user_id)
+                .filter(|u| shard_of(*u) == here)
+                .collect()
+        })
+        .collect();
+    let fanned: Vec<(&Post, &[u64])> = fresh
+        .iter()
+        .zip(&mentioned)
+        .map(|(post, m)| (*post, m.as_slice()))
+        .collect();
+    social::fan_out_all(t, &fanned, true)?;
+    let created: Vec<(u64, u64, Event, &[usize])> = items
+        .iter()
+        .zip(&out)
+        .filter(|(_, earlier)| earlier.is_none())
+        .map(|((post, _, event_id, targets), _)| {
+            let event = Event::PostCreated {
+                post: Box::new(post.clone()),
+            };
+            (*event_id, post.created_ms, event, targets.as_slice())
+        })
+        .collect();
+    events::record_all(
+        t,
+        created
+            .iter()
+            .map(|(id, ms, event, targets)| (*id, *ms, event, *targets)),
+    )?;
+    Ok(out)
 }
 
 /// Events no request delivers itself: the relay sends them as soon as it runs, in id order

@@ -410,3 +410,79 @@ fn pages_filters_read_marks_and_authorization() {
         assert_eq!(resp.status, 422, "{bad:?}: {}", resp.text());
     }
 }
+
+/// Composes that arrive together are written together on their authors' shard: each is
+/// answered with its own post (or, for a raced `Idempotency-Key`, with the one post made
+/// for it), each post is in its author's timeline once, and each mentioned user, on either
+/// shard, hears once per post however often it names them.
+#[test]
+fn composes_at_once_notify_each_mention_once() {
+    let server = Server::start(&[]);
+    let authors = [server.member_on_shard(0), server.member_on_shard(1)];
+    let mentioned = [server.member_on_shard(0), server.member_on_shard(1)];
+    let text = format!(
+        "hi @{} and @{} and again @{}",
+        mentioned[0].name(),
+        mentioned[1].name(),
+        mentioned[0].name()
+    );
+    let key = unique_name("race-");
+    let (raced, plain): (Vec<u64>, Vec<(usize, u64)>) = thread::scope(|scope| {
+        let raced: Vec<_> = (0..4)
+            .map(|_| {
+                let (server, author, text, key) = (&server, &authors[0], &text, &key);
+                scope.spawn(move || {
+                    let req = Req::post("/v1/posts")
+                        .json(&json!({ "text": text }))
+                        .bearer(&author.token)
+                        .header("Idempotency-Key", key);
+                    let resp = server.req(&req);
+                    resp.expect(201);
+                    parse_id(resp.at("post.id"))
+                })
+            })
+            .collect();
+        let plain: Vec<_> = (0..8)
+            .map(|i| {
+                let (server, author, text) = (&server, &authors[i % 2], &text);
+                scope.spawn(move || {
+                    (0..4)
+                        .map(|_| (i % 2, post(server, author, text)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        (
+            raced.into_iter().map(|h| h.join().unwrap()).collect(),
+            plain.into_iter().flat_map(|h| h.join().unwrap()).collect(),
+        )
+    });
+    assert!(
+        raced.iter().all(|id| *id == raced[0]),
+        "one post for one key: {raced:?}"
+    );
+    let mut want_by_author = [vec![raced[0]], Vec::new()];
+    for (author, id) in &plain {
+        want_by_author[*author].push(*id);
+    }
+    for (author, want) in authors.iter().zip(&mut want_by_author) {
+        want.sort_unstable_by(|a, b| b.cmp(a));
+        let timeline = server.walk_posts(
+            &format!("/v1/users/{}/posts", author.id()),
+            &author.token,
+            100,
+        );
+        assert_eq!(&timeline, want, "timeline of {}", author.name());
+    }
+    let posts = 1 + plain.len();
+    for who in &mentioned {
+        let mut got: Vec<u64> = wait_for(&server, who, "mention", posts)
+            .into_iter()
+            .map(|(_, subject)| subject.expect("a mention names its post"))
+            .collect();
+        got.sort_unstable();
+        let mut want: Vec<u64> = want_by_author.concat();
+        want.sort_unstable();
+        assert_eq!(got, want, "mentions of {}", who.name());
+    }
+}
