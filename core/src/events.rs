@@ -325,6 +325,40 @@ pub fn outbox_len(read: &ReadTransaction) -> Result<u64, CoreError> {
     }
 }
 
+/// Up to `limit` undelivered events for `target`, oldest first, leaving out those `skip`
+/// names (delivered, their acknowledgement not committed yet). At most `limit + skip_max`
+/// rows are looked at, and a skipped row is not decoded.
+pub fn pending_except(
+    read: &ReadTransaction,
+    target: usize,
+    limit: usize,
+    skip_max: usize,
+    skip: impl Fn(u64) -> bool,
+) -> Result<Vec<(u64, Event)>, CoreError> {
+    let table = match read.open_table(EVENT_OUTBOX) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let t = target as u32;
+    let mut out = Vec::new();
+    for row in table
+        .range((t, 0)..=(t, u64::MAX))?
+        .take(limit.saturating_add(skip_max))
+    {
+        let (key, value) = row?;
+        let id = key.value().1;
+        if skip(id) {
+            continue;
+        }
+        out.push((id, decode(value.value())?));
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// The shards that have undelivered events.
 pub fn pending_targets(read: &ReadTransaction) -> Result<Vec<usize>, CoreError> {
     let table = match read.open_table(EVENT_OUTBOX) {
@@ -397,6 +431,90 @@ pub fn prune(txn: &WriteTransaction, before_ms: u64, max: usize) -> Result<usize
         applied.remove(id)?;
     }
     Ok(old.len() + stale.len())
+}
+
+/// Applies events delivered to this shard in order, each at most once, and returns those
+/// applied now (the others were applied before). A run of `MessagePosted` events (a busy
+/// conversation's batch) is applied together: each table is opened once for the run and its
+/// notifications are one `notify_all` (`apply_messages`); anything else goes through
+/// `apply`, one at a time.
+pub fn apply_all(
+    txn: &WriteTransaction,
+    events: Vec<(u64, Event)>,
+    now_ms: u64,
+    here: impl Fn(u64) -> bool,
+) -> Result<Vec<(u64, Event)>, CoreError> {
+    let mut fresh = Vec::with_capacity(events.len());
+    let mut run: Vec<(u64, Event)> = Vec::new();
+    for (id, event) in events {
+        if matches!(event, Event::MessagePosted { .. }) {
+            run.push((id, event));
+            continue;
+        }
+        if !run.is_empty() {
+            fresh.extend(apply_messages(
+                txn,
+                std::mem::take(&mut run),
+                now_ms,
+                &here,
+            )?);
+        }
+        if apply(txn, id, now_ms, &event, &here)? {
+            fresh.push((id, event));
+        }
+    }
+    if !run.is_empty() {
+        fresh.extend(apply_messages(txn, run, now_ms, &here)?);
+    }
+    Ok(fresh)
+}
+
+/// `apply` for a run of `MessagePosted` events: the same rows (dedupe, inboxes,
+/// notifications), each table opened once for the run. Returns the events applied now.
+fn apply_messages(
+    txn: &WriteTransaction,
+    run: Vec<(u64, Event)>,
+    now_ms: u64,
+    here: &impl Fn(u64) -> bool,
+) -> Result<Vec<(u64, Event)>, CoreError> {
+    let mut fresh = Vec::with_capacity(run.len());
+    {
+        let mut applied = txn.open_table(EVENT_APPLIED)?;
+        for (id, event) in run {
+            if applied.get(id)?.is_some() {
+                continue;
+            }
+            applied.insert(id, now_ms)?;
+            fresh.push((id, event));
+        }
+    }
+    let mut touches: Vec<(u64, u64, u64)> = Vec::new();
+    let mut notified: Vec<(&Message, Vec<u64>)> = Vec::with_capacity(fresh.len());
+    for (_, event) in &fresh {
+        let Event::MessagePosted {
+            message,
+            recipients,
+        } = event
+        else {
+            continue;
+        };
+        // As in `apply`: the sender's own inbox moves too when the sender lives here.
+        let sender = std::iter::once(&message.sender);
+        for u in recipients.iter().chain(sender).filter(|u| here(**u)) {
+            touches.push((*u, message.conversation, message.created_ms));
+        }
+        let local: Vec<u64> = recipients
+            .iter()
+            .copied()
+            .filter(|u| here(*u) && *u != message.sender)
+            .collect();
+        notified.push((message, local));
+    }
+    messages::touch_inboxes(txn, &touches)?;
+    let notified: Vec<(&Message, &[u64])> =
+        notified.iter().map(|(m, l)| (*m, l.as_slice())).collect();
+    crate::notifications::on_messages(txn, &notified)?;
+    Ok(fresh)
 }
 
 /// Applies an event delivered to this shard, at most once: `false` when it was applied
@@ -519,6 +637,177 @@ mod tests {
             Event::ErasureWork { .. } => 17,
             Event::NotificationsRetracted { .. } => 18,
         }
+    }
+
+    use redb::backends::InMemoryBackend;
+    use redb::{Database, ReadableDatabase};
+
+    const NOW: u64 = crate::ID_EPOCH_MS + 1_000_000;
+
+    fn db() -> Database {
+        Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap()
+    }
+
+    fn posted(id: u64, conversation: u64, sender: u64, recipients: &[u64]) -> Event {
+        Event::MessagePosted {
+            message: Box::new(Message {
+                id,
+                conversation,
+                sender,
+                sender_username: "s".into(),
+                sender_display_name: "S".into(),
+                text: format!("m{id}"),
+                media_ids: Vec::new(),
+                created_ms: crate::id_ms(id),
+                edited_ms: None,
+            }),
+            recipients: recipients.to_vec(),
+        }
+    }
+
+    /// What a user sees of the events: its inbox and its notifications.
+    fn seen(db: &Database, user: u64) -> (Vec<(u64, u64)>, Vec<(u64, Option<u64>)>, u64) {
+        let read = db.begin_read().unwrap();
+        let inbox = messages::inbox(&read, user, None, 100).unwrap();
+        let filter = crate::notifications::Filter::default();
+        let notes = crate::notifications::page(&read, user, None, 100, &filter)
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|n| (n.created_ms, n.actor))
+            .collect();
+        (
+            inbox,
+            notes,
+            crate::notifications::unread(&read, user).unwrap(),
+        )
+    }
+
+    /// `apply_all` (runs of `MessagePosted` applied together) leaves what `apply` one event
+    /// at a time leaves, applies each event once, and answers the events it applied now.
+    #[test]
+    fn apply_all_is_apply_one_at_a_time() {
+        let mut ids = crate::IdGen::new(1);
+        let here = |u: u64| crate::shard_of(u) == 0;
+        let (a, b) = (ids.next(NOW), ids.next(NOW + 1));
+        let mut local = crate::IdGen::new(0);
+        let (c, d) = (local.next(NOW + 2), local.next(NOW + 3));
+        let (conv1, conv2) = (ids.next(NOW + 4), ids.next(NOW + 5));
+        let mut events = Vec::new();
+        let mut t = NOW + 10;
+        let mut next = || {
+            t += 3;
+            ids.next(t)
+        };
+        events.push((next(), posted(0, conv1, a, &[c, d])));
+        events.push((next(), posted(0, conv1, c, &[a, d])));
+        events.push((
+            next(),
+            Event::ConversationJoined {
+                conversation: conv2,
+                users: vec![c],
+                at_ms: NOW + 20,
+            },
+        ));
+        events.push((next(), posted(0, conv2, b, &[c])));
+        events.push((next(), posted(0, conv1, d, &[a, c])));
+        // A message's id is its event's neighbour, so its time orders like the event's.
+        let events: Vec<(u64, Event)> = events
+            .into_iter()
+            .map(|(id, e)| match e {
+                Event::MessagePosted {
+                    mut message,
+                    recipients,
+                } => {
+                    message.id = id + 1;
+                    message.created_ms = crate::id_ms(id);
+                    (
+                        id,
+                        Event::MessagePosted {
+                            message,
+                            recipients,
+                        },
+                    )
+                }
+                other => (id, other),
+            })
+            .collect();
+
+        let one = db();
+        let tx = one.begin_write().unwrap();
+        // The first is applied before (a redelivery): applied once only.
+        assert!(apply(&tx, events[0].0, NOW, &events[0].1, here).unwrap());
+        tx.commit().unwrap();
+        let tx = one.begin_write().unwrap();
+        for (id, e) in &events {
+            apply(&tx, *id, NOW, e, here).unwrap();
+        }
+        tx.commit().unwrap();
+
+        let all = db();
+        let tx = all.begin_write().unwrap();
+        assert!(apply(&tx, events[0].0, NOW, &events[0].1, here).unwrap());
+        tx.commit().unwrap();
+        let tx = all.begin_write().unwrap();
+        let fresh = apply_all(&tx, events.clone(), NOW, here).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(fresh, events[1..].to_vec());
+        let tx = all.begin_write().unwrap();
+        assert!(apply_all(&tx, events.clone(), NOW, here)
+            .unwrap()
+            .is_empty());
+        tx.commit().unwrap();
+
+        for user in [c, d] {
+            let (inbox, notes, unread) = seen(&all, user);
+            assert_eq!((inbox.clone(), unread), {
+                let (i, _, u) = seen(&one, user);
+                (i, u)
+            });
+            // The same notifications, by actor; a batch makes them at its newest time.
+            let actors: Vec<Option<u64>> = notes.iter().map(|n| n.1).collect();
+            let (_, one_notes, _) = seen(&one, user);
+            let one_actors: Vec<Option<u64>> = one_notes.iter().map(|n| n.1).collect();
+            assert_eq!(actors, one_actors, "user {user}");
+            assert!(!inbox.is_empty());
+        }
+        // Users of other shards get nothing here.
+        assert!(seen(&all, a).0.is_empty());
+    }
+
+    /// `pending_except` leaves out what is being acknowledged, and still finds `limit` rows
+    /// behind them.
+    #[test]
+    fn pending_except_skips_rows_being_acknowledged() {
+        let db = db();
+        let event = Event::UserChanged { user_id: 1 };
+        let tx = db.begin_write().unwrap();
+        for id in 1..=10u64 {
+            record(&tx, id, NOW, &event, &[1]).unwrap();
+        }
+        tx.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        let ids = |v: Vec<(u64, Event)>| v.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+        let skipped = |id: u64| id <= 4 || id == 6;
+        assert_eq!(
+            ids(pending_except(&read, 1, 3, 5, skipped).unwrap()),
+            vec![5, 7, 8]
+        );
+        assert_eq!(
+            ids(pending_except(&read, 1, 100, 5, skipped).unwrap()),
+            vec![5, 7, 8, 9, 10]
+        );
+        // At most limit + skip_max rows are looked at.
+        assert_eq!(
+            ids(pending_except(&read, 1, 2, 1, skipped).unwrap()),
+            vec![]
+        );
+        assert_eq!(
+            ids(pending_except(&read, 0, 3, 5, skipped).unwrap()),
+            vec![]
+        );
     }
 
     #[test]

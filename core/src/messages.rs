@@ -50,9 +50,12 @@ pub struct Conversation {
     /// Current participants (a leaver is removed).
     pub participants: Vec<u64>,
     pub created_ms: u64,
-    /// The last message's time, or `created_ms` without one. Derived from
-    /// `conversation_messages` where it is shown (`summary`); the stored value is the
-    /// creation's (rows written before it was derived may hold a later one: never read).
+    /// The conversation's last activity: the newest message ever posted in it, deleted ones
+    /// included (the time its participants' inboxes are ordered by), or `created_ms`
+    /// without one. Shown as `summary` derives it: the newer of the stored value and the last
+    /// row of `conversation_messages`. The stored value is not rewritten per message, only
+    /// when the newest message is deleted (`delete` keeps its time here); rows written
+    /// before that hold the creation's or an older message's time, never a later one.
     pub last_ms: u64,
     /// Derived like `last_ms`.
     pub last_message: Option<u64>,
@@ -300,12 +303,25 @@ pub fn edit(
 }
 
 /// Deletes the sender's own message (the conversation's last message, derived, is then the
-/// one before it).
+/// one before it). The conversation's activity time stays that of the deleted message when
+/// it was the newest, as the participants' inboxes keep it: the conversation's row records
+/// it then.
 pub fn delete(txn: &WriteTransaction, id: u64, sender: u64) -> Result<Message, CoreError> {
     let message = own_message(txn, id, sender)?;
     txn.open_table(MESSAGES)?.remove(id)?;
-    txn.open_table(CONVERSATION_MESSAGES)?
-        .remove((message.conversation, id))?;
+    let mut index = txn.open_table(CONVERSATION_MESSAGES)?;
+    index.remove((message.conversation, id))?;
+    let newest = latest(&index, message.conversation)?.is_none_or(|last| last < id);
+    drop(index);
+    if newest {
+        let mut conversations = txn.open_table(CONVERSATIONS)?;
+        if let Some(mut c) = load_conversation(&conversations, message.conversation)? {
+            if c.last_ms < message.created_ms {
+                c.last_ms = message.created_ms;
+                conversations.insert(c.id, encode(&c).as_slice())?;
+            }
+        }
+    }
     Ok(message)
 }
 
@@ -419,6 +435,8 @@ pub fn page(
 /// The conversation as `user` sees it: last message, unread count, everyone's receipts.
 pub fn summary(read: &ReadTransaction, id: u64, user: u64) -> Result<Summary, CoreError> {
     let mut conversation = conversation_for(read, id, user)?;
+    // What the row holds: the creation's time or a deleted newest message's (see `last_ms`).
+    let stored_ms = conversation.last_ms.max(conversation.created_ms);
     let index = match read.open_table(CONVERSATION_MESSAGES) {
         Ok(t) => Some(t),
         Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -432,9 +450,9 @@ pub fn summary(read: &ReadTransaction, id: u64, user: u64) -> Result<Summary, Co
         Some(m) => message(read, m)?,
         None => None,
     };
-    conversation.last_ms = last_message.as_ref().map_or(conversation.created_ms, |m| {
-        m.created_ms.max(conversation.created_ms)
-    });
+    conversation.last_ms = last_message
+        .as_ref()
+        .map_or(stored_ms, |m| m.created_ms.max(stored_ms));
     let receipts_t = read.open_table(READ_RECEIPTS)?;
     let mut receipts = Vec::with_capacity(conversation.participants.len());
     for p in &conversation.participants {
@@ -480,6 +498,19 @@ pub fn touch_inbox(
         conversation,
         at_ms,
     )
+}
+
+/// `touch_inbox` for many (user, conversation, ms), in order, each table opened once.
+pub fn touch_inboxes(txn: &WriteTransaction, touches: &[(u64, u64, u64)]) -> Result<(), CoreError> {
+    if touches.is_empty() {
+        return Ok(());
+    }
+    let mut inbox = txn.open_table(INBOX)?;
+    let mut by_activity = txn.open_table(INBOX_BY_ACTIVITY)?;
+    for (user, conversation, at_ms) in touches {
+        touch(&mut inbox, &mut by_activity, *user, *conversation, *at_ms)?;
+    }
+    Ok(())
 }
 
 fn touch(

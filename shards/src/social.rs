@@ -30,6 +30,15 @@ const DELIVER_BATCH_MAX: usize = 256;
 /// Events younger than this are left to the request that made them.
 const RELAY_AGE_MIN_MS: u64 = 2000;
 const RELAY_PERIOD: Duration = Duration::from_millis(250);
+/// How long the deletion of acknowledged outbox rows may wait for a commit to ride along
+/// with (a commit of its own otherwise).
+const ACK_DEFER: Duration = Duration::from_millis(50);
+/// How long applying what only the relay sends (`relay_only`) may wait for a commit to ride
+/// along with: under load one comes sooner; when idle it costs a message's remote
+/// recipients that much latency.
+const RELAYED_APPLY_DEFER: Duration = Duration::from_millis(2);
+/// Acknowledgements waiting for their commit, at most; past it the relay waits for one.
+const ACKING_MAX: usize = 16_384;
 /// How long the commit of offered posts may wait for a commit to ride along with.
 const OFFER_APPLY_DEFER: Duration = Duration::from_millis(25);
 /// Composes waiting for their write on one shard, at most: past it a compose is refused
@@ -61,6 +70,10 @@ pub const DSB_NAMESPACE: &str = "dsb";
 #[derive(Default)]
 pub struct Relay {
     acks: RefCell<Vec<(usize, u64)>>,
+    /// (target, event id) delivered and acknowledged, whose outbox rows' deletion has not
+    /// committed yet (it rides along with a later commit: `acknowledge`). The relay does not
+    /// send these again meanwhile. At most `ACKING_MAX`.
+    acking: RefCell<HashSet<(usize, u64)>>,
     early: RefCell<Early>,
     offered: RefCell<Offered>,
     composing: Arc<std::sync::Mutex<Composing>>,
@@ -672,7 +685,13 @@ impl Shard {
                 let _ = reply.send(self.edit_post(post_id, author, text, deadline).await);
             }
             Op::Deliver { events, reply } => {
-                let _ = reply.send(self.apply_delivered(events, None).await);
+                // What only the relay sends (a conversation's messages) has no request waiting
+                // on its commit: it joins the next commit here rather than making one.
+                let defer = events
+                    .iter()
+                    .all(|(_, e)| relay_only(e))
+                    .then_some(RELAYED_APPLY_DEFER);
+                let _ = reply.send(self.apply_delivered(events, defer).await);
             }
             Op::Offer {
                 from,
@@ -721,15 +740,7 @@ impl Shard {
         let fresh = self
             .write_notifying_within(
                 move |t| {
-                    let mut fresh = Vec::with_capacity(events.len());
-                    for (event_id, event) in events {
-                        if events::apply(t, event_id, now, &event, |user| {
-                            shard_of(user) == id && id < shards
-                        })? {
-                            fresh.push((event_id, event));
-                        }
-                    }
-                    Ok::<_, CoreError>(fresh)
+                    events::apply_all(t, events, now, |user| shard_of(user) == id && id < shards)
                 },
                 defer,
             )
@@ -1841,29 +1852,24 @@ impl Shard {
             self.typing.prune(now_ms());
         }
         let acks: Vec<(usize, u64)> = std::mem::take(&mut *self.relay.acks.borrow_mut());
-        let acked: HashSet<(usize, u64)> = acks.iter().copied().collect();
-        if !acks.is_empty() {
-            self.partition
-                .write(move |t| {
-                    for (target, id) in &acks {
-                        events::acknowledge(t, *target, &[*id])?;
-                    }
-                    Ok::<_, CoreError>(())
-                })
-                .await?;
-        }
+        self.acknowledge(acks).await?;
         let cutoff = now_ms().saturating_sub(RELAY_AGE_MIN_MS);
         for target in self.read(events::pending_targets)? {
             if target >= self.shards || target == self.id {
                 continue;
             }
-            let batch: Vec<(u64, Event)> = self
-                .read(|r| events::pending(r, target, DELIVER_BATCH_MAX))?
-                .into_iter()
-                .filter(|(id, event)| {
-                    (id_ms(*id) <= cutoff || relay_only(event)) && !acked.contains(&(target, *id))
-                })
-                .collect();
+            let batch: Vec<(u64, Event)> = {
+                let acking = self.relay.acking.borrow();
+                let skip_max = acking.len();
+                self.read(|r| {
+                    events::pending_except(r, target, DELIVER_BATCH_MAX, skip_max, |id| {
+                        acking.contains(&(target, id))
+                    })
+                })?
+            }
+            .into_iter()
+            .filter(|(id, event)| id_ms(*id) <= cutoff || relay_only(event))
+            .collect();
             if batch.is_empty() {
                 continue;
             }
@@ -1886,8 +1892,7 @@ impl Shard {
                     self.relay
                         .redelivered
                         .set(self.relay.redelivered.get().saturating_add(again));
-                    self.partition
-                        .write(move |t| events::acknowledge(t, target, &ids))
+                    self.acknowledge(ids.into_iter().map(|id| (target, id)).collect())
                         .await?;
                 }
                 Err(e) => tracing::warn!(target, error = %e, "outbox delivery failed; will retry"),
@@ -1956,6 +1961,64 @@ fn compose_batch(
             .map(|(id, ms, event, targets)| (*id, *ms, event, *targets)),
     )?;
     Ok(out)
+}
+
+impl Shard {
+    /// Deletes the outbox rows of delivered events (target, event id). The deletion rides
+    /// along with the next commit (within `ACK_DEFER`), as nobody waits for it; until it is
+    /// durable the rows stay in `Relay::acking`, so the relay does not send them again (a
+    /// resend would be harmless, `event_applied` drops it, but a busy shard would resend
+    /// every pass). A failed commit forgets them there: the relay sends them again. With
+    /// `ACKING_MAX` waiting, this waits for the commit instead.
+    async fn acknowledge(self: &Rc<Self>, acks: Vec<(usize, u64)>) -> Result<(), Fail> {
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let wait = {
+            let mut acking = self.relay.acking.borrow_mut();
+            acking.extend(acks.iter().copied());
+            acking.len() > ACKING_MAX
+        };
+        let me = Rc::clone(self);
+        let commit = async move {
+            let rows = acks.clone();
+            let done = me
+                .partition
+                .write_deferred(move |t| acknowledge_rows(t, &rows), ACK_DEFER)
+                .await;
+            let mut acking = me.relay.acking.borrow_mut();
+            for ack in &acks {
+                acking.remove(ack);
+            }
+            done
+        };
+        if wait {
+            commit.await?;
+        } else {
+            glommio::spawn_local(async move {
+                if let Err(e) = commit.await {
+                    tracing::warn!(error = %e, "outbox acknowledgement failed; will resend");
+                }
+            })
+            .detach();
+        }
+        Ok(())
+    }
+}
+
+/// Deletes delivered events' outbox rows, grouped by target.
+fn acknowledge_rows(
+    t: &nova_storage::redb::WriteTransaction,
+    acks: &[(usize, u64)],
+) -> Result<(), CoreError> {
+    let mut by_target: std::collections::BTreeMap<usize, Vec<u64>> = Default::default();
+    for (target, id) in acks {
+        by_target.entry(*target).or_default().push(*id);
+    }
+    for (target, ids) in by_target {
+        events::acknowledge(t, target, &ids)?;
+    }
+    Ok(())
 }
 
 /// Events no request delivers itself: the relay sends them as soon as it runs, in id order

@@ -562,3 +562,82 @@ fn each_recipient_keeps_one_message_notification_per_conversation_on_any_shard()
     );
     assert_eq!(unread_notifications(&server, &b), 2);
 }
+
+/// (id, last_activity_at) of each conversation in `member`'s inbox, in the listed order.
+fn inbox_activity(server: &Server, member: &Member) -> Vec<(u64, String)> {
+    let resp = server.get("/v1/conversations", member.auth());
+    resp.expect(200);
+    resp.at("items")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let id = parse_id(at(c, "id").unwrap());
+            let at = at(c, "last_activity_at").unwrap().as_str().unwrap();
+            (id, at.to_string())
+        })
+        .collect()
+}
+
+/// Deleting a conversation's newest message keeps its time as the conversation's activity:
+/// `last_activity_at` is what the inbox is ordered by, in the list and in the single view,
+/// for participants on both shards (the times are RFC 3339 with milliseconds, so their
+/// string order is their time order).
+#[test]
+fn deleting_the_newest_message_keeps_the_activity_the_inbox_is_ordered_by() {
+    let server = Server::start(&[]);
+    let a = server.member_on_shard(0);
+    let b = server.member_on_shard(1);
+    let c = server.member_on_shard(0);
+    let first = conversation(&server, &a, &[&b]);
+    let second = conversation(&server, &a, &[&c]);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(5));
+    pause();
+    let kept = send(&server, &b, first, "kept");
+    pause();
+    send(&server, &c, second, "in between");
+    pause();
+    let newest = server.post(
+        &format!("/v1/conversations/{first}/messages"),
+        a.auth(),
+        json!({ "text": "deleted soon" }),
+    );
+    newest.expect(201);
+    let newest_at = newest.str("message.created_at").to_string();
+    let newest = parse_id(newest.at("message.id"));
+    server
+        .delete(&format!("/v1/messages/{newest}"), a.auth())
+        .expect(204);
+
+    for member in [&a, &b] {
+        let listed = inbox_activity(&server, member);
+        assert_eq!(listed[0], (first, newest_at.clone()), "{listed:?}");
+        // Listed newest activity first, and the times say so.
+        assert!(
+            listed.windows(2).all(|w| w[0].1 >= w[1].1),
+            "order and times disagree: {listed:?}"
+        );
+        let view = server.get(&format!("/v1/conversations/{first}"), member.auth());
+        view.expect(200);
+        assert_eq!(view.str("conversation.last_activity_at"), newest_at);
+        assert_eq!(parse_id(view.at("conversation.last_message.id")), kept);
+    }
+    let listed = inbox_activity(&server, &a);
+    assert_eq!(
+        listed.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![first, second]
+    );
+
+    // Deleting an older message changes nothing; a new one moves the activity on.
+    server
+        .delete(&format!("/v1/messages/{kept}"), b.auth())
+        .expect(204);
+    assert_eq!(inbox_activity(&server, &b)[0], (first, newest_at.clone()));
+    pause();
+    send(&server, &b, first, "later");
+    let view = server.get(&format!("/v1/conversations/{first}"), a.auth());
+    let later_at = view.str("conversation.last_message.created_at").to_string();
+    assert!(later_at > newest_at);
+    assert_eq!(view.str("conversation.last_activity_at"), later_at);
+    assert_eq!(inbox_activity(&server, &a)[0], (first, later_at));
+}
