@@ -667,8 +667,11 @@ mod tests {
         }
     }
 
+    /// A user's inbox (activity ms, conversation), notifications (ms, actor) and unread count.
+    type Seen = (Vec<(u64, u64)>, Vec<(u64, Option<u64>)>, u64);
+
     /// What a user sees of the events: its inbox and its notifications.
-    fn seen(db: &Database, user: u64) -> (Vec<(u64, u64)>, Vec<(u64, Option<u64>)>, u64) {
+    fn seen(db: &Database, user: u64) -> Seen {
         let read = db.begin_read().unwrap();
         let inbox = messages::inbox(&read, user, None, 100).unwrap();
         let filter = crate::notifications::Filter::default();
