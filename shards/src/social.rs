@@ -33,10 +33,6 @@ const RELAY_PERIOD: Duration = Duration::from_millis(250);
 /// How long the deletion of acknowledged outbox rows may wait for a commit to ride along
 /// with (a commit of its own otherwise).
 const ACK_DEFER: Duration = Duration::from_millis(50);
-/// How long applying what only the relay sends (`relay_only`) may wait for a commit to ride
-/// along with: under load one comes sooner; when idle it costs a message's remote
-/// recipients that much latency.
-const RELAYED_APPLY_DEFER: Duration = Duration::from_millis(2);
 /// Acknowledgements waiting for their commit, at most; past it the relay waits for one.
 const ACKING_MAX: usize = 16_384;
 /// How long the commit of offered posts may wait for a commit to ride along with.
@@ -685,13 +681,7 @@ impl Shard {
                 let _ = reply.send(self.edit_post(post_id, author, text, deadline).await);
             }
             Op::Deliver { events, reply } => {
-                // What only the relay sends (a conversation's messages) has no request waiting
-                // on its commit: it joins the next commit here rather than making one.
-                let defer = events
-                    .iter()
-                    .all(|(_, e)| relay_only(e))
-                    .then_some(RELAYED_APPLY_DEFER);
-                let _ = reply.send(self.apply_delivered(events, defer).await);
+                let _ = reply.send(self.apply_delivered(events, None).await);
             }
             Op::Offer {
                 from,
