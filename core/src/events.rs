@@ -302,18 +302,7 @@ pub fn pending(
     target: usize,
     limit: usize,
 ) -> Result<Vec<(u64, Event)>, CoreError> {
-    let table = match read.open_table(EVENT_OUTBOX) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let t = target as u32;
-    let mut out = Vec::new();
-    for row in table.range((t, 0)..=(t, u64::MAX))?.take(limit) {
-        let (key, value) = row?;
-        out.push((key.value().1, decode(value.value())?));
-    }
-    Ok(out)
+    pending_except(read, target, limit, 0, |_| false)
 }
 
 /// Outbox rows not yet acknowledged, for every target.
