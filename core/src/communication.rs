@@ -467,6 +467,29 @@ pub fn upgrade_queue(txn: &WriteTransaction) -> Result<usize, CoreError> {
     Ok(emails.len())
 }
 
+/// How many emails are in `status`, counting at most `max` (a gauge, not an audit).
+pub fn count_in_state(
+    read: &ReadTransaction,
+    status: EmailStatus,
+    max: usize,
+) -> Result<usize, CoreError> {
+    let states = match read.open_table(EMAIL_STATES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    let code = status.code();
+    let mut n = 0;
+    for row in states
+        .range((code, 0, 0)..=(code, u64::MAX, u64::MAX))?
+        .take(max)
+    {
+        row?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// Up to `limit` emails in `status`, newest order key first.
 pub fn emails_in_state(
     read: &ReadTransaction,

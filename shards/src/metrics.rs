@@ -7,6 +7,9 @@ use std::fmt::Write as _;
 
 use nova_storage::{CommitStatsSnapshot, FSYNC_BUCKETS_S};
 
+/// Emails counted per state for `nova_mail_emails`, at most.
+pub const MAIL_COUNTED_MAX: usize = 100_000;
+
 /// Upper bounds (seconds) of the request latency histogram.
 pub const LATENCY_BUCKETS_S: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -54,6 +57,9 @@ pub struct Snapshot {
     pub outbox_pending: u64,
     /// Events the relay sent again because no acknowledgement came in time.
     pub outbox_redelivered: u64,
+    /// Emails waiting here, by state (`queued`, `sending`, `dead`), each counted up to
+    /// `MAIL_COUNTED_MAX`.
+    pub mail: Vec<(&'static str, u64)>,
     /// Media files waiting for a transcoding thread (one queue for the process).
     pub transcode_queue_depth: usize,
 }
@@ -158,6 +164,19 @@ pub fn render(mut shards: Vec<Snapshot>) -> String {
         &shards,
         |s| s.outbox_redelivered,
     );
+    out.push_str(
+        "# HELP nova_mail_emails Emails in the shard's queue by state (queued: waiting or between tries; sending: handed to the relay; dead: out of tries), counted up to 100000.\n",
+    );
+    out.push_str("# TYPE nova_mail_emails gauge\n");
+    for s in &shards {
+        for (state, n) in &s.mail {
+            let _ = writeln!(
+                out,
+                "nova_mail_emails{{shard=\"{}\",state=\"{state}\"}} {n}",
+                s.shard
+            );
+        }
+    }
     if let Some(s) = shards.first() {
         out.push_str(
             "# HELP nova_transcode_queue_depth Media files waiting for a transcoding thread.\n",

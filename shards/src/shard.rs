@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nova_core::communication::{self, EmailStatus};
 use nova_core::identity::{self, AuthEvent, Context, EmailClaim, User, EMAIL_CLAIM_STALE_MS};
-use nova_core::{communication, shard_for_key, shard_of, CoreError, IdGen};
+use nova_core::{shard_for_key, shard_of, CoreError, IdGen};
 use nova_storage::Partition;
 
 use crate::config::Config;
@@ -314,6 +315,24 @@ impl Shard {
                 }
             },
             outbox_redelivered: self.relay.redelivered(),
+            mail: [EmailStatus::Queued, EmailStatus::Sending, EmailStatus::Dead]
+                .into_iter()
+                .map(|state| {
+                    let n = self
+                        .read(|r| {
+                            communication::count_in_state(
+                                r,
+                                state,
+                                crate::metrics::MAIL_COUNTED_MAX,
+                            )
+                        })
+                        .unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "metrics: emails by state");
+                            0
+                        });
+                    (state.as_str(), n as u64)
+                })
+                .collect(),
             transcode_queue_depth: self.media.queue_len(),
         }
     }

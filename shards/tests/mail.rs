@@ -61,6 +61,17 @@ fn wait_status(server: &Server, to: &str, status: &str) {
     );
 }
 
+/// `nova_mail_emails{shard, state}` from `/metrics`.
+fn mail_gauge(server: &Server, shard: u32, state: &str) -> u64 {
+    let line = format!("nova_mail_emails{{shard=\"{shard}\",state=\"{state}\"}} ");
+    let text = server.get("/metrics", None).text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .unwrap_or_else(|| panic!("no {line} in /metrics"))
+        .parse()
+        .unwrap()
+}
+
 /// Registers users until both shards have one; returns every user registered (all of them
 /// have an email queued, which tests counting emails must know about).
 fn users_on_both_shards(server: &Server) -> Vec<User> {
@@ -175,6 +186,19 @@ fn a_refusing_relay_dead_letters_and_an_admin_retries() {
             wait_status(&server, &user.email, "dead");
         }
         assert!(sink.messages().is_empty(), "{code}: nothing was accepted");
+        for shard in 0..server.shards() {
+            let here = users.iter().filter(|u| u.shard() == shard).count() as u64;
+            assert_eq!(
+                mail_gauge(&server, shard, "dead"),
+                here,
+                "{code}: dead on {shard}"
+            );
+            assert_eq!(
+                mail_gauge(&server, shard, "queued"),
+                0,
+                "{code}: queued on {shard}"
+            );
+        }
         let data = server.launch().data_dir();
         let data_arg = data.display().to_string();
 
@@ -277,6 +301,15 @@ fn without_a_relay_emails_stay_queued_and_are_listed() {
     std::thread::sleep(Duration::from_millis(300));
     for user in &users {
         assert_eq!(statuses(&server, &user.email), ["queued"]);
+    }
+    for user in &users {
+        let on_shard = users.iter().filter(|u| u.shard() == user.shard()).count() as u64;
+        assert!(
+            mail_gauge(&server, user.shard(), "queued") >= on_shard,
+            "queued emails of shard {} in /metrics",
+            user.shard()
+        );
+        assert_eq!(mail_gauge(&server, user.shard(), "dead"), 0);
     }
     server.stop();
     let queued = admin_list(&server.launch().data_dir(), Some("queued"));
