@@ -473,10 +473,8 @@ pub fn count_in_state(
     status: EmailStatus,
     max: usize,
 ) -> Result<usize, CoreError> {
-    let states = match read.open_table(EMAIL_STATES) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-        Err(e) => return Err(e.into()),
+    let Some(states) = crate::table_or_none(read, EMAIL_STATES)? else {
+        return Ok(0);
     };
     let code = status.code();
     let mut n = 0;

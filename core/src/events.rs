@@ -307,10 +307,9 @@ pub fn pending(
 
 /// Outbox rows not yet acknowledged, for every target.
 pub fn outbox_len(read: &ReadTransaction) -> Result<u64, CoreError> {
-    match read.open_table(EVENT_OUTBOX) {
-        Ok(table) => Ok(table.len()?),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
-        Err(e) => Err(e.into()),
+    match crate::table_or_none(read, EVENT_OUTBOX)? {
+        Some(table) => Ok(table.len()?),
+        None => Ok(0),
     }
 }
 
