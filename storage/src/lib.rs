@@ -8,6 +8,7 @@
 mod datadir;
 mod error;
 mod snapshot;
+mod wal;
 mod writer;
 
 pub use datadir::{DataDir, Manifest, MANIFEST_FILE};

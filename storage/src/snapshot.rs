@@ -345,7 +345,7 @@ impl Partition {
             let reached = reached_tx.clone();
             let release = release_rx.clone();
             parked.push(std::thread::spawn(move || {
-                p.write_blocking(move |_txn| {
+                p.barrier_blocking(move |_txn| {
                     let _ = reached.send(());
                     // Held here (nothing commits on this partition) until every image has
                     // started; a dropped sender also releases.

@@ -5,6 +5,11 @@
 //! fsync (`Durability::Immediate`). Only then is each caller answered. A caller therefore
 //! never sees success for a write that is not on disk.
 //!
+//! Opened with `Partition::open_logged`, a partition also keeps a write-ahead log (wal.rs):
+//! a batch of logged and lossy writes commits in memory (`Durability::None`) once the log
+//! frame of its logged writes is on disk, and a checkpoint (a durable commit) follows within
+//! `checkpoint_every`, or at once when a plain write needs one. See `Class`.
+//!
 //! Invariant the closures must keep: an operation that returns a domain error (one whose
 //! `poisons_batch()` is false) has not modified the transaction. Domain code validates first
 //! and writes after. An operation that fails inside redb poisons the batch: the whole
@@ -17,8 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, WriteTransaction};
 
+use crate::wal::{self, Wal, WAL_SEQ, WAL_SEQ_KEY};
 use crate::StorageError;
 
 /// Decides whether an operation's error leaves the transaction unusable.
@@ -35,15 +41,37 @@ impl WriteFailure for StorageError {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
-type Job = Box<dyn FnOnce(&WriteTransaction) -> (Completion, bool) + Send>;
+/// A queued write: run in the batch's transaction, it answers its completion, whether it
+/// poisons the batch, and its log record (logged writes that succeeded).
+type Job = Box<dyn FnOnce(&WriteTransaction) -> (Completion, bool, Option<Vec<u8>>) + Send>;
+
+/// How a write is made durable before its caller is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// By a durable commit of the database (an fsync of its file).
+    Durable,
+    /// By its record in the write-ahead log, which replays it after a crash; its commit may
+    /// stay in memory until the next checkpoint. Without a log, as `Durable`.
+    Logged,
+    /// Not at all: a crash may lose it, and whatever wrote it writes it again (delivery
+    /// acknowledgements, the search index's upkeep). Without a log, as `Durable`.
+    Lossy,
+    /// As `Durable`, and every earlier commit is made durable before it runs, so the file
+    /// holds exactly what it sees (images for backups).
+    Barrier,
+}
 
 enum Msg {
-    Write(Job),
+    Write(Job, Class),
     /// A write nobody waits on at once: it rides along with the next commit that happens
     /// anyway, or commits by itself once this moment comes (`Partition::write_deferred`).
-    Deferred(Job, Instant),
+    Deferred(Job, Class, Instant),
     Stop,
 }
+
+/// The log grows at most this much between two checkpoints: past it, the next commit is
+/// durable.
+const WAL_BYTES_MAX: u64 = 64 << 20;
 
 /// Upper bounds (seconds) of the commit-time histogram buckets.
 pub const FSYNC_BUCKETS_S: [f64; 12] = [
@@ -57,6 +85,7 @@ pub struct CommitStats {
     batches: AtomicU64,
     ops: AtomicU64,
     failures: AtomicU64,
+    logged: AtomicU64,
     fsync_ns: AtomicU64,
     fsync_buckets: [AtomicU64; FSYNC_BUCKETS_S.len()],
 }
@@ -67,6 +96,8 @@ pub struct CommitStatsSnapshot {
     pub batches: u64,
     pub ops: u64,
     pub failures: u64,
+    /// Commits made durable by the write-ahead log rather than by an fsync of the database.
+    pub logged: u64,
     pub fsync_seconds_sum: f64,
     /// Non-cumulative counts per bucket of `FSYNC_BUCKETS_S`; the rest is in `batches`.
     pub fsync_buckets: [u64; FSYNC_BUCKETS_S.len()],
@@ -95,6 +126,7 @@ impl CommitStats {
             batches: self.batches.load(Ordering::Relaxed),
             ops: self.ops.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            logged: self.logged.load(Ordering::Relaxed),
             fsync_seconds_sum: self.fsync_ns.load(Ordering::Relaxed) as f64 / 1e9,
             fsync_buckets: buckets,
         }
@@ -116,11 +148,45 @@ pub struct Partition {
 
 impl Partition {
     /// Opens (or creates) the database at `path`, checking every page of an existing file.
-    /// A damaged file is reported, naming the file, and left untouched.
+    /// A damaged file is reported, naming the file, and left untouched. Every commit is
+    /// durable; a write-ahead log left with writes the database lacks is refused (see
+    /// `open_logged`).
     pub fn open(
         path: &Path,
         commit_batch_ops_max: usize,
         commit_queue_max: usize,
+    ) -> Result<Partition, StorageError> {
+        Partition::open_with(path, commit_batch_ops_max, commit_queue_max, None)
+    }
+
+    /// `open` with a write-ahead log (wal.rs) at `path` with the extension `wal`: first the
+    /// logged writes the database lacks (those of the commits a crash left in memory) are
+    /// run again, in order, through `replay`, and committed durably; then logged and lossy
+    /// writes commit in memory, with a checkpoint at least every `checkpoint_every`.
+    /// A record `replay` fails on stops the open: an answered write cannot be dropped.
+    pub fn open_logged(
+        path: &Path,
+        commit_batch_ops_max: usize,
+        commit_queue_max: usize,
+        checkpoint_every: Duration,
+        replay: &dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StorageError>,
+    ) -> Result<Partition, StorageError> {
+        Partition::open_with(
+            path,
+            commit_batch_ops_max,
+            commit_queue_max,
+            Some((checkpoint_every, replay)),
+        )
+    }
+
+    fn open_with(
+        path: &Path,
+        commit_batch_ops_max: usize,
+        commit_queue_max: usize,
+        logged: Option<(
+            Duration,
+            &dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StorageError>,
+        )>,
     ) -> Result<Partition, StorageError> {
         assert!(commit_batch_ops_max > 0 && commit_queue_max > 0);
         let damaged = |reason: String| StorageError::Damaged {
@@ -130,16 +196,7 @@ impl Partition {
         let exists = path.exists();
         // A redb open of a file altered outside redb may panic rather than fail; the check on
         // open turns that into an error, and catch_unwind covers what it does not.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|source| StorageError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = open_file(path)?;
         let tap = crate::snapshot::Tap::new(file).map_err(|e| damaged(e.to_string()))?;
         let opened = std::panic::catch_unwind(|| {
             let mut builder = Database::builder();
@@ -151,6 +208,7 @@ impl Partition {
             Ok(Err(e)) => return Err(damaged(e.to_string())),
             Err(_) => return Err(damaged("redb panicked while opening it".to_string())),
         };
+        let log = recover(&db, path, logged)?;
         let db = Arc::new(db);
         let (tx, rx) = flume::bounded(commit_queue_max);
         let stats = Arc::new(CommitStats::default());
@@ -167,7 +225,14 @@ impl Partition {
             );
             std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run_writer(&db, &rx, &stats, &linger, commit_batch_ops_max))
+                .spawn(move || {
+                    let mut writer = Writer {
+                        db: &db,
+                        stats: &stats,
+                        log,
+                    };
+                    writer.run(&rx, &linger, commit_batch_ops_max)
+                })
                 .map_err(|source| StorageError::Io {
                     path: path.to_path_buf(),
                     source,
@@ -212,7 +277,7 @@ impl Partition {
         R: Send + 'static,
         E: From<StorageError> + WriteFailure + Send + 'static,
     {
-        self.write_within(op, None).await
+        self.write_job(unlogged(op), None, Class::Durable).await
     }
 
     /// `write` for work no request waits on (applying what another shard offered, indexing,
@@ -226,18 +291,54 @@ impl Partition {
         R: Send + 'static,
         E: From<StorageError> + WriteFailure + Send + 'static,
     {
-        self.write_within(op, Some(within)).await
+        self.write_job(unlogged(op), Some(within), Class::Durable)
+            .await
     }
 
-    async fn write_within<R, E, F>(&self, op: F, within: Option<Duration>) -> Result<R, E>
+    /// `write` for an operation that can say how to run it again: besides its value, `op`
+    /// returns a record that `open_logged`'s replay turns back into the same writes on the
+    /// same state. It resolves once that record is in the log (or its commit durable).
+    /// With `within`, it is deferred as in `write_deferred`.
+    pub async fn write_logged<R, E, F>(&self, op: F, within: Option<Duration>) -> Result<R, E>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(R, Vec<u8>), E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StorageError> + WriteFailure + Send + 'static,
+    {
+        let op = move |txn: &WriteTransaction| op(txn).map(|(value, record)| (value, Some(record)));
+        self.write_job(op, within, Class::Logged).await
+    }
+
+    /// `write_deferred` for a write a crash may lose because its writer writes it again
+    /// (acknowledgements that are resent, an index that catches up from its stored cursor).
+    /// It must not be what a logged write later depends on. It resolves once committed.
+    pub async fn write_lossy<R, E, F>(&self, op: F, within: Duration) -> Result<R, E>
     where
         F: FnOnce(&WriteTransaction) -> Result<R, E> + Send + 'static,
         R: Send + 'static,
         E: From<StorageError> + WriteFailure + Send + 'static,
     {
+        self.write_job(unlogged(op), Some(within), Class::Lossy)
+            .await
+    }
+
+    async fn write_job<R, E, F>(
+        &self,
+        op: F,
+        within: Option<Duration>,
+        class: Class,
+    ) -> Result<R, E>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(R, Option<Vec<u8>>), E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StorageError> + WriteFailure + Send + 'static,
+    {
         let (reply_tx, reply_rx) = flume::bounded::<Result<R, E>>(1);
         let job: Job = Box::new(move |txn: &WriteTransaction| {
-            let outcome = op(txn);
+            let (outcome, record) = match op(txn) {
+                Ok((value, record)) => (Ok(value), record),
+                Err(e) => (Err(e), None),
+            };
             let poisons = matches!(&outcome, Err(e) if e.poisons_batch());
             let completion: Completion = Box::new(move |commit: Result<(), StorageError>| {
                 let answer = match (outcome, commit) {
@@ -248,11 +349,11 @@ impl Partition {
                 // The caller may have gone (deadline passed); the write stands regardless.
                 let _ = reply_tx.send(answer);
             });
-            (completion, poisons)
+            (completion, poisons, record)
         });
         let msg = match within {
-            None => Msg::Write(job),
-            Some(within) => Msg::Deferred(job, Instant::now() + within),
+            None => Msg::Write(job, class),
+            Some(within) => Msg::Deferred(job, class, Instant::now() + within),
         };
         self.tx
             .send_async(msg)
@@ -262,6 +363,17 @@ impl Partition {
             .recv_async()
             .await
             .map_err(|_| E::from(StorageError::WriterStopped))?
+    }
+
+    /// `write_blocking` that first makes every earlier commit durable in the file, so the
+    /// file holds exactly what `op` sees (images).
+    pub(crate) fn barrier_blocking<R, E, F>(&self, op: F) -> Result<R, E>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<R, E> + Send + 'static,
+        R: Send + 'static,
+        E: From<StorageError> + WriteFailure + Send + 'static,
+    {
+        futures_block_on(self.write_job(unlogged(op), None, Class::Barrier))
     }
 
     /// Like `write`, for callers off any executor (admin tools, start-up).
@@ -301,154 +413,404 @@ impl Drop for Partition {
 /// A write that arrives this soon after the previous commit ended finds the writer busy.
 const BUSY_GAP: Duration = Duration::from_millis(5);
 
-fn run_writer(
+/// `op` as a job that leaves no log record.
+fn unlogged<R, E, F>(
+    op: F,
+) -> impl FnOnce(&WriteTransaction) -> Result<(R, Option<Vec<u8>>), E> + Send + 'static
+where
+    F: FnOnce(&WriteTransaction) -> Result<R, E> + Send + 'static,
+{
+    move |txn: &WriteTransaction| op(txn).map(|value| (value, None))
+}
+
+fn open_file(path: &Path) -> Result<std::fs::File, StorageError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| StorageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The number of the last log frame `db` holds the effects of (0: none).
+fn stored_seq(db: &Database) -> Result<u64, StorageError> {
+    let read = db.begin_read()?;
+    let seq = match read.open_table(WAL_SEQ) {
+        Ok(table) => table.get(WAL_SEQ_KEY)?.map(|v| v.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(seq.unwrap_or(0))
+}
+
+fn record_seq(txn: &WriteTransaction, seq: u64) -> Result<(), StorageError> {
+    txn.open_table(WAL_SEQ)?.insert(WAL_SEQ_KEY, seq)?;
+    Ok(())
+}
+
+type Replay<'r> = &'r dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StorageError>;
+
+/// Brings `db` up to its log: the frames after the one it holds are replayed and committed
+/// durably. Without `logged`, a log with such frames is refused instead.
+fn recover(
     db: &Database,
-    rx: &flume::Receiver<Msg>,
-    stats: &CommitStats,
-    linger_us: &AtomicU64,
-    commit_batch_ops_max: usize,
-) {
-    let mut batch: Vec<Job> = Vec::with_capacity(commit_batch_ops_max);
-    // Deferred writes waiting for a commit, in arrival order, and the moment the first of
-    // them must commit by. Writes commit in the order they arrive, deferred or not (a post
-    // is applied before its edit): a commit takes every waiting one before anything later.
-    let mut waiting: Vec<Job> = Vec::new();
-    let mut due: Option<Instant> = None;
-    let mut last_end: Option<Instant> = None;
-    loop {
-        let mut stop = false;
-        // Wait for a write, or for the waiting deferred ones to fall due.
-        let first = match due {
-            None => rx.recv().ok(),
-            Some(at) => match rx.recv_deadline(at) {
-                Ok(msg) => Some(msg),
-                Err(flume::RecvTimeoutError::Timeout) => {
-                    take_waiting(db, stats, &mut batch, &mut waiting, commit_batch_ops_max);
-                    due = None;
-                    commit_batch(db, &mut batch, stats);
-                    last_end = Some(Instant::now());
+    path: &Path,
+    logged: Option<(Duration, Replay<'_>)>,
+) -> Result<Option<Log>, StorageError> {
+    let wal_path = wal::path_for(path);
+    let io = |source| StorageError::Io {
+        path: wal_path.clone(),
+        source,
+    };
+    if logged.is_none() && !wal_path.exists() {
+        return Ok(None);
+    }
+    let file = open_file(&wal_path)?;
+    let stored = stored_seq(db)?;
+    let frames = wal::read_frames(&file).map_err(io)?;
+    let last_read = frames.last().map_or(0, |(seq, _)| *seq);
+    let missing: Vec<(u64, Vec<Vec<u8>>)> = frames
+        .into_iter()
+        .filter(|(seq, _)| *seq > stored)
+        .collect();
+    let Some((every, replay)) = logged else {
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        return Err(StorageError::Damaged {
+            path: wal_path.clone(),
+            reason: format!(
+                "its write-ahead log holds {} commits the database lacks; start the server on \
+                 this data dir once to apply them",
+                missing.len()
+            ),
+        });
+    };
+    if let Some((newest, _)) = missing.last() {
+        let txn = db.begin_write()?;
+        for (seq, records) in &missing {
+            for record in records {
+                if let Err(e) = replay(&txn, record) {
+                    let _ = txn.abort();
+                    return Err(StorageError::Damaged {
+                        path: wal_path.clone(),
+                        reason: format!("log frame {seq} cannot be replayed: {e}"),
+                    });
+                }
+            }
+        }
+        record_seq(&txn, *newest)?;
+        txn.commit()?;
+        tracing::info!(
+            log = %wal_path.display(),
+            frames = missing.len(),
+            "replayed the write-ahead log"
+        );
+    }
+    let next_seq = stored.max(last_read) + 1;
+    Ok(Some(Log {
+        wal: Wal::new(file, wal_path, next_seq),
+        every,
+        last_durable: Instant::now(),
+        dirty: false,
+        force: false,
+    }))
+}
+
+/// The writer thread's side of the write-ahead log.
+struct Log {
+    wal: Wal,
+    /// The longest a commit stays out of the database file.
+    every: Duration,
+    last_durable: Instant,
+    /// Commits since `last_durable` (in memory, their logged writes in the log).
+    dirty: bool,
+    /// The next commit must be durable (the log failed: see `Writer::finish`).
+    force: bool,
+}
+
+impl Log {
+    fn checkpoint_due(&self) -> Option<Instant> {
+        self.dirty.then(|| self.last_durable + self.every)
+    }
+
+    fn must_be_durable(&self) -> bool {
+        self.force
+            || self.last_durable.elapsed() >= self.every
+            || self.wal.written() >= WAL_BYTES_MAX
+    }
+
+    fn checkpointed(&mut self) {
+        self.wal.restart();
+        self.dirty = false;
+        self.force = false;
+        self.last_durable = Instant::now();
+    }
+}
+
+struct Writer<'a> {
+    db: &'a Database,
+    stats: &'a CommitStats,
+    log: Option<Log>,
+}
+
+impl Writer<'_> {
+    fn run(
+        &mut self,
+        rx: &flume::Receiver<Msg>,
+        linger_us: &AtomicU64,
+        commit_batch_ops_max: usize,
+    ) {
+        let mut batch: Vec<(Job, Class)> = Vec::with_capacity(commit_batch_ops_max);
+        // Deferred writes waiting for a commit, in arrival order, and the moment the first of
+        // them must commit by. Writes commit in the order they arrive, deferred or not (a post
+        // is applied before its edit): a commit takes every waiting one before anything later.
+        let mut waiting: Vec<(Job, Class)> = Vec::new();
+        let mut due: Option<Instant> = None;
+        let mut last_end: Option<Instant> = None;
+        loop {
+            let mut stop = false;
+            // Wait for a write, for the waiting deferred ones to fall due, or for the
+            // checkpoint the commits in memory need.
+            let checkpoint = self.log.as_ref().and_then(Log::checkpoint_due);
+            let deadline = match (due, checkpoint) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match deadline {
+                None => rx.recv().ok(),
+                Some(at) => match rx.recv_deadline(at) {
+                    Ok(msg) => Some(msg),
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        if due.is_some_and(|d| d <= Instant::now()) {
+                            self.take_waiting(&mut batch, &mut waiting, commit_batch_ops_max);
+                            due = None;
+                            self.commit_batch(&mut batch, false);
+                        } else {
+                            self.checkpoint();
+                        }
+                        last_end = Some(Instant::now());
+                        continue;
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => None,
+                },
+            };
+            match first {
+                Some(Msg::Deferred(job, class, at)) => {
+                    waiting.push((job, class));
+                    due = Some(due.map_or(at, |d| d.min(at)));
                     continue;
                 }
-                Err(flume::RecvTimeoutError::Disconnected) => None,
-            },
-        };
-        match first {
-            Some(Msg::Deferred(job, at)) => {
-                waiting.push(job);
-                due = Some(due.map_or(at, |d| d.min(at)));
-                continue;
+                Some(Msg::Write(job, class)) => {
+                    // This commit happens anyway: what waits rides along, ahead of this write.
+                    self.take_waiting(&mut batch, &mut waiting, commit_batch_ops_max);
+                    due = None;
+                    batch.push((job, class));
+                }
+                Some(Msg::Stop) | None => {
+                    // Nothing is left behind: what still waits commits before the thread ends.
+                    self.take_waiting(&mut batch, &mut waiting, commit_batch_ops_max);
+                    stop = true;
+                }
             }
-            Some(Msg::Write(job)) => {
-                // This commit happens anyway: what waits rides along, ahead of this write.
-                take_waiting(db, stats, &mut batch, &mut waiting, commit_batch_ops_max);
-                due = None;
-                batch.push(job);
-            }
-            Some(Msg::Stop) | None => {
-                // Nothing is left behind: what still waits commits before the thread ends.
-                take_waiting(db, stats, &mut batch, &mut waiting, commit_batch_ops_max);
-                stop = true;
-            }
-        }
-        while !stop && batch.len() < commit_batch_ops_max {
-            match rx.try_recv() {
-                // Committed now with the rest, in arrival order.
-                Ok(Msg::Write(job)) | Ok(Msg::Deferred(job, _)) => batch.push(job),
-                Ok(Msg::Stop) => stop = true,
-                Err(_) => break,
-            }
-        }
-        // Busy (the previous commit ended moments ago): wait a little for more writes, so one
-        // commit carries them all, with one fsync and one write of the pages that every write
-        // dirties near the roots of its tables. An idle writer commits at once.
-        let linger = Duration::from_micros(linger_us.load(Ordering::Relaxed));
-        let busy = last_end.is_some_and(|end| end.elapsed() < BUSY_GAP);
-        if !stop && busy && !linger.is_zero() {
-            let until = Instant::now() + linger;
-            while batch.len() < commit_batch_ops_max {
-                match rx.recv_deadline(until) {
-                    Ok(Msg::Write(job)) | Ok(Msg::Deferred(job, _)) => batch.push(job),
-                    Ok(Msg::Stop) | Err(flume::RecvTimeoutError::Disconnected) => {
-                        stop = true;
-                        break;
+            while !stop && batch.len() < commit_batch_ops_max {
+                match rx.try_recv() {
+                    // Committed now with the rest, in arrival order.
+                    Ok(Msg::Write(job, class)) | Ok(Msg::Deferred(job, class, _)) => {
+                        batch.push((job, class))
                     }
-                    Err(flume::RecvTimeoutError::Timeout) => break,
+                    Ok(Msg::Stop) => stop = true,
+                    Err(_) => break,
+                }
+            }
+            // Busy (the previous commit ended moments ago): wait a little for more writes, so
+            // one commit carries them all, with one fsync and one write of the pages that every
+            // write dirties near the roots of its tables. An idle writer commits at once.
+            let linger = Duration::from_micros(linger_us.load(Ordering::Relaxed));
+            let busy = last_end.is_some_and(|end| end.elapsed() < BUSY_GAP);
+            if !stop && busy && !linger.is_zero() {
+                let until = Instant::now() + linger;
+                while batch.len() < commit_batch_ops_max {
+                    match rx.recv_deadline(until) {
+                        Ok(Msg::Write(job, class)) | Ok(Msg::Deferred(job, class, _)) => {
+                            batch.push((job, class))
+                        }
+                        Ok(Msg::Stop) | Err(flume::RecvTimeoutError::Disconnected) => {
+                            stop = true;
+                            break;
+                        }
+                        Err(flume::RecvTimeoutError::Timeout) => break,
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                self.commit_batch(&mut batch, stop);
+                last_end = Some(Instant::now());
+            }
+            if stop {
+                // The database file holds everything when the thread ends.
+                if self.log.as_ref().is_some_and(|l| l.dirty) {
+                    self.checkpoint();
+                }
+                return;
+            }
+        }
+    }
+
+    /// Moves every waiting deferred write into `batch`, in order, committing full batches on
+    /// the way (so that all of them commit before any write that arrived after them).
+    fn take_waiting(
+        &mut self,
+        batch: &mut Vec<(Job, Class)>,
+        waiting: &mut Vec<(Job, Class)>,
+        max: usize,
+    ) {
+        for job in waiting.drain(..) {
+            if batch.len() >= max {
+                self.commit_batch(batch, false);
+            }
+            batch.push(job);
+        }
+    }
+
+    /// A durable commit of nothing: the commits held in memory reach the file.
+    fn checkpoint(&mut self) {
+        let Some(log) = &mut self.log else {
+            return;
+        };
+        let started = Instant::now();
+        let result = self
+            .db
+            .begin_write()
+            .map_err(StorageError::from)
+            .and_then(|txn| {
+                record_seq(&txn, log.wal.last_seq())?;
+                txn.commit().map_err(StorageError::from)
+            });
+        match &result {
+            Ok(()) => log.checkpointed(),
+            Err(e) => tracing::error!(error = %e, "checkpoint failed"),
+        }
+        self.stats
+            .record(0, started.elapsed().as_secs_f64(), result.is_ok());
+    }
+
+    /// Runs `batch` in one transaction and commits it: durably when a write in it asks
+    /// for it (or there is no log, or a checkpoint is due, or `closing`), else in memory
+    /// after its logged writes' frame is on disk. Then answers every write in it.
+    fn commit_batch(&mut self, batch: &mut Vec<(Job, Class)>, closing: bool) {
+        let ops = batch.len();
+        if self.log.as_ref().is_some_and(|l| l.dirty)
+            && batch.iter().any(|(_, class)| *class == Class::Barrier)
+        {
+            self.checkpoint();
+        }
+        let started = Instant::now();
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Without a transaction the jobs cannot run. Dropping them closes their reply
+                // channels, so each caller gets a storage error and nothing was written.
+                tracing::error!(error = %e, ops, "cannot begin a write transaction; batch refused");
+                batch.clear();
+                self.stats
+                    .record(ops, started.elapsed().as_secs_f64(), false);
+                return;
+            }
+        };
+        let mut completions = Vec::with_capacity(ops);
+        let mut records = Vec::new();
+        let mut poisoned = false;
+        let mut durable = closing;
+        for (job, class) in batch.drain(..) {
+            durable |= matches!(class, Class::Durable | Class::Barrier);
+            match std::panic::catch_unwind(AssertUnwindSafe(|| job(&txn))) {
+                Ok((completion, poisons, record)) => {
+                    poisoned |= poisons;
+                    completions.push(completion);
+                    records.extend(record);
+                }
+                Err(_) => {
+                    tracing::error!("a write operation panicked; aborting its batch");
+                    poisoned = true;
                 }
             }
         }
-        if !batch.is_empty() {
-            commit_batch(db, &mut batch, stats);
-            last_end = Some(Instant::now());
+        let result = if poisoned {
+            let _ = txn.abort();
+            Err(StorageError::Redb(
+                "the batch was aborted after a storage failure".to_string(),
+            ))
+        } else {
+            self.finish(txn, durable, &records)
+        };
+        let ok = result.is_ok();
+        if let Err(e) = &result {
+            tracing::error!(error = %e, ops, "group commit failed");
         }
-        if stop {
-            return;
+        self.stats.record(ops, started.elapsed().as_secs_f64(), ok);
+        for completion in completions {
+            completion(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StorageError::Redb(e.to_string())),
+            });
         }
     }
-}
 
-/// Moves every waiting deferred write into `batch`, in order, committing full batches on
-/// the way (so that all of them commit before any write that arrived after them).
-fn take_waiting(
-    db: &Database,
-    stats: &CommitStats,
-    batch: &mut Vec<Job>,
-    waiting: &mut Vec<Job>,
-    max: usize,
-) {
-    for job in waiting.drain(..) {
-        if batch.len() >= max {
-            commit_batch(db, batch, stats);
+    /// Commits a batch's transaction (see `commit_batch`).
+    ///
+    /// A failure of the log or of the in-memory commit after its frame was written forces
+    /// the next commit to be durable; that commit stores the failed frame's number as done,
+    /// so a crash after it never replays the failed batch. (A crash before it could: the
+    /// frame may be on disk. That takes a failing disk and a crash within one commit.)
+    fn finish(
+        &mut self,
+        mut txn: WriteTransaction,
+        durable: bool,
+        records: &[Vec<u8>],
+    ) -> Result<(), StorageError> {
+        let Some(log) = &mut self.log else {
+            return txn.commit().map_err(StorageError::from);
+        };
+        if durable || log.must_be_durable() {
+            record_seq(&txn, log.wal.last_seq())?;
+            txn.commit()?;
+            log.checkpointed();
+            return Ok(());
         }
-        batch.push(job);
-    }
-}
-
-fn commit_batch(db: &Database, batch: &mut Vec<Job>, stats: &CommitStats) {
-    let ops = batch.len();
-    let started = Instant::now();
-    let txn = match db.begin_write() {
-        Ok(txn) => txn,
-        Err(e) => {
-            // Without a transaction the jobs cannot run. Dropping them closes their reply
-            // channels, so each caller gets a storage error and nothing was written.
-            tracing::error!(error = %e, ops, "cannot begin a write transaction; batch refused");
-            batch.clear();
-            stats.record(ops, started.elapsed().as_secs_f64(), false);
-            return;
-        }
-    };
-    let mut completions = Vec::with_capacity(ops);
-    let mut poisoned = false;
-    for job in batch.drain(..) {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| job(&txn))) {
-            Ok((completion, poisons)) => {
-                poisoned |= poisons;
-                completions.push(completion);
-            }
-            Err(_) => {
-                tracing::error!("a write operation panicked; aborting its batch");
-                poisoned = true;
+        if !records.is_empty() {
+            record_seq(&txn, log.wal.next_seq())?;
+            if let Err(source) = log.wal.append(records) {
+                log.force = true;
+                let _ = txn.abort();
+                return Err(StorageError::Io {
+                    path: log.wal.path().to_path_buf(),
+                    source,
+                });
             }
         }
-    }
-    let result = if poisoned {
-        let _ = txn.abort();
-        Err(StorageError::Redb(
-            "the batch was aborted after a storage failure".to_string(),
-        ))
-    } else {
-        txn.commit().map_err(StorageError::from)
-    };
-    let ok = result.is_ok();
-    if let Err(e) = &result {
-        tracing::error!(error = %e, ops, "group commit failed");
-    }
-    stats.record(ops, started.elapsed().as_secs_f64(), ok);
-    for completion in completions {
-        completion(match &result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(StorageError::Redb(e.to_string())),
-        });
+        if txn.set_durability(Durability::None).is_err() {
+            // Not expected (no persistent savepoints, one process): commit durably instead.
+            record_seq(&txn, log.wal.last_seq())?;
+            txn.commit()?;
+            log.checkpointed();
+            return Ok(());
+        }
+        match txn.commit() {
+            Ok(()) => {
+                log.dirty = true;
+                self.stats.logged.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                log.force = true;
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -576,6 +938,114 @@ mod tests {
         for key in 1..=4 {
             assert_eq!(t.get(key).unwrap().unwrap().value(), key);
         }
+    }
+
+    fn put_logged(
+        key: u64,
+    ) -> impl FnOnce(&WriteTransaction) -> Result<((), Vec<u8>), E> + Send + 'static {
+        move |txn| put(key)(txn).map(|()| ((), key.to_le_bytes().to_vec()))
+    }
+
+    fn keys_in(p: &Partition) -> Vec<u64> {
+        let read = p.read().unwrap();
+        match read.open_table(T) {
+            Ok(t) => t.iter().unwrap().map(|e| e.unwrap().0.value()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// The child of `logged_writes_survive_a_crash`: answered writes, then an abort (no
+    /// destructor, no close: as a kill would leave the files).
+    fn crash_after_writes(path: &Path, mode: &str) -> ! {
+        let replay = |_: &WriteTransaction, _: &[u8]| -> Result<(), StorageError> {
+            panic!("nothing to replay in a fresh file")
+        };
+        let p = Partition::open_logged(path, 64, 64, Duration::from_secs(3600), &replay).unwrap();
+        for key in 1..=50 {
+            futures_block_on(p.write_logged(put_logged(key), None)).unwrap();
+        }
+        futures_block_on(p.write_lossy(put(1000), Duration::from_millis(1))).unwrap();
+        if mode == "then-durable" {
+            p.write_blocking(put(51)).unwrap();
+        }
+        assert!(p.stats().logged >= 1);
+        std::process::abort();
+    }
+
+    /// Logged writes answered before a crash are in the log, not the file; reopened with
+    /// the log, they are replayed once, in order, and a durable commit after them leaves
+    /// nothing to replay.
+    #[test]
+    fn logged_writes_survive_a_crash() {
+        if let Ok(child) = std::env::var("NOVA_WAL_CHILD") {
+            let (mode, path) = child.split_once(':').unwrap();
+            crash_after_writes(Path::new(path), mode);
+        }
+        for mode in ["logged-only", "then-durable"] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.redb");
+            let status = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "writer::tests::logged_writes_survive_a_crash"])
+                .args(["--nocapture", "--test-threads=1"])
+                .env("NOVA_WAL_CHILD", format!("{mode}:{}", path.display()))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(!status.success(), "the child aborts");
+            if mode == "then-durable" {
+                // The durable commit carried the logged ones: nothing is left to replay.
+                let p = Partition::open(&path, 8, 8).unwrap();
+                let keys = keys_in(&p);
+                assert_eq!(keys[..51], (1..=51).collect::<Vec<u64>>()[..], "{mode}");
+                continue;
+            }
+            // The file alone lacks the answered writes: a plain open refuses it.
+            let err = Partition::open(&path, 8, 8).err().unwrap().to_string();
+            assert!(
+                err.contains("s.wal") && err.contains("write-ahead log"),
+                "{err}"
+            );
+            let replayed = Mutex::new(Vec::new());
+            let replay = |txn: &WriteTransaction, record: &[u8]| -> Result<(), StorageError> {
+                let key = u64::from_le_bytes(record.try_into().unwrap());
+                replayed.lock().unwrap().push(key);
+                txn.open_table(T)?.insert(key, key)?;
+                Ok(())
+            };
+            let p = Partition::open_logged(&path, 8, 8, Duration::from_secs(1), &replay).unwrap();
+            assert_eq!(*replayed.lock().unwrap(), (1..=50).collect::<Vec<u64>>());
+            // The lossy write may or may not have survived; every logged one did.
+            let keys = keys_in(&p);
+            assert_eq!(keys[..50], (1..=50).collect::<Vec<u64>>()[..]);
+            drop(p);
+            // Replayed and committed: a second open replays nothing.
+            replayed.lock().unwrap().clear();
+            let p = Partition::open_logged(&path, 8, 8, Duration::from_secs(1), &replay).unwrap();
+            assert!(replayed.lock().unwrap().is_empty());
+            assert_eq!(keys_in(&p)[..50], (1..=50).collect::<Vec<u64>>()[..]);
+        }
+    }
+
+    /// With a log, logged writes commit in memory until a checkpoint, which comes by
+    /// itself once `checkpoint_every` has passed, and at close.
+    #[test]
+    fn logged_commits_reach_the_file_at_the_next_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let replay = |_: &WriteTransaction, _: &[u8]| -> Result<(), StorageError> { Ok(()) };
+        let p = Partition::open_logged(&path, 8, 8, Duration::from_millis(200), &replay).unwrap();
+        futures_block_on(p.write_logged(put_logged(1), None)).unwrap();
+        futures_block_on(p.write_logged(put_logged(2), None)).unwrap();
+        assert_eq!(p.stats().logged, 2, "both in memory and in the log");
+        assert_eq!(keys_in(&p), vec![1, 2], "and visible at once");
+        let before = p.stats().batches;
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(p.stats().batches, before + 1, "one checkpoint, by itself");
+        assert_eq!(p.stats().logged, 2);
+        // A plain write is durable at once (no new logged commit).
+        p.write_blocking(put(3)).unwrap();
+        assert_eq!(p.stats().logged, 2);
     }
 
     #[test]
