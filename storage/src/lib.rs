@@ -14,7 +14,9 @@ mod writer;
 pub use datadir::{DataDir, Manifest, MANIFEST_FILE};
 pub use error::StorageError;
 pub use snapshot::{quiet_image, Image, Tap, IMAGE_CHUNK_BYTES};
-pub use writer::{CommitStats, CommitStatsSnapshot, Partition, WriteFailure, FSYNC_BUCKETS_S};
+pub use writer::{
+    CommitStats, CommitStatsSnapshot, Partition, Replay, WriteFailure, FSYNC_BUCKETS_S,
+};
 
 /// Re-exported so that `core` and the engine name the same redb types.
 pub use redb;

@@ -169,7 +169,7 @@ impl Partition {
         commit_batch_ops_max: usize,
         commit_queue_max: usize,
         checkpoint_every: Duration,
-        replay: &dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StorageError>,
+        replay: Replay<'_>,
     ) -> Result<Partition, StorageError> {
         Partition::open_with(
             path,
@@ -183,10 +183,7 @@ impl Partition {
         path: &Path,
         commit_batch_ops_max: usize,
         commit_queue_max: usize,
-        logged: Option<(
-            Duration,
-            &dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StorageError>,
-        )>,
+        logged: Option<(Duration, Replay<'_>)>,
     ) -> Result<Partition, StorageError> {
         assert!(commit_batch_ops_max > 0 && commit_queue_max > 0);
         let damaged = |reason: String| StorageError::Damaged {
@@ -452,7 +449,8 @@ fn record_seq(txn: &WriteTransaction, seq: u64) -> Result<(), StorageError> {
     Ok(())
 }
 
-type Replay<'r> = &'r dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StorageError>;
+/// Runs one log record again (`Partition::open_logged`).
+pub type Replay<'r> = &'r dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StorageError>;
 
 /// Brings `db` up to its log: the frames after the one it holds are replayed and committed
 /// durably. Without `logged`, a log with such frames is refused instead.
