@@ -8,7 +8,7 @@ use crate::CoreError;
 
 const FORMAT_V1: u8 = 1;
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let out = vec![FORMAT_V1];
     // postcard only fails to serialize types it cannot represent (maps with non-string keys
     // are fine, unsized sequences are not used); our records are plain structs.
@@ -18,7 +18,7 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     }
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CoreError> {
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CoreError> {
     match bytes.split_first() {
         Some((&FORMAT_V1, rest)) => postcard::from_bytes(rest)
             .map_err(|e| CoreError::Corrupt(format!("undecodable record: {e}"))),

@@ -9,7 +9,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod backup;
-mod codec;
+pub mod codec;
 pub mod communication;
 pub mod content;
 pub mod erasure;

@@ -698,6 +698,13 @@ pub fn backup_offline(data: &Path, dest: &Path) -> anyhow::Result<BackupManifest
         let db = redb::Database::builder()
             .create_with_backend(tap.clone())
             .map_err(|e| running(&e))?;
+        let unapplied = nova_storage::unapplied_log_frames(&path, &db)?;
+        anyhow::ensure!(
+            unapplied == 0,
+            "{}: its write-ahead log holds {unapplied} commits the file lacks (the server \
+             stopped without a checkpoint); start the server once and stop it, then back up",
+            path.display()
+        );
         dbs.push((db, tap));
     }
     prepare_empty(dest)?;

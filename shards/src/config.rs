@@ -53,6 +53,9 @@ pub struct Config {
     pub commit_linger_us: u64,
     /// How long (µs) an idle shard keeps polling for work before it sleeps (0: sleeps at once).
     pub spin_before_park_us: u64,
+    /// How long (ms) a commit may stay out of the database file, carried by the write-ahead
+    /// log, before a checkpoint (0: no log, every commit durable in the file).
+    pub checkpoint_ms: u64,
     pub mesh_queue_max: usize,
     pub auth_log_retention_days: u64,
     /// Serve DeathStarBench's unauthenticated `/wrk2-api/*` routes (benchmarks only).
@@ -217,6 +220,7 @@ impl Default for Config {
             commit_queue_max: 8192,
             commit_linger_us: 0,
             spin_before_park_us: 0,
+            checkpoint_ms: 1_000,
             mesh_queue_max: 4096,
             auth_log_retention_days: 90,
             dsb_compat: false,
@@ -349,6 +353,8 @@ pub struct ServeArgs {
     pub commit_linger_us: Option<u64>,
     #[arg(long, env = "NOVA_SPIN_BEFORE_PARK_US")]
     pub spin_before_park_us: Option<u64>,
+    #[arg(long, env = "NOVA_CHECKPOINT_MS")]
+    pub checkpoint_ms: Option<u64>,
     #[arg(long, env = "NOVA_MESH_QUEUE_MAX")]
     pub mesh_queue_max: Option<usize>,
     #[arg(long, env = "NOVA_AUTH_LOG_RETENTION_DAYS")]
@@ -502,6 +508,7 @@ impl Config {
             commit_queue_max,
             commit_linger_us,
             spin_before_park_us,
+            checkpoint_ms,
             mesh_queue_max,
             auth_log_retention_days,
             dsb_compat,
@@ -605,6 +612,10 @@ impl Config {
         anyhow::ensure!(
             self.spin_before_park_us <= 10_000,
             "spin_before_park_us must be at most 10000"
+        );
+        anyhow::ensure!(
+            self.checkpoint_ms <= 60_000,
+            "checkpoint_ms must be at most 60000"
         );
         anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),
@@ -791,5 +802,21 @@ mod tests {
         };
         assert_eq!(spin(200).unwrap().spin_before_park_us, 200);
         assert!(spin(10_001).is_err());
+    }
+
+    #[test]
+    fn checkpoints_are_bounded() {
+        let every = |ms: u64| {
+            Config::load(&ServeArgs {
+                checkpoint_ms: Some(ms),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            Config::load(&ServeArgs::default()).unwrap().checkpoint_ms,
+            1_000
+        );
+        assert_eq!(every(0).unwrap().checkpoint_ms, 0);
+        assert!(every(60_001).is_err());
     }
 }

@@ -30,6 +30,7 @@ mod metrics;
 mod moderation;
 mod notify;
 mod push;
+mod replay;
 mod search;
 mod search_admin;
 mod server;

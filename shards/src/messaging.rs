@@ -58,7 +58,7 @@ struct Outgoing {
 
 /// One send as written: the message (an earlier one for a repeated idempotency key),
 /// whether it is new, and its recipients on this shard.
-struct Sent {
+pub(crate) struct Sent {
     message: Message,
     fresh: bool,
     local: Vec<u64>,
@@ -415,7 +415,17 @@ impl Shard {
             }
             let here = self.id;
             let written = self
-                .write_notifying(move |t| post_batch(t, here, sends))
+                .write_notifying_logged(
+                    move |t| {
+                        let record = crate::replay::Record::Send {
+                            here,
+                            sends: &sends,
+                        }
+                        .encode();
+                        Ok((post_batch(t, here, sends)?, record))
+                    },
+                    None,
+                )
                 .await;
             let outcomes = match written {
                 Ok(outcomes) => outcomes,
@@ -535,10 +545,10 @@ impl Shard {
 /// `here`: each message, its conversation's local inboxes, its `MessagePosted` outbox event
 /// for the other shards and its local recipients' notifications. A send refused by the domain
 /// (its sender has left) fails alone and wrote nothing; a storage failure fails the batch.
-fn post_batch(
+pub(crate) fn post_batch(
     t: &WriteTransaction,
     here: usize,
-    sends: Vec<(Message, Option<String>, u64)>,
+    sends: Vec<crate::replay::SendItem>,
 ) -> Result<Vec<Result<Sent, CoreError>>, CoreError> {
     let mut out: Vec<Result<Sent, CoreError>> = Vec::with_capacity(sends.len());
     let mut recorded: Vec<(u64, u64, Event, Vec<usize>)> = Vec::with_capacity(sends.len());

@@ -208,6 +208,17 @@ pub fn render(mut shards: Vec<Snapshot>) -> String {
             s.shard, s.commit.ops
         );
     }
+    out.push_str(
+        "# HELP nova_commit_logged_total Group commits made durable by the write-ahead log, left in memory until a checkpoint.\n",
+    );
+    out.push_str("# TYPE nova_commit_logged_total counter\n");
+    for s in &shards {
+        let _ = writeln!(
+            out,
+            "nova_commit_logged_total{{shard=\"{}\"}} {}",
+            s.shard, s.commit.logged
+        );
+    }
     out.push_str("# HELP nova_commit_failures_total Group commits that failed.\n");
     out.push_str("# TYPE nova_commit_failures_total counter\n");
     for s in &shards {

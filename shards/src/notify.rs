@@ -22,6 +22,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use nova_core::events::Event;
 use nova_core::notifications::{self, Filter, Notification, Which};
 use nova_core::push::{self, Subscription};
 use nova_core::CoreError;
@@ -33,7 +34,7 @@ use crate::shard::{now_ms, Shard};
 /// Event ids reserved per notifying write for notices to other shards; a write needing more
 /// (none does today: a comment notifies at most one user elsewhere) leaves the rest to the
 /// sweep.
-const REMOTE_EVENT_IDS: usize = 4;
+pub(crate) const REMOTE_EVENT_IDS: usize = 4;
 /// How often a shard looks for notifications that no `write_notifying` took.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 /// How long an immediate delivery of a notice to another shard may take before the relay's
@@ -133,7 +134,43 @@ impl Shard {
             None => self.partition.write(op).await?,
             Some(within) => self.partition.write_deferred(op, within).await?,
         };
-        self.fresh.publish(self, &fresh);
+        self.notified(&fresh, remote);
+        Ok(out)
+    }
+
+    /// `write_notifying_within` for a write the write-ahead log carries (replay.rs): `op`
+    /// also returns its record, and the record logged is that and what this adds to it.
+    pub(crate) async fn write_notifying_logged<R, F>(
+        self: &Rc<Self>,
+        op: F,
+        defer: Option<Duration>,
+    ) -> Result<R, CoreError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<(R, Vec<u8>), CoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let event_ids: [u64; REMOTE_EVENT_IDS] = std::array::from_fn(|_| self.next_id());
+        let now = now_ms();
+        let op = move |t: &WriteTransaction| {
+            let (out, write) = op(t)?;
+            let fresh = notifications::take_fresh(t)?;
+            let remote = notifications::take_remote(t, &event_ids, now)?;
+            let record = nova_core::codec::encode(&crate::replay::Notifying {
+                write,
+                event_ids,
+                now,
+            });
+            Ok::<_, CoreError>(((out, fresh, remote), record))
+        };
+        let (out, fresh, remote) = self.partition.write_logged(op, defer).await?;
+        self.notified(&fresh, remote);
+        Ok(out)
+    }
+
+    /// After a notifying write's commit: its notifications go to streams, and its notices
+    /// for other shards on their way.
+    fn notified(self: &Rc<Self>, fresh: &[Notification], remote: Vec<(u64, usize, Event)>) {
+        self.fresh.publish(self, fresh);
         for (event_id, target, event) in remote {
             if target == self.id || target >= self.shards {
                 continue;
@@ -145,7 +182,6 @@ impl Shard {
             })
             .detach();
         }
-        Ok(out)
     }
 
     /// Every `SWEEP_PERIOD`: publish notifications a plain `Partition::write` made (and send

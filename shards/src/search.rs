@@ -321,8 +321,10 @@ impl Shard {
         }
         let taken = keys.len();
         let advance = new_cursor.filter(|c| Some(*c) != tail.borrow().cursor);
+        // Lossy: the cursor is stored with the postings, so a crash that loses this write
+        // loses the cursor's step too, and the indexer takes the same events again.
         self.partition
-            .write_deferred(
+            .write_lossy(
                 move |t| {
                     let mut posts = Vec::new();
                     for s in &subjects {

@@ -54,11 +54,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .into();
     let mut partitions = Vec::with_capacity(n);
     for k in 0..n {
-        let partition = Partition::open(
-            &data.shard_path(k),
-            cfg.commit_batch_ops_max,
-            cfg.commit_queue_max,
-        )?;
+        let path = data.shard_path(k);
+        let partition = match cfg.checkpoint_ms {
+            0 => Partition::open(&path, cfg.commit_batch_ops_max, cfg.commit_queue_max)?,
+            ms => Partition::open_logged(
+                &path,
+                cfg.commit_batch_ops_max,
+                cfg.commit_queue_max,
+                std::time::Duration::from_millis(ms),
+                &crate::replay::replay,
+            )?,
+        };
         partition.set_commit_linger(std::time::Duration::from_micros(cfg.commit_linger_us));
         partitions.push(Arc::new(partition));
     }

@@ -728,9 +728,19 @@ impl Shard {
         let shards = self.shards;
         let now = now_ms();
         let fresh = self
-            .write_notifying_within(
+            .write_notifying_logged(
                 move |t| {
-                    events::apply_all(t, events, now, |user| shard_of(user) == id && id < shards)
+                    let record = crate::replay::Record::Apply {
+                        here: id,
+                        shards,
+                        events: &events,
+                        now,
+                    }
+                    .encode();
+                    let fresh = events::apply_all(t, events, now, |user| {
+                        shard_of(user) == id && id < shards
+                    })?;
+                    Ok((fresh, record))
                 },
                 defer,
             )
@@ -1352,22 +1362,30 @@ impl Shard {
         let replies = Arc::clone(&taken);
         let here = self.id;
         let written = self
-            .write_notifying(move |t| {
-                let batch: Vec<Compose> = {
-                    let mut composing = lock(&queue);
-                    composing.pending = false;
-                    let n = composing.queue.len().min(COMPOSE_BATCH_MAX);
-                    composing.queue.drain(..n).collect()
-                };
-                let mut items = Vec::with_capacity(batch.len());
-                let mut senders = Vec::with_capacity(batch.len());
-                for c in batch {
-                    items.push((c.post, c.key, c.event_id, c.targets));
-                    senders.push(c.reply);
-                }
-                *lock(&replies) = Some(senders);
-                compose_batch(t, here, &items)
-            })
+            .write_notifying_logged(
+                move |t| {
+                    let batch: Vec<Compose> = {
+                        let mut composing = lock(&queue);
+                        composing.pending = false;
+                        let n = composing.queue.len().min(COMPOSE_BATCH_MAX);
+                        composing.queue.drain(..n).collect()
+                    };
+                    let mut items = Vec::with_capacity(batch.len());
+                    let mut senders = Vec::with_capacity(batch.len());
+                    for c in batch {
+                        items.push((c.post, c.key, c.event_id, c.targets));
+                        senders.push(c.reply);
+                    }
+                    *lock(&replies) = Some(senders);
+                    let record = crate::replay::Record::Compose {
+                        here,
+                        items: &items,
+                    };
+                    let outcomes = compose_batch(t, here, &items)?;
+                    Ok((outcomes, record.encode()))
+                },
+                None,
+            )
             .await;
         let senders = lock(&taken).take();
         match written {
@@ -1896,10 +1914,10 @@ impl Shard {
 /// an earlier create with its idempotency key is found: `Some(that id)`), its fan-out here
 /// (copies, feed rows and notifications of the mentioned users of this shard) and its
 /// `PostCreated` event for the other shards.
-fn compose_batch(
+pub(crate) fn compose_batch(
     t: &nova_storage::redb::WriteTransaction,
     here: usize,
-    items: &[(Post, Option<String>, u64, Vec<usize>)],
+    items: &[crate::replay::ComposeItem],
 ) -> Result<Vec<Option<u64>>, CoreError> {
     let mut out = Vec::with_capacity(items.len());
     let mut fresh = Vec::with_capacity(items.len());
@@ -1974,7 +1992,7 @@ impl Shard {
             let rows = acks.clone();
             let done = me
                 .partition
-                .write_deferred(move |t| acknowledge_rows(t, &rows), ACK_DEFER)
+                .write_lossy(move |t| acknowledge_rows(t, &rows), ACK_DEFER)
                 .await;
             let mut acking = me.relay.acking.borrow_mut();
             for ack in &acks {

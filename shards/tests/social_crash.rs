@@ -256,6 +256,13 @@ fn acknowledged_posts_reach_timelines_and_feeds_after_sigkill() {
         acked.extend(posts);
         server.restart();
         relogin(&server, &mut cast.authors);
+        // Killed under load, the server had commits only its write-ahead log held: what the
+        // checks below find, the replay brought back.
+        let log = server.stderr_text();
+        assert!(
+            log.contains("replayed the write-ahead log"),
+            "round {round}: nothing was replayed after the kill; stderr:\n{log}"
+        );
         relogin(&server, &mut cast.readers);
         let unanswered = verify(&server, &cast, &acked);
         eprintln!(

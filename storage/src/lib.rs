@@ -15,7 +15,8 @@ pub use datadir::{DataDir, Manifest, MANIFEST_FILE};
 pub use error::StorageError;
 pub use snapshot::{quiet_image, Image, Tap, IMAGE_CHUNK_BYTES};
 pub use writer::{
-    CommitStats, CommitStatsSnapshot, Partition, Replay, WriteFailure, FSYNC_BUCKETS_S,
+    unapplied_log_frames, CommitStats, CommitStatsSnapshot, Partition, Replay, WriteFailure,
+    FSYNC_BUCKETS_S,
 };
 
 /// Re-exported so that `core` and the engine name the same redb types.

@@ -452,6 +452,26 @@ fn record_seq(txn: &WriteTransaction, seq: u64) -> Result<(), StorageError> {
 /// Runs one log record again (`Partition::open_logged`).
 pub type Replay<'r> = &'r dyn Fn(&WriteTransaction, &[u8]) -> Result<(), StorageError>;
 
+/// How many commits the write-ahead log next to the database at `path` holds that `db`
+/// (opened on that file) lacks: a crash left them to replay, so a copy of the file alone
+/// would miss them.
+pub fn unapplied_log_frames(path: &Path, db: &Database) -> Result<usize, StorageError> {
+    let wal_path = wal::path_for(path);
+    if !wal_path.exists() {
+        return Ok(0);
+    }
+    let file = std::fs::File::open(&wal_path).map_err(|source| StorageError::Io {
+        path: wal_path.clone(),
+        source,
+    })?;
+    let stored = stored_seq(db)?;
+    let frames = wal::read_frames(&file).map_err(|source| StorageError::Io {
+        path: wal_path.clone(),
+        source,
+    })?;
+    Ok(frames.iter().filter(|(seq, _)| *seq > stored).count())
+}
+
 /// Brings `db` up to its log: the frames after the one it holds are replayed and committed
 /// durably. Without `logged`, a log with such frames is refused instead.
 fn recover(

@@ -1,0 +1,161 @@
+//! The writes the write-ahead log carries (nova-storage, wal.rs), and how they are run again
+//! after a crash.
+//!
+//! A logged write commits in memory once its record is in the log, so it costs a sequential
+//! append and a small fsync instead of a durable commit of every page it dirtied. Only the
+//! writes that dominate a busy server are logged: composes (`social::compose_batch`),
+//! delivered events (`events::apply_all`) and message sends (`messaging::post_batch`). Any
+//! other write commits durably, taking the logged ones before it along.
+//!
+//! Replaying a record must do what the write did. It does, because the record carries every
+//! input the write took besides the database (ids, times, the shard's place), the write is
+//! a function of those and of the state it ran on, and the state a replay runs on is the
+//! same: redb comes back at the last durable commit, and every commit after it was logged
+//! and is replayed in order. (Lossy writes, acknowledgements and index upkeep, are not
+//! replayed; no logged write reads what they write.)
+//!
+//! Records are postcard behind core's format byte. A record's shape may only change with a
+//! new format byte or a new variant at the end: a log written by one version is replayed by
+//! the next when a crash falls between them.
+
+use nova_core::codec;
+use nova_core::content::Post;
+use nova_core::events::{self, Event};
+use nova_core::messages::Message;
+use nova_core::notifications;
+use nova_core::shard_of;
+use nova_storage::redb::WriteTransaction;
+use nova_storage::StorageError;
+use serde::{Deserialize, Serialize};
+
+use crate::notify::REMOTE_EVENT_IDS;
+
+/// A compose as `compose_batch` takes it: the post, its idempotency key, its event id and
+/// the shards its event goes to.
+pub(crate) type ComposeItem = (Post, Option<String>, u64, Vec<usize>);
+/// A send as `post_batch` takes it: the message, its idempotency key, its event id.
+pub(crate) type SendItem = (Message, Option<String>, u64);
+
+/// A logged write, to be decoded and run again.
+#[derive(Debug, Deserialize)]
+enum Logged {
+    Compose {
+        here: usize,
+        items: Vec<ComposeItem>,
+    },
+    Apply {
+        here: usize,
+        shards: usize,
+        events: Vec<(u64, Event)>,
+        now: u64,
+    },
+    Send {
+        here: usize,
+        sends: Vec<SendItem>,
+    },
+}
+
+/// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
+/// same bytes; `tests::records_read_back_as_written`).
+#[derive(Debug, Serialize)]
+pub(crate) enum Record<'a> {
+    Compose {
+        here: usize,
+        items: &'a [ComposeItem],
+    },
+    Apply {
+        here: usize,
+        shards: usize,
+        events: &'a [(u64, Event)],
+        now: u64,
+    },
+    Send {
+        here: usize,
+        sends: &'a [SendItem],
+    },
+}
+
+impl Record<'_> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+}
+
+/// A logged write and what `Shard::write_notifying` did after it in the same transaction.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Notifying {
+    pub write: Vec<u8>,
+    pub event_ids: [u64; REMOTE_EVENT_IDS],
+    pub now: u64,
+}
+
+/// Runs one log record again (`Partition::open_logged`).
+pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageError> {
+    let failed = |e: nova_core::CoreError| StorageError::Redb(format!("replay: {e}"));
+    let notifying: Notifying = codec::decode(record).map_err(failed)?;
+    let write: Logged = codec::decode(&notifying.write).map_err(failed)?;
+    match write {
+        Logged::Compose { here, items } => {
+            crate::social::compose_batch(t, here, &items).map_err(failed)?;
+        }
+        Logged::Apply {
+            here,
+            shards,
+            events,
+            now,
+        } => {
+            events::apply_all(t, events, now, |user| {
+                shard_of(user) == here && here < shards
+            })
+            .map_err(failed)?;
+        }
+        Logged::Send { here, sends } => {
+            crate::messaging::post_batch(t, here, sends).map_err(failed)?;
+        }
+    }
+    notifications::take_fresh(t).map_err(failed)?;
+    notifications::take_remote(t, &notifying.event_ids, notifying.now).map_err(failed)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_as_written() {
+        let event = Event::Followed {
+            follower: 7,
+            followee: 9,
+        };
+        let events = vec![(42, event.clone())];
+        let bytes = Record::Apply {
+            here: 1,
+            shards: 2,
+            events: &events,
+            now: 1_700_000_000_000,
+        }
+        .encode();
+        match codec::decode::<Logged>(&bytes).unwrap() {
+            Logged::Apply {
+                here,
+                shards,
+                events,
+                now,
+            } => {
+                assert_eq!((here, shards, now), (1, 2, 1_700_000_000_000));
+                assert_eq!(events, vec![(42, event)]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let bytes = Record::Send {
+            here: 0,
+            sends: &[],
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::Send { here: 0, sends } if sends.is_empty()
+        ));
+    }
+}
