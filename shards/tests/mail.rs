@@ -145,7 +145,7 @@ fn verification_and_reset_emails_arrive_once_and_their_tokens_work() {
 
 #[test]
 fn a_relay_down_at_first_is_retried_and_each_email_arrives_once() {
-    let port = free_port();
+    let port = mailsink::free_port_outside_ephemeral();
     let server = start(port, &[]);
     let users = server.users_on_each_shard();
     // Tries fail (connection refused) and the emails wait, queued, for the next one.

@@ -433,6 +433,13 @@ fn open_file(path: &Path) -> Result<std::fs::File, StorageError> {
         })
 }
 
+fn sync_dir(file: &Path) -> std::io::Result<()> {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
 /// The number of the last log frame `db` holds the effects of (0: none).
 fn stored_seq(db: &Database) -> Result<u64, StorageError> {
     let read = db.begin_read()?;
@@ -487,7 +494,12 @@ fn recover(
     if logged.is_none() && !wal_path.exists() {
         return Ok(None);
     }
+    let created = !wal_path.exists();
     let file = open_file(&wal_path)?;
+    if created {
+        // The new name must survive a power cut as much as the frames written to it.
+        sync_dir(&wal_path).map_err(io)?;
+    }
     let stored = stored_seq(db)?;
     let frames = wal::read_frames(&file).map_err(io)?;
     let last_read = frames.last().map_or(0, |(seq, _)| *seq);
@@ -711,7 +723,12 @@ impl Writer<'_> {
             });
         match &result {
             Ok(()) => log.checkpointed(),
-            Err(e) => tracing::error!(error = %e, "checkpoint failed"),
+            Err(e) => {
+                // Tried again with the next commit (forced durable), or after `every`.
+                tracing::error!(error = %e, "checkpoint failed");
+                log.force = true;
+                log.last_durable = Instant::now();
+            }
         }
         self.stats
             .record(0, started.elapsed().as_secs_f64(), result.is_ok());

@@ -38,6 +38,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), for a port that must stay
+/// free a while before anything listens on it: an ephemeral one can be taken meanwhile as
+/// the source port of some other test's connection.
+pub fn free_port_outside_ephemeral() -> u16 {
+    let start = (std::process::id() as u16 % 10_000) + 20_000;
+    (0..10_000u16)
+        .map(|i| 20_000 + (start - 20_000 + i) % 10_000)
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .expect("a free port between 20000 and 29999")
+}
+
 /// One message the sink accepted.
 #[derive(Debug, Clone)]
 pub struct Received {
