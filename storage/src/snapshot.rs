@@ -25,7 +25,7 @@ use std::io;
 use std::ops::Bound;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redb::backends::FileBackend;
@@ -53,6 +53,20 @@ struct TapInner {
     capture: Mutex<Option<Capture>>,
     /// Chunks copied by writes (not by the backup) over this tap's life; for tests and logs.
     preserved: AtomicU64,
+    /// A checkpoint's fsync running on its own thread (`Tap::defer_next_sync`).
+    sync: Mutex<Deferred>,
+    synced: Condvar,
+}
+
+/// The state of a deferred fsync.
+#[derive(Debug, Default)]
+struct Deferred {
+    /// The next `sync_data` is to run on its own thread.
+    next: bool,
+    /// One is running: nothing may write the file until it is done.
+    running: bool,
+    /// One failed: the commit it stood for is not durable, and nothing more is written.
+    failed: Option<String>,
 }
 
 #[derive(Debug)]
@@ -99,7 +113,66 @@ impl Tap {
             active: AtomicBool::new(false),
             capture: Mutex::new(None),
             preserved: AtomicU64::new(0),
+            sync: Mutex::new(Deferred::default()),
+            synced: Condvar::new(),
         })))
+    }
+
+    fn deferred(&self) -> MutexGuard<'_, Deferred> {
+        self.0.sync.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes the next `sync_data` (a checkpoint's, the last call of its durable commit)
+    /// return at once and run on its own thread, so the writer goes on while the disk
+    /// catches up. Until it is done, every write to the file waits for it: no page the
+    /// commit freed can be overwritten before the commit is durable, so a crash meanwhile
+    /// finds the commit before it intact. Calls on the writer thread only.
+    pub(crate) fn defer_next_sync(&self) {
+        self.deferred().next = true;
+    }
+
+    /// Undoes `defer_next_sync` if no `sync_data` took it (a commit that failed before).
+    pub(crate) fn disarm(&self) {
+        self.deferred().next = false;
+    }
+
+    /// Waits for a deferred fsync, if one runs; its error if it failed (then, and from then
+    /// on, nothing more is written).
+    pub(crate) fn wait_synced(&self) -> io::Result<()> {
+        let mut d = self.deferred();
+        while d.running {
+            d = self.0.synced.wait(d).unwrap_or_else(|p| p.into_inner());
+        }
+        match &d.failed {
+            Some(e) => Err(io::Error::other(format!(
+                "a checkpoint's fsync failed: {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn sync_in_background(&self) -> io::Result<()> {
+        self.wait_synced()?;
+        self.deferred().running = true;
+        let tap = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nova-checkpoint-sync".to_string())
+            .spawn(move || {
+                let result = tap.0.file.sync_data();
+                let mut d = tap.deferred();
+                d.running = false;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "a checkpoint's fsync failed");
+                    d.failed = Some(e.to_string());
+                }
+                tap.0.synced.notify_all();
+            });
+        if spawned.is_err() {
+            // No thread: sync here instead.
+            self.deferred().running = false;
+            return self.0.file.sync_data();
+        }
+        Ok(())
     }
 
     /// Chunks that writes had to copy into an image before changing them (all images so far).
@@ -195,16 +268,22 @@ impl StorageBackend for Tap {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        self.wait_synced()?;
         // A shrink loses the bytes past `len`: the image takes them first.
         self.preserve(len, u64::MAX);
         self.0.file.set_len(len)
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
+        if std::mem::take(&mut self.deferred().next) {
+            return self.sync_in_background();
+        }
+        self.wait_synced()?;
         self.0.file.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        self.wait_synced()?;
         self.preserve(offset, offset.saturating_add(data.len() as u64));
         self.0.file.write(offset, data)
     }

@@ -14,11 +14,15 @@
 //! commit stores the last number used. After a crash, redb comes back at its last durable
 //! commit, and the frames numbered after the one it stores are replayed in order.
 //!
-//! The file is written from its start again after each checkpoint, over the old frames, so it
-//! stays as large as the most written between two checkpoints and its blocks are already
-//! allocated (the fsync of an overwrite writes no metadata). Reading stops at the first frame
-//! that is torn, damaged or does not follow its predecessor's number: old frames past the end
-//! of the new ones carry lower numbers.
+//! There are two files, used in turn: a checkpoint switches to the other one and writes it
+//! from its start again, over its old frames. The checkpoint's own fsync runs in the
+//! background (`Tap::defer_next_sync`), so until it is done the frames it covers must stay
+//! where they are; they do, in the file just left, which is only written again at the next
+//! checkpoint, once this one is durable (its writes wait for that). A file stays as large as
+//! the most written between two checkpoints and its blocks stay allocated (the fsync of an
+//! overwrite writes no metadata). Reading a file stops at the first frame that is torn,
+//! damaged or does not follow its predecessor's number: old frames past the end of the new
+//! ones carry lower numbers.
 //!
 //! Frame: magic `NWAL` (4 bytes), payload length (u32), number (u64), CRC-32 of length,
 //! number and payload (u32), payload. Payload: per record, its length (u32) then its bytes.
@@ -41,64 +45,47 @@ const HEADER_BYTES: usize = 4 + 4 + 8 + 4;
 /// smaller: a batch holds at most `commit_batch_ops_max` writes).
 const FRAME_BYTES_MAX: usize = 256 << 20;
 
-/// The log file next to a partition's database: `shard-0.redb` logs to `shard-0.wal`.
-pub(crate) fn path_for(db: &Path) -> PathBuf {
-    db.with_extension("wal")
+/// The log files next to a partition's database: `shard-0.redb` logs to `shard-0.wal` and
+/// `shard-0.wal2`, in turn.
+pub(crate) fn paths_for(db: &Path) -> [PathBuf; 2] {
+    [db.with_extension("wal"), db.with_extension("wal2")]
 }
 
-/// The log, owned by the writer thread.
+/// A frame read back: its number and its records.
+pub(crate) type Frame = (u64, Vec<Vec<u8>>);
+
+/// One log file, written by the writer thread.
 pub(crate) struct Wal {
     file: File,
     path: PathBuf,
     /// Where the next frame goes.
     at: u64,
-    /// The next frame's number.
-    next_seq: u64,
 }
 
 impl Wal {
-    pub(crate) fn new(file: File, path: PathBuf, next_seq: u64) -> Wal {
-        Wal {
-            file,
-            path,
-            at: 0,
-            next_seq,
-        }
+    pub(crate) fn new(file: File, path: PathBuf) -> Wal {
+        Wal { file, path, at: 0 }
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Bytes written since the last checkpoint.
+    /// Bytes written since this file was last started again.
     pub(crate) fn written(&self) -> u64 {
         self.at
     }
 
-    /// The number the next frame will carry.
-    pub(crate) fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
-    /// The highest number given out so far (0 before any).
-    pub(crate) fn last_seq(&self) -> u64 {
-        self.next_seq.saturating_sub(1)
-    }
-
-    /// Appends one frame of `records` and waits until it is on disk. The number is used up
-    /// whether or not this succeeds, so a frame that failed half-way is never mistaken for
-    /// a later one.
-    pub(crate) fn append(&mut self, records: &[Vec<u8>]) -> io::Result<u64> {
-        let seq = self.next_seq;
-        self.next_seq += 1;
+    /// Appends frame `seq` of `records` and waits until it is on disk.
+    pub(crate) fn append(&mut self, seq: u64, records: &[Vec<u8>]) -> io::Result<()> {
         let frame = encode_frame(seq, records)?;
         self.file.write_all_at(&frame, self.at)?;
         self.file.sync_data()?;
         self.at += frame.len() as u64;
-        Ok(seq)
+        Ok(())
     }
 
-    /// After a durable commit: the frames so far are no longer needed.
+    /// Once the frames in it are no longer needed: the next frame goes at the start.
     pub(crate) fn restart(&mut self) {
         self.at = 0;
     }
@@ -133,11 +120,35 @@ fn frame_crc(len_and_seq: &[u8], payload: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The frames of both files that follow frame `stored`: in order, from `stored + 1`, up to
+/// the first missing number. Also the highest number found (0: none).
+pub(crate) fn frames_after(files: &[File], stored: u64) -> io::Result<(Vec<Frame>, u64)> {
+    let mut frames = Vec::new();
+    for file in files {
+        frames.extend(read_frames(file)?);
+    }
+    frames.sort_by_key(|(seq, _)| *seq);
+    let highest = frames.last().map_or(0, |(seq, _)| *seq);
+    let mut next = stored + 1;
+    let mut after = Vec::new();
+    for (seq, records) in frames {
+        if seq < next {
+            continue;
+        }
+        if seq != next {
+            break;
+        }
+        after.push((seq, records));
+        next += 1;
+    }
+    Ok((after, highest))
+}
+
 /// The frames at the start of `file`, in order, each with its number and records: up to the
 /// first torn or damaged frame, or the first whose number does not follow the one before.
-pub(crate) fn read_frames(file: &File) -> io::Result<Vec<(u64, Vec<Vec<u8>>)>> {
+pub(crate) fn read_frames(file: &File) -> io::Result<Vec<Frame>> {
     let len = file.metadata()?.len();
-    let mut frames: Vec<(u64, Vec<Vec<u8>>)> = Vec::new();
+    let mut frames: Vec<Frame> = Vec::new();
     let mut at = 0u64;
     let mut header = [0u8; HEADER_BYTES];
     while at + HEADER_BYTES as u64 <= len {
@@ -195,16 +206,16 @@ mod tests {
             .open(&path)
             .unwrap();
         let reader = file.try_clone().unwrap();
-        (Wal::new(file, path, 1), reader)
+        (Wal::new(file, path), reader)
     }
 
     #[test]
     fn frames_read_back_in_order_until_the_first_torn_one() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, reader) = log_in(dir.path());
-        assert_eq!(wal.append(&[b"a".to_vec(), b"bc".to_vec()]).unwrap(), 1);
-        assert_eq!(wal.append(&[Vec::new()]).unwrap(), 2);
-        assert_eq!(wal.append(&[b"d".repeat(1000)]).unwrap(), 3);
+        wal.append(1, &[b"a".to_vec(), b"bc".to_vec()]).unwrap();
+        wal.append(2, &[Vec::new()]).unwrap();
+        wal.append(3, &[b"d".repeat(1000)]).unwrap();
         let frames = read_frames(&reader).unwrap();
         assert_eq!(
             frames,
@@ -230,20 +241,63 @@ mod tests {
     fn old_frames_after_a_restart_are_not_read() {
         let dir = tempfile::tempdir().unwrap();
         let (mut wal, reader) = log_in(dir.path());
-        for _ in 0..5 {
-            wal.append(&[b"old old old".to_vec()]).unwrap();
+        for seq in 1..=5 {
+            wal.append(seq, &[b"old old old".to_vec()]).unwrap();
         }
         wal.restart();
-        wal.append(&[b"new".to_vec()]).unwrap();
-        wal.append(&[b"newer".to_vec()]).unwrap();
+        wal.append(6, &[b"new".to_vec()]).unwrap();
+        wal.append(7, &[b"newer".to_vec()]).unwrap();
         let frames = read_frames(&reader).unwrap();
         let seqs: Vec<u64> = frames.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![6, 7]);
         assert_eq!(frames[1].1, vec![b"newer".to_vec()]);
         // Same length as the frame it overwrote: the next old frame is still not taken.
         wal.restart();
-        wal.append(&[b"sameleng_00".to_vec()]).unwrap();
+        wal.append(8, &[b"sameleng_00".to_vec()]).unwrap();
         let seqs: Vec<u64> = read_frames(&reader).unwrap().iter().map(|f| f.0).collect();
         assert_eq!(seqs, vec![8]);
+    }
+
+    /// The two files in turn: the frames after the stored number come from both, in order,
+    /// and stop at a gap.
+    #[test]
+    fn frames_after_a_number_come_from_both_files_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut a, ra) = log_in(dir.path());
+        let path_b = dir.path().join("s.wal2");
+        let file_b = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path_b)
+            .unwrap();
+        let rb = file_b.try_clone().unwrap();
+        let mut b = Wal::new(file_b, path_b);
+        for seq in 1..=3 {
+            a.append(seq, &[vec![seq as u8]]).unwrap();
+        }
+        for seq in 4..=5 {
+            b.append(seq, &[vec![seq as u8]]).unwrap();
+        }
+        let files = [ra, rb];
+        let seqs = |stored| {
+            let (after, highest) = frames_after(&files, stored).unwrap();
+            (
+                after.into_iter().map(|f| f.0).collect::<Vec<u64>>(),
+                highest,
+            )
+        };
+        assert_eq!(seqs(2), (vec![3, 4, 5], 5));
+        assert_eq!(seqs(5), (vec![], 5));
+        // File a started again: frame 6 over frame 1; 2 and 3 are old and not read.
+        a.restart();
+        a.append(6, &[vec![6]]).unwrap();
+        assert_eq!(seqs(3), (vec![4, 5, 6], 6));
+        // A gap (frame 4 lost): nothing after it is taken.
+        b.restart();
+        b.append(7, &[vec![7]]).unwrap();
+        assert_eq!(seqs(5), (vec![6, 7], 7));
+        assert_eq!(seqs(3), (vec![], 7));
     }
 }

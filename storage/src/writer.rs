@@ -205,7 +205,7 @@ impl Partition {
             Ok(Err(e)) => return Err(damaged(e.to_string())),
             Err(_) => return Err(damaged("redb panicked while opening it".to_string())),
         };
-        let log = recover(&db, path, logged)?;
+        let log = recover(&db, path, logged, &tap)?;
         let db = Arc::new(db);
         let (tx, rx) = flume::bounded(commit_queue_max);
         let stats = Arc::new(CommitStats::default());
@@ -463,20 +463,23 @@ pub type Replay<'r> = &'r dyn Fn(&WriteTransaction, &[u8]) -> Result<(), Storage
 /// (opened on that file) lacks: a crash left them to replay, so a copy of the file alone
 /// would miss them.
 pub fn unapplied_log_frames(path: &Path, db: &Database) -> Result<usize, StorageError> {
-    let wal_path = wal::path_for(path);
-    if !wal_path.exists() {
-        return Ok(0);
+    let mut files = Vec::new();
+    for wal_path in wal::paths_for(path) {
+        if wal_path.exists() {
+            files.push(
+                std::fs::File::open(&wal_path).map_err(|source| StorageError::Io {
+                    path: wal_path.clone(),
+                    source,
+                })?,
+            );
+        }
     }
-    let file = std::fs::File::open(&wal_path).map_err(|source| StorageError::Io {
-        path: wal_path.clone(),
-        source,
-    })?;
-    let stored = stored_seq(db)?;
-    let frames = wal::read_frames(&file).map_err(|source| StorageError::Io {
-        path: wal_path.clone(),
-        source,
-    })?;
-    Ok(frames.iter().filter(|(seq, _)| *seq > stored).count())
+    let (after, _) =
+        wal::frames_after(&files, stored_seq(db)?).map_err(|source| StorageError::Io {
+            path: path.with_extension("wal"),
+            source,
+        })?;
+    Ok(after.len())
 }
 
 /// Brings `db` up to its log: the frames after the one it holds are replayed and committed
@@ -485,41 +488,38 @@ fn recover(
     db: &Database,
     path: &Path,
     logged: Option<(Duration, Replay<'_>)>,
+    tap: &crate::snapshot::Tap,
 ) -> Result<Option<Log>, StorageError> {
-    let wal_path = wal::path_for(path);
+    let paths = wal::paths_for(path);
     let io = |source| StorageError::Io {
-        path: wal_path.clone(),
+        path: paths[0].clone(),
         source,
     };
-    if logged.is_none() && !wal_path.exists() {
-        return Ok(None);
-    }
-    let created = !wal_path.exists();
-    let file = open_file(&wal_path)?;
-    if created {
-        // The new name must survive a power cut as much as the frames written to it.
-        sync_dir(&wal_path).map_err(io)?;
-    }
-    let stored = stored_seq(db)?;
-    let frames = wal::read_frames(&file).map_err(io)?;
-    let last_read = frames.last().map_or(0, |(seq, _)| *seq);
-    let missing: Vec<(u64, Vec<Vec<u8>>)> = frames
-        .into_iter()
-        .filter(|(seq, _)| *seq > stored)
-        .collect();
     let Some((every, replay)) = logged else {
-        if missing.is_empty() {
+        let missing = unapplied_log_frames(path, db)?;
+        if missing == 0 {
             return Ok(None);
         }
         return Err(StorageError::Damaged {
-            path: wal_path.clone(),
+            path: paths[0].clone(),
             reason: format!(
-                "its write-ahead log holds {} commits the database lacks; start the server on \
-                 this data dir once to apply them",
-                missing.len()
+                "its write-ahead log holds {missing} commits the database lacks; start the \
+                 server on this data dir once to apply them"
             ),
         });
     };
+    let mut files = Vec::with_capacity(2);
+    for wal_path in &paths {
+        let created = !wal_path.exists();
+        let file = open_file(wal_path)?;
+        if created {
+            // The new name must survive a power cut as much as the frames written to it.
+            sync_dir(wal_path).map_err(io)?;
+        }
+        files.push(file);
+    }
+    let stored = stored_seq(db)?;
+    let (missing, highest) = wal::frames_after(&files, stored).map_err(io)?;
     if let Some((newest, _)) = missing.last() {
         let txn = db.begin_write()?;
         for (seq, records) in &missing {
@@ -527,7 +527,7 @@ fn recover(
                 if let Err(e) = replay(&txn, record) {
                     let _ = txn.abort();
                     return Err(StorageError::Damaged {
-                        path: wal_path.clone(),
+                        path: paths[0].clone(),
                         reason: format!("log frame {seq} cannot be replayed: {e}"),
                     });
                 }
@@ -536,24 +536,35 @@ fn recover(
         record_seq(&txn, *newest)?;
         txn.commit()?;
         tracing::info!(
-            log = %wal_path.display(),
+            log = %paths[0].display(),
             frames = missing.len(),
             "replayed the write-ahead log"
         );
     }
-    let next_seq = stored.max(last_read) + 1;
+    let [a, b] = paths;
+    let mut files = files.into_iter();
+    let (Some(file_a), Some(file_b)) = (files.next(), files.next()) else {
+        unreachable!("two log files were opened");
+    };
     Ok(Some(Log {
-        wal: Wal::new(file, wal_path, next_seq),
+        wals: [Wal::new(file_a, a), Wal::new(file_b, b)],
+        current: 0,
+        next_seq: stored.max(highest) + 1,
         every,
         last_durable: Instant::now(),
         dirty: false,
         force: false,
+        tap: tap.clone(),
     }))
 }
 
 /// The writer thread's side of the write-ahead log.
 struct Log {
-    wal: Wal,
+    /// The two files, used in turn (wal.rs); frames go to `wals[current]`.
+    wals: [Wal; 2],
+    current: usize,
+    /// The number the next frame will carry.
+    next_seq: u64,
     /// The longest a commit stays out of the database file.
     every: Duration,
     last_durable: Instant,
@@ -561,6 +572,8 @@ struct Log {
     dirty: bool,
     /// The next commit must be durable (the log failed: see `Writer::finish`).
     force: bool,
+    /// The database file's backend, whose checkpoint fsyncs run in the background.
+    tap: crate::snapshot::Tap,
 }
 
 impl Log {
@@ -568,14 +581,31 @@ impl Log {
         self.dirty.then(|| self.last_durable + self.every)
     }
 
-    fn must_be_durable(&self) -> bool {
-        self.force
-            || self.last_durable.elapsed() >= self.every
-            || self.wal.written() >= WAL_BYTES_MAX
+    fn wants_checkpoint(&self) -> bool {
+        self.dirty
+            && (self.last_durable.elapsed() >= self.every
+                || self.wals[self.current].written() >= WAL_BYTES_MAX)
     }
 
+    /// The highest number given out so far (0 before any).
+    fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// Appends the next frame. Its number is used up whether or not this succeeds, so a
+    /// frame that failed half-way is never mistaken for a later one.
+    fn append(&mut self, records: &[Vec<u8>]) -> std::io::Result<()> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.wals[self.current].append(seq, records)
+    }
+
+    /// After a durable commit (its fsync done or running in the background): frames go to
+    /// the other file from its start. That file's frames are all covered by the checkpoint
+    /// before this one, which is durable: this commit's own writes waited for its fsync.
     fn checkpointed(&mut self) {
-        self.wal.restart();
+        self.current = 1 - self.current;
+        self.wals[self.current].restart();
         self.dirty = false;
         self.force = false;
         self.last_durable = Instant::now();
@@ -682,9 +712,14 @@ impl Writer<'_> {
                 last_end = Some(Instant::now());
             }
             if stop {
-                // The database file holds everything when the thread ends.
+                // The database file holds everything, durably, when the thread ends.
                 if self.log.as_ref().is_some_and(|l| l.dirty) {
                     self.checkpoint();
+                }
+                if let Some(log) = &self.log {
+                    if let Err(e) = log.tap.wait_synced() {
+                        tracing::error!(error = %e, "the last checkpoint is not durable");
+                    }
                 }
                 return;
             }
@@ -707,20 +742,23 @@ impl Writer<'_> {
         }
     }
 
-    /// A durable commit of nothing: the commits held in memory reach the file.
+    /// A durable commit of nothing: the commits held in memory reach the file. Its fsync
+    /// runs in the background (`Tap::defer_next_sync`): the writer goes on at once.
     fn checkpoint(&mut self) {
         let Some(log) = &mut self.log else {
             return;
         };
         let started = Instant::now();
+        log.tap.defer_next_sync();
         let result = self
             .db
             .begin_write()
             .map_err(StorageError::from)
             .and_then(|txn| {
-                record_seq(&txn, log.wal.last_seq())?;
+                record_seq(&txn, log.last_seq())?;
                 txn.commit().map_err(StorageError::from)
             });
+        log.tap.disarm();
         match &result {
             Ok(()) => log.checkpointed(),
             Err(e) => {
@@ -794,6 +832,9 @@ impl Writer<'_> {
                 Err(e) => Err(StorageError::Redb(e.to_string())),
             });
         }
+        if self.log.as_ref().is_some_and(Log::wants_checkpoint) {
+            self.checkpoint();
+        }
     }
 
     /// Commits a batch's transaction (see `commit_batch`).
@@ -811,26 +852,27 @@ impl Writer<'_> {
         let Some(log) = &mut self.log else {
             return txn.commit().map_err(StorageError::from);
         };
-        if durable || log.must_be_durable() {
-            record_seq(&txn, log.wal.last_seq())?;
+        if durable || log.force {
+            // A caller waits for this commit to be durable: its fsync runs here.
+            record_seq(&txn, log.last_seq())?;
             txn.commit()?;
             log.checkpointed();
             return Ok(());
         }
         if !records.is_empty() {
-            record_seq(&txn, log.wal.next_seq())?;
-            if let Err(source) = log.wal.append(records) {
+            record_seq(&txn, log.next_seq)?;
+            if let Err(source) = log.append(records) {
                 log.force = true;
                 let _ = txn.abort();
                 return Err(StorageError::Io {
-                    path: log.wal.path().to_path_buf(),
+                    path: log.wals[log.current].path().to_path_buf(),
                     source,
                 });
             }
         }
         if txn.set_durability(Durability::None).is_err() {
             // Not expected (no persistent savepoints, one process): commit durably instead.
-            record_seq(&txn, log.wal.last_seq())?;
+            record_seq(&txn, log.last_seq())?;
             txn.commit()?;
             log.checkpointed();
             return Ok(());
@@ -995,9 +1037,21 @@ mod tests {
         let replay = |_: &WriteTransaction, _: &[u8]| -> Result<(), StorageError> {
             panic!("nothing to replay in a fresh file")
         };
-        let p = Partition::open_logged(path, 64, 64, Duration::from_secs(3600), &replay).unwrap();
+        let every = match mode {
+            "checkpointed" => Duration::from_millis(100),
+            _ => Duration::from_secs(3600),
+        };
+        let p = Partition::open_logged(path, 64, 64, every, &replay).unwrap();
         for key in 1..=50 {
             futures_block_on(p.write_logged(put_logged(key), None)).unwrap();
+        }
+        if mode == "checkpointed" {
+            // A checkpoint by itself (its fsync in the background), then frames in the
+            // other log file.
+            std::thread::sleep(Duration::from_millis(400));
+            for key in 51..=60 {
+                futures_block_on(p.write_logged(put_logged(key), None)).unwrap();
+            }
         }
         futures_block_on(p.write_lossy(put(1000), Duration::from_millis(1))).unwrap();
         if mode == "then-durable" {
@@ -1016,7 +1070,7 @@ mod tests {
             let (mode, path) = child.split_once(':').unwrap();
             crash_after_writes(Path::new(path), mode);
         }
-        for mode in ["logged-only", "then-durable"] {
+        for mode in ["logged-only", "then-durable", "checkpointed"] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s.redb");
             let status = std::process::Command::new(std::env::current_exe().unwrap())
@@ -1041,6 +1095,7 @@ mod tests {
                 err.contains("s.wal") && err.contains("write-ahead log"),
                 "{err}"
             );
+            let last = if mode == "checkpointed" { 60 } else { 50 };
             let replayed = Mutex::new(Vec::new());
             let replay = |txn: &WriteTransaction, record: &[u8]| -> Result<(), StorageError> {
                 let key = u64::from_le_bytes(record.try_into().unwrap());
@@ -1049,16 +1104,25 @@ mod tests {
                 Ok(())
             };
             let p = Partition::open_logged(&path, 8, 8, Duration::from_secs(1), &replay).unwrap();
-            assert_eq!(*replayed.lock().unwrap(), (1..=50).collect::<Vec<u64>>());
+            let got = replayed.lock().unwrap().clone();
+            if mode == "checkpointed" {
+                // Checkpoints hold 1..=50 at least (and maybe some after: one follows the
+                // first write once `every` has passed); the log the rest.
+                let first = *got.first().unwrap();
+                assert!(first > 50, "{got:?}");
+                assert_eq!(got, (first..=60).collect::<Vec<u64>>());
+            } else {
+                assert_eq!(got, (1..=50).collect::<Vec<u64>>(), "{mode}");
+            }
             // The lossy write may or may not have survived; every logged one did.
-            let keys = keys_in(&p);
-            assert_eq!(keys[..50], (1..=50).collect::<Vec<u64>>()[..]);
+            let upto = (1..=last).collect::<Vec<u64>>();
+            assert_eq!(keys_in(&p)[..upto.len()], upto[..]);
             drop(p);
             // Replayed and committed: a second open replays nothing.
             replayed.lock().unwrap().clear();
             let p = Partition::open_logged(&path, 8, 8, Duration::from_secs(1), &replay).unwrap();
             assert!(replayed.lock().unwrap().is_empty());
-            assert_eq!(keys_in(&p)[..50], (1..=50).collect::<Vec<u64>>()[..]);
+            assert_eq!(keys_in(&p)[..upto.len()], upto[..]);
         }
     }
 
