@@ -135,6 +135,11 @@ impl Tap {
         self.deferred().next = true;
     }
 
+    /// A deferred fsync is still running.
+    pub(crate) fn syncing(&self) -> bool {
+        self.deferred().running
+    }
+
     /// Undoes `defer_next_sync` if no `sync_data` took it (a commit that failed before).
     pub(crate) fn disarm(&self) {
         self.deferred().next = false;

@@ -69,8 +69,8 @@ enum Msg {
     Stop,
 }
 
-/// The log grows at most this much between two checkpoints: past it, the next commit is
-/// durable.
+/// The log grows about this much at most between two checkpoints: past it, a checkpoint
+/// follows the next commit (once the previous one's fsync is done; see `wants_checkpoint`).
 const WAL_BYTES_MAX: u64 = 64 << 20;
 
 /// Upper bounds (seconds) of the commit-time histogram buckets.
@@ -576,15 +576,31 @@ struct Log {
     tap: crate::snapshot::Tap,
 }
 
+/// How often a writer looks again whether the previous checkpoint's fsync is done, when the
+/// next checkpoint waits for it.
+const SYNC_POLL: Duration = Duration::from_millis(10);
+
 impl Log {
+    /// When the writer, idle, should wake for a checkpoint.
     fn checkpoint_due(&self) -> Option<Instant> {
-        self.dirty.then(|| self.last_durable + self.every)
+        if !self.dirty {
+            return None;
+        }
+        let due = self.last_durable + self.every;
+        Some(match self.tap.syncing() {
+            true => due.max(Instant::now() + SYNC_POLL),
+            false => due,
+        })
     }
 
+    /// A checkpoint is due, and the previous one's fsync is done (starting one before would
+    /// make its first write wait for that fsync, stalling the writer: the commits wait in
+    /// memory and the log a little longer instead).
     fn wants_checkpoint(&self) -> bool {
-        self.dirty
-            && (self.last_durable.elapsed() >= self.every
-                || self.wals[self.current].written() >= WAL_BYTES_MAX)
+        let written = self.wals[self.current].written();
+        let due = self.last_durable.elapsed() >= self.every || written >= WAL_BYTES_MAX;
+        // Past four times the limit, the log does not grow further: the writer waits.
+        self.dirty && ((due && !self.tap.syncing()) || written >= 4 * WAL_BYTES_MAX)
     }
 
     /// The highest number given out so far (0 before any).
@@ -650,7 +666,7 @@ impl Writer<'_> {
                             self.take_waiting(&mut batch, &mut waiting, commit_batch_ops_max);
                             due = None;
                             self.commit_batch(&mut batch, false);
-                        } else {
+                        } else if self.log.as_ref().is_some_and(Log::wants_checkpoint) {
                             self.checkpoint();
                         }
                         last_end = Some(Instant::now());
