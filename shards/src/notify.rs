@@ -109,19 +109,6 @@ impl Shard {
         F: FnOnce(&WriteTransaction) -> Result<R, CoreError> + Send + 'static,
         R: Send + 'static,
     {
-        self.write_notifying_within(op, None).await
-    }
-
-    /// `write_notifying` through `Partition::write_deferred` when `defer` is given.
-    pub(crate) async fn write_notifying_within<R, F>(
-        self: &Rc<Self>,
-        op: F,
-        defer: Option<Duration>,
-    ) -> Result<R, CoreError>
-    where
-        F: FnOnce(&WriteTransaction) -> Result<R, CoreError> + Send + 'static,
-        R: Send + 'static,
-    {
         let event_ids: [u64; REMOTE_EVENT_IDS] = std::array::from_fn(|_| self.next_id());
         let now = now_ms();
         let op = move |t: &WriteTransaction| {
@@ -130,15 +117,12 @@ impl Shard {
             let remote = notifications::take_remote(t, &event_ids, now)?;
             Ok::<_, CoreError>((out, fresh, remote))
         };
-        let (out, fresh, remote) = match defer {
-            None => self.partition.write(op).await?,
-            Some(within) => self.partition.write_deferred(op, within).await?,
-        };
+        let (out, fresh, remote) = self.partition.write(op).await?;
         self.notified(&fresh, remote);
         Ok(out)
     }
 
-    /// `write_notifying_within` for a write the write-ahead log carries (replay.rs): `op`
+    /// `write_notifying` for a write the write-ahead log carries (replay.rs): `op`
     /// also returns its record, and the record logged is that and what this adds to it.
     pub(crate) async fn write_notifying_logged<R, F>(
         self: &Rc<Self>,
