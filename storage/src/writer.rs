@@ -666,10 +666,12 @@ impl Writer<'_> {
                             self.take_waiting(&mut batch, &mut waiting, commit_batch_ops_max);
                             due = None;
                             self.commit_batch(&mut batch, false);
+                            last_end = Some(Instant::now());
                         } else if self.log.as_ref().is_some_and(Log::wants_checkpoint) {
                             self.checkpoint();
                         }
-                        last_end = Some(Instant::now());
+                        // (Else the previous checkpoint's fsync still runs: look again soon.
+                        // Only a commit of writes makes the writer count as busy.)
                         continue;
                     }
                     Err(flume::RecvTimeoutError::Disconnected) => None,
