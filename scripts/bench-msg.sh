@@ -22,6 +22,9 @@
 #   MSG_IDLE_STREAMS=N   streams in the idle part (default 10000)
 #   MSG_PART=P           messages, idle or both (default both)
 #   MSG_OPEN_FILES=N     the open-files limit to set (default 20000)
+#   MSG_PIN=0            server and generator unpinned, sharing both cores (the generator
+#                        sleeps instead of spinning): the setting of the DeathStarBench
+#                        targets, "server and load generator together" (default 1: pinned)
 #   BENCH_NO_BUILD=1     use the binaries already in target/release
 set -euo pipefail
 
@@ -51,7 +54,9 @@ echo "bench-msg: open files limit $(ulimit -n), $(nproc) cores, $(uptime)" >&2
 server_cpus=()
 load_pin=()
 spin=()
-if [[ $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
+if [[ ${MSG_PIN:-1} == 0 ]]; then
+    echo "bench-msg: MSG_PIN=0: server and generator unpinned, the generator sleeps" >&2
+elif [[ $(nproc) -ge 2 ]] && command -v taskset >/dev/null; then
     server_cpus=(--server-cpus 0)
     load_pin=(taskset -c 1)
     spin=(--spin)
