@@ -844,6 +844,11 @@ impl Writer<'_> {
             tracing::error!(error = %e, ops, "group commit failed");
         }
         self.stats.record(ops, started.elapsed().as_secs_f64(), ok);
+        if self.log.as_ref().is_some_and(|l| l.force) {
+            // The failed batch's frame may be on disk: a durable commit storing its number
+            // as done, before anyone hears of the failure, keeps a crash from replaying it.
+            self.checkpoint();
+        }
         for completion in completions {
             completion(match &result {
                 Ok(()) => Ok(()),
@@ -858,9 +863,11 @@ impl Writer<'_> {
     /// Commits a batch's transaction (see `commit_batch`).
     ///
     /// A failure of the log or of the in-memory commit after its frame was written forces
-    /// the next commit to be durable; that commit stores the failed frame's number as done,
-    /// so a crash after it never replays the failed batch. (A crash before it could: the
-    /// frame may be on disk. That takes a failing disk and a crash within one commit.)
+    /// a durable commit (`commit_batch` runs a checkpoint at once, before answering the
+    /// batch; if that fails too, the next commit is durable): it stores the failed frame's
+    /// number as done, so a crash after it never replays the failed batch. (Only a crash
+    /// before that durable commit succeeds could: that takes a disk failing twice in a row
+    /// and a crash.)
     fn finish(
         &mut self,
         mut txn: WriteTransaction,
@@ -894,6 +901,13 @@ impl Writer<'_> {
             txn.commit()?;
             log.checkpointed();
             return Ok(());
+        }
+        #[cfg(test)]
+        if !records.is_empty() && tests::FAIL_AFTER_APPEND.swap(false, Ordering::Relaxed) {
+            // As if the in-memory commit failed after the frame reached the disk.
+            log.force = true;
+            let _ = txn.abort();
+            return Err(StorageError::Redb("injected commit failure".to_string()));
         }
         match txn.commit() {
             Ok(()) => {
@@ -936,6 +950,11 @@ mod tests {
     use redb::{ReadableTable, TableDefinition};
 
     const T: TableDefinition<u64, u64> = TableDefinition::new("t");
+
+    /// Makes the next logged commit fail after its frame is on disk (`Writer::finish`). Set
+    /// only in a child process that runs one test.
+    pub(super) static FAIL_AFTER_APPEND: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
 
     #[derive(Debug)]
     enum E {
@@ -1063,6 +1082,13 @@ mod tests {
         for key in 1..=50 {
             futures_block_on(p.write_logged(put_logged(key), None)).unwrap();
         }
+        if mode == "failed-commit" {
+            // Key 51's frame is written, then its commit fails: the caller hears of the
+            // failure, and the crash right after must not bring the write back.
+            FAIL_AFTER_APPEND.store(true, Ordering::Relaxed);
+            assert!(futures_block_on(p.write_logged(put_logged(51), None)).is_err());
+            std::process::abort();
+        }
         if mode == "checkpointed" {
             // A checkpoint by itself (its fsync in the background), then frames in the
             // other log file.
@@ -1088,7 +1114,12 @@ mod tests {
             let (mode, path) = child.split_once(':').unwrap();
             crash_after_writes(Path::new(path), mode);
         }
-        for mode in ["logged-only", "then-durable", "checkpointed"] {
+        for mode in [
+            "logged-only",
+            "then-durable",
+            "checkpointed",
+            "failed-commit",
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("s.redb");
             let status = std::process::Command::new(std::env::current_exe().unwrap())
@@ -1100,6 +1131,13 @@ mod tests {
                 .status()
                 .unwrap();
             assert!(!status.success(), "the child aborts");
+            if mode == "failed-commit" {
+                // The checkpoint after the failure holds 1..=50 and marks 51's frame done:
+                // nothing to replay, and 51 is nowhere.
+                let p = Partition::open(&path, 8, 8).unwrap();
+                assert_eq!(keys_in(&p), (1..=50).collect::<Vec<u64>>(), "{mode}");
+                continue;
+            }
             if mode == "then-durable" {
                 // The durable commit carried the logged ones: nothing is left to replay.
                 let p = Partition::open(&path, 8, 8).unwrap();
