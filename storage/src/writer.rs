@@ -846,8 +846,12 @@ impl Writer<'_> {
         self.stats.record(ops, started.elapsed().as_secs_f64(), ok);
         if self.log.as_ref().is_some_and(|l| l.force) {
             // The failed batch's frame may be on disk: a durable commit storing its number
-            // as done, before anyone hears of the failure, keeps a crash from replaying it.
+            // as done, durable before anyone hears of the failure (its fsync waited for
+            // here, not left to the background), keeps a crash from replaying it.
             self.checkpoint();
+            if let Some(Err(e)) = self.log.as_ref().map(|l| l.tap.wait_synced()) {
+                tracing::error!(error = %e, "the checkpoint after a failed commit");
+            }
         }
         for completion in completions {
             completion(match &result {
