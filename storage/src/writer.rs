@@ -869,9 +869,10 @@ impl Writer<'_> {
     /// A failure of the log or of the in-memory commit after its frame was written forces
     /// a durable commit (`commit_batch` runs a checkpoint at once, before answering the
     /// batch; if that fails too, the next commit is durable): it stores the failed frame's
-    /// number as done, so a crash after it never replays the failed batch. (Only a crash
-    /// before that durable commit succeeds could: that takes a disk failing twice in a row
-    /// and a crash.)
+    /// number as done, so a crash after it never replays the failed batch. A crash before
+    /// the batch is answered may replay it, like any write in flight. (If that checkpoint
+    /// fails, the callers hear of the failure while the frame could still be replayed until
+    /// a later durable commit: that takes the disk failing twice in a row, then a crash.)
     fn finish(
         &mut self,
         mut txn: WriteTransaction,
