@@ -1,5 +1,5 @@
-//! Notifications (tables `notifications`, `notification_keys`, `notification_ids`,
-//! `notifications_fresh`, `notifications_remote`).
+//! Notifications (tables `notifications`, `notification_keys`, `notification_counts`,
+//! `notification_ids`, `notifications_fresh`, `notifications_remote`).
 //!
 //! Placement: a notification lives on its recipient's shard and is written in the same write
 //! transaction as the change that causes it (a like, a comment, a follow applied on the
@@ -34,11 +34,6 @@
 //! unlike, like notifies once. Mentions need no coalescing key: a post's mentions are made
 //! once, when its fan-out is applied where each mentioned user lives. Each user keeps at most
 //! `PER_USER_MAX` notifications; the oldest go first.
-//!
-//! A recipient's counts (kept, unread) are a row of `notifications` too, at id `COUNTS_ID`
-//! after all of its notifications: a new notification lands next to it, so the two share a
-//! leaf of the tree and a commit copies one page for both, not two. (Older versions kept
-//! them in `notification_counts`; `migrate_counts` moves them at start-up.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -49,15 +44,12 @@ use crate::codec::{decode, encode};
 use crate::events::{self, Event};
 use crate::{shard_of, social, CoreError, IdGen};
 
-/// (recipient, notification id) -> Notification; (recipient, `COUNTS_ID`) -> (kept, unread)
+/// (recipient, notification id) -> Notification
 const NOTIFICATIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("notifications");
-/// The id of a recipient's counts row in `NOTIFICATIONS`: above every notification id.
-const COUNTS_ID: u64 = u64::MAX;
 /// (recipient, kind, actor or 0, subject id or 0) -> notification id : coalescing
 const KEYS: TableDefinition<(u64, u8, u64, u64), u64> = TableDefinition::new("notification_keys");
-/// recipient -> (total, unread), as versions before the counts row kept them (moved by
-/// `migrate_counts`)
-const OLD_COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("notification_counts");
+/// recipient -> (total, unread)
+const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("notification_counts");
 /// "last" -> the last notification id made on this shard (ids are made here, not by the
 /// engine, so that any transaction can notify)
 const IDS: TableDefinition<&str, u64> = TableDefinition::new("notification_ids");
@@ -317,6 +309,7 @@ pub fn notify_all(
     let mut ids = Ids::open(txn, here)?;
     let mut keys = txn.open_table(KEYS)?;
     let mut table = txn.open_table(NOTIFICATIONS)?;
+    let mut counts = txn.open_table(COUNTS)?;
     let mut subjects = None;
     let mut over_limit: Vec<u64> = Vec::new();
     let mut mentioned = std::collections::HashSet::new();
@@ -375,25 +368,25 @@ pub fn notify_all(
                 subjects.insert((subject, n.recipient, id), ())?;
             }
         }
-        let (total, unread) = counts_in(&table, n.recipient)?;
+        let (total, unread) = counts.get(n.recipient)?.map_or((0, 0), |v| v.value());
         match replaced {
             // Replaced an unread one: the counts stay.
             Some(old) if !old.read => {}
             Some(_) => {
-                put_counts(&mut table, n.recipient, (total, unread + 1))?;
+                counts.insert(n.recipient, (total, unread + 1))?;
             }
             None => {
-                put_counts(&mut table, n.recipient, (total + 1, unread + 1))?;
+                counts.insert(n.recipient, (total + 1, unread + 1))?;
                 if total + 1 > PER_USER_MAX && !over_limit.contains(&n.recipient) {
                     over_limit.push(n.recipient);
                 }
             }
         }
     }
-    drop((table, keys, subjects));
+    drop((table, keys, counts, subjects));
     ids.close()?;
     for recipient in over_limit {
-        while counts_in(&txn.open_table(NOTIFICATIONS)?, recipient)?.0 > PER_USER_MAX {
+        while counts_in(txn, recipient)?.0 > PER_USER_MAX {
             if !drop_oldest(txn, recipient)? {
                 break;
             }
@@ -714,17 +707,18 @@ pub fn forget_local(txn: &WriteTransaction, subject: u64) -> Result<(), CoreErro
 
 /// Deletes one notification with its coalescing key and listings, keeping counts exact.
 fn remove(txn: &WriteTransaction, n: &Notification) -> Result<(), CoreError> {
+    txn.open_table(NOTIFICATIONS)?.remove((n.recipient, n.id))?;
     n.unkey(&mut txn.open_table(KEYS)?)?;
     unlist(txn, n)?;
-    let mut table = txn.open_table(NOTIFICATIONS)?;
-    table.remove((n.recipient, n.id))?;
-    let (total, unread) = counts_in(&table, n.recipient)?;
+    let (total, unread) = counts_in(txn, n.recipient)?;
     let unread = if n.read {
         unread
     } else {
         unread.saturating_sub(1)
     };
-    put_counts(&mut table, n.recipient, (total.saturating_sub(1), unread))
+    txn.open_table(COUNTS)?
+        .insert(n.recipient, (total.saturating_sub(1), unread))?;
+    Ok(())
 }
 
 /// Drops a notification's rows in `notification_subjects`.
@@ -783,8 +777,8 @@ pub fn page(
     };
     let high = match max_id {
         Some(0) => return Ok((Vec::new(), None)),
-        Some(m) => (m - 1).min(COUNTS_ID - 1),
-        None => COUNTS_ID - 1,
+        Some(m) => m - 1,
+        None => u64::MAX,
     };
     let mut out = Vec::with_capacity(limit);
     for row in table
@@ -818,16 +812,11 @@ pub fn mark_read(
 ) -> Result<(u64, u64), CoreError> {
     let mut table = txn.open_table(NOTIFICATIONS)?;
     let ids: Vec<u64> = match which {
-        Which::Ids(ids) => ids
-            .iter()
-            .take(MARK_IDS_MAX)
-            .copied()
-            .filter(|id| *id != COUNTS_ID)
-            .collect(),
+        Which::Ids(ids) => ids.iter().take(MARK_IDS_MAX).copied().collect(),
         Which::All | Which::UpTo(_) => {
             let high = match which {
-                Which::UpTo(id) => (*id).min(COUNTS_ID - 1),
-                _ => COUNTS_ID - 1,
+                Which::UpTo(id) => *id,
+                _ => u64::MAX,
             };
             table
                 .range((recipient, 0)..=(recipient, high))?
@@ -848,64 +837,32 @@ pub fn mark_read(
             changed += 1;
         }
     }
-    let (total, unread) = counts_in(&table, recipient)?;
+    drop(table);
+    let (total, unread) = counts_in(txn, recipient)?;
     let unread = unread.saturating_sub(changed);
     if changed > 0 {
-        put_counts(&mut table, recipient, (total, unread))?;
+        txn.open_table(COUNTS)?.insert(recipient, (total, unread))?;
     }
     Ok((changed, unread))
 }
 
 /// How many of `recipient`'s notifications are unread.
 pub fn unread(read: &ReadTransaction, recipient: u64) -> Result<u64, CoreError> {
-    let table = match read.open_table(NOTIFICATIONS) {
+    let table = match read.open_table(COUNTS) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
         Err(e) => return Err(e.into()),
     };
-    Ok(counts_in(&table, recipient)?.1)
+    let unread = table.get(recipient)?.map_or(0, |v| v.value().1);
+    Ok(unread)
 }
 
-/// `recipient`'s (kept, unread), from its counts row.
-fn counts_in(
-    table: &impl ReadableTable<(u64, u64), &'static [u8]>,
-    recipient: u64,
-) -> Result<(u64, u64), CoreError> {
-    match table.get((recipient, COUNTS_ID))? {
-        Some(v) => decode(v.value()),
-        None => Ok((0, 0)),
-    }
-}
-
-fn put_counts(
-    table: &mut redb::Table<(u64, u64), &'static [u8]>,
-    recipient: u64,
-    counts: (u64, u64),
-) -> Result<(), CoreError> {
-    table.insert((recipient, COUNTS_ID), encode(&counts).as_slice())?;
-    Ok(())
-}
-
-/// Moves the counts older versions kept in `notification_counts` into the counts rows, and
-/// drops that table. Run before anything else writes notifications (at start-up, and before
-/// replaying a log written by an older version); nothing to do when the table is gone.
-pub fn migrate_counts(txn: &WriteTransaction) -> Result<(), CoreError> {
-    use redb::TableHandle;
-    if !txn.list_tables()?.any(|t| t.name() == OLD_COUNTS.name()) {
-        return Ok(());
-    }
-    let old: Vec<(u64, (u64, u64))> = txn
-        .open_table(OLD_COUNTS)?
-        .iter()?
-        .map(|r| r.map(|(k, v)| (k.value(), v.value())))
-        .collect::<Result<_, _>>()?;
-    let mut table = txn.open_table(NOTIFICATIONS)?;
-    for (recipient, counts) in old {
-        put_counts(&mut table, recipient, counts)?;
-    }
-    drop(table);
-    txn.delete_table(OLD_COUNTS)?;
-    Ok(())
+fn counts_in(txn: &WriteTransaction, recipient: u64) -> Result<(u64, u64), CoreError> {
+    let c = txn
+        .open_table(COUNTS)?
+        .get(recipient)?
+        .map_or((0, 0), |v| v.value());
+    Ok(c)
 }
 
 /// Deletes the recipient's oldest notification (over the per-user limit). Its coalescing key
@@ -914,7 +871,7 @@ pub fn migrate_counts(txn: &WriteTransaction) -> Result<(), CoreError> {
 fn drop_oldest(txn: &WriteTransaction, recipient: u64) -> Result<bool, CoreError> {
     let table = txn.open_table(NOTIFICATIONS)?;
     let oldest: Option<Notification> =
-        match table.range((recipient, 0)..(recipient, COUNTS_ID))?.next() {
+        match table.range((recipient, 0)..=(recipient, u64::MAX))?.next() {
             Some(row) => Some(decode(row?.1.value())?),
             None => None,
         };
@@ -967,7 +924,7 @@ impl<'t> Ids<'t> {
 pub fn erase_recipient(txn: &WriteTransaction, recipient: u64) -> Result<(), CoreError> {
     let gone: Vec<Notification> = txn
         .open_table(NOTIFICATIONS)?
-        .extract_from_if((recipient, 0)..(recipient, COUNTS_ID), |_, _| true)?
+        .extract_from_if((recipient, 0)..=(recipient, u64::MAX), |_, _| true)?
         .map(|r| {
             r.map_err(CoreError::from)
                 .and_then(|(_, v)| decode(v.value()))
@@ -981,8 +938,7 @@ pub fn erase_recipient(txn: &WriteTransaction, recipient: u64) -> Result<(), Cor
     for n in &gone {
         unlist(txn, n)?;
     }
-    txn.open_table(NOTIFICATIONS)?
-        .remove((recipient, COUNTS_ID))?;
+    txn.open_table(COUNTS)?.remove(recipient)?;
     Ok(())
 }
 
@@ -995,35 +951,25 @@ pub fn erase_actor_scan(
     from: (u64, u64),
     limit: usize,
 ) -> Result<Option<(u64, u64)>, CoreError> {
-    // Counts rows are looked at (they count towards `limit`) but are no notification.
-    let scanned: Vec<((u64, u64), Option<Notification>)> = txn
+    let rows: Vec<Notification> = txn
         .open_table(NOTIFICATIONS)?
         .range(from..)?
         .take(limit)
         .map(|r| {
-            let (k, v) = r?;
-            let key = k.value();
-            let n = match key.1 {
-                COUNTS_ID => None,
-                _ => Some(decode(v.value())?),
-            };
-            Ok((key, n))
+            r.map_err(CoreError::from)
+                .and_then(|(_, v)| decode(v.value()))
         })
-        .collect::<Result<_, CoreError>>()?;
-    for n in scanned.iter().filter_map(|(_, n)| n.as_ref()) {
-        if n.actor == Some(actor) {
-            remove(txn, n)?;
-        }
+        .collect::<Result<_, _>>()?;
+    for n in rows.iter().filter(|n| n.actor == Some(actor)) {
+        remove(txn, n)?;
     }
-    if scanned.len() < limit {
+    if rows.len() < limit {
         return Ok(None);
     }
-    Ok(scanned
-        .last()
-        .map(|((recipient, id), _)| match id.checked_add(1) {
-            Some(next) => (*recipient, next),
-            None => (recipient.saturating_add(1), 0),
-        }))
+    Ok(rows.last().map(|n| match n.id.checked_add(1) {
+        Some(next) => (n.recipient, next),
+        None => (n.recipient.saturating_add(1), 0),
+    }))
 }
 
 #[cfg(test)]
@@ -1150,9 +1096,14 @@ mod tests {
         }
         let count = |db: &Database| -> (u64, u64) {
             let read = db.begin_read().unwrap();
-            let table = read.open_table(NOTIFICATIONS).unwrap();
-            let total = table.range((a, 0)..(a, COUNTS_ID)).unwrap().count() as u64;
-            let (kept, unread) = counts_in(&table, a).unwrap();
+            let counts = read.open_table(COUNTS).unwrap();
+            let total = read
+                .open_table(NOTIFICATIONS)
+                .unwrap()
+                .range((a, 0)..=(a, u64::MAX))
+                .unwrap()
+                .count() as u64;
+            let (kept, unread) = counts.get(a).unwrap().unwrap().value();
             assert_eq!(kept, total);
             (kept, unread)
         };
@@ -1324,22 +1275,9 @@ mod tests {
                 .insert((a, old.id), encode(&old).as_slice())?;
             t.open_table(KEYS)?
                 .insert((a, Kind::Message.code(), b, 9), old.id)?;
-            t.open_table(OLD_COUNTS)?.insert(a, (1, 1))?;
+            t.open_table(COUNTS)?.insert(a, (1, 1))?;
             Ok(())
         });
-        // Their counts are moved to the counts rows at start-up.
-        write(&db, migrate_counts);
-        assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 1);
-        write(&db, migrate_counts);
-        assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 1);
-        {
-            use redb::TableHandle;
-            let read = db.begin_read().unwrap();
-            assert!(!read
-                .list_tables()
-                .unwrap()
-                .any(|t| t.name() == OLD_COUNTS.name()));
-        }
         // Older versions also listed it in `notifications_fresh` until it was taken.
         write(&db, |t| {
             t.open_table(FRESH)?.insert((a, old.id), ())?;
@@ -1357,38 +1295,6 @@ mod tests {
         assert_eq!(unread(&db.begin_read().unwrap(), a).unwrap(), 0);
         let read = db.begin_read().unwrap();
         assert!(read.open_table(KEYS).unwrap().first().unwrap().is_none());
-    }
-
-    #[test]
-    fn the_counts_row_is_no_notification() {
-        let db = db();
-        let (a, b, c) = (user(0, 1), user(0, 2), user(0, 3));
-        write(&db, |t| notify(t, 0, &like(a, b, 7), NOW));
-        write(&db, |t| notify(t, 0, &like(c, b, 8), NOW));
-        assert_eq!(all(&db, a).len(), 1);
-        let read = db.begin_read().unwrap();
-        let (listed, _) = page(&read, a, Some(u64::MAX), 10, &Filter::default()).unwrap();
-        assert_eq!(listed.len(), 1);
-        drop(read);
-        // A client naming the counts row's id changes nothing.
-        let marked = write(&db, |t| mark_read(t, a, &Which::Ids(vec![COUNTS_ID])));
-        assert_eq!(marked, (0, 1));
-        assert_eq!(
-            write(&db, |t| mark_read(t, a, &Which::UpTo(u64::MAX))),
-            (1, 0)
-        );
-        // An erasure's scan, one row at a time, walks over the counts rows.
-        let mut from = (0, 0);
-        while let Some(next) = write(&db, |t| erase_actor_scan(t, b, from, 1)) {
-            from = next;
-        }
-        assert!(all(&db, a).is_empty() && all(&db, c).is_empty());
-        assert_eq!(unread(&db.begin_read().unwrap(), c).unwrap(), 0);
-        write(&db, |t| erase_recipient(t, c));
-        let read = db.begin_read().unwrap();
-        let table = read.open_table(NOTIFICATIONS).unwrap();
-        assert!(table.get((c, COUNTS_ID)).unwrap().is_none());
-        assert_eq!(counts_in(&table, a).unwrap(), (0, 0));
     }
 
     #[test]

@@ -94,8 +94,6 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
     let failed = |e: nova_core::CoreError| StorageError::Redb(format!("replay: {e}"));
     let notifying: Notifying = codec::decode(record).map_err(failed)?;
     let write: Logged = codec::decode(&notifying.write).map_err(failed)?;
-    // A log left by an older version runs on its counts, moved first (once).
-    notifications::migrate_counts(t).map_err(failed)?;
     match write {
         Logged::Compose { here, items } => {
             crate::social::compose_batch(t, here, &items).map_err(failed)?;

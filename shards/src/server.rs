@@ -66,11 +66,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             )?,
         };
         partition.set_commit_linger(std::time::Duration::from_micros(cfg.commit_linger_us));
-        // Data written by an older version: its notification counts move to the counts rows
-        // before anything writes notifications (nothing to do after the first start).
-        partition
-            .write_blocking(nova_core::notifications::migrate_counts)
-            .with_context(|| format!("moving notification counts in {}", path.display()))?;
         partitions.push(Arc::new(partition));
     }
     // The VAPID key pair is made at first start and kept with the other secrets.
