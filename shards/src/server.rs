@@ -169,6 +169,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     drop(probe);
+    // Before anyone can learn we are ready: a supervisor (or a test) that sends SIGTERM the
+    // moment it reads "listening" must get a clean stop, not the default disposition's kill.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("cannot install signal handlers")?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, shards = n, data = %cfg.data.display(), "ready");
     println!("nova listening on {scheme}://{addr} ({n} shards)");
@@ -192,7 +199,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = std::io::stdout().flush();
 
-    wait_for_signal()?;
+    wait_for_signal(signals);
     tracing::info!("shutting down: no new connections, finishing requests in flight");
     let (done_tx, done_rx) = flume::unbounded();
     for s in &senders {
@@ -257,16 +264,10 @@ fn allowed_cpus() -> Vec<usize> {
     }
 }
 
-fn wait_for_signal() -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .context("cannot install signal handlers")?;
+fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "signal received");
     }
-    Ok(())
 }
 
 async fn shard_main(start: ShardStart) {
