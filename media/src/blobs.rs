@@ -432,10 +432,12 @@ impl BlobStore {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("nova-blobs-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
+    /// A scratch directory, removed when the returned guard drops (also when the test fails).
+    fn scratch(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("nova-blobs-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     fn inode(path: &Path) -> (u64, u64) {
@@ -445,7 +447,8 @@ mod tests {
 
     #[test]
     fn identical_content_is_one_blob_and_pins_protect_it() {
-        let dir = scratch("one");
+        let scratch_dir = scratch("one");
+        let dir = scratch_dir.path();
         let shared = SharedBlobs::open(&dir.join("blobs")).unwrap();
         let store = BlobStore::open(&dir.join("shard-0"), Arc::clone(&shared)).unwrap();
         let (t1, id) = store.write_temp(b"hello").unwrap();
@@ -482,12 +485,12 @@ mod tests {
         assert_eq!(shared.sweep().unwrap(), 2);
         assert!(!shared.path_of(&id3).exists());
         assert!(!shared.path_of(&id4).exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn stores_share_one_file_freed_by_the_last() {
-        let dir = scratch("two");
+        let scratch_dir = scratch("two");
+        let dir = scratch_dir.path();
         let shared = SharedBlobs::open(&dir.join("blobs")).unwrap();
         let a = BlobStore::open(&dir.join("shard-0"), Arc::clone(&shared)).unwrap();
         let b = BlobStore::open(&dir.join("shard-1"), Arc::clone(&shared)).unwrap();
@@ -505,12 +508,12 @@ mod tests {
         assert_eq!(fs::read(b.path_of(&id)).unwrap(), b"same bytes");
         assert!(b.unpin(&id, |_| false).unwrap());
         assert!(!shared.path_of(&id).exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn sweep_shares_separate_copies_and_removes_orphans() {
-        let dir = scratch("sweep");
+        let scratch_dir = scratch("sweep");
+        let dir = scratch_dir.path();
         let shared = SharedBlobs::open(&dir.join("blobs")).unwrap();
         let a = BlobStore::open(&dir.join("shard-0"), Arc::clone(&shared)).unwrap();
         let b = BlobStore::open(&dir.join("shard-1"), Arc::clone(&shared)).unwrap();
@@ -535,7 +538,6 @@ mod tests {
         assert!(!shared.path_of(&orphan).exists());
         // Done once: a second sweep changes nothing.
         assert_eq!(a.sweep(|_| true).unwrap(), Swept::default());
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -543,7 +545,8 @@ mod tests {
         // Without the shared-name mutex, a release could read link count 1 and unlink the
         // shared name just after another store linked it: that store's copy would then be
         // alone, and the next put would make a second copy of the bytes.
-        let dir = scratch("race");
+        let scratch_dir = scratch("race");
+        let dir = scratch_dir.path();
         let shared = SharedBlobs::open(&dir.join("blobs")).unwrap();
         let stores: Vec<BlobStore> = (0..4)
             .map(|k| BlobStore::open(&dir.join(format!("shard-{k}")), Arc::clone(&shared)).unwrap())
@@ -581,6 +584,5 @@ mod tests {
             s.release(&id, |_| false).unwrap();
         }
         assert!(!shared.path_of(&id).exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,11 +11,12 @@ use std::process::Command;
 
 use nova_media::{inspect, process, Colour, Limits, Processed};
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nova-colour-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when the returned guard drops (also when the test fails).
+fn dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("nova-colour-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn ffmpeg(args: &[&str]) {
@@ -453,15 +454,16 @@ const TOLERANCE: u8 = 6;
 
 #[test]
 fn png_iccp_is_applied_and_removed() {
-    let d = dir("png");
-    let png = patches(&d, "p.png", &[]);
+    let scratch_dir = dir("png");
+    let d = scratch_dir.path();
+    let png = patches(d, "p.png", &[]);
     let tagged = png_with_iccp(&png, &rotated_profile());
     // The naive copy (what the ffmpeg command decodes) is the untouched patches.
     std::fs::write(d.join("tagged.png"), &tagged).unwrap();
     let naive = rgb(&d.join("tagged.png"));
     assert_eq!(patch(&naive, 0), PATCHES[0]);
 
-    let done = run(&d, "tagged.png", &tagged);
+    let done = run(d, "tagged.png", &tagged);
     assert_eq!(done.colour, Colour::Converted);
     check(&done, TOLERANCE, |i| rotated(PATCHES[i]));
     for (i, c) in PATCHES.iter().enumerate().take(3) {
@@ -469,12 +471,12 @@ fn png_iccp_is_applied_and_removed() {
     }
 
     // The blurhash is of the converted pixels: its average is the rotated patches'.
-    let plain = run(&d, "plain.png", &png);
+    let plain = run(d, "plain.png", &png);
     assert_eq!(plain.colour, Colour::Untagged);
     let hash = done.blurhash.unwrap();
     assert_ne!(Some(&hash), plain.blurhash.as_ref());
-    let swapped = patches_rotated(&d);
-    let want = run(&d, "rotated.png", &swapped).blurhash.unwrap();
+    let swapped = patches_rotated(d);
+    let want = run(d, "rotated.png", &swapped).blurhash.unwrap();
     assert!(
         close(blurhash_dc(&hash), blurhash_dc(&want), 2),
         "{hash} vs {want}"
@@ -561,18 +563,20 @@ fn rotated_lut_profile() -> Vec<u8> {
 
 #[test]
 fn png_with_a_lut_profile() {
-    let d = dir("lut");
-    let png = patches(&d, "p.png", &[]);
-    let done = run(&d, "lut.png", &png_with_iccp(&png, &rotated_lut_profile()));
+    let scratch_dir = dir("lut");
+    let d = scratch_dir.path();
+    let png = patches(d, "p.png", &[]);
+    let done = run(d, "lut.png", &png_with_iccp(&png, &rotated_lut_profile()));
     assert_eq!(done.colour, Colour::Converted);
     check(&done, TOLERANCE, |i| rotated(PATCHES[i]));
 }
 
 #[test]
 fn jpeg_display_p3_matches_the_worked_out_srgb() {
-    let d = dir("jpeg");
+    let scratch_dir = dir("jpeg");
+    let d = scratch_dir.path();
     // 4:4:4 so the patch colours survive the source's own compression closely.
-    let jpeg = patches(&d, "p.jpg", &["-q:v", "2", "-pix_fmt", "yuvj444p"]);
+    let jpeg = patches(d, "p.jpg", &["-q:v", "2", "-pix_fmt", "yuvj444p"]);
     std::fs::write(d.join("src.jpg"), &jpeg).unwrap();
     let naive = rgb(&d.join("src.jpg"));
     let src: Vec<[u8; 3]> = (0..4).map(|i| patch(&naive, i)).collect();
@@ -584,7 +588,7 @@ fn jpeg_display_p3_matches_the_worked_out_srgb() {
     );
 
     let tagged = jpeg_with_icc(&jpeg, &rgb_profile(P3_D50, Trc::Srgb));
-    let done = run(&d, "p3.jpg", &tagged);
+    let done = run(d, "p3.jpg", &tagged);
     assert_eq!(done.colour, Colour::Converted);
     check(&done, TOLERANCE, |i| want[i]);
 
@@ -596,25 +600,27 @@ fn jpeg_display_p3_matches_the_worked_out_srgb() {
     big.extend_from_slice(&vec![0u8; 100_000]);
     let size = big.len() as u32;
     big[0..4].copy_from_slice(&size.to_be_bytes());
-    let done = run(&d, "p3-split.jpg", &jpeg_with_icc(&jpeg, &big));
+    let done = run(d, "p3-split.jpg", &jpeg_with_icc(&jpeg, &big));
     assert_eq!(done.colour, Colour::Converted);
     check(&done, TOLERANCE, |i| want[i]);
 }
 
 #[test]
 fn webp_iccp_is_read_from_the_file() {
-    let d = dir("webp");
-    let webp = patches(&d, "p.webp", &["-c:v", "libwebp", "-lossless", "1"]);
+    let scratch_dir = dir("webp");
+    let d = scratch_dir.path();
+    let webp = patches(d, "p.webp", &["-c:v", "libwebp", "-lossless", "1"]);
     let tagged = webp_with_iccp(&webp, PATCH * 4, PATCH, &rotated_profile());
-    let done = run(&d, "tagged.webp", &tagged);
+    let done = run(d, "tagged.webp", &tagged);
     assert_eq!(done.colour, Colour::Converted);
     check(&done, TOLERANCE, |i| rotated(PATCHES[i]));
 }
 
 #[test]
 fn grey_png_with_a_linear_grey_profile() {
-    let d = dir("grey");
-    let png = patches(&d, "g.png", &["-pix_fmt", "gray"]);
+    let scratch_dir = dir("grey");
+    let d = scratch_dir.path();
+    let png = patches(d, "g.png", &["-pix_fmt", "gray"]);
     std::fs::write(d.join("g.png"), &png).unwrap();
     let naive = rgb(&d.join("g.png"));
     let src: Vec<[u8; 3]> = (0..4).map(|i| patch(&naive, i)).collect();
@@ -630,7 +636,7 @@ fn grey_png_with_a_linear_grey_profile() {
             (b"kTRC", trc_tag(&Trc::Gamma(1.0))),
         ],
     );
-    let done = run(&d, "linear.png", &png_with_iccp(&png, &grey));
+    let done = run(d, "linear.png", &png_with_iccp(&png, &grey));
     assert_eq!(done.colour, Colour::Converted);
     check(&done, TOLERANCE, |i| want[i]);
     assert!(!close(src[3], want[3], 40));
@@ -638,13 +644,14 @@ fn grey_png_with_a_linear_grey_profile() {
 
 #[test]
 fn untagged_and_srgb_tagged_pictures_are_unchanged() {
-    let d = dir("srgb");
-    let png = patches(&d, "p.png", &[]);
-    let plain = run(&d, "plain.png", &png);
+    let scratch_dir = dir("srgb");
+    let d = scratch_dir.path();
+    let png = patches(d, "p.png", &[]);
+    let plain = run(d, "plain.png", &png);
     assert_eq!(plain.colour, Colour::Untagged);
     check(&plain, TOLERANCE, |i| PATCHES[i]);
     let srgb = rgb_profile(SRGB_D50, Trc::Srgb);
-    let done = run(&d, "srgb.png", &png_with_iccp(&png, &srgb));
+    let done = run(d, "srgb.png", &png_with_iccp(&png, &srgb));
     assert_eq!(done.colour, Colour::Srgb);
     for r in ["thumb.jpg", "display.jpg"] {
         assert_eq!(
@@ -658,9 +665,10 @@ fn untagged_and_srgb_tagged_pictures_are_unchanged() {
 
 #[test]
 fn bad_profiles_give_renditions_as_srgb() {
-    let d = dir("bad");
-    let png = patches(&d, "p.png", &[]);
-    let plain = run(&d, "plain.png", &png);
+    let scratch_dir = dir("bad");
+    let d = scratch_dir.path();
+    let png = patches(d, "p.png", &[]);
+    let plain = run(d, "plain.png", &png);
     let good = rotated_profile();
 
     let mut garbage = vec![0x5Au8; 700];
@@ -724,7 +732,7 @@ fn bad_profiles_give_renditions_as_srgb() {
         ),
     ];
     for (name, bytes, why) in cases {
-        let done = run(&d, name, &bytes);
+        let done = run(d, name, &bytes);
         assert!(
             matches!(&done.colour, Colour::Ignored(r) if r.contains(why)),
             "{name}: {:?}",
@@ -740,7 +748,7 @@ fn bad_profiles_give_renditions_as_srgb() {
     }
 
     // JPEG: a damaged profile, and one whose APP2 segments are not all there.
-    let jpeg = patches(&d, "p.jpg", &["-q:v", "2", "-pix_fmt", "yuvj444p"]);
+    let jpeg = patches(d, "p.jpg", &["-q:v", "2", "-pix_fmt", "yuvj444p"]);
     let mut missing = jpeg_with_icc(&jpeg, &good);
     assert_eq!(missing[2 + 4 + 12..2 + 4 + 14], [1, 1]);
     missing[2 + 4 + 13] = 2; // "one of two"
@@ -748,7 +756,7 @@ fn bad_profiles_give_renditions_as_srgb() {
         ("garbage.jpg", jpeg_with_icc(&jpeg, &garbage)),
         ("missing.jpg", missing),
     ] {
-        let done = run(&d, name, &bytes);
+        let done = run(d, name, &bytes);
         // An incomplete set of segments is dropped by the decoder itself.
         assert!(
             matches!(
@@ -762,9 +770,9 @@ fn bad_profiles_give_renditions_as_srgb() {
     }
 
     // Over the limit in a WebP: refused before it is read.
-    let webp = patches(&d, "p.webp", &["-c:v", "libwebp", "-lossless", "1"]);
+    let webp = patches(d, "p.webp", &["-c:v", "libwebp", "-lossless", "1"]);
     let done = run(
-        &d,
+        d,
         "over.webp",
         &webp_with_iccp(&webp, PATCH * 4, PATCH, &over),
     );
@@ -783,7 +791,8 @@ fn bad_profiles_give_renditions_as_srgb() {
 #[ignore]
 fn cost_of_a_profile() {
     const RUNS: usize = 9;
-    let d = dir("cost");
+    let scratch_dir = dir("cost");
+    let d = scratch_dir.path();
     let p3 = rgb_profile(P3_D50, Trc::Srgb);
     for (name, ext, extra) in [
         ("jpeg 4032x3024", "jpg", &["-q:v", "2"][..]),

@@ -10,11 +10,12 @@ use std::process::Command;
 
 use nova_media::{inspect, process, Kind, Limits, MediaError, Processed};
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nova-media-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when the returned guard drops (also when the test fails).
+fn dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("nova-media-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn ffmpeg(args: &[&str]) {
@@ -154,8 +155,9 @@ fn markers(jpeg: &[u8]) -> Vec<u8> {
 
 #[test]
 fn photo_is_turned_upright_and_stripped() {
-    let d = dir("photo");
-    let src = photo(&d, 6);
+    let scratch_dir = dir("photo");
+    let d = scratch_dir.path();
+    let src = photo(d, 6);
     let limits = Limits::default();
     let probe = inspect(&src, &limits).unwrap();
     assert_eq!(probe.kind, Kind::Image);
@@ -195,7 +197,8 @@ fn photo_is_turned_upright_and_stripped() {
 
 #[test]
 fn large_png_gets_both_sizes_and_webp_gif_are_taken() {
-    let d = dir("png");
+    let scratch_dir = dir("png");
+    let d = scratch_dir.path();
     let png = d.join("big.png");
     ffmpeg(&[
         "-f",
@@ -268,7 +271,8 @@ fn large_png_gets_both_sizes_and_webp_gif_are_taken() {
 
 #[test]
 fn refusals_before_decoding() {
-    let d = dir("refuse");
+    let scratch_dir = dir("refuse");
+    let d = scratch_dir.path();
     let strict = Limits {
         pixels_max: 1_000_000,
         ..Limits::default()
@@ -312,7 +316,7 @@ fn refusals_before_decoding() {
         ("empty.jpg", Vec::new()),
         (
             "cut.jpg",
-            std::fs::read(photo(&d, 1)).unwrap()[..300].to_vec(),
+            std::fs::read(photo(d, 1)).unwrap()[..300].to_vec(),
         ),
         ("cut.png", std::fs::read(&png).unwrap()[..20].to_vec()),
     ];
@@ -336,7 +340,7 @@ fn refusals_before_decoding() {
     ));
     // A PNG header glued onto JPEG data: the header and the data disagree.
     let mut liar = std::fs::read(&png).unwrap()[..33].to_vec();
-    liar.extend_from_slice(&std::fs::read(photo(&d, 1)).unwrap());
+    liar.extend_from_slice(&std::fs::read(photo(d, 1)).unwrap());
     let p = d.join("liar.png");
     std::fs::write(&p, liar).unwrap();
     let out = d.join("out");
@@ -364,10 +368,11 @@ fn moov_before_mdat(path: &Path) -> bool {
 
 #[test]
 fn video_ladder_poster_and_codecs() {
-    let d = dir("video");
+    let scratch_dir = dir("video");
+    let d = scratch_dir.path();
     // Not compliant (yuv444p, MP3 sound, Matroska): every rung is encoded.
     let src = clip(
-        &d,
+        d,
         "src.mkv",
         1280,
         720,
@@ -413,9 +418,10 @@ fn video_ladder_poster_and_codecs() {
 
 #[test]
 fn compliant_source_is_copied_and_rotation_applied() {
-    let d = dir("copy");
+    let scratch_dir = dir("copy");
+    let d = scratch_dir.path();
     let src = clip(
-        &d,
+        d,
         "src.mp4",
         640,
         360,
@@ -488,9 +494,10 @@ fn compliant_source_is_copied_and_rotation_applied() {
 
 #[test]
 fn video_limits_and_time_budget() {
-    let d = dir("vlimits");
+    let scratch_dir = dir("vlimits");
+    let d = scratch_dir.path();
     let src = clip(
-        &d,
+        d,
         "src.mp4",
         320,
         240,

@@ -587,8 +587,10 @@ pub fn verify(path: &Path) -> anyhow::Result<Report> {
                 std::process::id(),
                 crate::shard::now_ms()
             ));
-            std::fs::copy(path.join(shard_file(k)), &copy)?;
-            let opened = open_checked(&copy);
+            // Removed on every outcome, a failed (partial) copy included.
+            let opened = std::fs::copy(path.join(shard_file(k)), &copy)
+                .map_err(anyhow::Error::from)
+                .and_then(|_| open_checked(&copy));
             let _ = std::fs::remove_file(&copy);
             let db = opened.map_err(|e| anyhow::anyhow!("{}: {e:#}", shard_file(k)))?;
             let read = db.begin_read()?;

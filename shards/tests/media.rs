@@ -50,11 +50,12 @@ fn ffprobe(path: &Path, stream: &str, entries: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nova-media-http-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when the returned guard drops (also when the test fails).
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("nova-media-http-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// EXIF (APP1) with an orientation and a GPS IFD holding "N"/"E" references.
@@ -220,13 +221,14 @@ fn pixel(img: &(u32, u32, Vec<u8>), x: u32, y: u32) -> [u8; 3] {
 #[test]
 fn photo_upload_renditions_serving_and_shared_blobs() {
     let server = Server::start(&[]);
-    let d = scratch("photo");
+    let scratch_dir = scratch("photo");
+    let d = scratch_dir.path();
     let users = server.users_on_each_shard();
     let owner = &users[1];
     let other = &users[0];
     let token = server.login(&owner.username, &owner.password).access;
     let other_token = server.login(&other.username, &other.password).access;
-    let bytes = photo(&d, "red");
+    let bytes = photo(d, "red");
 
     let created = upload(&server, &token, &bytes, "");
     created.expect(202);
@@ -333,11 +335,12 @@ fn photo_upload_renditions_serving_and_shared_blobs() {
 #[test]
 fn video_ladder_and_poster() {
     let server = Server::start(&[]);
-    let d = scratch("video");
+    let scratch_dir = scratch("video");
+    let d = scratch_dir.path();
     let users = server.users_on_each_shard();
     let token = server.login(&users[0].username, &users[0].password).access;
     let bytes = clip(
-        &d,
+        d,
         "src.mkv",
         "1280x720",
         2,
@@ -397,10 +400,11 @@ fn limits_and_refusals_keep_nothing() {
         "--media-frame-rate-max",
         "25",
     ]);
-    let d = scratch("limits");
+    let scratch_dir = scratch("limits");
+    let d = scratch_dir.path();
     let users = server.users_on_each_shard();
     let token = server.login(&users[1].username, &users[1].password).access;
-    let jpeg = photo(&d, "red");
+    let jpeg = photo(d, "red");
 
     let mut bomb = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
     bomb.extend_from_slice(&50_000u32.to_be_bytes());
@@ -429,14 +433,14 @@ fn limits_and_refusals_keep_nothing() {
     ]);
     assert!(std::fs::metadata(&noisy).unwrap().len() > 200_000);
     let long = clip(
-        &d,
+        d,
         "long.mp4",
         "320x240",
         3,
         &["-c:v", "libx264", "-c:a", "aac", "-r", "24"],
     );
     let fast = clip(
-        &d,
+        d,
         "fast.mp4",
         "320x240",
         1,
@@ -508,8 +512,9 @@ fn limits_and_refusals_keep_nothing() {
 
 #[test]
 fn quota_counts_every_rendition() {
-    let d = scratch("quota");
-    let jpeg = photo(&d, "red");
+    let scratch_dir = scratch("quota");
+    let d = scratch_dir.path();
+    let jpeg = photo(d, "red");
     let server = Server::start(&["--media-quota-bytes", &(jpeg.len() as u64 + 10).to_string()]);
     let users = server.users_on_each_shard();
     let token = server.login(&users[0].username, &users[0].password).access;
@@ -530,11 +535,12 @@ fn quota_counts_every_rendition() {
 #[test]
 fn private_media_needs_signed_urls_that_expire() {
     let server = Server::start(&["--media-url-ttl-s", "3"]);
-    let d = scratch("private");
+    let scratch_dir = scratch("private");
+    let d = scratch_dir.path();
     let users = server.users_on_each_shard();
     let token = server.login(&users[0].username, &users[0].password).access;
     let other = server.login(&users[1].username, &users[1].password).access;
-    let created = upload(&server, &token, &photo(&d, "red"), "?private=true");
+    let created = upload(&server, &token, &photo(d, "red"), "?private=true");
     created.expect(202);
     let id = media_id(&created);
     let done = wait_done(&server, &token, id);
@@ -591,11 +597,12 @@ fn broken_patch(
 #[test]
 fn tus_upload_broken_and_resumed() {
     let server = Server::start(&[]);
-    let d = scratch("tus");
+    let scratch_dir = scratch("tus");
+    let d = scratch_dir.path();
     let users = server.users_on_each_shard();
     let token = server.login(&users[1].username, &users[1].password).access;
     let bytes = clip(
-        &d,
+        d,
         "src.mp4",
         "640x360",
         1,
@@ -769,7 +776,8 @@ fn state(media: &Json) -> &str {
 #[test]
 fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
     let server = Server::start(&[]);
-    let d = scratch("attached");
+    let scratch_dir = scratch("attached");
+    let d = scratch_dir.path();
     // The uploader on shard 0; the follower and the stranger read from shard 1.
     let uploader = server.member_on_shard(0);
     let follower = server.member_on_shard(1);
@@ -784,7 +792,7 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
     let token = uploader.token.clone();
 
     // A public post made while its photo is still processing shows it once it is ready.
-    let public = media_id(&upload(&server, &token, &photo(&d, "red"), ""));
+    let public = media_id(&upload(&server, &token, &photo(d, "red"), ""));
     let post = server.post(
         "/v1/posts",
         uploader.auth(),
@@ -840,7 +848,7 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
 
     // A followers-only post: its media become private; the follower (another shard) gets
     // working signed URLs, in the post and in the author's list of posts.
-    let hidden = media_id(&upload(&server, &token, &photo(&d, "green"), ""));
+    let hidden = media_id(&upload(&server, &token, &photo(d, "green"), ""));
     wait_done(&server, &token, hidden);
     let post = server.post(
         "/v1/posts",
@@ -888,7 +896,7 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
     assert_eq!(own.at("media.private").as_bool(), Some(true));
 
     // A message: its media are private and its members get signed URLs.
-    let sent = media_id(&upload(&server, &token, &photo(&d, "yellow"), ""));
+    let sent = media_id(&upload(&server, &token, &photo(d, "yellow"), ""));
     wait_done(&server, &token, sent);
     let conv = server.post(
         "/v1/conversations",

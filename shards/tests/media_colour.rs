@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -21,11 +21,12 @@ const PATCHES: [[u8; 3]; 2] = [[200, 100, 50], [60, 180, 90]];
 /// JPEG at -q:v 3 and qcms's rounding move a flat patch by a few levels.
 const TOLERANCE: u8 = 6;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("nova-colour-http-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch directory, removed when the returned guard drops (also when the test fails).
+fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("nova-colour-http-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// The patches as a PNG, encoded by the ffmpeg command.
@@ -245,8 +246,9 @@ fn check_served(server: &Server, d: &Path, media: &Resp, want: [[u8; 3]; 2]) {
 #[test]
 fn embedded_profiles_are_applied_and_removed_across_shards() {
     let server = Server::start(&[]);
-    let d = scratch("colour");
-    let png = patches_png(&d);
+    let scratch_dir = scratch("colour");
+    let d = scratch_dir.path();
+    let png = patches_png(d);
     let rotated = PATCHES.map(|c| [c[2], c[0], c[1]]);
     let mut broken = rotated_profile();
     broken[200..].fill(0xEE);
@@ -255,11 +257,11 @@ fn embedded_profiles_are_applied_and_removed_across_shards() {
         let token = server.login(&user.username, &user.password).access;
         let tagged = upload_and_wait(&server, &token, &with_iccp(&png, &rotated_profile()));
         assert_eq!(tagged.str("media.state"), "ready", "{}", tagged.text());
-        check_served(&server, &d, &tagged, rotated);
+        check_served(&server, d, &tagged, rotated);
 
         let plain = upload_and_wait(&server, &token, &png);
         assert_eq!(plain.str("media.state"), "ready", "{}", plain.text());
-        check_served(&server, &d, &plain, PATCHES);
+        check_served(&server, d, &plain, PATCHES);
         // The blurhash is of the converted pixels.
         assert_ne!(
             tagged.at("media.metadata.blurhash").as_str(),
@@ -268,7 +270,7 @@ fn embedded_profiles_are_applied_and_removed_across_shards() {
 
         let damaged = upload_and_wait(&server, &token, &with_iccp(&png, &broken));
         assert_eq!(damaged.str("media.state"), "ready", "{}", damaged.text());
-        check_served(&server, &d, &damaged, PATCHES);
+        check_served(&server, d, &damaged, PATCHES);
     }
     // The damaged profile is said in the log, with why.
     let started = Instant::now();

@@ -35,8 +35,11 @@ fn state(server: &Server, token: &str, id: &str) -> String {
 #[test]
 fn sigkill_during_processing_leaves_nothing_stuck() {
     let mut server = Server::start(&[]);
-    let dir = std::env::temp_dir().join(format!("nova-media-crash-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch_dir = tempfile::Builder::new()
+        .prefix("nova-media-crash-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch_dir.path();
     let video = make(
         &[
             "-f",
