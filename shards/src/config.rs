@@ -291,7 +291,8 @@ pub struct ServeArgs {
     /// Data directory.
     #[arg(long, env = "NOVA_DATA")]
     pub data: Option<PathBuf>,
-    /// Number of shards (0 = one per core). Fixed when the data directory is created.
+    /// Number of shards (0 = the data directory's own count, or one per core for a new one).
+    /// Fixed when the data directory is created.
     #[arg(long, env = "NOVA_SHARDS")]
     pub shards: Option<usize>,
     /// PEM certificate chain; with --tls-key, serve HTTPS.
@@ -595,9 +596,17 @@ impl Config {
 
     fn validate(&mut self) -> anyhow::Result<()> {
         if self.shards == 0 {
-            self.shards = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
+            // Not asked for: an existing data dir keeps the count it was made with (a host
+            // that gained or lost cores still starts); a new one gets one shard per core.
+            let recorded = nova_storage::DataDir::read_manifest(&self.data)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .map(|m| m.shards);
+            self.shards = match recorded {
+                Some(n) => n,
+                None => std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            };
         }
         if self.hash_threads == 0 {
             self.hash_threads = std::thread::available_parallelism()
@@ -778,6 +787,28 @@ mod tests {
         assert_eq!(cfg.shards, 2);
         assert_eq!(cfg.body_bytes_max, 2048);
         assert_eq!(cfg.data, PathBuf::from("./nova-data"));
+    }
+
+    #[test]
+    fn an_unset_shard_count_is_the_data_dirs_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let fresh = ServeArgs {
+            data: Some(data.clone()),
+            ..Default::default()
+        };
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(Config::load(&fresh).unwrap().shards, cores);
+        // Made with another count than this host's cores: an unset count keeps it.
+        nova_storage::DataDir::open(&data, cores + 2).unwrap();
+        assert_eq!(Config::load(&fresh).unwrap().shards, cores + 2);
+        // Asked for explicitly, the count is the one asked (the start then refuses it).
+        let asked = ServeArgs {
+            data: Some(data),
+            shards: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(Config::load(&asked).unwrap().shards, 1);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! shards, a temporary data directory, optionally pinned with `taskset`), in two parts:
 //!
 //! - `messages`: registers `--users` accounts over both shards, creates pairs and groups of
-//!   3 to 5 whose members are on both shards, connects one `GET /v1/stream` per user, then
+//!   3 to 5 whose members are on both shards (`--shards 1`: all on the one), connects one `GET /v1/stream` per user, then
 //!   sends messages open-loop at `--rate` (message `n` is due at `start + n / rate`, on
 //!   keep-alive connection `n % connections`; conversation `n % conversations`, sender
 //!   turning round its members). Each message's text carries its number, so when a `message`
@@ -79,6 +79,9 @@ struct Cli {
     /// What to run: messages, idle, or both.
     #[arg(long, default_value = "both")]
     part: String,
+    /// Shards of the server. With 2 or more, pairs and groups have members on two shards.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    shards: u16,
     /// Accounts in the messaging part (half on each shard, near enough).
     #[arg(long, default_value_t = 1000)]
     users: usize,
@@ -154,7 +157,7 @@ fn start(cli: &Cli, tag: &str, streams_per_shard: Option<usize>) -> Result<Nova>
         "--listen",
         "127.0.0.1:0",
         "--shards",
-        "2",
+        &cli.shards.to_string(),
         "--log",
         "warn",
     ])
@@ -318,30 +321,30 @@ struct Conversation {
     members: Vec<usize>,
 }
 
-/// Pairs with one member on each shard and groups of 3 to 5 drawn alternately from both
-/// shards, all made by their first member.
+/// Pairs with one member on each of shards 0 and 1 and groups of 3 to 5 drawn alternately
+/// from both, all made by their first member (with one shard, all from shard 0).
 fn make_conversations(
     base: &str,
     users: &[User],
+    shards: usize,
     pairs: usize,
     groups: usize,
 ) -> Result<Vec<Conversation>> {
-    let by_shard: [Vec<usize>; 2] = [
+    let of = |k: usize| -> Vec<usize> {
         (0..users.len())
-            .filter(|i| shard_of(users[*i].id) == 0)
-            .collect(),
-        (0..users.len())
-            .filter(|i| shard_of(users[*i].id) == 1)
-            .collect(),
-    ];
+            .filter(|i| shard_of(users[*i].id) == k.min(shards - 1))
+            .collect()
+    };
+    let by_shard: [Vec<usize>; 2] = [of(0), of(1)];
     if by_shard[0].is_empty() || by_shard[1].is_empty() {
         bail!("the users are not on both shards");
     }
     let mut picks = [0usize; 2];
     let mut take = |shard: usize| {
-        let list = &by_shard[shard];
-        let i = list[picks[shard] % list.len()];
-        picks[shard] += 1;
+        let k = shard.min(shards - 1);
+        let list = &by_shard[k];
+        let i = list[picks[k] % list.len()];
+        picks[k] += 1;
         i
     };
     let mut plans: Vec<Vec<usize>> = Vec::with_capacity(pairs + groups);
@@ -970,7 +973,13 @@ fn main() -> Result<()> {
         let base = format!("http://{}", nova.target.authority);
         let t = Instant::now();
         let users = register_many(&base, cli.users, "m")?;
-        let conversations = make_conversations(&base, &users, cli.pairs, cli.groups)?;
+        let conversations = make_conversations(
+            &base,
+            &users,
+            usize::from(cli.shards),
+            cli.pairs,
+            cli.groups,
+        )?;
         eprintln!(
             "setup: {} users and {} conversations in {:.1} s",
             users.len(),
