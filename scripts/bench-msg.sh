@@ -22,6 +22,7 @@
 #   MSG_IDLE_STREAMS=N   streams in the idle part (default 10000)
 #   MSG_PART=P           messages, idle or both (default both)
 #   MSG_OPEN_FILES=N     the open-files limit to set (default 20000)
+#   MSG_SHARDS=N         server shards (default 2; with 1, every conversation is on it)
 #   MSG_PIN=0            server and generator unpinned, sharing both cores (the generator
 #                        sleeps instead of spinning): the setting of the DeathStarBench
 #                        targets, "server and load generator together" (default 1: pinned)
@@ -37,6 +38,7 @@ users=${MSG_USERS:-1000}
 idle=${MSG_IDLE_STREAMS:-10000}
 part=${MSG_PART:-both}
 files=${MSG_OPEN_FILES:-20000}
+shards=${MSG_SHARDS:-2}
 nova=${CARGO_TARGET_DIR:-target}/release/nova
 bench=${CARGO_TARGET_DIR:-target}/release/nova-msg
 
@@ -68,7 +70,7 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for run in $(seq "$runs"); do
     echo "== run $run of $runs" >&2
-    "${load_pin[@]}" "$bench" --nova "$nova" "${server_cpus[@]}" "${spin[@]}" --part "$part" \
+    "${load_pin[@]}" "$bench" --nova "$nova" "${server_cpus[@]}" "${spin[@]}" --part "$part" --shards "$shards" \
         --rate "$rate" --duration "$duration" --users "$users" --idle-streams "$idle" |
         tee -a "$out"
 done
