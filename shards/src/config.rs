@@ -53,6 +53,8 @@ pub struct Config {
     pub commit_linger_us: u64,
     /// How long (µs) an idle shard keeps polling for work before it sleeps (0: sleeps at once).
     pub spin_before_park_us: u64,
+    /// Pin each shard's executor to its own CPU (false: the kernel places them).
+    pub pin_shards: bool,
     /// How long (ms) a commit may stay out of the database file, carried by the write-ahead
     /// log, before a checkpoint (0: no log, every commit durable in the file).
     pub checkpoint_ms: u64,
@@ -220,6 +222,7 @@ impl Default for Config {
             commit_queue_max: 8192,
             commit_linger_us: 0,
             spin_before_park_us: 0,
+            pin_shards: true,
             checkpoint_ms: 1_000,
             mesh_queue_max: 4096,
             auth_log_retention_days: 90,
@@ -354,6 +357,9 @@ pub struct ServeArgs {
     pub commit_linger_us: Option<u64>,
     #[arg(long, env = "NOVA_SPIN_BEFORE_PARK_US")]
     pub spin_before_park_us: Option<u64>,
+    /// Pin each shard to its own CPU (`--pin-shards false`: let the kernel place them).
+    #[arg(long, env = "NOVA_PIN_SHARDS", num_args = 0..=1, default_missing_value = "true")]
+    pub pin_shards: Option<bool>,
     #[arg(long, env = "NOVA_CHECKPOINT_MS")]
     pub checkpoint_ms: Option<u64>,
     #[arg(long, env = "NOVA_MESH_QUEUE_MAX")]
@@ -509,6 +515,7 @@ impl Config {
             commit_queue_max,
             commit_linger_us,
             spin_before_park_us,
+            pin_shards,
             checkpoint_ms,
             mesh_queue_max,
             auth_log_retention_days,
@@ -809,6 +816,25 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Config::load(&asked).unwrap().shards, 1);
+    }
+
+    #[test]
+    fn shards_are_pinned_unless_told_not_to() {
+        assert!(Config::load(&ServeArgs::default()).unwrap().pin_shards);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.toml");
+        std::fs::write(&path, "pin_shards = false\n").unwrap();
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert!(!Config::load(&from_file).unwrap().pin_shards);
+        let flag_wins = ServeArgs {
+            config: Some(path),
+            pin_shards: Some(true),
+            ..Default::default()
+        };
+        assert!(Config::load(&flag_wins).unwrap().pin_shards);
     }
 
     #[test]

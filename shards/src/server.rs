@@ -146,8 +146,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             push: push.clone(),
         };
         let placement = match cpus.get(k % cpus.len().max(1)) {
-            Some(cpu) => Placement::Fixed(*cpu),
-            None => Placement::Unbound,
+            Some(cpu) if cfg.pin_shards => Placement::Fixed(*cpu),
+            _ => Placement::Unbound,
         };
         let mut builder = LocalExecutorBuilder::new(placement).name(&format!("nova-shard-{k}"));
         if cfg.spin_before_park_us > 0 {

@@ -25,12 +25,94 @@ use simd_json::json;
 fn health_is_ok_on_every_shard() {
     let server = Server::start(&[]);
     assert_eq!(server.shards(), 2);
+    // Pinned by default: each shard's threads to one CPU.
+    let shards = shard_threads_cpus(server.pid());
+    assert!(shards.len() >= 2, "{shards:?}");
+    for (name, cpus) in shards {
+        assert!(cpus.parse::<usize>().is_ok(), "{name} may run on {cpus}");
+    }
     server.on_each_shard(&Req::get("/health"), |resp| {
         resp.expect(200);
         assert_eq!(resp.json(), &json!({"status": "ok"}));
         let ct = resp.header("content-type").unwrap_or("");
         assert!(ct.starts_with("application/json"), "Content-Type {ct:?}");
     });
+}
+
+/// With `--pin-shards false` the kernel places the shards: they still serve, and reach each
+/// other (a follow and a post's fan-out between users on different shards).
+#[test]
+fn unpinned_shards_serve_and_reach_each_other() {
+    let server = Server::start(&["--pin-shards", "false"]);
+    server.on_each_shard(&Req::get("/health"), |resp| {
+        resp.expect(200);
+    });
+    let process = cpus_allowed(server.pid(), None);
+    let shards = shard_threads_cpus(server.pid());
+    // Each shard's executor and its helper thread for blocking syscalls.
+    for k in 0..2 {
+        let prefix = format!("nova-shard-{k}-");
+        assert!(
+            shards.iter().any(|(n, _)| n.starts_with(&prefix)),
+            "{shards:?}"
+        );
+    }
+    for (name, cpus) in &shards {
+        assert_eq!(cpus, &process, "{name} is pinned");
+    }
+    let users = server.users_on_each_shard();
+    let (reader, author) = (&users[0], &users[1]);
+    let reader_token = server.login(&reader.username, &reader.password).access;
+    let author_token = server.login(&author.username, &author.password).access;
+    server
+        .call(
+            "POST",
+            &format!("/v1/users/{}/follow", author.id),
+            Some(&reader_token),
+            None,
+        )
+        .expect(200);
+    let posted = server.post(
+        "/v1/posts",
+        Some(&author_token),
+        json!({"text": "from the other shard"}),
+    );
+    posted.expect(201);
+    let id: u64 = posted.str("post.id").parse().unwrap();
+    let home = server.walk_posts("/v1/timelines/home", &reader_token, 50);
+    assert_eq!(home, vec![id]);
+}
+
+/// `Cpus_allowed_list` of a process (or one of its threads) from `/proc`.
+fn cpus_allowed(pid: i32, thread: Option<&str>) -> String {
+    let path = match thread {
+        Some(tid) => format!("/proc/{pid}/task/{tid}/status"),
+        None => format!("/proc/{pid}/status"),
+    };
+    let status = std::fs::read_to_string(&path).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// (thread name, CPUs it may run on) of each shard executor thread.
+fn shard_threads_cpus(pid: i32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        if name.starts_with("nova-shard-") {
+            out.push((name, cpus_allowed(pid, Some(&tid))));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// One sample of the Prometheus text format.
