@@ -5,12 +5,12 @@
 //!   3 to 5 whose members are on both shards (with `--shards 1`, all on the one), connects
 //!   one `GET /v1/stream` per user, then sends messages open-loop at `--rate` (message `n`
 //!   is due at `start + n / rate`, on keep-alive connection `n % connections`;
-//!   conversation `n % conversations`, sender turning round its members). Each message's text carries its number, so when a `message`
-//!   event arrives on a recipient's stream its delivery latency is taken from the message's
-//!   *due* time (no coordinated omission) and, separately, from when its request was
-//!   written. Reports messages/s answered 201, delivery p50/p99/p99.9, and every delivery
-//!   missing (a recipient of a message answered 201 whose stream never showed it) or
-//!   repeated.
+//!   conversation `n % conversations`, sender turning round its members). Each message's
+//!   text carries its number, so when a `message` event arrives on a recipient's stream its
+//!   delivery latency is taken from the message's *due* time (no coordinated omission) and,
+//!   separately, from when its request was written. Reports messages/s answered 201,
+//!   delivery p50/p99/p99.9, and every delivery missing (a recipient of a message answered
+//!   201 whose stream never showed it) or repeated.
 //! - `idle`: a fresh server; registers enough users for `--idle-streams` streams at the
 //!   server's default per-user limit (8), reads the server's resident memory (VmRSS of
 //!   /proc/<pid>/status), opens the streams, waits, reads it again and reports the growth
