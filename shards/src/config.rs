@@ -59,6 +59,8 @@ pub struct Config {
     /// log, before a checkpoint (0: no log, every commit durable in the file).
     pub checkpoint_ms: u64,
     pub mesh_queue_max: usize,
+    /// Memory (MiB) each shard gives to decoded posts and their rendered JSON (half each).
+    pub post_cache_mib: u64,
     pub auth_log_retention_days: u64,
     /// Serve DeathStarBench's unauthenticated `/wrk2-api/*` routes (benchmarks only).
     pub dsb_compat: bool,
@@ -225,6 +227,7 @@ impl Default for Config {
             pin_shards: true,
             checkpoint_ms: 1_000,
             mesh_queue_max: 4096,
+            post_cache_mib: 256,
             auth_log_retention_days: 90,
             dsb_compat: false,
             event_retention_days: 30,
@@ -364,6 +367,8 @@ pub struct ServeArgs {
     pub checkpoint_ms: Option<u64>,
     #[arg(long, env = "NOVA_MESH_QUEUE_MAX")]
     pub mesh_queue_max: Option<usize>,
+    #[arg(long, env = "NOVA_POST_CACHE_MIB")]
+    pub post_cache_mib: Option<u64>,
     #[arg(long, env = "NOVA_AUTH_LOG_RETENTION_DAYS")]
     pub auth_log_retention_days: Option<u64>,
     /// Serve DeathStarBench's unauthenticated /wrk2-api routes (benchmark deployments only).
@@ -518,6 +523,7 @@ impl Config {
             pin_shards,
             checkpoint_ms,
             mesh_queue_max,
+            post_cache_mib,
             auth_log_retention_days,
             dsb_compat,
             event_retention_days,
@@ -632,6 +638,10 @@ impl Config {
         anyhow::ensure!(
             self.checkpoint_ms <= 60_000,
             "checkpoint_ms must be at most 60000"
+        );
+        anyhow::ensure!(
+            (1..=65_536).contains(&self.post_cache_mib),
+            "post_cache_mib must be 1 to 65536"
         );
         anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),
@@ -875,5 +885,22 @@ mod tests {
         );
         assert_eq!(every(0).unwrap().checkpoint_ms, 0);
         assert!(every(60_001).is_err());
+    }
+
+    #[test]
+    fn the_post_cache_is_bounded() {
+        let mib = |n: u64| {
+            Config::load(&ServeArgs {
+                post_cache_mib: Some(n),
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            Config::load(&ServeArgs::default()).unwrap().post_cache_mib,
+            256
+        );
+        assert_eq!(mib(1).unwrap().post_cache_mib, 1);
+        assert!(mib(0).is_err());
+        assert!(mib(65_537).is_err());
     }
 }

@@ -15,7 +15,10 @@
 //!
 //! The post cache holds decoded posts by id, for heads and timelines alike: both the
 //! author's `posts` row and other shards' `post_copies` hold the same post. An edit replaces
-//! it, a delete drops it; a user change (display name) drops them all.
+//! it, a delete drops it; a user change (display name) drops them all. It and the cache of
+//! rendered posts are bounded by memory (`post_cache_mib`, half each), not by count: a
+//! timeline read that misses decodes every post it passes, the ones it skips included, so
+//! a cache smaller than the posts being read costs most of a read (docs/benchmarks.md).
 //!
 //! Both live on one shard's executor and are never shared with another.
 
@@ -33,10 +36,52 @@ use quick_cache::unsync::Cache;
 pub const HEAD_LEN: usize = 256;
 /// Heads kept per shard (least recently used go first): 2 KiB each at most.
 const HEADS_MAX: usize = 20_000;
-/// Posts kept decoded per shard.
-const POSTS_MAX: usize = 20_000;
-/// Posts kept rendered per shard (the benchmark API's JSON).
-const RENDERED_MAX: usize = 20_000;
+/// A guess at the size of one cached post, decoded or rendered, for the caches' tables.
+const POST_BYTES_TYPICAL: u64 = 1024;
+/// What an entry costs besides its own bytes: the cache's slot, the `Arc` and the key.
+const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// A decoded post's weight: its heap bytes, roughly.
+#[derive(Clone)]
+struct PostBytes;
+
+impl quick_cache::Weighter<u64, Arc<Post>> for PostBytes {
+    fn weight(&self, _: &u64, post: &Arc<Post>) -> u64 {
+        let strings = |v: &[String]| v.iter().map(|s| 24 + s.len()).sum::<usize>();
+        let bytes = std::mem::size_of::<Post>()
+            + post.author_username.len()
+            + post.author_display_name.len()
+            + post.text.len()
+            + post
+                .mentions
+                .iter()
+                .map(|m| std::mem::size_of_val(m) + m.username.len())
+                .sum::<usize>()
+            + strings(&post.hashtags)
+            + post
+                .urls
+                .iter()
+                .map(|l| std::mem::size_of_val(l) + l.url.len() + l.short.len())
+                .sum::<usize>()
+            + post
+                .media
+                .iter()
+                .map(|(id, kind)| 48 + id.len() + kind.len())
+                .sum::<usize>()
+            + 2 * post.fanned_to.len();
+        bytes as u64 + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// A rendered post's weight: its JSON.
+#[derive(Clone)]
+struct JsonBytes;
+
+impl quick_cache::Weighter<(u64, u64), Bytes> for JsonBytes {
+    fn weight(&self, _: &(u64, u64), json: &Bytes) -> u64 {
+        json.len() as u64 + ENTRY_OVERHEAD_BYTES
+    }
+}
 
 /// The newest post ids of one reader's home feed.
 pub struct Head {
@@ -100,23 +145,24 @@ impl Head {
 
 pub struct Feeds {
     heads: RefCell<Cache<u64, Rc<RefCell<Head>>>>,
-    posts: RefCell<Cache<u64, Arc<Post>>>,
+    posts: RefCell<Cache<u64, Arc<Post>, PostBytes>>,
     /// (post id, edit time) -> the post as JSON: an edit makes a new key, so nothing here
     /// is ever stale (a deleted post is no longer on any page).
-    rendered: RefCell<Cache<(u64, u64), Bytes>>,
-}
-
-impl Default for Feeds {
-    fn default() -> Feeds {
-        Feeds {
-            heads: RefCell::new(Cache::new(HEADS_MAX)),
-            posts: RefCell::new(Cache::new(POSTS_MAX)),
-            rendered: RefCell::new(Cache::new(RENDERED_MAX)),
-        }
-    }
+    rendered: RefCell<Cache<(u64, u64), Bytes, JsonBytes>>,
 }
 
 impl Feeds {
+    /// Feeds whose two post caches hold `post_cache_bytes` together, half each.
+    pub fn new(post_cache_bytes: u64) -> Feeds {
+        let half = (post_cache_bytes / 2).max(1);
+        let items = (half / POST_BYTES_TYPICAL).max(1) as usize;
+        Feeds {
+            heads: RefCell::new(Cache::new(HEADS_MAX)),
+            posts: RefCell::new(Cache::with_weighter(items, half, PostBytes)),
+            rendered: RefCell::new(Cache::with_weighter(items, half, JsonBytes)),
+        }
+    }
+
     pub fn head(&self, reader: u64) -> Option<Rc<RefCell<Head>>> {
         self.heads.borrow().get(&reader).cloned()
     }
@@ -185,6 +231,50 @@ mod tests {
 
     fn ids(head: &Head, max_id: Option<u64>) -> Vec<u64> {
         head.before(max_id).collect()
+    }
+
+    fn post(id: u64, text_len: usize) -> Arc<Post> {
+        Arc::new(Post {
+            id,
+            author_id: 1,
+            author_username: "a".into(),
+            author_display_name: "A".into(),
+            text: "x".repeat(text_len),
+            visibility: nova_core::content::Visibility::Public,
+            reply_to: None,
+            mentions: Vec::new(),
+            hashtags: Vec::new(),
+            urls: Vec::new(),
+            created_ms: 0,
+            edited_ms: None,
+            post_type: 0,
+            media: Vec::new(),
+            author_external_id: None,
+            fanned_to: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn the_post_caches_hold_bytes_not_a_count() {
+        let feeds = Feeds::new(1 << 20);
+        // Half a MiB for decoded posts: a few hundred of 1 KiB, thousands of 10 bytes.
+        for id in 0..2_000 {
+            feeds.keep_post(post(id, 1024));
+        }
+        let big = feeds.posts.borrow().len();
+        assert!((200..600).contains(&big), "{big} posts of 1 KiB kept");
+        assert!(feeds.posts.borrow().weight() <= 1 << 19);
+        feeds.forget_all();
+        for id in 0..2_000 {
+            feeds.keep_post(post(id, 10));
+        }
+        assert!(feeds.posts.borrow().len() > 1_000);
+        // Rendered JSON is weighed by its length.
+        for id in 0..2_000 {
+            feeds.rendered(&post(id, 0), |_| vec![b' '; 4096]);
+        }
+        assert!(feeds.rendered.borrow().weight() <= 1 << 19);
+        assert!(feeds.rendered.borrow().len() < 200);
     }
 
     #[test]

@@ -326,7 +326,7 @@ async fn shard_main(start: ShardStart) {
         ext_ids: RefCell::new(quick_cache::unsync::Cache::new(USERS_CACHED_MAX)),
         request_seq: Cell::new(0),
         relay: crate::social::Relay::default(),
-        feeds: crate::feeds::Feeds::default(),
+        feeds: crate::feeds::Feeds::new(cfg.post_cache_mib << 20),
         streams: crate::stream::Streams::default(),
         typing: crate::messaging::Typing::default(),
         sending: crate::messaging::Sending::default(),
