@@ -16,8 +16,9 @@
 //!   /proc/<pid>/status), opens the streams, waits, reads it again and reports the growth
 //!   per stream, and how many streams were still open at the end.
 //!
-//! `scripts/bench-msg.sh` (`make bench-msg`) runs it with the server and the generator on
-//! different cores; docs/benchmarks.md records results.
+//! `scripts/bench-msg.sh` (`make bench-msg`) runs it with the server and the generator
+//! sharing the machine's cores (`MSG_PIN=1`: on different cores); docs/benchmarks.md records
+//! results.
 
 // The shared modules carry items only `nova-bench` itself uses.
 #[allow(dead_code)]
