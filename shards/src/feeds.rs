@@ -14,8 +14,9 @@
 //! past its end, an ascending page) is read from redb as before.
 //!
 //! The post cache holds decoded posts by id, for heads and timelines alike: both the
-//! author's `posts` row and other shards' `post_copies` hold the same post. An edit replaces
-//! it, a delete drops it; a user change (display name) drops them all. It and the cache of
+//! author's `posts` row and other shards' `post_copies` hold the same post (with the
+//! author's names as they were at compose time: a profile change rewrites no post). An edit
+//! replaces it, a delete drops it, an erasure drops them all. It and the cache of
 //! rendered posts are bounded by memory (`post_cache_mib`, half each), not by count: a
 //! timeline read that misses decodes every post it passes, the ones it skips included, so
 //! a cache smaller than the posts being read costs most of a read (docs/benchmarks.md).
