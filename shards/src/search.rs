@@ -26,14 +26,21 @@ use crate::error::Fail;
 use crate::mesh::{Op, Reply, ShardMsg, UserBrief};
 use crate::shard::{until, Shard};
 
-/// Events taken in per write transaction, at most.
-const INDEX_BATCH_MAX: usize = 2_048;
+/// Events taken in per write, at most. The write runs inside a commit that composes and
+/// sends wait for, so it is kept short: a benchmark post (a long word, up to six mentions and
+/// six links) costs about 36 us to index, so 64 of them about 2.5 ms. Batches of 2,048 held
+/// the commit for tens of milliseconds while the index caught up after a burst of posts.
+const INDEX_BATCH_MAX: usize = 64;
 /// How often the indexer looks for new events when it is idle.
 const POLL_PERIOD: Duration = Duration::from_millis(200);
 /// How long an index write may wait for another commit to ride along with
 /// (`Partition::write_deferred`): the index follows the data by at most about
 /// `POLL_PERIOD` + this.
 const INDEX_DEFER: Duration = Duration::from_millis(100);
+/// The same while the indexer is behind (its last batch was full): the batches follow one
+/// another, riding along with the commits of a busy shard, and on an idle one committing by
+/// themselves almost at once, so a backlog is not worked off at one batch per `INDEX_DEFER`.
+const INDEX_DEFER_BEHIND: Duration = Duration::from_millis(1);
 /// How often late-committed events are looked for.
 const RESCAN_PERIOD: Duration = Duration::from_secs(1);
 /// Event keys looked at again per rescan, at most.
@@ -226,12 +233,18 @@ impl Shard {
             // Rescan at once: events of the last moments before a restart may be missing.
             last_rescan: Instant::now() - RESCAN_PERIOD,
         });
+        let mut behind = false;
         loop {
             if self.draining.fired() {
                 return;
             }
-            match self.index_once(&tail).await {
-                Ok(n) if n >= INDEX_BATCH_MAX => continue,
+            let within = match behind {
+                true => INDEX_DEFER_BEHIND,
+                false => INDEX_DEFER,
+            };
+            behind = false;
+            match self.index_once(&tail, within).await {
+                Ok(n) if n >= INDEX_BATCH_MAX => behind = true,
                 Ok(_) => glommio::timer::sleep(POLL_PERIOD).await,
                 Err(e) => {
                     tracing::warn!(error = %e, shard = self.id, "search indexing failed; retrying");
@@ -260,7 +273,7 @@ impl Shard {
 
     /// One pass: new events, and every `RESCAN_PERIOD` late ones. Returns how many events
     /// it took in.
-    async fn index_once(&self, tail: &RefCell<Tail>) -> Result<usize, Fail> {
+    async fn index_once(&self, tail: &RefCell<Tail>, within: Duration) -> Result<usize, Fail> {
         let window_ms = self.cfg.request_timeout_ms + 1_000;
         let (keys, subjects, new_cursor) = {
             let mut t = tail.borrow_mut();
@@ -339,7 +352,7 @@ impl Shard {
                     }
                     Ok::<_, CoreError>(())
                 },
-                INDEX_DEFER,
+                within,
             )
             .await?;
         let mut t = tail.borrow_mut();
