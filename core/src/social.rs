@@ -853,7 +853,7 @@ fn scan(
         for (author, reason) in authors {
             let rows = index
                 .range((author, low)..=(author, high))?
-                .map(move |row| Ok((row?.0.value().1, author, reason.code(), None)));
+                .map(move |row| Ok((row?.0.value().1, author, reason.code(), None, true)));
             sources.push(if forward {
                 Box::new(rows)
             } else {
@@ -865,7 +865,7 @@ fn scan(
         let rows = items.range((reader, low)..=(reader, high))?.map(|row| {
             let (key, value) = row?;
             let (author, reason) = value.value();
-            Ok((key.value().1, author, reason, None))
+            Ok((key.value().1, author, reason, None, false))
         });
         sources.push(if forward {
             Box::new(rows)
@@ -875,7 +875,7 @@ fn scan(
     }
     let early_rows = early
         .iter()
-        .map(|(p, reason)| Ok((p.id, p.author_id, reason.code(), Some(*p))));
+        .map(|(p, reason)| Ok((p.id, p.author_id, reason.code(), Some(*p), false)));
     sources.push(if forward {
         Box::new(early_rows)
     } else {
@@ -888,7 +888,7 @@ fn scan(
     let mut taken = None;
     let mut verdicts: std::collections::HashMap<(u64, u8), bool> = Default::default();
     for row in Merged::new(sources, forward).take(scan_max) {
-        let (post_id, author, reason, early_post) = row?;
+        let (post_id, author, reason, early_post, copy_here) = row?;
         last = Some(post_id);
         scanned += 1;
         if taken == Some(post_id) {
@@ -929,6 +929,7 @@ fn scan(
         }
         if matches!(want, Want::Ids) {
             let exists = early_post.is_some()
+                || copy_here
                 || match &copies {
                     Some(copies) => copies.get(post_id)?.is_some(),
                     None => false,
@@ -944,6 +945,7 @@ fn scan(
         }
         if skip > 0 && prefs.hides_nothing() {
             let exists = early_post.is_some()
+                || copy_here
                 || match &copies {
                     Some(copies) => copies.get(post_id)?.is_some(),
                     None => false,
@@ -990,7 +992,12 @@ fn scan(
 }
 
 /// A home feed row: (post id, author, reason code, the post when the row carries it).
-type FeedRow<'p> = (u64, u64, u8, Option<&'p Post>);
+/// (post id, author, reason code, the post when it is an early one, whether its copy is
+/// known to be here). A row of the author index always has its copy: both are written
+/// together (`keep_copy`, `fan_out_all`) and removed together (`unfan`), so a scan need not
+/// look the copy up to know the post is there; a feed row (a mention, or a row of an earlier
+/// version) is checked.
+type FeedRow<'p> = (u64, u64, u8, Option<&'p Post>, bool);
 type Row<'p> = Result<FeedRow<'p>, CoreError>;
 
 /// At most this many followed accounts are read into one home page (a follow beyond
