@@ -225,7 +225,7 @@ impl Default for Config {
             commit_linger_us: 0,
             spin_before_park_us: 0,
             pin_shards: true,
-            checkpoint_ms: 1_000,
+            checkpoint_ms: 500,
             mesh_queue_max: 4096,
             post_cache_mib: 256,
             auth_log_retention_days: 90,
@@ -881,7 +881,7 @@ mod tests {
         };
         assert_eq!(
             Config::load(&ServeArgs::default()).unwrap().checkpoint_ms,
-            1_000
+            500
         );
         assert_eq!(every(0).unwrap().checkpoint_ms, 0);
         assert!(every(60_001).is_err());
