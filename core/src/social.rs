@@ -991,12 +991,11 @@ fn scan(
     Ok((out, more_from))
 }
 
-/// A home feed row: (post id, author, reason code, the post when the row carries it).
-/// (post id, author, reason code, the post when it is an early one, whether its copy is
-/// known to be here). A row of the author index always has its copy: both are written
-/// together (`keep_copy`, `fan_out_all`) and removed together (`unfan`), so a scan need not
-/// look the copy up to know the post is there; a feed row (a mention, or a row of an earlier
-/// version) is checked.
+/// A home feed row: (post id, author, reason code, the post when it is an early one,
+/// whether its copy is known to be here). A row of the author index always has its copy:
+/// both are written together (`keep_copy`, `fan_out_all`) and removed together (`unfan`), so
+/// a scan need not look the copy up to know the post is there; a feed row (a mention, or a
+/// row of an earlier version) is checked.
 type FeedRow<'p> = (u64, u64, u8, Option<&'p Post>, bool);
 type Row<'p> = Result<FeedRow<'p>, CoreError>;
 
