@@ -53,7 +53,7 @@ pub struct Config {
     pub commit_linger_us: u64,
     /// How long (µs) an idle shard keeps polling for work before it sleeps (0: sleeps at once).
     pub spin_before_park_us: u64,
-    /// Pin each shard's executor to its own CPU (false: the kernel places them).
+    /// Pin each shard's executor to its own CPU (false, the default: the kernel places them).
     pub pin_shards: bool,
     /// How long (ms) a commit may stay out of the database file, carried by the write-ahead
     /// log, before a checkpoint (0: no log, every commit durable in the file).
@@ -224,7 +224,7 @@ impl Default for Config {
             commit_queue_max: 8192,
             commit_linger_us: 0,
             spin_before_park_us: 0,
-            pin_shards: true,
+            pin_shards: false,
             checkpoint_ms: 500,
             mesh_queue_max: 4096,
             post_cache_mib: 256,
@@ -360,7 +360,7 @@ pub struct ServeArgs {
     pub commit_linger_us: Option<u64>,
     #[arg(long, env = "NOVA_SPIN_BEFORE_PARK_US")]
     pub spin_before_park_us: Option<u64>,
-    /// Pin each shard to its own CPU (`--pin-shards false`: let the kernel place them).
+    /// Pin each shard to its own CPU (`--pin-shards`; by default the kernel places them).
     #[arg(long, env = "NOVA_PIN_SHARDS", num_args = 0..=1, default_missing_value = "true")]
     pub pin_shards: Option<bool>,
     #[arg(long, env = "NOVA_CHECKPOINT_MS")]
@@ -829,22 +829,22 @@ mod tests {
     }
 
     #[test]
-    fn shards_are_pinned_unless_told_not_to() {
-        assert!(Config::load(&ServeArgs::default()).unwrap().pin_shards);
+    fn shards_are_pinned_only_when_asked() {
+        assert!(!Config::load(&ServeArgs::default()).unwrap().pin_shards);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nova.toml");
-        std::fs::write(&path, "pin_shards = false\n").unwrap();
+        std::fs::write(&path, "pin_shards = true\n").unwrap();
         let from_file = ServeArgs {
             config: Some(path.clone()),
             ..Default::default()
         };
-        assert!(!Config::load(&from_file).unwrap().pin_shards);
+        assert!(Config::load(&from_file).unwrap().pin_shards);
         let flag_wins = ServeArgs {
             config: Some(path),
-            pin_shards: Some(true),
+            pin_shards: Some(false),
             ..Default::default()
         };
-        assert!(Config::load(&flag_wins).unwrap().pin_shards);
+        assert!(!Config::load(&flag_wins).unwrap().pin_shards);
     }
 
     #[test]

@@ -25,12 +25,6 @@ use simd_json::json;
 fn health_is_ok_on_every_shard() {
     let server = Server::start(&[]);
     assert_eq!(server.shards(), 2);
-    // Pinned by default: each shard's threads to one CPU.
-    let shards = shard_threads_cpus(server.pid());
-    assert!(shards.len() >= 2, "{shards:?}");
-    for (name, cpus) in shards {
-        assert!(cpus.parse::<usize>().is_ok(), "{name} may run on {cpus}");
-    }
     server.on_each_shard(&Req::get("/health"), |resp| {
         resp.expect(200);
         assert_eq!(resp.json(), &json!({"status": "ok"}));
@@ -39,11 +33,25 @@ fn health_is_ok_on_every_shard() {
     });
 }
 
-/// With `--pin-shards false` the kernel places the shards: they still serve, and reach each
-/// other (a follow and a post's fan-out between users on different shards).
+/// With `--pin-shards` each shard's threads run on one CPU of their own, and serve.
+#[test]
+fn pinned_shards_keep_to_one_cpu_each() {
+    let server = Server::start(&["--pin-shards", "true"]);
+    let shards = shard_threads_cpus(server.pid());
+    assert!(shards.len() >= 2, "{shards:?}");
+    for (name, cpus) in shards {
+        assert!(cpus.parse::<usize>().is_ok(), "{name} may run on {cpus}");
+    }
+    server.on_each_shard(&Req::get("/health"), |resp| {
+        resp.expect(200);
+    });
+}
+
+/// By default the kernel places the shards: they serve, and reach each other (a follow and
+/// a post's fan-out between users on different shards).
 #[test]
 fn unpinned_shards_serve_and_reach_each_other() {
-    let server = Server::start(&["--pin-shards", "false"]);
+    let server = Server::start(&[]);
     server.on_each_shard(&Req::get("/health"), |resp| {
         resp.expect(200);
     });
