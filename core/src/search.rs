@@ -382,7 +382,10 @@ fn add_posting(postings: &mut Postings<'_>, term: &str, id: u64) -> Result<(), C
         return put_block(postings, term, &[id]);
     }
     ids.insert(at, id);
-    postings.remove((term, key))?;
+    if at == 0 {
+        // A block is keyed by its smallest id: this one's key changes.
+        postings.remove((term, key))?;
+    }
     if ids.len() > BLOCK_IDS_MAX {
         let upper = ids.split_off(ids.len() / 2);
         put_block(postings, term, &upper)?;
@@ -399,25 +402,38 @@ fn remove_posting(postings: &mut Postings<'_>, term: &str, id: u64) -> Result<()
         return Ok(());
     };
     ids.remove(at);
-    postings.remove((term, key))?;
+    if at == 0 {
+        // The smallest id went: the rest (if any) is keyed anew.
+        postings.remove((term, key))?;
+    }
     put_block(postings, term, &ids)
 }
 
-/// Appends ascending `ids`, all above any id `term` has (a rebuild, walking posts in order).
-fn append_postings(postings: &mut Postings<'_>, term: &str, ids: &[u64]) -> Result<(), CoreError> {
-    let mut rest = ids;
-    let last = match postings.range((term, 0)..=(term, u64::MAX))?.next_back() {
+/// `term`'s newest block: its key (its smallest id) and its ids.
+fn last_block(postings: &Postings<'_>, term: &str) -> Result<Option<(u64, Vec<u64>)>, CoreError> {
+    match postings.range((term, 0)..=(term, u64::MAX))?.next_back() {
         Some(r) => {
             let (k, v) = r?;
-            Some((k.value().1, decode_block(v.value())))
+            Ok(Some((k.value().1, decode_block(v.value()))))
         }
-        None => None,
-    };
-    if let Some((key, mut block)) = last.filter(|(_, b)| b.len() < BLOCK_IDS_MAX) {
+        None => Ok(None),
+    }
+}
+
+/// Appends ascending `ids`, all above any id `term` has, after its newest block `last`: that
+/// block is filled up first (rewritten under the same key: its smallest id stays), then new
+/// blocks follow.
+fn append_postings(
+    postings: &mut Postings<'_>,
+    term: &str,
+    last: Option<(u64, Vec<u64>)>,
+    ids: &[u64],
+) -> Result<(), CoreError> {
+    let mut rest = ids;
+    if let Some((_, mut block)) = last.filter(|(_, b)| b.len() < BLOCK_IDS_MAX) {
         let room = (BLOCK_IDS_MAX - block.len()).min(rest.len());
         block.extend_from_slice(&rest[..room]);
         rest = &rest[room..];
-        postings.remove((term, key))?;
         put_block(postings, term, &block)?;
     }
     for chunk in rest.chunks(BLOCK_IDS_MAX) {
@@ -525,17 +541,13 @@ fn add_postings(postings: &mut Postings<'_>, term: &str, ids: &[u64]) -> Result<
     let Some(first) = ids.first() else {
         return Ok(());
     };
-    let after_all = match postings.range((term, 0)..=(term, u64::MAX))?.next_back() {
-        Some(r) => {
-            let (_, v) = r?;
-            decode_block(v.value())
-                .last()
-                .is_none_or(|last| last < first)
-        }
+    let last = last_block(postings, term)?;
+    let after_all = match &last {
+        Some((_, block)) => block.last().is_none_or(|l| l < first),
         None => true,
     };
     if after_all {
-        return append_postings(postings, term, ids);
+        return append_postings(postings, term, last, ids);
     }
     for id in ids {
         add_posting(postings, term, *id)?;
@@ -1335,6 +1347,15 @@ mod tests {
                 model.insert(*id);
             }
         });
+        // Then new posts in batches, as the indexer takes them: appended after the newest
+        // block, filling it up and starting new ones.
+        for batch in [1001..1003u64, 1003..1300, 1300..1301] {
+            let posts: Vec<(u64, Option<Post>)> = batch
+                .map(|id| (id, Some(post(id, 1, "blocky", Visibility::Public))))
+                .collect();
+            write(&db, |t| resync_posts(t, &posts).unwrap());
+            model.extend(posts.iter().map(|(id, _)| *id));
+        }
         let read = db.begin_read().unwrap();
         let q = PostQuery {
             words: vec!["blocky".into()],
