@@ -177,6 +177,31 @@ pub fn post(read: &ReadTransaction, id: u64) -> Result<Option<Post>, CoreError> 
     value.map(|v| decode(v.value())).transpose()
 }
 
+/// This shard's posts, for reads of many (home feeds take the posts of local authors from
+/// here, and keep copies of the others': `social`). `None` before the first post.
+pub fn posts_table(
+    read: &ReadTransaction,
+) -> Result<Option<redb::ReadOnlyTable<u64, &'static [u8]>>, CoreError> {
+    match read.open_table(POSTS) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// (author, post id) -> (): `author_index`.
+pub type AuthorIndex = redb::ReadOnlyTable<(u64, u64), ()>;
+
+/// This shard's (author, post id) index of its posts, for reads of many (home feeds merge
+/// local authors' ranges from it). A row and its post are written and removed together.
+pub fn author_index(read: &ReadTransaction) -> Result<Option<AuthorIndex>, CoreError> {
+    match read.open_table(USER_POSTS) {
+        Ok(t) => Ok(Some(t)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `post` inside a write transaction (sees the batch's own earlier writes).
 pub fn post_in(txn: &WriteTransaction, id: u64) -> Result<Option<Post>, CoreError> {
     let table = txn.open_table(POSTS)?;

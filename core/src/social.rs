@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
 use crate::content::Post;
+use crate::ids::shard_of;
 use crate::profiles::FeedPreferences;
 use crate::CoreError;
 
@@ -473,9 +474,11 @@ pub fn follower_shards(
     Ok(out)
 }
 
-/// Makes `post` readable in the home feeds of this shard: keeps a copy when the author is here
-/// or has followers here, and a feed row for each user of `mentioned_here` (users on this
-/// shard it mentions) who has not blocked the author or been blocked by it.
+/// Makes `post` readable in the home feeds of this shard: a post of another shard's author is
+/// copied here when the author has followers here or mentions someone here (a local
+/// author's post is read from `posts`, written in the same transaction), and a feed row is
+/// kept for each user of `mentioned_here` (users on this shard it mentions) who has not
+/// blocked the author or been blocked by it.
 pub fn fan_out(
     txn: &WriteTransaction,
     post: &Post,
@@ -499,10 +502,6 @@ pub fn fan_out_all(
     let mut feed = None;
     for (post, mentioned_here) in posts {
         let author = post.author_id;
-        let followed_here = local
-            .range((author, 0)..=(author, u64::MAX))?
-            .next()
-            .is_some();
         let mut mentioned = Vec::with_capacity(mentioned_here.len());
         for user in *mentioned_here {
             if *user == author || mentioned.contains(user) {
@@ -517,18 +516,26 @@ pub fn fan_out_all(
                 mentioned.push(*user);
             }
         }
-        if !author_here && !followed_here && mentioned.is_empty() {
-            continue;
+        // The author's own shard reads the post from `posts` (content's rows, written in the
+        // same transaction): a copy is kept of other shards' posts only, and only where
+        // someone follows the author or is mentioned.
+        let copied = !author_here
+            && (!mentioned.is_empty()
+                || local
+                    .range((author, 0)..=(author, u64::MAX))?
+                    .next()
+                    .is_some());
+        if copied {
+            let (posts, by_author) = match &mut copies {
+                Some(t) => t,
+                None => copies.insert((
+                    txn.open_table(POST_COPIES)?,
+                    txn.open_table(COPIES_BY_AUTHOR)?,
+                )),
+            };
+            posts.insert(post.id, encode(*post).as_slice())?;
+            by_author.insert((author, post.id), ())?;
         }
-        let (posts, by_author) = match &mut copies {
-            Some(t) => t,
-            None => copies.insert((
-                txn.open_table(POST_COPIES)?,
-                txn.open_table(COPIES_BY_AUTHOR)?,
-            )),
-        };
-        posts.insert(post.id, encode(*post).as_slice())?;
-        by_author.insert((author, post.id), ())?;
         if mentioned.is_empty() {
             continue;
         }
@@ -604,8 +611,12 @@ fn readers_among(
     Ok(readers)
 }
 
-/// This shard's copy of a post, if it holds one (what home feeds show).
-pub fn copy(read: &ReadTransaction, post_id: u64) -> Result<Option<Post>, CoreError> {
+/// A post as home feeds on shard `here` show it: a post of this shard from `posts`, another
+/// shard's from this shard's copy, if it holds one.
+pub fn copy(read: &ReadTransaction, here: usize, post_id: u64) -> Result<Option<Post>, CoreError> {
+    if shard_of(post_id) == here {
+        return crate::content::post(read, post_id);
+    }
     let copies = open_read!(read, POST_COPIES, None);
     let value = copies.get(post_id)?;
     value.map(|v| decode(v.value())).transpose()
@@ -630,7 +641,9 @@ pub fn backfill(
     posts: &[Post],
 ) -> Result<(), CoreError> {
     txn.open_table(BACKFILLS)?.remove((reader, author))?;
-    if txn.open_table(FOLLOWS)?.get((reader, author))?.is_none()
+    // An author of the reader's shard: its posts are here already (`posts`).
+    if shard_of(author) == shard_of(reader)
+        || txn.open_table(FOLLOWS)?.get((reader, author))?.is_none()
         || txn.open_table(BLOCKS)?.get((reader, author))?.is_some()
         || txn.open_table(BLOCKED_BY)?.get((reader, author))?.is_some()
     {
@@ -825,11 +838,20 @@ fn scan(
         .iter()
         .filter(|(p, _)| (low..=high).contains(&p.id))
         .collect();
+    // Posts of this shard's authors are read from `posts` and its author index (content's
+    // rows); other shards' posts from this shard's copies.
+    let here = shard_of(reader);
     let copies = crate::table_or_none(read, POST_COPIES)?;
-    if copies.is_none() && early.is_empty() {
+    let local_posts = crate::content::posts_table(read)?;
+    if copies.is_none() && local_posts.is_none() && early.is_empty() {
         return Ok((Vec::new(), None));
     }
+    let stored = |post_id: u64| match (shard_of(post_id) == here, &local_posts, &copies) {
+        (true, Some(t), _) | (false, _, Some(t)) => t.get(post_id),
+        _ => Ok(None),
+    };
     let by_author = crate::table_or_none(read, COPIES_BY_AUTHOR)?;
+    let local_index = crate::content::author_index(read)?;
     let items = crate::table_or_none(read, FEED_ITEMS)?;
     let follows_t = crate::table_or_none(read, FOLLOWS)?;
     let blocks_t = crate::table_or_none(read, BLOCKS)?;
@@ -840,7 +862,7 @@ fn scan(
     // reader follows, the reader's feed rows, the early items. Rows are
     // (post id, author, reason code, the post when it is an early one).
     let mut sources: Vec<Box<dyn Iterator<Item = Row<'_>> + '_>> = Vec::new();
-    if let Some(index) = &by_author {
+    {
         let mut authors = vec![(reader, Reason::Own)];
         if let Some(follows) = &follows_t {
             for row in follows
@@ -851,6 +873,13 @@ fn scan(
             }
         }
         for (author, reason) in authors {
+            let index = match shard_of(author) == here {
+                true => &local_index,
+                false => &by_author,
+            };
+            let Some(index) = index else {
+                continue;
+            };
             let rows = index
                 .range((author, low)..=(author, high))?
                 .map(move |row| Ok((row?.0.value().1, author, reason.code(), None, true)));
@@ -928,12 +957,7 @@ fn scan(
             continue;
         }
         if matches!(want, Want::Ids) {
-            let exists = early_post.is_some()
-                || copy_here
-                || match &copies {
-                    Some(copies) => copies.get(post_id)?.is_some(),
-                    None => false,
-                };
+            let exists = early_post.is_some() || copy_here || stored(post_id)?.is_some();
             if exists {
                 taken = Some(post_id);
                 out.push((post_id, None));
@@ -944,25 +968,19 @@ fn scan(
             continue;
         }
         if skip > 0 && prefs.hides_nothing() {
-            let exists = early_post.is_some()
-                || copy_here
-                || match &copies {
-                    Some(copies) => copies.get(post_id)?.is_some(),
-                    None => false,
-                };
+            let exists = early_post.is_some() || copy_here || stored(post_id)?.is_some();
             if exists {
                 skip -= 1;
                 taken = Some(post_id);
             }
             continue;
         }
-        let post = match (early_post, &copies) {
-            (Some(post), _) => Some(post.clone()),
-            (None, Some(copies)) => match copies.get(post_id)? {
-                Some(copy) => Some(decode::<Post>(copy.value())?),
+        let post = match early_post {
+            Some(post) => Some(post.clone()),
+            None => match stored(post_id)? {
+                Some(bytes) => Some(decode::<Post>(bytes.value())?),
                 None => None,
             },
-            (None, None) => None,
         };
         let Some(post) = post else {
             continue;
@@ -992,10 +1010,11 @@ fn scan(
 }
 
 /// A home feed row: (post id, author, reason code, the post when it is an early one,
-/// whether its copy is known to be here). A row of the author index always has its copy:
-/// both are written together (`keep_copy`, `fan_out_all`) and removed together (`unfan`), so
-/// a scan need not look the copy up to know the post is there; a feed row (a mention, or a
-/// row of an earlier version) is checked.
+/// whether its post is known to be here). A row of an author index always has its post: a
+/// copy and its `copies_by_author` row are written together (`keep_copy`, `fan_out_all`) and
+/// removed together (`unfan`), as are a local post and its `user_posts` row (`content`), so
+/// a scan need not look the post up to know it is there; a feed row (a mention, or a row of
+/// an earlier version) is checked.
 type FeedRow<'p> = (u64, u64, u8, Option<&'p Post>, bool);
 type Row<'p> = Result<FeedRow<'p>, CoreError>;
 
@@ -1301,6 +1320,29 @@ mod tests {
         crate::content::test_post(id, author)
     }
 
+    /// An id (user or post) made on this test's shard, 0, or on another one, 1: ids order by
+    /// `n` (their millisecond), as real ids do.
+    fn here(n: u64) -> u64 {
+        n << 22
+    }
+
+    fn there(n: u64) -> u64 {
+        (n << 22) | (1 << 12)
+    }
+
+    /// The `n` of each id, to compare feeds with.
+    fn ns(ids: &[u64]) -> Vec<u64> {
+        ids.iter().map(|id| id >> 22).collect()
+    }
+
+    /// A post of an author of this shard, as a compose writes it.
+    fn compose(db: &Database, post: &Post) {
+        write(db, |t| {
+            crate::content::insert_post(t, post, None)?;
+            fan_out(t, post, true, &[])
+        });
+    }
+
     fn home_ids(db: &Database, reader: u64) -> Vec<u64> {
         home_with(db, reader, None, None, &[])
     }
@@ -1340,21 +1382,34 @@ mod tests {
     #[test]
     fn early_items_merge_in_order_once_and_pass_the_same_checks() {
         let db = db();
+        let (reader, a2, a3) = (here(1), there(2), there(3));
         // No feed table yet: an early post shows, subject to the follow check.
         assert_eq!(
-            home_with(&db, 1, None, None, &[(&post(9, 1), Reason::Own)]),
+            ns(&home_with(
+                &db,
+                reader,
+                None,
+                None,
+                &[(&post(here(9), reader), Reason::Own)]
+            )),
             vec![9]
         );
-        assert!(home_with(&db, 1, None, None, &[(&post(9, 2), Reason::Followed)]).is_empty());
-        // Reader 1 follows 2 (on this shard) but not 3.
-        write(&db, |t| follow(t, 1, 2, 0));
-        write(&db, |t| add_follower(t, 2, 1, 0));
-        write(&db, |t| fan_out(t, &post(10, 2), false, &[]));
-        write(&db, |t| fan_out(t, &post(13, 2), false, &[]));
-        let (p11, p12, p13, p14) = (post(11, 2), post(12, 2), post(13, 2), post(14, 3));
+        let unfollowed = post(there(9), a2);
+        assert!(home_with(&db, reader, None, None, &[(&unfollowed, Reason::Followed)]).is_empty());
+        // The reader follows 2 (on another shard) but not 3.
+        write(&db, |t| follow(t, reader, a2, 0));
+        write(&db, |t| add_follower(t, a2, reader, 0));
+        write(&db, |t| fan_out(t, &post(there(10), a2), false, &[]));
+        write(&db, |t| fan_out(t, &post(there(13), a2), false, &[]));
+        let (p11, p12, p13, p14) = (
+            post(there(11), a2),
+            post(there(12), a2),
+            post(there(13), a2),
+            post(there(14), a3),
+        );
         let read = db.begin_read().unwrap();
         let readers = fan_out_readers(&read, &p11, false, &[]).unwrap();
-        assert_eq!(readers, vec![(1, Reason::Followed)]);
+        assert_eq!(readers, vec![(reader, Reason::Followed)]);
         drop(read);
         let early = [
             (&p11, Reason::Followed),
@@ -1364,30 +1419,58 @@ mod tests {
             // Its author is not followed: left out like a committed row would be.
             (&p14, Reason::Followed),
         ];
-        assert_eq!(home_with(&db, 1, None, None, &early), vec![13, 12, 11, 10]);
-        assert_eq!(home_with(&db, 1, Some(13), None, &early), vec![12, 11, 10]);
-        assert_eq!(home_with(&db, 1, None, Some(10), &early), vec![13, 12, 11]);
-        assert_eq!(home_with(&db, 1, Some(13), Some(10), &early), vec![12, 11]);
+        let page = |max: Option<u64>, min: Option<u64>| {
+            ns(&home_with(
+                &db,
+                reader,
+                max.map(there),
+                min.map(there),
+                &early,
+            ))
+        };
+        assert_eq!(page(None, None), vec![13, 12, 11, 10]);
+        assert_eq!(page(Some(13), None), vec![12, 11, 10]);
+        assert_eq!(page(None, Some(10)), vec![13, 12, 11]);
+        assert_eq!(page(Some(13), Some(10)), vec![12, 11]);
         // Skipping: the benchmark API's `start`, counted over shown posts only.
         let read = db.begin_read().unwrap();
         let prefs = FeedPreferences::default();
-        let page = home(&read, 1, None, None, (2, 1), 1000, &prefs, &early, &|_| {
-            false
-        })
+        let page = home(
+            &read,
+            reader,
+            None,
+            None,
+            (2, 1),
+            1000,
+            &prefs,
+            &early,
+            &|_| false,
+        )
         .unwrap();
-        assert_eq!(page.0.iter().map(|p| p.id).collect::<Vec<_>>(), vec![11]);
+        assert_eq!(
+            page.0.iter().map(|p| p.id).collect::<Vec<_>>(),
+            vec![there(11)]
+        );
         let muting = FeedPreferences {
             hide_replies: false,
             muted_words: vec!["hi".into()],
         };
-        let page = home(&read, 1, None, None, (0, 5), 1000, &muting, &early, &|_| {
-            false
-        })
+        let page = home(
+            &read,
+            reader,
+            None,
+            None,
+            (0, 5),
+            1000,
+            &muting,
+            &early,
+            &|_| false,
+        )
         .unwrap();
         assert!(page.0.is_empty(), "every post says hi");
         drop(read);
-        write(&db, |t| block(t, 1, 2, 0));
-        assert!(home_with(&db, 1, None, None, &early).is_empty());
+        write(&db, |t| block(t, reader, a2, 0));
+        assert!(home_with(&db, reader, None, None, &early).is_empty());
     }
 
     fn mentioning(id: u64, author: u64, user: u64) -> Post {
@@ -1403,64 +1486,95 @@ mod tests {
     #[test]
     fn home_merges_own_followed_and_mentioned_posts_in_id_order() {
         let db = db();
-        write(&db, |t| follow(t, 1, 2, 0));
-        write(&db, |t| follow(t, 1, 3, 0));
-        write(&db, |t| fan_out(t, &post(10, 2), false, &[]));
-        write(&db, |t| fan_out(t, &post(11, 1), true, &[]));
-        write(&db, |t| fan_out(t, &post(12, 3), false, &[]));
-        write(&db, |t| fan_out(t, &mentioning(13, 4, 1), false, &[1]));
+        // The reader is on this shard, the authors it follows or is mentioned by on another.
+        let (reader, a2, a3, a4) = (here(1), there(2), there(3), there(4));
+        write(&db, |t| follow(t, reader, a2, 0));
+        write(&db, |t| follow(t, reader, a3, 0));
+        write(&db, |t| fan_out(t, &post(there(10), a2), false, &[]));
+        compose(&db, &post(here(11), reader));
+        write(&db, |t| fan_out(t, &post(there(12), a3), false, &[]));
+        let m13 = mentioning(there(13), a4, reader);
+        write(&db, |t| fan_out(t, &m13, false, &[reader]));
         // Nobody here follows 4 and nobody is mentioned: this shard keeps nothing.
-        write(&db, |t| fan_out(t, &post(14, 4), false, &[]));
-        write(&db, |t| fan_out(t, &post(15, 2), false, &[]));
+        write(&db, |t| fan_out(t, &post(there(14), a4), false, &[]));
+        write(&db, |t| fan_out(t, &post(there(15), a2), false, &[]));
         // A followed author mentioning the reader: shown once.
-        write(&db, |t| fan_out(t, &mentioning(16, 3, 1), false, &[1]));
-        assert_eq!(home_ids(&db, 1), vec![16, 15, 13, 12, 11, 10]);
-        assert_eq!(home_with(&db, 1, Some(13), None, &[]), vec![12, 11, 10]);
-        assert_eq!(home_with(&db, 1, None, Some(12), &[]), vec![16, 15, 13]);
+        let m16 = mentioning(there(16), a3, reader);
+        write(&db, |t| fan_out(t, &m16, false, &[reader]));
+        assert_eq!(ns(&home_ids(&db, reader)), vec![16, 15, 13, 12, 11, 10]);
+        assert_eq!(
+            ns(&home_with(&db, reader, Some(there(13)), None, &[])),
+            vec![12, 11, 10]
+        );
+        assert_eq!(
+            ns(&home_with(&db, reader, None, Some(there(12)), &[])),
+            vec![16, 15, 13]
+        );
         let read = db.begin_read().unwrap();
         let prefs = FeedPreferences::default();
-        let (page, _) = home(&read, 1, None, None, (1, 2), 1000, &prefs, &[], &|_| false).unwrap();
-        assert_eq!(page.iter().map(|p| p.id).collect::<Vec<_>>(), vec![15, 13]);
+        let ids = |page: &[Post]| ns(&page.iter().map(|p| p.id).collect::<Vec<_>>());
+        let (page, _) = home(
+            &read,
+            reader,
+            None,
+            None,
+            (1, 2),
+            1000,
+            &prefs,
+            &[],
+            &|_| false,
+        )
+        .unwrap();
+        assert_eq!(ids(&page), vec![15, 13]);
         // The scan cap names where to go on.
-        let (page, more) = home(&read, 1, None, None, (0, 10), 3, &prefs, &[], &|_| false).unwrap();
-        assert_eq!(page.iter().map(|p| p.id).collect::<Vec<_>>(), vec![16, 15]);
-        assert_eq!(more, Some(15), "16 came twice (followed and mentioned)");
-        // A hidden (suspended) author is passed over and the page still fills.
-        let (page, _) = home(&read, 1, None, None, (0, 3), 1000, &prefs, &[], &|a| a == 3).unwrap();
+        let (page, more) = home(&read, reader, None, None, (0, 10), 3, &prefs, &[], &|_| {
+            false
+        })
+        .unwrap();
+        assert_eq!(ids(&page), vec![16, 15]);
         assert_eq!(
-            page.iter().map(|p| p.id).collect::<Vec<_>>(),
-            vec![15, 13, 11]
+            more,
+            Some(there(15)),
+            "16 came twice (followed and mentioned)"
         );
-        let mut readers = feed_readers(&read, &mentioning(16, 3, 1), false).unwrap();
+        // A hidden (suspended) author is passed over and the page still fills.
+        let (page, _) = home(&read, reader, None, None, (0, 3), 1000, &prefs, &[], &|a| {
+            a == a3
+        })
+        .unwrap();
+        assert_eq!(ids(&page), vec![15, 13, 11]);
+        let mut readers = feed_readers(&read, &m16, false).unwrap();
         readers.sort_unstable();
-        assert_eq!(readers, vec![1]);
+        assert_eq!(readers, vec![reader]);
         drop(read);
         // Muting 3 hides its posts, mentions included; unfollowing 2 hides 2's at once.
-        write(&db, |t| set_mute(t, 1, 3, true, 0));
-        assert_eq!(home_ids(&db, 1), vec![15, 13, 11, 10]);
-        write(&db, |t| unfollow(t, 1, 2));
-        assert_eq!(home_ids(&db, 1), vec![13, 11]);
-        write(&db, |t| unfan(t, 13));
-        assert_eq!(home_ids(&db, 1), vec![11]);
+        write(&db, |t| set_mute(t, reader, a3, true, 0));
+        assert_eq!(ns(&home_ids(&db, reader)), vec![15, 13, 11, 10]);
+        write(&db, |t| unfollow(t, reader, a2));
+        assert_eq!(ns(&home_ids(&db, reader)), vec![13, 11]);
+        write(&db, |t| unfan(t, there(13)));
+        assert_eq!(ns(&home_ids(&db, reader)), vec![11]);
         // Following 2 again brings its kept posts back; a backfill adds older ones once.
-        write(&db, |t| follow(t, 1, 2, 0));
+        write(&db, |t| follow(t, reader, a2, 0));
         let read = db.begin_read().unwrap();
         assert_eq!(
             pending_backfills(&read, 0, 10).unwrap(),
-            vec![(1, 2), (1, 3)]
+            vec![(reader, a2), (reader, a3)]
         );
         drop(read);
-        write(&db, |t| backfill(t, 1, 2, &[post(5, 2), post(10, 2)]));
-        write(&db, |t| backfill(t, 1, 2, &[post(5, 2)]));
-        write(&db, |t| backfill(t, 1, 3, &[]));
+        let (p5, p10) = (post(there(5), a2), post(there(10), a2));
+        write(&db, |t| backfill(t, reader, a2, &[p5.clone(), p10]));
+        write(&db, |t| backfill(t, reader, a2, &[p5]));
+        write(&db, |t| backfill(t, reader, a3, &[]));
         let read = db.begin_read().unwrap();
         assert!(pending_backfills(&read, u64::MAX, 10).unwrap().is_empty());
         drop(read);
-        assert_eq!(home_ids(&db, 1), vec![15, 11, 10, 5]);
+        assert_eq!(ns(&home_ids(&db, reader)), vec![15, 11, 10, 5]);
         // The erased reader's own rows go; the copies stay for others.
-        write(&db, |t| fan_out(t, &mentioning(17, 4, 1), false, &[1]));
-        assert_eq!(write(&db, |t| erase_feed(t, 1, 10)), 2, "16 and 17");
-        assert_eq!(home_ids(&db, 1), vec![15, 11, 10, 5]);
+        let m17 = mentioning(there(17), a4, reader);
+        write(&db, |t| fan_out(t, &m17, false, &[reader]));
+        assert_eq!(write(&db, |t| erase_feed(t, reader, 10)), 2, "16 and 17");
+        assert_eq!(ns(&home_ids(&db, reader)), vec![15, 11, 10, 5]);
     }
 
     #[test]
@@ -1479,23 +1593,51 @@ mod tests {
     #[test]
     fn follows_feed_home_and_unfollow_filters() {
         let db = db();
-        assert!(write(&db, |t| follow(t, 1, 2, 0)));
-        assert!(!write(&db, |t| follow(t, 1, 2, 0)));
-        write(&db, |t| add_follower(t, 2, 1, 0));
-        write(&db, |t| add_follower(t, 2, 1, 0));
+        // Both on this shard: the author's posts are read from `posts`, not copied.
+        let (reader, author) = (here(1), here(2));
+        assert!(write(&db, |t| follow(t, reader, author, 0)));
+        assert!(!write(&db, |t| follow(t, reader, author, 0)));
+        write(&db, |t| add_follower(t, author, reader, 0));
+        write(&db, |t| add_follower(t, author, reader, 0));
         let read = db.begin_read().unwrap();
-        assert_eq!(counts(&read, 1).unwrap(), (0, 1));
-        assert_eq!(counts(&read, 2).unwrap(), (1, 0));
+        assert_eq!(counts(&read, reader).unwrap(), (0, 1));
+        assert_eq!(counts(&read, author).unwrap(), (1, 0));
         drop(read);
-        write(&db, |t| fan_out(t, &post(10, 2), true, &[]));
-        write(&db, |t| fan_out(t, &post(11, 2), true, &[]));
-        assert_eq!(home_ids(&db, 1), vec![11, 10]);
-        assert_eq!(home_ids(&db, 2), vec![11, 10]);
-        write(&db, |t| unfan(t, 10));
-        assert_eq!(home_ids(&db, 1), vec![11]);
-        assert!(write(&db, |t| unfollow(t, 1, 2)));
-        assert!(home_ids(&db, 1).is_empty());
-        assert_eq!(counts(&db.begin_read().unwrap(), 1).unwrap(), (0, 0));
+        compose(&db, &post(here(10), author));
+        compose(&db, &post(here(11), author));
+        assert!(
+            copy(&db.begin_read().unwrap(), 0, here(10))
+                .unwrap()
+                .is_some(),
+            "a local post reads as its copy"
+        );
+        assert_eq!(ns(&home_ids(&db, reader)), vec![11, 10]);
+        assert_eq!(ns(&home_ids(&db, author)), vec![11, 10]);
+        let read = db.begin_read().unwrap();
+        let copies = optional(read.open_table(POST_COPIES)).unwrap();
+        assert!(
+            copies.is_none_or(|c| c.iter().unwrap().next().is_none()),
+            "nothing copied"
+        );
+        drop(read);
+        // A local author the reader does not follow, mentioning it: shown by its feed row.
+        let m12 = mentioning(here(12), here(3), reader);
+        write(&db, |t| {
+            crate::content::insert_post(t, &m12, None)?;
+            fan_out(t, &m12, true, &[reader])
+        });
+        assert_eq!(ns(&home_ids(&db, reader)), vec![12, 11, 10]);
+        assert_eq!(ns(&home_ids(&db, author)), vec![11, 10]);
+        // A deleted post leaves both feeds at once.
+        write(&db, |t| {
+            crate::content::delete_post(t, author, here(10))?;
+            unfan(t, here(10))
+        });
+        assert_eq!(ns(&home_ids(&db, reader)), vec![12, 11]);
+        assert_eq!(ns(&home_ids(&db, author)), vec![11]);
+        assert!(write(&db, |t| unfollow(t, reader, author)));
+        assert_eq!(ns(&home_ids(&db, reader)), vec![12]);
+        assert_eq!(counts(&db.begin_read().unwrap(), reader).unwrap(), (0, 0));
     }
 
     #[test]

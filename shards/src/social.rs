@@ -903,7 +903,7 @@ impl Shard {
                     *read = Some(self.partition.read()?);
                 }
                 match read {
-                    Some(r) => social::copy(r, id)?,
+                    Some(r) => social::copy(r, self.id, id)?,
                     None => None,
                 }
             }
