@@ -182,11 +182,7 @@ pub fn post(read: &ReadTransaction, id: u64) -> Result<Option<Post>, CoreError> 
 pub fn posts_table(
     read: &ReadTransaction,
 ) -> Result<Option<redb::ReadOnlyTable<u64, &'static [u8]>>, CoreError> {
-    match read.open_table(POSTS) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    crate::table_or_none(read, POSTS)
 }
 
 /// (author, post id) -> (): `author_index`.
@@ -195,11 +191,7 @@ pub type AuthorIndex = redb::ReadOnlyTable<(u64, u64), ()>;
 /// This shard's (author, post id) index of its posts, for reads of many (home feeds merge
 /// local authors' ranges from it). A row and its post are written and removed together.
 pub fn author_index(read: &ReadTransaction) -> Result<Option<AuthorIndex>, CoreError> {
-    match read.open_table(USER_POSTS) {
-        Ok(t) => Ok(Some(t)),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    crate::table_or_none(read, USER_POSTS)
 }
 
 /// `post` inside a write transaction (sees the batch's own earlier writes).
