@@ -496,7 +496,11 @@ pub fn fan_out_all(
     author_here: bool,
 ) -> Result<(), CoreError> {
     crate::notifications::on_mentions(txn, posts)?;
-    let local = txn.open_table(FOLLOWERS_LOCAL)?;
+    // Only a copy asks for local followers, and the author's own shard keeps none.
+    let local = match author_here {
+        true => None,
+        false => Some(txn.open_table(FOLLOWERS_LOCAL)?),
+    };
     let mut blocks = None;
     let mut copies = None;
     let mut feed = None;
@@ -519,12 +523,16 @@ pub fn fan_out_all(
         // The author's own shard reads the post from `posts` (content's rows, written in the
         // same transaction): a copy is kept of other shards' posts only, and only where
         // someone follows the author or is mentioned.
-        let copied = !author_here
-            && (!mentioned.is_empty()
-                || local
-                    .range((author, 0)..=(author, u64::MAX))?
-                    .next()
-                    .is_some());
+        let copied = match &local {
+            None => false,
+            Some(local) => {
+                !mentioned.is_empty()
+                    || local
+                        .range((author, 0)..=(author, u64::MAX))?
+                        .next()
+                        .is_some()
+            }
+        };
         if copied {
             let (posts, by_author) = match &mut copies {
                 Some(t) => t,
