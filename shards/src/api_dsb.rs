@@ -348,14 +348,15 @@ async fn timeline(
             .await?
             .0
     };
-    // Each post is rendered once per shard (and version), then pages are joined from that.
+    // Each decoded post is rendered once (`SharedPost::rendered`), then pages are joined
+    // from that.
     let mut body = Vec::with_capacity(2 + posts.len() * 1024);
     body.push(b'[');
     for (i, post) in posts.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        let json = shard.feeds.rendered(post, |p| wire::to_json(&dsb_post(p)));
+        let json = post.rendered(|p| wire::to_json(&dsb_post(p)));
         body.extend_from_slice(&json);
     }
     body.push(b']');

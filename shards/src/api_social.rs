@@ -17,6 +17,7 @@ use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, json_body, query_param, Reply, Result};
 use crate::error::{ApiError, Fail};
+use crate::feeds::SharedPost;
 use crate::mesh::{
     CommentInfo, NewPost, Op, Page, PostStats, PreferencesUpdate, SettingsUpdate, UserBrief,
 };
@@ -670,7 +671,7 @@ pub(crate) fn page(query: Option<&str>) -> Result<Page> {
 async fn post_list(
     shard: &Rc<Shard>,
     path: &str,
-    posts: Vec<Arc<Post>>,
+    posts: Vec<Arc<SharedPost>>,
     counts: &HashMap<u64, Counts>,
     page: Page,
     scanned_to: Option<u64>,

@@ -59,7 +59,7 @@ pub struct Config {
     /// log, before a checkpoint (0: no log, every commit durable in the file).
     pub checkpoint_ms: u64,
     pub mesh_queue_max: usize,
-    /// Memory (MiB) each shard gives to decoded posts and their rendered JSON (half each).
+    /// Memory (MiB) each shard gives to decoded posts and their rendered JSON.
     pub post_cache_mib: u64,
     pub auth_log_retention_days: u64,
     /// Serve DeathStarBench's unauthenticated `/wrk2-api/*` routes (benchmarks only).

@@ -16,17 +16,20 @@
 //! The post cache holds decoded posts by id, for heads and timelines alike: both the
 //! author's `posts` row and other shards' `post_copies` hold the same post (with the
 //! author's names as they were at compose time: a profile change rewrites no post). An edit
-//! replaces it, a delete drops it, an erasure drops them all. It and the cache of
-//! rendered posts are bounded by memory (`post_cache_mib`, half each), not by count: a
-//! timeline read that misses decodes every post it passes, the ones it skips included, so
-//! a cache smaller than the posts being read costs most of a read (docs/benchmarks.md).
+//! replaces it, a delete drops it, an erasure drops them all. It is bounded by memory
+//! (`post_cache_mib`), not by count: a timeline read that misses decodes every post it
+//! passes, the ones it skips included, so a cache smaller than the posts being read costs
+//! most of a read (docs/benchmarks.md). A cached post carries its JSON for the benchmark
+//! API once a page has needed it (`SharedPost::rendered`), weighed in from the start.
 //!
-//! Both live on one shard's executor and are never shared with another.
+//! Heads and the cache live on one shard's executor. A decoded post is immutable and goes
+//! to other shards in pages (`Arc`); the only thing set after it is made is its JSON, once.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::ops::Deref;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use nova_core::content::Post;
@@ -37,17 +40,55 @@ use quick_cache::unsync::Cache;
 pub const HEAD_LEN: usize = 256;
 /// Heads kept per shard (least recently used go first): 2 KiB each at most.
 const HEADS_MAX: usize = 20_000;
-/// A guess at the size of one cached post, decoded or rendered, for the caches' tables.
+/// A guess at the size of one cached post, decoded or rendered, for the cache's table.
 const POST_BYTES_TYPICAL: u64 = 1024;
 /// What an entry costs besides its own bytes: the cache's slot, the `Arc` and the key.
 const ENTRY_OVERHEAD_BYTES: u64 = 64;
 
-/// A decoded post's weight: its heap bytes, roughly.
+/// A decoded post as caches and pages hold it. Pages carry it to other shards without a
+/// copy; its JSON for the benchmark API is made the first time a page needs it, by
+/// whichever shard serves that page, and kept with it (an edit makes a new post).
+pub struct SharedPost {
+    post: Post,
+    json: OnceLock<Bytes>,
+}
+
+impl SharedPost {
+    pub fn new(post: Post) -> Arc<SharedPost> {
+        Arc::new(SharedPost {
+            post,
+            json: OnceLock::new(),
+        })
+    }
+
+    /// The post rendered by `render`, made once for this post.
+    pub fn rendered(&self, render: impl FnOnce(&Post) -> Vec<u8>) -> Bytes {
+        self.json
+            .get_or_init(|| Bytes::from(render(&self.post)))
+            .clone()
+    }
+
+    /// The post itself, as an owned value.
+    pub fn into_post(self) -> Post {
+        self.post
+    }
+}
+
+impl Deref for SharedPost {
+    type Target = Post;
+
+    fn deref(&self) -> &Post {
+        &self.post
+    }
+}
+
+/// A decoded post's weight: its heap bytes, roughly, twice over: its JSON, once made, holds
+/// the same strings again.
 #[derive(Clone)]
 struct PostBytes;
 
-impl quick_cache::Weighter<u64, Arc<Post>> for PostBytes {
-    fn weight(&self, _: &u64, post: &Arc<Post>) -> u64 {
+impl quick_cache::Weighter<u64, Arc<SharedPost>> for PostBytes {
+    fn weight(&self, _: &u64, post: &Arc<SharedPost>) -> u64 {
         let strings = |v: &[String]| v.iter().map(|s| 24 + s.len()).sum::<usize>();
         let bytes = std::mem::size_of::<Post>()
             + post.author_username.len()
@@ -70,17 +111,7 @@ impl quick_cache::Weighter<u64, Arc<Post>> for PostBytes {
                 .map(|(id, kind)| 48 + id.len() + kind.len())
                 .sum::<usize>()
             + 2 * post.fanned_to.len();
-        bytes as u64 + ENTRY_OVERHEAD_BYTES
-    }
-}
-
-/// A rendered post's weight: its JSON.
-#[derive(Clone)]
-struct JsonBytes;
-
-impl quick_cache::Weighter<(u64, u64), Bytes> for JsonBytes {
-    fn weight(&self, _: &(u64, u64), json: &Bytes) -> u64 {
-        json.len() as u64 + ENTRY_OVERHEAD_BYTES
+        2 * bytes as u64 + ENTRY_OVERHEAD_BYTES
     }
 }
 
@@ -108,6 +139,15 @@ impl Head {
 
     /// Adds a post id in its place (ids are time-ordered, so nearly always at the end).
     fn add(&mut self, post_id: u64) {
+        // The common case: newer than everything kept.
+        if self.ids.back().is_none_or(|&newest| post_id > newest) {
+            self.ids.push_back(post_id);
+            if self.ids.len() > HEAD_LEN {
+                self.ids.pop_front();
+                self.whole = false;
+            }
+            return;
+        }
         if let Some(&oldest) = self.ids.front() {
             if post_id < oldest && !self.whole {
                 // Older than everything kept, with older posts not kept: a page that far
@@ -146,21 +186,17 @@ impl Head {
 
 pub struct Feeds {
     heads: RefCell<Cache<u64, Rc<RefCell<Head>>>>,
-    posts: RefCell<Cache<u64, Arc<Post>, PostBytes>>,
-    /// (post id, edit time) -> the post as JSON: an edit makes a new key, so nothing here
-    /// is ever stale (a deleted post is no longer on any page).
-    rendered: RefCell<Cache<(u64, u64), Bytes, JsonBytes>>,
+    posts: RefCell<Cache<u64, Arc<SharedPost>, PostBytes>>,
 }
 
 impl Feeds {
-    /// Feeds whose two post caches hold `post_cache_bytes` together, half each.
+    /// Feeds whose post cache holds `post_cache_bytes` (posts and their JSON).
     pub fn new(post_cache_bytes: u64) -> Feeds {
-        let half = (post_cache_bytes / 2).max(1);
-        let items = (half / POST_BYTES_TYPICAL).max(1) as usize;
+        let bytes = post_cache_bytes.max(1);
+        let items = (bytes / (2 * POST_BYTES_TYPICAL)).max(1) as usize;
         Feeds {
             heads: RefCell::new(Cache::new(HEADS_MAX)),
-            posts: RefCell::new(Cache::with_weighter(items, half, PostBytes)),
-            rendered: RefCell::new(Cache::with_weighter(items, half, JsonBytes)),
+            posts: RefCell::new(Cache::with_weighter(items, bytes, PostBytes)),
         }
     }
 
@@ -202,27 +238,16 @@ impl Feeds {
         self.posts.borrow_mut().clear();
     }
 
-    pub fn post(&self, id: u64) -> Option<Arc<Post>> {
+    pub fn post(&self, id: u64) -> Option<Arc<SharedPost>> {
         self.posts.borrow().get(&id).cloned()
     }
 
-    pub fn keep_post(&self, post: Arc<Post>) {
+    pub fn keep_post(&self, post: Arc<SharedPost>) {
         self.posts.borrow_mut().insert(post.id, post);
     }
 
     pub fn drop_post(&self, id: u64) {
         self.posts.borrow_mut().remove(&id);
-    }
-
-    /// `post` rendered by `render`, rendered once per shard and version of the post.
-    pub fn rendered(&self, post: &Post, render: impl FnOnce(&Post) -> Vec<u8>) -> Bytes {
-        let key = (post.id, post.edited_ms.unwrap_or(0));
-        if let Some(json) = self.rendered.borrow().get(&key) {
-            return json.clone();
-        }
-        let json = Bytes::from(render(post));
-        self.rendered.borrow_mut().insert(key, json.clone());
-        json
     }
 }
 
@@ -234,8 +259,8 @@ mod tests {
         head.before(max_id).collect()
     }
 
-    fn post(id: u64, text_len: usize) -> Arc<Post> {
-        Arc::new(Post {
+    fn post(id: u64, text_len: usize) -> Arc<SharedPost> {
+        SharedPost::new(Post {
             id,
             author_id: 1,
             author_username: "a".into(),
@@ -256,26 +281,36 @@ mod tests {
     }
 
     #[test]
-    fn the_post_caches_hold_bytes_not_a_count() {
+    fn the_post_cache_holds_bytes_not_a_count() {
         let feeds = Feeds::new(1 << 20);
-        // Half a MiB for decoded posts: a few hundred of 1 KiB, thousands of 10 bytes.
+        // A MiB for posts and their JSON: a few hundred of 1 KiB, thousands of 10 bytes.
         for id in 0..2_000 {
             feeds.keep_post(post(id, 1024));
         }
         let big = feeds.posts.borrow().len();
         assert!((200..600).contains(&big), "{big} posts of 1 KiB kept");
-        assert!(feeds.posts.borrow().weight() <= 1 << 19);
+        assert!(feeds.posts.borrow().weight() <= 1 << 20);
         feeds.forget_all();
         for id in 0..2_000 {
             feeds.keep_post(post(id, 10));
         }
         assert!(feeds.posts.borrow().len() > 1_000);
-        // Rendered JSON is weighed by its length.
-        for id in 0..2_000 {
-            feeds.rendered(&post(id, 0), |_| vec![b' '; 4096]);
-        }
-        assert!(feeds.rendered.borrow().weight() <= 1 << 19);
-        assert!(feeds.rendered.borrow().len() < 200);
+    }
+
+    #[test]
+    fn a_post_is_rendered_once() {
+        let shared = post(1, 10);
+        let renders = std::cell::Cell::new(0);
+        let render = |p: &Post| {
+            renders.set(renders.get() + 1);
+            p.text.clone().into_bytes()
+        };
+        assert_eq!(&shared.rendered(render)[..], b"xxxxxxxxxx");
+        let again = Arc::clone(&shared);
+        let other_shard = std::thread::spawn(move || again.rendered(|_| b"other".to_vec()));
+        assert_eq!(&other_shard.join().unwrap()[..], b"xxxxxxxxxx");
+        assert_eq!(&shared.rendered(render)[..], b"xxxxxxxxxx");
+        assert_eq!(renders.get(), 1);
     }
 
     #[test]
@@ -286,9 +321,16 @@ mod tests {
         head.add(8);
         head.add(8);
         head.add(1);
+        head.add(9);
         assert_eq!(ids(&head, None), vec![9, 8, 7, 5, 1]);
+        head.add(10);
+        head.add(10);
+        assert_eq!(ids(&head, None), vec![10, 9, 8, 7, 5, 1]);
+        let mut empty = Head::new(std::iter::empty(), true, FeedPreferences::default());
+        empty.add(3);
+        assert_eq!(ids(&empty, None), vec![3]);
         head.remove(7);
-        assert_eq!(ids(&head, None), vec![9, 8, 5, 1]);
+        assert_eq!(ids(&head, None), vec![10, 9, 8, 5, 1]);
         for id in 100..100 + HEAD_LEN as u64 {
             head.add(id);
         }

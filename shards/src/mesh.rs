@@ -15,6 +15,7 @@ use nova_core::profiles::{FeedPreferences, MessagesFrom, Preferences, Settings};
 use nova_core::tokens::RefreshToken;
 
 use crate::error::Fail;
+use crate::feeds::SharedPost;
 use crate::metrics::Snapshot;
 use crate::stream::StreamEvent;
 
@@ -244,14 +245,14 @@ pub enum Op {
         viewer: u64,
         page: Page,
         skip: usize,
-        reply: Reply<(Vec<Arc<Post>>, Option<u64>)>,
+        reply: Reply<(Vec<Arc<SharedPost>>, Option<u64>)>,
     },
     /// A page of a home feed, after leaving out its first `skip` posts.
     Home {
         reader: u64,
         page: Page,
         skip: usize,
-        reply: Reply<(Vec<Arc<Post>>, Option<u64>)>,
+        reply: Reply<(Vec<Arc<SharedPost>>, Option<u64>)>,
     },
     /// Like or unlike a post (`comment: false`) or comment on its shard; the new count.
     Like {

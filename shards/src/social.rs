@@ -15,7 +15,7 @@ use nova_core::social;
 use nova_core::{id_ms, shard_of, CoreError};
 
 use crate::error::Fail;
-use crate::feeds::{Head, HEAD_LEN};
+use crate::feeds::{Head, SharedPost, HEAD_LEN};
 use crate::mesh::{Gate, NewPost, Op, Page, PostStats, Profile, SettingsUpdate, UserBrief};
 use crate::shard::{now_ms, Shard};
 
@@ -796,7 +796,7 @@ impl Shard {
         reader: u64,
         page: Page,
         skip: usize,
-    ) -> Result<(Vec<Arc<Post>>, Option<u64>), Fail> {
+    ) -> Result<(Vec<Arc<SharedPost>>, Option<u64>), Fail> {
         if page.min_id.is_none() {
             let head = match self.feeds.head(reader) {
                 Some(head) => head,
@@ -821,7 +821,7 @@ impl Shard {
                 &|author| self.hidden_from(author, reader),
             )
         })?;
-        Ok((posts.into_iter().map(Arc::new).collect(), more))
+        Ok((posts.into_iter().map(SharedPost::new).collect(), more))
     }
 
     /// Merges `reader`'s head from redb (and the early posts) and keeps it.
@@ -849,7 +849,7 @@ impl Shard {
         max_id: Option<u64>,
         skip: usize,
         limit: usize,
-    ) -> Result<Option<Vec<Arc<Post>>>, Fail> {
+    ) -> Result<Option<Vec<Arc<SharedPost>>>, Fail> {
         let head = head.borrow();
         let mut read = None;
         let mut out = Vec::with_capacity(limit);
@@ -891,7 +891,7 @@ impl Shard {
         &self,
         id: u64,
         read: &mut Option<nova_storage::redb::ReadTransaction>,
-    ) -> Result<Option<Arc<Post>>, Fail> {
+    ) -> Result<Option<Arc<SharedPost>>, Fail> {
         if let Some(post) = self.feeds.post(id) {
             return Ok(Some(post));
         }
@@ -909,7 +909,7 @@ impl Shard {
             }
         };
         Ok(found.map(|post| {
-            let post = Arc::new(post);
+            let post = SharedPost::new(post);
             self.feeds.keep_post(Arc::clone(&post));
             post
         }))
@@ -1162,7 +1162,7 @@ impl Shard {
         viewer: u64,
         page: Page,
         skip: usize,
-    ) -> Result<(Vec<Arc<Post>>, Option<u64>), Fail> {
+    ) -> Result<(Vec<Arc<SharedPost>>, Option<u64>), Fail> {
         self.read(|r| {
             if identity::user(r, author)?.is_none()
                 || self.hidden_from(author, viewer)
@@ -1230,12 +1230,12 @@ impl Shard {
         &self,
         r: &nova_storage::redb::ReadTransaction,
         id: u64,
-    ) -> Result<Option<Arc<Post>>, CoreError> {
+    ) -> Result<Option<Arc<SharedPost>>, CoreError> {
         if let Some(post) = self.feeds.post(id) {
             return Ok(Some(post));
         }
         Ok(content::post(r, id)?.map(|post| {
-            let post = Arc::new(post);
+            let post = SharedPost::new(post);
             self.feeds.keep_post(Arc::clone(&post));
             post
         }))
@@ -1334,7 +1334,7 @@ impl Shard {
         let event = Event::PostCreated {
             post: Box::new(post.clone()),
         };
-        self.feeds.keep_post(Arc::new(post.clone()));
+        self.feeds.keep_post(SharedPost::new(post.clone()));
         self.feeds_add(&post);
         self.publish_post(&post);
         self.deliver_now(event_id, event, &targets, deadline).await;
@@ -2083,9 +2083,11 @@ fn shorten(url: &str) -> String {
 }
 
 /// Posts shared from a cache, as owned values (what outlives the page: a backfill's copies).
-fn owned(posts: Vec<Arc<Post>>) -> Vec<Post> {
+fn owned(posts: Vec<Arc<SharedPost>>) -> Vec<Post> {
     posts
         .into_iter()
-        .map(|p| Arc::try_unwrap(p).unwrap_or_else(|shared| (*shared).clone()))
+        .map(|p| {
+            Arc::try_unwrap(p).map_or_else(|shared| Post::clone(&shared), SharedPost::into_post)
+        })
         .collect()
 }
