@@ -45,6 +45,8 @@ const INDEX_DEFER_BEHIND: Duration = Duration::from_millis(1);
 const RESCAN_PERIOD: Duration = Duration::from_secs(1);
 /// Event keys looked at again per rescan, at most.
 const RESCAN_KEYS_MAX: usize = 200_000;
+/// Event keys a rescan reads before it lets the shard's other work run.
+const RESCAN_CHUNK_KEYS: usize = 2_048;
 /// Posting seeks one shard spends on one query page, at most (then it says where it
 /// stopped and the next page goes on from there).
 const SEARCH_STEPS_MAX: usize = 20_000;
@@ -271,19 +273,60 @@ impl Shard {
         }
     }
 
+    /// The keys of the rescan window (from `window_ms` before `cursor` up to it) that were
+    /// not taken in, with the subjects of their events. Read `RESCAN_CHUNK_KEYS` keys at a
+    /// time with a yield in between: a busy shard's window holds tens of thousands of keys,
+    /// and reading them in one go held its requests up for milliseconds every rescan.
+    async fn late_events(
+        &self,
+        tail: &RefCell<Tail>,
+        cursor: (u64, u64),
+        window_ms: u64,
+    ) -> Result<(Vec<(u64, u64)>, Vec<Subject>), Fail> {
+        let mut keys = Vec::new();
+        let mut subjects: Vec<Subject> = Vec::new();
+        let mut from = (cursor.0.saturating_sub(window_ms), 0);
+        let mut looked = 0;
+        loop {
+            let chunk = {
+                let read = self.partition.read()?;
+                let chunk = events::history_keys(&read, from, RESCAN_CHUNK_KEYS)?;
+                let t = tail.borrow();
+                for key in chunk.iter().take_while(|key| **key <= cursor) {
+                    if t.seen.contains(key) {
+                        continue;
+                    }
+                    if let Some(event) = self.event_or_report(&read, *key) {
+                        if let Some(s) = search::subject(&event) {
+                            if !subjects.contains(&s) {
+                                subjects.push(s);
+                            }
+                        }
+                    }
+                    keys.push(*key);
+                }
+                chunk
+            };
+            looked += chunk.len();
+            let Some(&last) = chunk.last() else {
+                break;
+            };
+            if last >= cursor || chunk.len() < RESCAN_CHUNK_KEYS || looked >= RESCAN_KEYS_MAX {
+                break;
+            }
+            from = key_after(last);
+            futures_lite::future::yield_now().await;
+        }
+        Ok((keys, subjects))
+    }
+
     /// One pass: new events, and every `RESCAN_PERIOD` late ones. Returns how many events
     /// it took in.
     async fn index_once(&self, tail: &RefCell<Tail>, within: Duration) -> Result<usize, Fail> {
         let window_ms = self.cfg.request_timeout_ms + 1_000;
-        let (keys, subjects, new_cursor) = {
+        let (mut keys, mut subjects, new_cursor, rescan) = {
             let mut t = tail.borrow_mut();
-            let from = match t.cursor {
-                None => (0, 0),
-                Some((ms, id)) => match id.checked_add(1) {
-                    Some(next) => (ms, next),
-                    None => (ms.saturating_add(1), 0),
-                },
-            };
+            let from = t.cursor.map_or((0, 0), key_after);
             let read = self.partition.read()?;
             let fresh: Vec<((u64, u64), Option<nova_core::events::Event>)> =
                 match events::history(&read, from, INDEX_BATCH_MAX) {
@@ -307,28 +350,24 @@ impl Shard {
                     }
                 }
             }
-            if let (Some(cursor), true) = (t.cursor, t.last_rescan.elapsed() >= RESCAN_PERIOD) {
-                t.last_rescan = Instant::now();
-                let start = (cursor.0.saturating_sub(window_ms), 0);
-                for key in events::history_keys(&read, start, RESCAN_KEYS_MAX)? {
-                    if key > cursor {
-                        break;
-                    }
-                    if t.seen.contains(&key) {
-                        continue;
-                    }
-                    if let Some(event) = self.event_or_report(&read, key) {
-                        if let Some(s) = search::subject(&event) {
-                            if !subjects.contains(&s) {
-                                subjects.push(s);
-                            }
-                        }
-                    }
-                    keys.push(key);
+            let rescan = match t.cursor {
+                Some(cursor) if t.last_rescan.elapsed() >= RESCAN_PERIOD => {
+                    t.last_rescan = Instant::now();
+                    Some(cursor)
+                }
+                _ => None,
+            };
+            (keys, subjects, new_cursor, rescan)
+        };
+        if let Some(cursor) = rescan {
+            let (late, late_subjects) = self.late_events(tail, cursor, window_ms).await?;
+            keys.extend(late);
+            for s in late_subjects {
+                if !subjects.contains(&s) {
+                    subjects.push(s);
                 }
             }
-            (keys, subjects, new_cursor)
-        };
+        }
         if keys.is_empty() {
             return Ok(0);
         }
@@ -363,6 +402,14 @@ impl Shard {
             t.seen = t.seen.split_off(&keep_from);
         }
         Ok(taken)
+    }
+}
+
+/// The first event key after `key` (keys are (ms, id)).
+fn key_after((ms, id): (u64, u64)) -> (u64, u64) {
+    match id.checked_add(1) {
+        Some(next) => (ms, next),
+        None => (ms.saturating_add(1), 0),
     }
 }
 
