@@ -285,12 +285,7 @@ async fn compose(shard: &Rc<Shard>, form: &Form, deadline: Instant) -> Result<Re
         media,
         author_external_id: Some(ext),
     };
-    shard
-        .ask(shard_of(author), deadline, |reply| Op::Compose {
-            new,
-            reply,
-        })
-        .await?;
+    shard.compose_on(new, deadline).await?;
     Ok(Reply::text(StatusCode::OK, "Successfully upload post"))
 }
 

@@ -888,12 +888,7 @@ async fn create_post(
         media,
         author_external_id: None,
     };
-    let post = shard
-        .ask(shard_of(author), deadline, |reply| Op::Compose {
-            new,
-            reply,
-        })
-        .await?;
+    let post = shard.compose_on(new, deadline).await?;
     // The account's default visibility (or an idempotent repeat's) decided it.
     if post.visibility == Visibility::Followers && !made_private && !attached_ids.is_empty() {
         crate::media_views::make_private(shard, author, &attached_ids, deadline).await?;

@@ -135,9 +135,14 @@ pub enum Op {
         viewer: u64,
         reply: Reply<Option<Profile>>,
     },
+    /// A new post, composed on its author's shard for a request on shard `from`. The answer
+    /// carries the post's event id when `from` is one of the shards the post goes to: that
+    /// shard is not offered the post, it takes the offer from the answer itself
+    /// (`Shard::compose_on`), saving a round trip.
     Compose {
         new: NewPost,
-        reply: Reply<Post>,
+        from: usize,
+        reply: Reply<(Post, Option<u64>)>,
     },
     GetPost {
         post_id: u64,

@@ -299,8 +299,8 @@ impl Shard {
                 });
                 let _ = reply.send(visible);
             }
-            Op::Compose { new, reply } => {
-                let _ = reply.send(self.compose(new, deadline).await);
+            Op::Compose { new, from, reply } => {
+                let _ = reply.send(self.compose(new, from, deadline).await);
             }
             Op::GetPost {
                 post_id,
@@ -1243,12 +1243,47 @@ impl Shard {
 
     /// On the author's shard: store the post, put it in local feeds, queue it for the
     /// shards of followers and mentioned users, deliver it there, then answer.
-    async fn compose(self: &Rc<Self>, new: NewPost, deadline: Instant) -> Result<Post, Fail> {
+    /// Composes `new` on its author's shard and returns the post, having offered it to every
+    /// shard it goes to before returning: this shard offers it to the others, and the
+    /// asking shard takes its own offer from the answer.
+    pub async fn compose_on(
+        self: &Rc<Self>,
+        new: NewPost,
+        deadline: Instant,
+    ) -> Result<Post, Fail> {
+        let author_shard = shard_of(new.author);
+        let (post, offer) = self
+            .ask(author_shard, deadline, |reply| Op::Compose {
+                new,
+                from: self.id,
+                reply,
+            })
+            .await?;
+        if let Some(event_id) = offer {
+            // As if offered over the mesh: shown in feeds now, committed and acknowledged
+            // to the author's shard with this shard's next write. Nobody waits for the reply.
+            let (reply, _) = flume::bounded(1);
+            let event = Event::PostCreated {
+                post: Box::new(post.clone()),
+            };
+            self.offer(author_shard, vec![(event_id, event)], reply);
+        }
+        Ok(post)
+    }
+
+    /// The compose itself, on the author's shard, for a request on shard `from`; the event
+    /// id comes back when `from` is to take the post's offer itself (`compose_on`).
+    async fn compose(
+        self: &Rc<Self>,
+        new: NewPost,
+        from: usize,
+        deadline: Instant,
+    ) -> Result<(Post, Option<u64>), Fail> {
         let now = now_ms();
         if let Some(key) = &new.idempotency_key {
             if let Some(id) = self.read(|r| content::idempotent_post(r, new.author, key, now))? {
                 if let Some(post) = self.read(|r| content::post(r, id))? {
-                    return Ok(post);
+                    return Ok((post, None));
                 }
             }
         }
@@ -1329,6 +1364,7 @@ impl Shard {
             // An earlier create with the same key (or a concurrent one) won.
             return self
                 .read(|r| content::post(r, existing))?
+                .map(|post| (post, None))
                 .ok_or_else(|| CoreError::NotFound.into());
         }
         let event = Event::PostCreated {
@@ -1337,8 +1373,12 @@ impl Shard {
         self.feeds.keep_post(SharedPost::new(post.clone()));
         self.feeds_add(&post);
         self.publish_post(&post);
+        // The asking shard, if the post goes there, takes the offer from the answer; its
+        // outbox row stays until that shard acknowledges it, as for any offer.
+        let asker_takes = from != self.id && targets.contains(&from);
+        targets.retain(|s| !(asker_takes && *s == from));
         self.deliver_now(event_id, event, &targets, deadline).await;
-        Ok(post)
+        Ok((post, asker_takes.then_some(event_id)))
     }
 
     /// Hands the writer a write that takes the composes queued when it runs (see

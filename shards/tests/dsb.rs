@@ -562,6 +562,98 @@ fn without_pairs<'a>(fields: &[(&'a str, String)], skip: &str) -> Vec<(&'a str, 
     fields.iter().filter(|(k, _)| *k != skip).cloned().collect()
 }
 
+/// A kept-alive connection that shard `shard` serves (the kernel picks a connection's
+/// shard: connect until it is the one wanted).
+fn connection_on(server: &Server, shard: u32) -> std::net::TcpStream {
+    let host = server.addr().to_string();
+    for _ in 0..200 {
+        let mut stream = connect(server.addr());
+        let health = format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        write_all(&mut stream, health.as_bytes()).unwrap();
+        let resp = read_raw_response(&mut stream).unwrap();
+        if resp.header("x-nova-shard") == Some(shard.to_string().as_str()) {
+            return stream;
+        }
+    }
+    panic!("200 connections and none on shard {shard}");
+}
+
+/// A compose sent on `stream`, answered by shard `shard`.
+fn compose_on(
+    stream: &mut std::net::TcpStream,
+    server: &Server,
+    shard: u32,
+    author: &DsbUser,
+    text: &str,
+) {
+    let host = server.addr().to_string();
+    let body = format!(
+        "username={}&user_id={}&text={text}&media_ids=[]&media_types=[]&post_type=0",
+        author.name, author.ext
+    );
+    let request = format!(
+        "POST /wrk2-api/post/compose HTTP/1.1\r\nHost: {host}\r\nContent-Type: {FORM}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    write_all(stream, request.as_bytes()).unwrap();
+    let resp = read_raw_response(stream).unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(resp.body, b"Successfully upload post");
+    assert_eq!(
+        resp.header("x-nova-shard"),
+        Some(shard.to_string().as_str())
+    );
+}
+
+#[test]
+fn a_compose_shows_at_once_whichever_shard_takes_it() {
+    // The shard a compose arrives on may be the author's or not; when it is not, it may be
+    // one the post goes to (it then takes the post's offer from the author's answer).
+    let server = dsb_server();
+    let users = users_by_shard(&server, 4);
+    let mut n = 0;
+    for author_shard in [0usize, 1] {
+        let author = &users[author_shard][0];
+        let near = &users[author_shard][1];
+        let far = &users[1 - author_shard][1];
+        let mentioned = &users[1 - author_shard][2];
+        follow_ids(&server, near, author);
+        follow_ids(&server, far, author);
+        for arrives_on in [0u32, 1] {
+            let mut stream = connection_on(&server, arrives_on);
+            n += 1;
+            let text = format!("post{n} for @{}", mentioned.name);
+            compose_on(&mut stream, &server, arrives_on, author, &text);
+            // Read at once, on the same connection's shard and on the others.
+            for reader in [near, far, mentioned] {
+                let home = read(&server, "home-timeline", reader, 0, 1);
+                assert_eq!(
+                    texts(&home),
+                    [text.clone()],
+                    "author on shard {author_shard}, compose on shard {arrives_on}, reader {}",
+                    reader.name
+                );
+            }
+            let stranger = &users[1 - author_shard][3];
+            assert!(
+                !texts(&read(&server, "home-timeline", stranger, 0, 10)).contains(&text),
+                "a stranger sees {text}"
+            );
+        }
+    }
+    // Every shard's offers were committed and acknowledged: once the outboxes drain, a
+    // restarted server still shows every post in every feed.
+    let mut server = server;
+    server.restart();
+    for author_shard in [0usize, 1] {
+        for reader in [&users[author_shard][1], &users[1 - author_shard][1]] {
+            let home = read(&server, "home-timeline", reader, 0, 10);
+            assert_eq!(home.len(), 4, "{} has {:?}", reader.name, texts(&home));
+        }
+    }
+}
+
 #[test]
 fn raw_forms_and_absolute_request_lines() {
     let server = dsb_server();
