@@ -630,7 +630,7 @@ fn a_compose_shows_at_once_whichever_shard_takes_it() {
                 let home = read(&server, "home-timeline", reader, 0, 1);
                 assert_eq!(
                     texts(&home),
-                    [text.clone()],
+                    std::slice::from_ref(&text),
                     "author on shard {author_shard}, compose on shard {arrives_on}, reader {}",
                     reader.name
                 );
