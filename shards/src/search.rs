@@ -273,18 +273,19 @@ impl Shard {
         }
     }
 
-    /// The keys of the rescan window (from `window_ms` before `cursor` up to it) that were
-    /// not taken in, with the subjects of their events. Read `RESCAN_CHUNK_KEYS` keys at a
-    /// time with a yield in between: a busy shard's window holds tens of thousands of keys,
-    /// and reading them in one go held its requests up for milliseconds every rescan.
+    /// Adds to `keys` and `subjects` the keys of the rescan window (from `window_ms` before
+    /// `cursor` up to it) that were not taken in, and their events' subjects. Reads
+    /// `RESCAN_CHUNK_KEYS` keys at a time with a yield in between: a busy shard's window
+    /// holds tens of thousands of keys, and reading them in one go held its requests up for
+    /// milliseconds every rescan.
     async fn late_events(
         &self,
         tail: &RefCell<Tail>,
         cursor: (u64, u64),
         window_ms: u64,
-    ) -> Result<(Vec<(u64, u64)>, Vec<Subject>), Fail> {
-        let mut keys = Vec::new();
-        let mut subjects: Vec<Subject> = Vec::new();
+        keys: &mut Vec<(u64, u64)>,
+        subjects: &mut HashSet<Subject>,
+    ) -> Result<(), Fail> {
         let mut from = (cursor.0.saturating_sub(window_ms), 0);
         let mut looked = 0;
         loop {
@@ -297,11 +298,7 @@ impl Shard {
                         continue;
                     }
                     if let Some(event) = self.event_or_report(&read, *key) {
-                        if let Some(s) = search::subject(&event) {
-                            if !subjects.contains(&s) {
-                                subjects.push(s);
-                            }
-                        }
+                        subjects.extend(search::subject(&event));
                     }
                     keys.push(*key);
                 }
@@ -317,7 +314,7 @@ impl Shard {
             from = key_after(last);
             futures_lite::future::yield_now().await;
         }
-        Ok((keys, subjects))
+        Ok(())
     }
 
     /// One pass: new events, and every `RESCAN_PERIOD` late ones. Returns how many events
@@ -339,16 +336,12 @@ impl Shard {
                         .collect(),
                 };
             let mut keys: Vec<(u64, u64)> = Vec::with_capacity(fresh.len());
-            let mut subjects: Vec<Subject> = Vec::new();
+            let mut subjects: HashSet<Subject> = HashSet::new();
             let mut new_cursor = t.cursor;
             for (key, event) in &fresh {
                 keys.push(*key);
                 new_cursor = Some(*key);
-                if let Some(s) = event.as_ref().and_then(search::subject) {
-                    if !subjects.contains(&s) {
-                        subjects.push(s);
-                    }
-                }
+                subjects.extend(event.as_ref().and_then(search::subject));
             }
             let rescan = match t.cursor {
                 Some(cursor) if t.last_rescan.elapsed() >= RESCAN_PERIOD => {
@@ -360,13 +353,8 @@ impl Shard {
             (keys, subjects, new_cursor, rescan)
         };
         if let Some(cursor) = rescan {
-            let (late, late_subjects) = self.late_events(tail, cursor, window_ms).await?;
-            keys.extend(late);
-            for s in late_subjects {
-                if !subjects.contains(&s) {
-                    subjects.push(s);
-                }
-            }
+            self.late_events(tail, cursor, window_ms, &mut keys, &mut subjects)
+                .await?;
         }
         if keys.is_empty() {
             return Ok(0);
