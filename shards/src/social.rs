@@ -1241,8 +1241,6 @@ impl Shard {
         }))
     }
 
-    /// On the author's shard: store the post, put it in local feeds, queue it for the
-    /// shards of followers and mentioned users, deliver it there, then answer.
     /// Composes `new` on its author's shard and returns the post, having offered it to every
     /// shard it goes to before returning: this shard offers it to the others, and the
     /// asking shard takes its own offer from the answer.
@@ -1271,8 +1269,10 @@ impl Shard {
         Ok(post)
     }
 
-    /// The compose itself, on the author's shard, for a request on shard `from`; the event
-    /// id comes back when `from` is to take the post's offer itself (`compose_on`).
+    /// On the author's shard, for a request on shard `from`: store the post, put it in local
+    /// feeds, queue it for the shards of followers and mentioned users, deliver it there,
+    /// then answer. The event id comes back when `from` is to take the post's offer itself
+    /// (`compose_on`) instead.
     async fn compose(
         self: &Rc<Self>,
         new: NewPost,
@@ -1376,7 +1376,9 @@ impl Shard {
         // The asking shard, if the post goes there, takes the offer from the answer; its
         // outbox row stays until that shard acknowledges it, as for any offer.
         let asker_takes = from != self.id && targets.contains(&from);
-        targets.retain(|s| !(asker_takes && *s == from));
+        if asker_takes {
+            targets.retain(|s| *s != from);
+        }
         self.deliver_now(event_id, event, &targets, deadline).await;
         Ok((post, asker_takes.then_some(event_id)))
     }
