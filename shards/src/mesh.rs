@@ -29,6 +29,19 @@ pub enum LoginWho {
     UserId(u64),
 }
 
+/// New posts offered by shard `from` to a shard where someone is to see them
+/// (`Shard::offer`). Offers travel on a channel of their own beside the inbox and are not
+/// answered: the author's shard answers its compose once the offer is sent, and the target
+/// takes every offer waiting for it before it serves a home feed or any message from its
+/// inbox (`Shard::take_offers`). So a post shows in a follower's feed as soon as its
+/// compose is answered, and ahead of anything its author's shard sent after it (an edit).
+/// Each is applied durably right after and acknowledged to `from` with `Acked`; one that
+/// is lost stays in `from`'s outbox and is delivered again.
+pub struct Offer {
+    pub from: usize,
+    pub events: Vec<(u64, Event)>,
+}
+
 /// Operations a shard runs on data it owns.
 pub enum Op {
     /// Who holds the claim on an email key (on the email's shard).
@@ -421,13 +434,6 @@ pub enum Op {
     },
     /// Outbox delivery: apply these events here, once each.
     Deliver {
-        events: Vec<(u64, Event)>,
-        reply: Reply<()>,
-    },
-    /// A fresh delivery from shard `from` answered as soon as its posts show in feeds here;
-    /// applied durably right after, then acknowledged to `from` with `Acked`.
-    Offer {
-        from: usize,
         events: Vec<(u64, Event)>,
         reply: Reply<()>,
     },

@@ -19,7 +19,7 @@ use nova_storage::{DataDir, Partition};
 use crate::config::Config;
 use crate::hasher::{dummy_hash, Hasher};
 use crate::limits::Limits;
-use crate::mesh::ShardMsg;
+use crate::mesh::{Offer, ShardMsg};
 use crate::metrics::Metrics;
 use crate::shard::{Notify, Shard};
 
@@ -35,6 +35,8 @@ struct ShardStart {
     partition: Arc<Partition>,
     mesh: Vec<flume::Sender<ShardMsg>>,
     inbox: flume::Receiver<ShardMsg>,
+    offer_to: Vec<flume::Sender<Offer>>,
+    offers: flume::Receiver<Offer>,
     hasher: Hasher,
     token_key: Arc<[u8]>,
     dummy_hash: Arc<str>,
@@ -98,6 +100,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let (senders, receivers): (Vec<_>, Vec<_>) =
         (0..n).map(|_| flume::bounded(cfg.mesh_queue_max)).unzip();
+    let (offer_to, offer_inboxes): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| flume::bounded(cfg.mesh_queue_max)).unzip();
     let media_url_key: Arc<[u8]> = data
         .secret("media-url.key", || {
             nova_core::tokens::random_bytes().to_vec()
@@ -128,7 +132,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = flume::unbounded();
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(n);
-    for (k, inbox) in receivers.into_iter().enumerate() {
+    for (k, (inbox, offers)) in receivers.into_iter().zip(offer_inboxes).enumerate() {
         let start = ShardStart {
             id: k,
             boot_ms,
@@ -137,6 +141,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             partition: Arc::clone(&partitions[k]),
             mesh: senders.clone(),
             inbox,
+            offer_to: offer_to.clone(),
+            offers,
             hasher: hasher.clone(),
             token_key: Arc::clone(&token_key),
             dummy_hash: Arc::clone(&dummy),
@@ -279,6 +285,8 @@ async fn shard_main(start: ShardStart) {
         partition,
         mesh,
         inbox,
+        offer_to,
+        offers,
         hasher,
         token_key,
         dummy_hash,
@@ -315,6 +323,8 @@ async fn shard_main(start: ShardStart) {
         ids: RefCell::new(IdGen::new(id)),
         mesh,
         inbox_len,
+        offer_to,
+        offers,
         hasher,
         token_key,
         dummy_hash,
@@ -345,6 +355,7 @@ async fn shard_main(start: ShardStart) {
     // The mesh must be served before recovery broadcasts, or two shards could wait on each
     // other's full inboxes.
     let accept_slot: AcceptSlot = Rc::new(RefCell::new(None));
+    glommio::spawn_local(serve_offers(Rc::clone(&shard))).detach();
     let mesh_loop = glommio::spawn_local(serve_mesh(
         Rc::clone(&shard),
         inbox,
@@ -367,6 +378,15 @@ async fn shard_main(start: ShardStart) {
     mesh_loop.await;
 }
 
+/// Takes offers as they arrive. A home feed served here, or a message from the inbox, takes
+/// the ones waiting first, wherever this task is.
+async fn serve_offers(shard: Rc<Shard>) {
+    while let Ok(Offer { from, events }) = shard.offers.recv_async().await {
+        shard.offer(from, events);
+        shard.take_offers();
+    }
+}
+
 /// The shard's accept task, awaited when the shard drains.
 type AcceptSlot = Rc<RefCell<Option<glommio::Task<()>>>>;
 
@@ -377,6 +397,8 @@ async fn serve_mesh(shard: Rc<Shard>, inbox: flume::Receiver<ShardMsg>, accept_s
         shard.cfg.mesh_queue_max as u64,
     ));
     while let Ok(msg) = inbox.recv_async().await {
+        // Offers sent before this message are taken first (see `mesh::Offer`).
+        shard.take_offers();
         match msg {
             ShardMsg::Call { op, deadline } => {
                 let Ok(permit) = in_flight.acquire_static_permit(1).await else {

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::Fail;
 use crate::hasher::Hasher;
 use crate::limits::Limits;
-use crate::mesh::{LoginWho, Op, Registration, Reply, ShardMsg};
+use crate::mesh::{LoginWho, Offer, Op, Registration, Reply, ShardMsg};
 use crate::metrics::{Metrics, Snapshot};
 
 /// Rows the admin email listing looks at, at most.
@@ -136,6 +136,10 @@ pub struct Shard {
     pub ids: RefCell<IdGen>,
     pub mesh: Vec<flume::Sender<ShardMsg>>,
     pub inbox_len: Box<dyn Fn() -> usize>,
+    /// Each shard's offer channel (`mesh::Offer`), by shard.
+    pub offer_to: Vec<flume::Sender<Offer>>,
+    /// Offers to this shard, taken by `take_offers`.
+    pub offers: flume::Receiver<Offer>,
     pub hasher: Hasher,
     pub token_key: Arc<[u8]>,
     pub dummy_hash: Arc<str>,

@@ -16,8 +16,8 @@ use nova_core::{id_ms, shard_of, CoreError};
 
 use crate::error::Fail;
 use crate::feeds::{Head, SharedPost, HEAD_LEN};
-use crate::mesh::{Gate, NewPost, Op, Page, PostStats, Profile, SettingsUpdate, UserBrief};
-use crate::shard::{now_ms, Shard};
+use crate::mesh::{Gate, NewPost, Offer, Op, Page, PostStats, Profile, SettingsUpdate, UserBrief};
+use crate::shard::{now_ms, until, Shard};
 
 /// Rows of a home feed looked at for one page, at most (filtered items are skipped).
 const HOME_SCAN_MAX: usize = 2000;
@@ -96,9 +96,9 @@ struct Views {
     seen: std::collections::HashMap<(u64, u64), u64>,
 }
 
-/// Posts offered to this shard (`Op::Offer`) whose fan-out has not committed yet: home feeds
-/// show them meanwhile. Lost in a crash, which is fine: the author's outbox delivers them
-/// again.
+/// Posts offered to this shard (`mesh::Offer`) whose fan-out has not committed yet: home
+/// feeds show them meanwhile. Lost in a crash, which is fine: the author's outbox delivers
+/// them again.
 #[derive(Default)]
 struct Early {
     posts: HashMap<u64, (Post, Vec<(u64, social::Reason)>)>,
@@ -396,6 +396,8 @@ impl Shard {
                 skip,
                 reply,
             } => {
+                // Posts whose composes were answered before this read show in it.
+                self.take_offers();
                 let _ = reply.send(self.home_page(reader, page, skip));
             }
             Op::Like {
@@ -683,11 +685,6 @@ impl Shard {
             Op::Deliver { events, reply } => {
                 let _ = reply.send(self.apply_delivered(events, None).await);
             }
-            Op::Offer {
-                from,
-                events,
-                reply,
-            } => self.offer(from, events, reply),
             Op::Acked { from, ids, reply } => {
                 self.relay
                     .acks
@@ -915,15 +912,18 @@ impl Shard {
         }))
     }
 
-    /// `Op::Offer`: the offered posts show in this shard's home feeds at once (answered
-    /// then); their fan-out is committed right after and acknowledged to `from`. Until it
-    /// commits they live in `Relay::early`.
-    fn offer(
-        self: &Rc<Self>,
-        from: usize,
-        events: Vec<(u64, Event)>,
-        reply: crate::mesh::Reply<()>,
-    ) {
+    /// Takes every offer waiting in this shard's offer channel (`mesh::Offer`).
+    pub(crate) fn take_offers(self: &Rc<Self>) {
+        while let Ok(Offer { from, events }) = self.offers.try_recv() {
+            self.offer(from, events);
+        }
+    }
+
+    /// An offer from shard `from` (`mesh::Offer`): the offered posts show in this shard's
+    /// home feeds at once; their fan-out is committed right after and acknowledged to
+    /// `from`. Until it commits they live in `Relay::early`. If they cannot be shown, they
+    /// stay in `from`'s outbox, which delivers them again.
+    pub(crate) fn offer(self: &Rc<Self>, from: usize, events: Vec<(u64, Event)>) {
         let (here, shards) = (self.id, self.shards);
         let shown = self.read(|r| {
             let mut shown = Vec::new();
@@ -948,7 +948,7 @@ impl Shard {
         let shown = match shown {
             Ok(shown) => shown,
             Err(e) => {
-                let _ = reply.send(Err(e));
+                tracing::warn!(error = %e, "offered posts not shown; the outbox will retry");
                 return;
             }
         };
@@ -959,7 +959,6 @@ impl Shard {
                 early.add(post, readers);
             }
         }
-        let _ = reply.send(Ok(()));
         let start = {
             let mut offered = self.relay.offered.borrow_mut();
             offered
@@ -1259,12 +1258,11 @@ impl Shard {
             .await?;
         if let Some(event_id) = offer {
             // As if offered over the mesh: shown in feeds now, committed and acknowledged
-            // to the author's shard with this shard's next write. Nobody waits for the reply.
-            let (reply, _) = flume::bounded(1);
+            // to the author's shard with this shard's next write.
             let event = Event::PostCreated {
                 post: Box::new(post.clone()),
             };
-            self.offer(author_shard, vec![(event_id, event)], reply);
+            self.offer(author_shard, vec![(event_id, event)]);
         }
         Ok(post)
     }
@@ -1826,8 +1824,9 @@ impl Shard {
         Ok(())
     }
 
-    /// Delivers a fresh event to its targets and waits for them (within the deadline). What
-    /// fails here stays in the outbox for the relay; it is never lost.
+    /// Delivers a fresh event to its targets (within the deadline): a new post is offered
+    /// (`mesh::Offer`), anything else is applied there before this returns. What fails
+    /// here stays in the outbox for the relay; it is never lost.
     pub(crate) async fn deliver_now(
         self: &Rc<Self>,
         event_id: u64,
@@ -1835,31 +1834,44 @@ impl Shard {
         targets: &[usize],
         deadline: Instant,
     ) {
-        // A new post only needs to show in feeds before the answer: offered, the target
-        // acknowledges it once committed. Everything else waits for the target's commit.
-        let offer = matches!(event, Event::PostCreated { .. });
+        // A new post only needs to show in feeds before the answer, which an offer sent is
+        // enough for: the target takes it before it serves a home feed. It acknowledges the
+        // post once committed. Everything else waits for the target's commit.
+        if matches!(event, Event::PostCreated { .. }) {
+            for &target in targets {
+                let events = vec![(event_id, event.clone())];
+                if target == self.id {
+                    self.offer(self.id, events);
+                    continue;
+                }
+                let Some(to) = self.offer_to.get(target) else {
+                    continue;
+                };
+                // Waits only while the target's offer channel is full.
+                let offer = Offer {
+                    from: self.id,
+                    events,
+                };
+                if !matches!(until(deadline, to.send_async(offer)).await, Some(Ok(()))) {
+                    tracing::debug!(target, event_id, "offer not sent; the outbox will");
+                }
+            }
+            return;
+        }
         let mut waits = Vec::with_capacity(targets.len());
         for &target in targets {
             let events = vec![(event_id, event.clone())];
             let me = Rc::clone(self);
             waits.push(glommio::spawn_local(async move {
-                let delivered = if offer {
-                    me.ask(target, deadline, |reply| Op::Offer {
-                        from: me.id,
-                        events,
-                        reply,
-                    })
-                    .await
-                } else {
-                    me.ask(target, deadline, |reply| Op::Deliver { events, reply })
-                        .await
-                };
+                let delivered = me
+                    .ask(target, deadline, |reply| Op::Deliver { events, reply })
+                    .await;
                 (target, delivered.is_ok())
             }));
         }
         for wait in waits {
             let (target, ok) = wait.await;
-            if ok && !offer {
+            if ok {
                 self.relay.acks.borrow_mut().push((target, event_id));
             }
         }

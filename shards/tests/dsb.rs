@@ -654,6 +654,59 @@ fn a_compose_shows_at_once_whichever_shard_takes_it() {
     }
 }
 
+/// A home timeline read on `stream` (kept alive), answered by shard `shard`.
+fn read_home_on(
+    stream: &mut std::net::TcpStream,
+    server: &Server,
+    shard: u32,
+    user: &DsbUser,
+) -> Vec<Json> {
+    let host = server.addr().to_string();
+    let request = format!(
+        "GET /wrk2-api/home-timeline/read?user_id={}&start=0&stop=1 HTTP/1.1\r\n\
+         Host: {host}\r\nContent-Type: {FORM}\r\n\r\n",
+        user.ext
+    );
+    write_all(stream, request.as_bytes()).unwrap();
+    let resp = read_raw_response(stream).unwrap();
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    assert_eq!(
+        resp.header("x-nova-shard"),
+        Some(shard.to_string().as_str())
+    );
+    raw_json(&resp).as_array().expect("a JSON array").clone()
+}
+
+#[test]
+fn a_post_is_in_the_other_shards_feeds_as_soon_as_its_compose_is_answered() {
+    // The author's shard answers once its offer to the follower's shard is sent, not taken:
+    // that shard takes the offers waiting for it before it serves a home feed, whether the
+    // read arrives there or through the author's shard. Read at once, many times over, on
+    // kept-alive connections of both shards.
+    const ROUNDS: usize = 150;
+    let server = dsb_server();
+    let users = users_by_shard(&server, 2);
+    for author_shard in [0u32, 1] {
+        let author = &users[author_shard as usize][0];
+        let follower = &users[1 - author_shard as usize][1];
+        follow_ids(&server, follower, author);
+        let mut composing = connection_on(&server, author_shard);
+        let mut readers = [connection_on(&server, 0), connection_on(&server, 1)];
+        for n in 0..ROUNDS {
+            let text = format!("round{n}from{author_shard}");
+            compose_on(&mut composing, &server, author_shard, author, &text);
+            for (shard, reader) in readers.iter_mut().enumerate() {
+                let home = read_home_on(reader, &server, shard as u32, follower);
+                assert_eq!(
+                    texts(&home),
+                    std::slice::from_ref(&text),
+                    "round {n}: author on shard {author_shard}, read on shard {shard}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn raw_forms_and_absolute_request_lines() {
     let server = dsb_server();
