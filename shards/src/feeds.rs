@@ -26,7 +26,7 @@
 //! to other shards in pages (`Arc`); the only thing set after it is made is its JSON, once.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::ops::Deref;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
@@ -40,6 +40,8 @@ use quick_cache::unsync::Cache;
 pub const HEAD_LEN: usize = 256;
 /// Heads kept per shard (least recently used go first): 2 KiB each at most.
 const HEADS_MAX: usize = 20_000;
+/// Deleted posts remembered for the heads (`Feeds::post_gone`): 8 bytes and a slot each.
+const GONE_MAX: usize = 4096;
 /// A guess at the size of one cached post, decoded or rendered, for the cache's table.
 const POST_BYTES_TYPICAL: u64 = 1024;
 /// What an entry costs besides its own bytes: the cache's slot, the `Arc` and the key.
@@ -187,6 +189,9 @@ impl Head {
 pub struct Feeds {
     heads: RefCell<Cache<u64, Rc<RefCell<Head>>>>,
     posts: RefCell<Cache<u64, Arc<SharedPost>, PostBytes>>,
+    /// Posts deleted since the heads were filled, which heads may still name: a page skips
+    /// them without looking them up (`Shard::page_of_head`). At most `GONE_MAX`.
+    gone: RefCell<HashSet<u64>>,
 }
 
 impl Feeds {
@@ -197,6 +202,7 @@ impl Feeds {
         Feeds {
             heads: RefCell::new(Cache::new(HEADS_MAX)),
             posts: RefCell::new(Cache::with_weighter(items, bytes, PostBytes)),
+            gone: RefCell::default(),
         }
     }
 
@@ -236,6 +242,27 @@ impl Feeds {
     pub fn forget_all(&self) {
         self.heads.borrow_mut().clear();
         self.posts.borrow_mut().clear();
+        self.gone.borrow_mut().clear();
+    }
+
+    /// A post was deleted: its cached copy goes, and heads that name it skip it. Past
+    /// `GONE_MAX` deletions every head is merged again instead (deletions are rare).
+    pub fn post_gone(&self, id: u64) {
+        self.drop_post(id);
+        let full = {
+            let mut gone = self.gone.borrow_mut();
+            gone.insert(id);
+            gone.len() > GONE_MAX
+        };
+        if full {
+            self.forget_all();
+        }
+    }
+
+    /// Was this post deleted since the heads were filled?
+    pub fn is_gone(&self, id: u64) -> bool {
+        let gone = self.gone.borrow();
+        !gone.is_empty() && gone.contains(&id)
     }
 
     pub fn post(&self, id: u64) -> Option<Arc<SharedPost>> {

@@ -151,6 +151,14 @@ impl Shard {
         self.moderation.suspended.borrow().contains(&user)
     }
 
+    /// Is anyone suspended (as this shard's mirror says)? True while the mirror cannot be read.
+    pub fn anyone_suspended(&self) -> bool {
+        if !self.moderation.loaded.get() {
+            self.reload_suspended();
+        }
+        !self.moderation.loaded.get() || !self.moderation.suspended.borrow().is_empty()
+    }
+
     /// Is `author`'s content hidden from `viewer` (suspended, and not the author itself)?
     pub fn hidden_from(&self, author: u64, viewer: u64) -> bool {
         author != viewer && self.is_suspended(author)
@@ -591,7 +599,7 @@ impl Shard {
                         })
                         .await?;
                 }
-                self.feeds.drop_post(id);
+                self.feeds.post_gone(id);
                 self.deliver_now(event_id, event, &targets, deadline).await;
                 Ok(())
             }

@@ -461,6 +461,57 @@ fn timelines_slice_by_start_and_stop() {
 }
 
 #[test]
+fn a_deleted_post_is_not_counted_in_a_slice() {
+    // A slice's `start` skips posts without fetching them when nothing else can hide one:
+    // a post deleted after the feed was read must not be counted among them, on the
+    // author's shard and on the follower's.
+    let server = dsb_server();
+    let users = users_by_shard(&server, 2);
+    for (author, follower) in [(&users[0][0], &users[1][0]), (&users[1][1], &users[0][1])] {
+        follow_ids(&server, follower, author);
+        for i in 0..6 {
+            compose(
+                &server,
+                author,
+                &format!("slice {i} of {}", author.name),
+                &[],
+            );
+        }
+        let want = |skip_deleted: bool| -> Vec<String> {
+            (0..6)
+                .rev()
+                .filter(|i| !skip_deleted || *i != 4)
+                .map(|i| format!("slice {i} of {}", author.name))
+                .collect()
+        };
+        // Read once, so the feed is in memory; then delete the second newest.
+        for reader in [author, follower] {
+            assert_eq!(
+                texts(&read(&server, "home-timeline", reader, 0, 6)),
+                want(false)
+            );
+        }
+        let all = read(&server, "home-timeline", follower, 0, 6);
+        let second = post_ids(&all)[1];
+        let token = server.login(&author.name, PASSWORD).access;
+        server
+            .delete(&format!("/v1/posts/{second}"), Some(&token))
+            .expect(204);
+        for reader in [author, follower] {
+            // Skipping over the deleted post first: a page that reaches it drops it.
+            for (start, stop) in [(2, 4), (3, 5), (1, 3), (0, 5)] {
+                assert_eq!(
+                    texts(&read(&server, "home-timeline", reader, start, stop)),
+                    &want(true)[start as usize..stop as usize],
+                    "{} start={start} stop={stop}",
+                    reader.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn missing_fields_are_400_incomplete_arguments() {
     let server = dsb_server();
     let users = users_by_shard(&server, 1);
