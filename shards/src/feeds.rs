@@ -25,7 +25,7 @@
 //! Heads and the cache live on one shard's executor. A decoded post is immutable and goes
 //! to other shards in pages (`Arc`); the only thing set after it is made is its JSON, once.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashSet, VecDeque};
 use std::ops::Deref;
 use std::rc::Rc;
@@ -192,6 +192,7 @@ pub struct Feeds {
     /// Posts deleted since the heads were filled, which heads may still name: a page skips
     /// them without looking them up (`Shard::page_of_head`). At most `GONE_MAX`.
     gone: RefCell<HashSet<u64>>,
+    epoch: Cell<u64>,
 }
 
 impl Feeds {
@@ -203,6 +204,7 @@ impl Feeds {
             heads: RefCell::new(Cache::new(HEADS_MAX)),
             posts: RefCell::new(Cache::with_weighter(items, bytes, PostBytes)),
             gone: RefCell::default(),
+            epoch: Cell::new(0),
         }
     }
 
@@ -236,10 +238,18 @@ impl Feeds {
     /// Drops `user`'s head: the next read merges it again.
     pub fn forget(&self, user: u64) {
         self.heads.borrow_mut().remove(&user);
+        self.epoch.set(self.epoch.get() + 1);
+    }
+
+    /// How many times heads were dropped (not evicted): a post added to the heads of its
+    /// readers is still in every head of its readers while this has not changed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
     }
 
     /// Drops every head and every post.
     pub fn forget_all(&self) {
+        self.epoch.set(self.epoch.get() + 1);
         self.heads.borrow_mut().clear();
         self.posts.borrow_mut().clear();
         self.gone.borrow_mut().clear();

@@ -162,6 +162,8 @@ impl Early {
 struct Offered {
     queue: Vec<(usize, u64, Event)>,
     scheduled: bool,
+    /// The heads' epoch (`Feeds::epoch`) when the first of them was shown.
+    shown_at: Option<u64>,
 }
 
 /// Composes waiting for their write (`Shard::write_composes`). The write takes every compose
@@ -683,7 +685,7 @@ impl Shard {
                 let _ = reply.send(self.edit_post(post_id, author, text, deadline).await);
             }
             Op::Deliver { events, reply } => {
-                let _ = reply.send(self.apply_delivered(events, None).await);
+                let _ = reply.send(self.apply_delivered(events, None, None).await);
             }
             Op::Acked { from, ids, reply } => {
                 self.relay
@@ -702,6 +704,7 @@ impl Shard {
         self: &Rc<Self>,
         events: Vec<(u64, Event)>,
         defer: Option<Duration>,
+        shown_at: Option<u64>,
     ) -> Result<(), Fail> {
         {
             let mut early = self.relay.early.borrow_mut();
@@ -742,14 +745,17 @@ impl Shard {
                 defer,
             )
             .await?;
-        self.feeds_applied(&fresh);
+        // Offered posts went into the heads when they were shown; unless a head was dropped
+        // since (a relation changed, which can change who reads a post), they are there.
+        let shown = shown_at.is_some_and(|epoch| epoch == self.feeds.epoch());
+        self.feeds_applied(&fresh, shown);
         self.publish_applied(&fresh);
         Ok(())
     }
 
     /// Keeps the feed heads and cached posts true to events applied here (after their
-    /// commit).
-    pub(crate) fn feeds_applied(&self, applied: &[(u64, Event)]) {
+    /// commit). With `shown`, new posts are in the heads already.
+    pub(crate) fn feeds_applied(&self, applied: &[(u64, Event)], shown: bool) {
         for (_, event) in applied {
             match event {
                 Event::Followed { follower, followee }
@@ -762,7 +768,7 @@ impl Shard {
                     self.feeds.forget(*blocker);
                     self.feeds.forget(*blocked);
                 }
-                Event::PostCreated { post } => self.feeds_add(post),
+                Event::PostCreated { post } if !shown => self.feeds_add(post),
                 Event::PostDeleted { post_id, .. } => self.feeds.post_gone(*post_id),
                 Event::PostEdited { post } => self.feeds.drop_post(post.id),
                 // Erasures remove posts, copies and relations of anyone: start again.
@@ -975,6 +981,7 @@ impl Shard {
             offered
                 .queue
                 .extend(events.into_iter().map(|(id, event)| (from, id, event)));
+            offered.shown_at.get_or_insert(self.feeds.epoch());
             !std::mem::replace(&mut offered.scheduled, true)
         };
         if start {
@@ -990,10 +997,10 @@ impl Shard {
     /// it is acknowledged to the shards the events came from; if it fails, they stay in their
     /// outboxes.
     async fn apply_offered(self: Rc<Self>) {
-        let batch = {
+        let (batch, shown_at) = {
             let mut offered = self.relay.offered.borrow_mut();
             offered.scheduled = false;
-            std::mem::take(&mut offered.queue)
+            (std::mem::take(&mut offered.queue), offered.shown_at.take())
         };
         let mut acks: Vec<(usize, Vec<u64>)> = Vec::new();
         let mut post_ids = Vec::with_capacity(batch.len());
@@ -1008,7 +1015,9 @@ impl Shard {
             }
             events.push((id, event));
         }
-        let applied = self.apply_delivered(events, Some(OFFER_APPLY_DEFER)).await;
+        let applied = self
+            .apply_delivered(events, Some(OFFER_APPLY_DEFER), shown_at)
+            .await;
         {
             let mut early = self.relay.early.borrow_mut();
             for id in post_ids {
