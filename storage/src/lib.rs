@@ -7,6 +7,7 @@
 
 mod datadir;
 mod error;
+mod gather;
 mod snapshot;
 mod wal;
 mod writer;

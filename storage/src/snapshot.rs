@@ -31,6 +31,7 @@ use std::time::Duration;
 use redb::backends::FileBackend;
 use redb::{BackendError, ReadTransaction, StorageBackend};
 
+use crate::gather::{Gathered, Sorted};
 use crate::{Partition, StorageError};
 
 /// The unit of copy-on-write: a write touching a chunk not yet in the image copies the whole
@@ -55,6 +56,9 @@ struct TapInner {
     capture: Mutex<Option<Capture>>,
     /// Chunks copied by writes (not by the backup) over this tap's life; for tests and logs.
     preserved: AtomicU64,
+    /// Some writes are not in the file yet (`Deferred::gathered`, `Deferred::writing`):
+    /// reads look there too.
+    pending: AtomicBool,
     /// A checkpoint's fsync running on its own thread (`Tap::defer_next_sync`).
     sync: Mutex<Deferred>,
     synced: Condvar,
@@ -65,6 +69,11 @@ struct TapInner {
 struct Deferred {
     /// The next `sync_data` is to run on its own thread.
     next: bool,
+    /// The checkpoint's page writes while its commit runs (gather.rs).
+    gathered: Gathered,
+    /// A checkpoint's page writes, in file order, that its thread writes before its fsync.
+    /// Kept after a failed write, so that reads still find them.
+    writing: Option<Arc<Sorted>>,
     /// One is running: nothing may write the file until it is done.
     running: bool,
     /// One failed: the commit it stood for is not durable, and nothing more is written.
@@ -116,6 +125,7 @@ impl Tap {
             raw,
             active: AtomicBool::new(false),
             capture: Mutex::new(None),
+            pending: AtomicBool::new(false),
             preserved: AtomicU64::new(0),
             sync: Mutex::new(Deferred::default()),
             synced: Condvar::new(),
@@ -131,8 +141,19 @@ impl Tap {
     /// catches up. Until it is done, every write to the file waits for it: no page the
     /// commit freed can be overwritten before the commit is durable, so a crash meanwhile
     /// finds the commit before it intact. Calls on the writer thread only.
+    ///
+    /// The commit's page writes go to that thread too: gathered until that `sync_data`, then
+    /// written there in file order before the fsync (gather.rs). Reads find them meanwhile.
+    /// The writer then only copies them: writing them took it 6-11 ms per checkpoint.
+    ///
+    /// A process killed before they are all written leaves a commit whose header is in the
+    /// file without all its pages, as redb's own order of writes (the header first) can:
+    /// redb's checksums find it on open and go back to the commit before it, which is
+    /// durable; the log (not started again until this commit is durable) replays the rest.
     pub(crate) fn defer_next_sync(&self) {
-        self.deferred().next = true;
+        let mut d = self.deferred();
+        d.next = true;
+        self.0.pending.store(true, Ordering::Release);
     }
 
     /// A deferred fsync is still running.
@@ -140,9 +161,35 @@ impl Tap {
         self.deferred().running
     }
 
-    /// Undoes `defer_next_sync` if no `sync_data` took it (a commit that failed before).
+    /// Undoes `defer_next_sync` if no `sync_data` took it (a commit that failed before):
+    /// what it gathered is written now, as it would have been without the gathering.
     pub(crate) fn disarm(&self) {
         self.deferred().next = false;
+        if let Err(e) = self.write_gathered() {
+            tracing::error!(error = %e, "writing a failed checkpoint's pages");
+        }
+    }
+
+    /// Writes what is gathered here and now (after the previous checkpoint's fsync, like any
+    /// write). The lock is held throughout: a read finds each write in the buffer or in the
+    /// file, never in neither.
+    fn write_gathered(&self) -> io::Result<()> {
+        // (Nothing gathered: nothing to wait for, even while a checkpoint's thread runs.)
+        if !self.0.pending.load(Ordering::Acquire) || self.deferred().gathered.is_empty() {
+            return Ok(());
+        }
+        self.wait_synced()?;
+        let mut d = self.deferred();
+        let written = match d.gathered.sorted() {
+            Some(sorted) => sorted.write_to(&self.0.raw, |from, to| self.preserve(from, to)),
+            None => d
+                .gathered
+                .write_in_order(&self.0.raw, |from, to| self.preserve(from, to)),
+        };
+        if written.is_ok() && !d.next && d.writing.is_none() {
+            self.0.pending.store(false, Ordering::Release);
+        }
+        written
     }
 
     /// Waits for a deferred fsync, if one runs; its error if it failed (then, and from then
@@ -160,28 +207,77 @@ impl Tap {
         }
     }
 
+    /// Hands what is gathered, in file order, to a thread that writes it and then fsyncs.
     fn sync_in_background(&self) -> io::Result<()> {
         self.wait_synced()?;
-        self.deferred().running = true;
+        let writes = {
+            let mut d = self.deferred();
+            if let Some(sorted) = d.gathered.sorted() {
+                d.writing = Some(Arc::new(sorted));
+            }
+            d.running = true;
+            d.writing.clone()
+        };
+        // (Writes that overlap stay gathered: written in order below, before the thread.)
+        if let Err(e) = self.write_gathered_in_order() {
+            self.deferred().running = false;
+            return Err(e);
+        }
         let tap = self.clone();
         let spawned = std::thread::Builder::new()
             .name("nova-checkpoint-sync".to_string())
             .spawn(move || {
-                let result = paced_sync(&tap.0.raw);
+                let written = match &writes {
+                    Some(w) => w.write_to(&tap.0.raw, |from, to| tap.preserve(from, to)),
+                    None => Ok(()),
+                };
+                let result = written.and_then(|()| paced_sync(&tap.0.raw));
                 let mut d = tap.deferred();
                 d.running = false;
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "a checkpoint's fsync failed");
-                    d.failed = Some(e.to_string());
+                match result {
+                    Ok(()) => {
+                        drop(writes);
+                        // The buffer's memory, for the next checkpoint (nothing else holds it).
+                        if let Some(Ok(done)) = d.writing.take().map(Arc::try_unwrap) {
+                            if d.gathered.is_empty() {
+                                d.gathered = done.into_empty();
+                            }
+                        }
+                        if d.gathered.is_empty() && !d.next {
+                            tap.0.pending.store(false, Ordering::Release);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "a checkpoint's writes or fsync failed");
+                        d.failed = Some(e.to_string());
+                    }
                 }
                 tap.0.synced.notify_all();
             });
         if spawned.is_err() {
-            // No thread: sync here instead.
-            self.deferred().running = false;
+            // No thread: write and sync here instead.
+            let writes = {
+                let mut d = self.deferred();
+                d.running = false;
+                d.writing.take()
+            };
+            if let Some(w) = writes {
+                w.write_to(&self.0.raw, |from, to| self.preserve(from, to))?;
+            }
             return self.0.file.sync_data();
         }
         Ok(())
+    }
+
+    /// Writes, in the order made, what `sync_in_background` could not sort (writes that
+    /// overlap), before its thread starts.
+    fn write_gathered_in_order(&self) -> io::Result<()> {
+        let mut d = self.deferred();
+        if d.gathered.is_empty() {
+            return Ok(());
+        }
+        d.gathered
+            .write_in_order(&self.0.raw, |from, to| self.preserve(from, to))
     }
 
     /// Chunks that writes had to copy into an image before changing them (all images so far).
@@ -198,6 +294,8 @@ impl Tap {
     /// writing: chunks preserved by writes are read back from it). Only while the writer is parked
     /// (nothing writes the file meanwhile), or on a file nothing writes.
     fn start(&self, dest: File) -> io::Result<Image> {
+        // A checkpoint's writes still on their way belong to the file before the image.
+        self.wait_synced()?;
         let len = self.0.file.len()?;
         dest.set_len(len)?;
         let chunks = len.div_ceil(IMAGE_CHUNK_BYTES);
@@ -299,14 +397,44 @@ fn paced_sync(file: &File) -> io::Result<()> {
 
 impl StorageBackend for Tap {
     fn len(&self) -> Result<u64, io::Error> {
-        self.0.file.len()
+        if !self.0.pending.load(Ordering::Acquire) {
+            return self.0.file.len();
+        }
+        let d = self.deferred();
+        let writing = d.writing.as_ref().map_or(0, |w| w.end());
+        Ok(self.0.file.len()?.max(d.gathered.end()).max(writing))
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
-        self.0.file.read(offset, out)
+        if !self.0.pending.load(Ordering::Acquire) {
+            return self.0.file.read(offset, out);
+        }
+        // Under the lock, so that what is gathered is not written meanwhile. (The checkpoint's
+        // thread may write what it holds meanwhile: it stays held, and laid over, until the
+        // thread is done.) A read past the file's end is only short of what a write supplies.
+        let d = self.deferred();
+        let len = self.0.file.len()?;
+        let have = len.saturating_sub(offset).min(out.len() as u64) as usize;
+        if have > 0 {
+            self.0.file.read(offset, &mut out[..have])?;
+        }
+        let writing = d.writing.as_ref().map_or(0, |w| w.end());
+        if have < out.len() && d.gathered.end().max(writing) < offset + out.len() as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "a read past the end of the file",
+            ));
+        }
+        if let Some(w) = &d.writing {
+            w.overlay(offset, out);
+        }
+        d.gathered.overlay(offset, out);
+        Ok(())
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        // A change of length orders after the writes before it.
+        self.write_gathered()?;
         self.wait_synced()?;
         // A shrink loses the bytes past `len`: the image takes them first.
         self.preserve(len, u64::MAX);
@@ -317,17 +445,27 @@ impl StorageBackend for Tap {
         if std::mem::take(&mut self.deferred().next) {
             return self.sync_in_background();
         }
+        self.write_gathered()?;
         self.wait_synced()?;
         self.0.file.sync_data()
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        {
+            let mut d = self.deferred();
+            if d.next {
+                d.gathered.push(offset, data);
+                return Ok(());
+            }
+        }
         self.wait_synced()?;
         self.preserve(offset, offset.saturating_add(data.len() as u64));
         self.0.file.write(offset, data)
     }
 
     fn close(&self) -> Result<(), io::Error> {
+        self.write_gathered()?;
+        self.wait_synced()?;
         self.0.file.close()
     }
 

@@ -551,6 +551,7 @@ fn recover(
         current: 0,
         next_seq: stored.max(highest) + 1,
         every,
+        phase: checkpoint_phase(every),
         last_durable: Instant::now(),
         dirty: false,
         force: false,
@@ -567,6 +568,8 @@ struct Log {
     next_seq: u64,
     /// The longest a commit stays out of the database file.
     every: Duration,
+    /// Where this partition's checkpoints fall in each period of `every` (`checkpoint_phase`).
+    phase: Duration,
     last_durable: Instant,
     /// Commits since `last_durable` (in memory, their logged writes in the log).
     dirty: bool,
@@ -580,13 +583,59 @@ struct Log {
 /// next checkpoint waits for it.
 const SYNC_POLL: Duration = Duration::from_millis(10);
 
+/// The clock every partition's checkpoints are placed on (`Log::due`).
+fn checkpoint_clock() -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// The phase of the next log opened: the partitions' checkpoints are spread over the period
+/// (by the golden ratio, so any number of them lands apart), instead of all falling at once.
+/// Together, the shards' checkpoints stalled every commit thread at once and took the
+/// machine's cores from the shards (docs/benchmarks.md, session 16).
+fn checkpoint_phase(every: Duration) -> Duration {
+    checkpoint_clock();
+    static OPENED: AtomicU64 = AtomicU64::new(0);
+    phase_of(OPENED.fetch_add(1, Ordering::Relaxed), every)
+}
+
+/// The phase of the `k`th log opened.
+fn phase_of(k: u64, every: Duration) -> Duration {
+    let golden = 0.618_033_988_749_895_f64;
+    every.mul_f64((k as f64 * golden).fract())
+}
+
+/// The last of the points `start + m * every` (m = 0, 1, ...) at most `every` after
+/// `last_durable`; `last_durable + every` itself before `start`.
+fn phased_due(last_durable: Instant, every: Duration, start: Instant) -> Instant {
+    let latest = last_durable + every;
+    match latest.checked_duration_since(start) {
+        Some(since) => {
+            let into = since.as_nanos() % every.as_nanos().max(1);
+            latest - Duration::from_nanos(into as u64)
+        }
+        None => latest,
+    }
+}
+
 impl Log {
+    /// When the next checkpoint is due: the last point of this partition's phase
+    /// (`origin + phase + m * every`) at most `every` after the last durable commit. In a
+    /// steady state that is one period after the last; it is never later than `every`.
+    fn due(&self) -> Instant {
+        phased_due(
+            self.last_durable,
+            self.every,
+            checkpoint_clock() + self.phase,
+        )
+    }
+
     /// When the writer, idle, should wake for a checkpoint.
     fn checkpoint_due(&self) -> Option<Instant> {
         if !self.dirty {
             return None;
         }
-        let due = self.last_durable + self.every;
+        let due = self.due();
         Some(match self.tap.syncing() {
             true => due.max(Instant::now() + SYNC_POLL),
             false => due,
@@ -598,7 +647,7 @@ impl Log {
     /// memory and the log a little longer instead).
     fn wants_checkpoint(&self) -> bool {
         let written = self.wals[self.current].written();
-        let due = self.last_durable.elapsed() >= self.every || written >= WAL_BYTES_MAX;
+        let due = Instant::now() >= self.due() || written >= WAL_BYTES_MAX;
         // Past four times the limit, the log does not grow further: the writer waits.
         self.dirty && ((due && !self.tap.syncing()) || written >= 4 * WAL_BYTES_MAX)
     }
@@ -975,6 +1024,39 @@ mod tests {
         fn poisons_batch(&self) -> bool {
             matches!(self, E::Storage)
         }
+    }
+
+    #[test]
+    fn checkpoints_fall_on_their_phase_and_never_later_than_the_period() {
+        let every = Duration::from_millis(500);
+        let t0 = Instant::now();
+        let start = t0 + Duration::from_millis(300);
+        let ms = |d: Instant| d.duration_since(t0).as_millis();
+        // Before the first point: the period from the last checkpoint.
+        assert_eq!(ms(phased_due(t0, every, t0 + Duration::from_secs(9))), 500);
+        // After one: the last point within the period.
+        assert_eq!(ms(phased_due(t0, every, start)), 300);
+        assert_eq!(
+            ms(phased_due(t0 + Duration::from_millis(310), every, start)),
+            800
+        );
+        assert_eq!(
+            ms(phased_due(t0 + Duration::from_millis(299), every, start)),
+            300
+        );
+        // A steady state: one period apart, whatever a checkpoint takes.
+        let mut last = start + Duration::from_millis(7);
+        for _ in 0..20 {
+            let due = phased_due(last, every, start);
+            assert!(due > last && due <= last + every);
+            assert_eq!(due.duration_since(start).as_millis() % 500, 0);
+            last = due + Duration::from_millis(13);
+        }
+        // The phases of partitions opened one after another are spread apart: two shards'
+        // checkpoints fall about a third of a period apart, three or four no closer than a
+        // sixth.
+        let phases: Vec<u128> = (0..4).map(|k| phase_of(k, every).as_millis()).collect();
+        assert_eq!(phases, [0, 309, 118, 427]);
     }
 
     #[test]
