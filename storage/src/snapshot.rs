@@ -437,6 +437,8 @@ impl StorageBackend for Tap {
         if have > 0 {
             self.0.file.read(offset, &mut out[..have])?;
         }
+        // Past the file's end: zeros, as the file will read there once the writes are in it.
+        out[have..].fill(0);
         let writing = d.writing.as_ref().map_or(0, |w| w.end());
         if have < out.len() && d.gathered.end().max(writing) < offset + out.len() as u64 {
             return Err(io::Error::new(
@@ -685,6 +687,63 @@ mod tests {
             .create_with_backend(tap.clone())
             .unwrap();
         (db, tap)
+    }
+
+    /// A checkpoint's writes, gathered and then written by its thread, are what reads find
+    /// at every step: while gathered, while that thread runs, and once in the file.
+    #[test]
+    fn a_checkpoints_writes_are_read_back_before_during_and_after_its_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        let tap = Tap::new(file).unwrap();
+        tap.set_len(64 * 4096).unwrap();
+        tap.write(0, &[0xAA; 64 * 4096]).unwrap();
+        let page = |i: u64| vec![i as u8 ^ 0x5C; 4096];
+        let pages = [9u64, 3, 4, 70, 0, 33];
+        let expect = |at: u64| -> u8 {
+            match pages.iter().find(|p| **p == at / 4096) {
+                Some(p) => page(*p)[0],
+                // The file's bytes, and past its end (the gap before page 70) zeros.
+                None if at < 64 * 4096 => 0xAA,
+                None => 0,
+            }
+        };
+        let check = |tap: &Tap| {
+            assert_eq!(tap.len().unwrap(), 71 * 4096);
+            // Whole pages, and a read across three pages, two of them written.
+            for at in (0..71).map(|p| p * 4096).chain([2 * 4096 + 100]) {
+                let len = if at % 4096 == 0 { 4096 } else { 8192 };
+                let mut out = vec![0; len];
+                tap.read(at, &mut out).unwrap();
+                for (i, b) in out.iter().enumerate() {
+                    assert_eq!(*b, expect(at + i as u64), "byte {} of a read at {at}", i);
+                }
+            }
+        };
+        tap.defer_next_sync();
+        for p in pages {
+            tap.write(p * 4096, &page(p)).unwrap();
+        }
+        check(&tap);
+        // The file itself is untouched until the checkpoint's thread writes.
+        let mut raw = vec![0; 4096];
+        tap.0.raw.read_exact_at(&mut raw, 9 * 4096).unwrap();
+        assert_eq!(raw, vec![0xAA; 4096]);
+        tap.sync_data().unwrap();
+        check(&tap);
+        tap.wait_synced().unwrap();
+        assert!(!tap.0.pending.load(Ordering::Acquire));
+        check(&tap);
+        tap.0.raw.read_exact_at(&mut raw, 9 * 4096).unwrap();
+        assert_eq!(raw, page(9));
+        // The next checkpoint gathers into the memory the last one used.
+        assert!(tap.deferred().gathered.is_empty());
     }
 
     fn fill(db: &Database, from: u64, to: u64, tag: u8) {

@@ -1053,8 +1053,8 @@ mod tests {
             last = due + Duration::from_millis(13);
         }
         // The phases of partitions opened one after another are spread apart: two shards'
-        // checkpoints fall about a third of a period apart, three or four no closer than a
-        // sixth.
+        // checkpoints fall about two fifths of a period apart, three no closer than a fifth,
+        // four no closer than a seventh.
         let phases: Vec<u128> = (0..4).map(|k| phase_of(k, every).as_millis()).collect();
         assert_eq!(phases, [0, 309, 118, 427]);
     }
