@@ -234,11 +234,12 @@ fn write_all_at(file: &std::fs::File, mut offset: u64, bufs: &[&[u8]]) -> io::Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
 
-    fn file_with(len: usize, byte: u8) -> (tempfile::TempDir, std::fs::File) {
+    /// A file of `len` bytes, each `byte`, in a directory of its own.
+    pub(crate) fn file_with(len: usize, byte: u8) -> (tempfile::TempDir, std::fs::File) {
         let dir = tempfile::tempdir().unwrap();
         let file = std::fs::OpenOptions::new()
             .read(true)

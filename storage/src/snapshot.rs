@@ -210,19 +210,19 @@ impl Tap {
     /// Hands what is gathered, in file order, to a thread that writes it and then fsyncs.
     fn sync_in_background(&self) -> io::Result<()> {
         self.wait_synced()?;
-        let writes = {
+        {
             let mut d = self.deferred();
             if let Some(sorted) = d.gathered.sorted() {
                 d.writing = Some(Arc::new(sorted));
             }
+        }
+        // Writes that overlap stay gathered: written here, in order, before the thread starts.
+        self.write_gathered()?;
+        let writes = {
+            let mut d = self.deferred();
             d.running = true;
             d.writing.clone()
         };
-        // (Writes that overlap stay gathered: written in order below, before the thread.)
-        if let Err(e) = self.write_gathered_in_order() {
-            self.deferred().running = false;
-            return Err(e);
-        }
         let tap = self.clone();
         let spawned = std::thread::Builder::new()
             .name("nova-checkpoint-sync".to_string())
@@ -273,17 +273,6 @@ impl Tap {
             return self.0.file.sync_data();
         }
         Ok(())
-    }
-
-    /// Writes, in the order made, what `sync_in_background` could not sort (writes that
-    /// overlap), before its thread starts.
-    fn write_gathered_in_order(&self) -> io::Result<()> {
-        let mut d = self.deferred();
-        if d.gathered.is_empty() {
-            return Ok(());
-        }
-        d.gathered
-            .write_in_order(&self.0.raw, |from, to| self.preserve(from, to))
     }
 
     /// Chunks that writes had to copy into an image before changing them (all images so far).
@@ -693,17 +682,8 @@ mod tests {
     /// at every step: while gathered, while that thread runs, and once in the file.
     #[test]
     fn a_checkpoints_writes_are_read_back_before_during_and_after_its_thread() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let (_dir, file) = crate::gather::tests::file_with(64 * 4096, 0xAA);
         let tap = Tap::new(file).unwrap();
-        tap.set_len(64 * 4096).unwrap();
-        tap.write(0, &[0xAA; 64 * 4096]).unwrap();
         let page = |i: u64| vec![i as u8 ^ 0x5C; 4096];
         let pages = [9u64, 3, 4, 70, 0, 33];
         let expect = |at: u64| -> u8 {
