@@ -1,5 +1,5 @@
-//! Search: a projection of posts, accounts and hashtags (tables `search_postings`,
-//! `search_docs`, `search_doc_meta`, `search_tags`, `search_accounts`, `search_account_docs`, `search_meta`).
+//! Search: a projection of posts, accounts and hashtags (tables `search_segment_postings`,
+//! `search_segments`, `search_merge_at`, `search_docs`, `search_doc_meta`, `search_tags`, `search_accounts`, `search_account_docs`, `search_meta`).
 //!
 //! Every shard indexes what it owns (its posts and its users) and nothing else; a query is
 //! answered by every shard and merged by the engine. The index is derived data: it is fed
@@ -12,10 +12,11 @@
 //! case: matching ignores case and accents. No stemming ("runs" does not find "run").
 //! A short list of English stop-words is neither indexed nor searched.
 //!
-//! Postings are blocks of post ids keyed `(term, smallest id in the block)`: a term's posts
-//! are one contiguous range of blocks, newest last, so an AND of terms is a leapfrog walk of
-//! descending lists (mostly inside blocks already read) that stops as soon as a page is
-//! full. Terms: a word, `#tag` for a hashtag, `@<author id>` for the author.
+//! Postings are blocks of post ids keyed `(segment, term, smallest id in the block)`: a
+//! term's posts in a segment are one contiguous range of blocks, newest last, so an AND of
+//! terms is a leapfrog walk of descending lists (each the union of its segments' parts,
+//! mostly inside blocks already read) that stops as soon as a page is full. Segments: see
+//! "segments" below. Terms: a word, `#tag` for a hashtag, `@<author id>` for the author.
 
 use std::collections::BTreeMap;
 
@@ -30,9 +31,16 @@ use crate::content::{Post, Visibility};
 use crate::events::Event;
 use crate::{CoreError, Invalid};
 
-/// (term, smallest post id of the block) -> a block of up to `BLOCK_IDS_MAX` post ids of the
-/// term, ascending, 8 bytes little-endian each
-const POSTINGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("search_postings");
+/// (segment, term, smallest post id of the block) -> a block of up to `BLOCK_IDS_MAX` post
+/// ids of the term in that segment, ascending, 8 bytes little-endian each
+const POSTINGS: TableDefinition<(u64, &str, u64), &[u8]> =
+    TableDefinition::new("search_segment_postings");
+/// The postings of format 3 and before, keyed (term, smallest id): dropped by `clear`.
+const POSTINGS_V3: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("search_postings");
+/// segment -> (level, state `SEG_*`, postings written to it)
+const SEGMENTS: TableDefinition<u64, (u8, u8, u64)> = TableDefinition::new("search_segments");
+/// the running merge's output segment -> the last term it holds in full
+const MERGE_AT: TableDefinition<u64, &str> = TableDefinition::new("search_merge_at");
 /// post id -> PostDoc : what a post was indexed under, and what a query filters on
 const DOCS: TableDefinition<u64, &[u8]> = TableDefinition::new("search_docs");
 /// post id -> (author, flags: 1 followers-only, 2 has hashtags) : what a query filters on,
@@ -50,10 +58,33 @@ const ACCOUNT_DOCS: TableDefinition<u64, &[u8]> = TableDefinition::new("search_a
 const META: TableDefinition<&str, u64> = TableDefinition::new("search_meta");
 
 /// Bumped whenever what is indexed changes; an index of another format is rebuilt.
-pub const FORMAT_VERSION: u64 = 3;
+pub const FORMAT_VERSION: u64 = 4;
 /// Post ids per posting block: one B-tree entry holds this many, so a build writes a
 /// hundred times fewer entries and a query walks most of a list in memory.
 const BLOCK_IDS_MAX: usize = 128;
+/// Segment states. Open: takes new postings (one at a time). Sealed: full, read. Merging: an
+/// input of the running merge, still read. Building: the running merge's output, not read
+/// until it is whole. Dead: merged away, not read, its rows being deleted.
+const SEG_OPEN: u8 = 0;
+const SEG_SEALED: u8 = 1;
+const SEG_MERGING: u8 = 2;
+const SEG_BUILDING: u8 = 3;
+const SEG_DEAD: u8 = 4;
+/// Postings an open segment takes before it is sealed. Small, so that the pages new posts
+/// dirty between two checkpoints are few and close together (a few hundred, against one
+/// page per new term when every term had its single list).
+#[cfg(not(test))]
+const SEAL_POSTINGS: u64 = 4_096;
+#[cfg(test)]
+const SEAL_POSTINGS: u64 = 40;
+/// Sealed segments of one level that are merged into one of the next level: a query reads
+/// at most about `MERGE_FANOUT` segments per level, and a posting is rewritten once per level.
+#[cfg(not(test))]
+const MERGE_FANOUT: usize = 8;
+#[cfg(test)]
+const MERGE_FANOUT: usize = 3;
+/// Posting blocks one upkeep step reads, about (`upkeep`).
+pub const UPKEEP_ROWS: usize = 512;
 /// Longest query, in characters.
 pub const QUERY_CHARS_MAX: usize = 256;
 /// Terms (words, tags, `from:`) in one query, at most.
@@ -303,9 +334,14 @@ fn remove_doc(txn: &WriteTransaction, post_id: u64) -> Result<Option<PostDoc>, C
     };
     txn.open_table(DOC_META)?.remove(post_id)?;
     if let Some(doc) = &old {
+        // Wherever the postings are: the running merge's output too, so that a posting it
+        // copied already does not come back when it takes the inputs' place.
+        let segments = segments_where(&txn.open_table(SEGMENTS)?, |state| state != SEG_DEAD)?;
         let mut postings = txn.open_table(POSTINGS)?;
         for term in &doc.terms {
-            remove_posting(&mut postings, term, post_id)?;
+            for (seg, _) in &segments {
+                remove_posting(&mut postings, *seg, term, post_id)?;
+            }
         }
         drop(postings);
         add_tag_counts(txn, &doc.tags, -1)?;
@@ -314,11 +350,13 @@ fn remove_doc(txn: &WriteTransaction, post_id: u64) -> Result<Option<PostDoc>, C
 }
 
 fn insert_doc(txn: &WriteTransaction, post_id: u64, doc: &PostDoc) -> Result<(), CoreError> {
+    let seg = open_segment(txn)?;
     let mut postings = txn.open_table(POSTINGS)?;
     for term in &doc.terms {
-        add_posting(&mut postings, term, post_id)?;
+        add_posting(&mut postings, seg, term, post_id)?;
     }
     drop(postings);
+    count_postings(txn, seg, doc.terms.len() as u64)?;
     txn.open_table(DOCS)?
         .insert(post_id, encode(doc).as_slice())?;
     txn.open_table(DOC_META)?
@@ -326,7 +364,220 @@ fn insert_doc(txn: &WriteTransaction, post_id: u64, doc: &PostDoc) -> Result<(),
     add_tag_counts(txn, &doc.tags, 1)
 }
 
-type Postings<'t> = redb::Table<'t, (&'static str, u64), &'static [u8]>;
+type Postings<'t> = redb::Table<'t, (u64, &'static str, u64), &'static [u8]>;
+
+// ---- segments ----------------------------------------------------------------------------
+//
+// The postings are split into segments, as in a log-structured merge tree: new postings go to
+// the one open segment, whose keys all start with its number, so the pages a burst of new
+// posts dirties are few and side by side whatever the terms. A full segment is sealed; when
+// `MERGE_FANOUT` sealed segments of one level exist they are merged, a few hundred blocks per
+// step (`upkeep`), in term order into one segment of the next level, written in key order.
+// A query reads every segment that is open, sealed or an input of the running merge.
+
+/// A segment's row: (level, state `SEG_*`, postings written to it).
+type SegmentRow = (u8, u8, u64);
+
+/// The segments whose state `keep` accepts: (number, row), ascending.
+fn segments_where(
+    table: &impl ReadableTable<u64, SegmentRow>,
+    keep: impl Fn(u8) -> bool,
+) -> Result<Vec<(u64, SegmentRow)>, CoreError> {
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (k, v) = row?;
+        if keep(v.value().1) {
+            out.push((k.value(), v.value()));
+        }
+    }
+    Ok(out)
+}
+
+/// The segments a query reads.
+fn is_read(state: u8) -> bool {
+    matches!(state, SEG_OPEN | SEG_SEALED | SEG_MERGING)
+}
+
+/// A new segment's number (numbers are never reused until the index is cleared).
+fn new_segment(txn: &WriteTransaction, level: u8, state: u8) -> Result<u64, CoreError> {
+    let mut meta = txn.open_table(META)?;
+    let seg = meta.get("next_segment")?.map(|v| v.value()).unwrap_or(0);
+    meta.insert("next_segment", seg + 1)?;
+    txn.open_table(SEGMENTS)?.insert(seg, (level, state, 0))?;
+    Ok(seg)
+}
+
+/// The segment new postings go to (opened when there is none).
+fn open_segment(txn: &WriteTransaction) -> Result<u64, CoreError> {
+    let open = segments_where(&txn.open_table(SEGMENTS)?, |state| state == SEG_OPEN)?;
+    match open.last() {
+        Some((seg, _)) => Ok(*seg),
+        None => new_segment(txn, 0, SEG_OPEN),
+    }
+}
+
+/// Counts `n` postings written to the open segment `seg`; seals it once it is full.
+fn count_postings(txn: &WriteTransaction, seg: u64, n: u64) -> Result<(), CoreError> {
+    let mut table = txn.open_table(SEGMENTS)?;
+    let Some((level, state, count)) = table.get(seg)?.map(|v| v.value()) else {
+        return Err(CoreError::Corrupt(format!(
+            "search segment {seg} is not listed"
+        )));
+    };
+    let count = count + n;
+    let state = match state == SEG_OPEN && count >= SEAL_POSTINGS {
+        true => SEG_SEALED,
+        false => state,
+    };
+    table.insert(seg, (level, state, count))?;
+    Ok(())
+}
+
+/// One step of the index's upkeep, reading about `rows` posting blocks: it deletes part of a
+/// merged-away segment, or goes on with the running merge, or starts a merge where a level
+/// has `MERGE_FANOUT` sealed segments. False when there was nothing to do.
+pub fn upkeep(txn: &WriteTransaction, rows: usize) -> Result<bool, CoreError> {
+    let segments = segments_where(&txn.open_table(SEGMENTS)?, |_| true)?;
+    let of = |state: u8| segments.iter().filter(move |(_, (_, s, _))| *s == state);
+    if let Some((dead, _)) = of(SEG_DEAD).next() {
+        if delete_segment_rows(txn, *dead, rows)? {
+            txn.open_table(SEGMENTS)?.remove(*dead)?;
+        }
+        return Ok(true);
+    }
+    if let Some((out, (level, _, _))) = of(SEG_BUILDING).next() {
+        let inputs: Vec<u64> = of(SEG_MERGING).map(|(seg, _)| *seg).collect();
+        merge_step(txn, *out, *level, &inputs, rows)?;
+        return Ok(true);
+    }
+    let mut by_level: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
+    for (seg, (level, _, _)) in of(SEG_SEALED) {
+        by_level.entry(*level).or_default().push(*seg);
+    }
+    let Some((level, sealed)) = by_level.iter().find(|(_, s)| s.len() >= MERGE_FANOUT) else {
+        return Ok(false);
+    };
+    let inputs = &sealed[..MERGE_FANOUT];
+    {
+        let mut table = txn.open_table(SEGMENTS)?;
+        for seg in inputs {
+            let Some((l, _, count)) = table.get(*seg)?.map(|v| v.value()) else {
+                continue;
+            };
+            table.insert(*seg, (l, SEG_MERGING, count))?;
+        }
+    }
+    let out = new_segment(txn, level + 1, SEG_BUILDING)?;
+    merge_step(txn, out, level + 1, inputs, rows)?;
+    Ok(true)
+}
+
+/// Deletes up to `rows` blocks of segment `seg`; true when none is left.
+fn delete_segment_rows(txn: &WriteTransaction, seg: u64, rows: usize) -> Result<bool, CoreError> {
+    let mut postings = txn.open_table(POSTINGS)?;
+    let mut keys: Vec<(String, u64)> = Vec::new();
+    for row in postings
+        .range((seg, "", 0)..(seg + 1, "", 0))?
+        .take(rows + 1)
+    {
+        let (k, _) = row?;
+        let (_, term, first) = k.value();
+        keys.push((term.to_string(), first));
+    }
+    for (term, first) in keys.iter().take(rows) {
+        postings.remove((seg, term.as_str(), *first))?;
+    }
+    Ok(keys.len() <= rows)
+}
+
+/// Merges the next terms of `inputs` into `out` (of `level`): every term whose blocks are
+/// all among the first `rows` or so read, or, when a single term has more, that term whole.
+/// When the inputs are used up, `out` takes their place.
+fn merge_step(
+    txn: &WriteTransaction,
+    out: u64,
+    level: u8,
+    inputs: &[u64],
+    rows: usize,
+) -> Result<(), CoreError> {
+    use std::ops::Bound::{Excluded, Included};
+    let resume: String = match txn.open_table(MERGE_AT)?.get(out)? {
+        Some(v) => v.value().to_string(),
+        None => String::new(),
+    };
+    let mut postings = txn.open_table(POSTINGS)?;
+    let per_input = (rows / inputs.len().max(1)).max(1);
+    let mut read: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    // The first term some input has not been read past: terms before it are complete.
+    let mut cut: Option<String> = None;
+    for &seg in inputs {
+        let range = (
+            Excluded((seg, resume.as_str(), u64::MAX)),
+            Excluded((seg + 1, "", 0)),
+        );
+        for (n, row) in postings.range::<(u64, &str, u64)>(range)?.enumerate() {
+            let (k, v) = row?;
+            let (_, term, _) = k.value();
+            if n == per_input {
+                if cut.as_deref().is_none_or(|c| term < c) {
+                    cut = Some(term.to_string());
+                }
+                break;
+            }
+            read.entry(term.to_string())
+                .or_default()
+                .extend(decode_block(v.value()));
+        }
+    }
+    let mut take: Vec<(String, Vec<u64>)> = match &cut {
+        None => read.into_iter().collect(),
+        Some(c) => read.into_iter().filter(|(t, _)| t < c).collect(),
+    };
+    if take.is_empty() {
+        // One term fills the budget by itself: that term, from every input.
+        if let Some(c) = &cut {
+            let mut ids = Vec::new();
+            for &seg in inputs {
+                let range = (
+                    Included((seg, c.as_str(), 0)),
+                    Included((seg, c.as_str(), u64::MAX)),
+                );
+                for row in postings.range::<(u64, &str, u64)>(range)? {
+                    ids.extend(decode_block(row?.1.value()));
+                }
+            }
+            take.push((c.clone(), ids));
+        }
+    }
+    let mut written = 0u64;
+    for (term, ids) in &mut take {
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(BLOCK_IDS_MAX) {
+            put_block(&mut postings, out, term, chunk)?;
+        }
+        written += ids.len() as u64;
+    }
+    drop(postings);
+    let mut segments = txn.open_table(SEGMENTS)?;
+    let count = segments.get(out)?.map_or(0, |v| v.value().2) + written;
+    let done = cut.is_none();
+    let state = match done {
+        true => SEG_SEALED,
+        false => SEG_BUILDING,
+    };
+    segments.insert(out, (level, state, count))?;
+    let mut at = txn.open_table(MERGE_AT)?;
+    if done {
+        for seg in inputs {
+            segments.insert(*seg, (level.saturating_sub(1), SEG_DEAD, 0))?;
+        }
+        at.remove(out)?;
+    } else if let Some((last, _)) = take.last() {
+        at.insert(out, last.as_str())?;
+    }
+    Ok(())
+}
 
 fn decode_block(bytes: &[u8]) -> Vec<u64> {
     bytes
@@ -343,35 +594,51 @@ fn encode_block(ids: &[u64]) -> Vec<u8> {
     ids.iter().flat_map(|id| id.to_le_bytes()).collect()
 }
 
-/// The block of `term` that holds `id` if any does: the one with the greatest smallest id
-/// at most `id` (or, when `id` is below every block, the first block).
+/// The block of `term` in `seg` that holds `id` if any does: the one with the greatest
+/// smallest id at most `id` (or, when `id` is below every block, the first block).
 fn block_for(
     postings: &Postings<'_>,
+    seg: u64,
     term: &str,
     id: u64,
 ) -> Result<Option<(u64, Vec<u64>)>, CoreError> {
-    let below = postings.range((term, 0)..=(term, id))?.next_back();
+    let below = postings
+        .range((seg, term, 0)..=(seg, term, id))?
+        .next_back();
     let row = match below {
         Some(r) => Some(r?),
-        None => match postings.range((term, id)..=(term, u64::MAX))?.next() {
+        None => match postings
+            .range((seg, term, id)..=(seg, term, u64::MAX))?
+            .next()
+        {
             Some(r) => Some(r?),
             None => None,
         },
     };
-    Ok(row.map(|(k, v)| (k.value().1, decode_block(v.value()))))
+    Ok(row.map(|(k, v)| (k.value().2, decode_block(v.value()))))
 }
 
-fn put_block(postings: &mut Postings<'_>, term: &str, ids: &[u64]) -> Result<(), CoreError> {
+fn put_block(
+    postings: &mut Postings<'_>,
+    seg: u64,
+    term: &str,
+    ids: &[u64],
+) -> Result<(), CoreError> {
     if let Some(first) = ids.first() {
-        postings.insert((term, *first), encode_block(ids).as_slice())?;
+        postings.insert((seg, term, *first), encode_block(ids).as_slice())?;
     }
     Ok(())
 }
 
-/// Adds `id` to `term`'s list (idempotent).
-fn add_posting(postings: &mut Postings<'_>, term: &str, id: u64) -> Result<(), CoreError> {
-    let Some((key, mut ids)) = block_for(postings, term, id)? else {
-        return put_block(postings, term, &[id]);
+/// Adds `id` to `term`'s list in `seg` (idempotent).
+fn add_posting(
+    postings: &mut Postings<'_>,
+    seg: u64,
+    term: &str,
+    id: u64,
+) -> Result<(), CoreError> {
+    let Some((key, mut ids)) = block_for(postings, seg, term, id)? else {
+        return put_block(postings, seg, term, &[id]);
     };
     let at = match ids.binary_search(&id) {
         Ok(_) => return Ok(()),
@@ -379,23 +646,28 @@ fn add_posting(postings: &mut Postings<'_>, term: &str, id: u64) -> Result<(), C
     };
     if ids.len() >= BLOCK_IDS_MAX && at == ids.len() {
         // The usual case, a new post: the full newest block stays, a new one starts.
-        return put_block(postings, term, &[id]);
+        return put_block(postings, seg, term, &[id]);
     }
     ids.insert(at, id);
     if at == 0 {
         // A block is keyed by its smallest id: this one's key changes.
-        postings.remove((term, key))?;
+        postings.remove((seg, term, key))?;
     }
     if ids.len() > BLOCK_IDS_MAX {
         let upper = ids.split_off(ids.len() / 2);
-        put_block(postings, term, &upper)?;
+        put_block(postings, seg, term, &upper)?;
     }
-    put_block(postings, term, &ids)
+    put_block(postings, seg, term, &ids)
 }
 
-/// Removes `id` from `term`'s list, if there.
-fn remove_posting(postings: &mut Postings<'_>, term: &str, id: u64) -> Result<(), CoreError> {
-    let Some((key, mut ids)) = block_for(postings, term, id)? else {
+/// Removes `id` from `term`'s list in `seg`, if there.
+fn remove_posting(
+    postings: &mut Postings<'_>,
+    seg: u64,
+    term: &str,
+    id: u64,
+) -> Result<(), CoreError> {
+    let Some((key, mut ids)) = block_for(postings, seg, term, id)? else {
         return Ok(());
     };
     let Ok(at) = ids.binary_search(&id) else {
@@ -404,27 +676,35 @@ fn remove_posting(postings: &mut Postings<'_>, term: &str, id: u64) -> Result<()
     ids.remove(at);
     if at == 0 {
         // The smallest id went: the rest (if any) is keyed anew.
-        postings.remove((term, key))?;
+        postings.remove((seg, term, key))?;
     }
-    put_block(postings, term, &ids)
+    put_block(postings, seg, term, &ids)
 }
 
-/// `term`'s newest block: its key (its smallest id) and its ids.
-fn last_block(postings: &Postings<'_>, term: &str) -> Result<Option<(u64, Vec<u64>)>, CoreError> {
-    match postings.range((term, 0)..=(term, u64::MAX))?.next_back() {
+/// `term`'s newest block in `seg`: its key (its smallest id) and its ids.
+fn last_block(
+    postings: &Postings<'_>,
+    seg: u64,
+    term: &str,
+) -> Result<Option<(u64, Vec<u64>)>, CoreError> {
+    match postings
+        .range((seg, term, 0)..=(seg, term, u64::MAX))?
+        .next_back()
+    {
         Some(r) => {
             let (k, v) = r?;
-            Ok(Some((k.value().1, decode_block(v.value()))))
+            Ok(Some((k.value().2, decode_block(v.value()))))
         }
         None => Ok(None),
     }
 }
 
-/// Appends ascending `ids`, all above any id `term` has, after its newest block `last`: that
-/// block is filled up first (rewritten under the same key: its smallest id stays), then new
-/// blocks follow.
+/// Appends ascending `ids`, all above any id `term` has in `seg`, after its newest block
+/// `last`: that block is filled up first (rewritten under the same key: its smallest id
+/// stays), then new blocks follow.
 fn append_postings(
     postings: &mut Postings<'_>,
+    seg: u64,
     term: &str,
     last: Option<(u64, Vec<u64>)>,
     ids: &[u64],
@@ -434,10 +714,10 @@ fn append_postings(
         let room = (BLOCK_IDS_MAX - block.len()).min(rest.len());
         block.extend_from_slice(&rest[..room]);
         rest = &rest[room..];
-        put_block(postings, term, &block)?;
+        put_block(postings, seg, term, &block)?;
     }
     for chunk in rest.chunks(BLOCK_IDS_MAX) {
-        put_block(postings, term, chunk)?;
+        put_block(postings, seg, term, chunk)?;
     }
     Ok(())
 }
@@ -508,12 +788,16 @@ fn index_docs(txn: &WriteTransaction, docs: &[(u64, PostDoc)]) -> Result<(), Cor
         .collect();
     keys.sort_unstable();
     keys.dedup();
+    let seg = open_segment(txn)?;
     {
         let mut postings = txn.open_table(POSTINGS)?;
         for run in keys.chunk_by(|a, b| a.0 == b.0) {
             let ids: Vec<u64> = run.iter().map(|(_, id)| *id).collect();
-            add_postings(&mut postings, run[0].0, &ids)?;
+            add_postings(&mut postings, seg, run[0].0, &ids)?;
         }
+    }
+    count_postings(txn, seg, keys.len() as u64)?;
+    {
         let mut table = txn.open_table(DOCS)?;
         let mut meta = txn.open_table(DOC_META)?;
         for (id, doc) in docs {
@@ -535,22 +819,27 @@ fn index_docs(txn: &WriteTransaction, docs: &[(u64, PostDoc)]) -> Result<(), Cor
     Ok(())
 }
 
-/// Adds ascending `ids` to `term`'s list: appended when they all come after it (new posts),
-/// else one by one into their blocks.
-fn add_postings(postings: &mut Postings<'_>, term: &str, ids: &[u64]) -> Result<(), CoreError> {
+/// Adds ascending `ids` to `term`'s list in `seg`: appended when they all come after it (new
+/// posts), else one by one into their blocks.
+fn add_postings(
+    postings: &mut Postings<'_>,
+    seg: u64,
+    term: &str,
+    ids: &[u64],
+) -> Result<(), CoreError> {
     let Some(first) = ids.first() else {
         return Ok(());
     };
-    let last = last_block(postings, term)?;
+    let last = last_block(postings, seg, term)?;
     let after_all = match &last {
         Some((_, block)) => block.last().is_none_or(|l| l < first),
         None => true,
     };
     if after_all {
-        return append_postings(postings, term, last, ids);
+        return append_postings(postings, seg, term, last, ids);
     }
     for id in ids {
-        add_posting(postings, term, *id)?;
+        add_posting(postings, seg, term, *id)?;
     }
     Ok(())
 }
@@ -637,6 +926,14 @@ pub fn search_posts(
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(page),
         Err(e) => return Err(e.into()),
     };
+    let segments: Vec<u64> = match read.open_table(SEGMENTS) {
+        Ok(t) => segments_where(&t, is_read)?
+            .into_iter()
+            .map(|(seg, _)| seg)
+            .collect(),
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(page),
+        Err(e) => return Err(e.into()),
+    };
     let docs = read.open_table(DOCS)?;
     let meta = read.open_table(DOC_META)?;
     let mut common: Vec<String> = q.tags.iter().map(|t| tag_term(t)).collect();
@@ -657,7 +954,7 @@ pub fn search_posts(
     for (tier, terms) in tiers {
         let mut lists: Vec<Cursor> = terms
             .into_iter()
-            .map(|term| Cursor { term, block: None })
+            .map(|term| Cursor::new(term, &segments))
             .collect();
         let mut high = match after {
             Some(a) if a.tier > tier => continue,
@@ -723,31 +1020,76 @@ enum Walk {
     OutOfSteps(u64),
 }
 
-/// One term's list as the walk reads it: the block last read, kept while the walk stays in
-/// it (the walk only goes down, so a block is read once).
+/// One term's list as the walk reads it: its part in each segment.
 struct Cursor {
     term: String,
+    parts: Vec<Part>,
+}
+
+/// One term's list in one segment: the block last read, kept while the walk stays in it (the
+/// walk only goes down, so a block is read once).
+struct Part {
+    seg: u64,
     /// (smallest id, ids ascending) of the block read last.
     block: Option<(u64, Vec<u64>)>,
+    /// Nothing is left at or below where the walk is.
+    done: bool,
 }
 
 impl Cursor {
-    /// The largest id of the list at most `at_most`.
+    fn new(term: String, segments: &[u64]) -> Cursor {
+        let parts = segments
+            .iter()
+            .map(|seg| Part {
+                seg: *seg,
+                block: None,
+                done: false,
+            })
+            .collect();
+        Cursor { term, parts }
+    }
+
+    /// The largest id of the list at most `at_most`, in whichever segment it is.
     fn seek(
         &mut self,
-        postings: &redb::ReadOnlyTable<(&str, u64), &[u8]>,
+        postings: &redb::ReadOnlyTable<(u64, &str, u64), &[u8]>,
         at_most: u64,
     ) -> Result<Option<u64>, CoreError> {
+        let mut best: Option<u64> = None;
+        for part in &mut self.parts {
+            if let Some(id) = part.seek(postings, &self.term, at_most)? {
+                best = best.max(Some(id));
+            }
+        }
+        Ok(best)
+    }
+}
+
+impl Part {
+    fn seek(
+        &mut self,
+        postings: &redb::ReadOnlyTable<(u64, &str, u64), &[u8]>,
+        term: &str,
+        at_most: u64,
+    ) -> Result<Option<u64>, CoreError> {
+        if self.done {
+            return Ok(None);
+        }
         let cached = matches!(&self.block, Some((min, _)) if *min <= at_most);
         if !cached {
-            let term = self.term.as_str();
-            let row = postings.range((term, 0)..=(term, at_most))?.next_back();
+            let seg = self.seg;
+            let row = postings
+                .range((seg, term, 0)..=(seg, term, at_most))?
+                .next_back();
             self.block = match row {
                 Some(r) => {
                     let (k, v) = r?;
-                    Some((k.value().1, decode_block(v.value())))
+                    Some((k.value().2, decode_block(v.value())))
                 }
-                None => return Ok(None),
+                None => {
+                    self.done = true;
+                    return Ok(None);
+                }
             };
         }
         let Some((_, ids)) = &self.block else {
@@ -762,7 +1104,7 @@ impl Cursor {
 /// The largest id at most `high` that is in every list (a leapfrog join: each list jumps to
 /// the candidate of the others).
 fn leapfrog(
-    postings: &redb::ReadOnlyTable<(&str, u64), &[u8]>,
+    postings: &redb::ReadOnlyTable<(u64, &str, u64), &[u8]>,
     lists: &mut [Cursor],
     high: u64,
     steps: &mut usize,
@@ -1063,6 +1405,9 @@ pub fn advance_cursor(txn: &WriteTransaction, to: (u64, u64)) -> Result<(), Core
 pub fn clear(txn: &WriteTransaction) -> Result<(), CoreError> {
     txn.delete_table(META)?;
     txn.delete_table(POSTINGS)?;
+    txn.delete_table(POSTINGS_V3)?;
+    txn.delete_table(SEGMENTS)?;
+    txn.delete_table(MERGE_AT)?;
     txn.delete_table(DOCS)?;
     txn.delete_table(DOC_META)?;
     txn.delete_table(TAGS)?;
@@ -1127,10 +1472,93 @@ mod tests {
         }
     }
 
+    /// `f`, then the index's upkeep until it has nothing left to do (in small steps, so
+    /// that merges take many steps and single terms outgrow a step).
     fn write(db: &Database, f: impl FnOnce(&WriteTransaction)) {
         let txn = db.begin_write().unwrap();
         f(&txn);
+        while upkeep(&txn, 3).unwrap() {}
         txn.commit().unwrap();
+    }
+
+    fn segment_states(db: &Database) -> Vec<(u8, u8)> {
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(SEGMENTS).unwrap();
+        segments_where(&table, |_| true)
+            .unwrap()
+            .into_iter()
+            .map(|(_, (level, state, _))| (level, state))
+            .collect()
+    }
+
+    #[test]
+    fn segments_merge_while_posts_come_change_and_go() {
+        // Posts added, edited and removed in a scrambled order, with upkeep steps in between
+        // (merges half done when a post changes): every word's list must read back as the
+        // model says, at every check and once all merges are done.
+        let db = db();
+        let vocab = ["red", "green", "blue", "cyan", "plum"];
+        let mut model: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let check = |db: &Database, model: &BTreeMap<u64, Vec<&str>>| {
+            for word in vocab {
+                let want: Vec<(u8, u64)> = model
+                    .iter()
+                    .rev()
+                    .filter(|(_, words)| words.contains(&word))
+                    .map(|(id, _)| (1, *id))
+                    .take(50)
+                    .collect();
+                assert_eq!(find(db, word, None), want, "{word}");
+            }
+        };
+        for round in 0..1500u64 {
+            let txn = db.begin_write().unwrap();
+            let r = next();
+            let id = match r % 4 {
+                // Mostly new posts, newest ids; sometimes an older id.
+                0 | 1 => 10_000 + round,
+                _ => 10_000 + next() % (round + 1),
+            };
+            if r % 7 == 3 {
+                resync_post(&txn, id, None).unwrap();
+                model.remove(&id);
+            } else {
+                let extra = ["solo", "pair", "trio"][(next() % 3) as usize];
+                let mut words: Vec<&str> =
+                    vocab.iter().copied().filter(|_| next() % 3 == 0).collect();
+                words.push(extra);
+                let text = words.join(" ");
+                resync_post(&txn, id, Some(&post(id, 1, &text, Visibility::Public))).unwrap();
+                model.insert(id, words);
+            }
+            for _ in 0..next() % 3 {
+                upkeep(&txn, (next() % 6) as usize).unwrap();
+            }
+            txn.commit().unwrap();
+            if round % 100 == 99 {
+                check(&db, &model);
+            }
+        }
+        write(&db, |_| {});
+        check(&db, &model);
+        let states = segment_states(&db);
+        assert!(states.iter().any(|(level, _)| *level >= 2), "{states:?}");
+        assert!(states
+            .iter()
+            .all(|(_, state)| *state == SEG_OPEN || *state == SEG_SEALED));
+        // Not more than a level's worth waiting per level.
+        let mut per_level: BTreeMap<u8, usize> = BTreeMap::new();
+        for (level, _) in &states {
+            *per_level.entry(*level).or_default() += 1;
+        }
+        assert!(per_level.values().all(|n| *n <= MERGE_FANOUT), "{states:?}");
     }
 
     fn find(db: &Database, q: &str, author: Option<u64>) -> Vec<(u8, u64)> {

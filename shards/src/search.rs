@@ -79,6 +79,8 @@ struct Tail {
     /// Keys taken in within the rescan window.
     seen: BTreeSet<(u64, u64)>,
     last_rescan: Instant,
+    /// The index's segments may want merging (`search::upkeep`).
+    upkeep_due: bool,
 }
 
 impl Shard {
@@ -234,6 +236,8 @@ impl Shard {
             seen: BTreeSet::new(),
             // Rescan at once: events of the last moments before a restart may be missing.
             last_rescan: Instant::now() - RESCAN_PERIOD,
+            // A merge may have been under way before a restart.
+            upkeep_due: true,
         });
         let mut behind = false;
         loop {
@@ -246,7 +250,7 @@ impl Shard {
             };
             behind = false;
             match self.index_once(&tail, within).await {
-                Ok(n) if n >= INDEX_BATCH_MAX => behind = true,
+                Ok(n) if n >= INDEX_BATCH_MAX || tail.borrow().upkeep_due => behind = true,
                 Ok(_) => glommio::timer::sleep(POLL_PERIOD).await,
                 Err(e) => {
                     tracing::warn!(error = %e, shard = self.id, "search indexing failed; retrying");
@@ -356,14 +360,17 @@ impl Shard {
             self.late_events(tail, cursor, window_ms, &mut keys, &mut subjects)
                 .await?;
         }
-        if keys.is_empty() {
+        if keys.is_empty() && !tail.borrow().upkeep_due {
             return Ok(0);
         }
         let taken = keys.len();
         let advance = new_cursor.filter(|c| Some(*c) != tail.borrow().cursor);
         // Lossy: the cursor is stored with the postings, so a crash that loses this write
-        // loses the cursor's step too, and the indexer takes the same events again.
-        self.partition
+        // loses the cursor's step too, and the indexer takes the same events again. One step
+        // of the segments' upkeep rides along (a merge's steps are as lossy: a lost one is
+        // done again from where the stored merge stands).
+        let upkeep_due = self
+            .partition
             .write_lossy(
                 move |t| {
                     let mut posts = Vec::new();
@@ -377,12 +384,13 @@ impl Shard {
                     if let Some(c) = advance {
                         search::advance_cursor(t, c)?;
                     }
-                    Ok::<_, CoreError>(())
+                    search::upkeep(t, search::UPKEEP_ROWS)
                 },
                 within,
             )
             .await?;
         let mut t = tail.borrow_mut();
+        t.upkeep_due = upkeep_due;
         t.cursor = new_cursor;
         t.seen.extend(keys);
         if let Some((ms, _)) = t.cursor {
