@@ -398,6 +398,16 @@ fn is_read(state: u8) -> bool {
     matches!(state, SEG_OPEN | SEG_SEALED | SEG_MERGING)
 }
 
+/// Posting segments a query reads (open, sealed, merging): about `MERGE_FANOUT` per level
+/// while merges keep up.
+pub fn segments_read(read: &ReadTransaction) -> Result<u64, CoreError> {
+    match read.open_table(SEGMENTS) {
+        Ok(t) => Ok(segments_where(&t, is_read)?.len() as u64),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A new segment's number (numbers are never reused until the index is cleared).
 fn new_segment(txn: &WriteTransaction, level: u8, state: u8) -> Result<u64, CoreError> {
     let mut meta = txn.open_table(META)?;

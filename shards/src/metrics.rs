@@ -60,6 +60,8 @@ pub struct Snapshot {
     /// Emails waiting here, by state (`queued`, `sending`, `dead`), each counted up to
     /// `MAIL_COUNTED_MAX`.
     pub mail: Vec<(&'static str, u64)>,
+    /// Posting segments the shard's search index reads (`search::segments_read`).
+    pub search_segments: u64,
     /// Media files waiting for a transcoding thread (one queue for the process).
     pub transcode_queue_depth: usize,
 }
@@ -155,6 +157,14 @@ pub fn render(mut shards: Vec<Snapshot>) -> String {
         "Events in the shard's outbox not yet acknowledged by their target shard.",
         &shards,
         |s| s.outbox_pending,
+    );
+    per_shard(
+        &mut out,
+        "nova_search_segments",
+        "gauge",
+        "Posting segments the shard's search index reads; about 8 per level while merges keep up, more when they fall behind.",
+        &shards,
+        |s| s.search_segments,
     );
     per_shard(
         &mut out,

@@ -319,6 +319,13 @@ impl Shard {
                 }
             },
             outbox_redelivered: self.relay.redelivered(),
+            search_segments: match self.read(nova_core::search::segments_read) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: search segments");
+                    0
+                }
+            },
             mail: [EmailStatus::Queued, EmailStatus::Sending, EmailStatus::Dead]
                 .into_iter()
                 .map(|state| {
