@@ -19,6 +19,7 @@
 //! "segments" below. Terms: a word, `#tag` for a hashtag, `@<author id>` for the author.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -70,13 +71,15 @@ const SEG_SEALED: u8 = 1;
 const SEG_MERGING: u8 = 2;
 const SEG_BUILDING: u8 = 3;
 const SEG_DEAD: u8 = 4;
-/// Postings an open segment takes before it is sealed. Small, so that the pages new posts
-/// dirty between two checkpoints are few and close together (a few hundred, against one
-/// page per new term when every term had its single list).
-#[cfg(not(test))]
-const SEAL_POSTINGS: u64 = 4_096;
-#[cfg(test)]
-const SEAL_POSTINGS: u64 = 40;
+/// Postings an open segment takes before it is sealed, by default. Small, so that the pages
+/// new posts dirty between two checkpoints are few and close together (a few hundred,
+/// against one page per new term when every term had its single list).
+pub const SEGMENT_POSTINGS_DEFAULT: u64 = 4_096;
+/// The process's setting (`set_segment_postings`; the server's `search_segment_postings`).
+static SEAL_POSTINGS: AtomicU64 = AtomicU64::new(match cfg!(test) {
+    true => 40,
+    false => SEGMENT_POSTINGS_DEFAULT,
+});
 /// Sealed segments of one level that are merged into one of the next level: a query reads
 /// at most about `MERGE_FANOUT` segments per level, and a posting is rewritten once per level.
 #[cfg(not(test))]
@@ -350,7 +353,7 @@ fn remove_doc(txn: &WriteTransaction, post_id: u64) -> Result<Option<PostDoc>, C
 }
 
 fn insert_doc(txn: &WriteTransaction, post_id: u64, doc: &PostDoc) -> Result<(), CoreError> {
-    let seg = open_segment(txn)?;
+    let (seg, _) = open_segment(txn)?;
     let mut postings = txn.open_table(POSTINGS)?;
     for term in &doc.terms {
         add_posting(&mut postings, seg, term, post_id)?;
@@ -374,6 +377,11 @@ type Postings<'t> = redb::Table<'t, (u64, &'static str, u64), &'static [u8]>;
 // `MERGE_FANOUT` sealed segments of one level exist they are merged, a few hundred blocks per
 // step (`upkeep`), in term order into one segment of the next level, written in key order.
 // A query reads every segment that is open, sealed or an input of the running merge.
+
+/// Sets how many postings a segment takes before it is sealed (at least 8), for the process.
+pub fn set_segment_postings(n: u64) {
+    SEAL_POSTINGS.store(n.max(8), Ordering::Relaxed);
+}
 
 /// A segment's row: (level, state `SEG_*`, postings written to it).
 type SegmentRow = (u8, u8, u64);
@@ -417,12 +425,14 @@ fn new_segment(txn: &WriteTransaction, level: u8, state: u8) -> Result<u64, Core
     Ok(seg)
 }
 
-/// The segment new postings go to (opened when there is none).
-fn open_segment(txn: &WriteTransaction) -> Result<u64, CoreError> {
+/// The segment new postings go to (opened when there is none), and the postings it takes
+/// before it is sealed (at least 1).
+fn open_segment(txn: &WriteTransaction) -> Result<(u64, u64), CoreError> {
     let open = segments_where(&txn.open_table(SEGMENTS)?, |state| state == SEG_OPEN)?;
+    let seal = SEAL_POSTINGS.load(Ordering::Relaxed);
     match open.last() {
-        Some((seg, _)) => Ok(*seg),
-        None => new_segment(txn, 0, SEG_OPEN),
+        Some((seg, (_, _, count))) => Ok((*seg, seal.saturating_sub(*count).max(1))),
+        None => Ok((new_segment(txn, 0, SEG_OPEN)?, seal)),
     }
 }
 
@@ -435,7 +445,7 @@ fn count_postings(txn: &WriteTransaction, seg: u64, n: u64) -> Result<(), CoreEr
         )));
     };
     let count = count + n;
-    let state = match state == SEG_OPEN && count >= SEAL_POSTINGS {
+    let state = match state == SEG_OPEN && count >= SEAL_POSTINGS.load(Ordering::Relaxed) {
         true => SEG_SEALED,
         false => state,
     };
@@ -786,19 +796,36 @@ pub fn index_fresh_posts(txn: &WriteTransaction, posts: &[Post]) -> Result<(), C
     index_docs(txn, &docs)
 }
 
-/// Adds documents the index does not hold: postings are sorted first so that the B-tree is
-/// written in order and each term once, and tag counts are summed per batch.
+/// Adds documents the index does not hold, as many to the open segment as it has room for
+/// (then to the next): postings are sorted first so that the B-tree is written in order and
+/// each term once, and tag counts are summed per batch.
 fn index_docs(txn: &WriteTransaction, docs: &[(u64, PostDoc)]) -> Result<(), CoreError> {
-    if docs.is_empty() {
-        return Ok(());
+    let mut rest = docs;
+    while !rest.is_empty() {
+        let (seg, room) = open_segment(txn)?;
+        let mut n = 0;
+        let mut postings = 0u64;
+        while n < rest.len() && postings < room {
+            postings += rest[n].1.terms.len() as u64;
+            n += 1;
+        }
+        index_docs_in(txn, seg, &rest[..n])?;
+        rest = &rest[n..];
     }
+    Ok(())
+}
+
+fn index_docs_in(
+    txn: &WriteTransaction,
+    seg: u64,
+    docs: &[(u64, PostDoc)],
+) -> Result<(), CoreError> {
     let mut keys: Vec<(&str, u64)> = docs
         .iter()
         .flat_map(|(id, d)| d.terms.iter().map(move |t| (t.as_str(), *id)))
         .collect();
     keys.sort_unstable();
     keys.dedup();
-    let seg = open_segment(txn)?;
     {
         let mut postings = txn.open_table(POSTINGS)?;
         for run in keys.chunk_by(|a, b| a.0 == b.0) {

@@ -163,6 +163,9 @@ pub struct Config {
     /// How long a search waits for each shard's answer; a shard later than this is left
     /// out and the answer is marked partial.
     pub search_shard_timeout_ms: u64,
+    /// Postings a search segment takes before it is sealed (8 to 1,048,576). Smaller: fewer
+    /// pages written per checkpoint while posts pour in, more segments for a query to read.
+    pub search_segment_postings: u64,
     /// Rows one step of an account erasure touches at most (one write transaction each).
     pub erasure_batch_rows: usize,
     /// A user may start one data export per this many seconds (and one at a time).
@@ -278,6 +281,7 @@ impl Default for Config {
             push_subscriptions_per_user_max: 10,
             vapid_subject: "mailto:admin@localhost".to_string(),
             search_shard_timeout_ms: 1_000,
+            search_segment_postings: nova_core::search::SEGMENT_POSTINGS_DEFAULT,
             erasure_batch_rows: 500,
             export_interval_s: 60,
         }
@@ -471,6 +475,8 @@ pub struct ServeArgs {
     pub vapid_subject: Option<String>,
     #[arg(long, env = "NOVA_SEARCH_SHARD_TIMEOUT_MS")]
     pub search_shard_timeout_ms: Option<u64>,
+    #[arg(long, env = "NOVA_SEARCH_SEGMENT_POSTINGS")]
+    pub search_segment_postings: Option<u64>,
     #[arg(long, env = "NOVA_ERASURE_BATCH_ROWS")]
     pub erasure_batch_rows: Option<usize>,
     #[arg(long, env = "NOVA_EXPORT_INTERVAL_S")]
@@ -568,6 +574,7 @@ impl Config {
             push_subscriptions_per_user_max,
             vapid_subject,
             search_shard_timeout_ms,
+            search_segment_postings,
             erasure_batch_rows,
             export_interval_s,
             backup_low_priority,
@@ -638,6 +645,10 @@ impl Config {
         anyhow::ensure!(
             self.checkpoint_ms <= 60_000,
             "checkpoint_ms must be at most 60000"
+        );
+        anyhow::ensure!(
+            (8..=1 << 20).contains(&self.search_segment_postings),
+            "search_segment_postings must be 8 to 1048576"
         );
         anyhow::ensure!(
             (1..=65_536).contains(&self.post_cache_mib),

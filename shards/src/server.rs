@@ -82,6 +82,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let (push, push_threads) = crate::push::start(&cfg, vapid, partitions.clone())
         .context("cannot start the push threads")?;
     // A missing or older search index is rebuilt before any shard serves.
+    nova_core::search::set_segment_postings(cfg.search_segment_postings);
     crate::search_admin::ensure_indexes(&partitions, false)?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(cert), Some(key)) => Some(crate::http::tls_acceptor(cert, key)?),

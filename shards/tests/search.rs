@@ -3,8 +3,9 @@
 //! then recency and paginated; visibility (followers-only posts, private accounts), blocks
 //! both ways and mutes; edits, deletes and display-name changes reflected; accounts (exact username first, whole word, prefix) and hashtag
 //! completion with counts; `GET /v1/tags/{tag}`; answers unchanged by `nova admin reindex`
-//! and an index built at start-up when missing; partial answers when a shard is late; and
-//! bad queries answered with clean 400s.
+//! and an index built at start-up when missing; partial answers when a shard is late; bad
+//! queries answered with clean 400s; and the segmented postings' merges, under edits and
+//! deletes and across a SIGKILL.
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -557,4 +558,116 @@ fn a_late_shard_gives_a_partial_answer() {
         seen == [true, true]
     });
     assert_eq!(seen, [true, true], "each shard answered for its own posts");
+}
+
+/// Every post matching `word`, all pages.
+fn all_posts(server: &Server, who: &Member, word: &str) -> Vec<u64> {
+    let mut ids = Vec::new();
+    let mut query = format!("type=posts&limit=100&q={word}");
+    loop {
+        let resp = search(server, who, &query);
+        ids.extend(item_ids(&resp));
+        if resp.at("next").is_null() {
+            return ids;
+        }
+        let next = resp.str("next").to_string();
+        query = format!(
+            "type=posts&limit=100&q={word}&cursor={}",
+            percent_encode(&next)
+        );
+    }
+}
+
+fn segments(server: &Server) -> Vec<u64> {
+    let text = server.get("/metrics", None).text();
+    let rows: Vec<u64> = text
+        .lines()
+        .filter(|line| line.starts_with("nova_search_segments{shard="))
+        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    rows
+}
+
+#[test]
+fn segments_merge_under_posts_edits_and_deletes_and_survive_a_kill() {
+    // Segments of 8 postings: a few hundred posts make dozens of segments and merges two
+    // levels deep, with posts edited and deleted while merges are under way.
+    let mut server = Server::start(&["--search-segment-postings", "8"]);
+    let a = server.member_on_shard(0);
+    let b = server.member_on_shard(1);
+    let reader = server.member_on_shard(1);
+    let words = [
+        "okapi", "w0", "w1", "w2", "w3", "w4", "w5", "v0", "v1", "v2", "v3",
+    ];
+    // post id -> its words, newest last
+    let mut model: std::collections::BTreeMap<u64, (bool, Vec<String>)> = Default::default();
+    let text_of = |i: usize| format!("okapi w{} v{}", i % 6, i % 4);
+    let write_some =
+        |server: &Server, model: &mut std::collections::BTreeMap<_, _>, from: usize| {
+            for i in from..from + 180 {
+                let on_a = i % 2 == 0;
+                let author = if on_a { &a } else { &b };
+                let id = post(server, author, &text_of(i), "public");
+                model.insert(
+                    id,
+                    (on_a, text_of(i).split(' ').map(String::from).collect()),
+                );
+                if i % 9 == 4 {
+                    let (&old, _) = model.iter().nth(i / 3).unwrap();
+                    let (was_a, _) = model[&old];
+                    let owner = if was_a { &a } else { &b };
+                    if i % 2 == 0 {
+                        server
+                            .delete(&format!("/v1/posts/{old}"), owner.auth())
+                            .expect(204);
+                        model.remove(&old);
+                    } else {
+                        let body = json!({"text": "okapi w5 edited"});
+                        let path = format!("/v1/posts/{old}");
+                        server
+                            .call("PATCH", &path, owner.auth(), Some(body))
+                            .expect(200);
+                        model.insert(
+                            old,
+                            (was_a, vec!["okapi".into(), "w5".into(), "edited".into()]),
+                        );
+                    }
+                }
+            }
+        };
+    let want =
+        |model: &std::collections::BTreeMap<u64, (bool, Vec<String>)>, word: &str| -> Vec<u64> {
+            model
+                .iter()
+                .rev()
+                .filter(|(_, (_, w))| w.iter().any(|x| x == word))
+                .map(|(id, _)| *id)
+                .collect()
+        };
+    write_some(&server, &mut model, 0);
+    for word in words.iter().chain(&["edited"]) {
+        eventually(word, want(&model, word), || {
+            all_posts(&server, &reader, word)
+        });
+    }
+    let counts = segments(&server);
+    assert!(counts.iter().all(|n| (1..=24).contains(n)), "{counts:?}");
+    // More posts, and a kill while the index (and its merges) is behind them.
+    write_some(&server, &mut model, 180);
+    server.kill9();
+    server.restart();
+    let reader = Member {
+        token: server
+            .login(&reader.user.username, &reader.user.password)
+            .access,
+        ..reader
+    };
+    for word in words.iter().chain(&["edited"]) {
+        eventually(word, want(&model, word), || {
+            all_posts(&server, &reader, word)
+        });
+    }
+    let counts = segments(&server);
+    assert!(counts.iter().all(|n| (1..=24).contains(n)), "{counts:?}");
 }
