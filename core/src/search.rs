@@ -353,13 +353,14 @@ fn remove_doc(txn: &WriteTransaction, post_id: u64) -> Result<Option<PostDoc>, C
 }
 
 fn insert_doc(txn: &WriteTransaction, post_id: u64, doc: &PostDoc) -> Result<(), CoreError> {
-    let (seg, _) = open_segment(txn)?;
+    let seal = SEAL_POSTINGS.load(Ordering::Relaxed);
+    let (seg, _) = open_segment(txn, seal)?;
     let mut postings = txn.open_table(POSTINGS)?;
     for term in &doc.terms {
         add_posting(&mut postings, seg, term, post_id)?;
     }
     drop(postings);
-    count_postings(txn, seg, doc.terms.len() as u64)?;
+    count_postings(txn, seg, doc.terms.len() as u64, seal)?;
     txn.open_table(DOCS)?
         .insert(post_id, encode(doc).as_slice())?;
     txn.open_table(DOC_META)?
@@ -427,17 +428,16 @@ fn new_segment(txn: &WriteTransaction, level: u8, state: u8) -> Result<u64, Core
 
 /// The segment new postings go to (opened when there is none), and the postings it takes
 /// before it is sealed (at least 1).
-fn open_segment(txn: &WriteTransaction) -> Result<(u64, u64), CoreError> {
+fn open_segment(txn: &WriteTransaction, seal: u64) -> Result<(u64, u64), CoreError> {
     let open = segments_where(&txn.open_table(SEGMENTS)?, |state| state == SEG_OPEN)?;
-    let seal = SEAL_POSTINGS.load(Ordering::Relaxed);
     match open.last() {
         Some((seg, (_, _, count))) => Ok((*seg, seal.saturating_sub(*count).max(1))),
         None => Ok((new_segment(txn, 0, SEG_OPEN)?, seal)),
     }
 }
 
-/// Counts `n` postings written to the open segment `seg`; seals it once it is full.
-fn count_postings(txn: &WriteTransaction, seg: u64, n: u64) -> Result<(), CoreError> {
+/// Counts `n` postings written to the open segment `seg`; seals it once it holds `seal`.
+fn count_postings(txn: &WriteTransaction, seg: u64, n: u64, seal: u64) -> Result<(), CoreError> {
     let mut table = txn.open_table(SEGMENTS)?;
     let Some((level, state, count)) = table.get(seg)?.map(|v| v.value()) else {
         return Err(CoreError::Corrupt(format!(
@@ -445,7 +445,7 @@ fn count_postings(txn: &WriteTransaction, seg: u64, n: u64) -> Result<(), CoreEr
         )));
     };
     let count = count + n;
-    let state = match state == SEG_OPEN && count >= SEAL_POSTINGS.load(Ordering::Relaxed) {
+    let state = match state == SEG_OPEN && count >= seal {
         true => SEG_SEALED,
         false => state,
     };
@@ -783,33 +783,48 @@ pub fn resync_posts(
             }
         }
     }
-    index_docs(txn, &fresh)?;
+    index_docs(txn, &fresh, SEAL_POSTINGS.load(Ordering::Relaxed))?;
     for (id, post) in known {
         resync_post(txn, id, post)?;
     }
     Ok(())
 }
 
-/// Indexes posts into an index known not to hold them (a rebuild): see `index_docs`.
+/// Indexes posts into an index known not to hold them (a rebuild): see `index_docs`. They
+/// all go to one segment (posts come in id order, so each term's list is appended to),
+/// sealed by `finish_rebuild` at the level its size makes it.
 pub fn index_fresh_posts(txn: &WriteTransaction, posts: &[Post]) -> Result<(), CoreError> {
     let docs: Vec<(u64, PostDoc)> = posts.iter().map(|p| (p.id, post_doc(p))).collect();
-    index_docs(txn, &docs)
+    index_docs(txn, &docs, u64::MAX)
+}
+
+/// The level a segment of `postings` belongs to: 0 up to `MERGE_FANOUT` times the sealed
+/// size, and one more for each further factor of `MERGE_FANOUT`.
+fn level_for(postings: u64) -> u8 {
+    let seal = SEAL_POSTINGS.load(Ordering::Relaxed).max(1);
+    let mut level = 0u8;
+    let mut size = seal.saturating_mul(MERGE_FANOUT as u64);
+    while postings >= size && level < u8::MAX {
+        level += 1;
+        size = size.saturating_mul(MERGE_FANOUT as u64);
+    }
+    level
 }
 
 /// Adds documents the index does not hold, as many to the open segment as it has room for
 /// (then to the next): postings are sorted first so that the B-tree is written in order and
 /// each term once, and tag counts are summed per batch.
-fn index_docs(txn: &WriteTransaction, docs: &[(u64, PostDoc)]) -> Result<(), CoreError> {
+fn index_docs(txn: &WriteTransaction, docs: &[(u64, PostDoc)], seal: u64) -> Result<(), CoreError> {
     let mut rest = docs;
     while !rest.is_empty() {
-        let (seg, room) = open_segment(txn)?;
+        let (seg, room) = open_segment(txn, seal)?;
         let mut n = 0;
         let mut postings = 0u64;
         while n < rest.len() && postings < room {
             postings += rest[n].1.terms.len() as u64;
             n += 1;
         }
-        index_docs_in(txn, seg, &rest[..n])?;
+        index_docs_in(txn, seg, &rest[..n], seal)?;
         rest = &rest[n..];
     }
     Ok(())
@@ -819,6 +834,7 @@ fn index_docs_in(
     txn: &WriteTransaction,
     seg: u64,
     docs: &[(u64, PostDoc)],
+    seal: u64,
 ) -> Result<(), CoreError> {
     let mut keys: Vec<(&str, u64)> = docs
         .iter()
@@ -833,7 +849,7 @@ fn index_docs_in(
             add_postings(&mut postings, seg, run[0].0, &ids)?;
         }
     }
-    count_postings(txn, seg, keys.len() as u64)?;
+    count_postings(txn, seg, keys.len() as u64, seal)?;
     {
         let mut table = txn.open_table(DOCS)?;
         let mut meta = txn.open_table(DOC_META)?;
@@ -1464,8 +1480,15 @@ pub fn index_fresh_users(
     Ok(())
 }
 
-/// Marks a rebuild finished: the format, and the event cursor it was built at.
+/// Marks a rebuild finished: its segment sealed, the format, and the event cursor it was
+/// built at.
 pub fn finish_rebuild(txn: &WriteTransaction, cursor: Option<(u64, u64)>) -> Result<(), CoreError> {
+    let open = segments_where(&txn.open_table(SEGMENTS)?, |state| state == SEG_OPEN)?;
+    let mut segments = txn.open_table(SEGMENTS)?;
+    for (seg, (_, _, count)) in open {
+        segments.insert(seg, (level_for(count), SEG_SEALED, count))?;
+    }
+    drop(segments);
     let mut table = txn.open_table(META)?;
     if let Some((ms, id)) = cursor {
         table.insert("cursor_ms", ms)?;
@@ -1724,7 +1747,14 @@ mod tests {
             })
             .collect();
         let a = db();
-        write(&a, |t| index_fresh_posts(t, &posts).unwrap());
+        write(&a, |t| index_fresh_posts(t, &posts[..100]).unwrap());
+        write(&a, |t| index_fresh_posts(t, &posts[100..]).unwrap());
+        write(&a, |t| finish_rebuild(t, None).unwrap());
+        // A rebuild is one segment, sealed at the level of its size: 199 posts of 5 terms
+        // (word, common, tag, #tag, author) against segments of 40 merged 3 to a level: level
+        // 2 holds up to 40 * 3 * 3 * 3 postings.
+        assert_eq!(segment_states(&a), vec![(level_for(995), SEG_SEALED)]);
+        assert_eq!(level_for(995), 2, "under 40 * 3 * 3 * 3");
         let b = db();
         write(&b, |t| {
             for p in &posts {

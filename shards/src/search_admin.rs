@@ -18,8 +18,6 @@ use nova_storage::{DataDir, Partition};
 
 /// Posts indexed per write transaction during a rebuild.
 const REBUILD_POSTS_BATCH: usize = 20_000;
-/// Posting blocks a rebuild's merge step reads (it runs alone, before the server starts).
-const REBUILD_UPKEEP_ROWS: usize = 65_536;
 const REBUILD_USERS_BATCH: usize = 5_000;
 /// Posts written per transaction by the import.
 const IMPORT_POSTS_BATCH: usize = 20_000;
@@ -88,13 +86,7 @@ pub fn rebuild(p: &Partition) -> Result<Rebuilt, CoreError> {
         let Some(last) = posts.last() else { break };
         after = Some(last.id);
         done.posts += posts.len() as u64;
-        p.write_blocking(move |t| {
-            search::index_fresh_posts(t, &posts)?;
-            // Merge as the index grows, so it is left with a level's worth of segments at
-            // most, not one per batch.
-            while search::upkeep(t, REBUILD_UPKEEP_ROWS)? {}
-            Ok::<_, CoreError>(())
-        })?;
+        p.write_blocking(move |t| search::index_fresh_posts(t, &posts))?;
     }
     let mut after = None;
     loop {
