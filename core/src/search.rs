@@ -459,9 +459,18 @@ fn count_postings(txn: &WriteTransaction, seg: u64, n: u64, seal: u64) -> Result
 pub fn upkeep(txn: &WriteTransaction, rows: usize) -> Result<bool, CoreError> {
     let segments = segments_where(&txn.open_table(SEGMENTS)?, |_| true)?;
     let of = |state: u8| segments.iter().filter(move |(_, (_, s, _))| *s == state);
-    if let Some((dead, _)) = of(SEG_DEAD).next() {
-        if delete_segment_rows(txn, *dead, rows)? {
-            txn.open_table(SEGMENTS)?.remove(*dead)?;
+    let dead: Vec<u64> = of(SEG_DEAD).map(|(seg, _)| *seg).collect();
+    if !dead.is_empty() {
+        let mut budget = rows.max(1);
+        for seg in dead {
+            let (deleted, all) = delete_segment_rows(txn, seg, budget)?;
+            if all {
+                txn.open_table(SEGMENTS)?.remove(seg)?;
+            }
+            budget = budget.saturating_sub(deleted.max(1));
+            if budget == 0 {
+                break;
+            }
         }
         return Ok(true);
     }
@@ -492,8 +501,13 @@ pub fn upkeep(txn: &WriteTransaction, rows: usize) -> Result<bool, CoreError> {
     Ok(true)
 }
 
-/// Deletes up to `rows` blocks of segment `seg`; true when none is left.
-fn delete_segment_rows(txn: &WriteTransaction, seg: u64, rows: usize) -> Result<bool, CoreError> {
+/// Deletes up to `rows` blocks of segment `seg`: how many it deleted, and whether none is
+/// left.
+fn delete_segment_rows(
+    txn: &WriteTransaction,
+    seg: u64,
+    rows: usize,
+) -> Result<(usize, bool), CoreError> {
     let mut postings = txn.open_table(POSTINGS)?;
     let mut keys: Vec<(String, u64)> = Vec::new();
     for row in postings
@@ -507,7 +521,7 @@ fn delete_segment_rows(txn: &WriteTransaction, seg: u64, rows: usize) -> Result<
     for (term, first) in keys.iter().take(rows) {
         postings.remove((seg, term.as_str(), *first))?;
     }
-    Ok(keys.len() <= rows)
+    Ok((keys.len().min(rows), keys.len() <= rows))
 }
 
 /// Merges the next terms of `inputs` into `out` (of `level`): every term whose blocks are
