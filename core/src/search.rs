@@ -40,8 +40,9 @@ const POSTINGS: TableDefinition<(u64, &str, u64), &[u8]> =
 const POSTINGS_V3: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("search_postings");
 /// segment -> (level, state `SEG_*`, postings written to it)
 const SEGMENTS: TableDefinition<u64, (u8, u8, u64)> = TableDefinition::new("search_segments");
-/// the running merge's output segment -> the last term it holds in full
-const MERGE_AT: TableDefinition<u64, &str> = TableDefinition::new("search_merge_at");
+/// the running merge's output segment -> (term, id): the last posting it holds, all before
+/// it merged
+const MERGE_AT: TableDefinition<u64, (&str, u64)> = TableDefinition::new("search_merge_at");
 /// post id -> PostDoc : what a post was indexed under, and what a query filters on
 const DOCS: TableDefinition<u64, &[u8]> = TableDefinition::new("search_docs");
 /// post id -> (author, flags: 1 followers-only, 2 has hashtags) : what a query filters on,
@@ -524,8 +525,9 @@ fn delete_segment_rows(
     Ok((keys.len().min(rows), keys.len() <= rows))
 }
 
-/// Merges the next terms of `inputs` into `out` (of `level`): every term whose blocks are
-/// all among the first `rows` or so read, or, when a single term has more, that term whole.
+/// Merges the next postings of `inputs` into `out` (of `level`), in (term, id) order: each
+/// input gives up to about `rows / inputs` blocks, and every posting below the first one some
+/// input has not read yet is written (so a term of many blocks is spread over steps too).
 /// When the inputs are used up, `out` takes their place.
 fn merge_step(
     txn: &WriteTransaction,
@@ -535,62 +537,75 @@ fn merge_step(
     rows: usize,
 ) -> Result<(), CoreError> {
     use std::ops::Bound::{Excluded, Included};
-    let resume: String = match txn.open_table(MERGE_AT)?.get(out)? {
-        Some(v) => v.value().to_string(),
-        None => String::new(),
-    };
+    // Every posting up to (term, id) is in `out` already.
+    let resume: Option<(String, u64)> = txn
+        .open_table(MERGE_AT)?
+        .get(out)?
+        .map(|v| (v.value().0.to_string(), v.value().1));
     let mut postings = txn.open_table(POSTINGS)?;
     let per_input = (rows / inputs.len().max(1)).max(1);
     let mut read: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    // The first term some input has not been read past: terms before it are complete.
-    let mut cut: Option<String> = None;
+    // The first posting some input has not read: everything below it is read everywhere.
+    let mut cut: Option<(String, u64)> = None;
     for &seg in inputs {
-        let range = (
-            Excluded((seg, resume.as_str(), u64::MAX)),
-            Excluded((seg + 1, "", 0)),
-        );
-        for (n, row) in postings.range::<(u64, &str, u64)>(range)?.enumerate() {
+        // From the block that may hold the posting after `resume` (the one with the greatest
+        // smallest id at most the resume id, else the term's first).
+        let start = match &resume {
+            None => (seg, "", 0),
+            Some((term, id)) => {
+                let below = postings
+                    .range((seg, term.as_str(), 0)..=(seg, term.as_str(), *id))?
+                    .next_back();
+                match below {
+                    Some(r) => (seg, term.as_str(), r?.0.value().2),
+                    None => (seg, term.as_str(), 0),
+                }
+            }
+        };
+        let range = (Included(start), Excluded((seg + 1, "", 0)));
+        let mut taken = 0usize;
+        for row in postings.range::<(u64, &str, u64)>(range)? {
             let (k, v) = row?;
-            let (_, term, _) = k.value();
-            if n == per_input {
-                if cut.as_deref().is_none_or(|c| term < c) {
-                    cut = Some(term.to_string());
+            let (_, term, first) = k.value();
+            if taken == per_input {
+                if cut
+                    .as_ref()
+                    .is_none_or(|(t, i)| (term, first) < (t.as_str(), *i))
+                {
+                    cut = Some((term.to_string(), first));
                 }
                 break;
             }
-            read.entry(term.to_string())
-                .or_default()
-                .extend(decode_block(v.value()));
-        }
-    }
-    let mut take: Vec<(String, Vec<u64>)> = match &cut {
-        None => read.into_iter().collect(),
-        Some(c) => read.into_iter().filter(|(t, _)| t < c).collect(),
-    };
-    if take.is_empty() {
-        // One term fills the budget by itself: that term, from every input.
-        if let Some(c) = &cut {
-            let mut ids = Vec::new();
-            for &seg in inputs {
-                let range = (
-                    Included((seg, c.as_str(), 0)),
-                    Included((seg, c.as_str(), u64::MAX)),
-                );
-                for row in postings.range::<(u64, &str, u64)>(range)? {
-                    ids.extend(decode_block(row?.1.value()));
-                }
+            let mut ids = decode_block(v.value());
+            if let Some((t, i)) = &resume {
+                ids.retain(|id| (term, *id) > (t.as_str(), *i));
             }
-            take.push((c.clone(), ids));
+            // A block the last step finished (at most one per input) does not count.
+            if !ids.is_empty() {
+                taken += 1;
+                read.entry(term.to_string()).or_default().extend(ids);
+            }
         }
     }
     let mut written = 0u64;
-    for (term, ids) in &mut take {
+    let mut last_written: Option<(String, u64)> = None;
+    for (term, mut ids) in read {
+        if let Some((t, i)) = &cut {
+            match term.as_str().cmp(t.as_str()) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => ids.retain(|id| id < i),
+                std::cmp::Ordering::Greater => break,
+            }
+        }
         ids.sort_unstable();
         ids.dedup();
-        for chunk in ids.chunks(BLOCK_IDS_MAX) {
-            put_block(&mut postings, out, term, chunk)?;
-        }
+        let Some(&max) = ids.last() else {
+            continue;
+        };
+        let last = last_block(&postings, out, &term)?;
+        append_postings(&mut postings, out, &term, last, &ids)?;
         written += ids.len() as u64;
+        last_written = Some((term, max));
     }
     drop(postings);
     let mut segments = txn.open_table(SEGMENTS)?;
@@ -607,8 +622,8 @@ fn merge_step(
             segments.insert(*seg, (level.saturating_sub(1), SEG_DEAD, 0))?;
         }
         at.remove(out)?;
-    } else if let Some((last, _)) = take.last() {
-        at.insert(out, last.as_str())?;
+    } else if let Some((term, id)) = &last_written {
+        at.insert(out, (term.as_str(), *id))?;
     }
     Ok(())
 }
