@@ -443,14 +443,7 @@ impl StorageBackend for Tap {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
-        if len >= self.len()? {
-            // Growth: every write still pending (gathered, or the checkpoint's thread's)
-            // lies below `len`, and reads already see the grown part as zeros, so it need
-            // not wait for them. (Waiting for a checkpoint's paced fsync held the commit
-            // that grew the file, and every request behind it, for up to ~100 ms.)
-            return self.0.file.set_len(len);
-        }
-        // A shrink orders after the writes before it.
+        // A change of length orders after the writes before it.
         self.write_gathered()?;
         self.wait_synced()?;
         // A shrink loses the bytes past `len`: the image takes them first.
@@ -731,50 +724,6 @@ mod tests {
         assert_eq!(raw, page(9));
         // The next checkpoint gathers into the memory the last one used.
         assert!(tap.deferred().gathered.is_empty());
-    }
-
-    #[test]
-    fn growing_the_file_does_not_wait_for_a_checkpoints_fsync() {
-        let (_dir, file) = crate::gather::tests::file_with(8 * 4096, 0xAA);
-        let tap = Tap::new(file).unwrap();
-        tap.defer_next_sync();
-        // Gathered, past the file's end.
-        tap.write(9 * 4096, &[0x11; 4096]).unwrap();
-        // A checkpoint's fsync that does not end until the test ends it.
-        tap.deferred().running = true;
-        let grower = tap.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(grower.set_len(32 * 4096)).unwrap());
-        let grown = rx.recv_timeout(std::time::Duration::from_secs(10));
-        let end_fsync = || {
-            tap.deferred().running = false;
-            tap.0.synced.notify_all();
-        };
-        end_fsync();
-        grown
-            .expect("growing the file waited for the fsync")
-            .unwrap();
-        assert_eq!(tap.len().unwrap(), 32 * 4096);
-        for (page, byte) in [(0u64, 0xAAu8), (7, 0xAA), (8, 0), (9, 0x11), (31, 0)] {
-            let mut out = vec![7u8; 4096];
-            tap.read(page * 4096, &mut out).unwrap();
-            assert_eq!(out, vec![byte; 4096], "page {page}");
-        }
-        // A shrink still waits for the fsync, and writes what is gathered first.
-        tap.deferred().running = true;
-        let shrinker = tap.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(shrinker.set_len(16 * 4096)).unwrap());
-        assert!(rx
-            .recv_timeout(std::time::Duration::from_millis(200))
-            .is_err());
-        end_fsync();
-        rx.recv_timeout(std::time::Duration::from_secs(10))
-            .expect("the shrink ended")
-            .unwrap();
-        let mut out = vec![0u8; 4096];
-        tap.0.raw.read_exact_at(&mut out, 9 * 4096).unwrap();
-        assert_eq!(out, vec![0x11; 4096]);
     }
 
     fn fill(db: &Database, from: u64, to: u64, tag: u8) {
