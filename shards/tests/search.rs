@@ -507,10 +507,7 @@ fn reindex_and_start_up_rebuild_give_the_same_answers() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("reindexed 30 posts"), "{said}");
     server.restart();
-    let reader = Member {
-        token: server.login("reader", &reader.user.password).access,
-        ..reader
-    };
+    let reader = reader.logged_in_again(&server);
     assert_eq!(answers(&server, &reader, &queries), before);
 
     // A data directory whose index was never built gets one at start-up.
@@ -659,12 +656,7 @@ fn segments_merge_under_posts_edits_and_deletes_and_survive_a_kill() {
     write_some(&server, &mut model, 180);
     server.kill9();
     server.restart();
-    let reader = Member {
-        token: server
-            .login(&reader.user.username, &reader.user.password)
-            .access,
-        ..reader
-    };
+    let reader = reader.logged_in_again(&server);
     for word in words.iter().chain(&["edited"]) {
         eventually(word, want(&model, word), || {
             all_posts(&server, &reader, word)

@@ -367,12 +367,7 @@ fn views_count_once_per_viewer_and_survive_a_restart() {
     // Written within a second or so; then a restart keeps them.
     std::thread::sleep(Duration::from_millis(2500));
     server.restart();
-    let author = Member {
-        token: server
-            .login(&author.user.username, &author.user.password)
-            .access,
-        ..author
-    };
+    let author = author.logged_in_again(&server);
     assert_eq!(views(&server, &author, id), 2);
     // The list views carry the count too.
     let resp = server.get(&format!("/v1/users/{}/posts", author.id()), author.auth());

@@ -1344,6 +1344,14 @@ impl Member {
     pub fn auth(&self) -> Option<&str> {
         Some(&self.token)
     }
+
+    /// The same member with a fresh token (after a restart).
+    pub fn logged_in_again(self, server: &Server) -> Member {
+        let token = server
+            .login(&self.user.username, &self.user.password)
+            .access;
+        Member { token, ..self }
+    }
 }
 
 /// The ids of a list answer's `items`, in order.
