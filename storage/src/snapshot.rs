@@ -366,14 +366,12 @@ const CHECKPOINT_NICE: libc::c_int = 10;
 /// Writeback of a deferred fsync goes this many bytes of the file at a time.
 const PACED_SYNC_BYTES: u64 = 1 << 20;
 
-/// A range whose writeback took longer than this had dirty pages: a pause of
-/// `PACED_SYNC_GAP` follows it.
-const PACED_SYNC_BUSY: Duration = Duration::from_micros(100);
-const PACED_SYNC_GAP: Duration = Duration::from_millis(1);
-
 /// An fsync of `file` that writes its dirty pages back a range at a time, waiting for each:
 /// the disk's queue then never holds more than one range's writes, so the log's own small
-/// fsyncs, meanwhile, wait behind little.
+/// fsyncs, meanwhile, wait behind little. There is no pause between ranges: a pause of
+/// 1 ms after each busy range (sessions 11-18) stretched a checkpoint's writeback, and with
+/// it every wait for it (a durable commit, the next checkpoint), and lost to no pause in
+/// 30-second runs (docs/benchmarks.md, "Session 19").
 fn paced_sync(file: &File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let len = file.metadata()?.len();
@@ -381,7 +379,6 @@ fn paced_sync(file: &File) -> io::Result<()> {
     let mut at = 0;
     while at < len {
         let n = PACED_SYNC_BYTES.min(len - at);
-        let started = std::time::Instant::now();
         // SAFETY: a plain syscall on a descriptor this tap owns, with in-range offsets. Its
         // failure only loses the pacing: the fsync below still makes the file durable.
         unsafe {
@@ -395,10 +392,6 @@ fn paced_sync(file: &File) -> io::Result<()> {
             );
         }
         at += n;
-        // A range that had pages to write leaves the disk a moment for the log's fsyncs.
-        if started.elapsed() > PACED_SYNC_BUSY {
-            std::thread::sleep(PACED_SYNC_GAP);
-        }
     }
     file.sync_data()
 }
