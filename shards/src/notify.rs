@@ -172,6 +172,10 @@ impl Shard {
     /// its notices for other shards), and what older versions left in `notifications_fresh`.
     /// Runs until the shard drains.
     pub async fn sweep_loop(self: Rc<Self>) {
+        fn sweep(t: &WriteTransaction) -> Result<(Vec<Notification>, Vec<u8>), CoreError> {
+            let stored = notifications::take_stored_fresh(t)?;
+            Ok((stored, crate::replay::Record::Sweep.encode()))
+        }
         loop {
             glommio::timer::sleep(SWEEP_PERIOD).await;
             if self.draining.fired() {
@@ -180,7 +184,7 @@ impl Shard {
             let untaken = notifications::untaken(self.id);
             match self.read(notifications::has_pending) {
                 Ok(false) if !untaken => {}
-                Ok(_) => match self.write_notifying(notifications::take_stored_fresh).await {
+                Ok(_) => match self.write_notifying_logged(sweep, None).await {
                     Ok(stored) => self.fresh.publish(&self, &stored),
                     Err(e) => tracing::warn!(error = %e, "notification sweep failed"),
                 },

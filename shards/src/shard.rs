@@ -708,6 +708,14 @@ impl Shard {
             self.tidy_revoked();
             let before =
                 now_ms().saturating_sub(self.cfg.auth_log_retention_days * 24 * 3600 * 1000);
+            match self.read(|r| identity::auth_logs_older_than(r, before)) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "auth log pruning could not read");
+                    continue;
+                }
+            }
             let pruned = self
                 .partition
                 .write(move |t| identity::prune_auth_logs(t, before, 1000))

@@ -220,6 +220,16 @@ pub fn prune_auth_logs(
 
 // ---- reads -------------------------------------------------------------------------------
 
+/// Whether `prune_auth_logs(_, before_ms, _)` has anything to remove: the periodic prune
+/// then skips its write (a durable commit, which waits for the disk) when it has none.
+pub fn auth_logs_older_than(read: &ReadTransaction, before_ms: u64) -> Result<bool, CoreError> {
+    match read.open_table(AUTH_LOGS) {
+        Ok(t) => Ok(t.range(..(before_ms, 0))?.next().is_some()),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 macro_rules! open_or_empty {
     ($read:expr, $def:expr) => {
         match $read.open_table($def) {
