@@ -61,6 +61,8 @@ pub struct Config {
     pub mesh_queue_max: usize,
     /// Memory (MiB) each shard gives to decoded posts and their rendered JSON.
     pub post_cache_mib: u64,
+    /// Home-feed heads each shard builds ahead of any read, while idle (0: none).
+    pub warm_heads: usize,
     pub auth_log_retention_days: u64,
     /// Serve DeathStarBench's unauthenticated `/wrk2-api/*` routes (benchmarks only).
     pub dsb_compat: bool,
@@ -231,6 +233,7 @@ impl Default for Config {
             checkpoint_ms: 500,
             mesh_queue_max: 4096,
             post_cache_mib: 256,
+            warm_heads: 10_000,
             auth_log_retention_days: 90,
             dsb_compat: false,
             event_retention_days: 30,
@@ -373,6 +376,8 @@ pub struct ServeArgs {
     pub mesh_queue_max: Option<usize>,
     #[arg(long, env = "NOVA_POST_CACHE_MIB")]
     pub post_cache_mib: Option<u64>,
+    #[arg(long, env = "NOVA_WARM_HEADS")]
+    pub warm_heads: Option<usize>,
     #[arg(long, env = "NOVA_AUTH_LOG_RETENTION_DAYS")]
     pub auth_log_retention_days: Option<u64>,
     /// Serve DeathStarBench's unauthenticated /wrk2-api routes (benchmark deployments only).
@@ -530,6 +535,7 @@ impl Config {
             checkpoint_ms,
             mesh_queue_max,
             post_cache_mib,
+            warm_heads,
             auth_log_retention_days,
             dsb_compat,
             event_retention_days,
@@ -653,6 +659,11 @@ impl Config {
         anyhow::ensure!(
             (1..=65_536).contains(&self.post_cache_mib),
             "post_cache_mib must be 1 to 65536"
+        );
+        anyhow::ensure!(
+            self.warm_heads <= crate::feeds::HEADS_MAX,
+            "warm_heads must be at most {}",
+            crate::feeds::HEADS_MAX
         );
         anyhow::ensure!(
             self.tls_cert.is_some() == self.tls_key.is_some(),

@@ -39,7 +39,7 @@ use quick_cache::unsync::Cache;
 /// Post ids one head keeps (the benchmark API reads at most 110 deep).
 pub const HEAD_LEN: usize = 256;
 /// Heads kept per shard (least recently used go first): 2 KiB each at most.
-const HEADS_MAX: usize = 20_000;
+pub const HEADS_MAX: usize = 20_000;
 /// Deleted posts remembered for the heads (`Feeds::post_gone`): 8 bytes and a slot each.
 const GONE_MAX: usize = 4096;
 /// A guess at the size of one cached post, decoded or rendered, for the cache's table.
@@ -210,6 +210,16 @@ impl Feeds {
 
     pub fn head(&self, reader: u64) -> Option<Rc<RefCell<Head>>> {
         self.heads.borrow().get(&reader).cloned()
+    }
+
+    /// Whether `reader` has a head (without touching its place in the LRU order).
+    pub fn has_head(&self, reader: u64) -> bool {
+        self.heads.borrow().peek(&reader).is_some()
+    }
+
+    /// Heads held now.
+    pub fn heads_len(&self) -> usize {
+        self.heads.borrow().len()
     }
 
     pub fn keep_head(&self, reader: u64, head: Head) -> Rc<RefCell<Head>> {

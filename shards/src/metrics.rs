@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub mail: Vec<(&'static str, u64)>,
     /// Posting segments the shard's search index reads (`search::segments_read`).
     pub search_segments: u64,
+    /// Home-feed heads the shard holds in memory (`feeds::Feeds::heads_len`).
+    pub feed_heads: u64,
     /// Media files waiting for a transcoding thread (one queue for the process).
     pub transcode_queue_depth: usize,
 }
@@ -165,6 +167,14 @@ pub fn render(mut shards: Vec<Snapshot>) -> String {
         "Posting segments the shard's search index reads; about 8 per level while merges keep up, more when they fall behind.",
         &shards,
         |s| s.search_segments,
+    );
+    per_shard(
+        &mut out,
+        "nova_feed_heads",
+        "gauge",
+        "Home-feed heads the shard holds in memory: built by a first read, or ahead of it while the shard is idle (warm_heads).",
+        &shards,
+        |s| s.feed_heads,
     );
     per_shard(
         &mut out,

@@ -373,6 +373,7 @@ async fn shard_main(start: ShardStart) {
     glommio::spawn_local(crate::mail::run(Rc::clone(&shard))).detach();
     glommio::spawn_local(crate::media_jobs::requeue_loop(Rc::clone(&shard))).detach();
     glommio::spawn_local(Rc::clone(&shard).sweep_loop()).detach();
+    glommio::spawn_local(Rc::clone(&shard).warm_heads()).detach();
     glommio::spawn_local(Rc::clone(&shard).indexer_loop()).detach();
     glommio::spawn_local(Rc::clone(&shard).erasure_loop()).detach();
     let _ = ready.send(Ok(()));

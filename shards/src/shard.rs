@@ -319,6 +319,7 @@ impl Shard {
                 }
             },
             outbox_redelivered: self.relay.redelivered(),
+            feed_heads: self.feeds.heads_len() as u64,
             search_segments: match self.read(nova_core::search::segments_read) {
                 Ok(n) => n,
                 Err(e) => {

@@ -179,3 +179,50 @@ fn a_feed_longer_than_memory_keeps_pages_to_its_end() {
         assert_eq!(walked, all, "walk by {limit}");
     }
 }
+
+/// `nova_feed_heads` of each shard, from `/metrics`.
+fn heads(server: &Server) -> Vec<u64> {
+    let text = server.get("/metrics", None).text();
+    let rows: Vec<u64> = text
+        .lines()
+        .filter(|line| line.starts_with("nova_feed_heads{shard="))
+        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    rows
+}
+
+/// Heads are built ahead of any read while the shard is idle (`warm_heads`), after the
+/// follow that drops them; the feed then read is right and takes in a post that came after.
+/// With `--warm-heads 0` no head exists until a read builds it.
+#[test]
+fn heads_are_built_before_any_read_unless_turned_off() {
+    for warm in [true, false] {
+        let server = match warm {
+            true => Server::start(&[]),
+            false => Server::start(&["--warm-heads", "0"]),
+        };
+        let reader = server.member_on_shard(0);
+        let author = server.member_on_shard(1);
+        let own = post(&server, &reader, "my own post");
+        let follow = format!("/v1/users/{}/follow", author.id());
+        call(&server, "POST", &follow, &reader, None);
+        if warm {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while heads(&server).iter().any(|&n| n == 0) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no heads built: {:?}",
+                    heads(&server)
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(1000));
+            assert_eq!(heads(&server), vec![0, 0]);
+        }
+        let p1 = post(&server, &author, "after the heads were built");
+        assert_eq!(home(&server, &reader), vec![p1, own], "warm {warm}");
+        assert!(heads(&server)[0] >= 1, "warm {warm}");
+    }
+}

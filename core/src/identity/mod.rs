@@ -240,6 +240,20 @@ macro_rules! open_or_empty {
     };
 }
 
+/// Up to `n` ids of the users stored here, from `from` up, in id order.
+pub fn user_ids_from(read: &ReadTransaction, from: u64, n: usize) -> Result<Vec<u64>, CoreError> {
+    let table = match read.open_table(USERS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::with_capacity(n.min(1024));
+    for row in table.range(from..)?.take(n) {
+        out.push(row?.0.value());
+    }
+    Ok(out)
+}
+
 pub fn user(read: &ReadTransaction, id: u64) -> Result<Option<User>, CoreError> {
     let table = open_or_empty!(read, USERS);
     let value = table.get(id)?;
