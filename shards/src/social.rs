@@ -862,7 +862,7 @@ impl Shard {
                 }
             };
             from = match users.last() {
-                Some(last) if users.len() == WARM_SCAN => last + 1,
+                Some(last) if users.len() == WARM_SCAN => last.saturating_add(1),
                 _ => 0,
             };
             let mut built = 0;
