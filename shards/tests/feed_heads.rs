@@ -182,14 +182,7 @@ fn a_feed_longer_than_memory_keeps_pages_to_its_end() {
 
 /// `nova_feed_heads` of each shard, from `/metrics`.
 fn heads(server: &Server) -> Vec<u64> {
-    let text = server.get("/metrics", None).text();
-    let rows: Vec<u64> = text
-        .lines()
-        .filter(|line| line.starts_with("nova_feed_heads{shard="))
-        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(rows.len(), 2, "{text}");
-    rows
+    server.per_shard_metric("nova_feed_heads")
 }
 
 /// Heads are built ahead of any read while the shard is idle (`warm_heads`), after the

@@ -576,14 +576,7 @@ fn all_posts(server: &Server, who: &Member, word: &str) -> Vec<u64> {
 }
 
 fn segments(server: &Server) -> Vec<u64> {
-    let text = server.get("/metrics", None).text();
-    let rows: Vec<u64> = text
-        .lines()
-        .filter(|line| line.starts_with("nova_search_segments{shard="))
-        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(rows.len(), 2, "{text}");
-    rows
+    server.per_shard_metric("nova_search_segments")
 }
 
 #[test]

@@ -563,6 +563,19 @@ impl Server {
         self.call("GET", path, token, None)
     }
 
+    /// The values of a per-shard metric `name` in `/metrics`, in shard order; one per shard.
+    pub fn per_shard_metric(&self, name: &str) -> Vec<u64> {
+        let text = self.get("/metrics", None).text();
+        let prefix = format!("{name}{{shard=");
+        let rows: Vec<u64> = text
+            .lines()
+            .filter(|line| line.starts_with(&prefix))
+            .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(rows.len(), self.shards() as usize, "{name}: {text}");
+        rows
+    }
+
     pub fn post(&self, path: &str, token: Option<&str>, body: Json) -> Resp {
         self.call("POST", path, token, Some(body))
     }
