@@ -1,7 +1,10 @@
 //! Proves that posts survive a SIGKILL of the `nova` process under concurrent load (authors on
 //! both shards, followers on the other shard and on the same one): every post answered 201 is
 //! in its author's timeline after restart, the outbox then brings every stored post into every
-//! follower's home feed, and no post appears twice in any feed or timeline.
+//! follower's home feed, and no post appears twice in any feed or timeline. Each post
+//! mentions a reader on each shard: each of them ends up with exactly one mention notification
+//! per stored post (made in the compose's transaction on the author's shard, or where the post's
+//! event is applied on the other one).
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -41,6 +44,14 @@ struct Cast {
     readers: Vec<Member>,
     /// For each reader, the indexes of the authors it follows.
     follows: Vec<Vec<usize>>,
+}
+
+impl Cast {
+    /// The readers every post mentions: x0 and x1, one on each shard, who follow everyone
+    /// (so every post, followers-only too, is theirs to see).
+    fn mentioned(&self) -> impl Iterator<Item = usize> {
+        [0, 1].into_iter()
+    }
 }
 
 fn cast(server: &Server) -> Cast {
@@ -83,14 +94,14 @@ fn cast(server: &Server) -> Cast {
 fn load(
     server: &Server,
     author: &Member,
-    index: usize,
+    (index, mentions): (usize, &str),
     round: usize,
     thread: usize,
     acked: &AtomicUsize,
 ) -> Vec<Acked> {
     let mut out = Vec::new();
     for i in 0..POSTS_PER_THREAD_MAX {
-        let text = format!("round {round} author {index} thread {thread} post {i}");
+        let text = format!("round {round} author {index} thread {thread} post {i} {mentions}");
         let visibility = if i % 4 == 3 { "followers" } else { "public" };
         let req = Req::post("/v1/posts")
             .json(&json!({"text": text.clone(), "visibility": visibility}))
@@ -121,14 +132,20 @@ fn load(
 fn load_then_kill(server: Server, cast: &Cast, round: usize) -> (Server, Vec<Acked>) {
     let server = Arc::new(server);
     let acked = Arc::new(AtomicUsize::new(0));
+    let mentions: String = cast
+        .mentioned()
+        .map(|r| format!("@{}", cast.readers[r].name()))
+        .collect::<Vec<_>>()
+        .join(" ");
     let mut handles = Vec::new();
     for (index, author) in cast.authors.iter().enumerate() {
         for t in 0..THREADS_PER_AUTHOR {
             let server = Arc::clone(&server);
             let acked = Arc::clone(&acked);
             let author = author.clone();
+            let mentions = mentions.clone();
             handles.push(thread::spawn(move || {
-                load(&server, &author, index, round, t, &acked)
+                load(&server, &author, (index, &mentions), round, t, &acked)
             }));
         }
     }
@@ -234,7 +251,62 @@ fn verify(server: &Server, cast: &Cast, acked: &[Acked]) -> usize {
             thread::sleep(Duration::from_millis(100));
         }
     }
-    timelines.iter().map(BTreeSet::len).sum::<usize>() - acked.len()
+    // Each mentioned reader has one mention notification per stored post: none lost with
+    // the kill, none made twice by a replay or a redelivery.
+    let stored: BTreeSet<u64> = timelines.iter().flatten().copied().collect();
+    let deadline = Instant::now() + REDELIVERY_TIMEOUT;
+    for r in cast.mentioned() {
+        let reader = &cast.readers[r];
+        loop {
+            let got = mentions_of(server, reader);
+            let distinct: BTreeSet<u64> = got.iter().copied().collect();
+            if got.len() == stored.len() && distinct == stored {
+                break;
+            }
+            if Instant::now() > deadline {
+                let missing: Vec<&u64> = stored.difference(&distinct).collect();
+                let extra: Vec<&u64> = distinct.difference(&stored).collect();
+                let missing_acked = acked.iter().filter(|p| missing.contains(&&p.id)).count();
+                panic!(
+                    "mentions of reader {} (shard {}): {} notifications for {} stored posts; \
+                     missing {} ({missing_acked} acknowledged), {} twice, extra {extra:?}",
+                    reader.name(),
+                    reader.shard(),
+                    got.len(),
+                    stored.len(),
+                    missing.len(),
+                    got.len() - distinct.len(),
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    stored.len() - acked.len()
+}
+
+/// The posts of every mention notification of `who`, newest first, walked page by page.
+fn mentions_of(server: &Server, who: &Member) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut max_id: Option<u64> = None;
+    loop {
+        let cursor = max_id.map_or(String::new(), |id| format!("&max_id={id}"));
+        let resp = server.get(
+            &format!("/v1/notifications?types=mention&limit=100{cursor}"),
+            who.auth(),
+        );
+        resp.expect(200);
+        let items = resp.at("items").as_array().expect("items").clone();
+        for n in &items {
+            let subject = at(n, "subject.id")
+                .and_then(|v| v.as_str())
+                .expect("a post");
+            out.push(subject.parse().expect("an id"));
+            max_id = Some(parse_id(n.get("id").expect("id")));
+        }
+        if items.len() < 100 {
+            return out;
+        }
+    }
 }
 
 #[test]
