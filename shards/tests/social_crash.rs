@@ -4,7 +4,9 @@
 //! follower's home feed, and no post appears twice in any feed or timeline. Each post
 //! mentions a reader on each shard: each of them ends up with exactly one mention notification
 //! per stored post (made in the compose's transaction on the author's shard, or where the post's
-//! event is applied on the other one).
+//! event is applied on the other one). Meanwhile those two readers like the posts as they
+//! are answered: every like answered is still there, and each post's count is exactly its
+//! likers.
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,8 +14,9 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -35,6 +38,15 @@ struct Acked {
     author: usize,
     id: u64,
     text: String,
+}
+
+/// Likes sent before the kills: (liker, post) pairs, the liker an index of `Cast::readers`.
+#[derive(Default)]
+struct Likes {
+    /// Answered 200.
+    acked: BTreeSet<(usize, u64)>,
+    /// Sent, whatever came of it (a superset of `acked`).
+    tried: BTreeSet<(usize, u64)>,
 }
 
 /// The cast: four authors (two per shard) and four readers, each author followed by readers on
@@ -97,7 +109,7 @@ fn load(
     (index, mentions): (usize, &str),
     round: usize,
     thread: usize,
-    acked: &AtomicUsize,
+    (acked, posted): (&AtomicUsize, &Mutex<Vec<u64>>),
 ) -> Vec<Acked> {
     let mut out = Vec::new();
     for i in 0..POSTS_PER_THREAD_MAX {
@@ -111,9 +123,11 @@ fn load(
             Ok(resp) if resp.status == 201 => {
                 assert_eq!(resp.str("post.text"), text, "{}", resp.what_happened());
                 assert_eq!(parse_id(resp.at("post.author.id")), author.id());
+                let id = parse_id(resp.at("post.id"));
+                posted.lock().unwrap().push(id);
                 out.push(Acked {
                     author: index,
-                    id: parse_id(resp.at("post.id")),
+                    id,
                     text,
                 });
                 acked.fetch_add(1, Ordering::SeqCst);
@@ -129,9 +143,53 @@ fn load(
 
 /// Runs the load from every author's threads and SIGKILLs the server once
 /// `ACKED_BEFORE_KILL` posts have been acknowledged, while requests are still in flight.
-fn load_then_kill(server: Server, cast: &Cast, round: usize) -> (Server, Vec<Acked>) {
+/// Likes, as reader `liker`, the posts answered so far, newest first, each once (and every
+/// tenth one again: a like is idempotent), until the server stops answering or `killed` is
+/// set with nothing left to like.
+fn like_load(
+    server: &Server,
+    liker: (usize, &str),
+    posted: &Mutex<Vec<u64>>,
+    killed: &AtomicBool,
+) -> Likes {
+    let (index, token) = liker;
+    let mut likes = Likes::default();
+    let mut seen = 0;
+    loop {
+        let fresh: Vec<u64> = posted.lock().unwrap()[seen..].to_vec();
+        if fresh.is_empty() {
+            if killed.load(Ordering::SeqCst) {
+                return likes;
+            }
+            thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        seen += fresh.len();
+        for (i, id) in fresh.into_iter().rev().enumerate() {
+            for _ in 0..if i % 10 == 0 { 2 } else { 1 } {
+                likes.tried.insert((index, id));
+                let req = Req::post(&format!("/v1/posts/{id}/like"))
+                    .bearer(token)
+                    .timeout(Duration::from_secs(20));
+                match server.send(&req) {
+                    Ok(resp) if resp.status == 200 => {
+                        assert_eq!(resp.at("liked").as_bool(), Some(true));
+                        likes.acked.insert((index, id));
+                    }
+                    Ok(resp) if resp.status == 503 => {}
+                    Ok(resp) => panic!("like of {id}: {}", resp.what_happened()),
+                    Err(_) => return likes,
+                }
+            }
+        }
+    }
+}
+
+fn load_then_kill(server: Server, cast: &Cast, round: usize) -> (Server, Vec<Acked>, Likes) {
     let server = Arc::new(server);
     let acked = Arc::new(AtomicUsize::new(0));
+    let posted = Arc::new(Mutex::new(Vec::new()));
+    let killed = Arc::new(AtomicBool::new(false));
     let mentions: String = cast
         .mentioned()
         .map(|r| format!("@{}", cast.readers[r].name()))
@@ -144,11 +202,23 @@ fn load_then_kill(server: Server, cast: &Cast, round: usize) -> (Server, Vec<Ack
             let acked = Arc::clone(&acked);
             let author = author.clone();
             let mentions = mentions.clone();
+            let posted = Arc::clone(&posted);
             handles.push(thread::spawn(move || {
-                load(&server, &author, (index, &mentions), round, t, &acked)
+                let counters = (&*acked, &*posted);
+                load(&server, &author, (index, &mentions), round, t, counters)
             }));
         }
     }
+    let likers: Vec<_> = cast
+        .mentioned()
+        .map(|r| {
+            let server = Arc::clone(&server);
+            let posted = Arc::clone(&posted);
+            let token = cast.readers[r].token.clone();
+            let killed = Arc::clone(&killed);
+            thread::spawn(move || like_load(&server, (r, &token), &posted, &killed))
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     while acked.load(Ordering::SeqCst) < ACKED_BEFORE_KILL {
         assert!(
@@ -163,13 +233,20 @@ fn load_then_kill(server: Server, cast: &Cast, round: usize) -> (Server, Vec<Ack
         thread::sleep(Duration::from_millis(5));
     }
     server.signal(libc::SIGKILL);
+    killed.store(true, Ordering::SeqCst);
     let posts: Vec<Acked> = handles
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
+    let mut likes = Likes::default();
+    for liker in likers {
+        let done = liker.join().unwrap();
+        likes.acked.extend(done.acked);
+        likes.tried.extend(done.tried);
+    }
     let mut server = Arc::try_unwrap(server).ok().expect("no other owner");
     server.kill9(); // reap it
-    (server, posts)
+    (server, posts, likes)
 }
 
 /// Fresh access tokens after a restart (the old ones are not what this test is about).
@@ -190,7 +267,7 @@ fn walk_once(server: &Server, path: &str, token: &str) -> Vec<u64> {
 
 /// Checks everything after a restart; `acked` holds every acknowledged post of every round.
 /// Returns how many stored posts were never answered (in flight at the kill).
-fn verify(server: &Server, cast: &Cast, acked: &[Acked]) -> usize {
+fn verify(server: &Server, cast: &Cast, acked: &[Acked], likes: &Likes) -> usize {
     // Every acknowledged post is in its author's timeline, with its text.
     let mut timelines: Vec<BTreeSet<u64>> = Vec::new();
     for (index, author) in cast.authors.iter().enumerate() {
@@ -281,6 +358,37 @@ fn verify(server: &Server, cast: &Cast, acked: &[Acked]) -> usize {
             thread::sleep(Duration::from_millis(100));
         }
     }
+    // Every answered like is there, none that was never sent, and each count is its likers.
+    let liked_posts: BTreeSet<u64> = likes.tried.iter().map(|(_, id)| *id).collect();
+    for id in &liked_posts {
+        let mut likers = 0;
+        let mut count = None;
+        for r in cast.mentioned() {
+            let resp = server.get(&format!("/v1/posts/{id}"), cast.readers[r].auth());
+            resp.expect(200);
+            let liked = resp.at("post.liked").as_bool().expect("liked");
+            assert!(
+                liked || !likes.acked.contains(&(r, *id)),
+                "post {id}: the answered like of reader {r} is lost"
+            );
+            assert!(
+                !liked || likes.tried.contains(&(r, *id)),
+                "post {id}: liked by reader {r}, who never sent that like"
+            );
+            likers += usize::from(liked);
+            let n = resp.at("post.likes_count").as_u64().expect("likes_count");
+            assert!(
+                count.is_none_or(|c| c == n),
+                "post {id}: counts {count:?} and {n}"
+            );
+            count = Some(n);
+        }
+        assert_eq!(
+            count,
+            Some(likers as u64),
+            "post {id}: likes_count against likers"
+        );
+    }
     stored.len() - acked.len()
 }
 
@@ -314,10 +422,17 @@ fn acknowledged_posts_reach_timelines_and_feeds_after_sigkill() {
     let server = Server::start(&[]);
     let mut cast = cast(&server);
     let mut acked = Vec::new();
+    let mut likes = Likes::default();
     let mut server = server;
     for round in 1..=2 {
-        let (s, posts) = load_then_kill(server, &cast, round);
+        let (s, posts, round_likes) = load_then_kill(server, &cast, round);
         server = s;
+        assert!(
+            !round_likes.acked.is_empty(),
+            "round {round}: no like answered before the kill"
+        );
+        likes.acked.extend(round_likes.acked);
+        likes.tried.extend(round_likes.tried);
         let per_author: Vec<usize> = (0..cast.authors.len())
             .map(|a| posts.iter().filter(|p| p.author == a).count())
             .collect();
@@ -336,11 +451,13 @@ fn acknowledged_posts_reach_timelines_and_feeds_after_sigkill() {
             "round {round}: nothing was replayed after the kill; stderr:\n{log}"
         );
         relogin(&server, &mut cast.readers);
-        let unanswered = verify(&server, &cast, &acked);
+        let unanswered = verify(&server, &cast, &acked, &likes);
         eprintln!(
             "round {round}: {} acknowledged posts verified ({per_author:?} per author), \
-             {unanswered} stored without an answer",
-            acked.len()
+             {unanswered} stored without an answer; {} likes answered of {} sent",
+            acked.len(),
+            likes.acked.len(),
+            likes.tried.len()
         );
     }
 }
