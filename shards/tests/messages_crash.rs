@@ -127,7 +127,7 @@ fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
         relogin(&server, &mut people);
         // Killed under load, the server had commits only its write-ahead log held: what the
         // checks below find, the replay brought back.
-        let log = server.stderr_text();
+        let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
         assert!(
             log.contains("replayed the write-ahead log"),
             "round {round}: nothing was replayed after the kill; stderr:\n{log}"

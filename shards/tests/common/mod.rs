@@ -369,6 +369,20 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits up to `timeout` for `needle` in the server's stderr, and returns that text. A
+    /// thread of its own copies stderr in, so a line logged before the server listened may
+    /// still be on its way when `restart` returns.
+    pub fn stderr_once_has(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.stderr_text();
+            if text.contains(needle) || Instant::now() > deadline {
+                return text;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => child.try_wait().unwrap().is_none(),
