@@ -4,10 +4,12 @@
 //! A logged write commits in memory once its record is in the log, so it costs a sequential
 //! append and a small fsync instead of a durable commit of every page it dirtied. Only the
 //! writes that dominate a busy server are logged: composes (`social::compose_batch`),
-//! delivered events (`events::apply_all`) and message sends (`messaging::post_batch`), and
-//! the notification sweep that runs every second beside them (`notifications::take_stored_fresh`:
-//! as a durable write it stalled the writer 16-35 ms each time). Any other write commits
-//! durably, taking the logged ones before it along.
+//! delivered events (`events::apply_all`), message sends (`messaging::post_batch`), likes
+//! and unlikes (`content::set_like`: as durable writes each fsynced the database, and took
+//! the logged commits before it along), and the notification sweep that runs every second
+//! beside them (`notifications::take_stored_fresh`: as a durable write it stalled the writer
+//! 16-35 ms each time). Any other write commits durably, taking the logged ones before it
+//! along.
 //!
 //! Replaying a record must do what the write did. It does, because the record carries every
 //! input the write took besides the database (ids, times, the shard's place), the write is
@@ -57,6 +59,14 @@ enum Logged {
     },
     /// The notification sweep (`Shard::sweep_loop`): `notifications::take_stored_fresh`.
     Sweep,
+    /// A like or unlike of a post or comment (`Shard::like`): `content::set_like`.
+    Like {
+        id: u64,
+        user: u64,
+        of_comment: bool,
+        on: bool,
+        now: u64,
+    },
 }
 
 /// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
@@ -78,6 +88,13 @@ pub(crate) enum Record<'a> {
         sends: &'a [SendItem],
     },
     Sweep,
+    Like {
+        id: u64,
+        user: u64,
+        of_comment: bool,
+        on: bool,
+        now: u64,
+    },
 }
 
 impl Record<'_> {
@@ -119,6 +136,15 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
         }
         Logged::Sweep => {
             notifications::take_stored_fresh(t).map_err(failed)?;
+        }
+        Logged::Like {
+            id,
+            user,
+            of_comment,
+            on,
+            now,
+        } => {
+            nova_core::content::set_like(t, id, user, of_comment, on, now).map_err(failed)?;
         }
     }
     notifications::take_fresh(t).map_err(failed)?;
@@ -169,6 +195,24 @@ mod tests {
         assert!(matches!(
             codec::decode::<Logged>(&bytes).unwrap(),
             Logged::Sweep
+        ));
+        let bytes = Record::Like {
+            id: 11,
+            user: 12,
+            of_comment: true,
+            on: false,
+            now: 13,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::Like {
+                id: 11,
+                user: 12,
+                of_comment: true,
+                on: false,
+                now: 13
+            }
         ));
     }
 }

@@ -1126,9 +1126,18 @@ impl Shard {
             return Err(CoreError::NotFound.into());
         }
         let now = now_ms();
-        Ok(self
-            .write_notifying(move |t| content::set_like(t, id, user, of_comment, on, now))
-            .await?)
+        let like = move |t: &nova_storage::redb::WriteTransaction| {
+            let count = content::set_like(t, id, user, of_comment, on, now)?;
+            let record = crate::replay::Record::Like {
+                id,
+                user,
+                of_comment,
+                on,
+                now,
+            };
+            Ok((count, record.encode()))
+        };
+        Ok(self.write_notifying_logged(like, None).await?)
     }
 
     async fn add_comment(
