@@ -691,19 +691,7 @@ fn delete_removes_a_post_everywhere() {
 
 /// The sum over shards of a `/metrics` series with only a shard label.
 fn shard_metric(server: &Server, name: &str) -> u64 {
-    let text = server.get("/metrics", None).text();
-    let prefix = format!("{name}{{shard=");
-    let rows: Vec<u64> = text
-        .lines()
-        .filter(|line| line.starts_with(&prefix))
-        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(
-        rows.len(),
-        server.shards() as usize,
-        "{name} per shard in {text}"
-    );
-    rows.iter().sum()
+    server.per_shard_metric(name).iter().sum()
 }
 
 /// Posts offered to the followers' shard while their authors post at once (the offers share
