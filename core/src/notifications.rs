@@ -221,7 +221,7 @@ impl Notification {
 }
 
 /// Which notifications a mark-read means.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Which {
     Ids(Vec<u64>),
     All,

@@ -197,9 +197,16 @@ impl Shard {
                 up_to,
                 reply,
             } => {
+                let record = crate::replay::Record::ReadReceipt {
+                    conversation,
+                    user,
+                    up_to,
+                }
+                .encode();
                 let result = self
-                    .partition
-                    .write(move |t| messages::mark_read(t, conversation, user, up_to))
+                    .write_recorded(record, move |t| {
+                        messages::mark_read(t, conversation, user, up_to)
+                    })
                     .await;
                 let _ = reply.send(result.map_err(Fail::from));
             }

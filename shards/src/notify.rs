@@ -151,6 +151,21 @@ impl Shard {
         Ok(out)
     }
 
+    /// `write_notifying_logged` for a write whose record (`Record::encode`) is made before it
+    /// runs, from its inputs alone: here rather than on the commit thread.
+    pub(crate) async fn write_recorded<R, F>(
+        self: &Rc<Self>,
+        record: Vec<u8>,
+        op: F,
+    ) -> Result<R, CoreError>
+    where
+        F: FnOnce(&WriteTransaction) -> Result<R, CoreError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.write_notifying_logged(move |t| Ok((op(t)?, record)), None)
+            .await
+    }
+
     /// After a notifying write's commit: its notifications go to streams, and its notices
     /// for other shards on their way.
     fn notified(self: &Rc<Self>, fresh: &[Notification], remote: Vec<(u64, usize, Event)>) {
@@ -206,9 +221,13 @@ impl Shard {
                     reply.send(self.read(|r| notifications::page(r, user, max_id, limit, &filter)));
             }
             NotifyOp::MarkRead { user, which, reply } => {
+                let record = crate::replay::Record::NotificationsRead {
+                    user,
+                    which: &which,
+                }
+                .encode();
                 let result = self
-                    .partition
-                    .write(move |t| notifications::mark_read(t, user, &which))
+                    .write_recorded(record, move |t| notifications::mark_read(t, user, &which))
                     .await;
                 let _ = reply.send(result.map_err(Into::into));
             }

@@ -6,10 +6,12 @@
 //! writes that dominate a busy server are logged: composes (`social::compose_batch`),
 //! delivered events (`events::apply_all`), message sends (`messaging::post_batch`), likes
 //! and unlikes (`content::set_like`: as durable writes each fsynced the database, and took
-//! the logged commits before it along), and the notification sweep that runs every second
+//! the logged commits before it along), the notification sweep that runs every second
 //! beside them (`notifications::take_stored_fresh`: as a durable write it stalled the writer
-//! 16-35 ms each time). Any other write commits durably, taking the logged ones before it
-//! along.
+//! 16-35 ms each time), and the other writes clients make often: comments (new, edited,
+//! deleted), the view counts' flush (every relay pass with views), read receipts and
+//! notifications marked read. Any other write commits durably, taking the logged ones before
+//! it along.
 //!
 //! Replaying a record must do what the write did. It does, because the record carries every
 //! input the write took besides the database (ids, times, the shard's place), the write is
@@ -23,10 +25,10 @@
 //! the next when a crash falls between them.
 
 use nova_core::codec;
-use nova_core::content::Post;
+use nova_core::content::{self, Comment, Post};
 use nova_core::events::{self, Event};
-use nova_core::messages::Message;
-use nova_core::notifications;
+use nova_core::messages::{self, Message};
+use nova_core::notifications::{self, Which};
 use nova_core::shard_of;
 use nova_storage::redb::WriteTransaction;
 use nova_storage::StorageError;
@@ -67,6 +69,37 @@ enum Logged {
         on: bool,
         now: u64,
     },
+    /// A new comment (`Shard::add_comment`): `content::add_comment`.
+    Comment {
+        comment: Comment,
+    },
+    /// `content::edit_comment`.
+    EditComment {
+        id: u64,
+        author: u64,
+        text: String,
+        now: u64,
+    },
+    /// `content::delete_comment`.
+    DeleteComment {
+        id: u64,
+        user: u64,
+    },
+    /// Buffered view counts (`Shard::flush_views`): `content::add_views`.
+    Views {
+        views: Vec<(u64, u64)>,
+    },
+    /// A read receipt: `messages::mark_read`.
+    ReadReceipt {
+        conversation: u64,
+        user: u64,
+        up_to: Option<u64>,
+    },
+    /// Notifications marked read: `notifications::mark_read`.
+    NotificationsRead {
+        user: u64,
+        which: Which,
+    },
 }
 
 /// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
@@ -94,6 +127,31 @@ pub(crate) enum Record<'a> {
         of_comment: bool,
         on: bool,
         now: u64,
+    },
+    Comment {
+        comment: &'a Comment,
+    },
+    EditComment {
+        id: u64,
+        author: u64,
+        text: &'a str,
+        now: u64,
+    },
+    DeleteComment {
+        id: u64,
+        user: u64,
+    },
+    Views {
+        views: &'a [(u64, u64)],
+    },
+    ReadReceipt {
+        conversation: u64,
+        user: u64,
+        up_to: Option<u64>,
+    },
+    NotificationsRead {
+        user: u64,
+        which: &'a Which,
     },
 }
 
@@ -144,7 +202,34 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             on,
             now,
         } => {
-            nova_core::content::set_like(t, id, user, of_comment, on, now).map_err(failed)?;
+            content::set_like(t, id, user, of_comment, on, now).map_err(failed)?;
+        }
+        Logged::Comment { comment } => {
+            content::add_comment(t, comment).map_err(failed)?;
+        }
+        Logged::EditComment {
+            id,
+            author,
+            text,
+            now,
+        } => {
+            content::edit_comment(t, id, author, text, now).map_err(failed)?;
+        }
+        Logged::DeleteComment { id, user } => {
+            content::delete_comment(t, id, user).map_err(failed)?;
+        }
+        Logged::Views { views } => {
+            content::add_views(t, &views).map_err(failed)?;
+        }
+        Logged::ReadReceipt {
+            conversation,
+            user,
+            up_to,
+        } => {
+            messages::mark_read(t, conversation, user, up_to).map_err(failed)?;
+        }
+        Logged::NotificationsRead { user, which } => {
+            notifications::mark_read(t, user, &which).map_err(failed)?;
         }
     }
     notifications::take_fresh(t).map_err(failed)?;
@@ -213,6 +298,71 @@ mod tests {
                 on: false,
                 now: 13
             }
+        ));
+        let comment = Comment {
+            id: 21,
+            post_id: 22,
+            author_id: 23,
+            author_username: "ann".into(),
+            author_display_name: "Ann".into(),
+            text: "hello".into(),
+            parent: Some(24),
+            depth: 0,
+            created_ms: 25,
+            edited_ms: None,
+        };
+        let bytes = Record::Comment { comment: &comment }.encode();
+        match codec::decode::<Logged>(&bytes).unwrap() {
+            Logged::Comment { comment: back } => assert_eq!(back, comment),
+            other => panic!("{other:?}"),
+        }
+        let bytes = Record::EditComment {
+            id: 21,
+            author: 23,
+            text: "edited",
+            now: 26,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::EditComment { id: 21, author: 23, text, now: 26 } if text == "edited"
+        ));
+        let bytes = Record::DeleteComment { id: 21, user: 22 }.encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::DeleteComment { id: 21, user: 22 }
+        ));
+        let bytes = Record::Views {
+            views: &[(1, 2), (3, 4)],
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::Views { views } if views == vec![(1, 2), (3, 4)]
+        ));
+        let bytes = Record::ReadReceipt {
+            conversation: 31,
+            user: 32,
+            up_to: Some(33),
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::ReadReceipt {
+                conversation: 31,
+                user: 32,
+                up_to: Some(33)
+            }
+        ));
+        let which = Which::Ids(vec![41, 42]);
+        let bytes = Record::NotificationsRead {
+            user: 43,
+            which: &which,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::NotificationsRead { user: 43, which: back } if back == which
         ));
     }
 }

@@ -17,6 +17,7 @@ use nova_core::{id_ms, shard_of, CoreError};
 use crate::error::Fail;
 use crate::feeds::{Head, SharedPost, HEAD_LEN};
 use crate::mesh::{Gate, NewPost, Offer, Op, Page, PostStats, Profile, SettingsUpdate, UserBrief};
+use crate::replay::Record;
 use crate::shard::{now_ms, until, Shard};
 
 /// Rows of a home feed looked at for one page, at most (filtered items are skipped).
@@ -458,9 +459,17 @@ impl Shard {
                 reply,
             } => {
                 let now = now_ms();
+                let record = Record::EditComment {
+                    id,
+                    author,
+                    text: &text,
+                    now,
+                }
+                .encode();
                 let result = self
-                    .partition
-                    .write(move |t| content::edit_comment(t, id, author, text, now))
+                    .write_recorded(record, move |t| {
+                        content::edit_comment(t, id, author, text, now)
+                    })
                     .await;
                 let result = result
                     .map_err(Fail::from)
@@ -469,8 +478,9 @@ impl Shard {
             }
             Op::DeleteComment { id, user, reply } => {
                 let result = self
-                    .partition
-                    .write(move |t| content::delete_comment(t, id, user))
+                    .write_recorded(Record::DeleteComment { id, user }.encode(), move |t| {
+                        content::delete_comment(t, id, user)
+                    })
                     .await;
                 let _ = reply.send(result.map_err(Fail::from));
             }
@@ -736,7 +746,7 @@ impl Shard {
         let fresh = self
             .write_notifying_logged(
                 move |t| {
-                    let record = crate::replay::Record::Apply {
+                    let record = Record::Apply {
                         here: id,
                         shards,
                         events: &events,
@@ -1126,18 +1136,18 @@ impl Shard {
             return Err(CoreError::NotFound.into());
         }
         let now = now_ms();
+        let record = Record::Like {
+            id,
+            user,
+            of_comment,
+            on,
+            now,
+        }
+        .encode();
         let like = move |t: &nova_storage::redb::WriteTransaction| {
-            let count = content::set_like(t, id, user, of_comment, on, now)?;
-            let record = crate::replay::Record::Like {
-                id,
-                user,
-                of_comment,
-                on,
-                now,
-            };
-            Ok((count, record.encode()))
+            content::set_like(t, id, user, of_comment, on, now)
         };
-        Ok(self.write_notifying_logged(like, None).await?)
+        Ok(self.write_recorded(record, like).await?)
     }
 
     async fn add_comment(
@@ -1175,8 +1185,9 @@ impl Shard {
             created_ms: now_ms(),
             edited_ms: None,
         };
+        let record = Record::Comment { comment: &comment }.encode();
         let stored = self
-            .write_notifying(move |t| content::add_comment(t, comment))
+            .write_recorded(record, move |t| content::add_comment(t, comment))
             .await?;
         self.read(|r| comment_info(r, stored, author))
     }
@@ -1502,7 +1513,7 @@ impl Shard {
                         senders.push(c.reply);
                     }
                     *lock(&replies) = Some(senders);
-                    let record = crate::replay::Record::Compose {
+                    let record = Record::Compose {
                         here,
                         items: &items,
                     };
@@ -1975,14 +1986,15 @@ impl Shard {
         }
     }
 
-    /// Writes the buffered view counts (one transaction).
-    pub async fn flush_views(&self) -> Result<(), Fail> {
+    /// Writes the buffered view counts (one transaction, a logged write: a durable one made
+    /// every relay pass with views a checkpoint).
+    pub async fn flush_views(self: &Rc<Self>) -> Result<(), Fail> {
         let pending: Vec<(u64, u64)> = self.relay.views.borrow_mut().pending.drain().collect();
         if pending.is_empty() {
             return Ok(());
         }
-        self.partition
-            .write(move |t| content::add_views(t, &pending))
+        let record = Record::Views { views: &pending }.encode();
+        self.write_recorded(record, move |t| content::add_views(t, &pending))
             .await?;
         Ok(())
     }

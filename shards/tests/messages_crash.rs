@@ -1,7 +1,9 @@
 //! Proves that direct messages survive a SIGKILL of the `nova` process under concurrent load,
 //! with participants on both shards: every message answered 201 is in its conversation after
 //! restart (read by every participant, from either shard, with its text, no repeats), and the
-//! outbox then brings every participant's inbox up to the conversation's last message.
+//! outbox then brings every participant's inbox up to the conversation's last message. A
+//! fourth participant of the group, who never sends, marks it read as it goes: its last
+//! answered read receipt holds after the kill.
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -61,6 +63,38 @@ fn load(
     out
 }
 
+/// The `last_read_id` of a receipt (0 for null: nothing read yet).
+fn read_up_to(receipt: &Json) -> u64 {
+    at(receipt, "last_read_id")
+        .and_then(|v| v.as_str())
+        .map_or(0, |id| id.parse().expect("an id"))
+}
+
+/// Marks `conversation` read as `reader`, over and over, until the server stops answering.
+/// Returns the highest receipt answered (0: none).
+fn read_load(server: &Server, reader: &Member, conversation: u64) -> u64 {
+    let mut highest = 0;
+    loop {
+        let req = Req::post(&format!("/v1/conversations/{conversation}/read"))
+            .bearer(&reader.token)
+            .timeout(Duration::from_secs(20));
+        match server.send(&req) {
+            Ok(resp) if resp.status == 200 => {
+                let last = read_up_to(resp.json());
+                assert!(
+                    last >= highest,
+                    "a receipt moved back: {last} after {highest}"
+                );
+                highest = last;
+            }
+            Ok(resp) if resp.status == 503 => {}
+            Ok(resp) => panic!("read receipt: {}", resp.what_happened()),
+            Err(_) => return highest,
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
 fn relogin(server: &Server, members: &mut [Member]) {
     for m in members {
         m.token = server.login(&m.user.username, &m.user.password).access;
@@ -70,12 +104,15 @@ fn relogin(server: &Server, members: &mut [Member]) {
 #[test]
 fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
     let mut server = Server::start(&[]);
-    // a and c on shard 0, b on shard 1; a pair across shards and a group of three.
+    // a and c on shard 0, b and d on shard 1; a pair across shards and a group of four, where
+    // d only reads.
     let mut people = vec![
         server.member_on_shard(0),
         server.member_on_shard(1),
         server.member_on_shard(0),
+        server.member_on_shard(1),
     ];
+    const READER: usize = 3;
     let create = |creator: &Member, others: &[&Member]| {
         let ids: Vec<String> = others.iter().map(|m| m.id().to_string()).collect();
         let resp = server.post(
@@ -87,15 +124,16 @@ fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
         parse_id(resp.at("conversation.id"))
     };
     let pair = create(&people[0], &[&people[1]]);
-    let group = create(&people[1], &[&people[0], &people[2]]);
-    let conversations = [(pair, vec![0, 1]), (group, vec![0, 1, 2])];
+    let group = create(&people[1], &[&people[0], &people[2], &people[READER]]);
+    let conversations = [(pair, vec![0, 1]), (group, vec![0, 1, 2, READER])];
     let mut acked: Vec<Acked> = Vec::new();
+    let mut receipt = 0;
     for round in 1..=2 {
         let shared = Arc::new(server);
         let count = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         for (ci, (conv, members)) in conversations.iter().enumerate() {
-            for &p in members {
+            for &p in members.iter().filter(|&&p| p != READER) {
                 let server = Arc::clone(&shared);
                 let count = Arc::clone(&count);
                 let sender = people[p].clone();
@@ -106,6 +144,11 @@ fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
                 }));
             }
         }
+        let reading = {
+            let server = Arc::clone(&shared);
+            let reader = people[READER].clone();
+            thread::spawn(move || read_load(&server, &reader, group))
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         while count.load(Ordering::SeqCst) < ACKED_BEFORE_KILL {
             assert!(Instant::now() < deadline, "too few messages in 120 s");
@@ -116,6 +159,12 @@ fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
             .into_iter()
             .flat_map(|h| h.join().unwrap())
             .collect();
+        let answered = reading.join().unwrap();
+        assert!(
+            answered > receipt,
+            "round {round}: no new read receipt answered"
+        );
+        receipt = answered;
         server = Arc::try_unwrap(shared).ok().expect("no other owner");
         server.kill9();
         assert!(
@@ -172,6 +221,22 @@ fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
             assert_eq!(page.str("items.0.text"), m.text);
         }
 
+        // The reader's last answered receipt holds.
+        let resp = server.get(&format!("/v1/conversations/{group}"), people[0].auth());
+        resp.expect(200);
+        let held = resp
+            .at("conversation.read_receipts")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| parse_id(at(r, "user_id").unwrap()) == people[READER].id())
+            .map(read_up_to);
+        assert!(
+            held.is_some_and(|s| s >= receipt),
+            "round {round}: the reader's answered receipt up to {receipt} is lost (stored: \
+             {held:?})"
+        );
+
         // Every inbox comes to order the conversations by their last message: the
         // `MessagePosted` events reached each participant's shard.
         let newest_first: Vec<u64> = {
@@ -212,7 +277,7 @@ fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
             }
         }
         eprintln!(
-            "round {round}: {} acknowledged messages verified, {} stored",
+            "round {round}: {} acknowledged messages verified, {} stored; receipt {receipt} held",
             acked.len(),
             stored.iter().map(BTreeSet::len).sum::<usize>()
         );

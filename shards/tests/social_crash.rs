@@ -6,7 +6,10 @@
 //! per stored post (made in the compose's transaction on the author's shard, or where the post's
 //! event is applied on the other one). Meanwhile those two readers like the posts as they
 //! are answered, through the kill: every like answered is still there, each post's count is
-//! exactly its likers, and each like notified the post's author once.
+//! exactly its likers, and each like notified the post's author once. They also comment on
+//! every fourth post, and edit or delete some of their comments: every answered comment,
+//! edit and delete holds after the kill, each post's comment count is its comments, and the
+//! author has one notification per comment that is there.
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -49,6 +52,48 @@ struct Likes {
     acked: BTreeSet<(usize, u64)>,
     /// Sent, whatever came of it (a superset of `acked`).
     tried: BTreeSet<(usize, u64)>,
+}
+
+/// Comments sent before the kills by the two readers (as they like), with edits and deletes
+/// of some of them.
+#[derive(Default)]
+struct Comments {
+    /// Answered 201.
+    acked: Vec<Comment>,
+    /// Texts sent, whatever came of them (edited texts included).
+    tried: BTreeSet<String>,
+    /// Comment ids whose edit was answered 200, and those whose edit was sent.
+    edited: BTreeSet<u64>,
+    edit_tried: BTreeSet<u64>,
+    /// Comment ids whose delete was answered 204, and those whose delete was sent.
+    deleted: BTreeSet<u64>,
+    delete_tried: BTreeSet<u64>,
+}
+
+impl Comments {
+    fn extend(&mut self, other: Comments) {
+        self.acked.extend(other.acked);
+        self.tried.extend(other.tried);
+        self.edited.extend(other.edited);
+        self.edit_tried.extend(other.edit_tried);
+        self.deleted.extend(other.deleted);
+        self.delete_tried.extend(other.delete_tried);
+    }
+}
+
+/// A comment the server answered 201.
+#[derive(Debug, Clone)]
+struct Comment {
+    /// The commenter, an index of `Cast::readers`.
+    by: usize,
+    post: u64,
+    id: u64,
+    text: String,
+}
+
+/// The text an edit gives a comment.
+fn edited(text: &str) -> String {
+    format!("{text} (edited)")
 }
 
 /// The cast: four authors (two per shard) and four readers, each author followed by readers on
@@ -144,22 +189,24 @@ fn load(
 }
 
 /// Likes, as reader `liker`, the posts answered so far, newest first, each once (and every
-/// tenth one again: a like is idempotent), until the server stops answering (or is killed
-/// with nothing left to like).
+/// tenth one again: a like is idempotent), and comments on every fourth of them (editing
+/// every third comment answered and deleting the next), until the server stops answering (or
+/// is killed with nothing left to like).
 fn like_load(
     server: &Server,
     liker: (usize, &str),
     posted: &Mutex<Vec<u64>>,
     killed: &AtomicBool,
-) -> Likes {
+) -> (Likes, Comments) {
     let (index, token) = liker;
     let mut likes = Likes::default();
+    let mut comments = Comments::default();
     let mut seen = 0;
     loop {
         let fresh: Vec<u64> = posted.lock().unwrap()[seen..].to_vec();
         if fresh.is_empty() {
             if killed.load(Ordering::SeqCst) {
-                return likes;
+                return (likes, comments);
             }
             thread::sleep(Duration::from_millis(2));
             continue;
@@ -178,16 +225,82 @@ fn like_load(
                     }
                     Ok(resp) if resp.status == 503 => {}
                     Ok(resp) => panic!("like of {id}: {}", resp.what_happened()),
-                    Err(_) => return likes,
+                    Err(_) => return (likes, comments),
                 }
+            }
+            if i % 4 == 1 && comment_on(server, (index, token), id, &mut comments).is_err() {
+                return (likes, comments);
             }
         }
     }
 }
 
+/// Comments on post `id` as reader `index`; edits every third comment answered, deletes the
+/// one after. Err once the server stops answering.
+fn comment_on(
+    server: &Server,
+    (index, token): (usize, &str),
+    id: u64,
+    comments: &mut Comments,
+) -> Result<(), ()> {
+    let text = format!("reader {index} on {id}");
+    comments.tried.insert(text.clone());
+    let req = Req::post(&format!("/v1/posts/{id}/comments"))
+        .json(&json!({"text": text.clone()}))
+        .bearer(token)
+        .timeout(Duration::from_secs(20));
+    let comment = match server.send(&req) {
+        Ok(resp) if resp.status == 201 => {
+            assert_eq!(resp.str("comment.text"), text, "{}", resp.what_happened());
+            Comment {
+                by: index,
+                post: id,
+                id: parse_id(resp.at("comment.id")),
+                text,
+            }
+        }
+        Ok(resp) if resp.status == 503 => return Ok(()),
+        Ok(resp) => panic!("comment on {id}: {}", resp.what_happened()),
+        Err(_) => return Err(()),
+    };
+    let nth = comments.acked.len();
+    let cid = comment.id;
+    comments.acked.push(comment.clone());
+    let req = match nth % 3 {
+        0 => {
+            comments.tried.insert(edited(&comment.text));
+            comments.edit_tried.insert(cid);
+            Req::new("PATCH", &format!("/v1/comments/{cid}"))
+                .json(&json!({"text": edited(&comment.text)}))
+        }
+        1 => {
+            comments.delete_tried.insert(cid);
+            Req::new("DELETE", &format!("/v1/comments/{cid}"))
+        }
+        _ => return Ok(()),
+    };
+    match server.send(&req.bearer(token).timeout(Duration::from_secs(20))) {
+        Ok(resp) if resp.status == 200 => {
+            assert_eq!(resp.str("comment.text"), edited(&comment.text));
+            comments.edited.insert(cid);
+        }
+        Ok(resp) if resp.status == 204 => {
+            comments.deleted.insert(cid);
+        }
+        Ok(resp) if resp.status == 503 => {}
+        Ok(resp) => panic!("edit or delete of comment {cid}: {}", resp.what_happened()),
+        Err(_) => return Err(()),
+    }
+    Ok(())
+}
+
 /// Runs the load from every author's threads (and the two likers') and SIGKILLs the server
 /// once `ACKED_BEFORE_KILL` posts have been acknowledged, while requests are still in flight.
-fn load_then_kill(server: Server, cast: &Cast, round: usize) -> (Server, Vec<Acked>, Likes) {
+fn load_then_kill(
+    server: Server,
+    cast: &Cast,
+    round: usize,
+) -> (Server, Vec<Acked>, Likes, Comments) {
     let server = Arc::new(server);
     let acked = Arc::new(AtomicUsize::new(0));
     let posted = Arc::new(Mutex::new(Vec::new()));
@@ -241,14 +354,16 @@ fn load_then_kill(server: Server, cast: &Cast, round: usize) -> (Server, Vec<Ack
         .flat_map(|h| h.join().unwrap())
         .collect();
     let mut likes = Likes::default();
+    let mut comments = Comments::default();
     for liker in likers {
-        let done = liker.join().unwrap();
+        let (done, commented) = liker.join().unwrap();
         likes.acked.extend(done.acked);
         likes.tried.extend(done.tried);
+        comments.extend(commented);
     }
     let mut server = Arc::try_unwrap(server).ok().expect("no other owner");
     server.kill9(); // reap it
-    (server, posts, likes)
+    (server, posts, likes, comments)
 }
 
 /// Fresh access tokens after a restart (the old ones are not what this test is about).
@@ -269,7 +384,13 @@ fn walk_once(server: &Server, path: &str, token: &str) -> Vec<u64> {
 
 /// Checks everything after a restart; `acked` holds every acknowledged post of every round.
 /// Returns how many stored posts were never answered (in flight at the kill).
-fn verify(server: &Server, cast: &Cast, acked: &[Acked], likes: &Likes) -> usize {
+fn verify(
+    server: &Server,
+    cast: &Cast,
+    acked: &[Acked],
+    likes: &Likes,
+    comments: &Comments,
+) -> usize {
     // Every acknowledged post is in its author's timeline, with its text.
     let mut timelines: Vec<BTreeSet<u64>> = Vec::new();
     for (index, author) in cast.authors.iter().enumerate() {
@@ -420,7 +541,106 @@ fn verify(server: &Server, cast: &Cast, acked: &[Acked], likes: &Likes) -> usize
             distinct.difference(&want).collect::<Vec<_>>()
         );
     }
+    verify_comments(server, cast, &author_of, comments);
     stored.len() - acked.len()
+}
+
+/// Every answered comment, edit and delete holds; nothing is there that was never sent; each
+/// post's `comments_count` is its comments; each comment there notified the post's author
+/// once.
+fn verify_comments(
+    server: &Server,
+    cast: &Cast,
+    author_of: &std::collections::HashMap<u64, usize>,
+    comments: &Comments,
+) {
+    let reader = &cast.readers[0];
+    let posts: BTreeSet<u64> = comments.acked.iter().map(|c| c.post).collect();
+    let mut there: std::collections::HashMap<u64, (u64, String)> = Default::default();
+    for post in &posts {
+        let resp = server.get(
+            &format!("/v1/posts/{post}/comments?limit=100"),
+            reader.auth(),
+        );
+        resp.expect(200);
+        let items = resp.at("items").as_array().expect("items").clone();
+        for c in &items {
+            let id = parse_id(c.get("id").expect("id"));
+            let text = at(c, "text").and_then(|v| v.as_str()).expect("text");
+            let by = parse_id(at(c, "author.id").expect("author.id"));
+            assert!(
+                comments.tried.contains(text),
+                "post {post}: comment {id} {text:?} was never sent"
+            );
+            there.insert(id, (by, text.to_string()));
+        }
+        let resp = server.get(&format!("/v1/posts/{post}"), reader.auth());
+        resp.expect(200);
+        assert_eq!(
+            resp.at("post.comments_count").as_u64(),
+            Some(items.len() as u64),
+            "post {post}: comments_count against its comments"
+        );
+    }
+    for c in &comments.acked {
+        match there.get(&c.id) {
+            None => assert!(
+                comments.delete_tried.contains(&c.id),
+                "the answered comment {} ({:?}) is lost",
+                c.id,
+                c.text
+            ),
+            Some((by, text)) => {
+                assert_eq!(*by, cast.readers[c.by].id(), "comment {}: its author", c.id);
+                assert!(
+                    !comments.deleted.contains(&c.id),
+                    "comment {} is back after its answered delete",
+                    c.id
+                );
+                let edit = edited(&c.text);
+                let ok = match (
+                    comments.edited.contains(&c.id),
+                    comments.edit_tried.contains(&c.id),
+                ) {
+                    (true, _) => *text == edit,
+                    (false, true) => *text == edit || *text == c.text,
+                    (false, false) => *text == c.text,
+                };
+                assert!(
+                    ok,
+                    "comment {}: text {text:?} after the restart; sent as {:?}, edit answered: \
+                     {}, edit sent: {}",
+                    c.id,
+                    c.text,
+                    comments.edited.contains(&c.id),
+                    comments.edit_tried.contains(&c.id)
+                );
+            }
+        }
+    }
+    for (a, author) in cast.authors.iter().enumerate() {
+        let want: BTreeSet<(u64, u64)> = there
+            .iter()
+            .filter(|(id, _)| {
+                comments
+                    .acked
+                    .iter()
+                    .find(|c| c.id == **id)
+                    .is_none_or(|c| author_of.get(&c.post) == Some(&a))
+            })
+            .map(|(id, (by, _))| (*by, *id))
+            .collect();
+        let got = notices_of(server, author, "comment");
+        let distinct: BTreeSet<(u64, u64)> = got.iter().copied().collect();
+        assert!(
+            got.len() == distinct.len() && distinct == want,
+            "comment notifications of author {a}: {} for {} comments; missing {:?}, extra {:?}",
+            got.len(),
+            want.len(),
+            want.difference(&distinct).collect::<Vec<_>>(),
+            distinct.difference(&want).collect::<Vec<_>>()
+        );
+    }
 }
 
 /// The posts of every mention notification of `who`, newest first.
@@ -466,14 +686,20 @@ fn acknowledged_posts_reach_timelines_and_feeds_after_sigkill() {
     let mut cast = cast(&server);
     let mut acked = Vec::new();
     let mut likes = Likes::default();
+    let mut comments = Comments::default();
     let mut server = server;
     for round in 1..=ROUNDS {
-        let (s, posts, round_likes) = load_then_kill(server, &cast, round);
+        let (s, posts, round_likes, round_comments) = load_then_kill(server, &cast, round);
         server = s;
         assert!(
             !round_likes.acked.is_empty(),
             "round {round}: no like answered before the kill"
         );
+        assert!(
+            !round_comments.deleted.is_empty() && !round_comments.edited.is_empty(),
+            "round {round}: no comment edited and deleted before the kill"
+        );
+        comments.extend(round_comments);
         likes.acked.extend(round_likes.acked);
         likes.tried.extend(round_likes.tried);
         let per_author: Vec<usize> = (0..cast.authors.len())
@@ -494,13 +720,17 @@ fn acknowledged_posts_reach_timelines_and_feeds_after_sigkill() {
             "round {round}: nothing was replayed after the kill; stderr:\n{log}"
         );
         relogin(&server, &mut cast.readers);
-        let unanswered = verify(&server, &cast, &acked, &likes);
+        let unanswered = verify(&server, &cast, &acked, &likes, &comments);
         eprintln!(
             "round {round}: {} acknowledged posts verified ({per_author:?} per author), \
-             {unanswered} stored without an answer; {} likes answered of {} sent",
+             {unanswered} stored without an answer; {} likes answered of {} sent; {} comments \
+             answered, {} edited, {} deleted",
             acked.len(),
             likes.acked.len(),
-            likes.tried.len()
+            likes.tried.len(),
+            comments.acked.len(),
+            comments.edited.len(),
+            comments.deleted.len()
         );
     }
 }
