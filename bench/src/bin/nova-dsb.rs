@@ -242,15 +242,16 @@ impl TargetArgs {
     }
 }
 
-/// Writes `--trace`'s file (see `TargetArgs::trace`); `zero` is the wall clock of due time 0.
+/// Writes `--trace`'s file (see `TargetArgs::trace`), created at `path` before the run (so a
+/// path that cannot be written fails before the run, not after it); `zero` is the wall clock
+/// of due time 0.
 fn write_trace(
-    path: &Path,
+    (path, file): (&Path, std::fs::File),
     zero: std::time::SystemTime,
     rows: &[TraceRow],
     dropped: u64,
 ) -> Result<()> {
     use std::io::Write as _;
-    let file = std::fs::File::create(path).with_context(|| format!("creating {path:?}"))?;
     let mut out = std::io::BufWriter::new(file);
     let zero_ms = zero
         .duration_since(std::time::UNIX_EPOCH)
@@ -939,6 +940,13 @@ async fn run(config: &RunConfig) -> Result<Report> {
             config.connections
         );
     }
+    let trace_file = match &config.trace {
+        Some(path) => Some((
+            path.as_path(),
+            std::fs::File::create(path).with_context(|| format!("creating {path:?}"))?,
+        )),
+        None => None,
+    };
     let clock = Clock::new(config.spin);
     let driver = config
         .spin
@@ -1009,9 +1017,9 @@ async fn run(config: &RunConfig) -> Result<Report> {
         trace: Vec::new(),
         trace_dropped: 0,
     });
-    if let Some(path) = &config.trace {
+    if let Some(file) = trace_file {
         let zero = std::time::SystemTime::now() - run.due(first_measured).elapsed();
-        write_trace(path, zero, &stats.trace, stats.trace_dropped)?;
+        write_trace(file, zero, &stats.trace, stats.trace_dropped)?;
     }
     let done: u64 = stats
         .kinds
