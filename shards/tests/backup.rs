@@ -446,9 +446,8 @@ fn an_offline_backup_after_a_kill_wants_the_log_applied_first() {
 
     // A start replays the log; a clean stop checkpoints it: then the backup is whole.
     server.restart();
-    assert!(server
-        .stderr_text()
-        .contains("replayed the write-ahead log"));
+    let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
+    assert!(log.contains("replayed the write-ahead log"), "{log}");
     server.stop();
     let backup = dest.path().join("b");
     ok(&nova(&[
