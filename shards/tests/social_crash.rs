@@ -60,8 +60,9 @@ struct Likes {
 struct Comments {
     /// Answered 201.
     acked: Vec<Comment>,
-    /// Texts sent, whatever came of them (edited texts included).
+    /// Texts sent, whatever came of them (edited texts included), and the posts they went to.
     tried: BTreeSet<String>,
+    posts: BTreeSet<u64>,
     /// Comment ids whose edit was answered 200, and those whose edit was sent.
     edited: BTreeSet<u64>,
     edit_tried: BTreeSet<u64>,
@@ -74,6 +75,7 @@ impl Comments {
     fn extend(&mut self, other: Comments) {
         self.acked.extend(other.acked);
         self.tried.extend(other.tried);
+        self.posts.extend(other.posts);
         self.edited.extend(other.edited);
         self.edit_tried.extend(other.edit_tried);
         self.deleted.extend(other.deleted);
@@ -245,6 +247,7 @@ fn comment_on(
 ) -> Result<(), ()> {
     let text = format!("reader {index} on {id}");
     comments.tried.insert(text.clone());
+    comments.posts.insert(id);
     let req = Req::post(&format!("/v1/posts/{id}/comments"))
         .json(&json!({"text": text.clone()}))
         .bearer(token)
@@ -555,9 +558,9 @@ fn verify_comments(
     comments: &Comments,
 ) {
     let reader = &cast.readers[0];
-    let posts: BTreeSet<u64> = comments.acked.iter().map(|c| c.post).collect();
-    let mut there: std::collections::HashMap<u64, (u64, String)> = Default::default();
-    for post in &posts {
+    // Every comment there, whether answered or stored without an answer: (author, text, post).
+    let mut there: std::collections::HashMap<u64, (u64, String, u64)> = Default::default();
+    for post in &comments.posts {
         let resp = server.get(
             &format!("/v1/posts/{post}/comments?limit=100"),
             reader.auth(),
@@ -572,7 +575,7 @@ fn verify_comments(
                 comments.tried.contains(text),
                 "post {post}: comment {id} {text:?} was never sent"
             );
-            there.insert(id, (by, text.to_string()));
+            there.insert(id, (by, text.to_string(), *post));
         }
         let resp = server.get(&format!("/v1/posts/{post}"), reader.auth());
         resp.expect(200);
@@ -590,7 +593,7 @@ fn verify_comments(
                 c.id,
                 c.text
             ),
-            Some((by, text)) => {
+            Some((by, text, _)) => {
                 assert_eq!(*by, cast.readers[c.by].id(), "comment {}: its author", c.id);
                 assert!(
                     !comments.deleted.contains(&c.id),
@@ -621,14 +624,8 @@ fn verify_comments(
     for (a, author) in cast.authors.iter().enumerate() {
         let want: BTreeSet<(u64, u64)> = there
             .iter()
-            .filter(|(id, _)| {
-                comments
-                    .acked
-                    .iter()
-                    .find(|c| c.id == **id)
-                    .is_none_or(|c| author_of.get(&c.post) == Some(&a))
-            })
-            .map(|(id, (by, _))| (*by, *id))
+            .filter(|(_, (_, _, post))| author_of.get(post) == Some(&a))
+            .map(|(id, (by, _, _))| (*by, *id))
             .collect();
         let got = notices_of(server, author, "comment");
         let distinct: BTreeSet<(u64, u64)> = got.iter().copied().collect();
