@@ -593,8 +593,9 @@ fn verify_comments(
                 c.id,
                 c.text
             ),
-            Some((by, text, _)) => {
+            Some((by, text, post)) => {
                 assert_eq!(*by, cast.readers[c.by].id(), "comment {}: its author", c.id);
+                assert_eq!(*post, c.post, "comment {}: its post", c.id);
                 assert!(
                     !comments.deleted.contains(&c.id),
                     "comment {} is back after its answered delete",
