@@ -533,16 +533,7 @@ fn verify(
             .filter(|(_, post)| author_of.get(post) == Some(&a))
             .copied()
             .collect();
-        let got = notices_of(server, author, "like");
-        let distinct: BTreeSet<(u64, u64)> = got.iter().copied().collect();
-        assert!(
-            got.len() == distinct.len() && distinct == want,
-            "like notifications of author {a}: {} for {} likes; missing {:?}, extra {:?}",
-            got.len(),
-            want.len(),
-            want.difference(&distinct).collect::<Vec<_>>(),
-            distinct.difference(&want).collect::<Vec<_>>()
-        );
+        assert_notices(server, (a, author), "like", &want);
     }
     verify_comments(server, cast, &author_of, comments);
     stored.len() - acked.len()
@@ -628,17 +619,27 @@ fn verify_comments(
             .filter(|(_, (_, _, post))| author_of.get(post) == Some(&a))
             .map(|(id, (by, _, _))| (*by, *id))
             .collect();
-        let got = notices_of(server, author, "comment");
-        let distinct: BTreeSet<(u64, u64)> = got.iter().copied().collect();
-        assert!(
-            got.len() == distinct.len() && distinct == want,
-            "comment notifications of author {a}: {} for {} comments; missing {:?}, extra {:?}",
-            got.len(),
-            want.len(),
-            want.difference(&distinct).collect::<Vec<_>>(),
-            distinct.difference(&want).collect::<Vec<_>>()
-        );
+        assert_notices(server, (a, author), "comment", &want);
     }
+}
+
+/// Author `a` has exactly one notification of `kind` per (actor, subject) of `want`.
+fn assert_notices(
+    server: &Server,
+    (a, author): (usize, &Member),
+    kind: &str,
+    want: &BTreeSet<(u64, u64)>,
+) {
+    let got = notices_of(server, author, kind);
+    let distinct: BTreeSet<(u64, u64)> = got.iter().copied().collect();
+    assert!(
+        got.len() == distinct.len() && distinct == *want,
+        "{kind} notifications of author {a}: {} for {} wanted; missing {:?}, extra {:?}",
+        got.len(),
+        want.len(),
+        want.difference(&distinct).collect::<Vec<_>>(),
+        distinct.difference(want).collect::<Vec<_>>()
+    );
 }
 
 /// The posts of every mention notification of `who`, newest first.
