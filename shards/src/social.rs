@@ -347,11 +347,7 @@ impl Shard {
                 reply,
             } => {
                 let event = Event::Unfollowed { follower, followee };
-                let result = self
-                    .change(follower, followee, event, deadline, move |t, _| {
-                        social::unfollow(t, follower, followee)
-                    })
-                    .await;
+                let result = self.change(follower, followee, event, deadline).await;
                 let _ = reply.send(result);
             }
             Op::Block {
@@ -360,11 +356,7 @@ impl Shard {
                 reply,
             } => {
                 let event = Event::Blocked { blocker, blocked };
-                let result = self
-                    .change(blocker, blocked, event, deadline, move |t, now| {
-                        social::block(t, blocker, blocked, now)
-                    })
-                    .await;
+                let result = self.change(blocker, blocked, event, deadline).await;
                 let _ = reply.send(result);
             }
             Op::Unblock {
@@ -373,11 +365,7 @@ impl Shard {
                 reply,
             } => {
                 let event = Event::Unblocked { blocker, blocked };
-                let result = self
-                    .change(blocker, blocked, event, deadline, move |t, _| {
-                        social::unblock(t, blocker, blocked)
-                    })
-                    .await;
+                let result = self.change(blocker, blocked, event, deadline).await;
                 let _ = reply.send(result);
             }
             Op::Relations {
@@ -685,11 +673,7 @@ impl Shard {
                 posts,
                 reply,
             } => {
-                let result = self
-                    .partition
-                    .write(move |t| social::backfill(t, reader, author, &posts))
-                    .await;
-                self.feeds.forget(reader);
+                let result = self.write_backfill(reader, author, posts).await;
                 let _ = reply.send(result.map_err(Fail::from));
             }
             Op::EditPost {
@@ -1613,14 +1597,7 @@ impl Shard {
             Gate::Open => {}
         }
         let event = Event::Followed { follower, followee };
-        self.change(follower, followee, event, deadline, move |t, now| {
-            if social::follows_in(t, follower, followee)? {
-                return Ok(false);
-            }
-            social::check_following_room(t, follower)?;
-            social::follow(t, follower, followee, now)
-        })
-        .await?;
+        self.change(follower, followee, event, deadline).await?;
         self.backfill(follower, followee, deadline).await;
         Ok(true)
     }
@@ -1630,14 +1607,18 @@ impl Shard {
     /// transaction; if this fails (or the process dies first), `retry_backfills` does it
     /// later, so a follow always ends up with its backfill.
     async fn backfill(self: &Rc<Self>, reader: u64, author: u64, deadline: Instant) {
-        let posts = self
-            .ask(shard_of(author), deadline, |reply| Op::RecentPosts {
+        let posts = if shard_of(author) == self.id {
+            // Its posts are here already: the write only clears the pending row.
+            Ok(Vec::new())
+        } else {
+            self.ask(shard_of(author), deadline, |reply| Op::RecentPosts {
                 author,
                 viewer: reader,
                 limit: BACKFILL_POSTS,
                 reply,
             })
-            .await;
+            .await
+        };
         let posts = match posts {
             Ok(posts) => posts,
             // The author is gone: nothing to copy, and nothing to retry.
@@ -1647,14 +1628,30 @@ impl Shard {
                 return;
             }
         };
-        let written = self
-            .partition
-            .write(move |t| social::backfill(t, reader, author, &posts))
-            .await;
-        self.feeds.forget(reader);
+        let written = self.write_backfill(reader, author, posts).await;
         if let Err(e) = written {
             tracing::warn!(error = %e, reader, author, "feed backfill failed; will retry");
         }
+    }
+
+    /// On the reader's shard: `social::backfill`, a logged write.
+    async fn write_backfill(
+        self: &Rc<Self>,
+        reader: u64,
+        author: u64,
+        posts: Vec<Post>,
+    ) -> Result<(), CoreError> {
+        let record = Record::Backfill {
+            reader,
+            author,
+            posts: &posts,
+        }
+        .encode();
+        let written = self
+            .write_recorded(record, move |t| social::backfill(t, reader, author, &posts))
+            .await;
+        self.feeds.forget(reader);
+        written
     }
 
     /// Backfills whose follow committed more than `BACKFILL_RETRY_AGE_MS` ago without them.
@@ -1874,18 +1871,15 @@ impl Shard {
         Ok(post)
     }
 
-    /// A change on `actor`'s shard whose mirror lives on `other`'s shard: applied here with
-    /// its event in one transaction (mirrored in the same transaction when both are here,
-    /// through the outbox otherwise), then delivered before answering.
+    /// A follow, unfollow, block or unblock (`event`) on `actor`'s shard whose mirror lives
+    /// on `other`'s shard: applied here with its event in one logged write (`change_in`),
+    /// then delivered before answering.
     async fn change(
         self: &Rc<Self>,
         actor: u64,
         other: u64,
         event: Event,
         deadline: Instant,
-        local: impl FnOnce(&nova_storage::redb::WriteTransaction, u64) -> Result<bool, CoreError>
-            + Send
-            + 'static,
     ) -> Result<(), Fail> {
         debug_assert_eq!(shard_of(actor), self.id);
         let target = shard_of(other);
@@ -1895,19 +1889,18 @@ impl Shard {
         let event_id = self.next_id();
         let now = now_ms();
         let here = self.id;
+        let record = Record::Change {
+            here,
+            target,
+            event_id,
+            now,
+            event: &event,
+        }
+        .encode();
         let sent = event.clone();
         let changed = self
-            .write_notifying(move |t| {
-                if !local(t, now)? {
-                    return Ok(false);
-                }
-                if target == here {
-                    events::record(t, event_id, now, &event, &[])?;
-                    events::apply(t, event_id, now, &event, |u| shard_of(u) == here)?;
-                } else {
-                    events::record(t, event_id, now, &event, &[target])?;
-                }
-                Ok::<_, CoreError>(true)
+            .write_recorded(record, move |t| {
+                change_in(t, here, target, event_id, now, &event)
             })
             .await?;
         if changed {
@@ -2059,6 +2052,49 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+/// `Shard::change`'s write on the actor's shard `here`: the actor's side of a follow,
+/// unfollow, block or unblock (`event`), and, when it changed anything, the event, recorded
+/// for `target` (the other side's shard), or applied at once when that is `here` too.
+/// Whether anything changed. Replayed from its log record (replay.rs), so a function of its
+/// arguments and the tables alone.
+pub(crate) fn change_in(
+    t: &nova_storage::redb::WriteTransaction,
+    here: usize,
+    target: usize,
+    event_id: u64,
+    now: u64,
+    event: &Event,
+) -> Result<bool, CoreError> {
+    let changed = match *event {
+        Event::Followed { follower, followee } => {
+            if social::follows_in(t, follower, followee)? {
+                false
+            } else {
+                social::check_following_room(t, follower)?;
+                social::follow(t, follower, followee, now)?
+            }
+        }
+        Event::Unfollowed { follower, followee } => social::unfollow(t, follower, followee)?,
+        Event::Blocked { blocker, blocked } => social::block(t, blocker, blocked, now)?,
+        Event::Unblocked { blocker, blocked } => social::unblock(t, blocker, blocked)?,
+        _ => {
+            return Err(CoreError::Corrupt(format!(
+                "not a social graph change: {event:?}"
+            )))
+        }
+    };
+    if !changed {
+        return Ok(false);
+    }
+    if target == here {
+        events::record(t, event_id, now, event, &[])?;
+        events::apply(t, event_id, now, event, |u| shard_of(u) == here)?;
+    } else {
+        events::record(t, event_id, now, event, &[target])?;
+    }
+    Ok(true)
 }
 
 /// Writes a batch of composes on their authors' shard `here`, in one pass: each post (unless
