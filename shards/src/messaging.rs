@@ -29,6 +29,7 @@ use nova_storage::{StorageError, WriteFailure};
 
 use crate::error::Fail;
 use crate::mesh::{NewMessage, Op};
+use crate::replay::Record;
 use crate::shard::{now_ms, Shard};
 
 /// How long a typing indicator lasts without being renewed.
@@ -178,16 +179,23 @@ impl Shard {
                 reply,
             } => {
                 let now = now_ms();
+                let record = Record::EditMessage {
+                    id,
+                    sender,
+                    text: &text,
+                    now,
+                }
+                .encode();
                 let result = self
-                    .partition
-                    .write(move |t| messages::edit(t, id, sender, text, now))
+                    .write_recorded(record, move |t| messages::edit(t, id, sender, text, now))
                     .await;
                 let _ = reply.send(result.map_err(Fail::from));
             }
             Op::DeleteMessage { id, sender, reply } => {
                 let result = self
-                    .partition
-                    .write(move |t| messages::delete(t, id, sender))
+                    .write_recorded(Record::DeleteMessage { id, sender }.encode(), move |t| {
+                        messages::delete(t, id, sender)
+                    })
                     .await;
                 let _ = reply.send(result.map(|_| ()).map_err(Fail::from));
             }
@@ -197,7 +205,7 @@ impl Shard {
                 up_to,
                 reply,
             } => {
-                let record = crate::replay::Record::ReadReceipt {
+                let record = Record::ReadReceipt {
                     conversation,
                     user,
                     up_to,
@@ -309,20 +317,19 @@ impl Shard {
         }
         let local: Vec<u64> = by_shard.get(&here).cloned().unwrap_or_default();
         {
+            let record = Record::Conversation {
+                conversation: &conversation,
+                local: &local,
+                events: &events_out,
+                now,
+            }
+            .encode();
             let conversation = conversation.clone();
             let events_out = events_out.clone();
-            self.partition
-                .write(move |t| {
-                    messages::create(t, &conversation)?;
-                    for u in &local {
-                        messages::touch_inbox(t, *u, conversation.id, now)?;
-                    }
-                    for (id, event, target) in &events_out {
-                        events::record(t, *id, now, event, &[*target])?;
-                    }
-                    Ok::<_, CoreError>(())
-                })
-                .await?;
+            self.write_recorded(record, move |t| {
+                create_in(t, &conversation, &local, &events_out, now)
+            })
+            .await?;
         }
         for (id, event, target) in events_out {
             self.deliver_now(id, event, &[target], deadline).await;
@@ -503,17 +510,18 @@ impl Shard {
         let now = now_ms();
         let event = Event::ConversationLeft { conversation, user };
         let sent = event.clone();
-        self.partition
-            .write(move |t| {
-                messages::leave(t, conversation, user)?;
-                if target == here {
-                    messages::drop_from_inbox(t, user, conversation)?;
-                } else {
-                    events::record(t, event_id, now, &event, &[target])?;
-                }
-                Ok::<_, CoreError>(())
-            })
-            .await?;
+        let record = Record::Leave {
+            here,
+            target,
+            event_id,
+            now,
+            event: &event,
+        }
+        .encode();
+        self.write_recorded(record, move |t| {
+            leave_in(t, here, target, event_id, now, &event)
+        })
+        .await?;
         self.typing.stop(conversation, user);
         if target != here {
             self.deliver_now(event_id, sent, &[target], deadline).await;
@@ -546,6 +554,49 @@ impl Shard {
             }
         }
     }
+}
+
+/// `Shard::create_conversation`'s write on the creator's shard: the conversation, the
+/// inboxes of its participants here (`local`), and its `ConversationJoined` events for the
+/// other shards. Replayed from its log record (replay.rs).
+pub(crate) fn create_in(
+    t: &WriteTransaction,
+    conversation: &Conversation,
+    local: &[u64],
+    events_out: &[(u64, Event, usize)],
+    now: u64,
+) -> Result<(), CoreError> {
+    messages::create(t, conversation)?;
+    for u in local {
+        messages::touch_inbox(t, *u, conversation.id, now)?;
+    }
+    for (id, event, target) in events_out {
+        events::record(t, *id, now, event, &[*target])?;
+    }
+    Ok(())
+}
+
+/// `Shard::leave`'s write on the conversation's shard (`here`): `event` is the
+/// `ConversationLeft` of `conversation` and the leaving user, whose inbox is on `target`.
+/// Replayed from its log record (replay.rs).
+pub(crate) fn leave_in(
+    t: &WriteTransaction,
+    here: usize,
+    target: usize,
+    event_id: u64,
+    now: u64,
+    event: &Event,
+) -> Result<(), CoreError> {
+    let Event::ConversationLeft { conversation, user } = *event else {
+        return Err(CoreError::Corrupt(format!("not a leave: {event:?}")));
+    };
+    messages::leave(t, conversation, user)?;
+    if target == here {
+        messages::drop_from_inbox(t, user, conversation)?;
+    } else {
+        events::record(t, event_id, now, event, &[target])?;
+    }
+    Ok(())
 }
 
 /// Writes a batch of sends (message, idempotency key, event id) on the conversation's shard

@@ -13,8 +13,10 @@
 //! notifications marked read, and the social graph's changes on the actor's shard (follows,
 //! unfollows, blocks, unblocks: `social::change_in`) with the backfill that follows a follow
 //! (as durable writes, each follow waited for two checkpoints: loading the benchmark's graph
-//! of 37,624 follows took 18-19 s instead of 8). Any other write commits durably, taking the
-//! logged ones before it along.
+//! of 37,624 follows took 18-19 s instead of 8), mutes, and in messaging, edits and deletes
+//! of messages, new conversations and leaves. Any other write commits durably, taking the
+//! logged ones before it along: accounts and sessions, profiles and settings, follow
+//! requests, media records, moderation, mail.
 //!
 //! Replaying a record must do what the write did. It does, because the record carries every
 //! input the write took besides the database (ids, times, the shard's place), the write is
@@ -30,7 +32,7 @@
 use nova_core::codec;
 use nova_core::content::{self, Comment, Post};
 use nova_core::events::{self, Event};
-use nova_core::messages::{self, Message};
+use nova_core::messages::{self, Conversation, Message};
 use nova_core::notifications::{self, Which};
 use nova_core::shard_of;
 use nova_core::social;
@@ -119,6 +121,40 @@ enum Logged {
         author: u64,
         posts: Vec<Post>,
     },
+    /// `social::set_mute`.
+    Mute {
+        muter: u64,
+        muted: u64,
+        on: bool,
+        now: u64,
+    },
+    /// `messages::edit`.
+    EditMessage {
+        id: u64,
+        sender: u64,
+        text: String,
+        now: u64,
+    },
+    /// `messages::delete`.
+    DeleteMessage {
+        id: u64,
+        sender: u64,
+    },
+    /// A new conversation (`Shard::create_conversation`): `messaging::create_in`.
+    Conversation {
+        conversation: Conversation,
+        local: Vec<u64>,
+        events: Vec<(u64, Event, usize)>,
+        now: u64,
+    },
+    /// A participant leaving (`Shard::leave`): `messaging::leave_in`.
+    Leave {
+        here: usize,
+        target: usize,
+        event_id: u64,
+        now: u64,
+        event: Event,
+    },
 }
 
 /// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
@@ -183,6 +219,35 @@ pub(crate) enum Record<'a> {
         reader: u64,
         author: u64,
         posts: &'a [Post],
+    },
+    Mute {
+        muter: u64,
+        muted: u64,
+        on: bool,
+        now: u64,
+    },
+    EditMessage {
+        id: u64,
+        sender: u64,
+        text: &'a str,
+        now: u64,
+    },
+    DeleteMessage {
+        id: u64,
+        sender: u64,
+    },
+    Conversation {
+        conversation: &'a Conversation,
+        local: &'a [u64],
+        events: &'a [(u64, Event, usize)],
+        now: u64,
+    },
+    Leave {
+        here: usize,
+        target: usize,
+        event_id: u64,
+        now: u64,
+        event: &'a Event,
     },
 }
 
@@ -277,6 +342,42 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             posts,
         } => {
             social::backfill(t, reader, author, &posts).map_err(failed)?;
+        }
+        Logged::Mute {
+            muter,
+            muted,
+            on,
+            now,
+        } => {
+            social::set_mute(t, muter, muted, on, now).map_err(failed)?;
+        }
+        Logged::EditMessage {
+            id,
+            sender,
+            text,
+            now,
+        } => {
+            messages::edit(t, id, sender, text, now).map_err(failed)?;
+        }
+        Logged::DeleteMessage { id, sender } => {
+            messages::delete(t, id, sender).map_err(failed)?;
+        }
+        Logged::Conversation {
+            conversation,
+            local,
+            events,
+            now,
+        } => {
+            crate::messaging::create_in(t, &conversation, &local, &events, now).map_err(failed)?;
+        }
+        Logged::Leave {
+            here,
+            target,
+            event_id,
+            now,
+            event,
+        } => {
+            crate::messaging::leave_in(t, here, target, event_id, now, &event).map_err(failed)?;
         }
     }
     notifications::take_fresh(t).map_err(failed)?;
@@ -469,6 +570,100 @@ mod tests {
             } => {
                 assert_eq!((reader, author), (66, 62));
                 assert_eq!(back, posts);
+            }
+            other => panic!("{other:?}"),
+        }
+        let bytes = Record::Mute {
+            muter: 71,
+            muted: 72,
+            on: true,
+            now: 73,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::Mute {
+                muter: 71,
+                muted: 72,
+                on: true,
+                now: 73
+            }
+        ));
+        let bytes = Record::EditMessage {
+            id: 81,
+            sender: 82,
+            text: "fixed",
+            now: 83,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::EditMessage { id: 81, sender: 82, text, now: 83 } if text == "fixed"
+        ));
+        let bytes = Record::DeleteMessage { id: 81, sender: 82 }.encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::DeleteMessage { id: 81, sender: 82 }
+        ));
+        let conversation = Conversation {
+            id: 91,
+            creator: 92,
+            participants: vec![92, 93, 94],
+            created_ms: 95,
+            last_ms: 95,
+            last_message: None,
+        };
+        let joined = vec![(
+            96,
+            Event::ConversationJoined {
+                conversation: 91,
+                users: vec![94],
+                at_ms: 95,
+            },
+            1,
+        )];
+        let bytes = Record::Conversation {
+            conversation: &conversation,
+            local: &[92, 93],
+            events: &joined,
+            now: 95,
+        }
+        .encode();
+        match codec::decode::<Logged>(&bytes).unwrap() {
+            Logged::Conversation {
+                conversation: back,
+                local,
+                events,
+                now,
+            } => {
+                assert_eq!(back, conversation);
+                assert_eq!((local, now), (vec![92, 93], 95));
+                assert_eq!(events, joined);
+            }
+            other => panic!("{other:?}"),
+        }
+        let left = Event::ConversationLeft {
+            conversation: 91,
+            user: 94,
+        };
+        let bytes = Record::Leave {
+            here: 0,
+            target: 1,
+            event_id: 97,
+            now: 98,
+            event: &left,
+        }
+        .encode();
+        match codec::decode::<Logged>(&bytes).unwrap() {
+            Logged::Leave {
+                here,
+                target,
+                event_id,
+                now,
+                event,
+            } => {
+                assert_eq!((here, target, event_id, now), (0, 1, 97, 98));
+                assert_eq!(event, left);
             }
             other => panic!("{other:?}"),
         }

@@ -568,9 +568,15 @@ impl Shard {
                 reply,
             } => {
                 let now = now_ms();
+                let record = Record::Mute {
+                    muter,
+                    muted,
+                    on,
+                    now,
+                }
+                .encode();
                 let result = self
-                    .partition
-                    .write(move |t| social::set_mute(t, muter, muted, on, now))
+                    .write_recorded(record, move |t| social::set_mute(t, muter, muted, on, now))
                     .await;
                 self.feeds.forget(muter);
                 let _ = reply.send(result.map_err(Fail::from));

@@ -3,14 +3,16 @@
 //! restart (read by every participant, from either shard, with its text, no repeats), and the
 //! outbox then brings every participant's inbox up to the conversation's last message. A
 //! fourth participant of the group, who never sends, marks it read as it goes: its last
-//! answered read receipt holds after the kill.
+//! answered read receipt holds after the kill. The senders also edit one message in five and
+//! delete an older one in seven as they go: every answered edit and delete holds, and the
+//! one in flight at the kill either landed or not.
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -27,10 +29,22 @@ const REDELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 struct Acked {
     conversation: usize,
     id: u64,
+    /// Its text, as sent or as its answered edit left it.
     text: String,
+    /// Its delete was answered.
+    deleted: bool,
+    /// An edit (its text) or delete (`None`) sent and not answered (or answered 503): it may
+    /// have landed or not.
+    unsure: Option<Option<String>>,
 }
 
-/// Sends as one participant into one conversation until the server stops answering.
+/// The text an edit gives a message.
+fn edited(text: &str) -> String {
+    format!("{text} (edited)")
+}
+
+/// Sends as one participant into one conversation until the server stops answering; edits
+/// every fifth message answered, and deletes every seventh the one answered three before it.
 fn load(
     server: &Server,
     sender: &Member,
@@ -38,7 +52,7 @@ fn load(
     tag: &str,
     acked: &AtomicUsize,
 ) -> Vec<Acked> {
-    let mut out = Vec::new();
+    let mut out: Vec<Acked> = Vec::new();
     for i in 0..MESSAGES_PER_THREAD_MAX {
         let text = format!("{tag} message {i}");
         let req = Req::post(&format!("/v1/conversations/{}/messages", conversation.1))
@@ -52,15 +66,79 @@ fn load(
                     conversation: conversation.0,
                     id: parse_id(resp.at("message.id")),
                     text,
+                    deleted: false,
+                    unsure: None,
                 });
                 acked.fetch_add(1, Ordering::SeqCst);
             }
-            Ok(resp) if resp.status == 503 => {}
+            Ok(resp) if resp.status == 503 => continue,
             Ok(resp) => panic!("message {text:?}: {}", resp.what_happened()),
             Err(_) => break,
         }
+        let n = out.len();
+        let change = if n.is_multiple_of(5) {
+            Some(n - 1)
+        } else if n.is_multiple_of(7) && n > 3 {
+            Some(n - 4)
+        } else {
+            None
+        };
+        let Some(k) = change else { continue };
+        let message = &mut out[k];
+        let path = format!("/v1/messages/{}", message.id);
+        let (req, new_text) = if k == n - 1 {
+            let new_text = edited(&message.text);
+            let req = Req::new("PATCH", &path).json(&json!({ "text": new_text.clone() }));
+            (req, Some(new_text))
+        } else {
+            (Req::new("DELETE", &path), None)
+        };
+        let req = req.bearer(&sender.token).timeout(Duration::from_secs(20));
+        match server.send(&req) {
+            Ok(resp) if resp.status == 200 || resp.status == 204 => match new_text {
+                Some(t) => {
+                    assert_eq!(resp.str("message.text"), t, "{}", resp.what_happened());
+                    message.text = t;
+                }
+                None => message.deleted = true,
+            },
+            Ok(resp) if resp.status == 503 => message.unsure = Some(new_text),
+            Ok(resp) => panic!("{} {path}: {}", req.method, resp.what_happened()),
+            Err(_) => {
+                message.unsure = Some(new_text);
+                break;
+            }
+        }
     }
     out
+}
+
+/// Every message of `conversation` as `reader` reads it: id -> text, walked newest first by
+/// `max_id` (which must be strictly newest first, without repeats).
+fn texts(server: &Server, conversation: u64, reader: &Member) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    let mut max_id: Option<u64> = None;
+    loop {
+        let cursor = max_id.map_or(String::new(), |m| format!("&max_id={m}"));
+        let resp = server.get(
+            &format!("/v1/conversations/{conversation}/messages?limit=100{cursor}"),
+            reader.auth(),
+        );
+        resp.expect(200);
+        for item in resp.at("items").as_array().expect("items") {
+            let id = parse_id(at(item, "id").expect("id"));
+            assert!(
+                max_id.is_none_or(|m| id < m) && out.keys().next().is_none_or(|&o| id < o),
+                "conversation {conversation}: {id} is not strictly older than the ones before"
+            );
+            let text = at(item, "text").and_then(|t| t.as_str()).expect("text");
+            out.insert(id, text.to_string());
+        }
+        match next_cursor(&resp) {
+            Some(next) => max_id = Some(next),
+            None => return out,
+        }
+    }
 }
 
 /// The `last_read_id` of a receipt (0 for null: nothing read yet).
@@ -182,43 +260,41 @@ fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
             "round {round}: nothing was replayed after the kill; stderr:\n{log}"
         );
 
-        // Every participant reads every acknowledged message, once, newest first.
+        // Every participant reads every acknowledged message, once, newest first, as its
+        // answered edits and deletes left it.
         let mut stored: Vec<BTreeSet<u64>> = Vec::new();
         for (ci, (conv, members)) in conversations.iter().enumerate() {
-            let mut seen: Option<Vec<u64>> = None;
+            let mut seen: Option<BTreeMap<u64, String>> = None;
             for &p in members {
-                let ids = server.walk_posts(
-                    &format!("/v1/conversations/{conv}/messages"),
-                    &people[p].token,
-                    100,
-                );
-                if let Some(w) = ids.windows(2).find(|w| w[0] <= w[1]) {
-                    panic!("conversation {ci}: not strictly newest first: {w:?}");
-                }
+                let found = texts(&server, *conv, &people[p]);
                 match &seen {
-                    Some(s) => assert_eq!(s, &ids, "participants disagree"),
-                    None => seen = Some(ids),
+                    Some(s) => assert_eq!(s, &found, "participants disagree"),
+                    None => seen = Some(found),
                 }
             }
-            let set: BTreeSet<u64> = seen.unwrap().into_iter().collect();
-            let lost: Vec<&Acked> = acked
-                .iter()
-                .filter(|m| m.conversation == ci && !set.contains(&m.id))
-                .collect();
-            assert!(lost.is_empty(), "conversation {ci}: lost {lost:?}");
-            stored.push(set);
-        }
-        for m in &acked[acked.len().saturating_sub(20)..] {
-            let conv = conversations[m.conversation].0;
-            let page = server.get(
-                &format!(
-                    "/v1/conversations/{conv}/messages?max_id={}&limit=1",
-                    m.id + 1
-                ),
-                people[conversations[m.conversation].1[0]].auth(),
-            );
-            page.expect(200);
-            assert_eq!(page.str("items.0.text"), m.text);
+            let found = seen.unwrap();
+            for m in acked.iter_mut().filter(|m| m.conversation == ci) {
+                let here = found.get(&m.id);
+                let allowed = match &m.unsure {
+                    None if m.deleted => here.is_none(),
+                    None => here == Some(&m.text),
+                    Some(None) => here.is_none() || here == Some(&m.text),
+                    Some(Some(t)) => here == Some(&m.text) || here == Some(t),
+                };
+                assert!(
+                    allowed,
+                    "round {round}, conversation {ci}: message {} is {here:?} after the \
+                     restart; answered text {:?}, delete answered: {}, in flight: {:?}",
+                    m.id, m.text, m.deleted, m.unsure
+                );
+                // What was in flight is settled now.
+                match here {
+                    Some(t) => m.text = t.clone(),
+                    None => m.deleted = true,
+                }
+                m.unsure = None;
+            }
+            stored.push(found.into_keys().collect());
         }
 
         // The reader's last answered receipt holds.
@@ -276,10 +352,186 @@ fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
                 thread::sleep(Duration::from_millis(100));
             }
         }
+        let edits = acked
+            .iter()
+            .filter(|m| m.text.ends_with("(edited)"))
+            .count();
+        let deletes = acked.iter().filter(|m| m.deleted).count();
+        assert!(
+            edits > 0 && deletes > 0,
+            "round {round}: {edits} edits and {deletes} deletes stored"
+        );
         eprintln!(
-            "round {round}: {} acknowledged messages verified, {} stored; receipt {receipt} held",
+            "round {round}: {} acknowledged messages verified, {} stored ({edits} edited, \
+             {deletes} deleted); receipt {receipt} held",
             acked.len(),
             stored.iter().map(BTreeSet::len).sum::<usize>()
         );
     }
+}
+
+/// Conversations created before the kills, by `creator`.
+#[derive(Debug, Default)]
+struct Created {
+    /// Answered 201, with whether the creator's leave was answered.
+    answered: Vec<(u64, bool)>,
+    /// A leave sent and not answered: it may have landed or not.
+    unsure_leave: Option<u64>,
+}
+
+/// Every conversation in `member`'s inbox (`GET /v1/conversations`, walked by its cursor).
+fn inbox(server: &Server, member: &Member) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    let mut cursor = String::new();
+    for _ in 0..1000 {
+        let resp = server.get(
+            &format!("/v1/conversations?limit=100{cursor}"),
+            member.auth(),
+        );
+        resp.expect(200);
+        out.extend(item_ids(&resp));
+        match resp.at("next").as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return out,
+        }
+    }
+    panic!("an inbox of more than 1,000 pages");
+}
+
+/// Creates conversations as `creator` with `others` (in turn: a pair, a group) and leaves
+/// every third one answered, until the server stops answering.
+fn create_load(server: &Server, creator: &Member, others: &[u64], acked: &AtomicUsize) -> Created {
+    let mut out = Created::default();
+    for i in 0..MESSAGES_PER_THREAD_MAX {
+        let with: Vec<String> = others[..1 + i % others.len()]
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        let req = Req::post("/v1/conversations")
+            .json(&json!({ "participants": with }))
+            .bearer(&creator.token)
+            .timeout(Duration::from_secs(20));
+        let id = match server.send(&req) {
+            Ok(resp) if resp.status == 201 => parse_id(resp.at("conversation.id")),
+            Ok(resp) if resp.status == 503 => continue,
+            Ok(resp) => panic!("a new conversation: {}", resp.what_happened()),
+            Err(_) => return out,
+        };
+        acked.fetch_add(1, Ordering::SeqCst);
+        out.answered.push((id, false));
+        if out.answered.len() % 3 != 0 {
+            continue;
+        }
+        let req = Req::new("DELETE", &format!("/v1/conversations/{id}/membership"))
+            .bearer(&creator.token)
+            .timeout(Duration::from_secs(20));
+        match server.send(&req) {
+            Ok(resp) if resp.status == 204 => out.answered.last_mut().unwrap().1 = true,
+            Ok(resp) if resp.status == 503 => out.unsure_leave = Some(id),
+            Ok(resp) => panic!("leaving {id}: {}", resp.what_happened()),
+            Err(_) => {
+                out.unsure_leave = Some(id);
+                return out;
+            }
+        }
+    }
+    out
+}
+
+/// Conversations created and left through a SIGKILL, with participants on both shards:
+/// every answered one is there for every participant after the restart (in their inboxes, on
+/// the other shard once the outbox has delivered), and every answered leave holds.
+#[test]
+fn answered_conversations_and_leaves_survive_sigkill() {
+    let mut server = Server::start(&[]);
+    let mut people = vec![
+        server.member_on_shard(0),
+        server.member_on_shard(1),
+        server.member_on_shard(0),
+    ];
+    let shared = Arc::new(server);
+    let count = Arc::new(AtomicUsize::new(0));
+    let handle = {
+        let (server, count) = (Arc::clone(&shared), Arc::clone(&count));
+        let creator = people[0].clone();
+        let others = [people[1].id(), people[2].id()];
+        thread::spawn(move || create_load(&server, &creator, &others, &count))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count.load(Ordering::SeqCst) < 60 {
+        assert!(Instant::now() < deadline, "too few conversations in 120 s");
+        assert!(!handle.is_finished(), "the creator stopped before the kill");
+        thread::sleep(Duration::from_millis(5));
+    }
+    shared.signal(libc::SIGKILL);
+    let created = handle.join().unwrap();
+    server = Arc::try_unwrap(shared).ok().expect("no other owner");
+    server.kill9();
+    server.restart();
+    relogin(&server, &mut people);
+    let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
+    assert!(
+        log.contains("replayed the write-ahead log"),
+        "nothing was replayed after the kill; stderr:\n{log}"
+    );
+    let creator_inbox = inbox(&server, &people[0]);
+    for (i, &(id, left)) in created.answered.iter().enumerate() {
+        let unsure = created.unsure_leave == Some(id);
+        let status = server
+            .get(&format!("/v1/conversations/{id}"), people[0].auth())
+            .status;
+        let there = (status == 200, creator_inbox.contains(&id));
+        let allowed: &[(bool, bool)] = match (left, unsure) {
+            (true, _) => &[(false, false)],
+            (false, true) => &[(true, true), (false, false)],
+            (false, false) => &[(true, true)],
+        };
+        assert!(
+            allowed.contains(&there),
+            "conversation {id}: (readable, in the inbox) {there:?} for its creator; leave \
+             answered: {left}, in flight: {unsure}"
+        );
+        // The others were in it from the start, and stay.
+        let others = if i % 2 == 0 {
+            &people[1..2]
+        } else {
+            &people[1..3]
+        };
+        for member in others {
+            server
+                .get(&format!("/v1/conversations/{id}"), member.auth())
+                .expect(200);
+        }
+    }
+    // The participants' inboxes, the one on the other shard by the outbox's events.
+    let deadline = Instant::now() + REDELIVERY_TIMEOUT;
+    for (p, member) in people.iter().enumerate().skip(1) {
+        let want: BTreeSet<u64> = created
+            .answered
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| p == 1 || i % 2 == 1)
+            .map(|(_, (id, _))| *id)
+            .collect();
+        loop {
+            let found = inbox(&server, member);
+            if want.is_subset(&found) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "participant {p} (shard {}) misses {:?}",
+                member.shard(),
+                want.difference(&found).collect::<Vec<_>>()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let leaves = created.answered.iter().filter(|(_, left)| *left).count();
+    assert!(leaves > 0, "no leave answered before the kill");
+    eprintln!(
+        "{} conversations answered, {leaves} left, a leave in flight: {}",
+        created.answered.len(),
+        created.unsure_leave.is_some()
+    );
 }
