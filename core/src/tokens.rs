@@ -93,7 +93,7 @@ pub fn verify_access(key: &[u8], token: &str, now_s: u64) -> Result<AccessClaims
 }
 
 /// A parsed (not yet verified) refresh token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RefreshToken {
     pub session_id: u64,
     pub generation: u64,

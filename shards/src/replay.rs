@@ -13,10 +13,13 @@
 //! notifications marked read, and the social graph's changes on the actor's shard (follows,
 //! unfollows, blocks, unblocks: `social::change_in`) with the backfill that follows a follow
 //! (as durable writes, each follow waited for two checkpoints: loading the benchmark's graph
-//! of 37,624 follows took 18-19 s instead of 8), mutes, and in messaging, edits and deletes
-//! of messages, new conversations and leaves. Any other write commits durably, taking the
-//! logged ones before it along: accounts and sessions, profiles and settings, follow
-//! requests, media records, moderation, mail.
+//! of 37,624 follows took 18-19 s instead of 8), mutes, in messaging edits and deletes of
+//! messages, new conversations and leaves, and the sessions' writes: a login's new session
+//! (its refresh secret made before, so that a replay makes the same), each refresh-token
+//! rotation (clients refresh all day long), logouts and failed logins. Any other write
+//! commits durably, taking the logged ones before it along: registrations, email and
+//! password changes, profiles and settings, follow requests, media records, moderation,
+//! mail.
 //!
 //! Replaying a record must do what the write did. It does, because the record carries every
 //! input the write took besides the database (ids, times, the shard's place), the write is
@@ -32,10 +35,12 @@
 use nova_core::codec;
 use nova_core::content::{self, Comment, Post};
 use nova_core::events::{self, Event};
+use nova_core::identity::{self, AuthEvent, Context, NewSession};
 use nova_core::messages::{self, Conversation, Message};
 use nova_core::notifications::{self, Which};
 use nova_core::shard_of;
 use nova_core::social;
+use nova_core::tokens::RefreshToken;
 use nova_storage::redb::WriteTransaction;
 use nova_storage::StorageError;
 use serde::{Deserialize, Serialize};
@@ -155,6 +160,30 @@ enum Logged {
         now: u64,
         event: Event,
     },
+    /// A login's new session: `identity::create_session`.
+    Login {
+        ctx: Context,
+        new: NewSession,
+    },
+    /// A refresh token presented: `identity::refresh`.
+    Refresh {
+        ctx: Context,
+        token: RefreshToken,
+        ttl: u64,
+    },
+    /// `identity::revoke_session`.
+    RevokeSession {
+        ctx: Context,
+        user_id: u64,
+        session_id: u64,
+        event: AuthEvent,
+    },
+    /// An entry of the authentication log alone (a failed login): `identity::log_event`.
+    AuthEvent {
+        ctx: Context,
+        event: AuthEvent,
+        user_id: Option<u64>,
+    },
 }
 
 /// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
@@ -248,6 +277,26 @@ pub(crate) enum Record<'a> {
         event_id: u64,
         now: u64,
         event: &'a Event,
+    },
+    Login {
+        ctx: &'a Context,
+        new: &'a NewSession,
+    },
+    Refresh {
+        ctx: &'a Context,
+        token: &'a RefreshToken,
+        ttl: u64,
+    },
+    RevokeSession {
+        ctx: &'a Context,
+        user_id: u64,
+        session_id: u64,
+        event: AuthEvent,
+    },
+    AuthEvent {
+        ctx: &'a Context,
+        event: AuthEvent,
+        user_id: Option<u64>,
     },
 }
 
@@ -378,6 +427,27 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             event,
         } => {
             crate::messaging::leave_in(t, here, target, event_id, now, &event).map_err(failed)?;
+        }
+        Logged::Login { ctx, new } => {
+            identity::create_session(t, &ctx, new).map_err(failed)?;
+        }
+        Logged::Refresh { ctx, token, ttl } => {
+            identity::refresh(t, &ctx, &token, ttl).map_err(failed)?;
+        }
+        Logged::RevokeSession {
+            ctx,
+            user_id,
+            session_id,
+            event,
+        } => {
+            identity::revoke_session(t, &ctx, user_id, session_id, event).map_err(failed)?;
+        }
+        Logged::AuthEvent {
+            ctx,
+            event,
+            user_id,
+        } => {
+            identity::log_event(t, &ctx, event, user_id).map_err(failed)?;
         }
     }
     notifications::take_fresh(t).map_err(failed)?;

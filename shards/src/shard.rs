@@ -20,6 +20,7 @@ use crate::hasher::Hasher;
 use crate::limits::Limits;
 use crate::mesh::{LoginWho, Offer, Op, Registration, Reply, ShardMsg};
 use crate::metrics::{Metrics, Snapshot};
+use crate::replay::Record;
 
 /// Rows the admin email listing looks at, at most.
 const EMAILS_SCAN_MAX: usize = 10_000;
@@ -398,9 +399,14 @@ impl Shard {
             Op::Refresh { token, ip, reply } => {
                 let ctx = self.ctx(&ip);
                 let ttl = self.cfg.refresh_token_ttl_s * 1000;
+                let record = Record::Refresh {
+                    ctx: &ctx,
+                    token: &token,
+                    ttl,
+                }
+                .encode();
                 let result = self
-                    .partition
-                    .write(move |t| identity::refresh(t, &ctx, &token, ttl))
+                    .write_recorded(record, move |t| identity::refresh(t, &ctx, &token, ttl))
                     .await;
                 let result = match result {
                     Ok(identity::Refreshed::Reused {
@@ -425,9 +431,17 @@ impl Shard {
                 reply,
             } => {
                 let ctx = self.ctx(&ip);
+                let record = Record::RevokeSession {
+                    ctx: &ctx,
+                    user_id,
+                    session_id,
+                    event,
+                }
+                .encode();
                 let result = self
-                    .partition
-                    .write(move |t| identity::revoke_session(t, &ctx, user_id, session_id, event))
+                    .write_recorded(record, move |t| {
+                        identity::revoke_session(t, &ctx, user_id, session_id, event)
+                    })
                     .await;
                 if result.is_ok() {
                     self.broadcast_revoked(&[session_id]).await;
@@ -641,9 +655,17 @@ impl Shard {
             other => {
                 let user_id = other.map(|u| u.id);
                 let ctx = self.ctx(&ip);
-                self.partition
-                    .write(move |t| identity::log_event(t, &ctx, AuthEvent::LoginFailed, user_id))
-                    .await?;
+                let event = AuthEvent::LoginFailed;
+                let record = Record::AuthEvent {
+                    ctx: &ctx,
+                    event,
+                    user_id,
+                }
+                .encode();
+                self.write_recorded(record, move |t| {
+                    identity::log_event(t, &ctx, event, user_id)
+                })
+                .await?;
                 if let Some(id) = user_id {
                     self.limits.login_failures_account.fail(&id)?;
                 }
@@ -656,10 +678,15 @@ impl Shard {
             user_id: user.id,
             user_agent,
             refresh_ttl_ms: self.cfg.refresh_token_ttl_s * 1000,
+            secret: nova_core::tokens::random_bytes(),
         };
+        let record = Record::Login {
+            ctx: &ctx,
+            new: &new,
+        }
+        .encode();
         Ok(self
-            .partition
-            .write(move |t| identity::create_session(t, &ctx, new))
+            .write_recorded(record, move |t| identity::create_session(t, &ctx, new))
             .await?)
     }
 

@@ -262,3 +262,200 @@ fn acknowledged_registrations_and_logins_survive_sigkill() {
         );
     }
 }
+
+/// A session's refresh tokens as one client rotates them through the kill.
+#[derive(Debug)]
+struct Rotated {
+    login: Login,
+    /// Refreshes answered 200.
+    answered: usize,
+    /// A refresh sent and not answered (or answered 503): it may have landed or not.
+    in_flight: bool,
+}
+
+/// Refreshes `login`'s session over and over until the server stops answering.
+fn refresh_load(server: &Server, login: Login, acked: &AtomicUsize) -> Rotated {
+    let mut out = Rotated {
+        login,
+        answered: 0,
+        in_flight: false,
+    };
+    loop {
+        let req = Req::post("/v1/sessions/refresh")
+            .json(&json!({"refresh_token": out.login.refresh.clone()}))
+            .timeout(Duration::from_secs(20));
+        match server.send(&req) {
+            Ok(resp) if resp.status == 200 => {
+                out.login = Login::from_resp(&resp);
+                out.answered += 1;
+                acked.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(resp) if resp.status == 503 => {
+                out.in_flight = true;
+                return out;
+            }
+            Ok(resp) => panic!("refresh: {}", resp.what_happened()),
+            Err(_) => {
+                out.in_flight = true;
+                return out;
+            }
+        }
+    }
+}
+
+/// Sessions opened (and every other one closed) by one client through the kill.
+#[derive(Debug, Default)]
+struct Opened {
+    /// Logins answered 200, with whether their logout was answered.
+    answered: Vec<(Login, bool)>,
+    /// A logout sent and not answered: it may have landed or not.
+    unsure_logout: Option<u64>,
+}
+
+/// Logs `user` in over and over, logging every other session out, until the server stops
+/// answering.
+fn login_load(server: &Server, user: &User, acked: &AtomicUsize) -> Opened {
+    let mut out = Opened::default();
+    loop {
+        let req = Req::post("/v1/sessions")
+            .json(&json!({"login": user.username.clone(), "password": user.password.clone()}))
+            .timeout(Duration::from_secs(20));
+        let login = match server.send(&req) {
+            Ok(resp) if resp.status == 200 => Login::from_resp(&resp),
+            Ok(resp) if resp.status == 503 => continue,
+            Ok(resp) => panic!("login: {}", resp.what_happened()),
+            Err(_) => return out,
+        };
+        acked.fetch_add(1, Ordering::SeqCst);
+        let access = login.access.clone();
+        let session = login.session_id;
+        out.answered.push((login, false));
+        if out.answered.len() % 2 == 1 {
+            continue;
+        }
+        let req = Req::new("DELETE", "/v1/sessions/current")
+            .bearer(&access)
+            .timeout(Duration::from_secs(20));
+        match server.send(&req) {
+            Ok(resp) if resp.status == 204 => out.answered.last_mut().unwrap().1 = true,
+            Ok(resp) if resp.status == 503 => out.unsure_logout = Some(session),
+            Ok(resp) => panic!("logout: {}", resp.what_happened()),
+            Err(_) => {
+                out.unsure_logout = Some(session);
+                return out;
+            }
+        }
+    }
+}
+
+/// Presents a refresh token after the restart: `Ok(login)` when it rotated, else the error
+/// code.
+fn present(server: &Server, refresh: &str) -> Result<Login, String> {
+    let resp = server.post(
+        "/v1/sessions/refresh",
+        None,
+        json!({"refresh_token": refresh}),
+    );
+    match resp.status {
+        200 => Ok(Login::from_resp(&resp)),
+        401 => Err(resp.str("error.code").to_string()),
+        _ => panic!("refresh after the restart: {}", resp.what_happened()),
+    }
+}
+
+/// Refresh-token rotations, logins and logouts through a SIGKILL, on both shards: the last
+/// answered refresh token of each session still works after the restart (or, when a refresh
+/// was in flight at the kill and landed, is found rotated: `refresh_token_reused`, never
+/// `invalid_refresh_token`, which would mean a stored rotation was lost); every answered
+/// login's session is there, and every answered logout holds.
+#[test]
+fn answered_refreshes_logins_and_logouts_survive_sigkill() {
+    let mut server = Server::start(&[]);
+    let users: Vec<User> = [0, 0, 1, 1]
+        .into_iter()
+        .map(|s| server.register_on_shard(s))
+        .collect();
+    for round in 1..=2 {
+        let shared = Arc::new(server);
+        let acked = Arc::new(AtomicUsize::new(0));
+        let refreshers: Vec<_> = users
+            .iter()
+            .map(|u| {
+                let login = shared.login(&u.username, &u.password);
+                let (server, acked) = (Arc::clone(&shared), Arc::clone(&acked));
+                thread::spawn(move || refresh_load(&server, login, &acked))
+            })
+            .collect();
+        let openers: Vec<_> = [&users[0], &users[2]]
+            .into_iter()
+            .map(|u| {
+                let (server, acked, user) = (Arc::clone(&shared), Arc::clone(&acked), u.clone());
+                thread::spawn(move || login_load(&server, &user, &acked))
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while acked.load(Ordering::SeqCst) < ACKED_BEFORE_KILL {
+            assert!(Instant::now() < deadline, "too few answers in 120 s");
+            thread::sleep(Duration::from_millis(5));
+        }
+        shared.signal(libc::SIGKILL);
+        let rotated: Vec<Rotated> = refreshers.into_iter().map(|h| h.join().unwrap()).collect();
+        let opened: Vec<Opened> = openers.into_iter().map(|h| h.join().unwrap()).collect();
+        server = Arc::try_unwrap(shared).ok().expect("no other owner");
+        server.kill9();
+        server.restart();
+        let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
+        assert!(
+            log.contains("replayed the write-ahead log"),
+            "round {round}: nothing was replayed after the kill; stderr:\n{log}"
+        );
+        let mut landed = 0;
+        for (u, r) in rotated.iter().enumerate() {
+            match present(&server, &r.login.refresh) {
+                Ok(next) => {
+                    server.get("/v1/me", Some(&next.access)).expect(200);
+                }
+                Err(code) if code == "refresh_token_reused" && r.in_flight => landed += 1,
+                Err(code) => panic!(
+                    "round {round}: user {u}'s last answered refresh token (of {} answered, \
+                     one in flight: {}) is {code} after the restart",
+                    r.answered, r.in_flight
+                ),
+            }
+        }
+        let mut logouts = 0;
+        for o in &opened {
+            for (login, logged_out) in &o.answered {
+                let unsure = o.unsure_logout == Some(login.session_id);
+                match present(&server, &login.refresh) {
+                    Ok(_) => assert!(
+                        !logged_out,
+                        "round {round}: session {} works after its answered logout",
+                        login.session_id
+                    ),
+                    Err(_) if *logged_out => {
+                        // Its access token, still within its lifetime, is refused too.
+                        let me = server.get("/v1/me", Some(&login.access));
+                        assert_eq!(me.status, 401, "{}", me.what_happened());
+                    }
+                    Err(code) => assert!(
+                        *logged_out || unsure,
+                        "round {round}: answered login's session {} is {code} after the restart",
+                        login.session_id
+                    ),
+                }
+                logouts += usize::from(*logged_out);
+            }
+        }
+        assert!(
+            logouts > 0,
+            "round {round}: no logout answered before the kill"
+        );
+        eprintln!(
+            "round {round}: {} refreshes answered ({landed} in flight landed), {} logins \
+             answered, {logouts} logouts",
+            rotated.iter().map(|r| r.answered).sum::<usize>(),
+            opened.iter().map(|o| o.answered.len()).sum::<usize>()
+        );
+    }
+}

@@ -137,7 +137,7 @@ pub struct AuthLog {
 }
 
 /// Request context every logged write carries.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Context {
     pub now_ms: u64,
     pub ip: String,
@@ -601,11 +601,15 @@ pub struct Issued {
     pub user: User,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct NewSession {
     pub id: u64,
     pub user_id: u64,
     pub user_agent: String,
     pub refresh_ttl_ms: u64,
+    /// The secret of the session's refresh tokens (`tokens::random_bytes`): made by the
+    /// caller, so that the write is a function of its inputs (a replay makes the same one).
+    pub secret: [u8; 32],
 }
 
 /// Opens a session for a user whose password was just verified.
@@ -628,7 +632,7 @@ pub fn create_session(
         revoked_ms: None,
     };
     let state = RefreshState {
-        secret: tokens::random_bytes(),
+        secret: new.secret,
         generation: 0,
         expires_ms: ctx.now_ms + new.refresh_ttl_ms,
     };

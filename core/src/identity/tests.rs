@@ -103,6 +103,7 @@ fn refresh_rotates_and_reuse_revokes_the_session() {
                 user_id: 1,
                 user_agent: "t".into(),
                 refresh_ttl_ms: 1000,
+                secret: crate::tokens::random_bytes(),
             },
         )
     })
@@ -140,6 +141,7 @@ fn sessions_belong_to_their_user() {
                 user_id: 1,
                 user_agent: "t".into(),
                 refresh_ttl_ms: 1000,
+                secret: crate::tokens::random_bytes(),
             },
         )
     })
@@ -192,6 +194,7 @@ fn verification_and_reset_tokens_are_single_use_and_expire() {
                 user_id: 1,
                 user_agent: "t".into(),
                 refresh_ttl_ms: 1000,
+                secret: crate::tokens::random_bytes(),
             },
         )
     })
