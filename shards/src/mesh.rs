@@ -556,7 +556,7 @@ pub struct CommentInfo {
     pub liked: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PreferencesUpdate {
     pub default_visibility: Option<Visibility>,
     pub language: Option<String>,
@@ -564,7 +564,7 @@ pub struct PreferencesUpdate {
     pub muted_words: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SettingsUpdate {
     pub private: Option<bool>,
     pub messages_from: Option<MessagesFrom>,

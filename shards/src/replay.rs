@@ -16,10 +16,12 @@
 //! of 37,624 follows took 18-19 s instead of 8), mutes, in messaging edits and deletes of
 //! messages, new conversations and leaves, and the sessions' writes: a login's new session
 //! (its refresh secret made before, so that a replay makes the same), each refresh-token
-//! rotation (clients refresh all day long), logouts and failed logins. Any other write
-//! commits durably, taking the logged ones before it along: registrations, email and
-//! password changes, profiles and settings, follow requests, media records, moderation,
-//! mail.
+//! rotation (clients refresh all day long), logouts and failed logins, profile, preference
+//! and settings edits, and follow requests withdrawn or rejected (every unfollow asked for
+//! that durable write on the followee's shard, a checkpoint there). Any other write commits
+//! durably, taking the logged ones before it along: registrations, email and password
+//! changes, follow requests made and approved, push subscriptions, media records,
+//! moderation, mail.
 //!
 //! Replaying a record must do what the write did. It does, because the record carries every
 //! input the write took besides the database (ids, times, the shard's place), the write is
@@ -35,9 +37,10 @@
 use nova_core::codec;
 use nova_core::content::{self, Comment, Post};
 use nova_core::events::{self, Event};
-use nova_core::identity::{self, AuthEvent, Context, NewSession};
+use nova_core::identity::{self, AuthEvent, Context, DisplayName, NewSession};
 use nova_core::messages::{self, Conversation, Message};
 use nova_core::notifications::{self, Which};
+use nova_core::profiles::{self, MessagesFrom};
 use nova_core::shard_of;
 use nova_core::social;
 use nova_core::tokens::RefreshToken;
@@ -45,6 +48,7 @@ use nova_storage::redb::WriteTransaction;
 use nova_storage::StorageError;
 use serde::{Deserialize, Serialize};
 
+use crate::mesh::PreferencesUpdate;
 use crate::notify::REMOTE_EVENT_IDS;
 
 /// A compose as `compose_batch` takes it: the post, its idempotency key, its event id and
@@ -184,6 +188,31 @@ enum Logged {
         event: AuthEvent,
         user_id: Option<u64>,
     },
+    /// `social::update_profile_in`.
+    Profile {
+        user_id: u64,
+        display_name: Option<DisplayName>,
+        bio: Option<String>,
+        links: Option<Vec<String>>,
+        event_id: u64,
+        now: u64,
+    },
+    /// `social::preferences_in`.
+    Preferences {
+        user_id: u64,
+        update: PreferencesUpdate,
+    },
+    /// `profiles::update_settings`.
+    Settings {
+        user_id: u64,
+        private: Option<bool>,
+        messages_from: Option<MessagesFrom>,
+    },
+    /// A follow request withdrawn or rejected: `social::drop_request`.
+    DropRequest {
+        followee: u64,
+        requester: u64,
+    },
 }
 
 /// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
@@ -297,6 +326,27 @@ pub(crate) enum Record<'a> {
         ctx: &'a Context,
         event: AuthEvent,
         user_id: Option<u64>,
+    },
+    Profile {
+        user_id: u64,
+        display_name: Option<&'a DisplayName>,
+        bio: Option<&'a str>,
+        links: Option<&'a [String]>,
+        event_id: u64,
+        now: u64,
+    },
+    Preferences {
+        user_id: u64,
+        update: &'a PreferencesUpdate,
+    },
+    Settings {
+        user_id: u64,
+        private: Option<bool>,
+        messages_from: Option<MessagesFrom>,
+    },
+    DropRequest {
+        followee: u64,
+        requester: u64,
     },
 }
 
@@ -448,6 +498,34 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             user_id,
         } => {
             identity::log_event(t, &ctx, event, user_id).map_err(failed)?;
+        }
+        Logged::Profile {
+            user_id,
+            display_name,
+            bio,
+            links,
+            event_id,
+            now,
+        } => {
+            let name = display_name.as_ref();
+            crate::social::update_profile_in(t, user_id, name, bio, links, event_id, now)
+                .map_err(failed)?;
+        }
+        Logged::Preferences { user_id, update } => {
+            crate::social::preferences_in(t, user_id, update).map_err(failed)?;
+        }
+        Logged::Settings {
+            user_id,
+            private,
+            messages_from,
+        } => {
+            profiles::update_settings(t, user_id, private, messages_from).map_err(failed)?;
+        }
+        Logged::DropRequest {
+            followee,
+            requester,
+        } => {
+            social::drop_request(t, followee, requester).map_err(failed)?;
         }
     }
     notifications::take_fresh(t).map_err(failed)?;
@@ -737,5 +815,129 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let ctx = Context {
+            now_ms: 101,
+            ip: "192.0.2.7".into(),
+            log_id: 102,
+        };
+        let new = NewSession {
+            id: 103,
+            user_id: 104,
+            user_agent: "curl".into(),
+            refresh_ttl_ms: 105,
+            secret: [7; 32],
+        };
+        let bytes = Record::Login {
+            ctx: &ctx,
+            new: &new,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::Login { ctx: c, new: n } if c == ctx && n == new
+        ));
+        let token = RefreshToken::parse("103.2.c2lnbmVk").unwrap();
+        let bytes = Record::Refresh {
+            ctx: &ctx,
+            token: &token,
+            ttl: 106,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::Refresh { ctx: c, token: t, ttl: 106 } if c == ctx && t == token
+        ));
+        let bytes = Record::RevokeSession {
+            ctx: &ctx,
+            user_id: 104,
+            session_id: 103,
+            event: AuthEvent::Logout,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::RevokeSession {
+                ctx: c,
+                user_id: 104,
+                session_id: 103,
+                event: AuthEvent::Logout
+            } if c == ctx
+        ));
+        let bytes = Record::AuthEvent {
+            ctx: &ctx,
+            event: AuthEvent::LoginFailed,
+            user_id: None,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::AuthEvent {
+                ctx: c,
+                event: AuthEvent::LoginFailed,
+                user_id: None
+            } if c == ctx
+        ));
+        let links = vec!["https://example.com".to_string()];
+        let bytes = Record::Profile {
+            user_id: 115,
+            display_name: None,
+            bio: Some("hello"),
+            links: Some(&links),
+            event_id: 116,
+            now: 117,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::Profile {
+                user_id: 115,
+                display_name: None,
+                bio: Some(b),
+                links: Some(l),
+                event_id: 116,
+                now: 117
+            } if b == "hello" && l == links
+        ));
+        let update = PreferencesUpdate {
+            default_visibility: Some(content::Visibility::Followers),
+            language: Some("de".into()),
+            hide_replies: None,
+            muted_words: Some(vec!["spoiler".into()]),
+        };
+        let bytes = Record::Preferences {
+            user_id: 113,
+            update: &update,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::Preferences { user_id: 113, update: u } if u == update
+        ));
+        let bytes = Record::Settings {
+            user_id: 114,
+            private: Some(true),
+            messages_from: Some(MessagesFrom::Following),
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::Settings {
+                user_id: 114,
+                private: Some(true),
+                messages_from: Some(MessagesFrom::Following)
+            }
+        ));
+        let bytes = Record::DropRequest {
+            followee: 111,
+            requester: 112,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::DropRequest {
+                followee: 111,
+                requester: 112
+            }
+        ));
     }
 }

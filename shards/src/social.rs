@@ -16,7 +16,10 @@ use nova_core::{id_ms, shard_of, CoreError};
 
 use crate::error::Fail;
 use crate::feeds::{Head, SharedPost, HEAD_LEN};
-use crate::mesh::{Gate, NewPost, Offer, Op, Page, PostStats, Profile, SettingsUpdate, UserBrief};
+use crate::mesh::{
+    Gate, NewPost, Offer, Op, Page, PostStats, PreferencesUpdate, Profile, SettingsUpdate,
+    UserBrief,
+};
 use crate::replay::Record;
 use crate::shard::{now_ms, until, Shard};
 
@@ -500,19 +503,26 @@ impl Shard {
                 reply,
             } => {
                 let (event_id, now) = (self.next_id(), now_ms());
+                let record = Record::Profile {
+                    user_id,
+                    display_name: display_name.as_ref(),
+                    bio: bio.as_deref(),
+                    links: links.as_deref(),
+                    event_id,
+                    now,
+                }
+                .encode();
                 let result = self
-                    .partition
-                    .write(move |t| {
-                        let user = match &display_name {
-                            Some(name) => {
-                                Some(identity::set_display_name(t, user_id, name, event_id, now)?)
-                            }
-                            None => None,
-                        };
-                        if bio.is_some() || links.is_some() {
-                            profiles::update_profile(t, user_id, bio, links)?;
-                        }
-                        Ok::<_, CoreError>(user)
+                    .write_recorded(record, move |t| {
+                        update_profile_in(
+                            t,
+                            user_id,
+                            display_name.as_ref(),
+                            bio,
+                            links,
+                            event_id,
+                            now,
+                        )
                     })
                     .await;
                 let result = match result {
@@ -539,22 +549,14 @@ impl Shard {
                         ))
                     }),
                     Some(u) => self
-                        .partition
-                        .write(move |t| {
-                            let prefs = profiles::update_preferences(
-                                t,
+                        .write_recorded(
+                            Record::Preferences {
                                 user_id,
-                                u.default_visibility,
-                                u.language,
-                            )?;
-                            let feed = profiles::update_feed_preferences(
-                                t,
-                                user_id,
-                                u.hide_replies,
-                                u.muted_words,
-                            )?;
-                            Ok::<_, CoreError>((prefs, feed))
-                        })
+                                update: &u,
+                            }
+                            .encode(),
+                            move |t| preferences_in(t, user_id, u),
+                        )
                         .await
                         .map_err(Fail::from)
                         .inspect(|_| self.feeds.forget(user_id)),
@@ -603,9 +605,14 @@ impl Shard {
                         private,
                         messages_from,
                     }) => {
+                        let record = Record::Settings {
+                            user_id,
+                            private,
+                            messages_from,
+                        }
+                        .encode();
                         let result = self
-                            .partition
-                            .write(move |t| {
+                            .write_recorded(record, move |t| {
                                 profiles::update_settings(t, user_id, private, messages_from)
                             })
                             .await
@@ -632,11 +639,7 @@ impl Shard {
                 requester,
                 reply,
             } => {
-                let result = self
-                    .partition
-                    .write(move |t| social::drop_request(t, followee, requester))
-                    .await;
-                let _ = reply.send(result.map_err(Fail::from));
+                let _ = reply.send(self.drop_request(followee, requester).await);
             }
             Op::FollowRequests {
                 user_id,
@@ -1721,6 +1724,26 @@ impl Shard {
         }
     }
 
+    /// On the followee's shard: withdraws or rejects `requester`'s request to follow, a logged
+    /// write. False when there was none, found by a read: every unfollow asks this, and most
+    /// find nothing to write.
+    async fn drop_request(self: &Rc<Self>, followee: u64, requester: u64) -> Result<bool, Fail> {
+        if !self.read(|r| social::requested(r, followee, requester))? {
+            return Ok(false);
+        }
+        let record = Record::DropRequest {
+            followee,
+            requester,
+        }
+        .encode();
+        let dropped = self
+            .write_recorded(record, move |t| {
+                social::drop_request(t, followee, requester)
+            })
+            .await?;
+        Ok(dropped)
+    }
+
     /// On a private followee's shard: approve (the requester becomes a follower here, and
     /// its own shard hears it through the outbox) or reject a pending request.
     async fn answer_request(
@@ -1731,10 +1754,7 @@ impl Shard {
         deadline: Instant,
     ) -> Result<(), Fail> {
         if !approve {
-            let dropped = self
-                .partition
-                .write(move |t| social::drop_request(t, followee, requester))
-                .await?;
+            let dropped = self.drop_request(followee, requester).await?;
             return if dropped {
                 Ok(())
             } else {
@@ -2058,6 +2078,40 @@ impl Shard {
         }
         Ok(())
     }
+}
+
+/// `Op::UpdateProfile`'s write: the display name (on the user's row, with its
+/// `UserChanged` event), bio and links. The user, when its name changed. Replayed from its
+/// log record (replay.rs).
+pub(crate) fn update_profile_in(
+    t: &nova_storage::redb::WriteTransaction,
+    user_id: u64,
+    display_name: Option<&identity::DisplayName>,
+    bio: Option<String>,
+    links: Option<Vec<String>>,
+    event_id: u64,
+    now: u64,
+) -> Result<Option<identity::User>, CoreError> {
+    let user = match display_name {
+        Some(name) => Some(identity::set_display_name(t, user_id, name, event_id, now)?),
+        None => None,
+    };
+    if bio.is_some() || links.is_some() {
+        profiles::update_profile(t, user_id, bio, links)?;
+    }
+    Ok(user)
+}
+
+/// `Op::Preferences`' write: posting and feed preferences. Replayed from its log record
+/// (replay.rs).
+pub(crate) fn preferences_in(
+    t: &nova_storage::redb::WriteTransaction,
+    user_id: u64,
+    u: PreferencesUpdate,
+) -> Result<(profiles::Preferences, profiles::FeedPreferences), CoreError> {
+    let prefs = profiles::update_preferences(t, user_id, u.default_visibility, u.language)?;
+    let feed = profiles::update_feed_preferences(t, user_id, u.hide_replies, u.muted_words)?;
+    Ok((prefs, feed))
 }
 
 /// `Shard::change`'s write on the actor's shard `here`: the actor's side of a follow,

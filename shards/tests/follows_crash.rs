@@ -8,6 +8,10 @@
 //!   delivered, and nothing else does;
 //! - a block took away the follow its target had of the blocker, on both shards;
 //! - every profile's `followers_count` and `following_count` equal its lists.
+//!
+//! Between their changes the actors also edit their profile's bio, their language preference
+//! and who may message them: after each restart each holds its last answered value (or the
+//! one in flight at the kill).
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -93,6 +97,32 @@ impl Relation {
     }
 }
 
+/// The profile edits an actor makes between its changes, in turn: (route, field, where a read
+/// finds it after the restart).
+const EDITS: [(&str, &str, &str); 3] = [
+    ("/v1/me/profile", "bio", "user.bio"),
+    ("/v1/me/preferences", "language", "preferences.language"),
+    ("/v1/me/settings", "messages_from", "settings.messages_from"),
+];
+
+/// The value the `n`th edit of kind `kind` sets.
+fn edit_value(kind: usize, n: usize) -> String {
+    match kind {
+        0 => format!("bio {n}"),
+        1 => ["en", "de", "fr", "es"][n % 4].to_string(),
+        _ => ["everyone", "following"][n % 2].to_string(),
+    }
+}
+
+/// One actor's edits of each kind of `EDITS`: the last answered value, and the one in flight
+/// at the kill (or answered 503).
+#[derive(Clone, Debug, Default)]
+struct Edits {
+    answered: [Option<String>; 3],
+    unsure: [Option<String>; 3],
+    count: usize,
+}
+
 /// The cast: actors 0 and 1 on shard 0, 2 and 3 on shard 1; targets the same; blockers'
 /// targets the same, each following every actor from the start.
 struct Cast {
@@ -153,15 +183,49 @@ fn cast(server: &Server) -> (Cast, Vec<Relation>) {
     (cast, relations)
 }
 
-/// Changes `relations` (all of one actor) in turn until the server stops answering.
+/// Sends the actor's next profile edit. False once the server stops answering.
+fn edit(server: &Server, token: &str, edits: &mut Edits) -> bool {
+    let kind = edits.count % EDITS.len();
+    let value = edit_value(kind, edits.count);
+    edits.count += 1;
+    let (path, field, _) = EDITS[kind];
+    let mut body = simd_json::owned::Object::new();
+    body.insert(field.into(), value.clone().into());
+    let req = Req::new("PATCH", path)
+        .json(&Json::from(body))
+        .bearer(token)
+        .timeout(Duration::from_secs(20));
+    match server.send(&req) {
+        Ok(resp) if resp.status == 200 => {
+            edits.answered[kind] = Some(value);
+            edits.unsure[kind] = None;
+            true
+        }
+        Ok(resp) if resp.status == 503 => {
+            edits.unsure[kind] = Some(value);
+            true
+        }
+        Ok(resp) => panic!("PATCH {path}: {}", resp.what_happened()),
+        Err(_) => {
+            edits.unsure[kind] = Some(value);
+            false
+        }
+    }
+}
+
+/// Changes `relations` (all of one actor) in turn, with a profile edit after every third,
+/// until the server stops answering.
 fn load(
     server: &Server,
     token: &str,
     ids: &(Vec<u64>, Vec<u64>),
-    mut relations: Vec<Relation>,
+    (mut relations, mut edits): (Vec<Relation>, Edits),
     acked: &AtomicUsize,
-) -> Vec<Relation> {
+) -> (Vec<Relation>, Edits) {
     for i in 0.. {
+        if i % 3 == 2 && !edit(server, token, &mut edits) {
+            break;
+        }
         let n = relations.len();
         // A relation left unsure (503) is not touched again this round.
         let Some(r) = (0..n)
@@ -193,7 +257,7 @@ fn load(
             }
         }
     }
-    relations
+    (relations, edits)
 }
 
 /// Runs every actor's load and SIGKILLs the server once `ACKED_BEFORE_KILL` changes have
@@ -201,8 +265,8 @@ fn load(
 fn load_then_kill(
     server: Server,
     cast: &Cast,
-    relations: Vec<Relation>,
-) -> (Server, Vec<Relation>) {
+    (relations, edits): (Vec<Relation>, Vec<Edits>),
+) -> (Server, Vec<Relation>, Vec<Edits>) {
     let server = Arc::new(server);
     let acked = Arc::new(AtomicUsize::new(0));
     let ids = Arc::new((
@@ -217,7 +281,8 @@ fn load_then_kill(
             let mine: Vec<Relation> = relations.iter().filter(|r| r.actor == a).cloned().collect();
             let (server, acked, ids) = (Arc::clone(&server), Arc::clone(&acked), Arc::clone(&ids));
             let token = actor.token.clone();
-            thread::spawn(move || load(&server, &token, &ids, mine, &acked))
+            let edits = edits[a].clone();
+            thread::spawn(move || load(&server, &token, &ids, (mine, edits), &acked))
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -234,13 +299,46 @@ fn load_then_kill(
         thread::sleep(Duration::from_millis(5));
     }
     server.signal(libc::SIGKILL);
-    let relations = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
+    let mut relations = Vec::new();
+    let mut edits = Vec::new();
+    for h in handles {
+        let (r, e) = h.join().unwrap();
+        relations.extend(r);
+        edits.push(e);
+    }
     let mut server = Arc::try_unwrap(server).ok().expect("no other owner");
     server.kill9(); // reap it
-    (server, relations)
+    (server, relations, edits)
+}
+
+/// After a restart: each actor's profile, preferences and settings hold its last answered
+/// edit of each, or the one in flight. Settles each to what was found.
+fn check_edits(server: &Server, cast: &Cast, edits: &mut [Edits], round: usize) {
+    for (a, (actor, e)) in cast.actors.iter().zip(edits.iter_mut()).enumerate() {
+        for (kind, (path, _, field)) in EDITS.iter().enumerate() {
+            let path = if kind == 0 {
+                format!("/v1/users/{}", actor.id())
+            } else {
+                path.to_string()
+            };
+            let resp = server.get(&path, actor.auth());
+            resp.expect(200);
+            let found = resp.str(field).to_string();
+            let allowed = [&e.answered[kind], &e.unsure[kind]];
+            assert!(
+                allowed.iter().any(|v| v.as_deref() == Some(&found))
+                    || allowed.iter().all(|v| v.is_none()),
+                "round {round}: actor {a}'s {field} is {found:?} after the restart; answered \
+                 {:?}, in flight {:?}",
+                e.answered[kind],
+                e.unsure[kind]
+            );
+            if e.answered[kind].is_some() || e.unsure[kind].is_some() {
+                e.answered[kind] = Some(found);
+            }
+            e.unsure[kind] = None;
+        }
+    }
 }
 
 /// The ids in `member`'s followers or following list, as `member` sees it.
@@ -264,24 +362,33 @@ fn sees(server: &Server, member: &Member, other: &Member) -> bool {
     }
 }
 
-/// After a restart: each relation as stored on its actor's shard, against what its changes
-/// allow. Settles each relation's state to what was found.
+/// After a restart: each relation as its actor finds it, against what its changes allow.
+/// Settles each relation's state to what was found. The follow is read on the actor's shard;
+/// a block hides the profile on the target's shard once its event is applied there, which
+/// after a kill may wait for the outbox: a relation is read again until it is allowed, for
+/// as long as redelivery may take.
 fn check_actors(server: &Server, cast: &Cast, relations: &mut [Relation], round: usize) {
+    let deadline = Instant::now() + REDELIVERY_TIMEOUT;
     for (a, actor) in cast.actors.iter().enumerate() {
-        let following = relation_ids(server, actor, "following");
         for r in relations.iter_mut().filter(|r| r.actor == a) {
             let target = if r.blocking {
                 &cast.blocked[r.target]
             } else {
                 &cast.targets[r.target]
             };
-            let found = (
-                following.contains(&target.id()),
-                !sees(server, actor, target),
-            );
             let allowed: Vec<State> = std::iter::once(r.state)
                 .chain(r.unsure.map(Change::leaves))
                 .collect();
+            let found = loop {
+                let found = (
+                    relation_ids(server, actor, "following").contains(&target.id()),
+                    !sees(server, actor, target),
+                );
+                if allowed.contains(&found) || Instant::now() >= deadline {
+                    break found;
+                }
+                thread::sleep(Duration::from_millis(100));
+            };
             assert!(
                 allowed.contains(&found),
                 "round {round}: actor {a} and {} target {}: found (follows, blocks) {found:?}, \
@@ -389,13 +496,17 @@ fn mirror_mismatch(server: &Server, cast: &Cast, relations: &[Relation]) -> Opti
 
 #[test]
 fn answered_follows_and_blocks_hold_on_both_shards_after_sigkill() {
-    let mut server = Server::start(&[]);
+    // No periodic checkpoint: everything a round's load writes is the log's to replay, so
+    // every round checks the replay of every kind of change, wherever the kill falls.
+    let mut server = Server::start(&["--checkpoint-ms", "60000"]);
     assert!(server.shards() >= 2, "the relations must cross shards");
     let (mut cast, mut relations) = cast(&server);
+    let mut edits = vec![Edits::default(); cast.actors.len()];
     for round in 1..=ROUNDS {
-        let (s, r) = load_then_kill(server, &cast, relations);
+        let (s, r, e) = load_then_kill(server, &cast, (relations, edits));
         server = s;
         relations = r;
+        edits = e;
         server.restart();
         let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
         assert!(
@@ -410,6 +521,7 @@ fn answered_follows_and_blocks_hold_on_both_shards_after_sigkill() {
         let in_flight = relations.iter().filter(|r| r.unsure.is_some()).count();
         check_actors(&server, &cast, &mut relations, round);
         check_mirrors(&server, &cast, &relations, round);
+        check_edits(&server, &cast, &mut edits, round);
         let blocks = relations.iter().filter(|r| r.blocked_once).count();
         assert!(
             round < 2 || blocks > 0,

@@ -156,7 +156,10 @@ impl Password {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialized as its string (a write-ahead log record carries it); only validated names are
+/// ever written.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct DisplayName(String);
 
 impl DisplayName {
