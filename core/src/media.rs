@@ -155,7 +155,7 @@ pub struct MediaView {
 }
 
 /// A new upload, probed and stored as a blob.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NewMedia {
     pub id: u64,
     pub owner: u64,
@@ -367,7 +367,7 @@ pub fn start(txn: &WriteTransaction, id: u64, now_ms: u64) -> Result<Option<Medi
 }
 
 /// How processing ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub enum Outcome {
     Ready {
         renditions: Vec<Rendition>,

@@ -5,9 +5,9 @@
 //!   it in the owner shard's blob store; append and fsync tus chunks; delete freed blobs.
 //! - The *transcoding* threads (`media_threads`, default 1, at nice `media_nice`) make the
 //!   renditions. Each job asks the owning shard to mark the media processing (`MediaStart`,
-//!   attempts counted durably), works, then sends the result to the owning shard
-//!   (`MediaFinish`), which commits it through its `Partition::write` with a `MediaReady` or
-//!   `MediaFailed` event. A full queue leaves the media pending on disk; `requeue_loop` finds
+//!   attempts counted), works, then sends the result to the owning shard
+//!   (`MediaFinish`), which commits it with a `MediaReady` or `MediaFailed` event, a logged
+//!   write (`Shard::write_recorded`, like every media record's write: replay.rs). A full queue leaves the media pending on disk; `requeue_loop` finds
 //!   it again (and everything unfinished at start-up, so a crash leaves nothing stuck).
 //!
 //! Blobs live in `<data>/media/shard-<k>/`, one store per shard, so that a blob's reference
@@ -29,6 +29,7 @@ use nova_storage::Partition;
 
 use crate::error::Fail;
 use crate::mesh::{Op, ShardMsg};
+use crate::replay::Record;
 use crate::shard::{now_ms, Shard};
 
 /// Time a transcoding thread waits for its shard to answer.
@@ -687,9 +688,14 @@ pub async fn serve(shard: &Rc<Shard>, op: Op) {
         Op::MediaCreate { mut new, reply } => {
             new.id = shard.next_id();
             let now = now_ms();
+            let record = Record::MediaCreate {
+                new: &new,
+                now,
+                quota,
+            }
+            .encode();
             let result = shard
-                .partition
-                .write(move |t| records::create(t, new, now, quota))
+                .write_recorded(record, move |t| records::create(t, new, now, quota))
                 .await
                 .map_err(Fail::from);
             if let Ok(media) = &result {
@@ -702,8 +708,9 @@ pub async fn serve(shard: &Rc<Shard>, op: Op) {
         }
         Op::MediaDelete { id, owner, reply } => {
             let result = shard
-                .partition
-                .write(move |t| records::delete(t, id, owner))
+                .write_recorded(Record::MediaDelete { id, owner }.encode(), move |t| {
+                    records::delete(t, id, owner)
+                })
                 .await;
             match result {
                 Ok(unreferenced) => {
@@ -722,17 +729,27 @@ pub async fn serve(shard: &Rc<Shard>, op: Op) {
         Op::MediaStart { id, reply } => {
             let now = now_ms();
             let result = shard
-                .partition
-                .write(move |t| records::start(t, id, now))
+                .write_recorded(Record::MediaStart { id, now }.encode(), move |t| {
+                    records::start(t, id, now)
+                })
                 .await;
             let _ = reply.send(result.map_err(Fail::from));
         }
         Op::MediaFinish { id, outcome, reply } => {
             let now = now_ms();
             let event_id = shard.next_id();
+            let record = Record::MediaFinish {
+                id,
+                outcome: &outcome,
+                now,
+                quota,
+                event_id,
+            }
+            .encode();
             let result = shard
-                .partition
-                .write(move |t| records::finish(t, id, outcome, now, quota, event_id))
+                .write_recorded(record, move |t| {
+                    records::finish(t, id, outcome, now, quota, event_id)
+                })
                 .await;
             let _ = reply.send(result.map_err(Fail::from));
         }
@@ -744,17 +761,24 @@ pub async fn serve(shard: &Rc<Shard>, op: Op) {
         }
         Op::MediaMakePrivate { ids, owner, reply } => {
             let now = now_ms();
+            let record = Record::MediaPrivate {
+                ids: &ids,
+                owner,
+                now,
+            }
+            .encode();
             let result = shard
-                .partition
-                .write(move |t| records::make_private(t, &ids, owner, now))
+                .write_recorded(record, move |t| records::make_private(t, &ids, owner, now))
                 .await;
             let _ = reply.send(result.map_err(Fail::from));
         }
         Op::TusCreate { mut upload, reply } => {
             upload.id = shard.next_id();
+            let record = Record::TusCreate { upload: &upload }.encode();
             let result = shard
-                .partition
-                .write(move |t| records::tus_create(t, &upload).map(|()| upload))
+                .write_recorded(record, move |t| {
+                    records::tus_create(t, &upload).map(|()| upload)
+                })
                 .await;
             let _ = reply.send(result.map_err(Fail::from));
         }
@@ -768,16 +792,25 @@ pub async fn serve(shard: &Rc<Shard>, op: Op) {
             to,
             reply,
         } => {
+            let record = Record::TusAdvance {
+                id,
+                owner,
+                from,
+                to,
+            }
+            .encode();
             let result = shard
-                .partition
-                .write(move |t| records::tus_advance(t, id, owner, from, to))
+                .write_recorded(record, move |t| {
+                    records::tus_advance(t, id, owner, from, to)
+                })
                 .await;
             let _ = reply.send(result.map_err(Fail::from));
         }
         Op::TusRemove { id, owner, reply } => {
             let result = shard
-                .partition
-                .write(move |t| records::tus_remove(t, id, owner))
+                .write_recorded(Record::TusRemove { id, owner }.encode(), move |t| {
+                    records::tus_remove(t, id, owner)
+                })
                 .await;
             let _ = reply.send(result.map_err(Fail::from));
         }
@@ -816,8 +849,9 @@ pub async fn requeue_loop(shard: Rc<Shard>) {
         for up in expired {
             let (id, owner) = (up.id, up.owner);
             let removed = shard
-                .partition
-                .write(move |t| records::tus_remove(t, id, owner))
+                .write_recorded(Record::TusRemove { id, owner }.encode(), move |t| {
+                    records::tus_remove(t, id, owner)
+                })
                 .await;
             if removed.is_ok() {
                 shard.media.remove(shard.media.tus_path(shard.id, id)).await;

@@ -17,10 +17,11 @@
 //! messages, new conversations and leaves, and the sessions' writes: a login's new session
 //! (its refresh secret made before, so that a replay makes the same), each refresh-token
 //! rotation (clients refresh all day long), logouts and failed logins, profile, preference
-//! and settings edits, and follow requests withdrawn or rejected (every unfollow asked for
-//! that durable write on the followee's shard, a checkpoint there). Any other write commits
-//! durably, taking the logged ones before it along: registrations, email and password
-//! changes, follow requests made and approved, push subscriptions, media records,
+//! and settings edits, follow requests withdrawn or rejected (every unfollow asked for that
+//! durable write on the followee's shard, a checkpoint there), and the media records'
+//! writes (an upload was three checkpoints, and each chunk of a resumable upload one). Any
+//! other write commits durably, taking the logged ones before it along: registrations,
+//! email and password changes, follow requests made and approved, push subscriptions,
 //! moderation, mail.
 //!
 //! Replaying a record must do what the write did. It does, because the record carries every
@@ -38,6 +39,7 @@ use nova_core::codec;
 use nova_core::content::{self, Comment, Post};
 use nova_core::events::{self, Event};
 use nova_core::identity::{self, AuthEvent, Context, DisplayName, NewSession};
+use nova_core::media::{self, NewMedia, Outcome, TusUpload};
 use nova_core::messages::{self, Conversation, Message};
 use nova_core::notifications::{self, Which};
 use nova_core::profiles::{self, MessagesFrom};
@@ -213,6 +215,52 @@ enum Logged {
         followee: u64,
         requester: u64,
     },
+    /// An upload's record: `media::create`.
+    MediaCreate {
+        new: NewMedia,
+        now: u64,
+        quota: u64,
+    },
+    /// `media::start`.
+    MediaStart {
+        id: u64,
+        now: u64,
+    },
+    /// `media::finish`.
+    MediaFinish {
+        id: u64,
+        outcome: Outcome,
+        now: u64,
+        quota: u64,
+        event_id: u64,
+    },
+    /// `media::delete`.
+    MediaDelete {
+        id: u64,
+        owner: u64,
+    },
+    /// `media::make_private`.
+    MediaPrivate {
+        ids: Vec<u64>,
+        owner: u64,
+        now: u64,
+    },
+    /// `media::tus_create`.
+    TusCreate {
+        upload: TusUpload,
+    },
+    /// `media::tus_advance`.
+    TusAdvance {
+        id: u64,
+        owner: u64,
+        from: u64,
+        to: u64,
+    },
+    /// `media::tus_remove`.
+    TusRemove {
+        id: u64,
+        owner: u64,
+    },
 }
 
 /// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
@@ -347,6 +395,44 @@ pub(crate) enum Record<'a> {
     DropRequest {
         followee: u64,
         requester: u64,
+    },
+    MediaCreate {
+        new: &'a NewMedia,
+        now: u64,
+        quota: u64,
+    },
+    MediaStart {
+        id: u64,
+        now: u64,
+    },
+    MediaFinish {
+        id: u64,
+        outcome: &'a Outcome,
+        now: u64,
+        quota: u64,
+        event_id: u64,
+    },
+    MediaDelete {
+        id: u64,
+        owner: u64,
+    },
+    MediaPrivate {
+        ids: &'a [u64],
+        owner: u64,
+        now: u64,
+    },
+    TusCreate {
+        upload: &'a TusUpload,
+    },
+    TusAdvance {
+        id: u64,
+        owner: u64,
+        from: u64,
+        to: u64,
+    },
+    TusRemove {
+        id: u64,
+        owner: u64,
     },
 }
 
@@ -526,6 +612,41 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             requester,
         } => {
             social::drop_request(t, followee, requester).map_err(failed)?;
+        }
+        Logged::MediaCreate { new, now, quota } => {
+            media::create(t, new, now, quota).map_err(failed)?;
+        }
+        Logged::MediaStart { id, now } => {
+            media::start(t, id, now).map_err(failed)?;
+        }
+        Logged::MediaFinish {
+            id,
+            outcome,
+            now,
+            quota,
+            event_id,
+        } => {
+            media::finish(t, id, outcome, now, quota, event_id).map_err(failed)?;
+        }
+        Logged::MediaDelete { id, owner } => {
+            media::delete(t, id, owner).map_err(failed)?;
+        }
+        Logged::MediaPrivate { ids, owner, now } => {
+            media::make_private(t, &ids, owner, now).map_err(failed)?;
+        }
+        Logged::TusCreate { upload } => {
+            media::tus_create(t, &upload).map_err(failed)?;
+        }
+        Logged::TusAdvance {
+            id,
+            owner,
+            from,
+            to,
+        } => {
+            media::tus_advance(t, id, owner, from, to).map_err(failed)?;
+        }
+        Logged::TusRemove { id, owner } => {
+            media::tus_remove(t, id, owner).map_err(failed)?;
         }
     }
     notifications::take_fresh(t).map_err(failed)?;
@@ -938,6 +1059,118 @@ mod tests {
                 followee: 111,
                 requester: 112
             }
+        ));
+        let new = NewMedia {
+            id: 121,
+            owner: 122,
+            kind: media::MediaKind::Image,
+            private: true,
+            original: media::Blob {
+                id: "abc".into(),
+                bytes: 123,
+            },
+            metadata: media::Metadata {
+                container: "png".into(),
+                width: 4,
+                height: 3,
+                frame_rate: Some(29.97),
+                ..Default::default()
+            },
+        };
+        let bytes = Record::MediaCreate {
+            new: &new,
+            now: 124,
+            quota: 125,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::MediaCreate { new: n, now: 124, quota: 125 } if n == new
+        ));
+        let outcome = Outcome::Ready {
+            renditions: vec![media::Rendition {
+                name: "thumb.webp".into(),
+                blob: "def".into(),
+                mime: "image/webp".into(),
+                width: 2,
+                height: 1,
+                bytes: 126,
+            }],
+            blurhash: Some("LEHV6n".into()),
+        };
+        let bytes = Record::MediaFinish {
+            id: 121,
+            outcome: &outcome,
+            now: 127,
+            quota: 125,
+            event_id: 128,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::MediaFinish { id: 121, outcome: o, now: 127, quota: 125, event_id: 128 }
+                if o == outcome
+        ));
+        let simple = [
+            (
+                Record::MediaStart { id: 121, now: 129 }.encode(),
+                "MediaStart { id: 121, now: 129 }",
+            ),
+            (
+                Record::MediaDelete {
+                    id: 121,
+                    owner: 122,
+                }
+                .encode(),
+                "MediaDelete { id: 121, owner: 122 }",
+            ),
+            (
+                Record::MediaPrivate {
+                    ids: &[121, 130],
+                    owner: 122,
+                    now: 131,
+                }
+                .encode(),
+                "MediaPrivate { ids: [121, 130], owner: 122, now: 131 }",
+            ),
+            (
+                Record::TusAdvance {
+                    id: 132,
+                    owner: 122,
+                    from: 0,
+                    to: 133,
+                }
+                .encode(),
+                "TusAdvance { id: 132, owner: 122, from: 0, to: 133 }",
+            ),
+            (
+                Record::TusRemove {
+                    id: 132,
+                    owner: 122,
+                }
+                .encode(),
+                "TusRemove { id: 132, owner: 122 }",
+            ),
+        ];
+        for (bytes, debug) in simple {
+            assert_eq!(
+                format!("{:?}", codec::decode::<Logged>(&bytes).unwrap()),
+                debug
+            );
+        }
+        let upload = TusUpload {
+            id: 132,
+            owner: 122,
+            length: 134,
+            offset: 0,
+            private: false,
+            created_ms: 135,
+            expires_ms: 136,
+        };
+        let bytes = Record::TusCreate { upload: &upload }.encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::TusCreate { upload: u } if u == upload
         ));
     }
 }
