@@ -26,6 +26,12 @@ fn make(args: &[&str], out: &std::path::Path) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// A test-pattern PNG of `width` x `height`, written to `out`.
+fn png(out: &std::path::Path, width: usize, height: usize) -> Vec<u8> {
+    let source = format!("testsrc2=s={width}x{height}");
+    make(&["-f", "lavfi", "-i", &source, "-frames:v", "1"], out)
+}
+
 fn state(server: &Server, token: &str, id: &str) -> String {
     let resp = server.get(&format!("/v1/media/{id}"), Some(token));
     resp.expect(200);
@@ -76,17 +82,7 @@ fn sigkill_during_processing_leaves_nothing_stuck() {
     uploaded.push((a.clone(), resp.str("media.id").to_string()));
     // Images from the other shard's user queue up behind the video.
     for i in 0..3 {
-        let img = make(
-            &[
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("testsrc2=s={}x300", 400 + i),
-                "-frames:v",
-                "1",
-            ],
-            &dir.join(format!("img{i}.png")),
-        );
+        let img = png(&dir.join(format!("img{i}.png")), 400 + i, 300);
         let resp = server.req(&Req::post("/v1/media").bearer(&b).raw("image/png", img));
         resp.expect(202);
         uploaded.push((b.clone(), resp.str("media.id").to_string()));
@@ -156,17 +152,7 @@ fn media_writes_in_the_log_survive_sigkill() {
     // The registrations and logins above were durable commits: what follows is the log's.
     let mut uploaded: Vec<(usize, String)> = Vec::new();
     for i in 0..6 {
-        let img = make(
-            &[
-                "-f",
-                "lavfi",
-                "-i",
-                &format!("testsrc2=s={}x200", 300 + i),
-                "-frames:v",
-                "1",
-            ],
-            &dir.join(format!("img{i}.png")),
-        );
+        let img = png(&dir.join(format!("img{i}.png")), 300 + i, 200);
         let who = i % tokens.len();
         let resp = server.req(
             &Req::post("/v1/media")
