@@ -3,16 +3,17 @@
 //! operations a shard runs on the notifications and push subscriptions of its users.
 //!
 //! The hook, in three parts:
-//! - `Shard::write_notifying(op)` runs `op` in the next group commit like `Partition::write`,
-//!   and in the same transaction takes what `op` notified (`notifications::take_fresh`) and
-//!   turns notices for users of other shards into outbox events (`take_remote`).
-//! - After the commit is durable, `Fresh::publish` calls every listener with the new
+//! - `Shard::write_notifying_logged(op)` (and `write_recorded`) runs `op` in the next group
+//!   commit like `Partition::write_logged`, and in the same transaction takes what `op`
+//!   notified (`notifications::take_fresh`) and turns notices for users of other shards into
+//!   outbox events (`take_remote`).
+//! - After the commit is durable (its record in the write-ahead log), `Fresh::publish` calls every listener with the new
 //!   notifications (on this shard's thread, in commit order), and the remote events are
 //!   delivered at once (the outbox relay retries what fails).
 //! - `Fresh::listen` adds a listener; `server.rs` adds `push::on_fresh`. A listener must not
 //!   block or await: it copies what it needs and spawns a task or sends on a bounded channel.
 //!
-//! A write that notifies without `write_notifying` loses nothing: the notifications a write
+//! A write that notifies without `write_notifying_logged` loses nothing: the notifications a write
 //! made are remembered in memory on the partition's writer thread (`notifications::take_fresh`
 //! takes them; `notifications::untaken` tells the shard some are waiting), and notices for
 //! other shards are parked in a table; `sweep_loop` finds both within `SWEEP_PERIOD` and
@@ -35,7 +36,7 @@ use crate::shard::{now_ms, Shard};
 /// (none does today: a comment notifies at most one user elsewhere) leaves the rest to the
 /// sweep.
 pub(crate) const REMOTE_EVENT_IDS: usize = 4;
-/// How often a shard looks for notifications that no `write_notifying` took.
+/// How often a shard looks for notifications that no `write_notifying_logged` took.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 /// How long an immediate delivery of a notice to another shard may take before the relay's
 /// retries take over.
@@ -103,26 +104,7 @@ pub enum NotifyOp {
 }
 
 impl Shard {
-    /// `Partition::write` for a change that may notify: see the module comment.
-    pub(crate) async fn write_notifying<R, F>(self: &Rc<Self>, op: F) -> Result<R, CoreError>
-    where
-        F: FnOnce(&WriteTransaction) -> Result<R, CoreError> + Send + 'static,
-        R: Send + 'static,
-    {
-        let event_ids: [u64; REMOTE_EVENT_IDS] = std::array::from_fn(|_| self.next_id());
-        let now = now_ms();
-        let op = move |t: &WriteTransaction| {
-            let out = op(t)?;
-            let fresh = notifications::take_fresh(t)?;
-            let remote = notifications::take_remote(t, &event_ids, now)?;
-            Ok::<_, CoreError>((out, fresh, remote))
-        };
-        let (out, fresh, remote) = self.partition.write(op).await?;
-        self.notified(&fresh, remote);
-        Ok(out)
-    }
-
-    /// `write_notifying` for a write the write-ahead log carries (replay.rs): `op`
+    /// `Partition::write_logged` for a change that may notify (see the module comment): `op`
     /// also returns its record, and the record logged is that and what this adds to it.
     pub(crate) async fn write_notifying_logged<R, F>(
         self: &Rc<Self>,

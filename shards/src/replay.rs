@@ -17,12 +17,11 @@
 //! messages, new conversations and leaves, and the sessions' writes: a login's new session
 //! (its refresh secret made before, so that a replay makes the same), each refresh-token
 //! rotation (clients refresh all day long), logouts and failed logins, profile, preference
-//! and settings edits, follow requests withdrawn or rejected (every unfollow asked for that
-//! durable write on the followee's shard, a checkpoint there), and the media records'
-//! writes (an upload was three checkpoints, and each chunk of a resumable upload one). Any
-//! other write commits durably, taking the logged ones before it along: registrations,
-//! email and password changes, follow requests made and approved, push subscriptions,
-//! moderation, mail.
+//! and settings edits, follow requests made, approved, withdrawn or rejected (every
+//! unfollow asked for a durable withdrawal on the followee's shard, a checkpoint there), and
+//! the media records' writes (an upload was three checkpoints, and each chunk of a resumable
+//! upload one). Any other write commits durably, taking the logged ones before it along:
+//! registrations, email and password changes, push subscriptions, moderation, mail.
 //!
 //! Replaying a record must do what the write did. It does, because the record carries every
 //! input the write took besides the database (ids, times, the shard's place), the write is
@@ -117,7 +116,8 @@ enum Logged {
         user: u64,
         which: Which,
     },
-    /// A follow, unfollow, block or unblock (`Shard::change`): `social::change_in`.
+    /// A follow, unfollow, block or unblock (`Shard::change`), or a follow request approved
+    /// (`Shard::answer_request`): `social::change_in`.
     Change {
         here: usize,
         target: usize,
@@ -260,6 +260,13 @@ enum Logged {
     TusRemove {
         id: u64,
         owner: u64,
+    },
+    /// A follow request to a private account (`Shard::follow_gate`): `social::request_in`.
+    FollowRequest {
+        here: usize,
+        followee: u64,
+        follower: u64,
+        now: u64,
     },
 }
 
@@ -434,6 +441,12 @@ pub(crate) enum Record<'a> {
         id: u64,
         owner: u64,
     },
+    FollowRequest {
+        here: usize,
+        followee: u64,
+        follower: u64,
+        now: u64,
+    },
 }
 
 impl Record<'_> {
@@ -442,7 +455,8 @@ impl Record<'_> {
     }
 }
 
-/// A logged write and what `Shard::write_notifying` did after it in the same transaction.
+/// A logged write and what `Shard::write_notifying_logged` did after it in the same
+/// transaction.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Notifying {
     pub write: Vec<u8>,
@@ -647,6 +661,14 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
         }
         Logged::TusRemove { id, owner } => {
             media::tus_remove(t, id, owner).map_err(failed)?;
+        }
+        Logged::FollowRequest {
+            here,
+            followee,
+            follower,
+            now,
+        } => {
+            crate::social::request_in(t, here, followee, follower, now).map_err(failed)?;
         }
     }
     notifications::take_fresh(t).map_err(failed)?;
@@ -1167,6 +1189,17 @@ mod tests {
             created_ms: 135,
             expires_ms: 136,
         };
+        let bytes = Record::FollowRequest {
+            here: 1,
+            followee: 141,
+            follower: 142,
+            now: 143,
+        }
+        .encode();
+        assert_eq!(
+            format!("{:?}", codec::decode::<Logged>(&bytes).unwrap()),
+            "FollowRequest { here: 1, followee: 141, follower: 142, now: 143 }"
+        );
         let bytes = Record::TusCreate { upload: &upload }.encode();
         assert!(matches!(
             codec::decode::<Logged>(&bytes).unwrap(),

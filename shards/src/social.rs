@@ -1703,23 +1703,23 @@ impl Shard {
             Some(false) => {
                 let now = now_ms();
                 let here = self.id;
-                self.write_notifying(move |t| {
-                    if social::blocked_either_way_in(t, followee, follower)? {
-                        return Ok(Gate::Missing);
-                    }
-                    if social::request_follow(t, followee, follower, now)? {
-                        let notice = nova_core::notifications::New {
-                            recipient: followee,
-                            kind: nova_core::notifications::Kind::FollowRequest,
-                            actor: Some(follower),
-                            subject: nova_core::notifications::Subject::None,
-                        };
-                        nova_core::notifications::notify(t, here, &notice, now)?;
-                    }
-                    Ok::<_, CoreError>(Gate::Requested)
+                let record = Record::FollowRequest {
+                    here,
+                    followee,
+                    follower,
+                    now,
+                }
+                .encode();
+                let requested = self
+                    .write_recorded(record, move |t| {
+                        request_in(t, here, followee, follower, now)
+                    })
+                    .await?;
+                Ok(if requested {
+                    Gate::Requested
+                } else {
+                    Gate::Missing
                 })
-                .await
-                .map_err(Fail::from)
             }
         }
     }
@@ -1773,18 +1773,18 @@ impl Shard {
             followee,
         };
         let sent = event.clone();
+        // The approver's side of the relation, like a follow's on the follower's shard.
+        let record = Record::Change {
+            here,
+            target,
+            event_id,
+            now,
+            event: &event,
+        }
+        .encode();
         let approved = self
-            .write_notifying(move |t| {
-                if !social::approve_request(t, followee, requester, now)? {
-                    return Ok(false);
-                }
-                if target == here {
-                    events::record(t, event_id, now, &event, &[])?;
-                    events::apply(t, event_id, now, &event, |u| shard_of(u) == here)?;
-                } else {
-                    events::record(t, event_id, now, &event, &[target])?;
-                }
-                Ok::<_, CoreError>(true)
+            .write_recorded(record, move |t| {
+                change_in(t, here, target, event_id, now, &event)
             })
             .await?;
         if !approved {
@@ -2080,6 +2080,31 @@ impl Shard {
     }
 }
 
+/// `Shard::follow_gate`'s write on a private followee's shard (`here`): `follower`'s request,
+/// and the followee's notification of it when it is new. False when a block either way
+/// stands (nothing written). Replayed from its log record (replay.rs).
+pub(crate) fn request_in(
+    t: &nova_storage::redb::WriteTransaction,
+    here: usize,
+    followee: u64,
+    follower: u64,
+    now: u64,
+) -> Result<bool, CoreError> {
+    if social::blocked_either_way_in(t, followee, follower)? {
+        return Ok(false);
+    }
+    if social::request_follow(t, followee, follower, now)? {
+        let notice = nova_core::notifications::New {
+            recipient: followee,
+            kind: nova_core::notifications::Kind::FollowRequest,
+            actor: Some(follower),
+            subject: nova_core::notifications::Subject::None,
+        };
+        nova_core::notifications::notify(t, here, &notice, now)?;
+    }
+    Ok(true)
+}
+
 /// `Op::UpdateProfile`'s write: the display name (on the user's row, with its
 /// `UserChanged` event), bio and links. The user, when its name changed. Replayed from its
 /// log record (replay.rs).
@@ -2115,8 +2140,9 @@ pub(crate) fn preferences_in(
 }
 
 /// `Shard::change`'s write on the actor's shard `here`: the actor's side of a follow,
-/// unfollow, block or unblock (`event`), and, when it changed anything, the event, recorded
-/// for `target` (the other side's shard), or applied at once when that is `here` too.
+/// unfollow, block or unblock (`event`), or of a follow request approved (on the followee's
+/// shard: `Shard::answer_request`), and, when it changed anything, the event, recorded for
+/// `target` (the other side's shard), or applied at once when that is `here` too.
 /// Whether anything changed. Replayed from its log record (replay.rs), so a function of its
 /// arguments and the tables alone.
 pub(crate) fn change_in(
@@ -2139,6 +2165,10 @@ pub(crate) fn change_in(
         Event::Unfollowed { follower, followee } => social::unfollow(t, follower, followee)?,
         Event::Blocked { blocker, blocked } => social::block(t, blocker, blocked, now)?,
         Event::Unblocked { blocker, blocked } => social::unblock(t, blocker, blocked)?,
+        // On the followee's shard, who approved.
+        Event::FollowApproved { follower, followee } => {
+            social::approve_request(t, followee, follower, now)?
+        }
         _ => {
             return Err(CoreError::Corrupt(format!(
                 "not a social graph change: {event:?}"

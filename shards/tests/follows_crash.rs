@@ -12,6 +12,9 @@
 //! Between their changes the actors also edit their profile's bio, their language preference
 //! and who may message them: after each restart each holds its last answered value (or the
 //! one in flight at the kill).
+//!
+//! A second test does the same for follow requests to a private account, and its approvals
+//! and rejections.
 
 // Helpers outside `#[test]` functions panic to fail the test, like the tests themselves.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -534,5 +537,95 @@ fn answered_follows_and_blocks_hold_on_both_shards_after_sigkill() {
             relations.iter().filter(|r| r.state.0).count(),
             relations.iter().filter(|r| r.state.1).count(),
         );
+    }
+}
+
+/// Follow requests to a private account, and its answers, with only the write-ahead log
+/// holding them at the kill: after the restart every answered request is still waiting
+/// unless answered, every approval made a follower on both sides (the requester's shard
+/// once the outbox has delivered), and every rejection left nothing.
+#[test]
+fn answered_follow_requests_and_answers_survive_sigkill() {
+    let mut server = Server::start(&["--checkpoint-ms", "60000"]);
+    let mut owner = server.member_on_shard(0);
+    let mut requesters: Vec<Member> = [0, 1, 0, 1, 0, 1, 0, 1]
+        .into_iter()
+        .map(|s| server.member_on_shard(s))
+        .collect();
+    server
+        .call(
+            "PATCH",
+            "/v1/me/settings",
+            owner.auth(),
+            Some(simd_json::json!({"private": true})),
+        )
+        .expect(200);
+    for r in &requesters {
+        let resp = server.call(
+            "POST",
+            &format!("/v1/users/{}/follow", owner.id()),
+            r.auth(),
+            None,
+        );
+        resp.expect(200);
+        assert_eq!(resp.at("requested").as_bool(), Some(true));
+    }
+    // Requesters 0-2 approved, 3-4 rejected, 5-7 left waiting.
+    for (i, r) in requesters.iter().enumerate().take(5) {
+        let verb = if i < 3 { "approve" } else { "reject" };
+        server
+            .call(
+                "POST",
+                &format!("/v1/me/follow-requests/{}/{verb}", r.id()),
+                owner.auth(),
+                None,
+            )
+            .expect(204);
+    }
+    server.kill9();
+    server.restart();
+    let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
+    assert!(
+        log.contains("replayed the write-ahead log"),
+        "nothing was replayed after the kill; stderr:\n{log}"
+    );
+    owner = owner.logged_in_again(&server);
+    requesters = requesters
+        .into_iter()
+        .map(|r| r.logged_in_again(&server))
+        .collect();
+    let ids = |range: std::ops::Range<usize>| -> BTreeSet<u64> {
+        requesters[range].iter().map(Member::id).collect()
+    };
+    let resp = server.get("/v1/me/follow-requests", owner.auth());
+    resp.expect(200);
+    let waiting: BTreeSet<u64> = resp
+        .at("items")
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| parse_id(at(item, "user.id").expect("user.id")))
+        .collect();
+    assert_eq!(waiting, ids(5..8), "the requests still waiting");
+    assert_eq!(
+        relation_ids(&server, &owner, "followers"),
+        ids(0..3),
+        "the approved requesters follow"
+    );
+    let deadline = Instant::now() + REDELIVERY_TIMEOUT;
+    for (i, r) in requesters.iter().enumerate() {
+        let want = i < 3;
+        loop {
+            let follows = relation_ids(&server, r, "following").contains(&owner.id());
+            if follows == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "requester {i} (shard {}): following the owner {follows}, want {want}",
+                r.shard()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 }
