@@ -1765,8 +1765,6 @@ impl Shard {
         if target >= self.shards {
             return Err(CoreError::NotFound.into());
         }
-        let event_id = self.next_id();
-        let now = now_ms();
         let here = self.id;
         let event = Event::FollowApproved {
             follower: requester,
@@ -1774,19 +1772,7 @@ impl Shard {
         };
         let sent = event.clone();
         // The approver's side of the relation, like a follow's on the follower's shard.
-        let record = Record::Change {
-            here,
-            target,
-            event_id,
-            now,
-            event: &event,
-        }
-        .encode();
-        let approved = self
-            .write_recorded(record, move |t| {
-                change_in(t, here, target, event_id, now, &event)
-            })
-            .await?;
+        let (approved, event_id) = self.write_change(target, event).await?;
         if !approved {
             return Err(CoreError::NotFound.into());
         }
@@ -1912,6 +1898,25 @@ impl Shard {
         if target >= self.shards {
             return Err(CoreError::NotFound.into());
         }
+        let sent = event.clone();
+        let (changed, event_id) = self.write_change(target, event).await?;
+        if changed {
+            self.feeds.forget(actor);
+            self.feeds.forget(other);
+        }
+        if changed && target != self.id {
+            self.deliver_now(event_id, sent, &[target], deadline).await;
+        }
+        Ok(())
+    }
+
+    /// `change_in` here as a logged write, with a fresh event id: whether it changed anything,
+    /// and the event's id (for its delivery to `target`).
+    async fn write_change(
+        self: &Rc<Self>,
+        target: usize,
+        event: Event,
+    ) -> Result<(bool, u64), CoreError> {
         let event_id = self.next_id();
         let now = now_ms();
         let here = self.id;
@@ -1923,20 +1928,12 @@ impl Shard {
             event: &event,
         }
         .encode();
-        let sent = event.clone();
         let changed = self
             .write_recorded(record, move |t| {
                 change_in(t, here, target, event_id, now, &event)
             })
             .await?;
-        if changed {
-            self.feeds.forget(actor);
-            self.feeds.forget(other);
-        }
-        if changed && target != here {
-            self.deliver_now(event_id, sent, &[target], deadline).await;
-        }
-        Ok(())
+        Ok((changed, event_id))
     }
 
     /// Delivers a fresh event to its targets (within the deadline): a new post is offered

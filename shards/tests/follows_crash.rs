@@ -511,11 +511,7 @@ fn answered_follows_and_blocks_hold_on_both_shards_after_sigkill() {
         relations = r;
         edits = e;
         server.restart();
-        let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
-        assert!(
-            log.contains("replayed the write-ahead log"),
-            "round {round}: nothing was replayed after the kill; stderr:\n{log}"
-        );
+        server.assert_replayed(&format!("round {round}: "));
         for member in cast.everyone() {
             member.token = server
                 .login(&member.user.username, &member.user.password)
@@ -584,11 +580,7 @@ fn answered_follow_requests_and_answers_survive_sigkill() {
     }
     server.kill9();
     server.restart();
-    let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
-    assert!(
-        log.contains("replayed the write-ahead log"),
-        "nothing was replayed after the kill; stderr:\n{log}"
-    );
+    server.assert_replayed("");
     owner = owner.logged_in_again(&server);
     requesters = requesters
         .into_iter()

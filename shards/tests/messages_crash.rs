@@ -254,11 +254,7 @@ fn acknowledged_messages_survive_sigkill_and_reach_every_inbox() {
         relogin(&server, &mut people);
         // Killed under load, the server had commits only its write-ahead log held: what the
         // checks below find, the replay brought back.
-        let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
-        assert!(
-            log.contains("replayed the write-ahead log"),
-            "round {round}: nothing was replayed after the kill; stderr:\n{log}"
-        );
+        server.assert_replayed(&format!("round {round}: "));
 
         // Every participant reads every acknowledged message, once, newest first, as its
         // answered edits and deletes left it.
@@ -469,11 +465,7 @@ fn answered_conversations_and_leaves_survive_sigkill() {
     server.kill9();
     server.restart();
     relogin(&server, &mut people);
-    let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
-    assert!(
-        log.contains("replayed the write-ahead log"),
-        "nothing was replayed after the kill; stderr:\n{log}"
-    );
+    server.assert_replayed("");
     let creator_inbox = inbox(&server, &people[0]);
     for (i, &(id, left)) in created.answered.iter().enumerate() {
         let unsure = created.unsure_leave == Some(id);

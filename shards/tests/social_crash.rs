@@ -713,11 +713,7 @@ fn acknowledged_posts_reach_timelines_and_feeds_after_sigkill() {
         relogin(&server, &mut cast.authors);
         // Killed under load, the server had commits only its write-ahead log held: what the
         // checks below find, the replay brought back.
-        let log = server.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
-        assert!(
-            log.contains("replayed the write-ahead log"),
-            "round {round}: nothing was replayed after the kill; stderr:\n{log}"
-        );
+        server.assert_replayed(&format!("round {round}: "));
         relogin(&server, &mut cast.readers);
         let unanswered = verify(&server, &cast, &acked, &likes, &comments);
         eprintln!(

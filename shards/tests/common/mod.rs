@@ -383,6 +383,16 @@ impl Server {
         }
     }
 
+    /// After a restart from a kill: the server replayed its write-ahead log (so the checks
+    /// that follow test what the replay brought back). `context` starts the failure message.
+    pub fn assert_replayed(&self, context: &str) {
+        let log = self.stderr_once_has("replayed the write-ahead log", Duration::from_secs(5));
+        assert!(
+            log.contains("replayed the write-ahead log"),
+            "{context}nothing was replayed after the kill; stderr:\n{log}"
+        );
+    }
+
     pub fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => child.try_wait().unwrap().is_none(),
