@@ -332,16 +332,33 @@ pub fn requested(read: &ReadTransaction, followee: u64, requester: u64) -> Resul
     Ok(found)
 }
 
-/// A page of `followee`'s pending requests as (requester, ms), by requester id after `after`.
-pub fn requests(
+/// A list a user keeps of others, on that user's shard, by the other's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnList {
+    /// Who asked to follow the user (a private account).
+    FollowRequests,
+    /// Whom the user blocks.
+    Blocks,
+    /// Whom the user mutes.
+    Mutes,
+}
+
+/// Up to `limit` entries of `user`'s `list` with ids past `after`, as (other user, since ms).
+pub fn own_page(
     read: &ReadTransaction,
-    followee: u64,
+    list: OwnList,
+    user: u64,
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<(u64, u64)>, CoreError> {
-    let t = open_read!(read, FOLLOW_REQUESTS, Vec::new());
+    let def = match list {
+        OwnList::FollowRequests => FOLLOW_REQUESTS,
+        OwnList::Blocks => BLOCKS,
+        OwnList::Mutes => MUTES,
+    };
+    let t = open_read!(read, def, Vec::new());
     let start = after.map_or(0, |a| a.saturating_add(1));
-    t.range((followee, start)..=(followee, u64::MAX))?
+    t.range((user, start)..=(user, u64::MAX))?
         .take(limit)
         .map(|r| r.map(|(k, v)| (k.value().1, v.value())).map_err(Into::into))
         .collect()

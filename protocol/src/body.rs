@@ -344,6 +344,20 @@ pub struct FollowRequestView {
     pub requested_at: String,
 }
 
+/// A user the caller blocks, since when.
+#[derive(Debug, Serialize)]
+pub struct BlockView {
+    pub user: UserBrief,
+    pub blocked_at: String,
+}
+
+/// A user the caller mutes, since when.
+#[derive(Debug, Serialize)]
+pub struct MuteView {
+    pub user: UserBrief,
+    pub muted_at: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct PreferencesEnvelope {
     pub preferences: PreferencesView,

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use nova_core::content::{self, Post, Visibility};
 use nova_core::identity::DisplayName;
 use nova_core::profiles;
+use nova_core::social::OwnList;
 use nova_core::{shard_of, CoreError};
 use nova_protocol::{self as wire, rfc3339, Route};
 
@@ -90,31 +91,41 @@ pub(crate) async fn dispatch(
             ))
         }
         Route::FollowRequests => {
-            let page = page(req.uri().query())?;
-            let limit = page.limit;
-            let after = page.max_id;
-            let rows = shard
-                .ask(shard_of(viewer), deadline, |reply| Op::FollowRequests {
-                    user_id: viewer,
-                    after,
-                    limit,
-                    reply,
-                })
-                .await?;
-            let next = (rows.len() == limit)
-                .then(|| rows.last().map(|(id, _)| id.to_string()))
-                .flatten();
-            let ids: Vec<u64> = rows.iter().map(|(id, _)| *id).collect();
-            let at: HashMap<u64, u64> = rows.into_iter().collect();
-            let items: Vec<wire::FollowRequestView> = briefs(shard, &ids, deadline)
-                .await?
-                .into_iter()
-                .map(|b| wire::FollowRequestView {
-                    requested_at: rfc3339(at.get(&b.id).copied().unwrap_or(0)),
-                    user: brief_view(b),
-                })
-                .collect();
-            Ok(Reply::json(StatusCode::OK, &wire::List { items, next }))
+            own_list(
+                shard,
+                &req,
+                viewer,
+                OwnList::FollowRequests,
+                deadline,
+                |user, at| wire::FollowRequestView {
+                    user,
+                    requested_at: rfc3339(at),
+                },
+            )
+            .await
+        }
+        Route::Blocks => {
+            own_list(
+                shard,
+                &req,
+                viewer,
+                OwnList::Blocks,
+                deadline,
+                |user, at| wire::BlockView {
+                    user,
+                    blocked_at: rfc3339(at),
+                },
+            )
+            .await
+        }
+        Route::Mutes => {
+            own_list(shard, &req, viewer, OwnList::Mutes, deadline, |user, at| {
+                wire::MuteView {
+                    user,
+                    muted_at: rfc3339(at),
+                }
+            })
+            .await
         }
         Route::ApproveFollowRequest(id) | Route::RejectFollowRequest(id) => {
             let requester = known(shard, id)?;
@@ -261,7 +272,7 @@ pub(crate) async fn dispatch(
                 .collect();
             let briefs = briefs(shard, &ids, deadline).await?;
             let items: Vec<wire::UserBrief> = briefs.into_iter().map(brief_view).collect();
-            Ok(Reply::json(StatusCode::OK, &wire::List { items, next }))
+            Ok(id_list(req.uri().path(), limit, items, next))
         }
         Route::UserPosts(id) => {
             let author = known(shard, id)?;
@@ -622,6 +633,64 @@ pub(crate) async fn briefs(
         }
     }
     Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}
+
+/// A page of one of the viewer's own lists (`OwnList`), each entry made by `view` from the
+/// user's brief and since when (ms). Suspended users are left out (the cursor still moves on).
+async fn own_list<T: serde::Serialize>(
+    shard: &Rc<Shard>,
+    req: &Request<Incoming>,
+    viewer: u64,
+    list: OwnList,
+    deadline: Instant,
+    view: impl Fn(wire::UserBrief, u64) -> T,
+) -> Result<Reply> {
+    let page = page(req.uri().query())?;
+    let limit = page.limit;
+    let after = page.max_id;
+    let rows = shard
+        .ask(shard_of(viewer), deadline, |reply| Op::OwnList {
+            list,
+            user_id: viewer,
+            after,
+            limit,
+            reply,
+        })
+        .await?;
+    let next = (rows.len() == limit)
+        .then(|| rows.last().map(|(id, _)| id.to_string()))
+        .flatten();
+    let ids: Vec<u64> = rows
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !shard.hidden_from(*id, viewer))
+        .collect();
+    let since: HashMap<u64, u64> = rows.into_iter().collect();
+    let items: Vec<T> = briefs(shard, &ids, deadline)
+        .await?
+        .into_iter()
+        .map(|b| {
+            let at = since.get(&b.id).copied().unwrap_or(0);
+            view(brief_view(b), at)
+        })
+        .collect();
+    Ok(id_list(req.uri().path(), limit, items, next))
+}
+
+/// A page of a list by user id: `next` (the last id of a full page) is both the body's
+/// cursor and the `Link` header's `rel="next"` (as `max_id`).
+fn id_list<T: serde::Serialize>(
+    path: &str,
+    limit: usize,
+    items: Vec<T>,
+    next: Option<String>,
+) -> Reply {
+    let link = next
+        .as_ref()
+        .map(|n| format!("<{path}?max_id={n}&limit={limit}>; rel=\"next\""));
+    let mut reply = Reply::json(StatusCode::OK, &wire::List { items, next });
+    reply.link = link;
+    reply
 }
 
 fn brief_view(b: UserBrief) -> wire::UserBrief {

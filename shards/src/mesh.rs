@@ -12,6 +12,7 @@ use nova_core::identity::DisplayName;
 use nova_core::identity::{AuthEvent, Email, EmailClaim, Issued, Refreshed, Session, User};
 use nova_core::messages::{Message, Summary};
 use nova_core::profiles::{FeedPreferences, MessagesFrom, Preferences, Settings};
+use nova_core::social;
 use nova_core::tokens::RefreshToken;
 
 use crate::error::Fail;
@@ -187,8 +188,10 @@ pub enum Op {
         requester: u64,
         reply: Reply<bool>,
     },
-    /// On the user's shard: pending requests as (requester, ms), by requester id.
-    FollowRequests {
+    /// On the user's shard: a page of one of its own lists as (other user, since ms), by the
+    /// other's id.
+    OwnList {
+        list: social::OwnList,
         user_id: u64,
         after: Option<u64>,
         limit: usize,

@@ -641,13 +641,14 @@ impl Shard {
             } => {
                 let _ = reply.send(self.drop_request(followee, requester).await);
             }
-            Op::FollowRequests {
+            Op::OwnList {
+                list,
                 user_id,
                 after,
                 limit,
                 reply,
             } => {
-                let _ = reply.send(self.read(|r| social::requests(r, user_id, after, limit)));
+                let _ = reply.send(self.read(|r| social::own_page(r, list, user_id, after, limit)));
             }
             Op::AnswerFollowRequest {
                 followee,
@@ -1804,7 +1805,9 @@ impl Shard {
     /// An account made public approves the follow requests it was still holding.
     async fn approve_all(self: &Rc<Self>, followee: u64, deadline: Instant) -> Result<(), Fail> {
         loop {
-            let pending = self.read(|r| social::requests(r, followee, None, 64))?;
+            let pending = self.read(|r| {
+                social::own_page(r, social::OwnList::FollowRequests, followee, None, 64)
+            })?;
             if pending.is_empty() {
                 return Ok(());
             }

@@ -248,6 +248,8 @@ fn relations(server: &Server, viewer: &Member, path: &str, limit: usize) -> Vec<
             "{}",
             resp.what_happened()
         );
+        check_next_link(&resp, path, limit);
+        assert_eq!(link(&resp, "prev"), None, "{}", resp.what_happened());
         let items = resp.at("items").as_array().expect("items").clone();
         assert!(items.len() <= limit, "{}", resp.what_happened());
         for item in &items {
@@ -341,7 +343,33 @@ fn split_link(url: &str) -> (String, Vec<(String, String)>) {
 
 /// Checks the `next` cursor and the `Link` header of one page of `path` against its items.
 fn check_page_links(resp: &Resp, path: &str, limit: usize) {
+    check_next_link(resp, path, limit);
     let ids = item_ids(resp);
+    match (link(resp, "prev"), ids.first()) {
+        (Some(url), Some(first)) => {
+            let (path_query, mut params) = split_link(&url);
+            assert!(
+                path_query.starts_with(&format!("{path}?")),
+                "prev link {url:?} is not for {path}"
+            );
+            params.sort();
+            let mut want = vec![
+                ("limit".to_string(), limit.to_string()),
+                ("min_id".to_string(), first.to_string()),
+            ];
+            want.sort();
+            assert_eq!(params, want, "prev link {url:?}: {}", resp.what_happened());
+        }
+        (None, None) => {}
+        (link, first) => panic!(
+            "prev link {link:?} for a page starting at {first:?}: {}",
+            resp.what_happened()
+        ),
+    }
+}
+
+/// Checks the `next` cursor of one page of `path` against its `Link` header's `rel="next"`.
+fn check_next_link(resp: &Resp, path: &str, limit: usize) {
     let next = next_cursor(resp);
     match (link(resp, "next"), next) {
         (Some(url), Some(next)) => {
@@ -362,27 +390,6 @@ fn check_page_links(resp: &Resp, path: &str, limit: usize) {
         (None, None) => {}
         (link, next) => panic!(
             "next cursor {next:?} and rel=next link {link:?} disagree: {}",
-            resp.what_happened()
-        ),
-    }
-    match (link(resp, "prev"), ids.first()) {
-        (Some(url), Some(first)) => {
-            let (path_query, mut params) = split_link(&url);
-            assert!(
-                path_query.starts_with(&format!("{path}?")),
-                "prev link {url:?} is not for {path}"
-            );
-            params.sort();
-            let mut want = vec![
-                ("limit".to_string(), limit.to_string()),
-                ("min_id".to_string(), first.to_string()),
-            ];
-            want.sort();
-            assert_eq!(params, want, "prev link {url:?}: {}", resp.what_happened());
-        }
-        (None, None) => {}
-        (link, first) => panic!(
-            "prev link {link:?} for a page starting at {first:?}: {}",
             resp.what_happened()
         ),
     }
@@ -1149,6 +1156,121 @@ fn blocks_hide_both_users_from_each_other() {
         server
             .get(&format!("/v1/posts/{p2}"), blocked.auth())
             .expect(200);
+    }
+}
+
+/// The caller's `list` (`blocks` or `mutes`), walked `limit` at a time by the `Link` header's
+/// `rel="next"` alone: (user id, since) of each entry, after checking each entry's shape.
+fn own_list(server: &Server, owner: &Member, list: &str, limit: usize) -> Vec<(u64, String)> {
+    let path = format!("/v1/me/{list}");
+    let since = match list {
+        "blocks" => "blocked_at",
+        _ => "muted_at",
+    };
+    let mut out = Vec::new();
+    let mut url = format!("{path}?limit={limit}");
+    for _ in 0..100 {
+        let resp = server.get(&url, owner.auth());
+        resp.expect(200);
+        assert_eq!(
+            keys(resp.json()),
+            ["items", "next"],
+            "{}",
+            resp.what_happened()
+        );
+        check_next_link(&resp, &path, limit);
+        assert_eq!(link(&resp, "prev"), None, "{}", resp.what_happened());
+        let items = resp.at("items").as_array().expect("items").clone();
+        assert!(items.len() <= limit, "{}", resp.what_happened());
+        for item in &items {
+            assert_eq!(keys(item), [since, "user"], "{}", resp.what_happened());
+            let user = item.get("user").unwrap();
+            assert_eq!(keys(user), ["display_name", "id", "username"]);
+            let at = item.get(since).unwrap().as_str().unwrap().to_string();
+            assert!(is_rfc3339_millis(&at), "{since} {at:?}");
+            out.push((parse_id(user.get("id").unwrap()), at));
+        }
+        match link(&resp, "next") {
+            Some(next) => url = split_link(&next).0,
+            None => return out,
+        }
+    }
+    panic!("{path}: more than 100 pages");
+}
+
+fn own_ids(server: &Server, owner: &Member, list: &str) -> Vec<u64> {
+    own_list(server, owner, list, 2)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect()
+}
+
+#[test]
+fn the_caller_lists_whom_it_blocks_and_mutes() {
+    let server = Server::start(&[]);
+    for shard in [0, 1] {
+        let owner = server.member_on_shard(shard);
+        let others: Vec<Member> = [0, 1, 0, 1, 1]
+            .into_iter()
+            .map(|s| server.member_on_shard(s))
+            .collect();
+        assert!(own_ids(&server, &owner, "blocks").is_empty());
+        assert!(own_ids(&server, &owner, "mutes").is_empty());
+
+        // Blocked and muted users on both shards, one of them both.
+        for other in &others[..3] {
+            block(&server, &owner, other.id());
+        }
+        for other in &others[2..] {
+            server
+                .call(
+                    "POST",
+                    &format!("/v1/users/{}/mute", other.id()),
+                    owner.auth(),
+                    None,
+                )
+                .expect(200);
+        }
+        let sorted = |members: &[Member]| -> Vec<u64> {
+            let mut ids: Vec<u64> = members.iter().map(Member::id).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(own_ids(&server, &owner, "blocks"), sorted(&others[..3]));
+        assert_eq!(own_ids(&server, &owner, "mutes"), sorted(&others[2..]));
+        // The names are the users' own, and the other lists the same entries a page at a time.
+        let listed = own_list(&server, &owner, "blocks", 100);
+        let first = others.iter().find(|o| o.id() == listed[0].0).unwrap();
+        let resp = server.get("/v1/me/blocks?limit=1", owner.auth());
+        assert_eq!(resp.str("items.0.user.username"), first.name());
+        assert_eq!(resp.str("items.0.blocked_at"), listed[0].1);
+        // Nobody else's lists hold them: not the blocked user's, not a bystander's.
+        for other in &others {
+            assert!(own_ids(&server, other, "blocks").is_empty());
+            assert!(own_ids(&server, other, "mutes").is_empty());
+        }
+
+        // Undone, they leave the lists (and only they).
+        unblock(&server, &owner, others[0].id());
+        server
+            .delete(&format!("/v1/users/{}/mute", others[4].id()), owner.auth())
+            .expect(200);
+        assert_eq!(own_ids(&server, &owner, "blocks"), sorted(&others[1..3]));
+        assert_eq!(own_ids(&server, &owner, "mutes"), sorted(&others[2..4]));
+
+        // Bad input and no token.
+        for list in ["blocks", "mutes"] {
+            let path = format!("/v1/me/{list}");
+            for bad in ["limit=0", "limit=101", "limit=x"] {
+                server
+                    .get(&format!("{path}?{bad}"), owner.auth())
+                    .expect_error(400, "invalid_limit");
+            }
+            server
+                .get(&format!("{path}?max_id=abc"), owner.auth())
+                .expect_error(400, "invalid_cursor");
+            server.get(&path, None).expect_error(401, "unauthorized");
+        }
     }
 }
 
