@@ -10,8 +10,8 @@
 //! - every profile's `followers_count` and `following_count` equal its lists.
 //!
 //! Between their changes the actors also edit their profile's bio, their language preference
-//! and who may message them: after each restart each holds its last answered value (or the
-//! one in flight at the kill).
+//! and who may message them, and mute or unmute one target: after each restart each holds its
+//! last answered value (or the one in flight at the kill).
 //!
 //! A second test does the same for follow requests to a private account, and its approvals
 //! and rejections.
@@ -101,19 +101,25 @@ impl Relation {
 }
 
 /// The profile edits an actor makes between its changes, in turn: (route, field, where a read
-/// finds it after the restart).
-const EDITS: [(&str, &str, &str); 3] = [
+/// finds it after the restart). The last is a mute of `MUTED`, on and off in turn, which the
+/// actor's `GET /v1/me/mutes` shows.
+const EDITS: [(&str, &str, &str); 4] = [
     ("/v1/me/profile", "bio", "user.bio"),
     ("/v1/me/preferences", "language", "preferences.language"),
     ("/v1/me/settings", "messages_from", "settings.messages_from"),
+    ("/v1/users/{id}/mute", "", "mute"),
 ];
+const MUTE: usize = 3;
+/// The target every actor mutes and unmutes (never blocked, so always there to mute).
+const MUTED: usize = 3;
 
 /// The value the `n`th edit of kind `kind` sets.
 fn edit_value(kind: usize, n: usize) -> String {
     match kind {
         0 => format!("bio {n}"),
         1 => ["en", "de", "fr", "es"][n % 4].to_string(),
-        _ => ["everyone", "following"][n % 2].to_string(),
+        2 => ["everyone", "following"][n % 2].to_string(),
+        _ => ["on", "off"][n % 2].to_string(),
     }
 }
 
@@ -121,8 +127,8 @@ fn edit_value(kind: usize, n: usize) -> String {
 /// at the kill (or answered 503).
 #[derive(Clone, Debug, Default)]
 struct Edits {
-    answered: [Option<String>; 3],
-    unsure: [Option<String>; 3],
+    answered: [Option<String>; EDITS.len()],
+    unsure: [Option<String>; EDITS.len()],
     count: usize,
 }
 
@@ -186,18 +192,24 @@ fn cast(server: &Server) -> (Cast, Vec<Relation>) {
     (cast, relations)
 }
 
-/// Sends the actor's next profile edit. False once the server stops answering.
-fn edit(server: &Server, token: &str, edits: &mut Edits) -> bool {
+/// Sends the actor's next profile edit (or mute of `muted`). False once the server stops
+/// answering.
+fn edit(server: &Server, token: &str, muted: u64, edits: &mut Edits) -> bool {
     let kind = edits.count % EDITS.len();
-    let value = edit_value(kind, edits.count);
+    let value = edit_value(kind, edits.count / EDITS.len());
     edits.count += 1;
     let (path, field, _) = EDITS[kind];
-    let mut body = simd_json::owned::Object::new();
-    body.insert(field.into(), value.clone().into());
-    let req = Req::new("PATCH", path)
-        .json(&Json::from(body))
-        .bearer(token)
-        .timeout(Duration::from_secs(20));
+    let path = path.replace("{id}", &muted.to_string());
+    let req = match (kind, value.as_str()) {
+        (MUTE, "on") => Req::post(&path),
+        (MUTE, _) => Req::new("DELETE", &path),
+        _ => {
+            let mut body = simd_json::owned::Object::new();
+            body.insert(field.into(), value.clone().into());
+            Req::new("PATCH", &path).json(&Json::from(body))
+        }
+    };
+    let req = req.bearer(token).timeout(Duration::from_secs(20));
     match server.send(&req) {
         Ok(resp) if resp.status == 200 => {
             edits.answered[kind] = Some(value);
@@ -226,7 +238,7 @@ fn load(
     acked: &AtomicUsize,
 ) -> (Vec<Relation>, Edits) {
     for i in 0.. {
-        if i % 3 == 2 && !edit(server, token, &mut edits) {
+        if i % 3 == 2 && !edit(server, token, ids.0[MUTED], &mut edits) {
             break;
         }
         let n = relations.len();
@@ -314,19 +326,36 @@ fn load_then_kill(
     (server, relations, edits)
 }
 
-/// After a restart: each actor's profile, preferences and settings hold its last answered
-/// edit of each, or the one in flight. Settles each to what was found.
+/// After a restart: each actor's profile, preferences, settings and mute hold its last
+/// answered edit of each, or the one in flight. Settles each to what was found.
 fn check_edits(server: &Server, cast: &Cast, edits: &mut [Edits], round: usize) {
     for (a, (actor, e)) in cast.actors.iter().zip(edits.iter_mut()).enumerate() {
         for (kind, (path, _, field)) in EDITS.iter().enumerate() {
-            let path = if kind == 0 {
-                format!("/v1/users/{}", actor.id())
-            } else {
-                path.to_string()
+            let found = match kind {
+                MUTE => {
+                    let resp = server.get("/v1/me/mutes?limit=100", actor.auth());
+                    resp.expect(200);
+                    let muted: Vec<u64> = resp
+                        .at("items")
+                        .as_array()
+                        .expect("items")
+                        .iter()
+                        .map(|item| parse_id(item.get("user").and_then(|u| u.get("id")).unwrap()))
+                        .collect();
+                    let on = muted == [cast.targets[MUTED].id()];
+                    assert!(on || muted.is_empty(), "actor {a} mutes {muted:?}");
+                    ["off", "on"][usize::from(on)].to_string()
+                }
+                _ => {
+                    let path = match kind {
+                        0 => format!("/v1/users/{}", actor.id()),
+                        _ => path.to_string(),
+                    };
+                    let resp = server.get(&path, actor.auth());
+                    resp.expect(200);
+                    resp.str(field).to_string()
+                }
             };
-            let resp = server.get(&path, actor.auth());
-            resp.expect(200);
-            let found = resp.str(field).to_string();
             let allowed = [&e.answered[kind], &e.unsure[kind]];
             assert!(
                 allowed.iter().any(|v| v.as_deref() == Some(&found))
