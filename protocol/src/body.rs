@@ -193,6 +193,18 @@ pub struct ProfileView {
 #[derive(Debug, Serialize)]
 pub struct ProfileEnvelope {
     pub user: ProfileView,
+    /// The caller's relation with the user; absent on the caller's own profile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relationship: Option<Relationship>,
+}
+
+/// How the caller and another user stand.
+#[derive(Debug, Serialize)]
+pub struct Relationship {
+    pub following: bool,
+    pub requested: bool,
+    pub followed_by: bool,
+    pub muting: bool,
 }
 
 #[derive(Debug, Serialize)]

@@ -583,14 +583,32 @@ async fn visible_or_404(
 }
 
 async fn profile(shard: &Rc<Shard>, user_id: u64, viewer: u64, deadline: Instant) -> Result<Reply> {
-    let profile = shard
-        .ask(shard_of(user_id), deadline, |reply| Op::Profile {
-            user_id,
-            viewer,
-            reply,
-        })
-        .await?;
+    let profile = shard.ask(shard_of(user_id), deadline, |reply| Op::Profile {
+        user_id,
+        viewer,
+        reply,
+    });
+    // The viewer's side (its follow and mute) is read where it is written, on its own shard,
+    // at the same time.
+    let (profile, side) = match user_id == viewer {
+        true => (profile.await?, None),
+        false => {
+            let side = shard.ask(shard_of(viewer), deadline, |reply| Op::Relationship {
+                viewer,
+                other: user_id,
+                reply,
+            });
+            let (profile, side) = futures_lite::future::zip(profile, side).await;
+            (profile?, Some(side?))
+        }
+    };
     let p = profile.ok_or_else(ApiError::not_found)?;
+    let relationship = side.map(|side| wire::Relationship {
+        following: side.following,
+        requested: p.requested_by_viewer,
+        followed_by: p.follows_viewer,
+        muting: side.muting,
+    });
     Ok(Reply::json(
         StatusCode::OK,
         &wire::ProfileEnvelope {
@@ -606,6 +624,7 @@ async fn profile(shard: &Rc<Shard>, user_id: u64, viewer: u64, deadline: Instant
                 posts_count: p.posts,
                 private: p.private,
             },
+            relationship,
         },
     ))
 }

@@ -149,6 +149,12 @@ pub enum Op {
         viewer: u64,
         reply: Reply<Option<Profile>>,
     },
+    /// On the viewer's shard: the viewer's own side of its relation with `other`.
+    Relationship {
+        viewer: u64,
+        other: u64,
+        reply: Reply<ViewerSide>,
+    },
     /// A new post, composed on its author's shard for a request on shard `from`. The answer
     /// carries the post's event id when `from` is one of the shards the post goes to: that
     /// shard is not offered the post, it takes the offer from the answer itself
@@ -621,6 +627,17 @@ pub struct Profile {
     pub posts: u64,
     pub profile: nova_core::profiles::Profile,
     pub private: bool,
+    /// The user follows the viewer (false for the user's own profile).
+    pub follows_viewer: bool,
+    /// The viewer's request to follow the user (a private account) waits.
+    pub requested_by_viewer: bool,
+}
+
+/// What a viewer's own shard knows of its relation with another user.
+#[derive(Debug, Clone, Copy)]
+pub struct ViewerSide {
+    pub following: bool,
+    pub muting: bool,
 }
 
 /// A post to compose, validated on the connection's shard.

@@ -18,7 +18,7 @@ use crate::error::Fail;
 use crate::feeds::{Head, SharedPost, HEAD_LEN};
 use crate::mesh::{
     Gate, NewPost, Offer, Op, Page, PostStats, PreferencesUpdate, Profile, SettingsUpdate,
-    UserBrief,
+    UserBrief, ViewerSide,
 };
 use crate::replay::Record;
 use crate::shard::{now_ms, until, Shard};
@@ -298,6 +298,18 @@ impl Shard {
                 reply,
             } => {
                 let _ = reply.send(self.profile(user_id, viewer));
+            }
+            Op::Relationship {
+                viewer,
+                other,
+                reply,
+            } => {
+                let _ = reply.send(self.read(|r| {
+                    Ok(ViewerSide {
+                        following: social::follows(r, viewer, other)?,
+                        muting: social::mutes(r, viewer, other)?,
+                    })
+                }));
             }
             Op::Visible {
                 user_id,
@@ -1199,6 +1211,7 @@ impl Shard {
             let posts = content::posts_count(r, user_id, POSTS_COUNTED_MAX)?;
             let profile = profiles::profile(r, user_id)?;
             let private = profiles::settings(r, user_id)?.private;
+            let other = user_id != viewer;
             Ok(Some(Profile {
                 user,
                 followers,
@@ -1206,6 +1219,8 @@ impl Shard {
                 posts,
                 profile,
                 private,
+                follows_viewer: other && social::follows(r, user_id, viewer)?,
+                requested_by_viewer: other && social::requested(r, user_id, viewer)?,
             }))
         })
     }

@@ -141,7 +141,20 @@ fn newest_first(ids: &[u64]) -> Vec<u64> {
 fn profile(server: &Server, viewer: &Member, id: u64) -> Resp {
     let resp = server.get(&format!("/v1/users/{id}"), viewer.auth());
     resp.expect(200);
-    assert_eq!(keys(resp.json()), ["user"], "{}", resp.what_happened());
+    // Someone else's profile says how the two stand; the caller's own does not.
+    let want: &[&str] = match viewer.id() == id {
+        true => &["user"],
+        false => &["relationship", "user"],
+    };
+    assert_eq!(keys(resp.json()), want, "{}", resp.what_happened());
+    if viewer.id() != id {
+        assert_eq!(
+            keys(resp.at("relationship")),
+            ["followed_by", "following", "muting", "requested"],
+            "{}",
+            resp.what_happened()
+        );
+    }
     has_keys(
         resp.at("user"),
         &[
@@ -1329,6 +1342,107 @@ fn profiles_by_id_and_by_username() {
         server
             .get("/v1/users/@nosuchuser_abc", viewer.auth())
             .expect_error(404, "not_found");
+    }
+}
+
+/// (following, requested, followed_by, muting) of the `relationship` in `viewer`'s view of
+/// `id`'s profile.
+fn relationship(server: &Server, viewer: &Member, id: u64) -> (bool, bool, bool, bool) {
+    let resp = profile(server, viewer, id);
+    let flag = |key: &str| {
+        resp.at(&format!("relationship.{key}"))
+            .as_bool()
+            .unwrap_or_else(|| panic!("{key}: {}", resp.what_happened()))
+    };
+    (
+        flag("following"),
+        flag("requested"),
+        flag("followed_by"),
+        flag("muting"),
+    )
+}
+
+#[test]
+fn a_profile_says_how_the_caller_and_the_user_stand() {
+    let server = Server::start(&[]);
+    for (a, b) in PAIRS {
+        let viewer = server.member_on_shard(a);
+        let user = server.member_on_shard(b);
+        let none = (false, false, false, false);
+        assert_eq!(relationship(&server, &viewer, user.id()), none);
+
+        follow(&server, &viewer, user.id());
+        assert_eq!(
+            relationship(&server, &viewer, user.id()),
+            (true, false, false, false)
+        );
+        assert_eq!(
+            relationship(&server, &user, viewer.id()),
+            (false, false, true, false)
+        );
+        server
+            .call(
+                "POST",
+                &format!("/v1/users/{}/mute", user.id()),
+                viewer.auth(),
+                None,
+            )
+            .expect(200);
+        assert_eq!(
+            relationship(&server, &viewer, user.id()),
+            (true, false, false, true)
+        );
+        follow(&server, &user, viewer.id());
+        assert_eq!(
+            relationship(&server, &viewer, user.id()),
+            (true, false, true, true)
+        );
+        assert_eq!(
+            relationship(&server, &user, viewer.id()),
+            (true, false, true, false)
+        );
+        server
+            .delete(&format!("/v1/users/{}/mute", user.id()), viewer.auth())
+            .expect(200);
+        unfollow(&server, &viewer, user.id());
+        assert_eq!(
+            relationship(&server, &viewer, user.id()),
+            (false, false, true, false)
+        );
+
+        // A private account: requested until approved, then following.
+        server
+            .call(
+                "PATCH",
+                "/v1/me/settings",
+                user.auth(),
+                Some(json!({"private": true})),
+            )
+            .expect(200);
+        let resp = server.call(
+            "POST",
+            &format!("/v1/users/{}/follow", user.id()),
+            viewer.auth(),
+            None,
+        );
+        resp.expect(200);
+        assert_eq!(resp.json(), &json!({"following": false, "requested": true}));
+        assert_eq!(
+            relationship(&server, &viewer, user.id()),
+            (false, true, true, false)
+        );
+        server
+            .call(
+                "POST",
+                &format!("/v1/me/follow-requests/{}/approve", viewer.id()),
+                user.auth(),
+                None,
+            )
+            .expect(204);
+        assert_eq!(
+            relationship(&server, &viewer, user.id()),
+            (true, false, true, false)
+        );
     }
 }
 
