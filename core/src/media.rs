@@ -494,8 +494,9 @@ pub fn finish(
     })
 }
 
-/// Deletes a media record of `owner` with its renditions; returns the blobs no longer
-/// referenced (to delete after the commit). `NotFound` for someone else's.
+/// Deletes a media record of `owner` with its renditions (and the owner's avatar, if it was
+/// this); returns the blobs no longer referenced (to delete after the commit). `NotFound` for
+/// someone else's.
 pub fn delete(txn: &WriteTransaction, id: u64, owner: u64) -> Result<Vec<String>, CoreError> {
     let Some(media) = load(txn, id)?.filter(|m| m.owner == owner) else {
         return Err(CoreError::NotFound);
@@ -526,6 +527,7 @@ pub fn delete(txn: &WriteTransaction, id: u64, owner: u64) -> Result<Vec<String>
     txn.open_table(VIDEO_TRANSCODES)?.remove(id)?;
     txn.open_table(USER_MEDIA)?.remove((owner, id))?;
     add_usage(txn, owner, -i128::from(freed))?;
+    crate::profiles::forget_avatar(txn, owner, id)?;
     Ok(unreferenced)
 }
 

@@ -1,6 +1,6 @@
 //! Profiles, preferences, settings and feed preferences (tables `user_profiles`,
-//! `user_preferences`, `user_settings`, `feed_preferences`), on the user's shard. The display
-//! name stays with identity (it is part of the account).
+//! `user_avatars`, `user_preferences`, `user_settings`, `feed_preferences`), on the user's
+//! shard. The display name stays with identity (it is part of the account).
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -11,6 +11,9 @@ use crate::{CoreError, Invalid};
 
 /// user id -> Profile
 const USER_PROFILES: TableDefinition<u64, &[u8]> = TableDefinition::new("user_profiles");
+/// user id -> media id of the avatar (one of the user's own images), when one is set. A table
+/// of its own: `Profile` rows written before avatars existed keep their shape.
+const USER_AVATARS: TableDefinition<u64, u64> = TableDefinition::new("user_avatars");
 /// user id -> Preferences
 const USER_PREFERENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("user_preferences");
 /// user id -> Settings
@@ -246,6 +249,38 @@ pub fn profile(read: &ReadTransaction, user: u64) -> Result<Profile, CoreError> 
     get_or_default(read, USER_PROFILES, user)
 }
 
+/// The media id of `user`'s avatar, if one is set.
+pub fn avatar(read: &ReadTransaction, user: u64) -> Result<Option<u64>, CoreError> {
+    let table = match read.open_table(USER_AVATARS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let found = table.get(user)?.map(|v| v.value());
+    Ok(found)
+}
+
+/// Sets (or with `None` removes) `user`'s avatar.
+pub fn set_avatar(txn: &WriteTransaction, user: u64, media: Option<u64>) -> Result<(), CoreError> {
+    let mut table = txn.open_table(USER_AVATARS)?;
+    match media {
+        Some(id) => table.insert(user, id)?,
+        None => table.remove(user)?,
+    };
+    Ok(())
+}
+
+/// Removes `user`'s avatar if it is `media` (being deleted). Media live on their owner's
+/// shard, as the profile does.
+pub fn forget_avatar(txn: &WriteTransaction, user: u64, media: u64) -> Result<(), CoreError> {
+    let mut table = txn.open_table(USER_AVATARS)?;
+    let current = table.get(user)?.map(|v| v.value());
+    if current == Some(media) {
+        table.remove(user)?;
+    }
+    Ok(())
+}
+
 pub fn settings(read: &ReadTransaction, user: u64) -> Result<Settings, CoreError> {
     get_or_default(read, USER_SETTINGS, user)
 }
@@ -349,7 +384,7 @@ pub fn erase_user(txn: &WriteTransaction, user: u64) -> Result<(), CoreError> {
     ] {
         txn.open_table(def)?.remove(user)?;
     }
-    Ok(())
+    set_avatar(txn, user, None)
 }
 
 #[cfg(test)]
@@ -370,6 +405,35 @@ mod tests {
             parse_muted_words(&[" Spoiler ".into(), "spoiler".into()]).unwrap(),
             vec!["spoiler"]
         );
+    }
+
+    #[test]
+    fn an_avatar_is_set_replaced_forgotten_with_its_media_and_erased() {
+        use redb::ReadableDatabase;
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .unwrap();
+        let write = |f: &dyn Fn(&WriteTransaction)| {
+            let txn = db.begin_write().unwrap();
+            f(&txn);
+            txn.commit().unwrap();
+        };
+        let read = |user| avatar(&db.begin_read().unwrap(), user).unwrap();
+        assert_eq!(read(1), None);
+        write(&|t| set_avatar(t, 1, Some(10)).unwrap());
+        write(&|t| set_avatar(t, 2, Some(20)).unwrap());
+        write(&|t| set_avatar(t, 1, Some(11)).unwrap());
+        assert_eq!((read(1), read(2)), (Some(11), Some(20)));
+        // Deleting another media of the user leaves the avatar; deleting it removes it.
+        write(&|t| forget_avatar(t, 1, 10).unwrap());
+        assert_eq!(read(1), Some(11));
+        write(&|t| forget_avatar(t, 1, 11).unwrap());
+        assert_eq!(read(1), None);
+        write(&|t| set_avatar(t, 1, Some(12)).unwrap());
+        write(&|t| set_avatar(t, 1, None).unwrap());
+        assert_eq!(read(1), None);
+        write(&|t| erase_user(t, 2).unwrap());
+        assert_eq!(read(2), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub struct ExportProfile {
     pub created_at: String,
     pub bio: String,
     pub links: Vec<String>,
+    pub avatar_media_id: Option<String>,
     pub default_visibility: &'static str,
     pub language: String,
     pub private: bool,

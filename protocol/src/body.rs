@@ -188,6 +188,8 @@ pub struct ProfileView {
     pub following_count: u64,
     pub posts_count: u64,
     pub private: bool,
+    /// The avatar image (null when none is set, or its media was deleted).
+    pub avatar: Option<crate::AttachedMediaView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -300,6 +302,18 @@ pub struct UpdateProfileRequest {
     pub bio: Option<String>,
     #[serde(default)]
     pub links: Option<Vec<String>>,
+    /// Absent: unchanged; null: removed; an id: one of the caller's images.
+    #[serde(default, deserialize_with = "present")]
+    pub avatar_media_id: Option<Option<String>>,
+}
+
+/// A field that may be absent (`None`, by `#[serde(default)]`), null (`Some(None)`) or set.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Deserialize)]

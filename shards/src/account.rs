@@ -279,9 +279,11 @@ impl Shard {
                     let Some(user) = identity::user(r, user_id)? else {
                         return Ok(None);
                     };
-                    Ok(Some((user, profiles::all(r, user_id)?)))
+                    let avatar = profiles::avatar(r, user_id)?;
+                    Ok(Some((user, profiles::all(r, user_id)?, avatar)))
                 })?;
-                let (user, (profile, prefs, settings, feed)) = found.ok_or(CoreError::NotFound)?;
+                let (user, (profile, prefs, settings, feed), avatar) =
+                    found.ok_or(CoreError::NotFound)?;
                 let view = wire::ExportProfile {
                     id: user.id.to_string(),
                     username: user.username,
@@ -291,6 +293,7 @@ impl Shard {
                     created_at: rfc3339(user.created_ms),
                     bio: profile.bio,
                     links: profile.links,
+                    avatar_media_id: avatar.map(|id| id.to_string()),
                     default_visibility: prefs.default_visibility.as_str(),
                     language: prefs.language,
                     private: settings.private,

@@ -20,7 +20,8 @@ use crate::api::{authenticate, json_body, query_param, Reply, Result};
 use crate::error::{ApiError, Fail};
 use crate::feeds::SharedPost;
 use crate::mesh::{
-    CommentInfo, NewPost, Op, Page, PostStats, PreferencesUpdate, SettingsUpdate, UserBrief,
+    CommentInfo, NewPost, Op, Page, PostStats, PreferencesUpdate, ProfileEdit, SettingsUpdate,
+    UserBrief,
 };
 use crate::shard::Shard;
 
@@ -357,12 +358,21 @@ pub(crate) async fn dispatch(
                 .as_deref()
                 .map(profiles::parse_links)
                 .transpose()?;
+            let avatar = match body.avatar_media_id {
+                None => None,
+                Some(None) => Some(None),
+                Some(Some(raw)) => Some(Some(avatar_media(shard, viewer, &raw, deadline).await?)),
+            };
+            let edit = ProfileEdit {
+                display_name,
+                bio,
+                links,
+                avatar,
+            };
             shard
                 .ask(shard_of(viewer), deadline, |reply| Op::UpdateProfile {
                     user_id: viewer,
-                    display_name,
-                    bio,
-                    links,
+                    edit,
                     reply,
                 })
                 .await?;
@@ -603,6 +613,7 @@ async fn profile(shard: &Rc<Shard>, user_id: u64, viewer: u64, deadline: Instant
         }
     };
     let p = profile.ok_or_else(ApiError::not_found)?;
+    let avatar = crate::media_views::avatar(shard, p.avatar, deadline).await?;
     let relationship = side.map(|side| wire::Relationship {
         following: side.following,
         requested: p.requested_by_viewer,
@@ -623,6 +634,7 @@ async fn profile(shard: &Rc<Shard>, user_id: u64, viewer: u64, deadline: Instant
                 following_count: p.following,
                 posts_count: p.posts,
                 private: p.private,
+                avatar,
             },
             relationship,
         },
@@ -908,6 +920,35 @@ pub(crate) async fn attachments(
         }
     }
     Ok(out)
+}
+
+/// The id of an avatar: one of `owner`'s images that has not failed.
+async fn avatar_media(shard: &Rc<Shard>, owner: u64, raw: &str, deadline: Instant) -> Result<u64> {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_avatar",
+            "avatar_media_id is the id of one of your images that has not failed",
+        )
+    };
+    let id = raw
+        .parse::<u64>()
+        .ok()
+        .filter(|id| shard_of(*id) < shard.shards)
+        .ok_or_else(invalid)?;
+    let found = shard
+        .ask(shard_of(id), deadline, |reply| Op::MediaGet { id, reply })
+        .await?;
+    match found {
+        Some(v)
+            if v.media.owner == owner
+                && v.media.kind == nova_core::media::MediaKind::Image
+                && !matches!(v.media.state, nova_core::media::MediaState::Failed(_)) =>
+        {
+            Ok(id)
+        }
+        _ => Err(invalid()),
+    }
 }
 
 /// Media per post or message, at most.

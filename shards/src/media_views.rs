@@ -167,6 +167,21 @@ fn fill(
         .collect()
 }
 
+/// The view of a profile's avatar: none when none is set or its media is gone.
+pub(crate) async fn avatar(
+    shard: &Rc<Shard>,
+    id: Option<u64>,
+    deadline: Instant,
+) -> Result<Option<wire::AttachedMediaView>> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let found = resolve(shard, std::iter::once(id), deadline).await?;
+    Ok(found
+        .get(&id)
+        .map(|v| attached(shard, &id.to_string(), Some(v), false)))
+}
+
 /// Fills `media` of these post views. Followers-only posts get signed URLs.
 pub(crate) async fn fill_posts(
     shard: &Rc<Shard>,

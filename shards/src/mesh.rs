@@ -323,9 +323,7 @@ pub enum Op {
     /// Change the user's display name and/or profile (fields left `None` stay).
     UpdateProfile {
         user_id: u64,
-        display_name: Option<DisplayName>,
-        bio: Option<String>,
-        links: Option<Vec<String>>,
+        edit: ProfileEdit,
         reply: Reply<()>,
     },
     Preferences {
@@ -565,6 +563,15 @@ pub struct CommentInfo {
     pub liked: bool,
 }
 
+/// A profile edit: each field set is changed. `avatar`: `Some(None)` removes it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ProfileEdit {
+    pub display_name: Option<DisplayName>,
+    pub bio: Option<String>,
+    pub links: Option<Vec<String>>,
+    pub avatar: Option<Option<u64>>,
+}
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PreferencesUpdate {
     pub default_visibility: Option<Visibility>,
@@ -627,6 +634,8 @@ pub struct Profile {
     pub posts: u64,
     pub profile: nova_core::profiles::Profile,
     pub private: bool,
+    /// The media id of the user's avatar, if set.
+    pub avatar: Option<u64>,
     /// The user follows the viewer (false for the user's own profile).
     pub follows_viewer: bool,
     /// The viewer's request to follow the user (a private account) waits.

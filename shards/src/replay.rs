@@ -49,7 +49,7 @@ use nova_storage::redb::WriteTransaction;
 use nova_storage::StorageError;
 use serde::{Deserialize, Serialize};
 
-use crate::mesh::PreferencesUpdate;
+use crate::mesh::{PreferencesUpdate, ProfileEdit};
 use crate::notify::REMOTE_EVENT_IDS;
 
 /// A compose as `compose_batch` takes it: the post, its idempotency key, its event id and
@@ -190,7 +190,7 @@ enum Logged {
         event: AuthEvent,
         user_id: Option<u64>,
     },
-    /// `social::update_profile_in`.
+    /// `social::update_profile_in`, as versions before avatars wrote it.
     Profile {
         user_id: u64,
         display_name: Option<DisplayName>,
@@ -266,6 +266,13 @@ enum Logged {
         here: usize,
         followee: u64,
         follower: u64,
+        now: u64,
+    },
+    /// `social::update_profile_in` (with the avatar; `Profile` is what older versions wrote).
+    ProfileEdit {
+        user_id: u64,
+        edit: ProfileEdit,
+        event_id: u64,
         now: u64,
     },
 }
@@ -382,6 +389,9 @@ pub(crate) enum Record<'a> {
         event: AuthEvent,
         user_id: Option<u64>,
     },
+    // No longer written (`ProfileEdit` is), but kept: the variants after it keep their index,
+    // and the round-trip test writes it as older versions did.
+    #[cfg_attr(not(test), allow(dead_code))]
     Profile {
         user_id: u64,
         display_name: Option<&'a DisplayName>,
@@ -445,6 +455,12 @@ pub(crate) enum Record<'a> {
         here: usize,
         followee: u64,
         follower: u64,
+        now: u64,
+    },
+    ProfileEdit {
+        user_id: u64,
+        edit: &'a ProfileEdit,
+        event_id: u64,
         now: u64,
     },
 }
@@ -607,9 +623,22 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             event_id,
             now,
         } => {
-            let name = display_name.as_ref();
-            crate::social::update_profile_in(t, user_id, name, bio, links, event_id, now)
-                .map_err(failed)?;
+            // Written by versions before avatars: the same edit, the avatar left alone.
+            let edit = ProfileEdit {
+                display_name,
+                bio,
+                links,
+                avatar: None,
+            };
+            crate::social::update_profile_in(t, user_id, edit, event_id, now).map_err(failed)?;
+        }
+        Logged::ProfileEdit {
+            user_id,
+            edit,
+            event_id,
+            now,
+        } => {
+            crate::social::update_profile_in(t, user_id, edit, event_id, now).map_err(failed)?;
         }
         Logged::Preferences { user_id, update } => {
             crate::social::preferences_in(t, user_id, update).map_err(failed)?;
@@ -1040,6 +1069,28 @@ mod tests {
                 event_id: 116,
                 now: 117
             } if b == "hello" && l == links
+        ));
+        let edit = ProfileEdit {
+            display_name: Some(DisplayName::parse("Ada").unwrap()),
+            bio: None,
+            links: Some(links.clone()),
+            avatar: Some(Some(118)),
+        };
+        let bytes = Record::ProfileEdit {
+            user_id: 119,
+            edit: &edit,
+            event_id: 120,
+            now: 121,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::ProfileEdit {
+                user_id: 119,
+                edit: e,
+                event_id: 120,
+                now: 121
+            } if e == edit
         ));
         let update = PreferencesUpdate {
             default_visibility: Some(content::Visibility::Followers),

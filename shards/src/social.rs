@@ -17,8 +17,8 @@ use nova_core::{id_ms, shard_of, CoreError};
 use crate::error::Fail;
 use crate::feeds::{Head, SharedPost, HEAD_LEN};
 use crate::mesh::{
-    Gate, NewPost, Offer, Op, Page, PostStats, PreferencesUpdate, Profile, SettingsUpdate,
-    UserBrief, ViewerSide,
+    Gate, NewPost, Offer, Op, Page, PostStats, PreferencesUpdate, Profile, ProfileEdit,
+    SettingsUpdate, UserBrief, ViewerSide,
 };
 use crate::replay::Record;
 use crate::shard::{now_ms, until, Shard};
@@ -509,32 +509,20 @@ impl Shard {
             }
             Op::UpdateProfile {
                 user_id,
-                display_name,
-                bio,
-                links,
+                edit,
                 reply,
             } => {
                 let (event_id, now) = (self.next_id(), now_ms());
-                let record = Record::Profile {
+                let record = Record::ProfileEdit {
                     user_id,
-                    display_name: display_name.as_ref(),
-                    bio: bio.as_deref(),
-                    links: links.as_deref(),
+                    edit: &edit,
                     event_id,
                     now,
                 }
                 .encode();
                 let result = self
                     .write_recorded(record, move |t| {
-                        update_profile_in(
-                            t,
-                            user_id,
-                            display_name.as_ref(),
-                            bio,
-                            links,
-                            event_id,
-                            now,
-                        )
+                        update_profile_in(t, user_id, edit, event_id, now)
                     })
                     .await;
                 let result = match result {
@@ -1211,6 +1199,7 @@ impl Shard {
             let posts = content::posts_count(r, user_id, POSTS_COUNTED_MAX)?;
             let profile = profiles::profile(r, user_id)?;
             let private = profiles::settings(r, user_id)?.private;
+            let avatar = profiles::avatar(r, user_id)?;
             let other = user_id != viewer;
             Ok(Some(Profile {
                 user,
@@ -1219,6 +1208,7 @@ impl Shard {
                 posts,
                 profile,
                 private,
+                avatar,
                 follows_viewer: other && social::follows(r, user_id, viewer)?,
                 requested_by_viewer: other && social::requested(r, user_id, viewer)?,
             }))
@@ -2126,18 +2116,19 @@ pub(crate) fn request_in(
 pub(crate) fn update_profile_in(
     t: &nova_storage::redb::WriteTransaction,
     user_id: u64,
-    display_name: Option<&identity::DisplayName>,
-    bio: Option<String>,
-    links: Option<Vec<String>>,
+    edit: ProfileEdit,
     event_id: u64,
     now: u64,
 ) -> Result<Option<identity::User>, CoreError> {
-    let user = match display_name {
+    let user = match &edit.display_name {
         Some(name) => Some(identity::set_display_name(t, user_id, name, event_id, now)?),
         None => None,
     };
-    if bio.is_some() || links.is_some() {
-        profiles::update_profile(t, user_id, bio, links)?;
+    if edit.bio.is_some() || edit.links.is_some() {
+        profiles::update_profile(t, user_id, edit.bio, edit.links)?;
+    }
+    if let Some(avatar) = edit.avatar {
+        profiles::set_avatar(t, user_id, avatar)?;
     }
     Ok(user)
 }

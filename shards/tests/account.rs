@@ -210,7 +210,17 @@ fn cast(server: &Server, with_media: bool) -> Cast {
                 .timeout(Duration::from_secs(60)),
         );
         resp.expect(202);
-        Some((id_of(&resp, "media.id"), bytes))
+        let id = id_of(&resp, "media.id");
+        // It is d's avatar too.
+        server
+            .call(
+                "PATCH",
+                "/v1/me/profile",
+                d.auth(),
+                Some(json!({"avatar_media_id": id.to_string()})),
+            )
+            .expect(200);
+        Some((id, bytes))
     } else {
         None
     };
@@ -343,6 +353,7 @@ fn export_holds_everything_file_by_file() {
         Some(c.d.user.email.as_str())
     );
     assert_eq!(profile.get("bio").unwrap().as_str(), Some("my bio"));
+    assert_eq!(parse_id(profile.get("avatar_media_id").unwrap()), media_id);
     assert!(profile.get("private").is_some() && profile.get("language").is_some());
 
     let posts = parse(&files["posts.json"]);

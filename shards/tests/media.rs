@@ -1007,3 +1007,98 @@ fn two_patches_of_one_upload_at_once_the_second_is_refused() {
         Some((data.len() + 50_000).to_string().as_str())
     );
 }
+
+/// `PATCH /v1/me/profile` with `avatar_media_id` as `owner`; the answer.
+fn set_avatar(server: &Server, owner: &Member, avatar: Json) -> Resp {
+    server.call(
+        "PATCH",
+        "/v1/me/profile",
+        owner.auth(),
+        Some(simd_json::json!({ "avatar_media_id": avatar })),
+    )
+}
+
+/// The `avatar` of `id`'s profile as `viewer` sees it.
+fn avatar_of(server: &Server, viewer: &Member, id: u64) -> Json {
+    let resp = server.get(&format!("/v1/users/{id}"), viewer.auth());
+    resp.expect(200);
+    resp.at("user.avatar").clone()
+}
+
+#[test]
+fn an_avatar_is_one_of_the_users_own_images() {
+    let mut server = Server::start(&[]);
+    let scratch_dir = scratch("avatar");
+    let d = scratch_dir.path();
+    for shard in [0, 1] {
+        // The owner on one shard, the viewer on the other.
+        let owner = server.member_on_shard(shard);
+        let viewer = server.member_on_shard(1 - shard);
+        assert!(avatar_of(&server, &viewer, owner.id()).is_null());
+        let image = media_id(&upload(&server, &owner.token, &photo(d, "red"), ""));
+        wait_done(&server, &owner.token, image);
+
+        let resp = set_avatar(&server, &owner, image.to_string().into());
+        resp.expect(200);
+        assert_eq!(resp.str("user.avatar.id"), image.to_string());
+        let seen = avatar_of(&server, &viewer, owner.id());
+        assert_eq!(state(&seen), "ready", "{seen:?}");
+        assert_eq!(seen.get("kind").and_then(|v| v.as_str()), Some("image"));
+        // Its renditions are public: anyone fetches them without a token or a signature.
+        let thumb = attached_url(&seen, "thumb.jpg");
+        assert!(!thumb.contains("sig="), "{thumb}");
+        server.on_each_shard(&Req::get(&thumb), |r| {
+            r.expect(200);
+        });
+        // Other edits leave it alone.
+        server
+            .call(
+                "PATCH",
+                "/v1/me/profile",
+                owner.auth(),
+                Some(simd_json::json!({"bio": "with a face"})),
+            )
+            .expect(200);
+        assert_eq!(
+            avatar_of(&server, &viewer, owner.id()).get("id"),
+            seen.get("id")
+        );
+
+        // Not the owner's own image, or no image at all: refused, and nothing changes.
+        let others = media_id(&upload(&server, &viewer.token, &photo(d, "blue"), ""));
+        for bad in [
+            others.to_string(),
+            "0".to_string(),
+            "abc".to_string(),
+            ((1u64 << 22) | 7).to_string(),
+            (image + 1).to_string(),
+        ] {
+            set_avatar(&server, &owner, bad.into()).expect_error(422, "invalid_avatar");
+        }
+        set_avatar(&server, &owner, simd_json::json!(5)).expect_error(422, "invalid_body");
+        assert_eq!(
+            avatar_of(&server, &viewer, owner.id()).get("id"),
+            seen.get("id")
+        );
+
+        // Null removes it; a deleted image leaves none.
+        set_avatar(&server, &owner, Json::Static(simd_json::StaticNode::Null)).expect(200);
+        assert!(avatar_of(&server, &viewer, owner.id()).is_null());
+        set_avatar(&server, &owner, image.to_string().into()).expect(200);
+        server
+            .delete(&format!("/v1/media/{image}"), owner.auth())
+            .expect(204);
+        assert!(avatar_of(&server, &owner, owner.id()).is_null());
+    }
+
+    // It survives a restart.
+    let owner = server.member_on_shard(1);
+    let image = media_id(&upload(&server, &owner.token, &photo(d, "green"), ""));
+    wait_done(&server, &owner.token, image);
+    set_avatar(&server, &owner, image.to_string().into()).expect(200);
+    server.restart();
+    let token = server.login(owner.name(), &owner.user.password).access;
+    let resp = server.get(&format!("/v1/users/{}", owner.id()), Some(&token));
+    resp.expect(200);
+    assert_eq!(resp.str("user.avatar.id"), image.to_string());
+}
