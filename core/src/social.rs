@@ -365,14 +365,14 @@ pub fn own_page(
 }
 
 /// On the follower's shard, applying `FollowApproved`: the follow rows of this side, unless
-/// the follower blocked the followee in the meantime.
+/// either blocked the other in the meantime.
 pub fn apply_approved(
     txn: &WriteTransaction,
     follower: u64,
     followee: u64,
     now_ms: u64,
 ) -> Result<(), CoreError> {
-    if txn.open_table(BLOCKS)?.get((follower, followee))?.is_some() {
+    if blocked_either_way_in(txn, follower, followee)? {
         return Ok(());
     }
     follow(txn, follower, followee, now_ms)?;
@@ -386,8 +386,8 @@ pub fn add_follower(
     follower: u64,
     now_ms: u64,
 ) -> Result<(), CoreError> {
-    if txn.open_table(BLOCKS)?.get((followee, follower))?.is_some() {
-        // Blocked while the event was in flight: the block wins.
+    if blocked_either_way_in(txn, followee, follower)? {
+        // Blocked (by either side) while the event was in flight: the block wins.
         return Ok(());
     }
     if txn

@@ -2161,6 +2161,12 @@ pub(crate) fn change_in(
 ) -> Result<bool, CoreError> {
     let changed = match *event {
         Event::Followed { follower, followee } => {
+            // A block either way that landed since `Shard::follow` looked (a block sent at
+            // the same time, or the other side's delivered meanwhile) wins: the follow is
+            // refused as if the block had come first.
+            if social::blocked_either_way_in(t, follower, followee)? {
+                return Err(CoreError::NotFound);
+            }
             if social::follows_in(t, follower, followee)? {
                 false
             } else {

@@ -1314,6 +1314,66 @@ fn the_blocked_user_cannot_follow_until_unblocked() {
     }
 }
 
+/// A block sent while a follow between the same two users is under way wins, whichever
+/// lands first and whoever blocks: afterwards neither side holds the follow (the follow is
+/// answered 200 only if it landed first, and the block then took it away).
+#[test]
+fn a_block_sent_with_a_follow_wins() {
+    const TRIALS: usize = 6;
+    let server = Server::start(&[]);
+    for (a, b) in PAIRS {
+        for trial in 0..TRIALS {
+            // The follower blocks in half the trials, the followee in the other half.
+            let follower = server.member_on_shard(a);
+            let followee = server.member_on_shard(b);
+            let (blocker, blocked) = match trial % 2 {
+                0 => (&follower, followee.id()),
+                _ => (&followee, follower.id()),
+            };
+            let follow_status = std::thread::scope(|s| {
+                let follow = s.spawn(|| {
+                    server
+                        .call(
+                            "POST",
+                            &format!("/v1/users/{}/follow", followee.id()),
+                            follower.auth(),
+                            None,
+                        )
+                        .status
+                });
+                block(&server, blocker, blocked);
+                follow.join().unwrap()
+            });
+            assert!(
+                [200, 404].contains(&follow_status),
+                "follow answered {follow_status}"
+            );
+            // Each side's own view, once the outbox has delivered the other side's change.
+            let settled = wait_until(std::time::Duration::from_secs(10), || {
+                let following = relation_ids(
+                    &server,
+                    &follower,
+                    &format!("/v1/users/{}/following", follower.id()),
+                );
+                let followers = relation_ids(
+                    &server,
+                    &followee,
+                    &format!("/v1/users/{}/followers", followee.id()),
+                );
+                following.is_empty()
+                    && followers.is_empty()
+                    && counts(&server, &follower, follower.id()) == (0, 0)
+                    && counts(&server, &followee, followee.id()) == (0, 0)
+            });
+            assert!(
+                settled,
+                "shards {a}->{b}, trial {trial}: the follow (answered {follow_status}) \
+                 outlived the block"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Profiles
 // ---------------------------------------------------------------------------------------------
