@@ -179,7 +179,16 @@ pub fn parse_links(raw: &[String]) -> Result<Vec<String>, Invalid> {
     raw.iter()
         .map(|l| {
             let l = l.trim();
-            let ok = (l.starts_with("https://") || l.starts_with("http://"))
+            // A host after the scheme: up to the path, query or fragment, without the
+            // user-info and the port.
+            let rest = l
+                .strip_prefix("https://")
+                .or_else(|| l.strip_prefix("http://"));
+            let host = rest
+                .and_then(|r| r.split(['/', '?', '#']).next())
+                .map(|authority| authority.rsplit('@').next().unwrap_or(""))
+                .map(|h| h.split(':').next().unwrap_or(""));
+            let ok = host.is_some_and(|h| !h.is_empty())
                 && l.len() <= LINK_BYTES_MAX
                 && !l.chars().any(|c| c.is_whitespace() || c.is_control());
             if ok {
@@ -195,9 +204,13 @@ pub fn parse_links(raw: &[String]) -> Result<Vec<String>, Invalid> {
 }
 
 pub fn parse_language(raw: &str) -> Result<String, Invalid> {
+    // The primary language subtag is 2-8 letters; the subtags after it 1-8 letters or digits.
+    let mut parts = raw.split('-');
+    let primary = parts.next().unwrap_or("");
     let ok = (2..=35).contains(&raw.len())
-        && raw
-            .split('-')
+        && (2..=8).contains(&primary.len())
+        && primary.bytes().all(|b| b.is_ascii_alphabetic())
+        && parts
             .all(|p| !p.is_empty() && p.len() <= 8 && p.bytes().all(|b| b.is_ascii_alphanumeric()));
     if ok {
         Ok(raw.to_string())
@@ -396,10 +409,23 @@ mod tests {
         assert!(parse_bio(&"x".repeat(501)).is_err());
         assert_eq!(parse_bio(" hi ").unwrap(), "hi");
         assert!(parse_links(&["ftp://x".into()]).is_err());
+        for hostless in [
+            "https://",
+            "http://",
+            "https:///path",
+            "https://user@",
+            "http://:80/",
+        ] {
+            assert!(parse_links(&[hostless.into()]).is_err(), "{hostless}");
+        }
+        assert!(parse_links(&["https://a.org:8080/p?q#f".into(), "http://u@b.org".into()]).is_ok());
         assert!(parse_links(&vec!["https://x.org".to_string(); 6]).is_err());
         assert!(parse_language("pt-BR").is_ok());
         assert!(parse_language("x").is_err());
         assert!(parse_language("en_US").is_err());
+        assert!(parse_language("123").is_err());
+        assert!(parse_language("e1-US").is_err());
+        assert!(parse_language("es-419").is_ok());
         assert!(parse_muted_words(&["".into()]).is_err());
         assert_eq!(
             parse_muted_words(&[" Spoiler ".into(), "spoiler".into()]).unwrap(),

@@ -109,6 +109,25 @@ pub enum RouteMiss {
     MethodNotAllowed,
 }
 
+/// An id in a path: digits only (no sign, no spaces), within `u64`.
+fn parse_id(s: &str) -> Result<u64, RouteMiss> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RouteMiss::NotFound);
+    }
+    s.parse().map_err(|_| RouteMiss::NotFound)
+}
+
+/// The id at the start of `rest` and what follows its slash ("" when no slash does). A
+/// trailing slash is no route: `/v1/posts/1/` is not `/v1/posts/1`.
+fn id_and_tail(rest: &str) -> Result<(u64, &str), RouteMiss> {
+    let (id, tail) = match rest.split_once('/') {
+        Some((_, "")) => return Err(RouteMiss::NotFound),
+        Some(pair) => pair,
+        None => (rest, ""),
+    };
+    Ok((parse_id(id)?, tail))
+}
+
 /// Every (method, template) served, for the OpenAPI check and for documentation.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
@@ -308,8 +327,7 @@ impl Route {
             found.ok_or(RouteMiss::MethodNotAllowed)
         };
         if let Some(rest) = path.strip_prefix("/v1/comments/") {
-            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let (id, tail) = id_and_tail(rest)?;
             return match (tail, method.clone()) {
                 ("", Method::PATCH) => Ok(EditComment(id)),
                 ("", Method::DELETE) => Ok(DeleteComment(id)),
@@ -319,8 +337,7 @@ impl Route {
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/conversations/") {
-            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let (id, tail) = id_and_tail(rest)?;
             return match tail {
                 "" => by_method(Some(GetConversation(id)), None, None),
                 "messages" => by_method(Some(ListMessages(id)), Some(SendMessage(id)), None),
@@ -331,7 +348,7 @@ impl Route {
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/messages/") {
-            let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let id = parse_id(rest)?;
             return match *method {
                 Method::PATCH => Ok(EditMessage(id)),
                 Method::DELETE => Ok(DeleteMessage(id)),
@@ -340,7 +357,7 @@ impl Route {
         }
         if let Some(rest) = path.strip_prefix("/v1/me/follow-requests/") {
             let (id, tail) = rest.split_once('/').ok_or(RouteMiss::NotFound)?;
-            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let id = parse_id(id)?;
             return match tail {
                 "approve" => by_method(None, Some(ApproveFollowRequest(id)), None),
                 "reject" => by_method(None, Some(RejectFollowRequest(id)), None),
@@ -348,8 +365,7 @@ impl Route {
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/media/") {
-            let (id, name) = rest.split_once('/').unwrap_or((rest, ""));
-            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let (id, name) = id_and_tail(rest)?;
             if name.is_empty() {
                 return by_method(Some(GetMedia(id)), None, Some(DeleteMedia(id)));
             }
@@ -362,7 +378,7 @@ impl Route {
             return by_method(Some(MediaFile(id)), None, None);
         }
         if let Some(rest) = path.strip_prefix("/v1/uploads/") {
-            let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let id = parse_id(rest)?;
             return match *method {
                 Method::HEAD => Ok(TusHead(id)),
                 Method::PATCH => Ok(TusPatch(id)),
@@ -371,12 +387,11 @@ impl Route {
             };
         }
         if let Some(rest) = path.strip_prefix("/v1/sessions/") {
-            let id = rest.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let id = parse_id(rest)?;
             return by_method(None, None, Some(RevokeSession(id)));
         }
         if let Some(rest) = path.strip_prefix("/v1/posts/") {
-            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let (id, tail) = id_and_tail(rest)?;
             return match tail {
                 "" if *method == Method::PATCH => Ok(EditPost(id)),
                 "" => by_method(Some(GetPost(id)), None, Some(DeletePost(id))),
@@ -387,8 +402,7 @@ impl Route {
         }
         if let Some(rest) = path.strip_prefix("/v1/moderation/") {
             let (kind, rest) = rest.split_once('/').ok_or(RouteMiss::NotFound)?;
-            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let (id, tail) = id_and_tail(rest)?;
             return match (kind, tail) {
                 ("reports", "resolve") => by_method(None, Some(ModResolveReport(id)), None),
                 ("posts", "") => by_method(None, None, Some(ModRemovePost(id))),
@@ -417,8 +431,7 @@ impl Route {
                 }
                 return by_method(Some(UserByName), None, None);
             }
-            let (id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-            let id = id.parse::<u64>().map_err(|_| RouteMiss::NotFound)?;
+            let (id, tail) = id_and_tail(rest)?;
             return match tail {
                 "" => by_method(Some(UserById(id)), None, None),
                 "follow" => by_method(None, Some(Follow(id)), Some(Unfollow(id))),
@@ -533,6 +546,34 @@ mod tests {
         assert_eq!(
             Route::find(&Method::DELETE, "/v1/sessions/abc"),
             Err(RouteMiss::NotFound)
+        );
+    }
+
+    #[test]
+    fn ids_are_digits_and_a_trailing_slash_is_no_route() {
+        for (method, template) in ROUTES {
+            if !template.contains("{id}") {
+                continue;
+            }
+            let method: Method = method.parse().unwrap();
+            for id in ["+123", "-1", " 1", "1 ", "0x1", "", "18446744073709551616"] {
+                let path = template.replace("{id}", id).replace("{name}", "a.jpg");
+                assert_eq!(
+                    Route::find(&method, &path),
+                    Err(RouteMiss::NotFound),
+                    "{method} {path}"
+                );
+            }
+            let path = template.replace("{id}", "123").replace("{name}", "a.jpg");
+            assert_eq!(
+                Route::find(&method, &format!("{path}/")),
+                Err(RouteMiss::NotFound),
+                "{method} {path}/"
+            );
+        }
+        assert_eq!(
+            Route::find(&Method::GET, "/v1/posts/18446744073709551615").map(|r| r.template()),
+            Ok("/v1/posts/{id}")
         );
     }
 }
