@@ -1,4 +1,5 @@
-//! Communication: the durable email queue (tables `email_queues` and `email_states`).
+//! Communication: the durable email queue (tables `email_queues` and `email_states`), and
+//! where each user's notification digests stand (`digests_sent`).
 //!
 //! An email moves `queued -> sending -> sent`, or `queued -> sending -> queued` (a failed try,
 //! due again after a backoff) and finally `dead` after the last allowed try. `dead` emails are
@@ -23,6 +24,10 @@ const EMAIL_QUEUES: TableDefinition<u64, &[u8]> = TableDefinition::new("email_qu
 /// (state code, order, email id) -> (): the emails in each state. `order` is `next_attempt_ms`
 /// for queued emails (so the due ones are a range), `updated_ms` for the others.
 const EMAIL_STATES: TableDefinition<(u8, u64, u64), ()> = TableDefinition::new("email_states");
+
+/// user id -> (when its last digest was made, ms; the newest notification id it covered):
+/// the users who want digests (profiles' `user_digests`) once their first was considered.
+const DIGESTS_SENT: TableDefinition<u64, (u64, u64)> = TableDefinition::new("digests_sent");
 
 /// Error texts kept with an email, at most (SMTP servers can answer at length).
 const ERROR_BYTES_MAX: usize = 500;
@@ -560,6 +565,87 @@ pub fn emails(
 /// made up to `until_ms` (a later one belongs to a new account with the address), looking
 /// at no more than `scan_max` emails of each state (account erasure). An email being sent
 /// right now is left to finish. Returns how many went.
+/// Where `user`'s digests stand: (when the last was made, the newest notification id it
+/// covered), or none before the first.
+pub fn digest_state(read: &ReadTransaction, user: u64) -> Result<Option<(u64, u64)>, CoreError> {
+    let table = match read.open_table(DIGESTS_SENT) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let found = table.get(user)?.map(|v| v.value());
+    Ok(found)
+}
+
+/// `digest_state` inside a write transaction.
+pub fn digest_state_in(txn: &WriteTransaction, user: u64) -> Result<Option<(u64, u64)>, CoreError> {
+    let found = txn.open_table(DIGESTS_SENT)?.get(user)?.map(|v| v.value());
+    Ok(found)
+}
+
+/// The subject and body of a digest for `name` of these unread notifications (by kind).
+pub fn digest_email(name: &str, counts: &[(crate::notifications::Kind, u64)]) -> (String, String) {
+    use crate::notifications::Kind;
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    let plural = |n: u64, one: &str, many: &str| match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    };
+    let lines: Vec<String> = counts
+        .iter()
+        .map(|&(kind, n)| {
+            let (one, many) = match kind {
+                Kind::Follow => ("new follower", "new followers"),
+                Kind::FollowRequest => ("follow request", "follow requests"),
+                Kind::Like => ("like", "likes"),
+                Kind::Comment => ("comment", "comments"),
+                Kind::Reply => ("reply", "replies"),
+                Kind::Mention => ("mention", "mentions"),
+                Kind::Message => (
+                    "conversation with new messages",
+                    "conversations with new messages",
+                ),
+                Kind::MediaReady => ("upload processed", "uploads processed"),
+            };
+            format!("- {}", plural(n, one, many))
+        })
+        .collect();
+    let subject = format!(
+        "Your Nova digest: {}",
+        plural(total, "unread notification", "unread notifications")
+    );
+    let body = format!(
+        "Hello {name},\n\nSince your last digest, you have {} on Nova:\n\n{}\n\nTo stop these \
+         emails, set email_digest to off in your settings.\n",
+        plural(
+            total,
+            "notification you have not read",
+            "notifications you have not read"
+        ),
+        lines.join("\n")
+    );
+    (subject, body)
+}
+
+/// Records a digest made (or, the first time, the point the first one starts from).
+pub fn record_digest(
+    txn: &WriteTransaction,
+    user: u64,
+    at_ms: u64,
+    covered: u64,
+) -> Result<(), CoreError> {
+    txn.open_table(DIGESTS_SENT)?
+        .insert(user, (at_ms, covered))?;
+    Ok(())
+}
+
+/// Forgets where `user`'s digests stood (turned off, or the account erased): a digest turned
+/// on again starts from then, not from the old point.
+pub fn forget_digest(txn: &WriteTransaction, user: u64) -> Result<(), CoreError> {
+    txn.open_table(DIGESTS_SENT)?.remove(user)?;
+    Ok(())
+}
+
 pub fn drop_emails_to(
     txn: &WriteTransaction,
     address: &str,

@@ -278,6 +278,7 @@ pub fn step(
                     )?;
                 }
                 notifications::erase_recipient(txn, user)?;
+                communication::forget_digest(txn, user)?;
                 job.cursor.0 = 1;
             }
             let subs = push::erase_user(txn, user, n)?;

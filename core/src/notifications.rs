@@ -803,6 +803,59 @@ pub fn page(
     Ok((out, next))
 }
 
+/// The id of `recipient`'s newest notification, read or not.
+pub fn newest(read: &ReadTransaction, recipient: u64) -> Result<Option<u64>, CoreError> {
+    let table = match read.open_table(NOTIFICATIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let last = table
+        .range((recipient, 0)..=(recipient, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(k, _)| k.value().1);
+    Ok(last)
+}
+
+/// Notifications counted by kind, in `Kind::ALL`'s order.
+pub type KindCounts = Vec<(Kind, u64)>;
+
+/// `recipient`'s unread notifications with ids past `after`, counted by kind (looking at no
+/// more than `PER_USER_MAX` rows, all a user has), and the newest id among them.
+pub fn unread_since(
+    read: &ReadTransaction,
+    recipient: u64,
+    after: u64,
+) -> Result<(KindCounts, Option<u64>), CoreError> {
+    let table = match read.open_table(NOTIFICATIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((Vec::new(), None)),
+        Err(e) => return Err(e.into()),
+    };
+    let mut counts: KindCounts = Vec::new();
+    let mut newest = None;
+    let start = after.saturating_add(1);
+    for row in table
+        .range((recipient, start)..=(recipient, u64::MAX))?
+        .rev()
+        .take(PER_USER_MAX as usize)
+    {
+        let (_, v) = row?;
+        let n: Notification = decode(v.value())?;
+        if n.read {
+            continue;
+        }
+        newest = newest.max(Some(n.id));
+        match counts.iter_mut().find(|(k, _)| *k == n.kind) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((n.kind, 1)),
+        }
+    }
+    counts.sort_by_key(|(k, _)| Kind::ALL.iter().position(|a| a == k));
+    Ok((counts, newest))
+}
+
 /// Marks `recipient`'s notifications read; unknown ids (or another user's) are ignored.
 /// Returns (how many changed, unread left).
 pub fn mark_read(

@@ -1,6 +1,6 @@
 //! Profiles, preferences, settings and feed preferences (tables `user_profiles`,
-//! `user_avatars`, `user_preferences`, `user_settings`, `feed_preferences`), on the user's
-//! shard. The display name stays with identity (it is part of the account).
+//! `user_avatars`, `user_preferences`, `user_settings`, `user_digests`, `feed_preferences`),
+//! on the user's shard. The display name stays with identity (it is part of the account).
 
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -14,6 +14,9 @@ const USER_PROFILES: TableDefinition<u64, &[u8]> = TableDefinition::new("user_pr
 /// user id -> media id of the avatar (one of the user's own images), when one is set. A table
 /// of its own: `Profile` rows written before avatars existed keep their shape.
 const USER_AVATARS: TableDefinition<u64, u64> = TableDefinition::new("user_avatars");
+/// user id -> Digest (as its code) of the users who want notification digests by email;
+/// no row: none. A table of its own, as `user_avatars`.
+const USER_DIGESTS: TableDefinition<u64, u8> = TableDefinition::new("user_digests");
 /// user id -> Preferences
 const USER_PREFERENCES: TableDefinition<u64, &[u8]> = TableDefinition::new("user_preferences");
 /// user id -> Settings
@@ -52,6 +55,62 @@ impl MessagesFrom {
             MessagesFrom::Everyone => "everyone",
             MessagesFrom::Following => "following",
             MessagesFrom::Nobody => "nobody",
+        }
+    }
+}
+
+/// How often a user wants an email summing up the notifications not read yet.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Digest {
+    #[default]
+    Off,
+    Daily,
+    Weekly,
+}
+
+impl Digest {
+    pub fn parse(raw: &str) -> Result<Digest, Invalid> {
+        match raw {
+            "off" => Ok(Digest::Off),
+            "daily" => Ok(Digest::Daily),
+            "weekly" => Ok(Digest::Weekly),
+            _ => Err(Invalid::new(
+                "invalid_email_digest",
+                "email_digest is off, daily or weekly",
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Digest::Off => "off",
+            Digest::Daily => "daily",
+            Digest::Weekly => "weekly",
+        }
+    }
+
+    /// Days between two digests (none for `Off`).
+    pub fn days(self) -> Option<u64> {
+        match self {
+            Digest::Off => None,
+            Digest::Daily => Some(1),
+            Digest::Weekly => Some(7),
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Digest::Off => 0,
+            Digest::Daily => 1,
+            Digest::Weekly => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Digest {
+        match code {
+            1 => Digest::Daily,
+            2 => Digest::Weekly,
+            _ => Digest::Off,
         }
     }
 }
@@ -294,6 +353,57 @@ pub fn forget_avatar(txn: &WriteTransaction, user: u64, media: u64) -> Result<()
     Ok(())
 }
 
+/// How often `user` wants a notification digest.
+pub fn digest(read: &ReadTransaction, user: u64) -> Result<Digest, CoreError> {
+    let table = match read.open_table(USER_DIGESTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Digest::Off),
+        Err(e) => return Err(e.into()),
+    };
+    let found = table.get(user)?.map(|v| Digest::from_code(v.value()));
+    Ok(found.unwrap_or_default())
+}
+
+/// `digest` inside a write transaction.
+pub fn digest_in(txn: &WriteTransaction, user: u64) -> Result<Digest, CoreError> {
+    let found = txn
+        .open_table(USER_DIGESTS)?
+        .get(user)?
+        .map(|v| Digest::from_code(v.value()));
+    Ok(found.unwrap_or_default())
+}
+
+pub fn set_digest(txn: &WriteTransaction, user: u64, digest: Digest) -> Result<(), CoreError> {
+    let mut table = txn.open_table(USER_DIGESTS)?;
+    match digest {
+        Digest::Off => table.remove(user)?,
+        on => table.insert(user, on.code())?,
+    };
+    Ok(())
+}
+
+/// Up to `limit` users (with ids past `after`) who want digests, with how often.
+pub fn digest_subscribers(
+    read: &ReadTransaction,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(u64, Digest)>, CoreError> {
+    let table = match read.open_table(USER_DIGESTS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let start = after.map_or(0, |a| a.saturating_add(1));
+    table
+        .range(start..)?
+        .take(limit)
+        .map(|r| {
+            r.map(|(k, v)| (k.value(), Digest::from_code(v.value())))
+                .map_err(Into::into)
+        })
+        .collect()
+}
+
 pub fn settings(read: &ReadTransaction, user: u64) -> Result<Settings, CoreError> {
     get_or_default(read, USER_SETTINGS, user)
 }
@@ -397,7 +507,8 @@ pub fn erase_user(txn: &WriteTransaction, user: u64) -> Result<(), CoreError> {
     ] {
         txn.open_table(def)?.remove(user)?;
     }
-    set_avatar(txn, user, None)
+    set_avatar(txn, user, None)?;
+    set_digest(txn, user, Digest::Off)
 }
 
 #[cfg(test)]

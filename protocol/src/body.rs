@@ -344,12 +344,15 @@ pub struct UpdateSettingsRequest {
     pub private: Option<bool>,
     #[serde(default)]
     pub messages_from: Option<String>,
+    #[serde(default)]
+    pub email_digest: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct SettingsView {
     pub private: bool,
     pub messages_from: &'static str,
+    pub email_digest: &'static str,
 }
 
 #[derive(Debug, Serialize)]

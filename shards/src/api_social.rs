@@ -153,11 +153,16 @@ pub(crate) async fn dispatch(
                         .as_deref()
                         .map(profiles::MessagesFrom::parse)
                         .transpose()?,
+                    email_digest: body
+                        .email_digest
+                        .as_deref()
+                        .map(profiles::Digest::parse)
+                        .transpose()?,
                 })
             } else {
                 None
             };
-            let settings = shard
+            let (settings, digest) = shard
                 .ask(shard_of(viewer), deadline, |reply| Op::Settings {
                     user_id: viewer,
                     update,
@@ -170,6 +175,7 @@ pub(crate) async fn dispatch(
                     settings: wire::SettingsView {
                         private: settings.private,
                         messages_from: settings.messages_from.as_str(),
+                        email_digest: digest.as_str(),
                     },
                 },
             ))

@@ -98,6 +98,11 @@ pub struct Config {
     pub mail_in_flight_max: usize,
     /// Sent emails are deleted after this many days.
     pub mail_sent_retention_days: u64,
+    /// The length of a day for notification digests (`daily` is one, `weekly` seven), in
+    /// seconds: 86400, shorter only for tests.
+    pub digest_day_s: u64,
+    /// How often each shard looks for digests due, in seconds.
+    pub digest_check_s: u64,
     /// Largest body of `POST /v1/media` (larger files go through tus).
     pub media_upload_bytes_max: usize,
     /// Largest image file.
@@ -253,6 +258,8 @@ impl Default for Config {
             mail_backoff_max_ms: 3_600_000,
             mail_in_flight_max: 4,
             mail_sent_retention_days: 7,
+            digest_day_s: 86_400,
+            digest_check_s: 60,
             media_upload_bytes_max: 64 * 1024 * 1024,
             media_image_bytes_max: 32 * 1024 * 1024,
             media_video_bytes_max: 1024 * 1024 * 1024,
@@ -418,6 +425,10 @@ pub struct ServeArgs {
     pub mail_in_flight_max: Option<usize>,
     #[arg(long, env = "NOVA_MAIL_SENT_RETENTION_DAYS")]
     pub mail_sent_retention_days: Option<u64>,
+    #[arg(long, env = "NOVA_DIGEST_DAY_S")]
+    pub digest_day_s: Option<u64>,
+    #[arg(long, env = "NOVA_DIGEST_CHECK_S")]
+    pub digest_check_s: Option<u64>,
     #[arg(long, env = "NOVA_MEDIA_UPLOAD_BYTES_MAX")]
     pub media_upload_bytes_max: Option<usize>,
     #[arg(long, env = "NOVA_MEDIA_IMAGE_BYTES_MAX")]
@@ -551,6 +562,8 @@ impl Config {
             mail_backoff_max_ms,
             mail_in_flight_max,
             mail_sent_retention_days,
+            digest_day_s,
+            digest_check_s,
             media_upload_bytes_max,
             media_image_bytes_max,
             media_video_bytes_max,
@@ -736,6 +749,10 @@ impl Config {
         anyhow::ensure!(
             self.mail_in_flight_max <= 1024,
             "mail_in_flight_max must be at most 1024"
+        );
+        anyhow::ensure!(
+            self.digest_day_s > 0 && (1..=86_400).contains(&self.digest_check_s),
+            "digest_day_s must be positive and digest_check_s 1 to 86400"
         );
         anyhow::ensure!(
             self.smtp_username.is_some() == self.smtp_password.is_some(),

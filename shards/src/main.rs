@@ -15,6 +15,7 @@ mod api_social;
 mod backup;
 mod body;
 mod config;
+mod digest;
 mod error;
 mod feeds;
 mod hasher;

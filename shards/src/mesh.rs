@@ -11,7 +11,7 @@ use nova_core::events::Event;
 use nova_core::identity::DisplayName;
 use nova_core::identity::{AuthEvent, Email, EmailClaim, Issued, Refreshed, Session, User};
 use nova_core::messages::{Message, Summary};
-use nova_core::profiles::{FeedPreferences, MessagesFrom, Preferences, Settings};
+use nova_core::profiles::{Digest, FeedPreferences, MessagesFrom, Preferences, Settings};
 use nova_core::social;
 use nova_core::tokens::RefreshToken;
 
@@ -236,7 +236,7 @@ pub enum Op {
     Settings {
         user_id: u64,
         update: Option<SettingsUpdate>,
-        reply: Reply<Settings>,
+        reply: Reply<(Settings, Digest)>,
     },
     Unfollow {
         follower: u64,
@@ -584,6 +584,7 @@ pub struct PreferencesUpdate {
 pub struct SettingsUpdate {
     pub private: Option<bool>,
     pub messages_from: Option<MessagesFrom>,
+    pub email_digest: Option<Digest>,
 }
 
 /// What a follow must do, as the followee's shard sees it.

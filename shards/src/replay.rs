@@ -49,7 +49,7 @@ use nova_storage::redb::WriteTransaction;
 use nova_storage::StorageError;
 use serde::{Deserialize, Serialize};
 
-use crate::mesh::{PreferencesUpdate, ProfileEdit};
+use crate::mesh::{PreferencesUpdate, ProfileEdit, SettingsUpdate};
 use crate::notify::REMOTE_EVENT_IDS;
 
 /// A compose as `compose_batch` takes it: the post, its idempotency key, its event id and
@@ -275,6 +275,11 @@ enum Logged {
         event_id: u64,
         now: u64,
     },
+    /// `social::settings_in` (with the digest; `Settings` is what older versions wrote).
+    SettingsEdit {
+        user_id: u64,
+        update: SettingsUpdate,
+    },
 }
 
 /// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
@@ -404,6 +409,8 @@ pub(crate) enum Record<'a> {
         user_id: u64,
         update: &'a PreferencesUpdate,
     },
+    // No longer written (`SettingsEdit` is); kept as `Profile` is.
+    #[cfg_attr(not(test), allow(dead_code))]
     Settings {
         user_id: u64,
         private: Option<bool>,
@@ -462,6 +469,10 @@ pub(crate) enum Record<'a> {
         edit: &'a ProfileEdit,
         event_id: u64,
         now: u64,
+    },
+    SettingsEdit {
+        user_id: u64,
+        update: &'a SettingsUpdate,
     },
 }
 
@@ -649,6 +660,9 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             messages_from,
         } => {
             profiles::update_settings(t, user_id, private, messages_from).map_err(failed)?;
+        }
+        Logged::SettingsEdit { user_id, update } => {
+            crate::social::settings_in(t, user_id, &update).map_err(failed)?;
         }
         Logged::DropRequest {
             followee,
@@ -1069,6 +1083,20 @@ mod tests {
                 event_id: 116,
                 now: 117
             } if b == "hello" && l == links
+        ));
+        let update = SettingsUpdate {
+            private: Some(false),
+            messages_from: None,
+            email_digest: Some(profiles::Digest::Weekly),
+        };
+        let bytes = Record::SettingsEdit {
+            user_id: 122,
+            update: &update,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::SettingsEdit { user_id: 122, update: u } if u == update
         ));
         let edit = ProfileEdit {
             display_name: Some(DisplayName::parse("Ada").unwrap()),

@@ -369,6 +369,7 @@ async fn shard_main(start: ShardStart) {
     let accept = glommio::spawn_local(crate::http::accept_loop(Rc::clone(&shard), listener, tls));
     *accept_slot.borrow_mut() = Some(accept);
     glommio::spawn_local(Rc::clone(&shard).housekeeping()).detach();
+    glommio::spawn_local(Rc::clone(&shard).digest_loop()).detach();
     glommio::spawn_local(Rc::clone(&shard).relay_loop()).detach();
     glommio::spawn_local(crate::mail::run(Rc::clone(&shard))).detach();
     glommio::spawn_local(crate::media_jobs::requeue_loop(Rc::clone(&shard))).detach();

@@ -600,21 +600,21 @@ impl Shard {
                 reply,
             } => {
                 let result = match update {
-                    None => self.read(|r| profiles::settings(r, user_id)),
-                    Some(SettingsUpdate {
-                        private,
-                        messages_from,
-                    }) => {
-                        let record = Record::Settings {
+                    None => self.read(|r| {
+                        Ok((
+                            profiles::settings(r, user_id)?,
+                            profiles::digest(r, user_id)?,
+                        ))
+                    }),
+                    Some(update) => {
+                        let private = update.private;
+                        let record = Record::SettingsEdit {
                             user_id,
-                            private,
-                            messages_from,
+                            update: &update,
                         }
                         .encode();
                         let result = self
-                            .write_recorded(record, move |t| {
-                                profiles::update_settings(t, user_id, private, messages_from)
-                            })
+                            .write_recorded(record, move |t| settings_in(t, user_id, &update))
                             .await
                             .map_err(Fail::from);
                         match result {
@@ -2131,6 +2131,27 @@ pub(crate) fn update_profile_in(
         profiles::set_avatar(t, user_id, avatar)?;
     }
     Ok(user)
+}
+
+/// `Op::Settings`' write: the account settings given and how often to send digests (turned
+/// off, where they stood is forgotten). Replayed from its log record (replay.rs).
+pub(crate) fn settings_in(
+    t: &nova_storage::redb::WriteTransaction,
+    user_id: u64,
+    u: &SettingsUpdate,
+) -> Result<(profiles::Settings, profiles::Digest), CoreError> {
+    let settings = profiles::update_settings(t, user_id, u.private, u.messages_from)?;
+    if let Some(digest) = u.email_digest {
+        profiles::set_digest(t, user_id, digest)?;
+        if digest == profiles::Digest::Off {
+            nova_core::communication::forget_digest(t, user_id)?;
+        }
+    }
+    let digest = match u.email_digest {
+        Some(d) => d,
+        None => profiles::digest_in(t, user_id)?,
+    };
+    Ok((settings, digest))
 }
 
 /// `Op::Preferences`' write: posting and feed preferences. Replayed from its log record

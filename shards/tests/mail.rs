@@ -462,3 +462,141 @@ fn credentials_go_over_tls_only_and_a_wrong_password_is_a_failed_try() {
     assert!(!exited.status.success());
     assert!(exited.stderr.contains("in clear"), "{}", exited.stderr);
 }
+
+/// The digests received by `to`, oldest first.
+fn digests_to(sink: &Sink, to: &str) -> Vec<Received> {
+    sink.messages_to(to)
+        .into_iter()
+        .filter(|m| m.subject.starts_with("Your Nova digest"))
+        .collect()
+}
+
+/// A user's notification digest (`email_digest: daily`, with a day of 2 s here) counts the
+/// notifications not read since the previous one, across shards (the actor on the other
+/// shard); none is sent when nothing is new, to an unverified address, or once turned off.
+#[test]
+fn notification_digests_count_what_is_unread_since_the_last_one() {
+    let sink = Sink::start();
+    let server = start(sink.port, &["--digest-day-s", "2", "--digest-check-s", "1"]);
+    let users = server.users_on_each_shard();
+    for user in &users {
+        let mail = sink.wait_one(&user.email, VERIFY, WAIT);
+        server
+            .post(
+                "/v1/accounts/verify-email",
+                None,
+                json!({"token": mail.token()}),
+            )
+            .expect(200);
+    }
+    let (reader, actor) = (&users[0], &users[1]);
+    let reader_token = server.login(&reader.username, &reader.password).access;
+    let actor_token = server.login(&actor.username, &actor.password).access;
+    let unverified = server.register_new();
+    let unverified_token = server
+        .login(&unverified.username, &unverified.password)
+        .access;
+    let post_of = |token: &str, text: &str| -> String {
+        let resp = server.post("/v1/posts", Some(token), json!({ "text": text }));
+        resp.expect(201);
+        resp.str("post.id").to_string()
+    };
+    let like = |post: &str| {
+        server
+            .post(
+                &format!("/v1/posts/{post}/like"),
+                Some(&actor_token),
+                json!({}),
+            )
+            .expect(200);
+    };
+    // An old notification, from before the digest was turned on: never counted.
+    server
+        .post(
+            &format!("/v1/users/{}/follow", reader.id),
+            Some(&actor_token),
+            json!({}),
+        )
+        .expect(200);
+    for token in [&reader_token, &unverified_token] {
+        let resp = server.call(
+            "PATCH",
+            "/v1/me/settings",
+            Some(token),
+            Some(json!({"email_digest": "daily"})),
+        );
+        resp.expect(200);
+        assert_eq!(resp.str("settings.email_digest"), "daily");
+    }
+    // The first pass records where the digests start (within a check, 1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let posts: Vec<String> = (0..2)
+        .map(|i| post_of(&reader_token, &format!("p{i}")))
+        .collect();
+    for post in &posts {
+        like(post);
+    }
+    post_of(&actor_token, &format!("hello @{}", reader.username));
+    like(&post_of(&unverified_token, "mine"));
+    let got = sink.wait_for(WAIT, "the first digest", |_| {
+        !digests_to(&sink, &reader.email).is_empty()
+    });
+    drop(got);
+    let first = &digests_to(&sink, &reader.email)[0];
+    assert_eq!(first.subject, "Your Nova digest: 3 unread notifications");
+    assert!(first.body.contains("- 2 likes"), "{}", first.body);
+    assert!(first.body.contains("- 1 mention"), "{}", first.body);
+    assert!(!first.body.contains("follower"), "{}", first.body);
+
+    // Within the period after it: a like, then everything marked read. Nothing unread is new
+    // then, so no digest comes for a few periods; then only what is new and unread counts.
+    like(&post_of(&reader_token, "p2"));
+    server
+        .call(
+            "POST",
+            "/v1/notifications/read",
+            Some(&reader_token),
+            Some(json!({"all": true})),
+        )
+        .expect(200);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        digests_to(&sink, &reader.email).len(),
+        1,
+        "{:#?}",
+        digests_to(&sink, &reader.email)
+    );
+    like(&post_of(&reader_token, "p3"));
+    server
+        .post(
+            &format!("/v1/posts/{}/comments", posts[0]),
+            Some(&actor_token),
+            json!({"text": "nice"}),
+        )
+        .expect(201);
+    sink.wait_for(WAIT, "the second digest", |_| {
+        digests_to(&sink, &reader.email).len() >= 2
+    });
+    let second = &digests_to(&sink, &reader.email)[1];
+    assert_eq!(second.subject, "Your Nova digest: 2 unread notifications");
+    assert!(second.body.contains("- 1 like\n"), "{}", second.body);
+    assert!(second.body.contains("- 1 comment"), "{}", second.body);
+
+    // Turned off: nothing more, whatever comes.
+    server
+        .call(
+            "PATCH",
+            "/v1/me/settings",
+            Some(&reader_token),
+            Some(json!({"email_digest": "off"})),
+        )
+        .expect(200);
+    like(&post_of(&reader_token, "p4"));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(digests_to(&sink, &reader.email).len(), 2);
+    // Neither the unverified subscriber nor the actor (no digest) got one.
+    assert!(digests_to(&sink, &unverified.email).is_empty());
+    assert!(digests_to(&sink, &actor.email).is_empty());
+    assert_no_duplicates(&sink);
+}

@@ -95,7 +95,7 @@ fn private_accounts_approve_each_follower() {
         resp.expect(200);
         assert_eq!(
             resp.json(),
-            &json!({"settings": {"private": false, "messages_from": "everyone"}})
+            &json!({"settings": {"private": false, "messages_from": "everyone", "email_digest": "off"}})
         );
         let resp = set(&server, &owner, "/v1/me/settings", json!({"private": true}));
         assert_eq!(resp.at("settings.private"), &json!(true));
@@ -244,6 +244,8 @@ fn settings_validate_and_persist() {
         json!({"messages_from": "aliens"}),
         json!({"private": "yes"}),
         json!({"private": true, "extra": 1}),
+        json!({"email_digest": "hourly"}),
+        json!({"email_digest": true}),
     ] {
         let resp = server.call("PATCH", "/v1/me/settings", member.auth(), Some(body));
         assert_eq!(resp.status, 422, "{}", resp.what_happened());
@@ -252,12 +254,12 @@ fn settings_validate_and_persist() {
         &server,
         &member,
         "/v1/me/settings",
-        json!({"messages_from": "following"}),
+        json!({"messages_from": "following", "email_digest": "weekly"}),
     );
     let resp = server.get("/v1/me/settings", member.auth());
     assert_eq!(
         resp.json(),
-        &json!({"settings": {"private": false, "messages_from": "following"}})
+        &json!({"settings": {"private": false, "messages_from": "following", "email_digest": "weekly"}})
     );
     server
         .get("/v1/me/settings", None)

@@ -243,3 +243,14 @@ fn old_rows_are_read_and_indexed_once() {
     assert_eq!(write(&db, upgrade_queue), 0);
     assert_eq!(write(&db, |t| claim_due(t, 40, 10, "d")).len(), 1);
 }
+
+#[test]
+fn a_digest_counts_each_kind_in_words() {
+    use crate::notifications::Kind;
+    let (subject, body) = digest_email("Ada", &[(Kind::Follow, 1), (Kind::Like, 3)]);
+    assert_eq!(subject, "Your Nova digest: 4 unread notifications");
+    assert!(body.starts_with("Hello Ada,"), "{body}");
+    assert!(body.contains("- 1 new follower\n- 3 likes\n"), "{body}");
+    let (subject, _) = digest_email("Ada", &[(Kind::Reply, 1)]);
+    assert_eq!(subject, "Your Nova digest: 1 unread notification");
+}
