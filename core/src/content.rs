@@ -26,6 +26,9 @@ pub const IDEMPOTENCY_WINDOW_MS: u64 = 3600 * 1000;
 pub enum Visibility {
     Public,
     Followers,
+    /// The author and the users the post mentions (appended: stored records keep their
+    /// variant index).
+    Mentioned,
 }
 
 impl Visibility {
@@ -33,9 +36,10 @@ impl Visibility {
         match raw {
             "public" => Ok(Visibility::Public),
             "followers" => Ok(Visibility::Followers),
+            "mentioned" => Ok(Visibility::Mentioned),
             _ => Err(Invalid::new(
                 "invalid_visibility",
-                "visibility is public or followers",
+                "visibility is public, followers or mentioned",
             )),
         }
     }
@@ -44,6 +48,7 @@ impl Visibility {
         match self {
             Visibility::Public => "public",
             Visibility::Followers => "followers",
+            Visibility::Mentioned => "mentioned",
         }
     }
 }
@@ -84,6 +89,17 @@ pub struct Post {
     pub author_external_id: Option<u64>,
     /// Shards this post was fanned out to, so a delete reaches the same feeds.
     pub fanned_to: Vec<u16>,
+}
+
+impl Post {
+    /// Whether `reader` is in the post's audience as far as its visibility names one: a
+    /// `mentioned` post is for its author and the users it mentions only. (Followers-only
+    /// posts, private accounts and blocks are checked where the follows are known.)
+    pub fn addressed_to(&self, reader: u64) -> bool {
+        self.visibility != Visibility::Mentioned
+            || self.author_id == reader
+            || self.mentions.iter().any(|m| m.user_id == reader)
+    }
 }
 
 /// Post text: trimmed, 1 to `TEXT_CHARS_MAX` characters, no control characters but newlines

@@ -282,6 +282,12 @@ fn tag_term(folded: &str) -> String {
     format!("#{folded}")
 }
 
+/// Posts for their mentioned users only (`Visibility::Mentioned`) are not searched: they are
+/// closer to messages than to posts.
+fn searchable(post: &Post) -> bool {
+    post.visibility != Visibility::Mentioned
+}
+
 fn post_doc(post: &Post) -> PostDoc {
     let mut terms = word_terms(&post.text);
     let mut tags: Vec<(String, String)> = Vec::new();
@@ -777,7 +783,7 @@ pub fn resync_post(
     post_id: u64,
     post: Option<&Post>,
 ) -> Result<(), CoreError> {
-    let new = post.map(post_doc);
+    let new = post.filter(|p| searchable(p)).map(post_doc);
     let old: Option<PostDoc> = match txn.open_table(DOCS)?.get(post_id)? {
         Some(v) => Some(decode(v.value())?),
         None => None,
@@ -805,7 +811,11 @@ pub fn resync_posts(
         let docs = txn.open_table(DOCS)?;
         for (id, post) in posts {
             match post {
-                Some(p) if docs.get(*id)?.is_none() && !fresh.iter().any(|(f, _)| f == id) => {
+                Some(p)
+                    if searchable(p)
+                        && docs.get(*id)?.is_none()
+                        && !fresh.iter().any(|(f, _)| f == id) =>
+                {
                     fresh.push((*id, post_doc(p)));
                 }
                 _ => known.push((*id, post.as_ref())),
@@ -823,7 +833,11 @@ pub fn resync_posts(
 /// all go to one segment (posts come in id order, so each term's list is appended to),
 /// sealed by `finish_rebuild` at the level its size makes it.
 pub fn index_fresh_posts(txn: &WriteTransaction, posts: &[Post]) -> Result<(), CoreError> {
-    let docs: Vec<(u64, PostDoc)> = posts.iter().map(|p| (p.id, post_doc(p))).collect();
+    let docs: Vec<(u64, PostDoc)> = posts
+        .iter()
+        .filter(|p| searchable(p))
+        .map(|p| (p.id, post_doc(p)))
+        .collect();
     index_docs(txn, &docs, u64::MAX)
 }
 

@@ -733,6 +733,8 @@ pub fn feed_readers(
             }
         }
     }
+    // A post for its mentioned users reaches none of the author's other followers.
+    readers.retain(|r| post.addressed_to(*r));
     Ok(readers)
 }
 
@@ -1011,7 +1013,9 @@ fn scan(
             continue;
         };
         taken = Some(post_id);
-        if author != reader && prefs.hides(&post.text, post.reply_to.is_some()) {
+        if author != reader
+            && (prefs.hides(&post.text, post.reply_to.is_some()) || !post.addressed_to(reader))
+        {
             continue;
         }
         if skip > 0 {

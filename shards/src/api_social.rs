@@ -397,7 +397,7 @@ pub(crate) async fn dispatch(
                     default_visibility: body
                         .default_visibility
                         .as_deref()
-                        .map(Visibility::parse)
+                        .map(default_visibility)
                         .transpose()?,
                     language: body
                         .language
@@ -928,6 +928,18 @@ pub(crate) async fn attachments(
     Ok(out)
 }
 
+/// A default visibility: `public` or `followers` (a post for its mentioned users only is
+/// chosen post by post).
+fn default_visibility(raw: &str) -> std::result::Result<Visibility, nova_core::Invalid> {
+    match Visibility::parse(raw)? {
+        Visibility::Mentioned => Err(nova_core::Invalid::new(
+            "invalid_visibility",
+            "default_visibility is public or followers",
+        )),
+        v => Ok(v),
+    }
+}
+
 /// The id of an avatar: one of `owner`'s images that has not failed.
 async fn avatar_media(shard: &Rc<Shard>, owner: u64, raw: &str, deadline: Instant) -> Result<u64> {
     let invalid = || {
@@ -1003,9 +1015,10 @@ async fn create_post(
     };
     let attached = attachments(shard, author, &body.media_ids, deadline).await?;
     let attached_ids: Vec<u64> = attached.iter().map(|(id, _)| *id).collect();
-    // Media of a followers-only post become private before the post exists.
+    // Media of a followers-only (or mentioned-only) post become private before the post
+    // exists.
     let mut made_private = false;
-    if visibility == Some(Visibility::Followers) && !attached_ids.is_empty() {
+    if visibility.is_some_and(|v| v != Visibility::Public) && !attached_ids.is_empty() {
         crate::media_views::make_private(shard, author, &attached_ids, deadline).await?;
         made_private = true;
     }
@@ -1025,7 +1038,7 @@ async fn create_post(
     };
     let post = shard.compose_on(new, deadline).await?;
     // The account's default visibility (or an idempotent repeat's) decided it.
-    if post.visibility == Visibility::Followers && !made_private && !attached_ids.is_empty() {
+    if post.visibility != Visibility::Public && !made_private && !attached_ids.is_empty() {
         crate::media_views::make_private(shard, author, &attached_ids, deadline).await?;
     }
     // An idempotent repeat returns the first post, which may have gathered likes since.

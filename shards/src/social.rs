@@ -941,7 +941,8 @@ impl Shard {
             let author = post.author_id;
             if author != reader
                 && (self.hidden_from(author, reader)
-                    || head.prefs.hides(&post.text, post.reply_to.is_some()))
+                    || head.prefs.hides(&post.text, post.reply_to.is_some())
+                    || !post.addressed_to(reader))
             {
                 continue;
             }
@@ -1234,6 +1235,8 @@ impl Shard {
         let private = profiles::settings(r, post.author_id)?.private;
         Ok(match post.visibility {
             Visibility::Public if !private => true,
+            // For its mentioned users, followers or not.
+            Visibility::Mentioned => post.addressed_to(viewer),
             _ => social::is_follower(r, post.author_id, viewer)?,
         })
     }
@@ -1294,8 +1297,11 @@ impl Shard {
                         continue;
                     };
                     let visible = author == viewer
-                        || (post.visibility == Visibility::Public && !private)
-                        || follower(r)?;
+                        || match post.visibility {
+                            Visibility::Public if !private => true,
+                            Visibility::Mentioned => post.addressed_to(viewer),
+                            _ => follower(r)?,
+                        };
                     if !visible {
                         continue;
                     }

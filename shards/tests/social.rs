@@ -598,6 +598,78 @@ fn create_post_validates_its_body() {
     );
 }
 
+/// A `mentioned` post is for its author and the users it mentions: they read it (in their
+/// home feed too, following the author or not) and may comment; the author's followers and
+/// everyone else see nothing of it, anywhere.
+#[test]
+fn a_mentioned_post_is_for_its_author_and_the_mentioned_only() {
+    let server = Server::start(&[]);
+    for (a, b) in PAIRS {
+        let author = server.member_on_shard(a);
+        let mentioned = server.member_on_shard(b);
+        let follower = server.member_on_shard(b);
+        let stranger = server.member_on_shard(1 - b);
+        follow(&server, &follower, author.id());
+        let text = format!("just for you @{}", mentioned.name());
+        let resp = create(
+            &server,
+            &author,
+            json!({"text": text, "visibility": "mentioned"}),
+        );
+        resp.expect(201);
+        assert_eq!(resp.str("post.visibility"), "mentioned");
+        let secret = parse_id(resp.at("post.id"));
+        let public = post(&server, &author, "for everyone");
+
+        for reader in [&author, &mentioned] {
+            let resp = server.get(&format!("/v1/posts/{secret}"), reader.auth());
+            resp.expect(200);
+            assert_eq!(resp.str("post.text"), text);
+            assert!(timeline(&server, reader, author.id()).contains(&secret));
+        }
+        assert!(home(&server, &author).contains(&secret));
+        assert_eq!(home(&server, &mentioned), vec![secret]);
+        for outsider in [&follower, &stranger] {
+            server
+                .get(&format!("/v1/posts/{secret}"), outsider.auth())
+                .expect_error(404, "not_found");
+            assert_eq!(timeline(&server, outsider, author.id()), vec![public]);
+            for (method, path, body) in [
+                ("POST", format!("/v1/posts/{secret}/like"), None),
+                (
+                    "POST",
+                    format!("/v1/posts/{secret}/comments"),
+                    Some(json!({"text": "me too"})),
+                ),
+                ("GET", format!("/v1/posts/{secret}/comments"), None),
+            ] {
+                server
+                    .call(method, &path, outsider.auth(), body)
+                    .expect_error(404, "not_found");
+            }
+        }
+        // The follower's feed has the public post, delivered after it, and not the other.
+        assert_eq!(home(&server, &follower), vec![public]);
+        server
+            .post(
+                &format!("/v1/posts/{secret}/comments"),
+                mentioned.auth(),
+                json!({"text": "thanks"}),
+            )
+            .expect(201);
+    }
+    // Chosen post by post, not as a default.
+    let member = server.member_on_shard(0);
+    server
+        .call(
+            "PATCH",
+            "/v1/me/preferences",
+            member.auth(),
+            Some(json!({"default_visibility": "mentioned"})),
+        )
+        .expect_error(422, "invalid_visibility");
+}
+
 #[test]
 fn followers_only_posts_are_visible_to_followers_only() {
     let server = Server::start(&[]);
