@@ -497,7 +497,7 @@ pub(crate) async fn dispatch(
                 .then(|| infos.last().map(|c| c.comment.id.to_string()))
                 .flatten();
             let items: Vec<wire::CommentView> = infos.into_iter().map(comment_view).collect();
-            Ok(Reply::json(StatusCode::OK, &wire::List { items, next }))
+            Ok(id_list(req.uri().path(), limit, items, next))
         }
         Route::EditComment(id) => {
             let id = known(shard, id)?;
@@ -714,8 +714,9 @@ async fn own_list<T: serde::Serialize>(
     Ok(id_list(req.uri().path(), limit, items, next))
 }
 
-/// A page of a list by user id: `next` (the last id of a full page) is both the body's
-/// cursor and the `Link` header's `rel="next"` (as `max_id`).
+/// A page of a list walked up by id (users by id, comments oldest first): `next` (the last
+/// id of a full page) is both the body's cursor and the `Link` header's `rel="next"` (as
+/// `max_id`).
 fn id_list<T: serde::Serialize>(
     path: &str,
     limit: usize,

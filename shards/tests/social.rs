@@ -598,6 +598,159 @@ fn create_post_validates_its_body() {
     );
 }
 
+/// `POST /v1/posts/{id}/comments` as `who`, replying to `reply_to`; the answer.
+fn comment_on(server: &Server, who: &Member, post: u64, text: &str, reply_to: Option<u64>) -> Resp {
+    let body = match reply_to {
+        Some(id) => json!({"text": text, "reply_to": id.to_string()}),
+        None => json!({ "text": text }),
+    };
+    server.post(&format!("/v1/posts/{post}/comments"), who.auth(), body)
+}
+
+/// Comments and their replies, from users on both shards: the comment's shape, nesting to
+/// `COMMENT_DEPTH_MAX` and no deeper, replies only to comments of the same post, pages oldest
+/// first by `next` and by the `Link` header, exact counts, edits by their author only,
+/// deletes by their author or the post's, and likes.
+#[test]
+fn comments_nest_paginate_and_keep_their_rules() {
+    let server = Server::start(&[]);
+    for (a, b) in PAIRS {
+        let author = server.member_on_shard(a);
+        let commenter = server.member_on_shard(b);
+        let other = server.member_on_shard(1 - b);
+        let post_id = post(&server, &author, "comment on me");
+        let elsewhere = post(&server, &other, "another post");
+
+        let resp = comment_on(&server, &commenter, post_id, "first", None);
+        resp.expect(201);
+        let c = resp.at("comment");
+        assert_eq!(
+            keys(c),
+            [
+                "author",
+                "created_at",
+                "depth",
+                "edited_at",
+                "id",
+                "liked",
+                "likes_count",
+                "post_id",
+                "replies_count",
+                "reply_to",
+                "text"
+            ]
+        );
+        assert_eq!(parse_id(c.get("post_id").unwrap()), post_id);
+        assert_eq!(resp.str("comment.author.username"), commenter.name());
+        assert!(c.get("reply_to").unwrap().is_null() && c.get("edited_at").unwrap().is_null());
+        assert_eq!(c.get("depth").unwrap().as_u64(), Some(0));
+        let first = parse_id(c.get("id").unwrap());
+
+        // A chain of replies, taking turns, down to the deepest level allowed.
+        let mut chain = vec![first];
+        for depth in 1..=8u64 {
+            let who = [&other, &commenter][depth as usize % 2];
+            let resp = comment_on(
+                &server,
+                who,
+                post_id,
+                &format!("depth {depth}"),
+                chain.last().copied(),
+            );
+            resp.expect(201);
+            assert_eq!(resp.at("comment.depth").as_u64(), Some(depth));
+            chain.push(parse_id(resp.at("comment.id")));
+        }
+        comment_on(&server, &other, post_id, "too deep", chain.last().copied())
+            .expect_error(422, "too_deep");
+        // A reply to a comment of another post, or to none that exists: 404.
+        comment_on(&server, &other, elsewhere, "wrong post", Some(first))
+            .expect_error(404, "not_found");
+        comment_on(&server, &other, post_id, "nothing", Some(NO_SUCH_ID))
+            .expect_error(404, "not_found");
+        comment_on(&server, &other, post_id, "   ", None).expect_error(422, "invalid_text");
+        comment_on(&server, &other, post_id, &"x".repeat(2001), None)
+            .expect_error(422, "invalid_text");
+        comment_on(&server, &other, NO_SUCH_ID, "lost", None).expect_error(404, "not_found");
+
+        // Oldest first, two at a time, by `next` and by the `Link` header alike.
+        let path = format!("/v1/posts/{post_id}/comments");
+        let mut walked = Vec::new();
+        let mut url = format!("{path}?limit=2");
+        for _ in 0..10 {
+            let resp = server.get(&url, other.auth());
+            resp.expect(200);
+            check_next_link(&resp, &path, 2);
+            walked.extend(item_ids(&resp));
+            match link(&resp, "next") {
+                Some(next) => url = split_link(&next).0,
+                None => break,
+            }
+        }
+        assert_eq!(walked, chain, "walked by Link rel=next");
+        let resp = server.get(&format!("{path}?limit=100"), other.auth());
+        assert_eq!(resp.at("items.0.replies_count").as_u64(), Some(1));
+        let resp = server.get(&format!("/v1/posts/{post_id}"), other.auth());
+        assert_eq!(resp.at("post.comments_count").as_u64(), Some(9));
+
+        // Edits: the comment's author only.
+        let edit = |who: &Member, id: u64| {
+            server.call(
+                "PATCH",
+                &format!("/v1/comments/{id}"),
+                who.auth(),
+                Some(json!({"text": "edited"})),
+            )
+        };
+        edit(&other, first).expect_error(404, "not_found");
+        edit(&author, first).expect_error(404, "not_found");
+        let resp = edit(&commenter, first);
+        resp.expect(200);
+        assert_eq!(resp.str("comment.text"), "edited");
+        assert!(is_rfc3339_millis(resp.str("comment.edited_at")));
+
+        // Likes of a comment, idempotent, by anyone who sees the post.
+        for _ in 0..2 {
+            server
+                .post(
+                    &format!("/v1/comments/{first}/like"),
+                    other.auth(),
+                    json!({}),
+                )
+                .expect(200);
+        }
+        let resp = server.get(&format!("{path}?limit=1"), other.auth());
+        assert_eq!(resp.at("items.0.likes_count").as_u64(), Some(1));
+        assert_eq!(resp.at("items.0.liked").as_bool(), Some(true));
+        server
+            .delete(&format!("/v1/comments/{first}/like"), other.auth())
+            .expect(200);
+        let resp = server.get(&format!("{path}?limit=1"), other.auth());
+        assert_eq!(resp.at("items.0.likes_count").as_u64(), Some(0));
+
+        // Deletes: the comment's author (chain[1] is the commenter's) or the post's; replies
+        // stay.
+        server
+            .delete(&format!("/v1/comments/{first}"), other.auth())
+            .expect_error(404, "not_found");
+        server
+            .delete(&format!("/v1/comments/{first}"), author.auth())
+            .expect(204);
+        server
+            .delete(&format!("/v1/comments/{}", chain[1]), commenter.auth())
+            .expect(204);
+        let left = item_ids(&server.get(&format!("{path}?limit=100"), other.auth()));
+        let want: Vec<u64> = chain
+            .iter()
+            .copied()
+            .filter(|id| *id != first && *id != chain[1])
+            .collect();
+        assert_eq!(left, want);
+        let resp = server.get(&format!("/v1/posts/{post_id}"), other.auth());
+        assert_eq!(resp.at("post.comments_count").as_u64(), Some(7));
+    }
+}
+
 /// A `mentioned` post is for its author and the users it mentions: they read it (in their
 /// home feed too, following the author or not) and may comment; the author's followers and
 /// everyone else see nothing of it, anywhere.
