@@ -25,6 +25,7 @@ pub struct ExportProfile {
     pub language: String,
     pub private: bool,
     pub messages_from: &'static str,
+    pub email_digest: &'static str,
     pub hide_replies: bool,
     pub muted_words: Vec<String>,
 }

@@ -280,9 +280,10 @@ impl Shard {
                         return Ok(None);
                     };
                     let avatar = profiles::avatar(r, user_id)?;
-                    Ok(Some((user, profiles::all(r, user_id)?, avatar)))
+                    let digest = profiles::digest(r, user_id)?;
+                    Ok(Some((user, profiles::all(r, user_id)?, avatar, digest)))
                 })?;
-                let (user, (profile, prefs, settings, feed), avatar) =
+                let (user, (profile, prefs, settings, feed), avatar, digest) =
                     found.ok_or(CoreError::NotFound)?;
                 let view = wire::ExportProfile {
                     id: user.id.to_string(),
@@ -298,6 +299,7 @@ impl Shard {
                     language: prefs.language,
                     private: settings.private,
                     messages_from: settings.messages_from.as_str(),
+                    email_digest: digest.as_str(),
                     hide_replies: feed.hide_replies,
                     muted_words: feed.muted_words,
                 };

@@ -354,6 +354,7 @@ fn export_holds_everything_file_by_file() {
     );
     assert_eq!(profile.get("bio").unwrap().as_str(), Some("my bio"));
     assert_eq!(parse_id(profile.get("avatar_media_id").unwrap()), media_id);
+    assert_eq!(profile.get("email_digest").unwrap().as_str(), Some("off"));
     assert!(profile.get("private").is_some() && profile.get("language").is_some());
 
     let posts = parse(&files["posts.json"]);
