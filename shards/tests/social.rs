@@ -244,6 +244,22 @@ fn unblock(server: &Server, blocker: &Member, blocked: u64) {
     );
 }
 
+/// Mutes (`on`) or unmutes `muted` as `muter`, and checks the answer.
+fn mute(server: &Server, muter: &Member, muted: u64, on: bool) {
+    let path = format!("/v1/users/{muted}/mute");
+    let resp = match on {
+        true => server.call("POST", &path, muter.auth(), None),
+        false => server.delete(&path, muter.auth()),
+    };
+    resp.expect(200);
+    assert_eq!(
+        resp.json(),
+        &json!({ "muting": on }),
+        "{}",
+        resp.what_happened()
+    );
+}
+
 /// The ids of a followers/following list, walked `limit` at a time by its `next` cursor.
 fn relations(server: &Server, viewer: &Member, path: &str, limit: usize) -> Vec<Json> {
     let mut out = Vec::new();
@@ -1460,14 +1476,7 @@ fn the_caller_lists_whom_it_blocks_and_mutes() {
             block(&server, &owner, other.id());
         }
         for other in &others[2..] {
-            server
-                .call(
-                    "POST",
-                    &format!("/v1/users/{}/mute", other.id()),
-                    owner.auth(),
-                    None,
-                )
-                .expect(200);
+            mute(&server, &owner, other.id(), true);
         }
         let sorted = |members: &[Member]| -> Vec<u64> {
             let mut ids: Vec<u64> = members.iter().map(Member::id).collect();
@@ -1490,9 +1499,7 @@ fn the_caller_lists_whom_it_blocks_and_mutes() {
 
         // Undone, they leave the lists (and only they).
         unblock(&server, &owner, others[0].id());
-        server
-            .delete(&format!("/v1/users/{}/mute", others[4].id()), owner.auth())
-            .expect(200);
+        mute(&server, &owner, others[4].id(), false);
         assert_eq!(own_ids(&server, &owner, "blocks"), sorted(&others[1..3]));
         assert_eq!(own_ids(&server, &owner, "mutes"), sorted(&others[2..4]));
 
@@ -1665,14 +1672,7 @@ fn a_profile_says_how_the_caller_and_the_user_stand() {
             relationship(&server, &user, viewer.id()),
             (false, false, true, false)
         );
-        server
-            .call(
-                "POST",
-                &format!("/v1/users/{}/mute", user.id()),
-                viewer.auth(),
-                None,
-            )
-            .expect(200);
+        mute(&server, &viewer, user.id(), true);
         assert_eq!(
             relationship(&server, &viewer, user.id()),
             (true, false, false, true)
@@ -1686,9 +1686,7 @@ fn a_profile_says_how_the_caller_and_the_user_stand() {
             relationship(&server, &user, viewer.id()),
             (true, false, true, false)
         );
-        server
-            .delete(&format!("/v1/users/{}/mute", user.id()), viewer.auth())
-            .expect(200);
+        mute(&server, &viewer, user.id(), false);
         unfollow(&server, &viewer, user.id());
         assert_eq!(
             relationship(&server, &viewer, user.id()),
@@ -2051,19 +2049,7 @@ fn mute_hides_an_author_from_the_muters_home_feed_only() {
         let first = post(&server, &author, "before the mute");
         assert_eq!(home(&server, &muter), vec![first]);
 
-        let resp = server.call(
-            "POST",
-            &format!("/v1/users/{}/mute", author.id()),
-            muter.auth(),
-            None,
-        );
-        resp.expect(200);
-        assert_eq!(
-            resp.json(),
-            &json!({"muting": true}),
-            "{}",
-            resp.what_happened()
-        );
+        mute(&server, &muter, author.id(), true);
         let second = post(&server, &author, "after the mute");
         assert!(
             home(&server, &muter).is_empty(),
@@ -2078,14 +2064,7 @@ fn mute_hides_an_author_from_the_muters_home_feed_only() {
         profile(&server, &muter, author.id()).expect(200);
         assert_eq!(timeline(&server, &muter, author.id()), vec![second, first]);
 
-        let resp = server.delete(&format!("/v1/users/{}/mute", author.id()), muter.auth());
-        resp.expect(200);
-        assert_eq!(
-            resp.json(),
-            &json!({"muting": false}),
-            "{}",
-            resp.what_happened()
-        );
+        mute(&server, &muter, author.id(), false);
         assert_eq!(home(&server, &muter), vec![second, first]);
 
         let resp = server.call(
