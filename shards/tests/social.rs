@@ -424,6 +424,30 @@ fn check_next_link(resp: &Resp, path: &str, limit: usize) {
     }
 }
 
+/// The item ids of `path` as `viewer` reads them, walked `limit` at a time by the `Link`
+/// header's `rel="next"` alone, each page checked by `check`.
+fn walk_links(
+    server: &Server,
+    viewer: &Member,
+    path: &str,
+    limit: usize,
+    check: fn(&Resp, &str, usize),
+) -> Vec<u64> {
+    let mut walked = Vec::new();
+    let mut url = format!("{path}?limit={limit}");
+    for _ in 0..100 {
+        let resp = server.get(&url, viewer.auth());
+        resp.expect(200);
+        check(&resp, path, limit);
+        walked.extend(item_ids(&resp));
+        match link(&resp, "next") {
+            Some(next) => url = split_link(&next).0,
+            None => return walked,
+        }
+    }
+    panic!("{path}: more than 100 pages");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Creating and reading posts
 // ---------------------------------------------------------------------------------------------
@@ -691,18 +715,7 @@ fn comments_nest_paginate_and_keep_their_rules() {
 
         // Oldest first, two at a time, by `next` and by the `Link` header alike.
         let path = format!("/v1/posts/{post_id}/comments");
-        let mut walked = Vec::new();
-        let mut url = format!("{path}?limit=2");
-        for _ in 0..10 {
-            let resp = server.get(&url, other.auth());
-            resp.expect(200);
-            check_next_link(&resp, &path, 2);
-            walked.extend(item_ids(&resp));
-            match link(&resp, "next") {
-                Some(next) => url = split_link(&next).0,
-                None => break,
-            }
-        }
+        let walked = walk_links(&server, &other, &path, 2, check_next_link);
         assert_eq!(walked, chain, "walked by Link rel=next");
         let resp = server.get(&format!("{path}?limit=100"), other.auth());
         assert_eq!(resp.at("items.0.replies_count").as_u64(), Some(1));
@@ -1766,18 +1779,7 @@ fn user_timeline_pages_by_cursor_and_link() {
         assert_eq!(pages, [&ids[0..3], &ids[3..6], &ids[6..7]]);
 
         // By the `Link` header alone.
-        let mut walked = Vec::new();
-        let mut url = format!("{path}?limit=2");
-        for _ in 0..10 {
-            let resp = server.get(&url, reader.auth());
-            resp.expect(200);
-            check_page_links(&resp, &path, 2);
-            walked.extend(item_ids(&resp));
-            match link(&resp, "next") {
-                Some(next) => url = split_link(&next).0,
-                None => break,
-            }
-        }
+        let walked = walk_links(&server, &reader, &path, 2, check_page_links);
         assert_eq!(walked, ids, "walked by Link rel=next");
 
         // min_id and max_id bound the page; it stays newest first.
