@@ -821,6 +821,17 @@ pub fn newest(read: &ReadTransaction, recipient: u64) -> Result<Option<u64>, Cor
 /// Notifications counted by kind, in `Kind::ALL`'s order.
 pub type KindCounts = Vec<(Kind, u64)>;
 
+/// `newest` inside a write transaction.
+pub fn newest_in(txn: &WriteTransaction, recipient: u64) -> Result<Option<u64>, CoreError> {
+    let table = txn.open_table(NOTIFICATIONS)?;
+    let last = table
+        .range((recipient, 0)..=(recipient, u64::MAX))?
+        .next_back()
+        .transpose()?
+        .map(|(k, _)| k.value().1);
+    Ok(last)
+}
+
 /// `recipient`'s unread notifications with ids past `after`, counted by kind (looking at no
 /// more than `PER_USER_MAX` rows, all a user has), and the newest id among them.
 pub fn unread_since(

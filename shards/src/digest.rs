@@ -8,7 +8,9 @@
 //! notification it covered) is communication's `digests_sent`, written durably in the same
 //! transaction as the queued email: a crash either loses both or keeps both, and the mailer
 //! sends what is queued exactly once (communication.rs). A digest turned on starts from that
-//! moment: the first pass only records where it stands, so nothing older is summed up.
+//! moment (the settings' write records where it stands, `social::settings_in`), so nothing
+//! older is summed up; a subscriber found without a state (none is, unless written before
+//! that) gets one recorded by the first pass instead.
 
 use std::rc::Rc;
 use std::time::Duration;

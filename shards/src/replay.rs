@@ -279,6 +279,7 @@ enum Logged {
     SettingsEdit {
         user_id: u64,
         update: SettingsUpdate,
+        now: u64,
     },
 }
 
@@ -473,6 +474,7 @@ pub(crate) enum Record<'a> {
     SettingsEdit {
         user_id: u64,
         update: &'a SettingsUpdate,
+        now: u64,
     },
 }
 
@@ -661,8 +663,12 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
         } => {
             profiles::update_settings(t, user_id, private, messages_from).map_err(failed)?;
         }
-        Logged::SettingsEdit { user_id, update } => {
-            crate::social::settings_in(t, user_id, &update).map_err(failed)?;
+        Logged::SettingsEdit {
+            user_id,
+            update,
+            now,
+        } => {
+            crate::social::settings_in(t, user_id, &update, now).map_err(failed)?;
         }
         Logged::DropRequest {
             followee,
@@ -1092,11 +1098,12 @@ mod tests {
         let bytes = Record::SettingsEdit {
             user_id: 122,
             update: &update,
+            now: 123,
         }
         .encode();
         assert!(matches!(
             codec::decode::<Logged>(&bytes).unwrap(),
-            Logged::SettingsEdit { user_id: 122, update: u } if u == update
+            Logged::SettingsEdit { user_id: 122, update: u, now: 123 } if u == update
         ));
         let edit = ProfileEdit {
             display_name: Some(DisplayName::parse("Ada").unwrap()),

@@ -607,14 +607,15 @@ impl Shard {
                         ))
                     }),
                     Some(update) => {
-                        let private = update.private;
+                        let (private, now) = (update.private, now_ms());
                         let record = Record::SettingsEdit {
                             user_id,
                             update: &update,
+                            now,
                         }
                         .encode();
                         let result = self
-                            .write_recorded(record, move |t| settings_in(t, user_id, &update))
+                            .write_recorded(record, move |t| settings_in(t, user_id, &update, now))
                             .await
                             .map_err(Fail::from);
                         match result {
@@ -2139,18 +2140,28 @@ pub(crate) fn update_profile_in(
     Ok(user)
 }
 
-/// `Op::Settings`' write: the account settings given and how often to send digests (turned
-/// off, where they stood is forgotten). Replayed from its log record (replay.rs).
+/// `Op::Settings`' write: the account settings given and how often to send digests. Turned
+/// on, the digests start from `now` and the newest notification (nothing older is summed
+/// up); turned off, where they stood is forgotten. Replayed from its log record (replay.rs).
 pub(crate) fn settings_in(
     t: &nova_storage::redb::WriteTransaction,
     user_id: u64,
     u: &SettingsUpdate,
+    now: u64,
 ) -> Result<(profiles::Settings, profiles::Digest), CoreError> {
+    use nova_core::communication;
     let settings = profiles::update_settings(t, user_id, u.private, u.messages_from)?;
     if let Some(digest) = u.email_digest {
+        let was = profiles::digest_in(t, user_id)?;
         profiles::set_digest(t, user_id, digest)?;
-        if digest == profiles::Digest::Off {
-            nova_core::communication::forget_digest(t, user_id)?;
+        match digest {
+            profiles::Digest::Off => communication::forget_digest(t, user_id)?,
+            _ if was == profiles::Digest::Off => {
+                let newest = nova_core::notifications::newest_in(t, user_id)?.unwrap_or(0);
+                communication::record_digest(t, user_id, now, newest)?;
+            }
+            // From daily to weekly or back: the last digest still counts.
+            _ => {}
         }
     }
     let digest = match u.email_digest {
