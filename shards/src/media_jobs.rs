@@ -89,6 +89,7 @@ enum IoJob {
     },
     Remove {
         path: PathBuf,
+        done: flume::Sender<()>,
     },
     Unpin {
         shard: usize,
@@ -367,8 +368,18 @@ impl Media {
             .map_err(|e| IntakeError::Media(MediaError::Io(e)))
     }
 
+    /// Deletes a file (a resumable upload's part) on the I/O thread, and waits until that is
+    /// done: a terminated upload's 204 means its part file is gone.
     pub async fn remove(&self, path: PathBuf) {
-        let _ = self.io.send_async(IoJob::Remove { path }).await;
+        let (done, rx) = flume::bounded(1);
+        if self
+            .io
+            .send_async(IoJob::Remove { path, done })
+            .await
+            .is_ok()
+        {
+            let _ = rx.recv_async().await;
+        }
     }
 
     /// Deletes these blobs of shard `shard` unless something references them again, and
@@ -443,8 +454,9 @@ fn io_loop(
             } => {
                 let _ = reply.send(append(&path, offset, &data, sync));
             }
-            IoJob::Remove { path } => {
+            IoJob::Remove { path, done } => {
                 let _ = std::fs::remove_file(path);
+                let _ = done.send(());
             }
             IoJob::Unpin { shard, blob } => {
                 if let (Some(store), Some(p)) = (stores.get(shard), partitions.get(shard)) {
