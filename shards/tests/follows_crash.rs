@@ -10,8 +10,9 @@
 //! - every profile's `followers_count` and `following_count` equal its lists.
 //!
 //! Between their changes the actors also edit their profile's bio, their language preference
-//! and who may message them, and mute or unmute one target: after each restart each holds its
-//! last answered value (or the one in flight at the kill).
+//! and who may message them and how often to get notification digests, and mute or unmute one
+//! target: after each restart each holds its last answered value (or the one in flight at the
+//! kill).
 //!
 //! A second test does the same for follow requests to a private account, and its approvals
 //! and rejections.
@@ -103,11 +104,12 @@ impl Relation {
 /// The profile edits an actor makes between its changes, in turn: (route, field, where a read
 /// finds it after the restart). The last is a mute of `MUTED`, on and off in turn, which the
 /// actor's `GET /v1/me/mutes` shows.
-const EDITS: [(&str, &str, &str); 4] = [
+const EDITS: [(&str, &str, &str); 5] = [
     ("/v1/me/profile", "bio", "user.bio"),
     ("/v1/me/preferences", "language", "preferences.language"),
     ("/v1/me/settings", "messages_from", "settings.messages_from"),
     ("/v1/users/{id}/mute", "", "mute"),
+    ("/v1/me/settings", "email_digest", "settings.email_digest"),
 ];
 const MUTE: usize = 3;
 /// The target every actor mutes and unmutes (never blocked, so always there to mute).
@@ -119,7 +121,8 @@ fn edit_value(kind: usize, n: usize) -> String {
         0 => format!("bio {n}"),
         1 => ["en", "de", "fr", "es"][n % 4].to_string(),
         2 => ["everyone", "following"][n % 2].to_string(),
-        _ => ["on", "off"][n % 2].to_string(),
+        MUTE => ["on", "off"][n % 2].to_string(),
+        _ => ["daily", "weekly", "off"][n % 3].to_string(),
     }
 }
 
