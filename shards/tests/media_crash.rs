@@ -173,6 +173,20 @@ fn media_writes_in_the_log_survive_sigkill() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+    // Each user's first image becomes its avatar (a logged profile edit).
+    let mut avatars = Vec::new();
+    for (who, token) in tokens.iter().enumerate() {
+        let (_, id) = uploaded.iter().find(|(w, _)| *w == who).unwrap();
+        server
+            .call(
+                "PATCH",
+                "/v1/me/profile",
+                Some(token),
+                Some(simd_json::json!({ "avatar_media_id": id.clone() })),
+            )
+            .expect(200);
+        avatars.push(id.clone());
+    }
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let created = server.req(
         &Req::post("/v1/uploads")
@@ -208,6 +222,11 @@ fn media_writes_in_the_log_survive_sigkill() {
     server
         .get(&format!("/v1/media/{gone}"), Some(&tokens[gone_who]))
         .expect(404);
+    for ((user, token), avatar) in users.iter().zip(&tokens).zip(&avatars) {
+        let resp = server.get(&format!("/v1/users/{}", user.id), Some(token));
+        resp.expect(200);
+        assert_eq!(resp.str("user.avatar.id"), avatar, "the answered avatar");
+    }
     let head = server.req(
         &Req::new("HEAD", &location)
             .header("Tus-Resumable", "1.0.0")
