@@ -90,24 +90,10 @@ fn cast(server: &Server, with_media: bool) -> Cast {
         )
         .expect(200);
     for f in [&follower, &local] {
-        server
-            .call(
-                "POST",
-                &format!("/v1/users/{}/follow", d.id()),
-                f.auth(),
-                None,
-            )
-            .expect(200);
+        server.follow(f.auth(), d.id());
     }
     for other in [&follower, &commenter] {
-        server
-            .call(
-                "POST",
-                &format!("/v1/users/{}/follow", other.id()),
-                d.auth(),
-                None,
-            )
-            .expect(200);
+        server.follow(d.auth(), other.id());
     }
     server
         .call(

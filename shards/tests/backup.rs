@@ -109,14 +109,7 @@ fn online_backup_restores_to_the_same_answers() {
         .map(|s| server.member_on_shard(s))
         .collect();
     for (a, b) in [(0, 1), (1, 0), (2, 1), (3, 0)] {
-        server
-            .call(
-                "POST",
-                &format!("/v1/users/{}/follow", members[b].id()),
-                members[a].auth(),
-                None,
-            )
-            .expect(200);
+        server.follow(members[a].auth(), members[b].id());
     }
     for (i, m) in members.iter().enumerate() {
         for n in 0..3 {

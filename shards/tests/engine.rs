@@ -72,14 +72,7 @@ fn unpinned_shards_serve_and_reach_each_other() {
     let (reader, author) = (&users[0], &users[1]);
     let reader_token = server.login(&reader.username, &reader.password).access;
     let author_token = server.login(&author.username, &author.password).access;
-    server
-        .call(
-            "POST",
-            &format!("/v1/users/{}/follow", author.id),
-            Some(&reader_token),
-            None,
-        )
-        .expect(200);
+    server.follow(Some(&reader_token), author.id);
     let posted = server.post(
         "/v1/posts",
         Some(&author_token),

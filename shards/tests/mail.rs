@@ -511,13 +511,7 @@ fn notification_digests_count_what_is_unread_since_the_last_one() {
             .expect(200);
     };
     // An old notification, from before the digest was turned on: never counted.
-    server
-        .post(
-            &format!("/v1/users/{}/follow", reader.id),
-            Some(&actor_token),
-            json!({}),
-        )
-        .expect(200);
+    server.follow(Some(&actor_token), reader.id);
     for token in [&reader_token, &unverified_token] {
         let resp = server.call(
             "PATCH",

@@ -782,13 +782,7 @@ fn posts_and_messages_show_their_media_and_hand_signed_urls_to_their_readers() {
     let uploader = server.member_on_shard(0);
     let follower = server.member_on_shard(1);
     let stranger = server.member_on_shard(1);
-    server
-        .post(
-            &format!("/v1/users/{}/follow", uploader.id()),
-            follower.auth(),
-            simd_json::json!({}),
-        )
-        .expect(200);
+    server.follow(follower.auth(), uploader.id());
     let token = uploader.token.clone();
 
     // A public post made while its photo is still processing shows it once it is ready.

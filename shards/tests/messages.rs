@@ -368,14 +368,7 @@ fn blocks_and_settings_refuse_new_conversations() {
         create(&server, &a, &[&b]).expect_error(403, "cannot_message");
         set("following");
         create(&server, &a, &[&b]).expect_error(403, "cannot_message");
-        server
-            .call(
-                "POST",
-                &format!("/v1/users/{}/follow", a.id()),
-                b.auth(),
-                None,
-            )
-            .expect(200);
+        server.follow(b.auth(), a.id());
         create(&server, &a, &[&b]).expect(201);
         set("everyone");
     }

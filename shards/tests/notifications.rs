@@ -102,26 +102,14 @@ fn follows_likes_comments_replies_and_mentions_notify_once() {
         let case = format!("actor on {actor_shard}, recipient on {recipient_shard}");
 
         // Follow: on the followee's shard; following again, or after an unfollow, coalesces.
-        server
-            .post(
-                &format!("/v1/users/{}/follow", recipient.id()),
-                actor.auth(),
-                json!({}),
-            )
-            .expect(200);
+        server.follow(actor.auth(), recipient.id());
         server
             .delete(
                 &format!("/v1/users/{}/follow", recipient.id()),
                 actor.auth(),
             )
             .expect(200);
-        server
-            .post(
-                &format!("/v1/users/{}/follow", recipient.id()),
-                actor.auth(),
-                json!({}),
-            )
-            .expect(200);
+        server.follow(actor.auth(), recipient.id());
         assert_eq!(
             of_kind(&server, &recipient, "follow"),
             vec![(actor.id(), None)],
@@ -242,13 +230,7 @@ fn muted_and_blocked_actors_cause_none() {
         server
             .post(&format!("/v1/comments/{rc}/like"), actor.auth(), json!({}))
             .expect(200);
-        server
-            .post(
-                &format!("/v1/users/{}/follow", recipient.id()),
-                actor.auth(),
-                json!({}),
-            )
-            .expect(200);
+        server.follow(actor.auth(), recipient.id());
         post(&server, &actor, &format!("hi @{}", recipient.name()));
 
         // Blocked: a mention still names the user, and nothing reaches it.
@@ -300,13 +282,7 @@ fn pages_filters_read_marks_and_authorization() {
             .post(&format!("/v1/posts/{p}/like"), actor.auth(), json!({}))
             .expect(200);
     }
-    server
-        .post(
-            &format!("/v1/users/{}/follow", recipient.id()),
-            actor.auth(),
-            json!({}),
-        )
-        .expect(200);
+    server.follow(actor.auth(), recipient.id());
     comment(&server, &actor, posts[0], None);
 
     // Pages of 3, newest first, with `next` and a Link header that carries the filter.

@@ -388,13 +388,7 @@ fn notifications_arrive_signed_and_encrypted_across_shards() {
         sub.subscribe(&server, &recipient);
         let before = service.count();
 
-        server
-            .post(
-                &format!("/v1/users/{}/follow", recipient.id()),
-                actor.auth(),
-                json!({}),
-            )
-            .expect(200);
+        server.follow(actor.auth(), recipient.id());
         let p = post(&server, &recipient, "push me");
         like(&server, &actor, p);
         server

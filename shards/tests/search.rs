@@ -161,13 +161,7 @@ fn visibility_blocks_mutes_and_deletes() {
         let blocked = server.member_on_shard(other_shard);
         let blocker = server.member_on_shard(author_shard);
         let muter = server.member_on_shard(other_shard);
-        server
-            .post(
-                &format!("/v1/users/{}/follow", author.id()),
-                follower.auth(),
-                json!({}),
-            )
-            .expect(200);
+        server.follow(follower.auth(), author.id());
         let word = unique_name("walrus").replace('_', "");
         let open = post(&server, &author, &format!("public {word}"), "public");
         let secret = post(&server, &author, &format!("secret {word}"), "followers");

@@ -171,14 +171,7 @@ fn messages_posts_and_typing_reach_the_stream_on_any_shard() {
         assert_eq!(parse_id(at(&json_of(&e), "user_id").unwrap()), sender.id());
 
         // A new post of someone followed arrives as a `post` event.
-        server
-            .call(
-                "POST",
-                &format!("/v1/users/{}/follow", sender.id()),
-                listener.auth(),
-                None,
-            )
-            .expect(200);
+        server.follow(listener.auth(), sender.id());
         let resp = server.post(
             "/v1/posts",
             sender.auth(),

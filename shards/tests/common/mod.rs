@@ -612,6 +612,13 @@ impl Server {
     // Domain helpers
     // -----------------------------------------------------------------------------------------
 
+    /// Follows `followee` with `token` (`Member::auth`) and requires 200.
+    pub fn follow(&self, token: Option<&str>, followee: u64) -> Resp {
+        let resp = self.call("POST", &format!("/v1/users/{followee}/follow"), token, None);
+        resp.expect(200);
+        resp
+    }
+
     /// Registers a user and requires 201.
     pub fn register(&self, username: &str, email: &str, password: &str) -> User {
         let resp = self.post(
