@@ -803,25 +803,11 @@ pub fn page(
     Ok((out, next))
 }
 
-/// The id of `recipient`'s newest notification, read or not.
-pub fn newest(read: &ReadTransaction, recipient: u64) -> Result<Option<u64>, CoreError> {
-    let table = match read.open_table(NOTIFICATIONS) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let last = table
-        .range((recipient, 0)..=(recipient, u64::MAX))?
-        .next_back()
-        .transpose()?
-        .map(|(k, _)| k.value().1);
-    Ok(last)
-}
-
 /// Notifications counted by kind, in `Kind::ALL`'s order.
 pub type KindCounts = Vec<(Kind, u64)>;
 
-/// `newest` inside a write transaction.
+/// The id of `recipient`'s newest notification, read or not (a digest turned on starts
+/// after it).
 pub fn newest_in(txn: &WriteTransaction, recipient: u64) -> Result<Option<u64>, CoreError> {
     let table = txn.open_table(NOTIFICATIONS)?;
     let last = table

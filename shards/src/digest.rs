@@ -8,9 +8,8 @@
 //! notification it covered) is communication's `digests_sent`, written durably in the same
 //! transaction as the queued email: a crash either loses both or keeps both, and the mailer
 //! sends what is queued exactly once (communication.rs). A digest turned on starts from that
-//! moment (the settings' write records where it stands, `social::settings_in`), so nothing
-//! older is summed up; a subscriber found without a state (none is, unless written before
-//! that) gets one recorded by the first pass instead.
+//! moment: the settings' write records where it stands (`social::settings_in`), so nothing
+//! older is summed up.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -28,18 +27,13 @@ use crate::shard::{now_ms, Shard};
 /// two: a page holds the thread well under a millisecond when nothing is due).
 const PAGE: usize = 64;
 
-/// What one subscriber's turn comes to.
-enum Due {
-    /// The first look since the digest was turned on: where it starts.
-    Start { newest: u64 },
-    /// An email to queue: the unread notifications counted by kind, the newest of them, and
-    /// the state it replaces (the write checks it is still that).
-    Send {
-        user: identity::User,
-        counts: Vec<(Kind, u64)>,
-        newest: u64,
-        was: (u64, u64),
-    },
+/// A digest due: the unread notifications counted by kind, the newest of them, and the state
+/// it replaces (the write checks it is still that).
+struct Due {
+    user: identity::User,
+    counts: Vec<(Kind, u64)>,
+    newest: u64,
+    was: (u64, u64),
 }
 
 impl Shard {
@@ -67,46 +61,30 @@ impl Shard {
                 let Some(days) = digest.days() else { continue };
                 let now = now_ms();
                 let due = self.read(|r| due(r, user_id, now, days.saturating_mul(day_ms)))?;
-                match due {
-                    None => {}
-                    Some(Due::Start { newest }) => {
-                        self.partition
-                            .write(move |t| {
-                                // Not if it was turned off (and its state forgotten) meanwhile.
-                                if profiles::digest_in(t, user_id)? != profiles::Digest::Off
-                                    && communication::digest_state_in(t, user_id)?.is_none()
-                                {
-                                    communication::record_digest(t, user_id, now, newest)?;
-                                }
-                                Ok::<_, CoreError>(())
-                            })
-                            .await?;
-                    }
-                    Some(Due::Send {
-                        user,
-                        counts,
-                        newest,
-                        was,
-                    }) => {
-                        let email_id = self.next_id();
-                        let (subject, body) =
-                            communication::digest_email(&user.display_name, &counts);
-                        let email =
-                            QueuedEmail::new(email_id, user.email, "digest", subject, body, now);
-                        let queued = self
-                            .partition
-                            .write(move |t| {
-                                if communication::digest_state_in(t, user_id)? != Some(was) {
-                                    return Ok::<_, CoreError>(false);
-                                }
-                                communication::enqueue_email(t, &email)?;
-                                communication::record_digest(t, user_id, now, newest)?;
-                                Ok(true)
-                            })
-                            .await?;
-                        if queued {
-                            self.mail.wake();
-                        }
+                if let Some(Due {
+                    user,
+                    counts,
+                    newest,
+                    was,
+                }) = due
+                {
+                    let email_id = self.next_id();
+                    let (subject, body) = communication::digest_email(&user.display_name, &counts);
+                    let email =
+                        QueuedEmail::new(email_id, user.email, "digest", subject, body, now);
+                    let queued = self
+                        .partition
+                        .write(move |t| {
+                            if communication::digest_state_in(t, user_id)? != Some(was) {
+                                return Ok::<_, CoreError>(false);
+                            }
+                            communication::enqueue_email(t, &email)?;
+                            communication::record_digest(t, user_id, now, newest)?;
+                            Ok(true)
+                        })
+                        .await?;
+                    if queued {
+                        self.mail.wake();
                     }
                 }
             }
@@ -131,19 +109,16 @@ fn due(
     if state.is_some_and(|(at, _)| now.saturating_sub(at) < period_ms) {
         return Ok(None);
     }
-    let Some(user) = identity::user(r, user_id)? else {
+    // The settings' write records a state when a digest is turned on.
+    let Some(was) = state else {
         return Ok(None);
     };
-    let Some(was) = state else {
-        let newest = notifications::newest(r, user_id)?.unwrap_or(0);
-        return Ok(Some(Due::Start { newest }));
+    let Some(user) = identity::user(r, user_id)?.filter(|u| u.email_verified) else {
+        return Ok(None);
     };
     let (_, covered) = was;
-    if !user.email_verified {
-        return Ok(None);
-    }
     let (counts, newest) = notifications::unread_since(r, user_id, covered)?;
-    Ok(newest.map(|newest| Due::Send {
+    Ok(newest.map(|newest| Due {
         user,
         counts,
         newest,
