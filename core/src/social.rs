@@ -19,7 +19,7 @@ use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
-use crate::content::Post;
+use crate::content::{Post, Visibility};
 use crate::ids::shard_of;
 use crate::profiles::FeedPreferences;
 use crate::CoreError;
@@ -46,6 +46,11 @@ const POST_COPIES: TableDefinition<u64, &[u8]> = TableDefinition::new("post_copi
 const FEED_POSTS: TableDefinition<(u64, u64), ()> = TableDefinition::new("feed_posts");
 /// (author, post id) -> () : the posts of each author held in `post_copies` here
 const COPIES_BY_AUTHOR: TableDefinition<(u64, u64), ()> = TableDefinition::new("copies_by_author");
+/// post id -> () : the posts held here (this shard's own and its copies) whose visibility is
+/// `mentioned`, for the feed scans that pass a followed author's posts without decoding them
+/// (a head's ids, a page's skipped start): they decode only these, to leave them out of the
+/// feeds of followers they do not mention. Written and removed with the post's rows.
+const ADDRESSED_POSTS: TableDefinition<u64, ()> = TableDefinition::new("feed_addressed_posts");
 /// (followee, requester) -> ms : follow requests to a private account, on its shard
 const FOLLOW_REQUESTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("follow_requests");
 /// (reader, author) -> ms : follows whose backfill (copies of the author's recent posts) is
@@ -561,6 +566,9 @@ pub fn fan_out_all(
             posts.insert(post.id, encode(*post).as_slice())?;
             by_author.insert((author, post.id), ())?;
         }
+        if (author_here || copied) && post.visibility == Visibility::Mentioned {
+            txn.open_table(ADDRESSED_POSTS)?.insert(post.id, ())?;
+        }
         if mentioned.is_empty() {
             continue;
         }
@@ -582,6 +590,9 @@ fn keep_copy(txn: &WriteTransaction, post: &Post) -> Result<(), CoreError> {
         .insert(post.id, encode(post).as_slice())?;
     txn.open_table(COPIES_BY_AUTHOR)?
         .insert((post.author_id, post.id), ())?;
+    if post.visibility == Visibility::Mentioned {
+        txn.open_table(ADDRESSED_POSTS)?.insert(post.id, ())?;
+    }
     Ok(())
 }
 
@@ -760,6 +771,7 @@ pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {
         txn.open_table(COPIES_BY_AUTHOR)?
             .remove((author, post_id))?;
     }
+    txn.open_table(ADDRESSED_POSTS)?.remove(post_id)?;
     Ok(())
 }
 
@@ -884,6 +896,26 @@ fn scan(
     let blocks_t = crate::table_or_none(read, BLOCKS)?;
     let by_t = crate::table_or_none(read, BLOCKED_BY)?;
     let mutes_t = crate::table_or_none(read, MUTES)?;
+    let addressed_t = crate::table_or_none(read, ADDRESSED_POSTS)?;
+    // Whether a post the scan passes without decoding it exists and is for the reader: only a
+    // `mentioned` post (listed in `addressed_t`) is decoded to ask.
+    let passes = |post_id: u64, author: u64, early_post: Option<&Post>, copy_here: bool| {
+        if let Some(post) = early_post {
+            return Ok::<_, CoreError>(author == reader || post.addressed_to(reader));
+        }
+        let addressed = author != reader
+            && match &addressed_t {
+                Some(t) => t.get(post_id)?.is_some(),
+                None => false,
+            };
+        if !addressed {
+            return Ok(copy_here || stored(post_id)?.is_some());
+        }
+        Ok(match stored(post_id)? {
+            Some(bytes) => decode::<Post>(bytes.value())?.addressed_to(reader),
+            None => false,
+        })
+    };
     let forward = min_id.is_some() && max_id.is_none();
     // The sources, each ordered by post id: the reader's own posts, the posts of everyone the
     // reader follows, the reader's feed rows, the early items. Rows are
@@ -984,8 +1016,7 @@ fn scan(
             continue;
         }
         if matches!(want, Want::Ids) {
-            let exists = early_post.is_some() || copy_here || stored(post_id)?.is_some();
-            if exists {
+            if passes(post_id, author, early_post, copy_here)? {
                 taken = Some(post_id);
                 out.push((post_id, None));
                 if out.len() >= limit {
@@ -995,8 +1026,7 @@ fn scan(
             continue;
         }
         if skip > 0 && prefs.hides_nothing() {
-            let exists = early_post.is_some() || copy_here || stored(post_id)?.is_some();
-            if exists {
+            if passes(post_id, author, early_post, copy_here)? {
                 skip -= 1;
                 taken = Some(post_id);
             }
@@ -1722,5 +1752,77 @@ mod tests {
             events::pending_targets(&db.begin_read().unwrap()).unwrap(),
             vec![1]
         );
+    }
+
+    #[test]
+    fn a_mentioned_post_takes_no_place_in_a_followers_feed_it_does_not_mention() {
+        use crate::content::{Mention, Visibility};
+        let db = db();
+        let (reader, local, remote, named) = (here(1), here(2), there(3), here(4));
+        let for_named = |id: u64, author: u64| Post {
+            visibility: Visibility::Mentioned,
+            mentions: vec![Mention {
+                user_id: named,
+                username: "named".into(),
+                external_id: None,
+            }],
+            ..post(id, author)
+        };
+        for follower in [reader, named] {
+            write(&db, |t| follow(t, follower, local, 0));
+            write(&db, |t| follow(t, follower, remote, 0));
+            write(&db, |t| add_follower(t, remote, follower, 0));
+        }
+        compose(&db, &post(here(9), local));
+        compose(&db, &for_named(here(10), local));
+        write(&db, |t| {
+            fan_out(t, &for_named(there(11), remote), false, &[named])
+        });
+        write(&db, |t| fan_out(t, &post(there(12), remote), false, &[]));
+        // `home_with` also checks that the ids a head is filled with are the same.
+        assert_eq!(ns(&home_with(&db, reader, None, None, &[])), vec![12, 9]);
+        assert_eq!(
+            ns(&home_with(&db, named, None, None, &[])),
+            vec![12, 11, 10, 9]
+        );
+        assert_eq!(ns(&home_with(&db, local, None, None, &[])), vec![10, 9]);
+        // A skipped start counts only what the reader is shown.
+        let skipped = |reader: u64, skip: usize| {
+            let read = db.begin_read().unwrap();
+            let prefs = FeedPreferences::default();
+            let (posts, _) = home(
+                &read,
+                reader,
+                None,
+                None,
+                (skip, 10),
+                1000,
+                &prefs,
+                &[],
+                &|_| false,
+            )
+            .unwrap();
+            ns(&posts.iter().map(|p| p.id).collect::<Vec<_>>())
+        };
+        assert_eq!(skipped(reader, 1), vec![9]);
+        assert_eq!(skipped(named, 1), vec![11, 10, 9]);
+        // An early post (not yet committed here) passes the same check.
+        let early = for_named(there(13), remote);
+        assert_eq!(
+            ns(&home_with(
+                &db,
+                reader,
+                None,
+                None,
+                &[(&early, Reason::Followed)]
+            )),
+            vec![12, 9]
+        );
+        // A deleted post leaves no row behind.
+        write(&db, |t| unfan(t, there(11)));
+        let read = db.begin_read().unwrap();
+        let addressed = read.open_table(ADDRESSED_POSTS).unwrap();
+        assert!(addressed.get(there(11)).unwrap().is_none());
+        assert!(addressed.get(here(10)).unwrap().is_some());
     }
 }
