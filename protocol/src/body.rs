@@ -130,11 +130,16 @@ pub struct CreatePostRequest {
     pub media_ids: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A user as lists, posts, comments and messages show it: its display name and avatar as
+/// they are now (the live stream's events carry the names as they were, and no avatar).
+#[derive(Debug, Clone, Serialize)]
 pub struct UserBrief {
     pub id: String,
     pub username: String,
     pub display_name: String,
+    /// The avatar image; left out when none is set or its media is gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<crate::AttachedMediaView>,
 }
 
 #[derive(Debug, Serialize)]

@@ -14,9 +14,9 @@ use nova_core::{shard_of, CoreError};
 use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, authenticate_token, json_body, query_param, Reply, Result};
-use crate::api_social::{briefs, known, page};
+use crate::api_social::{as_now, briefs, known, page};
 use crate::error::{ApiError, Fail};
-use crate::mesh::{NewMessage, Op, UserBrief};
+use crate::mesh::{NewMessage, Op};
 use crate::messaging::message_view;
 use crate::shard::Shard;
 
@@ -115,6 +115,7 @@ pub(crate) async fn dispatch(
                 .filter(|m| !shard.hidden_from(m.sender, viewer))
                 .map(message_view)
                 .collect();
+            as_now(shard, &mut items, |m| &mut m.sender, deadline).await?;
             crate::media_views::fill_messages(shard, &mut items, deadline).await?;
             let mut reply = Reply::json(
                 StatusCode::OK,
@@ -160,6 +161,7 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             let mut views = [message_view(&message)];
+            as_now(shard, &mut views, |m| &mut m.sender, deadline).await?;
             crate::media_views::fill_messages(shard, &mut views, deadline).await?;
             let [message] = views;
             Ok(Reply::json(
@@ -180,6 +182,7 @@ pub(crate) async fn dispatch(
                 })
                 .await?;
             let mut views = [message_view(&message)];
+            as_now(shard, &mut views, |m| &mut m.sender, deadline).await?;
             crate::media_views::fill_messages(shard, &mut views, deadline).await?;
             let [message] = views;
             Ok(Reply::json(
@@ -347,22 +350,15 @@ async fn conversation_views(
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let names: HashMap<u64, UserBrief> = briefs(shard, &ids, deadline)
-        .await?
-        .into_iter()
-        .map(|b| (b.id, b))
-        .collect();
-    let brief = |id: u64| match names.get(&id) {
-        Some(b) => wire::UserBrief {
-            id: id.to_string(),
-            username: b.username.clone(),
-            display_name: b.display_name.clone(),
-        },
+    let cards = crate::api_social::cards(shard, ids, deadline).await?;
+    let brief = |id: u64| match cards.get(&id) {
+        Some(card) => card.clone(),
         // A participant whose account is gone.
         None => wire::UserBrief {
             id: id.to_string(),
             username: String::new(),
             display_name: String::new(),
+            avatar: None,
         },
     };
     let mut views: Vec<wire::ConversationView> = summaries
@@ -404,6 +400,7 @@ async fn conversation_views(
         }
     }
     crate::media_views::fill_messages(shard, &mut last, deadline).await?;
+    crate::api_social::apply_cards(&cards, &mut last, |m| &mut m.sender);
     for (i, m) in at.into_iter().zip(last) {
         views[i].last_message = Some(m);
     }

@@ -143,12 +143,19 @@ async fn search(shard: &Rc<Shard>, searcher: u64, ask: Ask, deadline: Instant) -
             let next = (all.len() == limit)
                 .then(|| all.last().map(|(r, _)| r.render()))
                 .flatten();
+            let mut avatars = crate::media_views::avatars(
+                shard,
+                all.iter().filter_map(|(_, b)| b.avatar),
+                deadline,
+            )
+            .await?;
             let items: Vec<wire::UserBrief> = all
                 .into_iter()
                 .map(|(_, b)| wire::UserBrief {
                     id: b.id.to_string(),
                     username: b.username,
                     display_name: b.display_name,
+                    avatar: b.avatar.and_then(|m| avatars.remove(&m)),
                 })
                 .collect();
             let link = next.as_ref().map(|n| link(&link_base, limit, n));
@@ -251,6 +258,7 @@ async fn posts(
             )
         })
         .collect();
+    crate::api_social::as_now(shard, &mut items, |v| &mut v.author, deadline).await?;
     crate::media_views::fill_posts(shard, &mut items, deadline).await?;
     let next = next.map(|r| r.render());
     let link = next.as_ref().map(|n| link(link_base, limit, n));

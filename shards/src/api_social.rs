@@ -277,8 +277,7 @@ pub(crate) async fn dispatch(
                 .into_iter()
                 .filter(|id| !shard.hidden_from(*id, viewer))
                 .collect();
-            let briefs = briefs(shard, &ids, deadline).await?;
-            let items: Vec<wire::UserBrief> = briefs.into_iter().map(brief_view).collect();
+            let items = brief_views(shard, &ids, deadline).await?;
             Ok(id_list(req.uri().path(), limit, items, next))
         }
         Route::UserPosts(id) => {
@@ -473,11 +472,10 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
+            let comment = comment_as_now(shard, info, deadline).await?;
             Ok(Reply::json(
                 StatusCode::CREATED,
-                &wire::CommentEnvelope {
-                    comment: comment_view(info),
-                },
+                &wire::CommentEnvelope { comment },
             ))
         }
         Route::ListComments(id) => {
@@ -496,7 +494,8 @@ pub(crate) async fn dispatch(
             let next = (infos.len() == limit)
                 .then(|| infos.last().map(|c| c.comment.id.to_string()))
                 .flatten();
-            let items: Vec<wire::CommentView> = infos.into_iter().map(comment_view).collect();
+            let mut items: Vec<wire::CommentView> = infos.into_iter().map(comment_view).collect();
+            as_now(shard, &mut items, |v| &mut v.author, deadline).await?;
             Ok(id_list(req.uri().path(), limit, items, next))
         }
         Route::EditComment(id) => {
@@ -511,11 +510,10 @@ pub(crate) async fn dispatch(
                     reply,
                 })
                 .await?;
+            let comment = comment_as_now(shard, info, deadline).await?;
             Ok(Reply::json(
                 StatusCode::OK,
-                &wire::CommentEnvelope {
-                    comment: comment_view(info),
-                },
+                &wire::CommentEnvelope { comment },
             ))
         }
         Route::DeleteComment(id) => {
@@ -533,6 +531,19 @@ pub(crate) async fn dispatch(
     }
 }
 
+/// A comment's view with its author as it is now (`as_now`).
+async fn comment_as_now(
+    shard: &Rc<Shard>,
+    info: CommentInfo,
+    deadline: Instant,
+) -> Result<wire::CommentView> {
+    let mut views = [comment_view(info)];
+    as_now(shard, &mut views, |v| &mut v.author, deadline).await?;
+    let [view] = views;
+    Ok(view)
+}
+
+/// A comment's view with its author's names as stored (when it was written).
 fn comment_view(info: CommentInfo) -> wire::CommentView {
     let c = info.comment;
     wire::CommentView {
@@ -542,6 +553,7 @@ fn comment_view(info: CommentInfo) -> wire::CommentView {
             id: c.author_id.to_string(),
             username: c.author_username,
             display_name: c.author_display_name,
+            avatar: None,
         },
         text: c.text,
         reply_to: c.parent.map(|p| p.to_string()),
@@ -672,6 +684,80 @@ pub(crate) async fn briefs(
     Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
 }
 
+/// Users as brief views show them now, by id: the display name and avatar they have today.
+/// A post, comment or message stores its author's names as they were when it was written;
+/// its view takes these instead. Unknown (erased) users are left out.
+pub(crate) async fn cards(
+    shard: &Rc<Shard>,
+    ids: impl IntoIterator<Item = u64>,
+    deadline: Instant,
+) -> Result<HashMap<u64, wire::UserBrief>> {
+    let mut ids: Vec<u64> = ids.into_iter().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let found = briefs(shard, &ids, deadline).await?;
+    let mut avatars =
+        crate::media_views::avatars(shard, found.iter().filter_map(|b| b.avatar), deadline).await?;
+    Ok(found
+        .into_iter()
+        .map(|b| {
+            let avatar = b.avatar.and_then(|m| avatars.remove(&m));
+            let view = wire::UserBrief {
+                id: b.id.to_string(),
+                username: b.username,
+                display_name: b.display_name,
+                avatar,
+            };
+            (b.id, view)
+        })
+        .collect())
+}
+
+/// Replaces the user brief in each of `views` (`brief_of`) by that user's card (`cards`):
+/// its display name and avatar as they are now, not as a post, comment or message stored
+/// them. A user no longer found keeps the stored brief.
+pub(crate) async fn as_now<V>(
+    shard: &Rc<Shard>,
+    views: &mut [V],
+    brief_of: for<'v> fn(&'v mut V) -> &'v mut wire::UserBrief,
+    deadline: Instant,
+) -> Result<()> {
+    let ids: Vec<u64> = views
+        .iter_mut()
+        .filter_map(|v| brief_of(v).id.parse().ok())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let cards = cards(shard, ids, deadline).await?;
+    apply_cards(&cards, views, brief_of);
+    Ok(())
+}
+
+/// `as_now` with the cards at hand.
+pub(crate) fn apply_cards<V>(
+    cards: &HashMap<u64, wire::UserBrief>,
+    views: &mut [V],
+    brief_of: for<'v> fn(&'v mut V) -> &'v mut wire::UserBrief,
+) {
+    for v in views.iter_mut() {
+        let brief = brief_of(v);
+        if let Some(card) = brief.id.parse().ok().and_then(|id: u64| cards.get(&id)) {
+            *brief = card.clone();
+        }
+    }
+}
+
+/// Brief views of `ids` as they are now (`cards`), in their order; unknown users left out.
+pub(crate) async fn brief_views(
+    shard: &Rc<Shard>,
+    ids: &[u64],
+    deadline: Instant,
+) -> Result<Vec<wire::UserBrief>> {
+    let mut cards = cards(shard, ids.iter().copied(), deadline).await?;
+    Ok(ids.iter().filter_map(|id| cards.remove(id)).collect())
+}
+
 /// A page of one of the viewer's own lists (`OwnList`), each entry made by `view` from the
 /// user's brief and since when (ms). Suspended users are left out (the cursor still moves on).
 async fn own_list<T: serde::Serialize>(
@@ -703,12 +789,12 @@ async fn own_list<T: serde::Serialize>(
         .filter(|id| !shard.hidden_from(*id, viewer))
         .collect();
     let since: HashMap<u64, u64> = rows.into_iter().collect();
-    let items: Vec<T> = briefs(shard, &ids, deadline)
-        .await?
-        .into_iter()
-        .map(|b| {
-            let at = since.get(&b.id).copied().unwrap_or(0);
-            view(brief_view(b), at)
+    let mut cards = cards(shard, ids.iter().copied(), deadline).await?;
+    let items: Vec<T> = ids
+        .iter()
+        .filter_map(|id| {
+            let at = since.get(id).copied().unwrap_or(0);
+            Some(view(cards.remove(id)?, at))
         })
         .collect();
     Ok(id_list(req.uri().path(), limit, items, next))
@@ -729,14 +815,6 @@ fn id_list<T: serde::Serialize>(
     let mut reply = Reply::json(StatusCode::OK, &wire::List { items, next });
     reply.link = link;
     reply
-}
-
-fn brief_view(b: UserBrief) -> wire::UserBrief {
-    wire::UserBrief {
-        id: b.id.to_string(),
-        username: b.username,
-        display_name: b.display_name,
-    }
 }
 
 /// `limit`, `max_id`, `min_id` from a query string.
@@ -808,6 +886,7 @@ async fn post_list(
         .iter()
         .map(|p| post_view(p, counts.get(&p.id).copied().unwrap_or_default()))
         .collect();
+    as_now(shard, &mut items, |v| &mut v.author, deadline).await?;
     crate::media_views::fill_posts(shard, &mut items, deadline).await?;
     let mut reply = Reply::json(
         StatusCode::OK,
@@ -854,6 +933,7 @@ pub(crate) fn post_view(p: &Post, counts: Counts) -> wire::PostView {
             id: p.author_id.to_string(),
             username: p.author_username.clone(),
             display_name: p.author_display_name.clone(),
+            avatar: None,
         },
         text: p.text.clone(),
         visibility: p.visibility.as_str(),
@@ -1057,6 +1137,7 @@ async fn post_reply(
     let counts = counts_of(shard, [post.id], viewer, deadline).await?;
     let counts = counts.get(&post.id).copied().unwrap_or_default();
     let mut views = [post_view(post, counts)];
+    as_now(shard, &mut views, |v| &mut v.author, deadline).await?;
     crate::media_views::fill_posts(shard, &mut views, deadline).await?;
     let [post] = views;
     Ok(Reply::json(status, &wire::PostEnvelope { post }))

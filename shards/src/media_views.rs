@@ -173,13 +173,21 @@ pub(crate) async fn avatar(
     id: Option<u64>,
     deadline: Instant,
 ) -> Result<Option<wire::AttachedMediaView>> {
-    let Some(id) = id else {
-        return Ok(None);
-    };
-    let found = resolve(shard, std::iter::once(id), deadline).await?;
+    let mut found = avatars(shard, id, deadline).await?;
+    Ok(id.and_then(|id| found.remove(&id)))
+}
+
+/// The views of these avatars that exist, by media id (one ask per owning shard).
+pub(crate) async fn avatars(
+    shard: &Rc<Shard>,
+    ids: impl IntoIterator<Item = u64>,
+    deadline: Instant,
+) -> Result<HashMap<u64, wire::AttachedMediaView>> {
+    let found = resolve(shard, ids.into_iter(), deadline).await?;
     Ok(found
-        .get(&id)
-        .map(|v| attached(shard, &id.to_string(), Some(v), false)))
+        .iter()
+        .map(|(id, v)| (*id, attached(shard, &id.to_string(), Some(v), false)))
+        .collect())
 }
 
 /// Fills `media` of these post views. Followers-only posts get signed URLs.

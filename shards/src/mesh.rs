@@ -625,6 +625,8 @@ pub struct UserBrief {
     pub display_name: String,
     /// The user's DeathStarBench id, if it registered through that API.
     pub external_id: Option<u64>,
+    /// The media id of the user's avatar, if one is set.
+    pub avatar: Option<u64>,
 }
 
 #[derive(Debug, Clone)]

@@ -702,6 +702,7 @@ pub(crate) fn message_view(m: &Message) -> nova_protocol::MessageView {
             id: m.sender.to_string(),
             username: m.sender_username.clone(),
             display_name: m.sender_display_name.clone(),
+            avatar: None,
         },
         text: m.text.clone(),
         media_ids: m.media_ids.iter().map(u64::to_string).collect(),

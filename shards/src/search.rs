@@ -214,6 +214,7 @@ impl Shard {
                             username: u.username,
                             display_name: u.display_name,
                             external_id: None,
+                            avatar: nova_core::profiles::avatar(r, u.id)?,
                         },
                     ));
                 }

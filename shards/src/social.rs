@@ -2389,6 +2389,7 @@ fn brief(
         username: user.username.clone(),
         display_name: user.display_name.clone(),
         external_id: identity::external_of(r, DSB_NAMESPACE, user.id)?,
+        avatar: profiles::avatar(r, user.id)?,
     })
 }
 

@@ -1096,3 +1096,155 @@ fn an_avatar_is_one_of_the_users_own_images() {
     resp.expect(200);
     assert_eq!(resp.str("user.avatar.id"), image.to_string());
 }
+
+/// Every brief view of a user (post authors, comment authors, lists, conversations and
+/// message senders) shows its display name and avatar as they are now, also on posts,
+/// comments and messages written before either changed.
+#[test]
+fn brief_views_show_the_users_name_and_avatar_as_they_are_now() {
+    let server = Server::start(&[]);
+    let scratch_dir = scratch("briefs");
+    let d = scratch_dir.path();
+    for shard in [0, 1] {
+        // The owner on one shard, the viewer on the other.
+        let owner = server.member_on_shard(shard);
+        let viewer = server.member_on_shard(1 - shard);
+        server.follow(viewer.auth(), owner.id()).expect(200);
+        let post = server.post(
+            "/v1/posts",
+            owner.auth(),
+            simd_json::json!({"text": "before the change"}),
+        );
+        post.expect(201);
+        let post = post.str("post.id").to_string();
+        let theirs = server.post(
+            "/v1/posts",
+            viewer.auth(),
+            simd_json::json!({"text": "a post to comment on"}),
+        );
+        theirs.expect(201);
+        let theirs = theirs.str("post.id").to_string();
+        server
+            .post(
+                &format!("/v1/posts/{theirs}/comments"),
+                owner.auth(),
+                simd_json::json!({"text": "a comment"}),
+            )
+            .expect(201);
+        let conv = server.post(
+            "/v1/conversations",
+            viewer.auth(),
+            simd_json::json!({"participants": [owner.id().to_string()]}),
+        );
+        conv.expect(201);
+        let conv = conv.str("conversation.id").to_string();
+        server
+            .post(
+                &format!("/v1/conversations/{conv}/messages"),
+                owner.auth(),
+                simd_json::json!({"text": "a message"}),
+            )
+            .expect(201);
+
+        // Before: the names as registered, and no avatar (the key is left out).
+        let author = server.get(&format!("/v1/posts/{post}"), viewer.auth());
+        author.expect(200);
+        assert!(
+            at(author.json(), "post.author.avatar").is_none(),
+            "{:?}",
+            author.json()
+        );
+
+        let image = media_id(&upload(&server, &owner.token, &photo(d, "red"), ""));
+        wait_done(&server, &owner.token, image);
+        set_avatar(&server, &owner, image.to_string().into()).expect(200);
+        let name = format!("Renamed {shard}");
+        server
+            .call(
+                "PATCH",
+                "/v1/me/profile",
+                owner.auth(),
+                Some(simd_json::json!({ "display_name": name.as_str() })),
+            )
+            .expect(200);
+
+        // Every brief of the owner the viewer reads, from either shard.
+        let briefs = [
+            (format!("/v1/posts/{post}"), "post.author"),
+            // The viewer's own post comes first.
+            ("/v1/timelines/home".to_string(), "items.1.author"),
+            (format!("/v1/users/{}/posts", owner.id()), "items.0.author"),
+            (format!("/v1/posts/{theirs}/comments"), "items.0.author"),
+            (format!("/v1/users/{}/following", viewer.id()), "items.0"),
+            (format!("/v1/users/{}/followers", owner.id()), "items.0"),
+            (
+                "/v1/conversations".to_string(),
+                "items.0.last_message.sender",
+            ),
+            (
+                format!("/v1/conversations/{conv}/messages"),
+                "items.0.sender",
+            ),
+        ];
+        for (path, brief) in &briefs {
+            server.on_each_shard(&Req::get(path).bearer(&viewer.token), |r| {
+                r.expect(200);
+                let seen = r.at(brief);
+                if !path.ends_with("/followers") {
+                    assert_eq!(
+                        seen.get("id").and_then(|v| v.as_str()),
+                        Some(&*owner.id().to_string()),
+                        "{path}: {:?}",
+                        r.json()
+                    );
+                    assert_eq!(
+                        seen.get("display_name").and_then(|v| v.as_str()),
+                        Some(name.as_str()),
+                        "{path}: {:?}",
+                        r.json()
+                    );
+                    let avatar = seen
+                        .get("avatar")
+                        .unwrap_or_else(|| panic!("{path}: {:?}", r.json()));
+                    assert_eq!(
+                        avatar.get("id").and_then(|v| v.as_str()),
+                        Some(&*image.to_string()),
+                        "{path}"
+                    );
+                    assert_eq!(state(avatar), "ready", "{path}");
+                } else {
+                    // The owner's follower: the viewer, who has no avatar.
+                    assert_eq!(
+                        seen.get("id").and_then(|v| v.as_str()),
+                        Some(&*viewer.id().to_string()),
+                        "{path}: {:?}",
+                        r.json()
+                    );
+                    assert!(seen.get("avatar").is_none(), "{path}: {:?}", r.json());
+                }
+            });
+        }
+        // The conversation lists both participants as they are now.
+        let convs = server.get("/v1/conversations", viewer.auth());
+        convs.expect(200);
+        let participants = convs.at("items.0.participants").as_array().unwrap();
+        for p in participants {
+            let has_avatar = p.get("avatar").is_some();
+            let is_owner = p.get("id").and_then(|v| v.as_str()) == Some(&*owner.id().to_string());
+            assert_eq!(has_avatar, is_owner, "{:?}", convs.json());
+        }
+        // The image deleted, no brief shows it.
+        server
+            .delete(&format!("/v1/media/{image}"), owner.auth())
+            .expect(204);
+        for (path, brief) in &briefs {
+            let r = server.get(path, viewer.auth());
+            r.expect(200);
+            assert!(
+                r.at(brief).get("avatar").is_none(),
+                "{path}: {:?}",
+                r.json()
+            );
+        }
+    }
+}
