@@ -22,6 +22,8 @@ pub struct ActorView {
     pub id: String,
     /// null when the account is gone.
     pub username: Option<String>,
+    /// The actor's display name as it is now; null when the account is gone.
+    pub display_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

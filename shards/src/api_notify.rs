@@ -249,15 +249,31 @@ fn which(body: wire::NotificationsReadRequest) -> Result<Which> {
     }
 }
 
-/// Usernames of actors, asked of their shards; an actor whose shard does not answer in time
+/// An actor's names, as a notification shows them.
+#[derive(Debug, Clone)]
+pub(crate) struct ActorName {
+    pub username: String,
+    pub display_name: String,
+}
+
+impl From<crate::mesh::UserBrief> for ActorName {
+    fn from(b: crate::mesh::UserBrief) -> ActorName {
+        ActorName {
+            username: b.username,
+            display_name: b.display_name,
+        }
+    }
+}
+
+/// Names of actors, asked of their shards; an actor whose shard does not answer in time
 /// (or who is gone) has none.
 pub(crate) async fn actor_names(
     shard: &Rc<Shard>,
     actors: &[u64],
     deadline: Instant,
-) -> HashMap<u64, String> {
+) -> HashMap<u64, ActorName> {
     match crate::api_social::briefs(shard, actors, deadline).await {
-        Ok(briefs) => briefs.into_iter().map(|b| (b.id, b.username)).collect(),
+        Ok(briefs) => briefs.into_iter().map(|b| (b.id, b.into())).collect(),
         Err(e) => {
             tracing::debug!(status = e.status.as_u16(), "actor names not found");
             HashMap::new()
@@ -266,7 +282,7 @@ pub(crate) async fn actor_names(
 }
 
 /// A notification as clients (and push messages) see it.
-pub(crate) fn view(n: &Notification, names: &HashMap<u64, String>) -> wire::NotificationView {
+pub(crate) fn view(n: &Notification, names: &HashMap<u64, ActorName>) -> wire::NotificationView {
     let subject = |kind: &'static str, id: u64| wire::SubjectView {
         kind,
         id: id.to_string(),
@@ -276,9 +292,13 @@ pub(crate) fn view(n: &Notification, names: &HashMap<u64, String>) -> wire::Noti
     wire::NotificationView {
         id: n.id.to_string(),
         kind: n.kind.as_str(),
-        actor: n.actor.map(|a| wire::ActorView {
-            id: a.to_string(),
-            username: names.get(&a).cloned(),
+        actor: n.actor.map(|a| {
+            let name = names.get(&a);
+            wire::ActorView {
+                id: a.to_string(),
+                username: name.map(|n| n.username.clone()),
+                display_name: name.map(|n| n.display_name.clone()),
+            }
         }),
         subject: match n.subject {
             Subject::None => None,

@@ -27,6 +27,7 @@ use nova_core::messages::Message;
 use nova_core::{shard_of, social};
 
 use crate::api::Reply;
+use crate::api_notify::ActorName;
 use crate::error::Fail;
 use crate::mesh::{Op, ShardMsg};
 use crate::shard::{now_ms, Shard};
@@ -40,7 +41,7 @@ const SINK_CAPACITY: usize = 128;
 /// Events written to a connection in one chunk at most, when they are waiting together (one
 /// write for a burst instead of one per event).
 const CHUNK_EVENTS_MAX: usize = 32;
-/// How long an actor's username, once looked up, is reused for live `notification` events
+/// How long an actor's names, once looked up, are reused for live `notification` events
 /// (a renamed actor may show its old name that long; notification lists read it afresh).
 const ACTOR_NAME_TTL_MS: u64 = 5000;
 /// Actor names remembered per shard.
@@ -89,7 +90,7 @@ pub struct Streams {
     resolving: Cell<bool>,
     /// actor -> (username, ms looked up): names for `notification` events (see
     /// `on_fresh_notifications`); at most `ACTOR_NAMES_MAX`, emptied when full.
-    actor_names: RefCell<HashMap<u64, (String, u64)>>,
+    actor_names: RefCell<HashMap<u64, (ActorName, u64)>>,
 }
 
 #[derive(Default)]
@@ -478,7 +479,7 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
 }
 
 /// A listener of fresh notifications (see `notify::Fresh`): each one becomes a
-/// `notification` event on its recipient's stream, with the actor's username. Names looked
+/// `notification` event on its recipient's stream, with the actor's names. Names looked
 /// up within `ACTOR_NAME_TTL_MS` are reused (`Streams::actor_names`), so a busy actor's
 /// notifications go out at once, with no lookup on its shard, right before or after the
 /// `message` event they come with (one write to the connection for both).
@@ -498,7 +499,7 @@ pub(crate) fn on_fresh_notifications(
         return;
     }
     let now = now_ms();
-    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut names: HashMap<u64, ActorName> = HashMap::new();
     let mut missing: Vec<u64> = Vec::new();
     {
         let cache = shard.streams.actor_names.borrow();
@@ -526,8 +527,9 @@ pub(crate) fn on_fresh_notifications(
                 cache.clear();
             }
             for b in found {
-                cache.insert(b.id, (b.username.clone(), now));
-                names.insert(b.id, b.username);
+                let (id, name) = (b.id, ActorName::from(b));
+                cache.insert(id, (name.clone(), now));
+                names.insert(id, name);
             }
         }
         publish_notifications(&shard, &listening, &names);
@@ -538,7 +540,7 @@ pub(crate) fn on_fresh_notifications(
 fn publish_notifications(
     shard: &Rc<Shard>,
     list: &[nova_core::notifications::Notification],
-    names: &HashMap<u64, String>,
+    names: &HashMap<u64, ActorName>,
 ) {
     for n in list {
         let view = crate::api_notify::view(n, names);

@@ -119,6 +119,18 @@ fn follows_likes_comments_replies_and_mentions_notify_once() {
         check_item(first);
         assert_eq!(field(first, "actor.username"), actor.name(), "{case}");
         assert!(first.get("subject").unwrap().is_null(), "{case}");
+        // The actor's display name as it is now, also on what it caused before.
+        let renamed = format!("Renamed {}", actor.name());
+        server
+            .call(
+                "PATCH",
+                "/v1/me/profile",
+                actor.auth(),
+                Some(json!({ "display_name": renamed.as_str() })),
+            )
+            .expect(200);
+        let first = &items(&server, &recipient, "")[0];
+        assert_eq!(field(first, "actor.display_name"), renamed, "{case}");
 
         // Like of a post: like, unlike, like notifies once.
         let p = post(&server, &recipient, "like me");
