@@ -236,6 +236,7 @@ impl Shard {
                 tracing::warn!(shard = target, error = %e, "a name cache kept an erased username");
             }
         }
+        crate::briefs::forget_everywhere(self, user_id, deadline).await;
         // The other shards start their part now; what this misses, the relay sends.
         self.deliver_now(event_id, event, &targets, deadline).await;
         self.account.kick();

@@ -14,7 +14,8 @@ use nova_core::{shard_of, CoreError};
 use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, authenticate_token, json_body, query_param, Reply, Result};
-use crate::api_social::{as_now, briefs, known, page};
+use crate::api_social::{known, page};
+use crate::briefs::{as_now, briefs};
 use crate::error::{ApiError, Fail};
 use crate::mesh::{NewMessage, Op};
 use crate::messaging::message_view;
@@ -350,7 +351,7 @@ async fn conversation_views(
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let cards = crate::api_social::cards(shard, ids, deadline).await?;
+    let cards = crate::briefs::cards(shard, ids, deadline).await?;
     let brief = |id: u64| match cards.get(&id) {
         Some(card) => card.clone(),
         // A participant whose account is gone.
@@ -400,7 +401,7 @@ async fn conversation_views(
         }
     }
     crate::media_views::fill_messages(shard, &mut last, deadline).await?;
-    crate::api_social::apply_cards(&cards, &mut last, |m| &mut m.sender);
+    crate::briefs::apply_cards(&cards, &mut last, |m| &mut m.sender);
     for (i, m) in at.into_iter().zip(last) {
         views[i].last_message = Some(m);
     }

@@ -272,7 +272,7 @@ pub(crate) async fn actor_names(
     actors: &[u64],
     deadline: Instant,
 ) -> HashMap<u64, ActorName> {
-    match crate::api_social::briefs(shard, actors, deadline).await {
+    match crate::briefs::briefs(shard, actors, deadline).await {
         Ok(briefs) => briefs.into_iter().map(|b| (b.id, b.into())).collect(),
         Err(e) => {
             tracing::debug!(status = e.status.as_u16(), "actor names not found");

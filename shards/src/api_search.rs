@@ -258,7 +258,7 @@ async fn posts(
             )
         })
         .collect();
-    crate::api_social::as_now(shard, &mut items, |v| &mut v.author, deadline).await?;
+    crate::briefs::as_now(shard, &mut items, |v| &mut v.author, deadline).await?;
     crate::media_views::fill_posts(shard, &mut items, deadline).await?;
     let next = next.map(|r| r.render());
     let link = next.as_ref().map(|n| link(link_base, limit, n));

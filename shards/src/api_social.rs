@@ -17,11 +17,11 @@ use nova_core::{shard_of, CoreError};
 use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, json_body, query_param, Reply, Result};
+use crate::briefs::{as_now, brief_views, cards};
 use crate::error::{ApiError, Fail};
 use crate::feeds::SharedPost;
 use crate::mesh::{
     CommentInfo, NewPost, Op, Page, PostStats, PreferencesUpdate, ProfileEdit, SettingsUpdate,
-    UserBrief,
 };
 use crate::shard::Shard;
 
@@ -657,105 +657,6 @@ async fn profile(shard: &Rc<Shard>, user_id: u64, viewer: u64, deadline: Instant
             relationship,
         },
     ))
-}
-
-/// Brief views of users, asking each owning shard once; in the order of `ids`.
-pub(crate) async fn briefs(
-    shard: &Rc<Shard>,
-    ids: &[u64],
-    deadline: Instant,
-) -> Result<Vec<UserBrief>> {
-    let mut by_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-    for id in ids {
-        by_shard.entry(shard_of(*id)).or_default().push(*id);
-    }
-    let mut found = std::collections::HashMap::new();
-    for (k, ids) in by_shard {
-        if k >= shard.shards {
-            continue;
-        }
-        for b in shard
-            .ask(k, deadline, |reply| Op::Briefs { ids, reply })
-            .await?
-        {
-            found.insert(b.id, b);
-        }
-    }
-    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
-}
-
-/// Users as brief views show them now, by id: the display name and avatar they have today.
-/// A post, comment or message stores its author's names as they were when it was written;
-/// its view takes these instead. Unknown (erased) users are left out.
-pub(crate) async fn cards(
-    shard: &Rc<Shard>,
-    ids: impl IntoIterator<Item = u64>,
-    deadline: Instant,
-) -> Result<HashMap<u64, wire::UserBrief>> {
-    let mut ids: Vec<u64> = ids.into_iter().collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let found = briefs(shard, &ids, deadline).await?;
-    let mut avatars =
-        crate::media_views::avatars(shard, found.iter().filter_map(|b| b.avatar), deadline).await?;
-    Ok(found
-        .into_iter()
-        .map(|b| {
-            let avatar = b.avatar.and_then(|m| avatars.remove(&m));
-            let view = wire::UserBrief {
-                id: b.id.to_string(),
-                username: b.username,
-                display_name: b.display_name,
-                avatar,
-            };
-            (b.id, view)
-        })
-        .collect())
-}
-
-/// Replaces the user brief in each of `views` (`brief_of`) by that user's card (`cards`):
-/// its display name and avatar as they are now, not as a post, comment or message stored
-/// them. A user no longer found keeps the stored brief.
-pub(crate) async fn as_now<V>(
-    shard: &Rc<Shard>,
-    views: &mut [V],
-    brief_of: for<'v> fn(&'v mut V) -> &'v mut wire::UserBrief,
-    deadline: Instant,
-) -> Result<()> {
-    let ids: Vec<u64> = views
-        .iter_mut()
-        .filter_map(|v| brief_of(v).id.parse().ok())
-        .collect();
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let cards = cards(shard, ids, deadline).await?;
-    apply_cards(&cards, views, brief_of);
-    Ok(())
-}
-
-/// `as_now` with the cards at hand.
-pub(crate) fn apply_cards<V>(
-    cards: &HashMap<u64, wire::UserBrief>,
-    views: &mut [V],
-    brief_of: for<'v> fn(&'v mut V) -> &'v mut wire::UserBrief,
-) {
-    for v in views.iter_mut() {
-        let brief = brief_of(v);
-        if let Some(card) = brief.id.parse().ok().and_then(|id: u64| cards.get(&id)) {
-            *brief = card.clone();
-        }
-    }
-}
-
-/// Brief views of `ids` as they are now (`cards`), in their order; unknown users left out.
-pub(crate) async fn brief_views(
-    shard: &Rc<Shard>,
-    ids: &[u64],
-    deadline: Instant,
-) -> Result<Vec<wire::UserBrief>> {
-    let mut cards = cards(shard, ids.iter().copied(), deadline).await?;
-    Ok(ids.iter().filter_map(|id| cards.remove(id)).collect())
 }
 
 /// A page of one of the viewer's own lists (`OwnList`), each entry made by `view` from the

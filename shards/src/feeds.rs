@@ -16,7 +16,7 @@
 //! The post cache holds decoded posts by id, for heads and timelines alike: both the
 //! author's `posts` row and other shards' `post_copies` hold the same post (with the
 //! author's names as they were at compose time: a profile change rewrites no post, and the
-//! API's views lay the authors' current names over them, `api_social::as_now`). An edit
+//! API's views lay the authors' current names over them, `briefs::as_now`). An edit
 //! replaces it, a delete drops it, an erasure drops them all. It is bounded by memory
 //! (`post_cache_mib`), not by count: a timeline read that misses decodes every post it
 //! passes, the ones it skips included, so a cache smaller than the posts being read costs

@@ -14,6 +14,7 @@ mod api_search;
 mod api_social;
 mod backup;
 mod body;
+mod briefs;
 mod config;
 mod digest;
 mod error;

@@ -694,7 +694,7 @@ impl Op {
 }
 
 /// The media operations a shard runs on its own data.
-pub async fn serve(shard: &Rc<Shard>, op: Op) {
+pub async fn serve(shard: &Rc<Shard>, op: Op, deadline: Instant) {
     let quota = shard.cfg.media_quota_bytes;
     match op {
         Op::MediaCreate { mut new, reply } => {
@@ -728,6 +728,8 @@ pub async fn serve(shard: &Rc<Shard>, op: Op) {
                 Ok(unreferenced) => {
                     // Freed before the answer: a 204 means the files are gone.
                     shard.media.release(shard.id, unreferenced).await;
+                    // It may have been the owner's avatar.
+                    crate::briefs::forget_everywhere(shard, owner, deadline).await;
                     let _ = reply.send(Ok(()));
                 }
                 Err(e) => {

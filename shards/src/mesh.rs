@@ -134,6 +134,12 @@ pub enum Op {
         ids: Vec<u64>,
         reply: Reply<Vec<UserBrief>>,
     },
+    /// Forget a user's cached brief: its display name or avatar changed, or it is gone (to
+    /// every shard, `briefs::forget_everywhere`).
+    ForgetBrief {
+        user: u64,
+        reply: Reply<()>,
+    },
     /// A user id from a client's own numbering (DeathStarBench), on the key's shard.
     ExternalId {
         ext: u64,

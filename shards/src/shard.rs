@@ -493,7 +493,7 @@ impl Shard {
             Op::Metrics { reply } => {
                 let _ = reply.send(Ok(self.snapshot()));
             }
-            media if media.is_media() => crate::media_jobs::serve(&self, media).await,
+            media if media.is_media() => crate::media_jobs::serve(&self, media, deadline).await,
             Op::Notify(op) => self.serve_notify(op).await,
             Op::Moderation(op) => self.serve_moderation(op, deadline).await,
             Op::Account(op) => self.serve_account(op, deadline).await,

@@ -278,6 +278,10 @@ impl Shard {
                 });
                 let _ = reply.send(briefs);
             }
+            Op::ForgetBrief { user, reply } => {
+                crate::briefs::forget(user);
+                let _ = reply.send(Ok(()));
+            }
             Op::ExternalId { ext, reply } => {
                 let _ = reply.send(self.read(|r| identity::external_id(r, DSB_NAMESPACE, ext)));
             }
@@ -513,6 +517,7 @@ impl Shard {
                 reply,
             } => {
                 let (event_id, now) = (self.next_id(), now_ms());
+                let brief_changes = edit.display_name.is_some() || edit.avatar.is_some();
                 let record = Record::ProfileEdit {
                     user_id,
                     edit: &edit,
@@ -529,6 +534,9 @@ impl Shard {
                     Ok(user) => {
                         if let Some(user) = user {
                             self.users.borrow_mut().insert(user.id, Rc::new(user));
+                        }
+                        if brief_changes {
+                            crate::briefs::forget_everywhere(self, user_id, deadline).await;
                         }
                         Ok(())
                     }

@@ -521,7 +521,7 @@ pub(crate) fn on_fresh_notifications(
     let shard = Rc::clone(shard);
     glommio::spawn_local(async move {
         let deadline = Instant::now() + Duration::from_secs(5);
-        if let Ok(found) = crate::api_social::briefs(&shard, &missing, deadline).await {
+        if let Ok(found) = crate::briefs::briefs(&shard, &missing, deadline).await {
             let mut cache = shard.streams.actor_names.borrow_mut();
             if cache.len() + found.len() > ACTOR_NAMES_MAX {
                 cache.clear();
