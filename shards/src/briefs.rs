@@ -60,20 +60,17 @@ pub(crate) async fn briefs(
     let now = Instant::now();
     let mut found: HashMap<u64, UserBrief> = HashMap::with_capacity(ids.len());
     let mut by_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-    CACHE.with(|c| {
-        let c = c.borrow();
-        for id in ids {
-            match c.briefs.get(id) {
-                Some((at, b)) if now.duration_since(*at) < CACHE_TTL => {
-                    found.insert(*id, b.clone());
-                }
-                _ if shard_of(*id) < shard.shards => {
-                    by_shard.entry(shard_of(*id)).or_default().push(*id);
-                }
-                _ => {}
+    for id in ids {
+        match cached(*id) {
+            Some(b) => {
+                found.insert(*id, b);
             }
+            None if shard_of(*id) < shard.shards => {
+                by_shard.entry(shard_of(*id)).or_default().push(*id);
+            }
+            None => {}
         }
-    });
+    }
     if !by_shard.is_empty() {
         let epoch = CACHE.with(|c| c.borrow().epoch);
         let asks = by_shard
@@ -97,6 +94,18 @@ pub(crate) async fn briefs(
         })?;
     }
     Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+}
+
+/// `user`'s brief if this shard has it at hand (no ask).
+pub(crate) fn cached(user: u64) -> Option<UserBrief> {
+    let now = Instant::now();
+    CACHE.with(|c| {
+        c.borrow()
+            .briefs
+            .get(&user)
+            .filter(|(at, _)| now.duration_since(*at) < CACHE_TTL)
+            .map(|(_, b)| b.clone())
+    })
 }
 
 /// Forgets `user`'s brief on this shard (`Op::ForgetBrief`: its display name or avatar

@@ -41,11 +41,6 @@ const SINK_CAPACITY: usize = 128;
 /// Events written to a connection in one chunk at most, when they are waiting together (one
 /// write for a burst instead of one per event).
 const CHUNK_EVENTS_MAX: usize = 32;
-/// How long an actor's names, once looked up, are reused for live `notification` events
-/// (a renamed actor may show its old name that long; notification lists read it afresh).
-const ACTOR_NAME_TTL_MS: u64 = 5000;
-/// Actor names remembered per shard.
-const ACTOR_NAMES_MAX: usize = 8192;
 /// Tells a client how long to wait before reconnecting.
 const RETRY_MS: u64 = 2000;
 /// Message events queued behind one whose media are being resolved; past it, messages still
@@ -88,9 +83,6 @@ pub struct Streams {
     media_queue: RefCell<VecDeque<(Vec<u64>, Message, bool)>>,
     /// A task is working through `media_queue`.
     resolving: Cell<bool>,
-    /// actor -> (username, ms looked up): names for `notification` events (see
-    /// `on_fresh_notifications`); at most `ACTOR_NAMES_MAX`, emptied when full.
-    actor_names: RefCell<HashMap<u64, (ActorName, u64)>>,
 }
 
 #[derive(Default)]
@@ -479,10 +471,10 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
 }
 
 /// A listener of fresh notifications (see `notify::Fresh`): each one becomes a
-/// `notification` event on its recipient's stream, with the actor's names. Names looked
-/// up within `ACTOR_NAME_TTL_MS` are reused (`Streams::actor_names`), so a busy actor's
-/// notifications go out at once, with no lookup on its shard, right before or after the
-/// `message` event they come with (one write to the connection for both).
+/// `notification` event on its recipient's stream, with the actor's names. Names this shard
+/// has at hand (`briefs::cached`, told of every change) are used at once, so a busy actor's
+/// notifications go out with no lookup on its shard, right before or after the `message`
+/// event they come with (one write to the connection for both).
 pub(crate) fn on_fresh_notifications(
     shard: &Rc<Shard>,
     fresh: &[nova_core::notifications::Notification],
@@ -498,18 +490,14 @@ pub(crate) fn on_fresh_notifications(
     if listening.is_empty() {
         return;
     }
-    let now = now_ms();
     let mut names: HashMap<u64, ActorName> = HashMap::new();
     let mut missing: Vec<u64> = Vec::new();
-    {
-        let cache = shard.streams.actor_names.borrow();
-        for actor in listening.iter().filter_map(|n| n.actor) {
-            match cache.get(&actor) {
-                Some((name, at)) if now.saturating_sub(*at) < ACTOR_NAME_TTL_MS => {
-                    names.insert(actor, name.clone());
-                }
-                _ => missing.push(actor),
+    for actor in listening.iter().filter_map(|n| n.actor) {
+        match crate::briefs::cached(actor) {
+            Some(brief) => {
+                names.insert(actor, brief.into());
             }
+            None => missing.push(actor),
         }
     }
     if missing.is_empty() {
@@ -522,14 +510,8 @@ pub(crate) fn on_fresh_notifications(
     glommio::spawn_local(async move {
         let deadline = Instant::now() + Duration::from_secs(5);
         if let Ok(found) = crate::briefs::briefs(&shard, &missing, deadline).await {
-            let mut cache = shard.streams.actor_names.borrow_mut();
-            if cache.len() + found.len() > ACTOR_NAMES_MAX {
-                cache.clear();
-            }
             for b in found {
-                let (id, name) = (b.id, ActorName::from(b));
-                cache.insert(id, (name.clone(), now));
-                names.insert(id, name);
+                names.insert(b.id, b.into());
             }
         }
         publish_notifications(&shard, &listening, &names);

@@ -207,6 +207,32 @@ fn messages_posts_and_typing_reach_the_stream_on_any_shard() {
             at(&n, "actor.username").and_then(|t| t.as_str()),
             Some(sender.name())
         );
+
+        // Renamed, the actor's next notification carries the new name at once (the stream's
+        // shard, which has the old one at hand, heard of the change before it was answered).
+        let renamed = format!("Renamed {}", sender.name());
+        server
+            .call(
+                "PATCH",
+                "/v1/me/profile",
+                sender.auth(),
+                Some(json!({ "display_name": renamed.as_str() })),
+            )
+            .expect(200);
+        server
+            .call(
+                "POST",
+                &format!("/v1/posts/{mine}/comments"),
+                sender.auth(),
+                Some(json!({"text": "nice"})),
+            )
+            .expect(201);
+        let n = json_of(&sse.next_of("notification"));
+        assert_eq!(
+            at(&n, "actor.display_name").and_then(|t| t.as_str()),
+            Some(renamed.as_str()),
+            "{n:?}"
+        );
     }
 }
 
