@@ -15,12 +15,6 @@ use simd_json::json;
 /// (reader, author) shards: different both ways, and the same.
 const PAIRS: [(u32, u32); 3] = [(0, 1), (1, 0), (1, 1)];
 
-fn post(server: &Server, author: &Member, text: &str) -> u64 {
-    let resp = server.post("/v1/posts", author.auth(), json!({ "text": text }));
-    resp.expect(201);
-    parse_id(resp.at("post.id"))
-}
-
 fn home(server: &Server, reader: &Member) -> Vec<u64> {
     server.walk_posts("/v1/timelines/home", &reader.token, 50)
 }
@@ -52,13 +46,13 @@ fn a_feed_already_read_takes_in_every_change() {
     for (r, a) in PAIRS {
         let reader = server.member_on_shard(r);
         let author = server.member_on_shard(a);
-        let own = post(&server, &reader, "my own post");
+        let own = server.new_post(&reader, "my own post");
         let follow = format!("/v1/users/{}/follow", author.id());
         call(&server, "POST", &follow, &reader, None);
         // Read first: from here on the feed is served from memory.
         assert_eq!(home(&server, &reader), vec![own], "pair {r}/{a}");
 
-        let p1 = post(&server, &author, "first post of the author");
+        let p1 = server.new_post(&author, "first post of the author");
         assert_eq!(
             home(&server, &reader),
             vec![p1, own],
@@ -84,7 +78,7 @@ fn a_feed_already_read_takes_in_every_change() {
         );
         assert_eq!(home_text(&server, &reader, p1), "first post, edited");
 
-        let p2 = post(&server, &author, "a post about zucchini");
+        let p2 = server.new_post(&author, "a post about zucchini");
         assert_eq!(home(&server, &reader), vec![p2, p1, own]);
         let prefs = "/v1/me/preferences";
         call(
@@ -135,7 +129,7 @@ fn a_feed_already_read_takes_in_every_change() {
         call(&server, "DELETE", &block, &author, None);
         assert_eq!(home(&server, &reader), vec![own], "unblocked, pair {r}/{a}");
         call(&server, "POST", &follow, &reader, None);
-        let p3 = post(&server, &author, "after the block");
+        let p3 = server.new_post(&author, "after the block");
         assert_eq!(home(&server, &reader), vec![p3, p2, own], "pair {r}/{a}");
 
         // And a block by the reader, on its own shard.
@@ -165,7 +159,7 @@ fn a_feed_longer_than_memory_keeps_pages_to_its_end() {
     let mut all = Vec::new();
     for i in 0..300 {
         let who = if i % 3 == 0 { &reader } else { &author };
-        all.push(post(&server, who, &format!("post number {i}")));
+        all.push(server.new_post(who, &format!("post number {i}")));
         if i % 100 == 0 {
             assert_eq!(home(&server, &reader).len(), all.len());
         }
@@ -197,7 +191,7 @@ fn heads_are_built_before_any_read_unless_turned_off() {
         };
         let reader = server.member_on_shard(0);
         let author = server.member_on_shard(1);
-        let own = post(&server, &reader, "my own post");
+        let own = server.new_post(&reader, "my own post");
         let follow = format!("/v1/users/{}/follow", author.id());
         call(&server, "POST", &follow, &reader, None);
         if warm {
@@ -214,7 +208,7 @@ fn heads_are_built_before_any_read_unless_turned_off() {
             std::thread::sleep(std::time::Duration::from_millis(1000));
             assert_eq!(heads(&server), vec![0, 0]);
         }
-        let p1 = post(&server, &author, "after the heads were built");
+        let p1 = server.new_post(&author, "after the heads were built");
         assert_eq!(home(&server, &reader), vec![p1, own], "warm {warm}");
         assert!(heads(&server)[0] >= 1, "warm {warm}");
     }

@@ -1110,20 +1110,8 @@ fn brief_views_show_the_users_name_and_avatar_as_they_are_now() {
         let owner = server.member_on_shard(shard);
         let viewer = server.member_on_shard(1 - shard);
         server.follow(viewer.auth(), owner.id()).expect(200);
-        let post = server.post(
-            "/v1/posts",
-            owner.auth(),
-            simd_json::json!({"text": "before the change"}),
-        );
-        post.expect(201);
-        let post = post.str("post.id").to_string();
-        let theirs = server.post(
-            "/v1/posts",
-            viewer.auth(),
-            simd_json::json!({"text": "a post to comment on"}),
-        );
-        theirs.expect(201);
-        let theirs = theirs.str("post.id").to_string();
+        let post = server.new_post(&owner, "before the change");
+        let theirs = server.new_post(&viewer, "a post to comment on");
         server
             .post(
                 &format!("/v1/posts/{theirs}/comments"),

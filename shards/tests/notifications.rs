@@ -20,12 +20,6 @@ const PAIRS: [(u32, u32); 4] = [(0, 1), (1, 0), (0, 0), (1, 1)];
 /// Notices for another shard are delivered right after the commit; give them this long.
 const SETTLE: Duration = Duration::from_secs(10);
 
-fn post(server: &Server, author: &Member, text: &str) -> u64 {
-    let resp = server.post("/v1/posts", author.auth(), json!({ "text": text }));
-    resp.expect(201);
-    parse_id(resp.at("post.id"))
-}
-
 fn comment(server: &Server, author: &Member, post_id: u64, reply_to: Option<u64>) -> u64 {
     let body = match reply_to {
         Some(parent) => json!({"text": "a reply", "reply_to": parent.to_string()}),
@@ -133,7 +127,7 @@ fn follows_likes_comments_replies_and_mentions_notify_once() {
         assert_eq!(field(first, "actor.display_name"), renamed, "{case}");
 
         // Like of a post: like, unlike, like notifies once.
-        let p = post(&server, &recipient, "like me");
+        let p = server.new_post(&recipient, "like me");
         for method in ["POST", "DELETE", "POST"] {
             server
                 .call(method, &format!("/v1/posts/{p}/like"), actor.auth(), None)
@@ -160,7 +154,7 @@ fn follows_likes_comments_replies_and_mentions_notify_once() {
         // so the post's shard differs from the recipient's when they differ), and a like of
         // that comment: the comment's author lives wherever the recipient lives.
         let third = server.member_on_shard(actor_shard);
-        let q = post(&server, &third, "third's post");
+        let q = server.new_post(&third, "third's post");
         let rc = comment(&server, &recipient, q, None);
         let reply = comment(&server, &actor, q, Some(rc));
         assert_eq!(
@@ -182,8 +176,7 @@ fn follows_likes_comments_replies_and_mentions_notify_once() {
         assert!(of_kind(&server, &third, "reply").is_empty(), "{case}");
 
         // A mention, where the post is applied on the recipient's shard.
-        let m = post(
-            &server,
+        let m = server.new_post(
             &actor,
             &format!("hello @{} and @{}", recipient.name(), actor.name()),
         );
@@ -222,9 +215,9 @@ fn muted_and_blocked_actors_cause_none() {
         let case = format!("actor on {actor_shard}, recipient on {recipient_shard}");
         let actor = server.member_on_shard(actor_shard);
         let recipient = server.member_on_shard(recipient_shard);
-        let p = post(&server, &recipient, "a post");
+        let p = server.new_post(&recipient, "a post");
         let third = server.member_on_shard(actor_shard);
-        let q = post(&server, &third, "third's post");
+        let q = server.new_post(&third, "third's post");
         let rc = comment(&server, &recipient, q, None);
 
         server
@@ -243,7 +236,7 @@ fn muted_and_blocked_actors_cause_none() {
             .post(&format!("/v1/comments/{rc}/like"), actor.auth(), json!({}))
             .expect(200);
         server.follow(actor.auth(), recipient.id());
-        post(&server, &actor, &format!("hi @{}", recipient.name()));
+        server.new_post(&actor, &format!("hi @{}", recipient.name()));
 
         // Blocked: a mention still names the user, and nothing reaches it.
         let blocked = server.member_on_shard(actor_shard);
@@ -254,7 +247,7 @@ fn muted_and_blocked_actors_cause_none() {
                 json!({}),
             )
             .expect(200);
-        post(&server, &blocked, &format!("hey @{}", recipient.name()));
+        server.new_post(&blocked, &format!("hey @{}", recipient.name()));
 
         // A control actor in the same positions is heard (so the silence above is not just
         // slowness): its reply and comment like cross shards like the muted actor's did.
@@ -287,7 +280,7 @@ fn pages_filters_read_marks_and_authorization() {
     let actor = server.member_on_shard(1);
     let other = server.member_on_shard(0);
     let posts: Vec<u64> = (0..5)
-        .map(|i| post(&server, &recipient, &format!("p{i}")))
+        .map(|i| server.new_post(&recipient, &format!("p{i}")))
         .collect();
     for p in &posts {
         server
@@ -435,7 +428,7 @@ fn composes_at_once_notify_each_mention_once() {
                 let (server, author, text) = (&server, &authors[i % 2], &text);
                 scope.spawn(move || {
                     (0..4)
-                        .map(|_| (i % 2, post(server, author, text)))
+                        .map(|_| (i % 2, server.new_post(author, text)))
                         .collect::<Vec<_>>()
                 })
             })

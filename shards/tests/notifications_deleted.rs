@@ -21,12 +21,6 @@ const PAIRS: [(u32, u32); 4] = [(0, 1), (1, 0), (0, 0), (1, 1)];
 /// deletion is picked up by the notification sweep, every second); give them this long.
 const SETTLE: Duration = Duration::from_secs(10);
 
-fn post(server: &Server, author: &Member, text: &str) -> u64 {
-    let resp = server.post("/v1/posts", author.auth(), json!({ "text": text }));
-    resp.expect(201);
-    parse_id(resp.at("post.id"))
-}
-
 fn comment(server: &Server, author: &Member, post_id: u64, reply_to: Option<u64>) -> u64 {
     let body = match reply_to {
         Some(parent) => json!({"text": "a reply", "reply_to": parent.to_string()}),
@@ -99,7 +93,7 @@ fn deleting_a_post_or_comment_takes_its_notifications_across_shards() {
         let case = format!("actor on {actor_shard}, recipient on {recipient_shard}");
 
         // The recipient's post: liked and commented twice by the actor.
-        let p = post(&server, &recipient, "mine");
+        let p = server.new_post(&recipient, "mine");
         server
             .post(&format!("/v1/posts/{p}/like"), actor.auth(), json!({}))
             .expect(200);
@@ -107,14 +101,14 @@ fn deleting_a_post_or_comment_takes_its_notifications_across_shards() {
         let c2 = comment(&server, &actor, p, None);
         // The recipient's comment on the third user's post: replied to and liked by the actor
         // (notices that travel to the recipient's shard when it differs).
-        let q = post(&server, &third, "third's post");
+        let q = server.new_post(&third, "third's post");
         let rc = comment(&server, &recipient, q, None);
         let reply = comment(&server, &actor, q, Some(rc));
         server
             .post(&format!("/v1/comments/{rc}/like"), actor.auth(), json!({}))
             .expect(200);
         // A mention, made where the recipient lives when the post arrives there.
-        let m = post(&server, &actor, &format!("hi @{}", recipient.name()));
+        let m = server.new_post(&actor, &format!("hi @{}", recipient.name()));
         let all = [
             ("like", p),
             ("comment", c1),
@@ -189,7 +183,7 @@ fn deleting_a_post_or_comment_takes_its_notifications_across_shards() {
         assert_eq!(unread(&server, &recipient), 0, "{case}");
 
         // A new like of a new post still notifies (nothing stale blocks it).
-        let p2 = post(&server, &recipient, "again");
+        let p2 = server.new_post(&recipient, "again");
         server
             .post(&format!("/v1/posts/{p2}/like"), actor.auth(), json!({}))
             .expect(200);

@@ -319,12 +319,6 @@ fn notifications(server: &Server, who: &Member) -> Vec<Json> {
     resp.at("items").as_array().unwrap().clone()
 }
 
-fn post(server: &Server, author: &Member, text: &str) -> u64 {
-    let resp = server.post("/v1/posts", author.auth(), json!({ "text": text }));
-    resp.expect(201);
-    parse_id(resp.at("post.id"))
-}
-
 fn like(server: &Server, who: &Member, post: u64) {
     server
         .post(&format!("/v1/posts/{post}/like"), who.auth(), json!({}))
@@ -389,7 +383,7 @@ fn notifications_arrive_signed_and_encrypted_across_shards() {
         let before = service.count();
 
         server.follow(actor.auth(), recipient.id());
-        let p = post(&server, &recipient, "push me");
+        let p = server.new_post(&recipient, "push me");
         like(&server, &actor, p);
         server
             .delete(&format!("/v1/posts/{p}/like"), actor.auth())
@@ -543,7 +537,7 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
     let r1 = server.member_on_shard(1);
     let s1 = Subscriber::new(flaky.endpoint("r1"));
     s1.subscribe(&server, &r1);
-    like(&server, &actor, post(&server, &r1, "p"));
+    like(&server, &actor, server.new_post(&r1, "p"));
     let got = flaky.wait_for(2);
     assert_eq!(got.len(), 2, "one failed try, one retry: {got:?}");
     assert_eq!(
@@ -561,7 +555,7 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
     let r2 = server.member_on_shard(0);
     let s2 = Subscriber::new(gone.endpoint("r2"));
     s2.subscribe(&server, &r2);
-    like(&server, &actor, post(&server, &r2, "p"));
+    like(&server, &actor, server.new_post(&r2, "p"));
     gone.wait_for(1);
     let deadline = Instant::now() + SETTLE;
     while !subscriptions(&server, &r2).is_empty() && Instant::now() < deadline {
@@ -572,7 +566,7 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
         "410 deletes the subscription"
     );
     assert_eq!(push_metric(&server, "removed"), 1);
-    like(&server, &actor, post(&server, &r2, "q"));
+    like(&server, &actor, server.new_post(&r2, "q"));
     thread::sleep(Duration::from_millis(500));
     assert_eq!(gone.count(), 1, "no push to a deleted subscription");
 
@@ -582,7 +576,7 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
     let r3 = server.member_on_shard(1);
     let s3 = Subscriber::new(slow.endpoint("r3"));
     s3.subscribe(&server, &r3);
-    let p3 = post(&server, &r3, "p");
+    let p3 = server.new_post(&r3, "p");
     like(&server, &actor, p3);
     let got = slow.wait_for(2);
     assert!(got.len() >= 2, "a timed-out try is retried: {got:?}");
@@ -595,7 +589,7 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
     let r4 = server.member_on_shard(0);
     let s4 = Subscriber::new(format!("http://127.0.0.1:{down_port}/r4"));
     s4.subscribe(&server, &r4);
-    let p4 = post(&server, &r4, "p");
+    let p4 = server.new_post(&r4, "p");
     for _ in 0..3 {
         let other = server.member_on_shard(1);
         like(&server, &other, p4);
@@ -611,7 +605,7 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
     let s5 = Subscriber::new(broken.endpoint("r5"));
     s5.subscribe(&server, &r5);
     let posts: Vec<u64> = (0..10)
-        .map(|i| post(&server, &r5, &format!("p{i}")))
+        .map(|i| server.new_post(&r5, &format!("p{i}")))
         .collect();
     for p in &posts {
         like(&server, &actor, *p);

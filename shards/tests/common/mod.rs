@@ -619,6 +619,17 @@ impl Server {
         resp
     }
 
+    /// Posts `text` (public) as `author`, requires 201, and gives the post's id.
+    pub fn new_post(&self, author: &Member, text: &str) -> u64 {
+        let resp = self.post(
+            "/v1/posts",
+            author.auth(),
+            simd_json::json!({ "text": text }),
+        );
+        resp.expect(201);
+        parse_id(resp.at("post.id"))
+    }
+
     /// Registers a user and requires 201.
     pub fn register(&self, username: &str, email: &str, password: &str) -> User {
         let resp = self.post(
