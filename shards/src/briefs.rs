@@ -50,8 +50,8 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
 }
 
-/// Brief views of users, in the order of `ids` (unknown ids, and repeats, left out): from this shard's
-/// cache, the rest asked of their shards, each shard once and all at the same time.
+/// Brief views of users, in the order of `ids` (unknown ids, and repeats, left out): from
+/// this shard's cache, the rest asked of their shards, each shard once and all at once.
 pub(crate) async fn briefs(
     shard: &Rc<Shard>,
     ids: &[u64],
