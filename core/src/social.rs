@@ -597,21 +597,23 @@ fn keep_copy(txn: &WriteTransaction, post: &Post) -> Result<(), CoreError> {
 }
 
 /// The readers on this shard whose feeds `fan_out` would put `post` in, and why: what a
-/// shard shows before the fan-out's own commit (see `home`'s `early`).
+/// shard shows before the fan-out's own commit (see `home`'s `early`), without those it is not
+/// for (`audience`).
 pub fn fan_out_readers(
     read: &ReadTransaction,
     post: &Post,
     author_here: bool,
     mentioned_here: &[u64],
 ) -> Result<Vec<(u64, Reason)>, CoreError> {
-    readers_among(
+    let readers = readers_among(
         crate::table_or_none(read, FOLLOWERS_LOCAL)?.as_ref(),
         crate::table_or_none(read, BLOCKS)?.as_ref(),
         crate::table_or_none(read, BLOCKED_BY)?.as_ref(),
         post,
         author_here,
         mentioned_here,
-    )
+    )?;
+    audience(read, post, readers, |(r, _)| *r)
 }
 
 fn readers_among(
@@ -719,7 +721,8 @@ pub fn pending_backfills(
 }
 
 /// The readers on this shard whose home feeds show a post: its author when `author_here`,
-/// the author's local followers, and users whose feed rows name it (mentions).
+/// the author's local followers, and users whose feed rows name it (mentions); not those it
+/// is not addressed to, nor those who mute its author.
 pub fn feed_readers(
     read: &ReadTransaction,
     post: &Post,
@@ -744,9 +747,31 @@ pub fn feed_readers(
             }
         }
     }
-    // A post for its mentioned users reaches none of the author's other followers.
-    readers.retain(|r| post.addressed_to(*r));
-    Ok(readers)
+    audience(read, post, readers, |r| *r)
+}
+
+/// `readers` without those `post` is not for, as `home`'s merge leaves it out for them: a
+/// `mentioned` post's readers it does not mention, and those who mute its author.
+fn audience<T>(
+    read: &ReadTransaction,
+    post: &Post,
+    readers: Vec<T>,
+    reader_of: impl Fn(&T) -> u64,
+) -> Result<Vec<T>, CoreError> {
+    let mutes = crate::table_or_none(read, MUTES)?;
+    let mut kept = Vec::with_capacity(readers.len());
+    for r in readers {
+        let reader = reader_of(&r);
+        let muted = reader != post.author_id
+            && match &mutes {
+                Some(t) => t.get((reader, post.author_id))?.is_some(),
+                None => false,
+            };
+        if post.addressed_to(reader) && !muted {
+            kept.push(r);
+        }
+    }
+    Ok(kept)
 }
 
 /// Removes a post from every feed on this shard: its copy, its author-index row and the feed
