@@ -814,11 +814,11 @@ async fn counts_of(
         by_shard.entry(shard_of(id)).or_default().push(id);
     }
     let mut out = HashMap::with_capacity(by_shard.values().map(Vec::len).sum());
-    for (k, ids) in by_shard {
-        for stats in shard
-            .ask(k, deadline, |reply| Op::PostCounts { ids, viewer, reply })
-            .await?
-        {
+    let asks = by_shard
+        .into_iter()
+        .map(|(k, ids)| shard.ask(k, deadline, |reply| Op::PostCounts { ids, viewer, reply }));
+    for answer in crate::shard::join_all(asks).await {
+        for stats in answer? {
             out.insert(stats.id, stats);
         }
     }

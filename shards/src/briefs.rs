@@ -37,6 +37,14 @@ struct Cache {
 }
 
 impl Cache {
+    /// `user`'s brief, if kept and not older than `CACHE_TTL`.
+    fn fresh(&self, user: u64, now: Instant) -> Option<UserBrief> {
+        self.briefs
+            .get(&user)
+            .filter(|(at, _)| now.duration_since(*at) < CACHE_TTL)
+            .map(|(_, b)| b.clone())
+    }
+
     fn keep(&mut self, brief: UserBrief, now: Instant) {
         if self.briefs.len() >= CACHE_MAX {
             self.briefs.clear();
@@ -60,23 +68,26 @@ pub(crate) async fn briefs(
     let now = Instant::now();
     let mut found: HashMap<u64, UserBrief> = HashMap::with_capacity(ids.len());
     let mut by_shard: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
-    for id in ids {
-        match cached(*id) {
-            Some(b) => {
-                found.insert(*id, b);
+    CACHE.with(|c| {
+        let c = c.borrow();
+        for id in ids {
+            match c.fresh(*id, now) {
+                Some(b) => {
+                    found.insert(*id, b);
+                }
+                None if shard_of(*id) < shard.shards => {
+                    by_shard.entry(shard_of(*id)).or_default().push(*id);
+                }
+                None => {}
             }
-            None if shard_of(*id) < shard.shards => {
-                by_shard.entry(shard_of(*id)).or_default().push(*id);
-            }
-            None => {}
         }
-    }
+    });
     if !by_shard.is_empty() {
         let epoch = CACHE.with(|c| c.borrow().epoch);
         let asks = by_shard
             .into_iter()
             .map(|(k, ids)| shard.ask(k, deadline, |reply| Op::Briefs { ids, reply }));
-        let answers = join_all(asks).await;
+        let answers = crate::shard::join_all(asks).await;
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
             // A change told to this shard while the asks were out may be older than an
@@ -98,14 +109,7 @@ pub(crate) async fn briefs(
 
 /// `user`'s brief if this shard has it at hand (no ask).
 pub(crate) fn cached(user: u64) -> Option<UserBrief> {
-    let now = Instant::now();
-    CACHE.with(|c| {
-        c.borrow()
-            .briefs
-            .get(&user)
-            .filter(|(at, _)| now.duration_since(*at) < CACHE_TTL)
-            .map(|(_, b)| b.clone())
-    })
+    CACHE.with(|c| c.borrow().fresh(user, Instant::now()))
 }
 
 /// Forgets `user`'s brief on this shard (`Op::ForgetBrief`: its display name or avatar
@@ -124,34 +128,11 @@ pub(crate) fn forget(user: u64) {
 pub(crate) async fn forget_everywhere(shard: &Rc<Shard>, user: u64, deadline: Instant) {
     let asks =
         (0..shard.shards).map(|k| shard.ask(k, deadline, |reply| Op::ForgetBrief { user, reply }));
-    for (k, told) in join_all(asks).await.into_iter().enumerate() {
+    for (k, told) in crate::shard::join_all(asks).await.into_iter().enumerate() {
         if let Err(e) = told {
             tracing::warn!(shard = k, user, error = %e, "a shard kept an old brief");
         }
     }
-}
-
-/// Every future of `futures`, polled together; their outputs in order.
-async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    futures_lite::future::poll_fn(|cx| {
-        let mut waiting = false;
-        for (i, f) in pending.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => waiting = true,
-                }
-            }
-        }
-        match waiting {
-            true => std::task::Poll::Pending,
-            false => std::task::Poll::Ready(()),
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 /// Users as brief views show them now, by id: the display name and avatar they have today.

@@ -92,11 +92,11 @@ async fn resolve(
             }
         }
     }
-    for (k, ids) in by_shard {
-        let views = shard
-            .ask(k, deadline, |reply| Op::MediaViews { ids, reply })
-            .await?;
-        for v in views {
+    let asks = by_shard
+        .into_iter()
+        .map(|(k, ids)| shard.ask(k, deadline, |reply| Op::MediaViews { ids, reply }));
+    for answer in crate::shard::join_all(asks).await {
+        for v in answer? {
             let v = Rc::new(v);
             remember(&v, now);
             found.insert(v.media.id, v);

@@ -776,6 +776,30 @@ pub async fn until<T>(deadline: Instant, fut: impl std::future::Future<Output = 
     .await
 }
 
+/// Every future of `futures`, polled together; their outputs in order.
+/// (Asks to several shards go out at once this way: each is sent at its first poll.)
+pub async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (f, done) in pending.iter_mut().zip(out.iter_mut()) {
+            if done.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *done = Some(v),
+                    std::task::Poll::Pending => waiting = true,
+                }
+            }
+        }
+        match waiting {
+            true => std::task::Poll::Pending,
+            false => std::task::Poll::Ready(()),
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::future::Future;
@@ -783,6 +807,30 @@ mod tests {
     use std::task::{Context, Poll, Waker};
 
     use super::Notify;
+
+    #[test]
+    fn join_all_polls_every_future_and_keeps_their_order() {
+        // Ready after `n` polls, with `v`.
+        struct After(u32, u32);
+        impl Future for After {
+            type Output = u32;
+            fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<u32> {
+                match self.0 {
+                    0 => Poll::Ready(self.1),
+                    _ => {
+                        self.0 -= 1;
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let futures = vec![After(2, 10), After(0, 20), After(1, 30)];
+        let mut all = pin!(super::join_all(futures.into_iter()));
+        assert_eq!(all.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(all.as_mut().poll(&mut cx), Poll::Pending);
+        assert_eq!(all.as_mut().poll(&mut cx), Poll::Ready(vec![10, 20, 30]));
+    }
 
     #[test]
     fn a_waiter_holds_one_slot_however_often_polled() {
