@@ -8,7 +8,8 @@
 //!
 //! A head is filled by one merge the first time its reader's feed is read, and kept up to
 //! date after that: every post committed or offered on this shard is added to the heads of
-//! the readers it reaches here (`Shard::feeds_add`); every change of a relation drops the
+//! the readers it reaches here (`Shard::feeds_add`; not those who mute its author, nor those a
+//! `mentioned` post does not address); every change of a relation drops the
 //! heads of both users (`Feeds::forget`), and a rare change that can touch anyone's feed
 //! (an erasure, a moderator's removal) drops them all. Anything a head cannot answer (a page
 //! past its end, an ascending page) is read from redb as before.
