@@ -153,15 +153,29 @@ pub(crate) async fn cards(
         .into_iter()
         .map(|b| {
             let avatar = b.avatar.and_then(|m| avatars.remove(&m));
-            let view = wire::UserBrief {
-                id: b.id.to_string(),
-                username: b.username,
-                display_name: b.display_name,
-                avatar,
-            };
-            (b.id, view)
+            (b.id, card(b, avatar))
         })
         .collect())
+}
+
+fn card(b: UserBrief, avatar: Option<wire::AttachedMediaView>) -> wire::UserBrief {
+    wire::UserBrief {
+        id: b.id.to_string(),
+        username: b.username,
+        display_name: b.display_name,
+        avatar,
+    }
+}
+
+/// `user`'s card (as `cards`) if this shard has it at hand, the brief and its avatar's view
+/// both cached: no ask.
+pub(crate) fn card_at_hand(shard: &Shard, user: u64) -> Option<wire::UserBrief> {
+    let b = cached(user)?;
+    let avatar = match b.avatar {
+        Some(m) => Some(crate::media_views::avatar_at_hand(shard, m)?),
+        None => None,
+    };
+    Some(card(b, avatar))
 }
 
 /// Replaces the user brief in each of `views` (`brief_of`) by that user's card (`cards`):
@@ -193,15 +207,19 @@ pub(crate) fn apply_cards<V>(
 ) {
     for v in views.iter_mut() {
         let brief = brief_of(v);
-        let Some(card) = brief.id.parse().ok().and_then(|id: u64| cards.get(&id)) else {
-            continue;
-        };
-        // The username never changes; what usually has not changed either is not copied.
-        if brief.display_name != card.display_name {
-            brief.display_name.clone_from(&card.display_name);
+        if let Some(card) = brief.id.parse().ok().and_then(|id: u64| cards.get(&id)) {
+            apply_card(card, brief);
         }
-        brief.avatar.clone_from(&card.avatar);
     }
+}
+
+/// Lays `card` over a stored `brief` of the same user.
+pub(crate) fn apply_card(card: &wire::UserBrief, brief: &mut wire::UserBrief) {
+    // The username never changes; what usually has not changed either is not copied.
+    if brief.display_name != card.display_name {
+        brief.display_name.clone_from(&card.display_name);
+    }
+    brief.avatar.clone_from(&card.avatar);
 }
 
 /// Brief views of `ids` as they are now (`cards`), in their order; unknown users left out.

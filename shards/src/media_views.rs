@@ -177,6 +177,12 @@ pub(crate) async fn avatar(
     Ok(id.and_then(|id| found.remove(&id)))
 }
 
+/// The view of an avatar if this shard has its record cached (no ask).
+pub(crate) fn avatar_at_hand(shard: &Shard, id: u64) -> Option<wire::AttachedMediaView> {
+    let v = cached(id, Instant::now())?;
+    Some(attached(shard, &id.to_string(), Some(&v), false))
+}
+
 /// The views of these avatars that exist, by media id (one ask per owning shard).
 pub(crate) async fn avatars(
     shard: &Rc<Shard>,

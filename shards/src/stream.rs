@@ -31,6 +31,7 @@ use crate::api_notify::ActorName;
 use crate::error::Fail;
 use crate::mesh::{Op, ShardMsg};
 use crate::shard::{now_ms, Shard};
+use nova_protocol as wire;
 
 /// Events kept per user for resuming.
 const RING_MAX: usize = 256;
@@ -43,11 +44,11 @@ const SINK_CAPACITY: usize = 128;
 const CHUNK_EVENTS_MAX: usize = 32;
 /// Tells a client how long to wait before reconnecting.
 const RETRY_MS: u64 = 2000;
-/// Message events queued behind one whose media are being resolved; past it, messages still
-/// queue (their order is kept) but go out without resolving their media.
-const MEDIA_QUEUE_MAX: usize = 1024;
-/// How long resolving one message's media may take; after it the event goes out without.
-const MEDIA_RESOLVE_MS: u64 = 2000;
+/// Post and message events queued behind ones being resolved (`publish_view`); past it,
+/// events still queue (their order is kept) but go out as stored, without asking.
+const VIEW_QUEUE_MAX: usize = 1024;
+/// How long resolving a batch of queued events may take; after it they go out as stored.
+const VIEW_RESOLVE_MS: u64 = 2000;
 
 /// One event for a user's stream.
 #[derive(Debug, Clone)]
@@ -78,11 +79,62 @@ pub struct Streams {
     sinks: RefCell<HashMap<u64, flume::Sender<StreamEvent>>>,
     /// Streams open on this shard.
     open: Cell<usize>,
-    /// Message events waiting for their media (see `publish_message`): (listeners, message,
-    /// whether to resolve its media).
-    media_queue: RefCell<VecDeque<(Vec<u64>, Message, bool)>>,
-    /// A task is working through `media_queue`.
+    /// Post and message events waiting for their author's brief or their media (see
+    /// `publish_view`), in the order they are to go out.
+    view_queue: RefCell<VecDeque<Queued>>,
+    /// A task is working through `view_queue`.
     resolving: Cell<bool>,
+}
+
+/// A post or message event waiting to be resolved: its listeners, its view as stored, and
+/// whether to resolve it (false once the queue was past `VIEW_QUEUE_MAX`).
+struct Queued {
+    users: Vec<u64>,
+    view: View,
+    resolve: bool,
+}
+
+enum View {
+    Post(wire::PostView),
+    Message(wire::MessageView),
+}
+
+impl View {
+    fn kind(&self) -> &'static str {
+        match self {
+            View::Post(_) => "post",
+            View::Message(_) => "message",
+        }
+    }
+
+    fn data(&self) -> String {
+        match self {
+            View::Post(v) => json_line(v),
+            View::Message(v) => json_line(v),
+        }
+    }
+
+    /// Lays the author's card over the stored brief if this shard has everything at hand
+    /// (`briefs::card_at_hand`) and there are no media to resolve; false when asking is needed.
+    fn resolve_at_hand(&mut self, shard: &Shard) -> bool {
+        let (brief, media) = match self {
+            View::Post(v) => (&mut v.author, &v.media_ids),
+            View::Message(v) => (&mut v.sender, &v.media_ids),
+        };
+        if !media.is_empty() {
+            return false;
+        }
+        let Some(card) = brief
+            .id
+            .parse()
+            .ok()
+            .and_then(|id| crate::briefs::card_at_hand(shard, id))
+        else {
+            return false;
+        };
+        crate::briefs::apply_card(&card, brief);
+        true
+    }
 }
 
 #[derive(Default)]
@@ -133,10 +185,8 @@ impl Shard {
         }
     }
 
-    /// On the shard of `users`: a `message` event for each of them who listens, carrying the
-    /// message's media as a message list shows them (`media_views::fill_messages`). Events
-    /// go out in the order of the calls: a message with media waits for them (within
-    /// `MEDIA_RESOLVE_MS`), and messages after it wait behind it.
+    /// On the shard of `users`: a `message` event for each of them who listens, shown as a
+    /// message list shows it (`publish_view`).
     pub(crate) fn publish_message(self: &Rc<Self>, users: Vec<u64>, message: &Message) {
         let users: Vec<u64> = {
             let listening = self.streams.users.borrow();
@@ -148,46 +198,79 @@ impl Shard {
         if users.is_empty() {
             return;
         }
+        self.publish_view(
+            users,
+            View::Message(crate::messaging::message_view(message)),
+        );
+    }
+
+    /// A post or message event for `users`, its author's brief as it is now (display name and
+    /// avatar, `briefs`) and its media resolved (`media_views`), as a timeline or message list
+    /// shows them. Events go out in the order of the calls: what this shard has at hand goes
+    /// out at once; anything else waits for its asks (within `VIEW_RESOLVE_MS`, then it goes
+    /// out as stored), and the events after it wait behind it.
+    fn publish_view(self: &Rc<Self>, users: Vec<u64>, mut view: View) {
         let streams = &self.streams;
-        if message.media_ids.is_empty()
-            && !streams.resolving.get()
-            && streams.media_queue.borrow().is_empty()
+        if !streams.resolving.get()
+            && streams.view_queue.borrow().is_empty()
+            && view.resolve_at_hand(self)
         {
-            let data = message_data(&crate::messaging::message_view(message));
+            let data = view.data();
             for user in users {
-                self.publish(user, "message", data.clone());
+                self.publish(user, view.kind(), data.clone());
             }
             return;
         }
         {
-            let mut queue = streams.media_queue.borrow_mut();
-            let resolve = queue.len() < MEDIA_QUEUE_MAX;
-            queue.push_back((users, message.clone(), resolve));
+            let mut queue = streams.view_queue.borrow_mut();
+            let resolve = queue.len() < VIEW_QUEUE_MAX;
+            queue.push_back(Queued {
+                users,
+                view,
+                resolve,
+            });
         }
         if !streams.resolving.replace(true) {
             let shard = Rc::clone(self);
-            glommio::spawn_local(async move { shard.resolve_messages().await }).detach();
+            glommio::spawn_local(async move { shard.resolve_views().await }).detach();
         }
     }
 
-    /// Works through `media_queue` in order, then stops.
-    async fn resolve_messages(self: Rc<Self>) {
+    /// Works through `view_queue` in order, all that is waiting at a time, then stops.
+    async fn resolve_views(self: Rc<Self>) {
         loop {
-            let next = self.streams.media_queue.borrow_mut().pop_front();
-            let Some((users, message, resolve)) = next else {
+            let batch: Vec<Queued> = self.streams.view_queue.borrow_mut().drain(..).collect();
+            if batch.is_empty() {
                 break;
-            };
-            let mut views = [crate::messaging::message_view(&message)];
-            if resolve && !message.media_ids.is_empty() {
-                let deadline = Instant::now() + Duration::from_millis(MEDIA_RESOLVE_MS);
-                if let Err(e) = crate::media_views::fill_messages(&self, &mut views, deadline).await
-                {
-                    tracing::debug!(status = e.status.as_u16(), "stream: message media");
-                }
             }
-            let data = message_data(&views[0]);
-            for user in users {
-                self.publish(user, "message", data.clone());
+            let mut posts = Vec::new();
+            let mut messages = Vec::new();
+            let mut order = Vec::with_capacity(batch.len());
+            for q in batch {
+                let slot = match q.view {
+                    View::Post(v) if q.resolve => {
+                        posts.push(v);
+                        Slot::Post(posts.len() - 1)
+                    }
+                    View::Message(v) if q.resolve => {
+                        messages.push(v);
+                        Slot::Message(messages.len() - 1)
+                    }
+                    stored => Slot::AsStored(stored.kind(), stored.data()),
+                };
+                order.push((q.users, slot));
+            }
+            let deadline = Instant::now() + Duration::from_millis(VIEW_RESOLVE_MS);
+            resolve(&self, &mut posts, &mut messages, deadline).await;
+            for (users, slot) in order {
+                let (kind, data) = match slot {
+                    Slot::Post(i) => ("post", json_line(&posts[i])),
+                    Slot::Message(i) => ("message", json_line(&messages[i])),
+                    Slot::AsStored(kind, data) => (kind, data),
+                };
+                for user in users {
+                    self.publish(user, kind, data.clone());
+                }
             }
         }
         self.streams.resolving.set(false);
@@ -275,11 +358,7 @@ impl Shard {
             return;
         }
         let view = crate::api_social::post_view(post, Default::default());
-        let data = nova_protocol::to_json(&view);
-        let data = String::from_utf8_lossy(&data).into_owned();
-        for reader in listening {
-            self.publish(reader, "post", data.clone());
-        }
+        self.publish_view(listening, View::Post(view));
     }
 
     /// Sends an op to a shard without waiting for an answer (best effort: a full inbox
@@ -297,8 +376,45 @@ impl Shard {
     }
 }
 
-fn message_data(view: &nova_protocol::MessageView) -> String {
+fn json_line<T: serde::Serialize>(view: &T) -> String {
     String::from_utf8_lossy(&nova_protocol::to_json(view)).into_owned()
+}
+
+/// Where a queued event's view is while its batch is resolved.
+enum Slot {
+    Post(usize),
+    Message(usize),
+    /// Not resolved: its kind and data.
+    AsStored(&'static str, String),
+}
+
+/// The authors' briefs as they are now and the media of a batch of queued events: each
+/// shard asked once for all of them. What cannot be resolved by `deadline` stays as stored.
+async fn resolve(
+    shard: &Rc<Shard>,
+    posts: &mut [wire::PostView],
+    messages: &mut [wire::MessageView],
+    deadline: Instant,
+) {
+    let authors = posts
+        .iter()
+        .map(|v| &v.author.id)
+        .chain(messages.iter().map(|v| &v.sender.id))
+        .filter_map(|id| id.parse().ok());
+    match crate::briefs::cards(shard, authors, deadline).await {
+        Ok(cards) => {
+            crate::briefs::apply_cards(&cards, posts, |v| &mut v.author);
+            crate::briefs::apply_cards(&cards, messages, |v| &mut v.sender);
+        }
+        Err(e) => tracing::debug!(status = e.status.as_u16(), "stream: events' briefs"),
+    }
+    let media = async {
+        crate::media_views::fill_posts(shard, posts, deadline).await?;
+        crate::media_views::fill_messages(shard, messages, deadline).await
+    };
+    if let Err(e) = media.await {
+        tracing::debug!(status = e.status.as_u16(), "stream: events' media");
+    }
 }
 
 /// Unregisters a connection when its body is dropped (the client went away, or the stream

@@ -463,6 +463,67 @@ fn message_events_and_last_messages_carry_their_media() {
     }
 }
 
+/// The `avatar` id of a user brief in an event, or None when it has no `avatar` key.
+fn avatar_in(brief: &Json) -> Option<u64> {
+    at(brief, "avatar").map(|a| parse_id(at(a, "id").unwrap()))
+}
+
+/// `post` and `message` events show their author as a timeline or message list does: the
+/// avatar as it is now (set after the stream's shard first saw the author), and the post's
+/// media resolved; a brief without an avatar has no `avatar` key.
+#[test]
+fn post_and_message_events_show_the_author_as_now_and_the_media() {
+    let server = Server::start(&[]);
+    for (author_shard, listener_shard) in [(0, 1), (1, 0), (1, 1)] {
+        let author = server.member_on_shard(author_shard);
+        let listener = server.member_on_shard(listener_shard);
+        let case = format!("author on {author_shard}, listener on {listener_shard}");
+        server.follow(listener.auth(), author.id());
+        let mut sse = Sse::open(&server, &listener, None).unwrap();
+        let conv = conversation(&server, &author, &listener);
+
+        // Before an avatar: no `avatar` key (and the stream's shard now has the brief).
+        send(&server, &author, conv, "hello");
+        let first = json_of(&sse.next_of("message"));
+        assert_eq!(avatar_in(at(&first, "sender").unwrap()), None, "{case}");
+
+        let avatar = picture(&server, &author);
+        server
+            .call(
+                "PATCH",
+                "/v1/me/profile",
+                author.auth(),
+                Some(json!({ "avatar_media_id": avatar.to_string() })),
+            )
+            .expect(200);
+        let sent = send(&server, &author, conv, "with a face");
+        let e = json_of(&sse.next_of("message"));
+        assert_eq!(parse_id(at(&e, "id").unwrap()), sent, "{case}");
+        assert_eq!(avatar_in(at(&e, "sender").unwrap()), Some(avatar), "{case}");
+
+        let pic = picture(&server, &author);
+        let resp = server.post(
+            "/v1/posts",
+            author.auth(),
+            json!({"text": "see this", "media_ids": [pic.to_string()]}),
+        );
+        resp.expect(201);
+        let plain = server.new_post(&author, "and this");
+        let e = json_of(&sse.next_of("post"));
+        assert_eq!(
+            parse_id(at(&e, "id").unwrap()),
+            parse_id(resp.at("post.id")),
+            "{case}"
+        );
+        assert_eq!(media_of(&e), vec![pic], "{case}");
+        assert_eq!(avatar_in(at(&e, "author").unwrap()), Some(avatar), "{case}");
+        let e = json_of(&sse.next_of("post"));
+        assert_eq!(parse_id(at(&e, "id").unwrap()), plain, "{case}");
+        assert!(media_of(&e).is_empty(), "{case}");
+        assert_eq!(avatar_in(at(&e, "author").unwrap()), Some(avatar), "{case}");
+    }
+}
+
 /// Sends made at once (written together in one batch on the conversation's shard), into a
 /// group with members on both shards and a pair across shards: each is answered once with
 /// its own id (a repeated Idempotency-Key, raced, answers one message), each reaches every
