@@ -15,7 +15,9 @@
 //! costs each shard two appends, not one row per follower; unfollowing, blocking and muting
 //! act at once because the sources are chosen at read time.
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
@@ -36,6 +38,10 @@ const BLOCKS: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocks");
 const BLOCKED_BY: TableDefinition<(u64, u64), u64> = TableDefinition::new("blocked_by");
 /// (muter, muted) -> ms : on the muter's shard; only the muter's reads change
 const MUTES: TableDefinition<(u64, u64), u64> = TableDefinition::new("mutes");
+/// (muted, muter) -> ms : `mutes` the other way round, on the muter's shard: who mutes an
+/// author, looked up once per new post (`audience`). Kept with `mutes` in every write, and
+/// built from it at start when they differ (`index_muters`).
+const MUTERS: TableDefinition<(u64, u64), u64> = TableDefinition::new("muters");
 /// (reader, post id) -> (author, Reason as u8) : on the reader's shard; posts that reach a
 /// reader other than by following their author (mentions). Rows of any reason written by
 /// earlier versions are still read.
@@ -201,12 +207,47 @@ pub fn set_mute(
     now_ms: u64,
 ) -> Result<(), CoreError> {
     let mut t = txn.open_table(MUTES)?;
+    let mut muters = txn.open_table(MUTERS)?;
     if on {
         t.insert((muter, muted), now_ms)?;
+        muters.insert((muted, muter), now_ms)?;
     } else {
         t.remove((muter, muted))?;
+        muters.remove((muted, muter))?;
     }
     Ok(())
+}
+
+/// Start-up: builds `muters` from `mutes` when the two differ in size (a database from
+/// before `muters` existed). Returns how many rows were indexed.
+pub fn index_muters(txn: &WriteTransaction) -> Result<usize, CoreError> {
+    let mutes = txn.open_table(MUTES)?;
+    let mut muters = txn.open_table(MUTERS)?;
+    if mutes.len()? == muters.len()? {
+        return Ok(0);
+    }
+    muters.retain(|_, _| false)?;
+    let mut n = 0;
+    for row in mutes.iter()? {
+        let (key, at) = row?;
+        let (muter, muted) = key.value();
+        muters.insert((muted, muter), at.value())?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Whether `index_muters` has anything to do (a read, so a start with nothing to do writes
+/// nothing).
+pub fn muters_stale(read: &ReadTransaction) -> Result<bool, CoreError> {
+    let Some(mutes) = crate::table_or_none(read, MUTES)? else {
+        return Ok(false);
+    };
+    let muters = match crate::table_or_none(read, MUTERS)? {
+        Some(t) => t.len()?,
+        None => 0,
+    };
+    Ok(mutes.len()? != muters)
 }
 
 pub fn mutes(read: &ReadTransaction, muter: u64, muted: u64) -> Result<bool, CoreError> {
@@ -758,20 +799,51 @@ fn audience<T>(
     readers: Vec<T>,
     reader_of: impl Fn(&T) -> u64,
 ) -> Result<Vec<T>, CoreError> {
-    let mutes = crate::table_or_none(read, MUTES)?;
+    let muters = Muters::of(read, post.author_id, readers.len())?;
     let mut kept = Vec::with_capacity(readers.len());
     for r in readers {
         let reader = reader_of(&r);
-        let muted = reader != post.author_id
-            && match &mutes {
-                Some(t) => t.get((reader, post.author_id))?.is_some(),
-                None => false,
-            };
+        let muted = reader != post.author_id && muters.mute(reader, post.author_id)?;
         if post.addressed_to(reader) && !muted {
             kept.push(r);
         }
     }
     Ok(kept)
+}
+
+/// Who on this shard mutes an author, as `audience` asks it of each reader of a post.
+enum Muters {
+    /// All of them (by id), from `muters`: no more than the readers asked about.
+    Few(Vec<u64>),
+    /// More than the readers: each reader is looked up in `mutes` instead.
+    Many(redb::ReadOnlyTable<(u64, u64), u64>),
+}
+
+impl Muters {
+    fn of(read: &ReadTransaction, author: u64, readers: usize) -> Result<Self, CoreError> {
+        let Some(index) = crate::table_or_none(read, MUTERS)? else {
+            return Ok(Muters::Few(Vec::new()));
+        };
+        let mut few = Vec::new();
+        for row in index.range((author, 0)..=(author, u64::MAX))? {
+            if few.len() >= readers {
+                return Ok(match crate::table_or_none(read, MUTES)? {
+                    Some(mutes) => Muters::Many(mutes),
+                    None => Muters::Few(Vec::new()),
+                });
+            }
+            few.push(row?.0.value().1);
+        }
+        Ok(Muters::Few(few))
+    }
+
+    fn mute(&self, reader: u64, author: u64) -> Result<bool, CoreError> {
+        Ok(match self {
+            // In key order, so sorted.
+            Muters::Few(ids) => ids.binary_search(&reader).is_ok(),
+            Muters::Many(mutes) => mutes.get((reader, author))?.is_some(),
+        })
+    }
 }
 
 /// Removes a post from every feed on this shard: its copy, its author-index row and the feed
@@ -1276,6 +1348,12 @@ pub fn erase_relations(
                 local.remove((*other, user))?;
             }
         }
+        if at == MUTES_AT {
+            let mut muters = txn.open_table(MUTERS)?;
+            for other in &taken {
+                muters.remove((*other, user))?;
+            }
+        }
         for other in taken {
             // Mutes are the user's alone: nobody else holds a mirror of them.
             if at != MUTES_AT && !others.contains(&other) {
@@ -1297,6 +1375,7 @@ pub fn forget(txn: &WriteTransaction, other: u64, erased: u64) -> Result<(), Cor
     txn.open_table(BLOCKS)?.remove((other, erased))?;
     txn.open_table(BLOCKED_BY)?.remove((other, erased))?;
     txn.open_table(MUTES)?.remove((other, erased))?;
+    txn.open_table(MUTERS)?.remove((erased, other))?;
     txn.open_table(FOLLOW_REQUESTS)?.remove((other, erased))?;
     Ok(())
 }
@@ -1347,6 +1426,15 @@ pub fn erase_mentions_scan(
     for (x, y) in &rows {
         if *y == erased {
             t.remove((*x, *y))?;
+        }
+    }
+    drop(t);
+    if table == 0 {
+        let mut muters = txn.open_table(MUTERS)?;
+        for (x, y) in &rows {
+            if *y == erased {
+                muters.remove((*y, *x))?;
+            }
         }
     }
     if rows.len() < limit {
@@ -1555,6 +1643,94 @@ mod tests {
         drop(read);
         write(&db, |t| block(t, reader, a2, 0));
         assert!(home_with(&db, reader, None, None, &early).is_empty());
+    }
+
+    /// Readers on this shard who follow `author`, as the two paths that add a new post to
+    /// heads see them (`feed_readers`, `fan_out_readers`), which must agree.
+    fn readers_of(db: &Database, post: &Post) -> Vec<u64> {
+        let read = db.begin_read().unwrap();
+        let mut fed = feed_readers(&read, post, false).unwrap();
+        let mut offered: Vec<u64> = fan_out_readers(&read, post, false, &[])
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        fed.sort_unstable();
+        offered.sort_unstable();
+        assert_eq!(fed, offered);
+        assert!(!muters_stale(&read).unwrap(), "muters differ from mutes");
+        ns(&fed)
+    }
+
+    #[test]
+    fn a_new_post_leaves_out_its_authors_muters_few_or_many() {
+        let db = db();
+        let author = there(1);
+        let readers: Vec<u64> = (10..14).map(here).collect();
+        for r in &readers {
+            write(&db, |t| follow(t, *r, author, 0));
+        }
+        let p = post(there(100), author);
+        assert_eq!(readers_of(&db, &p), vec![10, 11, 12, 13]);
+        // Fewer muters than readers (looked up once), then more (each reader asked).
+        write(&db, |t| set_mute(t, here(10), author, true, 0));
+        assert_eq!(readers_of(&db, &p), vec![11, 12, 13]);
+        for n in 20..26 {
+            write(&db, |t| set_mute(t, here(n), author, true, 0));
+        }
+        write(&db, |t| set_mute(t, here(12), there(2), true, 0));
+        assert_eq!(readers_of(&db, &p), vec![11, 12, 13]);
+        write(&db, |t| set_mute(t, here(11), author, true, 0));
+        assert_eq!(readers_of(&db, &p), vec![12, 13]);
+        write(&db, |t| set_mute(t, here(10), author, false, 0));
+        assert_eq!(readers_of(&db, &p), vec![10, 12, 13]);
+        // Erasures keep both tables together: the muter's own relations, the muted
+        // user's forgetting of a muter, and the scan for mutes of an erased user.
+        write(&db, |t| erase_relations(t, here(11), 100));
+        assert_eq!(readers_of(&db, &p), vec![10, 12, 13]);
+        write(&db, |t| set_mute(t, here(13), author, true, 0));
+        // (The erased author's relations go: 13 follows it no more.)
+        write(&db, |t| forget(t, here(13), author));
+        assert_eq!(readers_of(&db, &p), vec![10, 12]);
+        write(&db, |t| set_mute(t, here(13), author, true, 0));
+        let mut from = Some((0, 0, 0));
+        while let Some(at) = from {
+            from = write(&db, |t| erase_mentions_scan(t, author, at, 2));
+        }
+        assert_eq!(readers_of(&db, &p), vec![10, 12]);
+        let read = db.begin_read().unwrap();
+        let left: Vec<(u64, u64)> = read
+            .open_table(MUTERS)
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|r| r.unwrap().0.value())
+            .collect();
+        assert_eq!(left, vec![(there(2), here(12))]);
+    }
+
+    #[test]
+    fn mutes_from_before_the_index_are_indexed_at_start() {
+        let db = db();
+        let author = there(1);
+        for n in 10..13 {
+            write(&db, |t| follow(t, here(n), author, 0));
+        }
+        // As an older version wrote them: `mutes` only.
+        write(&db, |t| {
+            let mut mutes = t.open_table(MUTES)?;
+            mutes.insert((here(10), author), 5)?;
+            mutes.insert((here(12), there(2)), 6)?;
+            Ok(())
+        });
+        assert!(muters_stale(&db.begin_read().unwrap()).unwrap());
+        assert_eq!(write(&db, index_muters), 2);
+        assert_eq!(write(&db, index_muters), 0, "nothing left to do");
+        assert_eq!(readers_of(&db, &post(there(100), author)), vec![11, 12]);
+        assert_eq!(
+            readers_of(&db, &post(there(101), there(2))),
+            Vec::<u64>::new()
+        );
     }
 
     fn mentioning(id: u64, author: u64, user: u64) -> Post {

@@ -356,6 +356,10 @@ async fn shard_main(start: ShardStart) {
     // The mesh must be served before recovery broadcasts, or two shards could wait on each
     // other's full inboxes.
     let accept_slot: AcceptSlot = Rc::new(RefCell::new(None));
+    if let Err(e) = shard.index_muters().await {
+        let _ = ready.send(Err(format!("shard {id} could not index its mutes: {e}")));
+        return;
+    }
     glommio::spawn_local(serve_offers(Rc::clone(&shard))).detach();
     let mesh_loop = glommio::spawn_local(serve_mesh(
         Rc::clone(&shard),

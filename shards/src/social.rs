@@ -1863,6 +1863,17 @@ impl Shard {
         Ok(mentions)
     }
 
+    /// Start-up, before any post is offered: builds the index of who mutes whom
+    /// (`social::index_muters`) if this database predates it.
+    pub(crate) async fn index_muters(self: &Rc<Self>) -> Result<(), Fail> {
+        if !self.read(social::muters_stale)? {
+            return Ok(());
+        }
+        let n = self.partition.write(social::index_muters).await?;
+        tracing::info!(shard = self.id, mutes = n, "mutes indexed by author");
+        Ok(())
+    }
+
     /// On the post's shard: the author edits the text; the post's copies on every other
     /// shard follow through the outbox. Mentions added by an edit do not reach new feeds.
     async fn edit_post(
