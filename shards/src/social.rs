@@ -1419,6 +1419,7 @@ impl Shard {
         };
         let extracted = content::extract(&new.text);
         let mentions = self.resolve_mentions(extracted.mentions, deadline).await?;
+        let mentions = self.read(|r| readers_mentioned(r, author.id, visibility, mentions))?;
         let mut targets: Vec<usize> = self.read(|r| {
             social::follower_shards(r, author.id, (shard_of, self.shards), FANOUT_FOLLOWERS_MAX)
         })?;
@@ -1884,12 +1885,13 @@ impl Shard {
         deadline: Instant,
     ) -> Result<Post, Fail> {
         let owned = self.read(|r| content::post(r, post_id))?;
-        if owned.is_none_or(|p| p.author_id != author) {
+        let Some(owned) = owned.filter(|p| p.author_id == author) else {
             return Err(CoreError::NotFound.into());
-        }
+        };
         let extracted = content::extract(&text);
+        let mentions = self.resolve_mentions(extracted.mentions, deadline).await?;
         let edit = content::PostEdit {
-            mentions: self.resolve_mentions(extracted.mentions, deadline).await?,
+            mentions: self.read(|r| readers_mentioned(r, author, owned.visibility, mentions))?,
             hashtags: extracted.hashtags,
             urls: links(extracted.urls),
             text,
@@ -2410,6 +2412,32 @@ fn brief(
         external_id: identity::external_of(r, DSB_NAMESPACE, user.id)?,
         avatar: profiles::avatar(r, user.id)?,
     })
+}
+
+/// The mentions a post keeps: those of users who may read it (as `Shard::may_see` decides).
+/// A followers-only post, or any post of a private account, mentions the author's followers
+/// only: the name of anyone else stays in the text, but the post notifies them of nothing
+/// and reaches none of their feeds or streams (a mention reaches a user's feed whether or not
+/// the user follows the author).
+fn readers_mentioned(
+    r: &nova_storage::redb::ReadTransaction,
+    author: u64,
+    visibility: Visibility,
+    mut mentions: Vec<Mention>,
+) -> Result<Vec<Mention>, CoreError> {
+    if mentions.is_empty() || visibility == Visibility::Mentioned {
+        return Ok(mentions);
+    }
+    if visibility == Visibility::Public && !profiles::settings(r, author)?.private {
+        return Ok(mentions);
+    }
+    let mut kept = Vec::with_capacity(mentions.len());
+    for m in mentions.drain(..) {
+        if m.user_id == author || social::is_follower(r, author, m.user_id)? {
+            kept.push(m);
+        }
+    }
+    Ok(kept)
 }
 
 fn links(urls: Vec<String>) -> Vec<content::Link> {

@@ -907,6 +907,111 @@ fn followers_only_posts_are_visible_to_followers_only() {
     }
 }
 
+/// The ids of `viewer`'s `mention` notifications, by post.
+fn mentioned_in(server: &Server, viewer: &Member) -> Vec<u64> {
+    let resp = server.get("/v1/notifications?types=mention&limit=100", viewer.auth());
+    resp.expect(200);
+    resp.at("items")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| parse_id(at(n, "subject.id").unwrap_or_else(|| panic!("{n:?}"))))
+        .collect()
+}
+
+/// The user ids in a post view's `mentions`.
+fn mention_ids(post: &Json) -> Vec<u64> {
+    at(post, "mentions")
+        .and_then(|m| m.as_array())
+        .unwrap()
+        .iter()
+        .map(|m| parse_id(at(m, "id").unwrap()))
+        .collect()
+}
+
+/// A mention reaches only users who may read the post: a followers-only post, or a public
+/// one of a private account, mentioning a follower and a stranger notifies the follower and
+/// shows in its home feed, while the stranger gets no notification, no feed row and no
+/// post (its name stays in the text only); an edit mentions no more. A public post of a
+/// public account reaches both.
+#[test]
+fn mentions_reach_only_users_who_may_read_the_post() {
+    let server = Server::start(&[]);
+    for (author_shard, stranger_shard) in [(0, 1), (1, 1)] {
+        let author = server.member_on_shard(author_shard);
+        let private = server.member_on_shard(author_shard);
+        server
+            .call(
+                "PATCH",
+                "/v1/me/settings",
+                private.auth(),
+                Some(json!({"private": true})),
+            )
+            .expect(200);
+        let follower = server.member_on_shard(1 - author_shard);
+        let stranger = server.member_on_shard(stranger_shard);
+        let case = format!("author on {author_shard}, stranger on {stranger_shard}");
+        follow(&server, &follower, author.id());
+        let resp = server.call(
+            "POST",
+            &format!("/v1/users/{}/follow", private.id()),
+            follower.auth(),
+            None,
+        );
+        resp.expect(200);
+        server
+            .call(
+                "POST",
+                &format!("/v1/me/follow-requests/{}/approve", follower.id()),
+                private.auth(),
+                None,
+            )
+            .expect(204);
+        let text = format!("hi @{} and @{}", follower.name(), stranger.name());
+
+        let resp = create(
+            &server,
+            &author,
+            json!({"text": text, "visibility": "followers"}),
+        );
+        resp.expect(201);
+        let for_followers = parse_id(resp.at("post.id"));
+        assert_eq!(mention_ids(resp.at("post")), [follower.id()], "{case}");
+        assert_eq!(resp.str("post.text"), text);
+        let public = post(&server, &author, &text);
+        let resp = create(&server, &private, json!({"text": text}));
+        resp.expect(201);
+        let of_private = parse_id(resp.at("post.id"));
+        assert_eq!(mention_ids(resp.at("post")), [follower.id()], "{case}");
+        let edited = server.call(
+            "PATCH",
+            &format!("/v1/posts/{for_followers}"),
+            author.auth(),
+            Some(json!({ "text": format!("{text}!") })),
+        );
+        edited.expect(200);
+        assert_eq!(mention_ids(edited.at("post")), [follower.id()], "{case}");
+
+        assert_eq!(
+            home(&server, &follower),
+            [of_private, public, for_followers],
+            "{case}"
+        );
+        assert_eq!(
+            mentioned_in(&server, &follower),
+            [of_private, public, for_followers],
+            "{case}"
+        );
+        assert_eq!(home(&server, &stranger), [public], "{case}");
+        assert_eq!(mentioned_in(&server, &stranger), [public], "{case}");
+        for id in [for_followers, of_private] {
+            server
+                .get(&format!("/v1/posts/{id}"), stranger.auth())
+                .expect_error(404, "not_found");
+        }
+    }
+}
+
 #[test]
 fn delete_removes_a_post_everywhere() {
     let server = Server::start(&[]);
