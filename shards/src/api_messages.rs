@@ -424,5 +424,5 @@ async fn stream(shard: &Rc<Shard>, req: &Request<Incoming>, deadline: Instant) -
             None => authenticate(shard, headers)?,
         }
     };
-    Ok(crate::stream::open(shard, claims.user_id, headers, deadline).await?)
+    Ok(crate::stream::open(shard, &claims, headers, deadline).await?)
 }

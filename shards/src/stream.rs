@@ -31,6 +31,7 @@ use crate::api_notify::ActorName;
 use crate::error::Fail;
 use crate::mesh::{Op, ShardMsg};
 use crate::shard::{now_ms, Shard};
+use nova_core::tokens::AccessClaims;
 use nova_protocol as wire;
 
 /// Events kept per user for resuming.
@@ -442,21 +443,26 @@ impl Drop for Subscription {
     }
 }
 
-/// The `Last-Event-ID` a reconnecting client sends (anything unparsable counts as none).
+/// The `Last-Event-ID` a reconnecting client sends. Anything unparsable counts as none, and
+/// so does an id from the future (made more than a second from now), which no event has and
+/// which would hold back every event to come.
 fn last_event_id(headers: &HeaderMap) -> Option<u64> {
     headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok())
+        .filter(|id| nova_core::id_ms(*id) <= now_ms() + 1000)
 }
 
-/// `GET /v1/stream` for an authenticated user.
+/// `GET /v1/stream` for an authenticated user (`claims`: the stream ends when that access
+/// token expires or its session is revoked).
 pub(crate) async fn open(
     shard: &Rc<Shard>,
-    user: u64,
+    claims: &AccessClaims,
     headers: &HeaderMap,
     deadline: Instant,
 ) -> Result<Reply, Fail> {
+    let user = claims.user_id;
     let streams = &shard.streams;
     if streams.open.get() >= shard.cfg.streams_per_shard_max {
         return Err(Fail::Busy);
@@ -494,6 +500,8 @@ pub(crate) async fn open(
         last_sent: last.unwrap_or(0),
         hello: true,
         heartbeat: Duration::from_millis(shard.cfg.stream_heartbeat_ms),
+        session: claims.session_id,
+        expires_at_s: claims.expires_at_s,
     };
     let chunks = futures_lite::stream::unfold(state, next_chunk);
     Ok(
@@ -513,6 +521,24 @@ struct StreamState {
     last_sent: u64,
     hello: bool,
     heartbeat: Duration,
+    /// The session of the access token that opened the stream, and when that token expires.
+    session: u64,
+    expires_at_s: u64,
+}
+
+impl StreamState {
+    /// Whether the token that opened the stream still holds: after its session is revoked
+    /// (a logout, a password reset, a suspension) or once it expires, the stream ends before
+    /// another event goes out. The client reconnects with a fresh token and resumes.
+    fn authorized(&self) -> bool {
+        now_ms() / 1000 < self.expires_at_s && !self.guard.shard.is_revoked(self.session)
+    }
+
+    /// How long to wait for an event: until the next heartbeat or the token's expiry.
+    fn wait(&self) -> Duration {
+        let left_ms = (self.expires_at_s * 1000).saturating_sub(now_ms());
+        self.heartbeat.min(Duration::from_millis(left_ms))
+    }
 }
 
 enum Wake {
@@ -522,8 +548,12 @@ enum Wake {
 }
 
 /// The next piece of the body: the greeting, then missed events, then live events and
-/// heartbeats; `None` ends the stream (cut off as a slow reader, or the server drains).
+/// heartbeats; `None` ends the stream (cut off as a slow reader, the token no longer holds,
+/// or the server drains).
 async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>, StreamState)> {
+    if !s.authorized() {
+        return None;
+    }
     if s.hello {
         s.hello = false;
         let hello = format!("retry: {RETRY_MS}\n: connected\n\n");
@@ -551,7 +581,7 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
         let wake = {
             let event = async { Wake::Event(s.rx.recv_async().await) };
             let beat = async {
-                glommio::timer::sleep(s.heartbeat).await;
+                glommio::timer::sleep(s.wait()).await;
                 Wake::Beat
             };
             let drain = async {
@@ -560,6 +590,9 @@ async fn next_chunk(mut s: StreamState) -> Option<(Result<Bytes, std::io::Error>
             };
             futures_lite::future::or(event, futures_lite::future::or(beat, drain)).await
         };
+        if !s.authorized() {
+            return None;
+        }
         match wake {
             Wake::Event(Ok(event)) => {
                 if event.id > s.last_sent {

@@ -236,6 +236,53 @@ fn messages_posts_and_typing_reach_the_stream_on_any_shard() {
     }
 }
 
+/// A stream ends, before another event goes out, once the session of the token that opened
+/// it is revoked (here by a logout, from either shard's stream) or once that token expires;
+/// a `Last-Event-ID` from the future counts as none instead of holding back every event.
+#[test]
+fn a_stream_ends_when_its_token_no_longer_holds() {
+    let server = Server::start(&[]);
+    for (listener_shard, connection_shard) in [(0, 1), (1, 1), (0, 0)] {
+        let listener = server.member_on_shard(listener_shard);
+        let sender = server.member_on_shard(1 - listener_shard);
+        let conv = conversation(&server, &sender, &listener);
+        let mut sse = Sse::open_on(&server, &listener, connection_shard);
+        send(&server, &sender, conv, "before");
+        let e = json_of(&sse.next_of("message"));
+        assert_eq!(at(&e, "text").and_then(|t| t.as_str()), Some("before"));
+
+        server
+            .delete("/v1/sessions/current", Some(&listener.token))
+            .expect(204);
+        send(&server, &sender, conv, "after the logout");
+        while let Some(e) = sse.next() {
+            assert!(!e.data.contains("after the logout"), "{e:?}");
+        }
+        assert_eq!(Sse::open(&server, &listener, None).err(), Some(401));
+    }
+
+    drop(server);
+    let server = Server::start(&["--access-token-ttl-s", "5"]);
+    let listener = server.member_on_shard(0);
+    let sender = server.member_on_shard(1);
+    let conv = conversation(&server, &sender, &listener);
+    let opened = Instant::now();
+    let mut sse = Sse::open(&server, &listener, Some(u64::MAX)).unwrap();
+    send(&server, &sender, conv, "from the future");
+    let e = json_of(&sse.next_of("message"));
+    assert_eq!(
+        at(&e, "text").and_then(|t| t.as_str()),
+        Some("from the future")
+    );
+    // Idle, with heartbeats every 15 s: the stream ends when the 5-s token expires.
+    assert_eq!(sse.next(), None);
+    assert!(
+        opened.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        opened.elapsed()
+    );
+}
+
 #[test]
 fn last_event_id_resumes_without_gaps_or_repeats() {
     let server = Server::start(&[]);
