@@ -358,6 +358,25 @@ impl Shard {
         if listening.is_empty() {
             return;
         }
+        // What the home feed hides for a reader (its feed preferences) is not sent either.
+        let shown = self.read(|r| {
+            let mut shown = Vec::with_capacity(listening.len());
+            for reader in listening {
+                let prefs = nova_core::profiles::feed_preferences(r, reader)?;
+                if reader == post.author_id || !prefs.hides(&post.text, post.reply_to.is_some()) {
+                    shown.push(reader);
+                }
+            }
+            Ok::<_, nova_core::CoreError>(shown)
+        });
+        let listening = match shown {
+            Ok(shown) if shown.is_empty() => return,
+            Ok(shown) => shown,
+            Err(e) => {
+                tracing::warn!(error = %e, "stream: feed preferences of a post's readers");
+                return;
+            }
+        };
         let view = crate::api_social::post_view(post, Default::default());
         self.publish_view(listening, View::Post(view));
     }

@@ -283,6 +283,41 @@ fn a_stream_ends_when_its_token_no_longer_holds() {
     );
 }
 
+/// `post` events leave out what the reader's home feed hides: replies with `hide_replies`,
+/// posts with a muted word; the reader's own posts are never hidden.
+#[test]
+fn post_events_follow_the_readers_feed_preferences() {
+    let server = Server::start(&[]);
+    for (author_shard, reader_shard) in [(0, 1), (1, 1)] {
+        let author = server.member_on_shard(author_shard);
+        let reader = server.member_on_shard(reader_shard);
+        server.follow(reader.auth(), author.id());
+        server
+            .call(
+                "PATCH",
+                "/v1/me/preferences",
+                reader.auth(),
+                Some(json!({"hide_replies": true, "muted_words": ["spoiler"]})),
+            )
+            .expect(200);
+        let mut sse = Sse::open(&server, &reader, None).unwrap();
+        let first = server.new_post(&author, "first");
+        let reply = server.post(
+            "/v1/posts",
+            author.auth(),
+            json!({"text": "a reply", "reply_to": first.to_string()}),
+        );
+        reply.expect(201);
+        server.new_post(&author, "big SPOILER here");
+        let own = server.new_post(&reader, "my spoiler");
+        let last = server.new_post(&author, "plain");
+        let got: Vec<u64> = (0..3)
+            .map(|_| parse_id(at(&json_of(&sse.next_of("post")), "id").unwrap()))
+            .collect();
+        assert_eq!(got, [first, own, last], "author on {author_shard}");
+    }
+}
+
 #[test]
 fn last_event_id_resumes_without_gaps_or_repeats() {
     let server = Server::start(&[]);
