@@ -345,9 +345,13 @@ async fn conversation_views(
     summaries: Vec<(Summary, Option<Vec<u64>>)>,
     deadline: Instant,
 ) -> Result<Vec<wire::ConversationView>> {
+    // The last message's sender may have left the conversation since.
     let mut ids: Vec<u64> = summaries
         .iter()
-        .flat_map(|(s, _)| s.conversation.participants.iter().copied())
+        .flat_map(|(s, _)| {
+            let sender = s.last_message.as_ref().map(|m| m.sender);
+            s.conversation.participants.iter().copied().chain(sender)
+        })
         .collect();
     ids.sort_unstable();
     ids.dedup();

@@ -1226,6 +1226,43 @@ fn brief_views_show_the_users_name_and_avatar_as_they_are_now() {
             let is_owner = p.get("id").and_then(|v| v.as_str()) == Some(&*owner.id().to_string());
             assert_eq!(has_avatar, is_owner, "{:?}", convs.json());
         }
+        // The owner leaves the conversation: its last message still shows it as it is now.
+        server
+            .delete(
+                &format!("/v1/conversations/{conv}/membership"),
+                owner.auth(),
+            )
+            .expect(204);
+        for path in [
+            "/v1/conversations".to_string(),
+            format!("/v1/conversations/{conv}"),
+        ] {
+            let field = if path.ends_with("/conversations") {
+                "items.0"
+            } else {
+                "conversation"
+            };
+            server.on_each_shard(&Req::get(&path).bearer(&viewer.token), |r| {
+                r.expect(200);
+                let conversation = r.at(field);
+                assert_eq!(
+                    at(conversation, "participants")
+                        .and_then(|p| p.as_array())
+                        .map(Vec::len),
+                    Some(1),
+                    "{path}: {:?}",
+                    r.json()
+                );
+                let sender = at(conversation, "last_message.sender").unwrap();
+                assert_eq!(
+                    sender.get("display_name").and_then(|v| v.as_str()),
+                    Some(name.as_str()),
+                    "{path}: {:?}",
+                    r.json()
+                );
+                assert!(sender.get("avatar").is_some(), "{path}: {:?}", r.json());
+            });
+        }
         // The image deleted, no brief shows it.
         server
             .delete(&format!("/v1/media/{image}"), owner.auth())
