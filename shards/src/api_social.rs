@@ -272,10 +272,12 @@ pub(crate) async fn dispatch(
             let next = (ids.len() == limit)
                 .then(|| ids.last().map(u64::to_string))
                 .flatten();
-            // Suspended users are left out of others' lists (the cursor still moves on).
+            // Suspended users, and users the viewer blocks or is blocked by, are left out of
+            // others' lists (the cursor still moves on).
+            let blocked = shard.blocked_among(viewer, ids.clone(), deadline).await?;
             let ids: Vec<u64> = ids
                 .into_iter()
-                .filter(|id| !shard.hidden_from(*id, viewer))
+                .filter(|id| !shard.hidden_from(*id, viewer) && !blocked.contains(id))
                 .collect();
             let items = brief_views(shard, &ids, deadline).await?;
             Ok(id_list(req.uri().path(), limit, items, next))
@@ -494,7 +496,15 @@ pub(crate) async fn dispatch(
             let next = (infos.len() == limit)
                 .then(|| infos.last().map(|c| c.comment.id.to_string()))
                 .flatten();
-            let mut items: Vec<wire::CommentView> = infos.into_iter().map(comment_view).collect();
+            // Comments of users the viewer blocks or is blocked by are left out (the cursor
+            // still moves on).
+            let authors = infos.iter().map(|c| c.comment.author_id).collect();
+            let blocked = shard.blocked_among(viewer, authors, deadline).await?;
+            let mut items: Vec<wire::CommentView> = infos
+                .into_iter()
+                .filter(|c| !blocked.contains(&c.comment.author_id))
+                .map(comment_view)
+                .collect();
             as_now(shard, &mut items, |v| &mut v.author, deadline).await?;
             Ok(id_list(req.uri().path(), limit, items, next))
         }

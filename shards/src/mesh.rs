@@ -129,6 +129,12 @@ pub enum Op {
         key: String,
         reply: Reply<Option<UserBrief>>,
     },
+    /// Of `others`, those `user` blocks or is blocked by, on `user`'s shard.
+    BlockedAmong {
+        user: u64,
+        others: Vec<u64>,
+        reply: Reply<Vec<u64>>,
+    },
     /// Brief views of users this shard owns (unknown ids are left out).
     Briefs {
         ids: Vec<u64>,

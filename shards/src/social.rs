@@ -282,6 +282,13 @@ impl Shard {
                 crate::briefs::forget(user);
                 let _ = reply.send(Ok(()));
             }
+            Op::BlockedAmong {
+                user,
+                others,
+                reply,
+            } => {
+                let _ = reply.send(self.read(|r| blocked_among(r, user, others)));
+            }
             Op::ExternalId { ext, reply } => {
                 let _ = reply.send(self.read(|r| identity::external_id(r, DSB_NAMESPACE, ext)));
             }
@@ -2412,6 +2419,51 @@ fn brief(
         external_id: identity::external_of(r, DSB_NAMESPACE, user.id)?,
         avatar: profiles::avatar(r, user.id)?,
     })
+}
+
+/// Of `others`, those `user` blocks or is blocked by (on `user`'s shard).
+fn blocked_among(
+    r: &nova_storage::redb::ReadTransaction,
+    user: u64,
+    others: Vec<u64>,
+) -> Result<Vec<u64>, CoreError> {
+    let mut out = Vec::new();
+    for other in others {
+        if other != user && social::blocked_either_way(r, user, other)? {
+            out.push(other);
+        }
+    }
+    Ok(out)
+}
+
+impl Shard {
+    /// Of `others`, those `viewer` blocks or is blocked by: what a list of other users'
+    /// relations or comments leaves out for the viewer (a block hides both sides from each
+    /// other everywhere). Asks the viewer's shard, unless it is this one.
+    pub(crate) async fn blocked_among(
+        self: &Rc<Self>,
+        viewer: u64,
+        mut others: Vec<u64>,
+        deadline: Instant,
+    ) -> Result<Vec<u64>, Fail> {
+        others.sort_unstable();
+        others.dedup();
+        others.retain(|o| *o != viewer);
+        if others.is_empty() {
+            return Ok(Vec::new());
+        }
+        let home = shard_of(viewer);
+        if home == self.id {
+            return Ok(self.read(|r| blocked_among(r, viewer, others))?);
+        }
+        Ok(self
+            .ask(home, deadline, |reply| Op::BlockedAmong {
+                user: viewer,
+                others,
+                reply,
+            })
+            .await?)
+    }
 }
 
 /// The mentions a post keeps: those of users who may read it (as `Shard::may_see` decides).

@@ -1533,6 +1533,69 @@ fn blocks_hide_both_users_from_each_other() {
 
 /// The caller's `list` (`blocks` or `mutes`), walked `limit` at a time by the `Link` header's
 /// `rel="next"` alone: (user id, since) of each entry, after checking each entry's shape.
+/// A block hides both users from each other in a third user's lists and comments too; others
+/// still see both.
+#[test]
+fn a_block_hides_both_users_in_a_third_users_lists_and_comments() {
+    let server = Server::start(&[]);
+    for (a_shard, b_shard, c_shard) in [(0, 1, 0), (1, 0, 1), (0, 0, 1)] {
+        let a = server.member_on_shard(a_shard);
+        let b = server.member_on_shard(b_shard);
+        let c = server.member_on_shard(c_shard);
+        let other = server.member_on_shard(1 - c_shard);
+        let case = format!("a on {a_shard}, b on {b_shard}, c on {c_shard}");
+        for m in [&a, &b, &other] {
+            follow(&server, m, c.id());
+        }
+        follow(&server, &c, a.id());
+        follow(&server, &c, b.id());
+        let post = post(&server, &c, "comment here");
+        for m in [&a, &b] {
+            comment_on(&server, m, post, "mine", None).expect(201);
+        }
+        block(&server, &a, b.id());
+
+        let comment_authors = |viewer: &Member| -> Vec<u64> {
+            let resp = server.get(&format!("/v1/posts/{post}/comments"), viewer.auth());
+            resp.expect(200);
+            let mut ids: Vec<u64> = resp
+                .at("items")
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| parse_id(at(c, "author.id").unwrap()))
+                .collect();
+            ids.sort_unstable();
+            ids
+        };
+        let sorted = |mut ids: Vec<u64>| {
+            ids.sort_unstable();
+            ids
+        };
+        let followers = format!("/v1/users/{}/followers", c.id());
+        let following = format!("/v1/users/{}/following", c.id());
+        for (viewer, hidden) in [(&a, &b), (&b, &a)] {
+            assert_eq!(comment_authors(viewer), [viewer.id()], "{case}");
+            let seen = sorted(relation_ids(&server, viewer, &followers));
+            assert_eq!(seen, sorted(vec![viewer.id(), other.id()]), "{case}");
+            assert!(
+                !relation_ids(&server, viewer, &following).contains(&hidden.id()),
+                "{case}"
+            );
+        }
+        assert_eq!(
+            comment_authors(&other),
+            sorted(vec![a.id(), b.id()]),
+            "{case}"
+        );
+        assert_eq!(
+            sorted(relation_ids(&server, &other, &following)),
+            sorted(vec![a.id(), b.id()]),
+            "{case}"
+        );
+    }
+}
+
 fn own_list(server: &Server, owner: &Member, list: &str, limit: usize) -> Vec<(u64, String)> {
     let path = format!("/v1/me/{list}");
     let since = match list {
