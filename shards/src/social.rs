@@ -2454,15 +2454,14 @@ impl Shard {
         }
         let home = shard_of(viewer);
         if home == self.id {
-            return Ok(self.read(|r| blocked_among(r, viewer, others))?);
+            return self.read(|r| blocked_among(r, viewer, others));
         }
-        Ok(self
-            .ask(home, deadline, |reply| Op::BlockedAmong {
-                user: viewer,
-                others,
-                reply,
-            })
-            .await?)
+        self.ask(home, deadline, |reply| Op::BlockedAmong {
+            user: viewer,
+            others,
+            reply,
+        })
+        .await
     }
 }
 
