@@ -534,21 +534,23 @@ pub fn delete(txn: &WriteTransaction, id: u64, owner: u64) -> Result<Vec<String>
 /// Makes these media of `owner` private (served only through signed URLs): done when they
 /// are attached to a followers-only post or a message. Ids that are not `owner`'s media are
 /// left alone (the caller checked them just before; a media deleted since has nothing to
-/// protect). Idempotent.
+/// protect). Idempotent. Returns the ids made private by this call.
 pub fn make_private(
     txn: &WriteTransaction,
     ids: &[u64],
     owner: u64,
     now_ms: u64,
-) -> Result<(), CoreError> {
+) -> Result<Vec<u64>, CoreError> {
+    let mut made = Vec::new();
     for &id in ids {
         if let Some(mut media) = load(txn, id)?.filter(|m| m.owner == owner && !m.private) {
             media.private = true;
             media.updated_ms = now_ms;
             store(txn, &media)?;
+            made.push(id);
         }
     }
-    Ok(())
+    Ok(made)
 }
 
 /// The views of these media that exist, in the order asked.

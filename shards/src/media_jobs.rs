@@ -728,8 +728,9 @@ pub async fn serve(shard: &Rc<Shard>, op: Op, deadline: Instant) {
                 Ok(unreferenced) => {
                     // Freed before the answer: a 204 means the files are gone.
                     shard.media.release(shard.id, unreferenced).await;
-                    // It may have been the owner's avatar.
+                    // It may have been the owner's avatar, and other shards may have its view.
                     crate::briefs::forget_everywhere(shard, owner, deadline).await;
+                    crate::media_views::forget_everywhere(shard, vec![id], deadline).await;
                     let _ = reply.send(Ok(()));
                 }
                 Err(e) => {

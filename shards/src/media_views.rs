@@ -10,7 +10,9 @@
 //! only through HMAC-signed, expiring URLs) before the post or message is written, and the
 //! views of such posts and of messages always hand out signed URLs: only those allowed to
 //! read the post get one. The cache cannot leak: a cached "public" media that has since
-//! become private only yields an unsigned URL, which the server then refuses.
+//! become private only yields an unsigned URL, which the server then refuses; and every
+//! shard forgets a media made private or deleted before that is answered
+//! (`forget_everywhere`), so such a URL is handed out only by a shard that did not hear.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -251,15 +253,40 @@ pub(crate) async fn make_private(
     for &id in ids {
         by_shard.entry(shard_of(id)).or_default().push(id);
     }
+    let mut made = Vec::new();
     for (k, ids) in by_shard {
         forget(&ids);
-        shard
-            .ask(k, deadline, |reply| Op::MediaMakePrivate {
-                ids,
-                owner,
-                reply,
-            })
-            .await?;
+        made.extend(
+            shard
+                .ask(k, deadline, |reply| Op::MediaMakePrivate {
+                    ids,
+                    owner,
+                    reply,
+                })
+                .await?,
+        );
     }
+    // Other shards may keep a view of them as public (an avatar's, say): it would hand out
+    // unsigned URLs, which the server refuses now.
+    forget_everywhere(shard, made, deadline).await;
     Ok(())
+}
+
+/// Tells every other shard to forget these media's views (made private or deleted), waiting
+/// for each (until `deadline`). A shard too busy to hear keeps an old view for
+/// `READY_CACHE_MS` at most, logged.
+pub(crate) async fn forget_everywhere(shard: &Rc<Shard>, ids: Vec<u64>, deadline: Instant) {
+    if ids.is_empty() {
+        return;
+    }
+    forget(&ids);
+    let asks = (0..shard.shards).filter(|k| *k != shard.id).map(|k| {
+        let ids = ids.clone();
+        shard.ask(k, deadline, |reply| Op::ForgetMedia { ids, reply })
+    });
+    for told in crate::shard::join_all(asks).await {
+        if let Err(e) = told {
+            tracing::warn!(error = %e, "a shard kept an old media view");
+        }
+    }
 }

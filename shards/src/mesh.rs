@@ -504,9 +504,16 @@ pub enum Op {
         reply: Reply<Vec<nova_core::media::MediaView>>,
     },
     /// Media attached to a followers-only post or a message become private.
+    /// Answers the ids made private now (not private before).
     MediaMakePrivate {
         ids: Vec<u64>,
         owner: u64,
+        reply: Reply<Vec<u64>>,
+    },
+    /// Forget these media's cached views (`media_views`): made private or deleted (to every
+    /// shard, `media_views::forget_everywhere`).
+    ForgetMedia {
+        ids: Vec<u64>,
         reply: Reply<()>,
     },
     TusCreate {

@@ -282,6 +282,10 @@ impl Shard {
                 crate::briefs::forget(user);
                 let _ = reply.send(Ok(()));
             }
+            Op::ForgetMedia { ids, reply } => {
+                crate::media_views::forget(&ids);
+                let _ = reply.send(Ok(()));
+            }
             Op::BlockedAmong {
                 user,
                 others,

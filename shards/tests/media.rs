@@ -1002,6 +1002,49 @@ fn two_patches_of_one_upload_at_once_the_second_is_refused() {
     );
 }
 
+/// An avatar every shard has seen as public, then attached to a followers-only post (which
+/// makes it private): every shard shows it at once with signed URLs that load, not the
+/// unsigned ones the server now refuses.
+#[test]
+fn an_avatar_made_private_is_signed_at_once_on_every_shard() {
+    let server = Server::start(&[]);
+    let scratch_dir = scratch("private-avatar");
+    let d = scratch_dir.path();
+    for shard in [0, 1] {
+        let owner = server.member_on_shard(shard);
+        let viewer = server.member_on_shard(1 - shard);
+        server.follow(viewer.auth(), owner.id()).expect(200);
+        let image = media_id(&upload(&server, &owner.token, &photo(d, "blue"), ""));
+        wait_done(&server, &owner.token, image);
+        set_avatar(&server, &owner, image.to_string().into()).expect(200);
+        let post = server.new_post(&owner, "hello");
+        let avatar_url = |r: &Resp| url(r.at("post.author.avatar.renditions.0"));
+        let read = Req::get(&format!("/v1/posts/{post}")).bearer(&viewer.token);
+        server.on_each_shard(&read, |r| {
+            r.expect(200);
+            assert!(!avatar_url(r).contains("sig="), "{:?}", r.json());
+        });
+
+        server
+            .post(
+                "/v1/posts",
+                owner.auth(),
+                simd_json::json!({
+                    "text": "for followers",
+                    "visibility": "followers",
+                    "media_ids": [image.to_string()],
+                }),
+            )
+            .expect(201);
+        server.on_each_shard(&read, |r| {
+            r.expect(200);
+            let signed = avatar_url(r);
+            assert!(signed.contains("sig="), "{signed}");
+            server.req(&Req::get(&signed)).expect(200);
+        });
+    }
+}
+
 /// `PATCH /v1/me/profile` with `avatar_media_id` as `owner`; the answer.
 fn set_avatar(server: &Server, owner: &Member, avatar: Json) -> Resp {
     server.call(
