@@ -356,25 +356,17 @@ async fn conversation_views(
     ids.sort_unstable();
     ids.dedup();
     let cards = crate::briefs::cards(shard, ids, deadline).await?;
-    let brief = |id: u64| match cards.get(&id) {
-        Some(card) => card.clone(),
-        // A participant whose account is gone.
-        None => wire::UserBrief {
-            id: id.to_string(),
-            username: String::new(),
-            display_name: String::new(),
-            avatar: None,
-        },
-    };
     let mut views: Vec<wire::ConversationView> = summaries
         .into_iter()
         .map(|(s, typing)| wire::ConversationView {
             id: s.conversation.id.to_string(),
+            // A participant whose account is gone (being erased: it leaves every
+            // conversation within seconds) is not shown.
             participants: s
                 .conversation
                 .participants
                 .iter()
-                .map(|p| brief(*p))
+                .filter_map(|p| cards.get(p).cloned())
                 .collect(),
             created_at: rfc3339(s.conversation.created_ms),
             last_activity_at: rfc3339(s.conversation.last_ms),
