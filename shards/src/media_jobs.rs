@@ -775,6 +775,29 @@ pub async fn serve(shard: &Rc<Shard>, op: Op, deadline: Instant) {
             let _ = reply.send(shard.read(|r| records::get_many(r, &ids)));
         }
         Op::MediaMakePrivate { ids, owner, reply } => {
+            // Media already private (every later message that sends them again) need no write.
+            let public = shard.read(|r| {
+                let mut public = Vec::new();
+                for &id in &ids {
+                    if records::get(r, id)?
+                        .is_some_and(|v| v.media.owner == owner && !v.media.private)
+                    {
+                        public.push(id);
+                    }
+                }
+                Ok(public)
+            });
+            let ids = match public {
+                Ok(public) if public.is_empty() => {
+                    let _ = reply.send(Ok(Vec::new()));
+                    return;
+                }
+                Ok(public) => public,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
             let now = now_ms();
             let record = Record::MediaPrivate {
                 ids: &ids,
