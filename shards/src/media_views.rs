@@ -255,7 +255,6 @@ pub(crate) async fn make_private(
     }
     let mut made = Vec::new();
     for (k, ids) in by_shard {
-        forget(&ids);
         made.extend(
             shard
                 .ask(k, deadline, |reply| Op::MediaMakePrivate {
@@ -266,15 +265,16 @@ pub(crate) async fn make_private(
                 .await?,
         );
     }
-    // Other shards may keep a view of them as public (an avatar's, say): it would hand out
-    // unsigned URLs, which the server refuses now.
+    // Every shard, this one too, may keep a view of them as public (an avatar's, say): it
+    // would hand out unsigned URLs, which the server refuses now. Media that were private
+    // already were forgotten when they became so.
     forget_everywhere(shard, made, deadline).await;
     Ok(())
 }
 
-/// Tells every other shard to forget these media's views (made private or deleted), waiting
-/// for each (until `deadline`). A shard too busy to hear keeps an old view for
-/// `READY_CACHE_MS` at most, logged.
+/// Forgets these media's views here and tells every other shard to (made private or
+/// deleted), waiting for each (until `deadline`). A shard too busy to hear keeps an old view
+/// for `READY_CACHE_MS` at most, logged.
 pub(crate) async fn forget_everywhere(shard: &Rc<Shard>, ids: Vec<u64>, deadline: Instant) {
     if ids.is_empty() {
         return;
