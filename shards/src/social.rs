@@ -1253,11 +1253,8 @@ impl Shard {
             return Ok(false);
         }
         let private = profiles::settings(r, post.author_id)?.private;
-        Ok(match post.visibility {
-            Visibility::Public if !private => true,
-            // For its mentioned users, followers or not.
-            Visibility::Mentioned => post.addressed_to(viewer),
-            _ => social::is_follower(r, post.author_id, viewer)?,
+        readable(post.visibility, post.addressed_to(viewer), private, || {
+            social::is_follower(r, post.author_id, viewer)
         })
     }
 
@@ -1317,11 +1314,9 @@ impl Shard {
                         continue;
                     };
                     let visible = author == viewer
-                        || match post.visibility {
-                            Visibility::Public if !private => true,
-                            Visibility::Mentioned => post.addressed_to(viewer),
-                            _ => follower(r)?,
-                        };
+                        || readable(post.visibility, post.addressed_to(viewer), private, || {
+                            follower(r)
+                        })?;
                     if !visible {
                         continue;
                     }
@@ -2478,21 +2473,44 @@ fn readers_mentioned(
     r: &nova_storage::redb::ReadTransaction,
     author: u64,
     visibility: Visibility,
-    mut mentions: Vec<Mention>,
+    mentions: Vec<Mention>,
 ) -> Result<Vec<Mention>, CoreError> {
-    if mentions.is_empty() || visibility == Visibility::Mentioned {
+    if mentions.is_empty() {
         return Ok(mentions);
     }
-    if visibility == Visibility::Public && !profiles::settings(r, author)?.private {
-        return Ok(mentions);
-    }
+    // Only a public post asks whether its account is private.
+    let private = visibility == Visibility::Public && profiles::settings(r, author)?.private;
     let mut kept = Vec::with_capacity(mentions.len());
-    for m in mentions.drain(..) {
-        if m.user_id == author || social::is_follower(r, author, m.user_id)? {
+    for m in mentions {
+        // A mentioned user is one a `mentioned` post is addressed to.
+        if m.user_id == author
+            || readable(visibility, true, private, || {
+                social::is_follower(r, author, m.user_id)
+            })?
+        {
             kept.push(m);
         }
     }
     Ok(kept)
+}
+
+/// Whether a reader other than the author may read a post, by its visibility alone (the
+/// author, blocks and suspensions are checked before): `addressed` is
+/// `Post::addressed_to(reader)`, `private` the author's setting, and `follower` whether the
+/// reader follows the author, asked only when it decides. Public posts of a public account
+/// are for everyone, `mentioned` ones for the users they mention (followers or not), the
+/// rest (followers-only posts, any post of a private account) for followers.
+fn readable(
+    visibility: Visibility,
+    addressed: bool,
+    private: bool,
+    follower: impl FnOnce() -> Result<bool, CoreError>,
+) -> Result<bool, CoreError> {
+    Ok(match visibility {
+        Visibility::Public if !private => true,
+        Visibility::Mentioned => addressed,
+        _ => follower()?,
+    })
 }
 
 fn links(urls: Vec<String>) -> Vec<content::Link> {
