@@ -77,14 +77,20 @@ impl Endpoint {
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .ok();
-        let loopback =
-            host.eq_ignore_ascii_case("localhost") || ip.is_some_and(|ip| ip.is_loopback());
+        // Resolvers read `127.1`, `2130706433`, `0x7f000001` or `0177.0.0.1` as IPv4
+        // addresses too: only the dotted-decimal form is taken, so the checks below see them.
+        if ip.is_none() && looks_numeric(host) {
+            return Err(bad("an IPv4 host must be written as four decimal numbers"));
+        }
+        let named_local = is_localhost(host);
+        let loopback = named_local || ip.is_some_and(|ip| ip.is_loopback());
         if scheme == "http" && !(allow_insecure_loopback && loopback) {
             return Err(bad("the endpoint must be an https:// URL"));
         }
         // Push services are public hosts: an address of this machine or of a private network
-        // would let a client make the server post to internal services.
-        let internal = host.eq_ignore_ascii_case("localhost") || ip.is_some_and(not_public);
+        // would let a client make the server post to internal services. (A name is checked
+        // again once resolved, when the push thread connects: `public_addresses`.)
+        let internal = named_local || ip.is_some_and(not_public);
         if internal && !(allow_insecure_loopback && loopback) {
             return Err(bad("the endpoint must be a public push service"));
         }
@@ -108,28 +114,74 @@ impl Endpoint {
     }
 }
 
-/// Loopback, private, link-local, unspecified, multicast or broadcast addresses.
-fn not_public(ip: std::net::IpAddr) -> bool {
+/// `localhost`, a name under it (RFC 6761), either with the root's trailing dot.
+fn is_localhost(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+    host == "localhost" || host.ends_with(".localhost")
+}
+
+/// Whether a host that is not a dotted-decimal IPv4 address would still be read as one (the
+/// WHATWG URL rule: its last label, trailing dot aside, is a number, decimal, octal or hex).
+fn looks_numeric(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let last = host.rsplit('.').next().unwrap_or(host);
+    !last.is_empty()
+        && (last.bytes().all(|b| b.is_ascii_digit())
+            || last
+                .strip_prefix("0x")
+                .or_else(|| last.strip_prefix("0X"))
+                .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit())))
+}
+
+/// Loopback, private, shared (carrier-grade NAT), link-local, reserved, unspecified,
+/// multicast or broadcast addresses: none is a push service's.
+pub fn not_public(ip: std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_multicast()
                 || v4.is_broadcast()
-                || v4.octets()[0] == 0
+                || a == 0
+                || (a == 100 && (b & 0xc0) == 64)
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (b & 0xfe) == 18)
+                || a >= 240
         }
         std::net::IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
+            let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                std::net::Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
+            };
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
                 || v6.to_ipv4_mapped().is_some_and(|v4| not_public(v4.into()))
+                // IPv4-compatible (deprecated) and NAT64 (64:ff9b::/96) forms of an address.
+                || (s[..6] == [0; 6] && not_public(embedded(s[6], s[7]).into()))
+                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                    && not_public(embedded(s[6], s[7]).into()))
         }
     }
+}
+
+/// Of the addresses a push service's host resolved to, those it may be sent to: public ones,
+/// or loopback ones when `allow_loopback` (tests). A name that resolves to an address of this
+/// machine or of a private network is refused here, at connect time, as `Endpoint::parse`
+/// refuses such an address written out.
+pub fn public_addresses(
+    resolved: impl IntoIterator<Item = std::net::SocketAddr>,
+    allow_loopback: bool,
+) -> Vec<std::net::SocketAddr> {
+    resolved
+        .into_iter()
+        .filter(|a| !not_public(a.ip()) || (allow_loopback && a.ip().is_loopback()))
+        .collect()
 }
 
 /// (host, port) of an authority; the host may be a bracketed IPv6 address.
@@ -557,10 +609,44 @@ mod tests {
             "https://[fd00::1]/p",
             "https://[::ffff:10.0.0.1]/p",
             "https://0.0.0.0/p",
+            "https://127.1/p",
+            "https://2130706433/p",
+            "https://0x7f000001/p",
+            "https://0X7F.1/p",
+            "https://0177.0.0.1/p",
+            "https://0/p",
+            "https://localhost./p",
+            "https://LocalHost/p",
+            "https://a.localhost/p",
+            "https://100.64.0.1/p",
+            "https://[::127.0.0.1]/p",
+            "https://[64:ff9b::a00:1]/p",
         ] {
             assert!(Endpoint::parse(internal, false).is_err(), "{internal}");
         }
         assert!(Endpoint::parse("https://[::1]/p", true).is_ok());
+        // Names with digits are names; a public address written out is taken.
+        for public in [
+            "https://fcm.googleapis.com/fcm/send/x",
+            "https://updates.push.services.mozilla.com/wpush/v2/x",
+            "https://1e100.net/p",
+            "https://push.example.123abc/p",
+            "https://8.8.8.8/p",
+        ] {
+            assert!(Endpoint::parse(public, false).is_ok(), "{public}");
+        }
+        let at = |ip: &str| std::net::SocketAddr::new(ip.parse().unwrap(), 443);
+        let resolved = [
+            at("127.0.0.1"),
+            at("10.0.0.7"),
+            at("93.184.216.34"),
+            at("::1"),
+        ];
+        assert_eq!(public_addresses(resolved, false), [at("93.184.216.34")]);
+        assert_eq!(
+            public_addresses(resolved, true),
+            [at("127.0.0.1"), at("93.184.216.34"), at("::1")]
+        );
         for bad in [
             "",
             "ftp://x/y",

@@ -182,6 +182,7 @@ pub fn start(
                 // Bounds a whole request too (and so how long shutdown waits for a thread).
                 .timeout(settings.timeout)
                 .redirects(0)
+                .resolver(guarded_resolver(settings.allow_insecure_loopback))
                 .build(),
             settings: settings.clone(),
             vapid: Arc::clone(&vapid),
@@ -567,6 +568,25 @@ impl Breakers {
     }
 }
 
+/// Resolves a push service's host and keeps only the addresses it may be sent to
+/// (`core_push::public_addresses`): a name pointing at this machine or a private network is not
+/// connected to, whatever `Endpoint::parse` saw when it was subscribed.
+fn guarded_resolver(
+    allow_loopback: bool,
+) -> impl Fn(&str) -> std::io::Result<Vec<std::net::SocketAddr>> + Send + Sync {
+    move |netloc| {
+        use std::net::ToSocketAddrs;
+        let found = core_push::public_addresses(netloc.to_socket_addrs()?, allow_loopback);
+        match found.is_empty() {
+            true => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{netloc} resolves to no public address"),
+            )),
+            false => Ok(found),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -582,6 +602,15 @@ mod tests {
             ttl_s: 60,
             subject: "mailto:a@b.c".into(),
         }
+    }
+
+    #[test]
+    fn a_name_of_this_machine_is_not_connected_to() {
+        // `localhost` resolves from /etc/hosts, without a network.
+        assert!(guarded_resolver(false)("localhost:443").is_err());
+        let found = guarded_resolver(true)("localhost:443").unwrap();
+        assert!(found.iter().all(|a| a.ip().is_loopback()) && !found.is_empty());
+        assert!(guarded_resolver(false)("127.0.0.1:443").is_err());
     }
 
     #[test]
