@@ -17,7 +17,7 @@ use nova_core::{shard_of, CoreError};
 use nova_protocol::{self as wire, rfc3339, Route};
 
 use crate::api::{authenticate, json_body, query_param, Reply, Result};
-use crate::briefs::{as_now, brief_views, cards};
+use crate::briefs::{apply_cards, as_now, brief_views, cards};
 use crate::error::{ApiError, Fail};
 use crate::feeds::SharedPost;
 use crate::mesh::{
@@ -273,13 +273,20 @@ pub(crate) async fn dispatch(
                 .then(|| ids.last().map(u64::to_string))
                 .flatten();
             // Suspended users, and users the viewer blocks or is blocked by, are left out of
-            // others' lists (the cursor still moves on).
-            let blocked = shard.blocked_among(viewer, ids.clone(), deadline).await?;
+            // others' lists (the cursor still moves on). The viewer's blocks and the cards are
+            // asked for together.
             let ids: Vec<u64> = ids
                 .into_iter()
-                .filter(|id| !shard.hidden_from(*id, viewer) && !blocked.contains(id))
+                .filter(|id| !shard.hidden_from(*id, viewer))
                 .collect();
-            let items = brief_views(shard, &ids, deadline).await?;
+            let (blocked, items) = futures_lite::future::zip(
+                shard.blocked_among(viewer, ids.clone(), deadline),
+                brief_views(shard, &ids, deadline),
+            )
+            .await;
+            let blocked = blocked?;
+            let mut items = items?;
+            items.retain(|b| b.id.parse().is_ok_and(|id: u64| !blocked.contains(&id)));
             Ok(id_list(req.uri().path(), limit, items, next))
         }
         Route::UserPosts(id) => {
@@ -497,15 +504,21 @@ pub(crate) async fn dispatch(
                 .then(|| infos.last().map(|c| c.comment.id.to_string()))
                 .flatten();
             // Comments of users the viewer blocks or is blocked by are left out (the cursor
-            // still moves on).
-            let authors = infos.iter().map(|c| c.comment.author_id).collect();
-            let blocked = shard.blocked_among(viewer, authors, deadline).await?;
+            // still moves on). The viewer's blocks and the authors' cards are asked for
+            // together.
+            let authors: Vec<u64> = infos.iter().map(|c| c.comment.author_id).collect();
+            let (blocked, cards) = futures_lite::future::zip(
+                shard.blocked_among(viewer, authors.clone(), deadline),
+                cards(shard, authors, deadline),
+            )
+            .await;
+            let blocked = blocked?;
             let mut items: Vec<wire::CommentView> = infos
                 .into_iter()
                 .filter(|c| !blocked.contains(&c.comment.author_id))
                 .map(comment_view)
                 .collect();
-            as_now(shard, &mut items, |v| &mut v.author, deadline).await?;
+            apply_cards(&cards?, &mut items, |v| &mut v.author);
             Ok(id_list(req.uri().path(), limit, items, next))
         }
         Route::EditComment(id) => {
