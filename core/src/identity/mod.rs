@@ -108,6 +108,33 @@ struct RefreshState {
 struct OneTimeToken {
     user_id: u64,
     expires_ms: u64,
+    /// When it was issued: a password-reset token issued before the password last changed
+    /// is spent (another reset, or the operator's, came first).
+    issued_ms: u64,
+}
+
+impl OneTimeToken {
+    /// A stored token; one stored before `issued_ms` was kept counts as issued at 0 (so a
+    /// password-reset token from then is spent once the password has changed at all).
+    fn decode(bytes: &[u8]) -> Result<OneTimeToken, CoreError> {
+        #[derive(Deserialize)]
+        struct Before {
+            user_id: u64,
+            expires_ms: u64,
+        }
+        decode::<OneTimeToken>(bytes).or_else(|_| {
+            decode::<Before>(bytes).map(|b| OneTimeToken {
+                user_id: b.user_id,
+                expires_ms: b.expires_ms,
+                issued_ms: 0,
+            })
+        })
+    }
+
+    /// Whether a password-reset token still holds for `user`.
+    fn resets(&self, user: &User) -> bool {
+        self.issued_ms >= user.password_changed_ms
+    }
 }
 
 /// What happened, for the authentication log.
@@ -366,14 +393,17 @@ pub fn check_reset_token(
         Err(e) => return Err(e.into()),
     };
     let value = table.get(&tokens::hash_one_time(token))?;
-    let record: OneTimeToken = match value {
-        Some(v) => decode(v.value())?,
+    let record = match value {
+        Some(v) => OneTimeToken::decode(v.value())?,
         None => return Err(CoreError::InvalidToken),
     };
     if record.expires_ms <= now_ms {
         return Err(CoreError::TokenExpired);
     }
-    Ok(record.user_id)
+    match user(read, record.user_id)? {
+        Some(user) if record.resets(&user) => Ok(record.user_id),
+        _ => Err(CoreError::InvalidToken),
+    }
 }
 
 /// The largest ID stored on this shard (users and sessions), so the ID generator can move
@@ -561,6 +591,7 @@ fn issue_one_time(
     let record = OneTimeToken {
         user_id: user.id,
         expires_ms,
+        issued_ms: now_ms,
     };
     txn.open_table(table)?
         .insert(&hash, encode(&record).as_slice())?;
@@ -822,12 +853,13 @@ fn consume_one_time(
     table: TableDefinition<&[u8; 32], &[u8]>,
     token: &str,
     now_ms: u64,
+    holds: impl FnOnce(&OneTimeToken, &User) -> bool,
     change: impl FnOnce(&mut User),
 ) -> Result<User, CoreError> {
     let hash = tokens::hash_one_time(token);
     let mut tokens_table = txn.open_table(table)?;
-    let record: OneTimeToken = match tokens_table.get(&hash)? {
-        Some(v) => decode(v.value())?,
+    let record = match tokens_table.get(&hash)? {
+        Some(v) => OneTimeToken::decode(v.value())?,
         None => return Err(CoreError::InvalidToken),
     };
     if record.expires_ms <= now_ms {
@@ -838,6 +870,9 @@ fn consume_one_time(
         Some(v) => decode(v.value())?,
         None => return Err(CoreError::InvalidToken),
     };
+    if !holds(&record, &user) {
+        return Err(CoreError::InvalidToken);
+    }
     change(&mut user);
     users.insert(user.id, encode(&user).as_slice())?;
     tokens_table.remove(&hash)?;
@@ -846,9 +881,14 @@ fn consume_one_time(
 
 /// Consumes an email-verification token and marks the address verified.
 pub fn verify_email(txn: &WriteTransaction, ctx: &Context, token: &str) -> Result<User, CoreError> {
-    let user = consume_one_time(txn, EMAIL_VERIFICATIONS, token, ctx.now_ms, |u| {
-        u.email_verified = true
-    })?;
+    let user = consume_one_time(
+        txn,
+        EMAIL_VERIFICATIONS,
+        token,
+        ctx.now_ms,
+        |_, _| true,
+        |u| u.email_verified = true,
+    )?;
     log(txn, ctx, AuthEvent::EmailVerified, Some(user.id), None)?;
     Ok(user)
 }
@@ -914,10 +954,17 @@ pub fn confirm_password_reset(
     new_hash: String,
 ) -> Result<(u64, Vec<u64>), CoreError> {
     let now_ms = ctx.now_ms;
-    let user = consume_one_time(txn, PASSWORD_RESETS, token, now_ms, |u| {
-        u.password_hash = new_hash;
-        u.password_changed_ms = now_ms;
-    })?;
+    let user = consume_one_time(
+        txn,
+        PASSWORD_RESETS,
+        token,
+        now_ms,
+        OneTimeToken::resets,
+        |u| {
+            u.password_hash = new_hash;
+            u.password_changed_ms = now_ms;
+        },
+    )?;
     let revoked = revoke_all(txn, ctx, user.id)?;
     log(txn, ctx, AuthEvent::PasswordReset, Some(user.id), None)?;
     Ok((user.id, revoked))

@@ -232,3 +232,103 @@ fn verification_and_reset_tokens_are_single_use_and_expire() {
     let logs = auth_logs(&db.begin_read().unwrap(), Some(1), 100, 1000).unwrap();
     assert!(logs.iter().any(|l| l.event == AuthEvent::PasswordReset));
 }
+
+#[test]
+fn a_reset_token_is_spent_once_the_password_has_changed() {
+    let db = db();
+    write(&db, |t| create_user(t, &ctx(1, 1), new_user(1, "grace"))).unwrap();
+    let tokens = |db: &Database| -> Vec<String> {
+        let read = db.begin_read().unwrap();
+        communication::emails(&read, Some("grace@example.org"), 10, 100)
+            .unwrap()
+            .iter()
+            .filter(|e| e.kind == "password_reset")
+            .filter_map(|e| {
+                e.body
+                    .lines()
+                    .find_map(|l| l.strip_prefix("token: "))
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    for (now, id) in [(5, 6), (6, 7), (7, 8)] {
+        write(&db, |t| {
+            request_password_reset(t, &ctx(now, id), 1, id + 1000, 10_000)
+        })
+        .unwrap();
+    }
+    let outstanding = tokens(&db);
+    assert_eq!(outstanding.len(), 3);
+    // One of them is used: the others are spent with it.
+    write(&db, |t| {
+        confirm_password_reset(t, &ctx(10, 11), &outstanding[1], "one".into())
+    })
+    .unwrap();
+    for other in [&outstanding[0], &outstanding[2]] {
+        assert!(matches!(
+            check_reset_token(&db.begin_read().unwrap(), other, 12),
+            Err(CoreError::InvalidToken)
+        ));
+        assert!(matches!(
+            write(&db, |t| confirm_password_reset(
+                t,
+                &ctx(12, 13),
+                other,
+                "two".into()
+            )),
+            Err(CoreError::InvalidToken)
+        ));
+    }
+    // A token asked for after that holds, until the operator sets a password.
+    write(&db, |t| {
+        request_password_reset(t, &ctx(20, 21), 1, 2021, 10_000)
+    })
+    .unwrap();
+    let fresh: Vec<String> = tokens(&db)
+        .into_iter()
+        .filter(|t| !outstanding.contains(t))
+        .collect();
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(
+        check_reset_token(&db.begin_read().unwrap(), &fresh[0], 21).unwrap(),
+        1
+    );
+    write(&db, |t| {
+        set_password_hash(t, &ctx(22, 23), 1, "operator".into())
+    })
+    .unwrap();
+    assert!(matches!(
+        write(&db, |t| confirm_password_reset(
+            t,
+            &ctx(24, 25),
+            &fresh[0],
+            "three".into()
+        )),
+        Err(CoreError::InvalidToken)
+    ));
+    assert_eq!(
+        user(&db.begin_read().unwrap(), 1)
+            .unwrap()
+            .unwrap()
+            .password_hash(),
+        "operator"
+    );
+}
+
+#[test]
+fn one_time_tokens_stored_before_their_issue_time_was_kept_still_decode() {
+    #[derive(serde::Serialize)]
+    struct Before {
+        user_id: u64,
+        expires_ms: u64,
+    }
+    let old = crate::codec::encode(&Before {
+        user_id: 9,
+        expires_ms: 500,
+    });
+    let token = OneTimeToken::decode(&old).unwrap();
+    assert_eq!(
+        (token.user_id, token.expires_ms, token.issued_ms),
+        (9, 500, 0)
+    );
+}
