@@ -1018,12 +1018,31 @@ async fn create_post(
                 .ok_or_else(ApiError::not_found)?,
         ),
     };
-    let attached = attachments(shard, author, &body.media_ids, deadline).await?;
+    // Media of a followers-only (or mentioned-only) post, or of any post of a private
+    // account, become private before the post exists.
+    let restricted = visibility.is_some_and(|v| v != Visibility::Public);
+    let private_account = async {
+        if body.media_ids.is_empty() || restricted {
+            return Ok(false);
+        }
+        let (settings, _) = shard
+            .ask(shard_of(author), deadline, |reply| Op::Settings {
+                user_id: author,
+                update: None,
+                reply,
+            })
+            .await?;
+        Ok::<_, Fail>(settings.private)
+    };
+    let (attached, private_account) = futures_lite::future::zip(
+        attachments(shard, author, &body.media_ids, deadline),
+        private_account,
+    )
+    .await;
+    let attached = attached?;
     let attached_ids: Vec<u64> = attached.iter().map(|(id, _)| *id).collect();
-    // Media of a followers-only (or mentioned-only) post become private before the post
-    // exists.
     let mut made_private = false;
-    if visibility.is_some_and(|v| v != Visibility::Public) && !attached_ids.is_empty() {
+    if (restricted || private_account?) && !attached_ids.is_empty() {
         crate::media_views::make_private(shard, author, &attached_ids, deadline).await?;
         made_private = true;
     }

@@ -693,6 +693,44 @@ impl Op {
     }
 }
 
+/// Media of `owner` (on this, their shard) still public, per write.
+const MAKE_PRIVATE_BATCH: usize = 256;
+
+/// Makes every medium of `owner` private, durably, a batch per write (an account made
+/// private: what its posts showed is for its followers now). Answers the ids made private
+/// (the caller tells every shard's cache, `media_views::forget_everywhere`). Runs on
+/// `owner`'s shard, where their media are.
+pub(crate) async fn make_all_private(shard: &Rc<Shard>, owner: u64) -> Result<Vec<u64>, Fail> {
+    let mut made = Vec::new();
+    let mut after = None;
+    loop {
+        let page = shard.read(|r| records::of_owner(r, owner, after, MAKE_PRIVATE_BATCH))?;
+        after = page.last().map(|v| v.media.id);
+        let ids: Vec<u64> = page
+            .iter()
+            .filter(|v| !v.media.private)
+            .map(|v| v.media.id)
+            .collect();
+        if !ids.is_empty() {
+            let now = now_ms();
+            let record = Record::MediaPrivate {
+                ids: &ids,
+                owner,
+                now,
+            }
+            .encode();
+            made.extend(
+                shard
+                    .write_recorded(record, move |t| records::make_private(t, &ids, owner, now))
+                    .await?,
+            );
+        }
+        if page.len() < MAKE_PRIVATE_BATCH {
+            return Ok(made);
+        }
+    }
+}
+
 /// The media operations a shard runs on its own data.
 pub async fn serve(shard: &Rc<Shard>, op: Op, deadline: Instant) {
     let quota = shard.cfg.media_quota_bytes;

@@ -641,6 +641,18 @@ impl Shard {
                             Ok(settings) if private == Some(false) => {
                                 self.approve_all(user_id, deadline).await.map(|()| settings)
                             }
+                            // The account's posts are for its followers from now on, so are
+                            // its media (signed for them, as a followers-only post's are).
+                            Ok(settings) if private == Some(true) => {
+                                match crate::media_jobs::make_all_private(self, user_id).await {
+                                    Ok(made) => {
+                                        crate::media_views::forget_everywhere(self, made, deadline)
+                                            .await;
+                                        Ok(settings)
+                                    }
+                                    Err(e) => Err(e),
+                                }
+                            }
                             other => other,
                         }
                     }

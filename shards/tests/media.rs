@@ -1045,6 +1045,66 @@ fn an_avatar_made_private_is_signed_at_once_on_every_shard() {
     }
 }
 
+/// A private account's posts are for its followers, whatever their visibility: so are their
+/// media. Those of posts made before the account turned private, and of posts made after.
+#[test]
+fn a_private_accounts_media_are_for_its_followers() {
+    let server = Server::start(&[]);
+    let scratch_dir = scratch("private-account");
+    let d = scratch_dir.path();
+    for shard in [0, 1] {
+        let owner = server.member_on_shard(shard);
+        let follower = server.member_on_shard(1 - shard);
+        let stranger = server.member_on_shard(1 - shard);
+        server.follow(follower.auth(), owner.id()).expect(200);
+        let post_with = |image: u64| {
+            let post = server.post(
+                "/v1/posts",
+                owner.auth(),
+                simd_json::json!({"text": "a photo", "media_ids": [image.to_string()]}),
+            );
+            post.expect(201);
+            post.str("post.id").to_string()
+        };
+        let before = media_id(&upload(&server, &owner.token, &photo(d, "red"), ""));
+        wait_done(&server, &owner.token, before);
+        let early = post_with(before);
+        server
+            .req(&Req::get(&format!("/v1/media/{before}/thumb.jpg")))
+            .expect(200);
+
+        server
+            .call(
+                "PATCH",
+                "/v1/me/settings",
+                owner.auth(),
+                Some(simd_json::json!({"private": true})),
+            )
+            .expect(200);
+        let after = media_id(&upload(&server, &owner.token, &photo(d, "green"), ""));
+        wait_done(&server, &owner.token, after);
+        let late = post_with(after);
+
+        for (image, post) in [(before, &early), (after, &late)] {
+            server
+                .get(&format!("/v1/media/{image}"), stranger.auth())
+                .expect(404);
+            server.on_each_shard(&Req::get(&format!("/v1/media/{image}/thumb.jpg")), |r| {
+                r.expect_error(403, "bad_signature");
+            });
+            let own = server.get(&format!("/v1/media/{image}"), owner.auth());
+            assert_eq!(own.at("media.private").as_bool(), Some(true));
+            let read = Req::get(&format!("/v1/posts/{post}")).bearer(&follower.token);
+            server.on_each_shard(&read, |r| {
+                r.expect(200);
+                let signed = attached_url(attached(r, "post.media"), "thumb.jpg");
+                assert!(signed.contains("sig="), "{signed}");
+                server.req(&Req::get(&signed)).expect(200);
+            });
+        }
+    }
+}
+
 /// `PATCH /v1/me/profile` with `avatar_media_id` as `owner`; the answer.
 fn set_avatar(server: &Server, owner: &Member, avatar: Json) -> Resp {
     server.call(
