@@ -170,11 +170,23 @@ async fn raw_body(req: Request<Incoming>, max: usize) -> Result<Bytes> {
     Ok(buf.freeze())
 }
 
-fn wants_private(req: &Request<Incoming>) -> bool {
-    req.uri()
-        .query()
-        .and_then(|q| query_param(q, "private"))
-        .is_some_and(|v| v == "true" || v == "1")
+/// `?private=`: `true` or `1`, `false` or `0` (any case), absent: false. Anything else is
+/// refused rather than taken as public.
+fn wants_private(req: &Request<Incoming>) -> Result<bool> {
+    let Some(v) = req.uri().query().and_then(|q| query_param(q, "private")) else {
+        return Ok(false);
+    };
+    if v == "1" || v.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if v == "0" || v.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_private",
+            "private is true or false",
+        ))
+    }
 }
 
 fn new_media(owner: u64, private: bool, intake: &Intake) -> NewMedia {
@@ -212,7 +224,7 @@ async fn upload(
     req: Request<Incoming>,
     deadline: Instant,
 ) -> Result<Reply> {
-    let private = wants_private(&req);
+    let private = wants_private(&req)?;
     let home = shard_of(user);
     // A cheap early refusal: someone already at their quota sends no file for nothing.
     let used = shard

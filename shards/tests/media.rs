@@ -540,8 +540,20 @@ fn private_media_needs_signed_urls_that_expire() {
     let users = server.users_on_each_shard();
     let token = server.login(&users[0].username, &users[0].password).access;
     let other = server.login(&users[1].username, &users[1].password).access;
-    let created = upload(&server, &token, &photo(d, "red"), "?private=true");
+    // A value that is not true or false is refused, not taken as public.
+    for bad in ["yes", "on", "maybe", ""] {
+        upload(
+            &server,
+            &token,
+            &photo(d, "red"),
+            &format!("?private={bad}"),
+        )
+        .expect_error(400, "invalid_private");
+    }
+    assert_eq!(used_bytes(&server, &token), 0);
+    let created = upload(&server, &token, &photo(d, "red"), "?private=True");
     created.expect(202);
+    assert_eq!(created.at("media.private").as_bool(), Some(true));
     let id = media_id(&created);
     let done = wait_done(&server, &token, id);
     assert_eq!(done.str("media.state"), "ready");
