@@ -408,6 +408,16 @@ pub fn settings(read: &ReadTransaction, user: u64) -> Result<Settings, CoreError
     get_or_default(read, USER_SETTINGS, user)
 }
 
+/// `settings` inside a write transaction.
+pub fn settings_in(txn: &WriteTransaction, user: u64) -> Result<Settings, CoreError> {
+    Ok(txn
+        .open_table(USER_SETTINGS)?
+        .get(user)?
+        .map(|v| decode(v.value()))
+        .transpose()?
+        .unwrap_or_default())
+}
+
 /// Changes the settings given.
 pub fn update_settings(
     txn: &WriteTransaction,

@@ -60,7 +60,7 @@ const ACCOUNT_DOCS: TableDefinition<u64, &[u8]> = TableDefinition::new("search_a
 const META: TableDefinition<&str, u64> = TableDefinition::new("search_meta");
 
 /// Bumped whenever what is indexed changes; an index of another format is rebuilt.
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 /// Post ids per posting block: one B-tree entry holds this many, so a build writes a
 /// hundred times fewer entries and a query walks most of a list in memory.
 const BLOCK_IDS_MAX: usize = 128;
@@ -268,6 +268,10 @@ pub fn parse_tag_query(raw: &str) -> Result<Option<String>, Invalid> {
 struct PostDoc {
     author: u64,
     followers_only: bool,
+    /// Its hashtags count in `search_tags` (which anyone's completion shows): a public post
+    /// of an account that is not private. Kept so that taking it out takes out what it
+    /// added, whatever changed since.
+    counted: bool,
     /// Every posting term of the post.
     terms: Vec<String>,
     /// (folded, as written) hashtags.
@@ -288,7 +292,13 @@ fn searchable(post: &Post) -> bool {
     post.visibility != Visibility::Mentioned
 }
 
-fn post_doc(post: &Post) -> PostDoc {
+/// Whether `author`'s account is private (its posts are for its followers whatever their
+/// visibility, so their hashtags are not counted).
+fn private_author(txn: &WriteTransaction, author: u64) -> Result<bool, CoreError> {
+    Ok(crate::profiles::settings_in(txn, author)?.private)
+}
+
+fn post_doc(post: &Post, private_author: bool) -> PostDoc {
     let mut terms = word_terms(&post.text);
     let mut tags: Vec<(String, String)> = Vec::new();
     for tag in &post.hashtags {
@@ -299,9 +309,11 @@ fn post_doc(post: &Post) -> PostDoc {
         }
     }
     terms.push(author_term(post.author_id));
+    let followers_only = post.visibility == Visibility::Followers;
     PostDoc {
         author: post.author_id,
-        followers_only: post.visibility == Visibility::Followers,
+        followers_only,
+        counted: !followers_only && !private_author,
         terms,
         tags,
     }
@@ -354,7 +366,9 @@ fn remove_doc(txn: &WriteTransaction, post_id: u64) -> Result<Option<PostDoc>, C
             }
         }
         drop(postings);
-        add_tag_counts(txn, &doc.tags, -1)?;
+        if doc.counted {
+            add_tag_counts(txn, &doc.tags, -1)?;
+        }
     }
     Ok(old)
 }
@@ -372,7 +386,10 @@ fn insert_doc(txn: &WriteTransaction, post_id: u64, doc: &PostDoc) -> Result<(),
         .insert(post_id, encode(doc).as_slice())?;
     txn.open_table(DOC_META)?
         .insert(post_id, (doc.author, meta_flags(doc)))?;
-    add_tag_counts(txn, &doc.tags, 1)
+    match doc.counted {
+        true => add_tag_counts(txn, &doc.tags, 1),
+        false => Ok(()),
+    }
 }
 
 type Postings<'t> = redb::Table<'t, (u64, &'static str, u64), &'static [u8]>;
@@ -783,7 +800,10 @@ pub fn resync_post(
     post_id: u64,
     post: Option<&Post>,
 ) -> Result<(), CoreError> {
-    let new = post.filter(|p| searchable(p)).map(post_doc);
+    let new = match post.filter(|p| searchable(p)) {
+        Some(p) => Some(post_doc(p, private_author(txn, p.author_id)?)),
+        None => None,
+    };
     let old: Option<PostDoc> = match txn.open_table(DOCS)?.get(post_id)? {
         Some(v) => Some(decode(v.value())?),
         None => None,
@@ -816,7 +836,7 @@ pub fn resync_posts(
                         && docs.get(*id)?.is_none()
                         && !fresh.iter().any(|(f, _)| f == id) =>
                 {
-                    fresh.push((*id, post_doc(p)));
+                    fresh.push((*id, post_doc(p, private_author(txn, p.author_id)?)));
                 }
                 _ => known.push((*id, post.as_ref())),
             }
@@ -833,12 +853,51 @@ pub fn resync_posts(
 /// all go to one segment (posts come in id order, so each term's list is appended to),
 /// sealed by `finish_rebuild` at the level its size makes it.
 pub fn index_fresh_posts(txn: &WriteTransaction, posts: &[Post]) -> Result<(), CoreError> {
-    let docs: Vec<(u64, PostDoc)> = posts
-        .iter()
-        .filter(|p| searchable(p))
-        .map(|p| (p.id, post_doc(p)))
-        .collect();
+    let mut private: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
+    let mut docs: Vec<(u64, PostDoc)> = Vec::with_capacity(posts.len());
+    for p in posts.iter().filter(|p| searchable(p)) {
+        let private = match private.get(&p.author_id) {
+            Some(known) => *known,
+            None => *private
+                .entry(p.author_id)
+                .or_insert(private_author(txn, p.author_id)?),
+        };
+        docs.push((p.id, post_doc(p, private)));
+    }
     index_docs(txn, &docs, u64::MAX)
+}
+
+/// `author`'s account turned private (or public): the hashtags of its posts on this shard
+/// leave (or join) the counts. Idempotent; run in the settings' own write.
+pub fn recount_author(txn: &WriteTransaction, author: u64, private: bool) -> Result<(), CoreError> {
+    // The author's posts the index holds: its author term's postings, in every segment.
+    let term = author_term(author);
+    let mut ids: Vec<u64> = Vec::new();
+    {
+        let segments = segments_where(&txn.open_table(SEGMENTS)?, |state| state != SEG_DEAD)?;
+        let postings = txn.open_table(POSTINGS)?;
+        for (seg, _) in segments {
+            for row in postings.range((seg, term.as_str(), 0)..=(seg, term.as_str(), u64::MAX))? {
+                ids.extend(decode_block(row?.1.value()));
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        let doc: Option<PostDoc> = match txn.open_table(DOCS)?.get(id)? {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        };
+        let Some(mut doc) = doc else { continue };
+        let counted = !doc.followers_only && !private;
+        if doc.counted != counted {
+            doc.counted = counted;
+            txn.open_table(DOCS)?.insert(id, encode(&doc).as_slice())?;
+            add_tag_counts(txn, &doc.tags, if counted { 1 } else { -1 })?;
+        }
+    }
+    Ok(())
 }
 
 /// The level a segment of `postings` belongs to: 0 up to `MERGE_FANOUT` times the sealed
@@ -902,7 +961,7 @@ fn index_docs_in(
         }
     }
     let mut counts: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for (_, doc) in docs {
+    for (_, doc) in docs.iter().filter(|(_, d)| d.counted) {
         for (f, w) in &doc.tags {
             *counts.entry((f.as_str(), w.as_str())).or_default() += 1;
         }
@@ -1770,11 +1829,35 @@ mod tests {
         }
         assert_eq!(find(&db, "rust fast", None), vec![]);
         assert_eq!(find(&db, "go", None), vec![(1, 10)]);
-        let read = db.begin_read().unwrap();
-        assert_eq!(
-            complete_tags(&read, "ru").unwrap(),
-            vec![("rust".into(), 1)]
-        );
+        // A followers-only post's hashtags are not counted: anyone's completion shows them.
+        let tags = |db: &Database| complete_tags(&db.begin_read().unwrap(), "ru").unwrap();
+        assert_eq!(tags(&db), vec![]);
+        write(&db, |t| {
+            resync_post(t, 14, Some(&post(14, 1, "#rust", Visibility::Public))).unwrap();
+        });
+        assert_eq!(tags(&db), vec![("rust".into(), 1)]);
+        // Nor those of a private account's posts: turning private takes them out, turning
+        // public again brings them back (each twice: idempotent), and a post indexed or taken
+        // out meanwhile keeps the counts right.
+        let set_private = |db: &Database, private: bool| {
+            write(db, |t| {
+                crate::profiles::update_settings(t, 1, Some(private), None).unwrap();
+                recount_author(t, 1, private).unwrap();
+                recount_author(t, 1, private).unwrap();
+            })
+        };
+        set_private(&db, true);
+        assert_eq!(tags(&db), vec![]);
+        write(&db, |t| {
+            resync_post(t, 15, Some(&post(15, 1, "#rust again", Visibility::Public))).unwrap();
+        });
+        assert_eq!(tags(&db), vec![]);
+        set_private(&db, false);
+        assert_eq!(tags(&db), vec![("rust".into(), 2)]);
+        set_private(&db, true);
+        write(&db, |t| resync_post(t, 14, None).unwrap());
+        set_private(&db, false);
+        assert_eq!(tags(&db), vec![("rust".into(), 1)]);
     }
 
     #[test]

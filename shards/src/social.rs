@@ -2189,7 +2189,12 @@ pub(crate) fn settings_in(
     now: u64,
 ) -> Result<(profiles::Settings, profiles::Digest), CoreError> {
     use nova_core::communication;
+    let was_private = profiles::settings_in(t, user_id)?.private;
     let settings = profiles::update_settings(t, user_id, u.private, u.messages_from)?;
+    if settings.private != was_private {
+        // Its posts' hashtags leave (or join) the counts anyone's completion shows.
+        nova_core::search::recount_author(t, user_id, settings.private)?;
+    }
     if let Some(digest) = u.email_digest {
         let was = profiles::digest_in(t, user_id)?;
         profiles::set_digest(t, user_id, digest)?;
