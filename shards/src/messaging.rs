@@ -237,8 +237,12 @@ impl Shard {
     }
 
     /// On the recipient's shard: refuses a sender the recipient blocked or was blocked by,
-    /// or whom the recipient's `messages_from` setting leaves out.
+    /// or whom the recipient's `messages_from` setting leaves out. A suspended recipient is
+    /// not found, as everywhere else.
     fn may_message(&self, recipient: u64, sender: u64) -> Result<(), Fail> {
+        if self.hidden_from(recipient, sender) {
+            return Err(CoreError::NotFound.into());
+        }
         self.read(|r| {
             if identity::user(r, recipient)?.is_none() {
                 return Err(CoreError::NotFound);

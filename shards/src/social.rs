@@ -1726,6 +1726,10 @@ impl Shard {
     /// On the followee's shard: may `follower` follow now, or must it ask? A private account
     /// records the request (idempotent).
     async fn follow_gate(self: &Rc<Self>, followee: u64, follower: u64) -> Result<Gate, Fail> {
+        // A suspended account is not found, as everywhere else.
+        if self.hidden_from(followee, follower) {
+            return Ok(Gate::Missing);
+        }
         let open = self.read(|r| {
             if identity::user(r, followee)?.is_none()
                 || social::blocked_either_way(r, followee, follower)?

@@ -392,6 +392,19 @@ fn a_suspension_hides_the_account_everywhere_until_it_is_lifted() {
     assert!(search_posts(&server, &follower, &w).is_empty());
     // Reporting what is hidden finds nothing.
     report(&server, &follower, "post", post, "spam").expect(404);
+    // Nor can anyone follow it or start a conversation with it: it is not found, as an
+    // unknown id is (from either shard).
+    let stranger = server.member_on_shard(0);
+    let follow_it = Req::post(&format!("/v1/users/{}/follow", target.id())).bearer(&stranger.token);
+    server.on_each_shard(&follow_it, |r| {
+        r.expect(404);
+    });
+    let talk = Req::post("/v1/conversations")
+        .json(&json!({"participants": [target.id().to_string()]}))
+        .bearer(&stranger.token);
+    server.on_each_shard(&talk, |r| {
+        r.expect(404);
+    });
 
     // Lifted: everything is back, nothing was deleted.
     let lifted = server.delete(
