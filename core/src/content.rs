@@ -310,7 +310,8 @@ impl<'t> NewPosts<'t> {
     }
 
     /// The post `author` created with `key` within the idempotency window, if any (this
-    /// transaction's own creates included).
+    /// transaction's own creates included) and not deleted since: a key whose post is gone
+    /// makes a new post.
     pub fn earlier(
         &mut self,
         author: u64,
@@ -318,10 +319,18 @@ impl<'t> NewPosts<'t> {
         now_ms: u64,
     ) -> Result<Option<u64>, CoreError> {
         let value = self.keys()?.get((author, key))?;
-        Ok(value
+        let Some(id) = value
             .map(|v| v.value())
             .filter(|(_, at)| now_ms.saturating_sub(*at) < IDEMPOTENCY_WINDOW_MS)
-            .map(|(id, _)| id))
+            .map(|(id, _)| id)
+        else {
+            return Ok(None);
+        };
+        let posts = match &mut self.posts {
+            Some(t) => t,
+            None => self.posts.insert(self.txn.open_table(POSTS)?),
+        };
+        Ok(posts.get(id)?.is_some().then_some(id))
     }
 
     /// Stores a new post (validated by the caller) and indexes it in the author's timeline.

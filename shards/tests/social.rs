@@ -1177,6 +1177,21 @@ fn idempotency_key_returns_the_first_post() {
         assert_eq!(home(&server, &follower), [id]);
         assert_eq!(posts_count(&server, &author, author.id()), 1);
 
+        // A key whose post was deleted makes a new post, as messages' keys do.
+        let gone_key = format!("{key}-gone");
+        let gone = parse_id(send(&author, &gone_key, "to delete").at("post.id"));
+        server
+            .delete(&format!("/v1/posts/{gone}"), author.auth())
+            .expect(204);
+        let fresh = parse_id(send(&author, &gone_key, "after the delete").at("post.id"));
+        assert_ne!(fresh, gone);
+        server
+            .get(&format!("/v1/posts/{fresh}"), follower.auth())
+            .expect(200);
+        server
+            .delete(&format!("/v1/posts/{fresh}"), author.auth())
+            .expect(204);
+
         // Keys belong to their user; another key is another post.
         let theirs = send(&follower, &key, "once");
         assert_ne!(parse_id(theirs.at("post.id")), id);
