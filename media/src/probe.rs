@@ -219,6 +219,11 @@ pub fn inspect(path: &Path, limits: &Limits) -> Result<Probe, MediaError> {
         let header = sniff::image_header(&head)
             .ok_or_else(|| MediaError::Unreadable(format!("damaged {} header", format.name())))?;
         check_size(header.width, header.height, limits)?;
+        if sniff::animated_webp(&head) {
+            return Err(MediaError::Unsupported(
+                "animated WebP is not taken; send it as a GIF or a video".into(),
+            ));
+        }
         if !image_complete(path, header.format, &head)? {
             return Err(MediaError::Unreadable(format!(
                 "the {} is truncated",

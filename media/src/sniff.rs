@@ -52,6 +52,14 @@ pub fn image_format(head: &[u8]) -> Option<ImageFormat> {
     }
 }
 
+/// Whether a WebP is animated (its VP8X chunk's animation flag): FFmpeg 5.1's decoder reads
+/// no frame of one, so it is refused at upload rather than failing in processing.
+pub fn animated_webp(head: &[u8]) -> bool {
+    image_format(head) == Some(ImageFormat::WebP)
+        && head.get(12..16) == Some(b"VP8X".as_slice())
+        && head.get(20).is_some_and(|flags| flags & 0x02 != 0)
+}
+
 /// Reads the header of an image whose format `image_format` recognised. `None` when the
 /// header is damaged or the dimensions are not within the bytes given.
 pub fn image_header(head: &[u8]) -> Option<ImageHeader> {
@@ -262,6 +270,20 @@ mod tests {
             (h.format, h.width, h.height),
             (ImageFormat::Png, 50_000, 50_000)
         );
+    }
+
+    #[test]
+    fn an_animated_webp_is_told_from_a_still_one() {
+        let vp8x = |flags: u8| {
+            let mut b = b"RIFF\x38\x0a\0\0WEBPVP8X\x0a\0\0\0".to_vec();
+            b.extend_from_slice(&[flags, 0, 0, 0, 63, 0, 0, 63, 0, 0]);
+            b
+        };
+        assert!(animated_webp(&vp8x(0x02)));
+        assert!(animated_webp(&vp8x(0x12)));
+        assert!(!animated_webp(&vp8x(0x10)));
+        assert!(!animated_webp(b"RIFF\x38\x0a\0\0WEBPVP8L\x0a\0\0\0\x02"));
+        assert!(!animated_webp(b"GIF89a"));
     }
 
     #[test]

@@ -458,6 +458,20 @@ fn limits_and_refusals_keep_nothing() {
     ]);
     let mut liar = std::fs::read(&small_png).unwrap()[..33].to_vec();
     liar.extend_from_slice(&jpeg);
+    let animated = d.join("animated.webp");
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=s=64x64:r=10",
+        "-t",
+        "1",
+        "-c:v",
+        "libwebp_anim",
+        "-loop",
+        "0",
+        animated.to_str().unwrap(),
+    ]);
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
         ("png bomb", bomb, 422, "too_many_pixels"),
         (
@@ -488,6 +502,12 @@ fn limits_and_refusals_keep_nothing() {
             "unreadable_media",
         ),
         ("png header on jpeg data", liar, 422, "unreadable_media"),
+        (
+            "animated webp",
+            std::fs::read(&animated).unwrap(),
+            415,
+            "unsupported_media",
+        ),
         ("empty", Vec::new(), 400, "empty_body"),
     ];
     for (what, bytes, status, code) in cases {
