@@ -128,10 +128,21 @@ impl Reply {
 pub(crate) type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 /// Serves one request; never fails (every failure is an error response).
-pub async fn handle(shard: Rc<Shard>, req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
+pub async fn handle(shard: Rc<Shard>, mut req: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let started = Instant::now();
     let request_id = request_id(&shard, req.headers());
-    let route = Route::find(req.method(), req.uri().path());
+    let mut route = Route::find(req.method(), req.uri().path());
+    // HEAD is a GET whose answer has no body (RFC 9110): hyper leaves the body out of the
+    // answer to a HEAD request, headers (Content-Length too) as for GET. Not for the live
+    // stream, whose GET opens one.
+    if req.method() == http::Method::HEAD && route == Err(RouteMiss::MethodNotAllowed) {
+        if let Ok(get) = Route::find(&http::Method::GET, req.uri().path()) {
+            if get != Route::Stream {
+                route = Ok(get);
+                *req.method_mut() = http::Method::GET;
+            }
+        }
+    }
     let template = route.map_or("unmatched", Route::template);
     let span = tracing::info_span!("request", id = %request_id, route = template, shard = shard.id, user = tracing::field::Empty);
     let timeout_ms = route
@@ -139,7 +150,24 @@ pub async fn handle(shard: Rc<Shard>, req: Request<Incoming>, peer: IpAddr) -> R
         .and_then(|r| crate::api_media::timeout_ms(r, &shard.cfg))
         .unwrap_or(shard.cfg.request_timeout_ms);
     let deadline = started + Duration::from_millis(timeout_ms);
+    // A body coded otherwise than chunked (gzip, say) would be read as if it were not
+    // (RFC 9112: 501 for a transfer coding not understood).
+    let coded = req
+        .headers()
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| {
+            !v.to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"))
+        });
     let result = async {
+        if coded {
+            return Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported_transfer_encoding",
+                "the only transfer coding taken is chunked",
+            ));
+        }
         let route = match route {
             Ok(route) => route,
             Err(RouteMiss::NotFound) => return Err(ApiError::not_found()),

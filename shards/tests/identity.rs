@@ -809,6 +809,21 @@ fn bodies_over_the_limit_are_413() {
         String::from_utf8_lossy(&resp.body)
     );
 
+    // A body in another transfer coding is not read as if it were plain: 501.
+    let mut stream = connect(server.addr());
+    let request = "POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: \
+        application/json\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n\
+        2\r\n{}\r\n0\r\n\r\n";
+    let _ = stream.write_all(request.as_bytes());
+    let resp = read_raw_response(&mut stream).expect("an answer to a gzip body");
+    assert_eq!(
+        resp.status,
+        501,
+        "gzip: {:?}",
+        String::from_utf8_lossy(&resp.body)
+    );
+    assert!(String::from_utf8_lossy(&resp.body).contains("unsupported_transfer_encoding"));
+
     // A Content-Length far over the limit is refused without waiting for the whole body.
     let mut stream = connect(server.addr());
     let head = "POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: \
@@ -1434,6 +1449,37 @@ fn unknown_routes_are_404_and_wrong_methods_405() {
             resp.what_happened()
         );
         resp.expect_error(405, "method_not_allowed");
+    }
+    // HEAD is served wherever GET is: the same status and headers, no body. Not where GET
+    // is not, nor on the live stream.
+    let user = server.register_new();
+    let login = server.login(&user.username, &user.password);
+    for (path, token) in [
+        ("/health", None),
+        ("/v1/me", Some(login.access.as_str())),
+        ("/v1/sessions", Some(login.access.as_str())),
+    ] {
+        let mut get = Req::get(path);
+        let mut head = Req::new("HEAD", path);
+        if let Some(t) = token {
+            get = get.bearer(t);
+            head = head.bearer(t);
+        }
+        let got = server.req(&get);
+        got.expect(200);
+        let headed = server.req(&head);
+        headed.expect(200);
+        assert!(headed.body.is_empty(), "HEAD {path} has a body");
+        for name in ["content-type", "content-length"] {
+            assert_eq!(headed.header(name), got.header(name), "HEAD {path}: {name}");
+        }
+    }
+    let refused = server.req(&Req::new("HEAD", "/v1/me"));
+    assert_eq!(refused.status, 401);
+    assert!(refused.body.is_empty());
+    for path in ["/v1/accounts", "/v1/stream"] {
+        let resp = server.req(&Req::new("HEAD", path).bearer(&login.access));
+        assert_eq!(resp.status, 405, "HEAD {path}: {}", resp.what_happened());
     }
 }
 
