@@ -88,8 +88,12 @@ pub struct Email(String);
 
 impl Email {
     pub fn parse(raw: &str) -> Result<Email, Invalid> {
+        use unicode_normalization::UnicodeNormalization as _;
         let bad = |m: &str| Invalid::new("invalid_email", m);
-        let raw = raw.trim();
+        // One address, one form: `é` typed as one character or as `e` and a combining
+        // accent is the same address (NFC), for uniqueness and for logging in.
+        let normalized: String = raw.trim().nfc().collect();
+        let raw = normalized.as_str();
         if raw.is_empty() || raw.len() > EMAIL_BYTES_MAX {
             return Err(bad(&format!(
                 "an email address has 3 to {EMAIL_BYTES_MAX} bytes"
@@ -125,7 +129,8 @@ impl Email {
 
     /// The case-insensitive key under which uniqueness is kept.
     pub fn key(&self) -> String {
-        self.0.to_lowercase()
+        use unicode_normalization::UnicodeNormalization as _;
+        self.0.to_lowercase().nfc().collect()
     }
 }
 
@@ -210,6 +215,11 @@ mod tests {
             Email::parse(" Bob@Example.ORG ").unwrap().key(),
             "bob@example.org"
         );
+        // Composed and decomposed accents are one address (and one key).
+        let composed = Email::parse("Ren\u{e9}@example.org").unwrap();
+        let decomposed = Email::parse("Rene\u{301}@example.org").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(decomposed.key(), "ren\u{e9}@example.org");
         for bad in [
             "",
             "bob",
