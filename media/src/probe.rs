@@ -219,7 +219,8 @@ pub fn inspect(path: &Path, limits: &Limits) -> Result<Probe, MediaError> {
         let header = sniff::image_header(&head)
             .ok_or_else(|| MediaError::Unreadable(format!("damaged {} header", format.name())))?;
         check_size(header.width, header.height, limits)?;
-        if sniff::animated_webp(&head) {
+        if header.format == ImageFormat::WebP && (sniff::animated_webp(&head) || webp_frames(path)?)
+        {
             return Err(MediaError::Unsupported(
                 "animated WebP is not taken; send it as a GIF or a video".into(),
             ));
@@ -233,6 +234,32 @@ pub fn inspect(path: &Path, limits: &Limits) -> Result<Probe, MediaError> {
         return probe_image(path, header);
     }
     probe_video(path, limits)
+}
+
+/// Chunks of a WebP looked at for animation frames (`webp_frames`); a still one has a few.
+const WEBP_CHUNKS_MAX: usize = 64;
+
+/// Whether a WebP holds animation chunks (ANIM, ANMF), whatever its VP8X flags say: the
+/// RIFF chunks' headers are walked, their payloads skipped.
+fn webp_frames(path: &Path) -> Result<bool, MediaError> {
+    use std::io::{Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut at = 12u64;
+    for _ in 0..WEBP_CHUNKS_MAX {
+        let mut chunk = [0u8; 8];
+        if at + 8 > len {
+            break;
+        }
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut chunk)?;
+        if &chunk[..4] == b"ANIM" || &chunk[..4] == b"ANMF" {
+            return Ok(true);
+        }
+        let size = u64::from(u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]));
+        at += 8 + size + (size & 1);
+    }
+    Ok(false)
 }
 
 fn image_complete(path: &Path, format: ImageFormat, head: &[u8]) -> Result<bool, MediaError> {

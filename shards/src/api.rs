@@ -133,11 +133,11 @@ pub async fn handle(shard: Rc<Shard>, mut req: Request<Incoming>, peer: IpAddr) 
     let request_id = request_id(&shard, req.headers());
     let mut route = Route::find(req.method(), req.uri().path());
     // HEAD is a GET whose answer has no body (RFC 9110): hyper leaves the body out of the
-    // answer to a HEAD request, headers (Content-Length too) as for GET. Not for the live
-    // stream, whose GET opens one.
+    // answer to a HEAD request, headers (Content-Length too) as for GET. Not where a GET does
+    // more than read: the live stream opens one, an export spends the user's slot.
     if req.method() == http::Method::HEAD && route == Err(RouteMiss::MethodNotAllowed) {
         if let Ok(get) = Route::find(&http::Method::GET, req.uri().path()) {
-            if get != Route::Stream {
+            if !matches!(get, Route::Stream | Route::ExportAccount) {
                 route = Ok(get);
                 *req.method_mut() = http::Method::GET;
             }

@@ -1477,7 +1477,7 @@ fn unknown_routes_are_404_and_wrong_methods_405() {
     let refused = server.req(&Req::new("HEAD", "/v1/me"));
     assert_eq!(refused.status, 401);
     assert!(refused.body.is_empty());
-    for path in ["/v1/accounts", "/v1/stream"] {
+    for path in ["/v1/accounts", "/v1/stream", "/v1/me/export"] {
         let resp = server.req(&Req::new("HEAD", path).bearer(&login.access));
         assert_eq!(resp.status, 405, "HEAD {path}: {}", resp.what_happened());
     }

@@ -508,6 +508,16 @@ fn limits_and_refusals_keep_nothing() {
             415,
             "unsupported_media",
         ),
+        (
+            "animated webp whose header says it is not",
+            {
+                let mut b = std::fs::read(&animated).unwrap();
+                b[20] &= !0x02;
+                b
+            },
+            415,
+            "unsupported_media",
+        ),
         ("empty", Vec::new(), 400, "empty_body"),
     ];
     for (what, bytes, status, code) in cases {
