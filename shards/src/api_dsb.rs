@@ -201,6 +201,18 @@ async fn by_name(shard: &Rc<Shard>, name: &str, deadline: Instant) -> Result<u64
     Ok(named.ok_or_else(ApiError::not_found)?.id)
 }
 
+/// A suspended user acts here no more than through `/v1` (where its token is refused).
+fn acting(shard: &Shard, user: u64) -> Result<()> {
+    match shard.is_suspended(user) {
+        true => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "account_suspended",
+            "this account is suspended",
+        )),
+        false => Ok(()),
+    }
+}
+
 async fn follow(shard: &Rc<Shard>, form: &Form, on: bool, deadline: Instant) -> Result<Reply> {
     let (follower, followee) = match (form.get("user_id"), form.get("followee_id")) {
         (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => {
@@ -220,6 +232,7 @@ async fn follow(shard: &Rc<Shard>, form: &Form, on: bool, deadline: Instant) -> 
             )
         }
     };
+    acting(shard, follower)?;
     let home = shard_of(follower);
     if on {
         shard
@@ -275,6 +288,7 @@ async fn compose(shard: &Rc<Shard>, form: &Form, deadline: Instant) -> Result<Re
         .zip(types.into_iter().chain(std::iter::repeat(String::new())))
         .collect();
     let author = by_name(shard, username, deadline).await?;
+    acting(shard, author)?;
     let new = NewPost {
         author,
         text: content::parse_text(text)?,

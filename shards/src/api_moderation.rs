@@ -218,7 +218,14 @@ async fn create_report(
         reply,
     })
     .await?;
-    if !readable {
+    let Some(unless) = readable else {
+        return Err(ApiError::not_found());
+    };
+    if !shard
+        .blocked_among(reporter, unless, deadline)
+        .await?
+        .is_empty()
+    {
         return Err(ApiError::not_found());
     }
     let draft = ReportDraft {

@@ -110,11 +110,13 @@ pub enum ModOp {
         reply: Reply<()>,
     },
     /// On the target's shard: may `viewer` read it (a report needs so)?
+    /// `None`: the viewer cannot read it; `Some(users)`: it can, unless it blocks or is
+    /// blocked by one of `users` (asked on the viewer's shard).
     CanRead {
         kind: TargetKind,
         id: u64,
         viewer: u64,
-        reply: Reply<bool>,
+        reply: Reply<Option<Vec<u64>>>,
     },
     /// On `REPORTS_SHARD`.
     FileReport {
@@ -621,37 +623,50 @@ impl Shard {
         }
     }
 
-    fn can_read(&self, kind: TargetKind, id: u64, viewer: u64) -> Result<bool, Fail> {
+    /// Whether `viewer` may read the target (and so report it), as far as this, its shard,
+    /// can tell: `Some(users)` when it may unless it blocks or is blocked by one of them.
+    fn can_read(&self, kind: TargetKind, id: u64, viewer: u64) -> Result<Option<Vec<u64>>, Fail> {
+        let readable = |yes: bool| Ok(yes.then(Vec::new));
         self.read(|r| match kind {
             TargetKind::Post => match content::post(r, id)? {
-                Some(post) => self.may_see(r, &post, viewer),
-                None => Ok(false),
+                Some(post) => readable(self.may_see(r, &post, viewer)?),
+                None => Ok(None),
             },
             TargetKind::Comment => {
                 let Some(comment) = content::comment(r, id)? else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 if self.hidden_from(comment.author_id, viewer) {
-                    return Ok(false);
+                    return Ok(None);
                 }
+                // A comment list leaves out the comments of users the viewer blocks or is
+                // blocked by: so does this.
                 match content::post(r, comment.post_id)? {
-                    Some(post) => self.may_see(r, &post, viewer),
-                    None => Ok(false),
+                    Some(post) if self.may_see(r, &post, viewer)? => {
+                        Ok(Some(vec![comment.author_id]))
+                    }
+                    _ => Ok(None),
                 }
             }
             TargetKind::Message => {
                 let Some(message) = messages::message(r, id)? else {
-                    return Ok(false);
+                    return Ok(None);
                 };
+                // A suspended sender's messages are left out of the viewer's list.
+                if self.hidden_from(message.sender, viewer) {
+                    return Ok(None);
+                }
                 match messages::conversation_for(r, message.conversation, viewer) {
-                    Ok(_) => Ok(true),
-                    Err(CoreError::NotFound) => Ok(false),
+                    Ok(_) => Ok(Some(Vec::new())),
+                    Err(CoreError::NotFound) => Ok(None),
                     Err(e) => Err(e),
                 }
             }
-            TargetKind::Account => Ok(identity::user(r, id)?.is_some()
-                && !self.hidden_from(id, viewer)
-                && !nova_core::social::blocked_either_way(r, id, viewer)?),
+            TargetKind::Account => readable(
+                identity::user(r, id)?.is_some()
+                    && !self.hidden_from(id, viewer)
+                    && !nova_core::social::blocked_either_way(r, id, viewer)?,
+            ),
         })
     }
 }

@@ -688,9 +688,15 @@ impl Shard {
                 approve,
                 reply,
             } => {
-                let result = self
-                    .answer_request(followee, requester, approve, deadline)
-                    .await;
+                // A suspended requester's request is left out of the list: it is not found
+                // here either (it waits, to be answered once the suspension is lifted).
+                let result = match self.hidden_from(requester, followee) {
+                    true => Err(CoreError::NotFound.into()),
+                    false => {
+                        self.answer_request(followee, requester, approve, deadline)
+                            .await
+                    }
+                };
                 let _ = reply.send(result);
             }
             Op::RecentPosts {

@@ -941,3 +941,114 @@ fn admin_user_commands_work_offline() {
         );
     }
 }
+
+/// A `/wrk2-api` form POST (the routes take no token).
+fn dsb_form(server: &Server, path: &str, body: &str) -> Resp {
+    server.req(&Req::post(path).raw(
+        "application/x-www-form-urlencoded",
+        body.as_bytes().to_vec(),
+    ))
+}
+
+#[test]
+fn a_suspended_user_acts_nowhere_and_what_a_reporter_cannot_read_is_not_reported() {
+    let server = Server::start(&["--admin-listen", "127.0.0.1:0", "--dsb-compat"]);
+    let url = admin_url(&server);
+    let target = server.member_on_shard(1);
+    let viewer = server.member_on_shard(0);
+    let private = server.member_on_shard(0);
+    let other = server.member_on_shard(1);
+    server
+        .call(
+            "PATCH",
+            "/v1/me/settings",
+            private.auth(),
+            Some(json!({"private": true})),
+        )
+        .expect(200);
+    let asked = server.post(
+        &format!("/v1/users/{}/follow", private.id()),
+        target.auth(),
+        json!({}),
+    );
+    asked.expect(200);
+    assert_eq!(asked.at("requested").as_bool(), Some(true));
+    let post = compose(&server, &other, "a post to comment on");
+    let by_target = comment(&server, &target, post, "the target's comment");
+    let by_other = comment(&server, &other, post, "another comment");
+    let conv = server.post(
+        "/v1/conversations",
+        target.auth(),
+        json!({"participants": [viewer.id().to_string()]}),
+    );
+    conv.expect(201);
+    let conv = conv.str("conversation.id").to_string();
+    let sent = server.post(
+        &format!("/v1/conversations/{conv}/messages"),
+        target.auth(),
+        json!({"text": "hello"}),
+    );
+    sent.expect(201);
+    let message = parse_id(sent.at("message.id"));
+    let compose_as = |who: &Member| {
+        dsb_form(
+            &server,
+            "/wrk2-api/post/compose",
+            &format!(
+                "username={}&user_id=7&text=hello there&post_type=0",
+                who.name()
+            ),
+        )
+    };
+    compose_as(&target).expect(200);
+
+    // A comment of someone the reporter blocks, or who blocks the reporter, is not found,
+    // as the comment lists leave it out; another one is reported.
+    server
+        .post(
+            &format!("/v1/users/{}/block", target.id()),
+            viewer.auth(),
+            json!({}),
+        )
+        .expect(200);
+    report(&server, &viewer, "comment", by_target, "spam").expect(404);
+    report(&server, &viewer, "comment", by_other, "spam").expect(201);
+    server
+        .post(
+            &format!("/v1/users/{}/block", viewer.id()),
+            other.auth(),
+            json!({}),
+        )
+        .expect(200);
+    let third = server.member_on_shard(1);
+    report(&server, &viewer, "comment", by_other, "harassment").expect(404);
+    report(&server, &third, "comment", by_other, "spam").expect(201);
+    report(&server, &viewer, "message", message, "spam").expect(201);
+
+    users_ok(
+        &online(&url, &["suspend", target.name(), "--reason", "spam"]),
+        None,
+    );
+    // Nothing through the benchmark's routes either.
+    let refused = compose_as(&target);
+    assert_eq!(refused.status, 403, "{}", refused.what_happened());
+    let refused = dsb_form(
+        &server,
+        "/wrk2-api/user/follow",
+        &format!("user_name={}&followee_name={}", target.name(), other.name()),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.what_happened());
+    compose_as(&other).expect(200);
+    // Its waiting request is not found, as the list leaves it out.
+    server
+        .post(
+            &format!("/v1/me/follow-requests/{}/approve", target.id()),
+            private.auth(),
+            json!({}),
+        )
+        .expect(404);
+    let followers = server.get(&format!("/v1/users/{}", private.id()), private.auth());
+    assert_eq!(followers.at("user.followers_count").as_u64(), Some(0));
+    // Its messages are left out of the conversation: not reported either.
+    report(&server, &viewer, "message", message, "harassment").expect(404);
+}
