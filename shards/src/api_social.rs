@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Request, StatusCode};
 use hyper::body::Incoming;
@@ -66,23 +66,7 @@ pub(crate) async fn dispatch(
         }
         Route::Unfollow(id) => {
             let followee = known(shard, id)?;
-            shard
-                .ask(shard_of(viewer), deadline, |reply| Op::Unfollow {
-                    follower: viewer,
-                    followee,
-                    reply,
-                })
-                .await?;
-            // Withdraw a request still waiting, if any.
-            shard
-                .ask(shard_of(followee), deadline, |reply| {
-                    Op::CancelFollowRequest {
-                        followee,
-                        requester: viewer,
-                        reply,
-                    }
-                })
-                .await?;
+            unfollow(shard, viewer, followee, deadline).await?;
             Ok(Reply::json(
                 StatusCode::OK,
                 &wire::Following {
@@ -1067,6 +1051,46 @@ async fn create_post(
     }
     // An idempotent repeat returns the first post, which may have gathered likes since.
     post_reply(shard, StatusCode::CREATED, &post, author, deadline).await
+}
+
+/// How long an unfollow waits between looks for an approval on its way (`unfollow`).
+const APPROVAL_LOOK_MS: u64 = 5;
+
+/// Ends `follower`'s follow of `followee`, or its request to follow. The request goes first,
+/// on the followee's shard, so an approval after it finds nothing to approve. One before it
+/// made the follower a follower there, and its follow reaches the follower's shard through
+/// the outbox: the unfollow waits for it there (or for the follower row to go some other
+/// way), within the deadline.
+async fn unfollow(
+    shard: &Rc<Shard>,
+    follower: u64,
+    followee: u64,
+    deadline: Instant,
+) -> Result<()> {
+    let home = shard_of(followee);
+    let cancel = |reply| Op::CancelFollowRequest {
+        followee,
+        requester: follower,
+        reply,
+    };
+    let mut follower_there = shard.ask(home, deadline, cancel).await?;
+    loop {
+        let ended = shard
+            .ask(shard_of(follower), deadline, |reply| Op::Unfollow {
+                follower,
+                followee,
+                reply,
+            })
+            .await?;
+        if ended || !follower_there {
+            return Ok(());
+        }
+        glommio::timer::sleep(Duration::from_millis(APPROVAL_LOOK_MS)).await;
+        if Instant::now() >= deadline {
+            return Err(Fail::Timeout.into());
+        }
+        follower_there = shard.ask(home, deadline, cancel).await?;
+    }
 }
 
 /// One post as `viewer` sees it: counts, and its media resolved.

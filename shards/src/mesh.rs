@@ -201,6 +201,8 @@ pub enum Op {
         reply: Reply<Gate>,
     },
     /// On the followee's shard: withdraw a pending request (`true` if there was one).
+    /// Drops `requester`'s request to follow, if any; answers whether `requester` is a
+    /// follower here (approved before, maybe still on its way to the requester's shard).
     CancelFollowRequest {
         followee: u64,
         requester: u64,
@@ -250,10 +252,11 @@ pub enum Op {
         update: Option<SettingsUpdate>,
         reply: Reply<(Settings, Digest)>,
     },
+    /// Answers whether there was a follow to end.
     Unfollow {
         follower: u64,
         followee: u64,
-        reply: Reply<()>,
+        reply: Reply<bool>,
     },
     Block {
         blocker: u64,

@@ -386,7 +386,10 @@ impl Shard {
                 reply,
             } => {
                 let event = Event::Blocked { blocker, blocked };
-                let result = self.change(blocker, blocked, event, deadline).await;
+                let result = self
+                    .change(blocker, blocked, event, deadline)
+                    .await
+                    .map(|_| ());
                 let _ = reply.send(result);
             }
             Op::Unblock {
@@ -395,7 +398,10 @@ impl Shard {
                 reply,
             } => {
                 let event = Event::Unblocked { blocker, blocked };
-                let result = self.change(blocker, blocked, event, deadline).await;
+                let result = self
+                    .change(blocker, blocked, event, deadline)
+                    .await
+                    .map(|_| ());
                 let _ = reply.send(result);
             }
             Op::Relations {
@@ -671,7 +677,11 @@ impl Shard {
                 requester,
                 reply,
             } => {
-                let _ = reply.send(self.drop_request(followee, requester).await);
+                let result = match self.drop_request(followee, requester).await {
+                    Ok(_) => self.read(|r| social::is_follower(r, followee, requester)),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
             }
             Op::OwnList {
                 list,
@@ -1956,7 +1966,7 @@ impl Shard {
         other: u64,
         event: Event,
         deadline: Instant,
-    ) -> Result<(), Fail> {
+    ) -> Result<bool, Fail> {
         debug_assert_eq!(shard_of(actor), self.id);
         let target = shard_of(other);
         if target >= self.shards {
@@ -1971,7 +1981,7 @@ impl Shard {
         if changed && target != self.id {
             self.deliver_now(event_id, sent, &[target], deadline).await;
         }
-        Ok(())
+        Ok(changed)
     }
 
     /// `change_in` here as a logged write, with a fresh event id: whether it changed anything,

@@ -1802,6 +1802,86 @@ fn a_block_sent_with_a_follow_wins() {
     }
 }
 
+/// A request withdrawn while the private account approves it: whichever lands first, the
+/// withdrawal (answered `following: false`) holds; neither side keeps a follow.
+#[test]
+fn a_request_withdrawn_while_it_is_approved_stays_withdrawn() {
+    const TRIALS: usize = 6;
+    let server = Server::start(&[]);
+    for (a, b) in PAIRS {
+        for trial in 0..TRIALS {
+            let requester = server.member_on_shard(a);
+            let private = server.member_on_shard(b);
+            server
+                .call(
+                    "PATCH",
+                    "/v1/me/settings",
+                    private.auth(),
+                    Some(json!({"private": true})),
+                )
+                .expect(200);
+            let asked = server.call(
+                "POST",
+                &format!("/v1/users/{}/follow", private.id()),
+                requester.auth(),
+                None,
+            );
+            asked.expect(200);
+            assert_eq!(asked.at("requested").as_bool(), Some(true));
+            let barrier = std::sync::Barrier::new(2);
+            let (approved, withdrawn) = std::thread::scope(|s| {
+                let approve = s.spawn(|| {
+                    barrier.wait();
+                    server
+                        .call(
+                            "POST",
+                            &format!("/v1/me/follow-requests/{}/approve", requester.id()),
+                            private.auth(),
+                            None,
+                        )
+                        .status
+                });
+                barrier.wait();
+                let withdrawn = server.call(
+                    "DELETE",
+                    &format!("/v1/users/{}/follow", private.id()),
+                    requester.auth(),
+                    None,
+                );
+                (approve.join().unwrap(), withdrawn)
+            });
+            assert!(
+                [204, 404].contains(&approved),
+                "approve answered {approved}"
+            );
+            withdrawn.expect(200);
+            assert_eq!(withdrawn.at("following").as_bool(), Some(false));
+            let settled = wait_until(std::time::Duration::from_secs(2), || {
+                relation_ids(
+                    &server,
+                    &requester,
+                    &format!("/v1/users/{}/following", requester.id()),
+                )
+                .is_empty()
+                    && relation_ids(
+                        &server,
+                        &private,
+                        &format!("/v1/users/{}/followers", private.id()),
+                    )
+                    .is_empty()
+            });
+            // Not settled "eventually": the follow must not come back after the answer.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let (following, requested, _, _) = relationship(&server, &requester, private.id());
+            assert!(
+                settled && !following && !requested,
+                "shards {a}->{b}, trial {trial}: approve {approved}, the withdrawal was lost"
+            );
+            assert_eq!(counts(&server, &private, private.id()), (0, 0));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Profiles
 // ---------------------------------------------------------------------------------------------
