@@ -807,12 +807,21 @@ async fn receive(
         .await?;
     written += n;
     let from = up.offset;
-    if written == from {
-        return Ok((up, over, broken, claim));
-    }
     // Not bound by the request's deadline: these bytes are on disk and should count.
     let ack_deadline = Instant::now() + std::time::Duration::from_secs(10);
-    let up = shard
+    if written == from {
+        // Nothing came, but the part file was opened: if the upload was deleted meanwhile,
+        // that opened it again.
+        let kept = shard
+            .ask(target, ack_deadline, |reply| Op::TusGet { id, reply })
+            .await?;
+        if kept.is_none() {
+            shard.media.remove(path).await;
+            return Err(ApiError::not_found());
+        }
+        return Ok((up, over, broken, claim));
+    }
+    let advanced = shard
         .ask(target, ack_deadline, |reply| Op::TusAdvance {
             id,
             owner: user,
@@ -820,15 +829,19 @@ async fn receive(
             to: written,
             reply,
         })
-        .await
-        .map_err(|e| match e {
-            Fail::Core(CoreError::Invalid(v)) if v.code == "offset_mismatch" => {
-                let mut e = ApiError::new(StatusCode::CONFLICT, "offset_mismatch", v.message);
-                e.retry_after_s = None;
-                e
-            }
-            other => other.into(),
-        })?;
+        .await;
+    // Deleted while these bytes came: they go with it (no record would ever find them).
+    if matches!(advanced, Err(Fail::Core(CoreError::NotFound))) {
+        shard.media.remove(path).await;
+    }
+    let up = advanced.map_err(|e| match e {
+        Fail::Core(CoreError::Invalid(v)) if v.code == "offset_mismatch" => {
+            let mut e = ApiError::new(StatusCode::CONFLICT, "offset_mismatch", v.message);
+            e.retry_after_s = None;
+            e
+        }
+        other => other.into(),
+    })?;
     Ok((up, over, broken, claim))
 }
 

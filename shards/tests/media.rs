@@ -1042,6 +1042,49 @@ fn two_patches_of_one_upload_at_once_the_second_is_refused() {
         next.header("upload-offset"),
         Some((data.len() + 50_000).to_string().as_str())
     );
+
+    // An upload deleted while a PATCH is under way: the bytes that come after go too.
+    let doomed = server.req(
+        &tus(Req::post("/v1/uploads"))
+            .bearer(&token)
+            .header("Upload-Length", &data.len().to_string()),
+    );
+    doomed.expect(201);
+    let doomed = doomed.header("location").unwrap().to_string();
+    let mut patch = std::net::TcpStream::connect(server.addr()).unwrap();
+    let head = format!(
+        "PATCH {doomed} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
+    patch.write_all(head.as_bytes()).unwrap();
+    patch.write_all(&data[..100_000]).unwrap();
+    patch.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server
+        .req(&tus(Req::new("DELETE", &doomed)).bearer(&token))
+        .expect(204);
+    patch.write_all(&data[100_000..]).unwrap();
+    patch.flush().unwrap();
+    patch
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = patch.read(&mut buf).unwrap();
+        assert!(n > 0, "connection closed");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 404"), "{answer}");
+    let id = doomed.rsplit('/').next().unwrap();
+    for shard in std::fs::read_dir(server.launch().data_dir().join("media"))
+        .unwrap()
+        .flatten()
+    {
+        let part = shard.path().join("uploads").join(id);
+        assert!(!part.exists(), "{} left behind", part.display());
+    }
 }
 
 /// An avatar every shard has seen as public, then attached to a followers-only post (which
