@@ -408,6 +408,8 @@ pub fn suspend(
         .insert(user, encode(suspension).as_slice())?;
     mirror(txn, user, true, version)?;
     record_audit(txn, audit)?;
+    // Its posts are hidden from search: their hashtags leave the counts too.
+    crate::search::recount_author(txn, user)?;
     Ok(true)
 }
 
@@ -424,6 +426,7 @@ pub fn unsuspend(
     txn.open_table(SUSPENSIONS)?.remove(user)?;
     mirror(txn, user, false, version)?;
     record_audit(txn, audit)?;
+    crate::search::recount_author(txn, user)?;
     Ok(true)
 }
 

@@ -269,7 +269,7 @@ struct PostDoc {
     author: u64,
     followers_only: bool,
     /// Its hashtags count in `search_tags` (which anyone's completion shows): a public post
-    /// of an account that is not private. Kept so that taking it out takes out what it
+    /// of an account neither private nor suspended. Kept so that taking it out takes out what it
     /// added, whatever changed since.
     counted: bool,
     /// Every posting term of the post.
@@ -292,13 +292,15 @@ fn searchable(post: &Post) -> bool {
     post.visibility != Visibility::Mentioned
 }
 
-/// Whether `author`'s account is private (its posts are for its followers whatever their
-/// visibility, so their hashtags are not counted).
-fn private_author(txn: &WriteTransaction, author: u64) -> Result<bool, CoreError> {
-    Ok(crate::profiles::settings_in(txn, author)?.private)
+/// Whether `author`'s posts are hidden from some readers whatever their visibility (a
+/// private account's are for its followers, a suspended one's for nobody), so their hashtags
+/// are not counted.
+fn hidden_author(txn: &WriteTransaction, author: u64) -> Result<bool, CoreError> {
+    Ok(crate::profiles::settings_in(txn, author)?.private
+        || crate::moderation::suspension_in(txn, author)?.is_some())
 }
 
-fn post_doc(post: &Post, private_author: bool) -> PostDoc {
+fn post_doc(post: &Post, hidden_author: bool) -> PostDoc {
     let mut terms = word_terms(&post.text);
     let mut tags: Vec<(String, String)> = Vec::new();
     for tag in &post.hashtags {
@@ -313,7 +315,7 @@ fn post_doc(post: &Post, private_author: bool) -> PostDoc {
     PostDoc {
         author: post.author_id,
         followers_only,
-        counted: !followers_only && !private_author,
+        counted: !followers_only && !hidden_author,
         terms,
         tags,
     }
@@ -801,7 +803,7 @@ pub fn resync_post(
     post: Option<&Post>,
 ) -> Result<(), CoreError> {
     let new = match post.filter(|p| searchable(p)) {
-        Some(p) => Some(post_doc(p, private_author(txn, p.author_id)?)),
+        Some(p) => Some(post_doc(p, hidden_author(txn, p.author_id)?)),
         None => None,
     };
     let old: Option<PostDoc> = match txn.open_table(DOCS)?.get(post_id)? {
@@ -836,7 +838,7 @@ pub fn resync_posts(
                         && docs.get(*id)?.is_none()
                         && !fresh.iter().any(|(f, _)| f == id) =>
                 {
-                    fresh.push((*id, post_doc(p, private_author(txn, p.author_id)?)));
+                    fresh.push((*id, post_doc(p, hidden_author(txn, p.author_id)?)));
                 }
                 _ => known.push((*id, post.as_ref())),
             }
@@ -860,16 +862,18 @@ pub fn index_fresh_posts(txn: &WriteTransaction, posts: &[Post]) -> Result<(), C
             Some(known) => *known,
             None => *private
                 .entry(p.author_id)
-                .or_insert(private_author(txn, p.author_id)?),
+                .or_insert(hidden_author(txn, p.author_id)?),
         };
         docs.push((p.id, post_doc(p, private)));
     }
     index_docs(txn, &docs, u64::MAX)
 }
 
-/// `author`'s account turned private (or public): the hashtags of its posts on this shard
-/// leave (or join) the counts. Idempotent; run in the settings' own write.
-pub fn recount_author(txn: &WriteTransaction, author: u64, private: bool) -> Result<(), CoreError> {
+/// `author`'s account turned private or public, or was suspended or let back: the hashtags
+/// of its posts on this shard leave or join the counts, as `hidden_author` now says.
+/// Idempotent; run in that change's own write, on the author's shard.
+pub fn recount_author(txn: &WriteTransaction, author: u64) -> Result<(), CoreError> {
+    let hidden = hidden_author(txn, author)?;
     // The author's posts the index holds: its author term's postings, in every segment.
     let term = author_term(author);
     let mut ids: Vec<u64> = Vec::new();
@@ -890,7 +894,7 @@ pub fn recount_author(txn: &WriteTransaction, author: u64, private: bool) -> Res
             None => None,
         };
         let Some(mut doc) = doc else { continue };
-        let counted = !doc.followers_only && !private;
+        let counted = !doc.followers_only && !hidden;
         if doc.counted != counted {
             doc.counted = counted;
             txn.open_table(DOCS)?.insert(id, encode(&doc).as_slice())?;
@@ -1842,8 +1846,8 @@ mod tests {
         let set_private = |db: &Database, private: bool| {
             write(db, |t| {
                 crate::profiles::update_settings(t, 1, Some(private), None).unwrap();
-                recount_author(t, 1, private).unwrap();
-                recount_author(t, 1, private).unwrap();
+                recount_author(t, 1).unwrap();
+                recount_author(t, 1).unwrap();
             })
         };
         set_private(&db, true);

@@ -2213,7 +2213,7 @@ pub(crate) fn settings_in(
     let settings = profiles::update_settings(t, user_id, u.private, u.messages_from)?;
     if settings.private != was_private {
         // Its posts' hashtags leave (or join) the counts anyone's completion shows.
-        nova_core::search::recount_author(t, user_id, settings.private)?;
+        nova_core::search::recount_author(t, user_id)?;
     }
     if let Some(digest) = u.email_digest {
         let was = profiles::digest_in(t, user_id)?;

@@ -351,13 +351,24 @@ fn a_suspension_hides_the_account_everywhere_until_it_is_lifted() {
     );
     follow(&server, &follower, &target);
     let w = word("hiddenword");
-    let post = compose(&server, &target, &format!("hello {w}"));
+    let post = compose(&server, &target, &format!("hello {w} #{w}"));
     let theirs = compose(&server, &follower, "a post on shard 0");
+    let tags = |who: &Member| -> Vec<String> {
+        let resp = server.get(&format!("/v1/search?type=hashtags&q={w}"), who.auth());
+        resp.expect(200);
+        resp.at("items")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.get("name").unwrap().as_str().unwrap().to_string())
+            .collect()
+    };
     let c = comment(&server, &target, theirs, "a comment from shard 1");
     assert!(home(&server, &follower).contains(&post));
     eventually("search before", vec![post], || {
         search_posts(&server, &follower, &w)
     });
+    eventually("hashtag before", vec![w.clone()], || tags(&follower));
 
     let suspended = server.post(
         &format!("/v1/moderation/users/{}/suspension", target.id()),
@@ -390,6 +401,7 @@ fn a_suspension_hides_the_account_everywhere_until_it_is_lifted() {
     assert!(!home(&server, &follower).contains(&post));
     assert!(!comments(&server, &follower, theirs).contains(&c));
     assert!(search_posts(&server, &follower, &w).is_empty());
+    assert!(tags(&follower).is_empty());
     // Reporting what is hidden finds nothing.
     report(&server, &follower, "post", post, "spam").expect(404);
     // Nor can anyone follow it or start a conversation with it: it is not found, as an
@@ -424,6 +436,7 @@ fn a_suspension_hides_the_account_everywhere_until_it_is_lifted() {
     assert!(home(&server, &follower).contains(&post));
     assert!(comments(&server, &follower, theirs).contains(&c));
     assert_eq!(search_posts(&server, &follower, &w), vec![post]);
+    assert_eq!(tags(&follower), vec![w.clone()]);
 
     // The audit log has both, with the reason.
     let audit = server.get("/v1/moderation/audit", moderator.auth());
