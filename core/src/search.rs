@@ -300,6 +300,21 @@ fn hidden_author(txn: &WriteTransaction, author: u64) -> Result<bool, CoreError>
         || crate::moderation::suspension_in(txn, author)?.is_some())
 }
 
+/// `hidden_author`, asked once per author for a batch of posts.
+#[derive(Default)]
+struct HiddenAuthors(std::collections::HashMap<u64, bool>);
+
+impl HiddenAuthors {
+    fn of(&mut self, txn: &WriteTransaction, author: u64) -> Result<bool, CoreError> {
+        if let Some(known) = self.0.get(&author) {
+            return Ok(*known);
+        }
+        let hidden = hidden_author(txn, author)?;
+        self.0.insert(author, hidden);
+        Ok(hidden)
+    }
+}
+
 fn post_doc(post: &Post, hidden_author: bool) -> PostDoc {
     let mut terms = word_terms(&post.text);
     let mut tags: Vec<(String, String)> = Vec::new();
@@ -829,6 +844,7 @@ pub fn resync_posts(
 ) -> Result<(), CoreError> {
     let mut fresh: Vec<(u64, PostDoc)> = Vec::new();
     let mut known: Vec<(u64, Option<&Post>)> = Vec::new();
+    let mut hidden = HiddenAuthors::default();
     {
         let docs = txn.open_table(DOCS)?;
         for (id, post) in posts {
@@ -838,7 +854,7 @@ pub fn resync_posts(
                         && docs.get(*id)?.is_none()
                         && !fresh.iter().any(|(f, _)| f == id) =>
                 {
-                    fresh.push((*id, post_doc(p, hidden_author(txn, p.author_id)?)));
+                    fresh.push((*id, post_doc(p, hidden.of(txn, p.author_id)?)));
                 }
                 _ => known.push((*id, post.as_ref())),
             }
@@ -855,16 +871,10 @@ pub fn resync_posts(
 /// all go to one segment (posts come in id order, so each term's list is appended to),
 /// sealed by `finish_rebuild` at the level its size makes it.
 pub fn index_fresh_posts(txn: &WriteTransaction, posts: &[Post]) -> Result<(), CoreError> {
-    let mut private: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
+    let mut hidden = HiddenAuthors::default();
     let mut docs: Vec<(u64, PostDoc)> = Vec::with_capacity(posts.len());
     for p in posts.iter().filter(|p| searchable(p)) {
-        let private = match private.get(&p.author_id) {
-            Some(known) => *known,
-            None => *private
-                .entry(p.author_id)
-                .or_insert(hidden_author(txn, p.author_id)?),
-        };
-        docs.push((p.id, post_doc(p, private)));
+        docs.push((p.id, post_doc(p, hidden.of(txn, p.author_id)?)));
     }
     index_docs(txn, &docs, u64::MAX)
 }
