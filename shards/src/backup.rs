@@ -80,6 +80,7 @@ pub fn backup_partitions(
     pace: Pace,
 ) -> anyhow::Result<BackupManifest> {
     let started = Instant::now();
+    outside(data_root, dest)?;
     prepare_empty(dest)?;
     let files = (0..partitions.len())
         .map(|k| image_file(&dest.join(shard_file(k))))
@@ -385,6 +386,37 @@ fn copy_hashed(
     }
     dst.sync_all()?;
     Ok((bytes, hex(&hasher.finalize())))
+}
+
+/// Refuses a destination inside the data dir: the copy of the data dir's files would copy the
+/// copy into itself, without end.
+fn outside(data_root: &Path, dest: &Path) -> anyhow::Result<()> {
+    let root = std::fs::canonicalize(data_root)
+        .with_context(|| format!("reading {}", data_root.display()))?;
+    // The nearest part of the destination that exists, resolved (links and `..` included),
+    // then what does not exist yet.
+    let dest_abs = std::path::absolute(dest)?;
+    let mut existing = dest_abs.as_path();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+            break;
+        };
+        rest.push(name.to_os_string());
+        existing = parent;
+    }
+    let mut resolved = std::fs::canonicalize(existing).unwrap_or_else(|_| existing.into());
+    for name in rest.iter().rev() {
+        resolved.push(name);
+    }
+    if resolved.starts_with(&root) {
+        bail!(
+            "{} is inside the data dir {}: back up to a directory outside it",
+            dest.display(),
+            data_root.display()
+        );
+    }
+    Ok(())
 }
 
 fn prepare_empty(dest: &Path) -> anyhow::Result<()> {
@@ -709,6 +741,7 @@ pub fn backup_offline(data: &Path, dest: &Path) -> anyhow::Result<BackupManifest
         );
         dbs.push((db, tap));
     }
+    outside(data, dest)?;
     prepare_empty(dest)?;
     let mut images = Vec::with_capacity(dbs.len());
     for (k, (db, tap)) in dbs.iter().enumerate() {

@@ -244,6 +244,16 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 fn reserve_port(listen: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
     use socket2::{Domain, Socket, Type};
+    // SO_REUSEPORT would let this process share a port another server listens on (the
+    // kernel would then split the connections between the two): a bind without it first
+    // finds the port taken.
+    if listen.port() != 0 {
+        let alone = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
+        alone.set_reuse_address(true)?;
+        alone
+            .bind(&listen.into())
+            .with_context(|| format!("cannot bind {listen} (is another server on it?)"))?;
+    }
     let socket = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
     socket.set_reuse_port(true)?;
     socket.set_reuse_address(true)?;

@@ -303,6 +303,27 @@ fn damaged_backups_are_refused_and_the_admin_listener_wants_its_token() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 
+    // A destination inside the data dir would copy itself without end: refused, the server
+    // still answers, and nothing is left in the data dir.
+    let data = server.launch().data_dir();
+    for inside in [data.join("bk"), data.join("media").join("..").join("bk2")] {
+        let refused = nova(&[
+            "admin",
+            "backup",
+            inside.to_str().unwrap(),
+            "--server",
+            &url,
+        ]);
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("inside the data dir"),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+        assert!(!inside.exists(), "{} was made", inside.display());
+    }
+    server.get("/health", None).expect(200);
+
     // Offline backup of a running server's data dir: refused with a reason.
     let offline = nova(&[
         "admin",

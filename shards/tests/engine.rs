@@ -753,6 +753,25 @@ fn a_different_shard_count_is_refused() {
     );
 }
 
+/// A second server told to listen on a port a first one listens on refuses to start, rather
+/// than share it (SO_REUSEPORT would let the kernel split the connections between them).
+#[test]
+fn a_port_another_server_listens_on_is_refused() {
+    let first = Server::start(&[]);
+    let user = first.register_new();
+    let addr = first.addr().to_string();
+    let exited = Launch::new()
+        .args(&["--listen", &addr])
+        .run_expecting_exit();
+    assert_eq!(exited.status.code(), Some(1), "{exited:?}");
+    assert!(!exited.stdout.contains("nova listening"), "{exited:?}");
+    assert!(exited.stderr.contains("cannot bind"), "{}", exited.stderr);
+    // Every connection still reaches the first one.
+    for _ in 0..8 {
+        assert_eq!(first.login(&user.username, &user.password).user_id, user.id);
+    }
+}
+
 /// Starts, writes users on both shards, stops cleanly, damages `shard-1.redb` with `damage`
 /// and requires start-up to fail naming the file.
 fn check_damage_is_refused(what: &str, damage: impl FnOnce(&mut Vec<u8>, &[User])) {
