@@ -149,7 +149,10 @@ fn open_all(root: &Path) -> anyhow::Result<Vec<Database>> {
             anyhow::bail!("{} is missing", path.display());
         }
         match Database::open(&path) {
-            Ok(db) => dbs.push(db),
+            Ok(db) => {
+                nova_storage::refuse_unapplied_log(&path, &db)?;
+                dbs.push(db);
+            }
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => anyhow::bail!(
                 "{} is in use: is `nova serve` running on {}? Stop it first (a database \
                  file is opened by one process at a time).",

@@ -496,6 +496,7 @@ impl Offline {
                 ),
                 Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
             };
+            nova_storage::refuse_unapplied_log(&path, &db)?;
             // Ids made here must come after every id the server made.
             let mut gen = IdGen::new(k);
             let read = db.begin_read()?;

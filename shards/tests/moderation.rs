@@ -1065,3 +1065,45 @@ fn a_suspended_user_acts_nowhere_and_what_a_reporter_cannot_read_is_not_reported
     // Its messages are left out of the conversation: not reported either.
     report(&server, &viewer, "message", message, "harassment").expect(404);
 }
+
+/// After a crash the databases lack what their logs hold until a start replays it: an offline
+/// command refuses them then (a session it revoked would come back with the replay), and
+/// works once the server has started and stopped.
+#[test]
+fn an_offline_command_after_a_crash_waits_for_the_log_to_be_applied() {
+    // No checkpoint while it runs: the login below is in the log only.
+    let mut server = Server::start(&["--checkpoint-ms", "60000"]);
+    let target = server.member_on_shard(1);
+    let session = server.login(&target.user.username, &target.user.password);
+    let dir = server.launch().data_dir().to_str().unwrap().to_string();
+    server.kill9();
+    let refused = nova_users(
+        &offline(&dir, &["reset-password", target.name(), "--password-stdin"]),
+        Some("after-the-crash-1\n"),
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("write-ahead log"), "{stderr}");
+
+    server.restart();
+    server.stop();
+    users_ok(
+        &offline(&dir, &["reset-password", target.name(), "--password-stdin"]),
+        Some("after-the-crash-2\n"),
+    );
+    server.restart();
+    server.get("/v1/me", Some(&session.access)).expect(401);
+    assert_eq!(refresh_status(&server, &session.refresh), 401);
+    server.login(&target.user.username, "after-the-crash-2");
+}
+
+/// The status of `POST /v1/sessions/refresh` with this refresh token.
+fn refresh_status(server: &Server, refresh: &str) -> u16 {
+    server
+        .post(
+            "/v1/sessions/refresh",
+            None,
+            json!({ "refresh_token": refresh }),
+        )
+        .status
+}

@@ -16,8 +16,8 @@ pub use datadir::{DataDir, Manifest, MANIFEST_FILE};
 pub use error::StorageError;
 pub use snapshot::{quiet_image, Image, Tap, IMAGE_CHUNK_BYTES};
 pub use writer::{
-    unapplied_log_frames, CommitStats, CommitStatsSnapshot, Partition, Replay, WriteFailure,
-    FSYNC_BUCKETS_S,
+    refuse_unapplied_log, unapplied_log_frames, CommitStats, CommitStatsSnapshot, Partition,
+    Replay, WriteFailure, FSYNC_BUCKETS_S,
 };
 
 /// Re-exported so that `core` and the engine name the same redb types.

@@ -482,6 +482,24 @@ pub fn unapplied_log_frames(path: &Path, db: &Database) -> Result<usize, Storage
     Ok(after.len())
 }
 
+/// Refuses, for a command that writes to a stopped server's database, a file whose log holds
+/// commits it lacks (a crash): written now, they would be replayed over what it writes at the
+/// next start (a session revoked here would come back).
+pub fn refuse_unapplied_log(path: &Path, db: &Database) -> Result<(), StorageError> {
+    let missing = unapplied_log_frames(path, db)?;
+    if missing == 0 {
+        return Ok(());
+    }
+    Err(StorageError::Damaged {
+        path: path.with_extension("wal"),
+        reason: format!(
+            "its write-ahead log holds {missing} commits the database lacks (the server \
+             stopped without a checkpoint): start the server on this data dir once and stop \
+             it, then run this again"
+        ),
+    })
+}
+
 /// Brings `db` up to its log: the frames after the one it holds are replayed and committed
 /// durably. Without `logged`, a log with such frames is refused instead.
 fn recover(
@@ -496,17 +514,8 @@ fn recover(
         source,
     };
     let Some((every, replay)) = logged else {
-        let missing = unapplied_log_frames(path, db)?;
-        if missing == 0 {
-            return Ok(None);
-        }
-        return Err(StorageError::Damaged {
-            path: paths[0].clone(),
-            reason: format!(
-                "its write-ahead log holds {missing} commits the database lacks; start the \
-                 server on this data dir once to apply them"
-            ),
-        });
+        refuse_unapplied_log(path, db)?;
+        return Ok(None);
     };
     let mut files = Vec::with_capacity(2);
     for wal_path in &paths {
