@@ -746,6 +746,58 @@ impl Config {
         ] {
             anyhow::ensure!(v > 0, "{name} must be positive");
         }
+        // Upper bounds: far past any use, and short of what overflows once the value is
+        // turned into milliseconds or a queue is sized from it.
+        const HOUR_MS: u64 = 3_600_000;
+        const DAY_S: u64 = 86_400;
+        const QUEUE_MAX: u64 = 1 << 24;
+        for (name, v, max) in [
+            ("request_timeout_ms", self.request_timeout_ms, HOUR_MS),
+            (
+                "header_read_timeout_ms",
+                self.header_read_timeout_ms,
+                HOUR_MS,
+            ),
+            ("shutdown_grace_ms", self.shutdown_grace_ms, HOUR_MS),
+            ("smtp_timeout_ms", self.smtp_timeout_ms, HOUR_MS),
+            ("push_timeout_ms", self.push_timeout_ms, HOUR_MS),
+            (
+                "mail_backoff_base_ms",
+                self.mail_backoff_base_ms,
+                24 * HOUR_MS,
+            ),
+            (
+                "mail_backoff_max_ms",
+                self.mail_backoff_max_ms,
+                24 * HOUR_MS,
+            ),
+            ("commit_linger_us", self.commit_linger_us, 1_000_000),
+            ("access_token_ttl_s", self.access_token_ttl_s, 30 * DAY_S),
+            (
+                "refresh_token_ttl_s",
+                self.refresh_token_ttl_s,
+                3650 * DAY_S,
+            ),
+            ("email_token_ttl_s", self.email_token_ttl_s, 30 * DAY_S),
+            ("media_url_ttl_s", self.media_url_ttl_s, 365 * DAY_S),
+            ("tus_upload_ttl_s", self.tus_upload_ttl_s, 365 * DAY_S),
+            (
+                "connections_per_shard_max",
+                self.connections_per_shard_max as u64,
+                QUEUE_MAX,
+            ),
+            (
+                "commit_batch_ops_max",
+                self.commit_batch_ops_max as u64,
+                QUEUE_MAX,
+            ),
+            ("commit_queue_max", self.commit_queue_max as u64, QUEUE_MAX),
+            ("mesh_queue_max", self.mesh_queue_max as u64, QUEUE_MAX),
+            ("hash_queue_max", self.hash_queue_max as u64, QUEUE_MAX),
+            ("media_queue_max", self.media_queue_max as u64, QUEUE_MAX),
+        ] {
+            anyhow::ensure!(v <= max, "{name} must be at most {max}");
+        }
         anyhow::ensure!(
             self.mail_in_flight_max <= 1024,
             "mail_in_flight_max must be at most 1024"
@@ -884,6 +936,38 @@ mod tests {
             ..Default::default()
         };
         assert!(!Config::load(&flag_wins).unwrap().pin_shards);
+    }
+
+    #[test]
+    fn numbers_past_any_use_are_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nova.toml");
+        let huge = u64::MAX;
+        for (key, value) in [
+            ("request_timeout_ms", huge),
+            ("access_token_ttl_s", huge),
+            ("refresh_token_ttl_s", huge),
+            ("email_token_ttl_s", huge),
+            ("hash_queue_max", 1 << 40),
+            ("mesh_queue_max", 1 << 40),
+            ("commit_queue_max", 1 << 40),
+            ("commit_linger_us", 10_000_000_000),
+        ] {
+            // TOML integers are signed 64-bit.
+            let value = value.min(i64::MAX as u64);
+            std::fs::write(&path, format!("{key} = {value}\n")).unwrap();
+            let args = ServeArgs {
+                config: Some(path.clone()),
+                ..Default::default()
+            };
+            let refused = Config::load(&args).unwrap_err().to_string();
+            assert!(
+                refused.contains(key) && refused.contains("at most"),
+                "{key}: {refused}"
+            );
+        }
+        // The defaults are within them.
+        Config::load(&ServeArgs::default()).unwrap();
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         },
     )?;
     let (ready_tx, ready_rx) = flume::unbounded();
+    exit_when_a_shard_panics();
     let cpus = allowed_cpus();
     let mut handles = Vec::with_capacity(n);
     for (k, (inbox, offers)) in receivers.into_iter().zip(offer_inboxes).enumerate() {
@@ -240,6 +241,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     media_threads.join();
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// A shard that panicked is gone with its users, its mesh inbox and its listener, which the
+/// kernel still hands connections to (they would hang): the process exits instead (status
+/// 70), for its supervisor to start it again. What was answered is durable; a start after
+/// this is a start after a crash.
+fn exit_when_a_shard_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        if thread.name().is_some_and(|n| n.starts_with("nova-shard-")) {
+            tracing::error!(
+                thread = thread.name().unwrap_or_default(),
+                "a shard panicked; exiting for a restart"
+            );
+            eprintln!("nova: a shard panicked ({info}); exiting for a restart");
+            std::process::exit(70);
+        }
+    }));
 }
 
 fn reserve_port(listen: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAddr)> {
