@@ -534,6 +534,15 @@ fn reindex_and_start_up_rebuild_give_the_same_answers() {
         22,
         "30 posts, 8 followers-only, one deleted"
     );
+    // While the server holds the files: refused, saying so (not that they are damaged).
+    let busy = std::process::Command::new(env!("CARGO_BIN_EXE_nova"))
+        .args(["admin", "reindex", "--data-dir"])
+        .arg(server.launch().data_dir())
+        .output()
+        .unwrap();
+    assert!(!busy.status.success());
+    let said = String::from_utf8_lossy(&busy.stderr);
+    assert!(said.contains("in use by another process"), "{said}");
     server.stop();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nova"))
         .args(["admin", "reindex", "--data-dir"])

@@ -24,6 +24,11 @@ pub enum StorageError {
     /// The manifest exists but cannot be understood.
     #[error("{path}: unreadable manifest: {reason}")]
     BadManifest { path: PathBuf, reason: String },
+    /// Another process holds the database file open (a running server).
+    #[error(
+        "database {path} is in use by another process: is `nova serve` running on this data dir?"
+    )]
+    InUse { path: PathBuf },
     /// A database file failed its integrity check or could not be opened. It is left as it is.
     #[error("database {path} is damaged and was not opened (it has not been modified): {reason}")]
     Damaged { path: PathBuf, reason: String },

@@ -194,7 +194,13 @@ impl Partition {
         // A redb open of a file altered outside redb may panic rather than fail; the check on
         // open turns that into an error, and catch_unwind covers what it does not.
         let file = open_file(path)?;
-        let tap = crate::snapshot::Tap::new(file).map_err(|e| damaged(e.to_string()))?;
+        let opening = |e: redb::DatabaseError| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StorageError::InUse {
+                path: path.to_path_buf(),
+            },
+            e => damaged(e.to_string()),
+        };
+        let tap = crate::snapshot::Tap::new(file).map_err(opening)?;
         let opened = std::panic::catch_unwind(|| {
             let mut builder = Database::builder();
             builder.set_check_integrity_on_open(exists);
@@ -202,7 +208,7 @@ impl Partition {
         });
         let db = match opened {
             Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(damaged(e.to_string())),
+            Ok(Err(e)) => return Err(opening(e)),
             Err(_) => return Err(damaged("redb panicked while opening it".to_string())),
         };
         let log = recover(&db, path, logged, &tap)?;
