@@ -712,23 +712,30 @@ pub(crate) async fn make_all_private(shard: &Rc<Shard>, owner: u64) -> Result<Ve
             .map(|v| v.media.id)
             .collect();
         if !ids.is_empty() {
-            let now = now_ms();
-            let record = Record::MediaPrivate {
-                ids: &ids,
-                owner,
-                now,
-            }
-            .encode();
-            made.extend(
-                shard
-                    .write_recorded(record, move |t| records::make_private(t, &ids, owner, now))
-                    .await?,
-            );
+            made.extend(write_private(shard, ids, owner).await?);
         }
         if page.len() < MAKE_PRIVATE_BATCH {
             return Ok(made);
         }
     }
+}
+
+/// `owner`'s media `ids` made private, a logged write: those it changed.
+async fn write_private(
+    shard: &Rc<Shard>,
+    ids: Vec<u64>,
+    owner: u64,
+) -> Result<Vec<u64>, CoreError> {
+    let now = now_ms();
+    let record = Record::MediaPrivate {
+        ids: &ids,
+        owner,
+        now,
+    }
+    .encode();
+    shard
+        .write_recorded(record, move |t| records::make_private(t, &ids, owner, now))
+        .await
 }
 
 /// The media operations a shard runs on its own data.
@@ -836,16 +843,7 @@ pub async fn serve(shard: &Rc<Shard>, op: Op, deadline: Instant) {
                     return;
                 }
             };
-            let now = now_ms();
-            let record = Record::MediaPrivate {
-                ids: &ids,
-                owner,
-                now,
-            }
-            .encode();
-            let result = shard
-                .write_recorded(record, move |t| records::make_private(t, &ids, owner, now))
-                .await;
+            let result = write_private(shard, ids, owner).await;
             let _ = reply.send(result.map_err(Fail::from));
         }
         Op::TusCreate { mut upload, reply } => {
