@@ -366,14 +366,17 @@ fn accounts_and_hashtags() {
     for (k, author) in [&a, &b].into_iter().enumerate() {
         post(&server, author, &format!("#hushfollowers{k}"), "followers");
         let hidden = server.member_on_shard(k as u32);
-        server
-            .call(
-                "PATCH",
-                "/v1/me/settings",
-                hidden.auth(),
-                Some(json!({"private": true})),
-            )
-            .expect(200);
+        let set_private = |private: bool| {
+            server
+                .call(
+                    "PATCH",
+                    "/v1/me/settings",
+                    hidden.auth(),
+                    Some(json!({ "private": private })),
+                )
+                .expect(200);
+        };
+        set_private(true);
         post(&server, &hidden, &format!("#hushprivate{k}"), "public");
         // Posted last on the shard: once it is counted, the others were taken in.
         post(&server, author, &format!("#hushmarker{k}"), "public");
@@ -383,27 +386,13 @@ fn accounts_and_hashtags() {
         assert_eq!(tags(&format!("hushfollowers{k}")), vec![]);
         assert_eq!(tags(&format!("hushprivate{k}")), vec![]);
         // Public again: its posts' hashtags count again, at once.
-        server
-            .call(
-                "PATCH",
-                "/v1/me/settings",
-                hidden.auth(),
-                Some(json!({"private": false})),
-            )
-            .expect(200);
+        set_private(false);
         assert_eq!(
             tags(&format!("hushprivate{k}")),
             vec![(format!("hushprivate{k}"), 1)]
         );
         // And private again: they no longer do.
-        server
-            .call(
-                "PATCH",
-                "/v1/me/settings",
-                hidden.auth(),
-                Some(json!({"private": true})),
-            )
-            .expect(200);
+        set_private(true);
         assert_eq!(tags(&format!("hushprivate{k}")), vec![]);
     }
 }
