@@ -1158,14 +1158,7 @@ fn a_private_accounts_media_are_for_its_followers() {
             .req(&Req::get(&format!("/v1/media/{before}/thumb.jpg")))
             .expect(200);
 
-        server
-            .call(
-                "PATCH",
-                "/v1/me/settings",
-                owner.auth(),
-                Some(simd_json::json!({"private": true})),
-            )
-            .expect(200);
+        server.set_private(&owner, true);
         let after = media_id(&upload(&server, &owner.token, &photo(d, "green"), ""));
         wait_done(&server, &owner.token, after);
         let late = post_with(after);

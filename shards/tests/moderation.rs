@@ -971,14 +971,7 @@ fn a_suspended_user_acts_nowhere_and_what_a_reporter_cannot_read_is_not_reported
     let viewer = server.member_on_shard(0);
     let private = server.member_on_shard(0);
     let other = server.member_on_shard(1);
-    server
-        .call(
-            "PATCH",
-            "/v1/me/settings",
-            private.auth(),
-            Some(json!({"private": true})),
-        )
-        .expect(200);
+    server.set_private(&private, true);
     let asked = server.post(
         &format!("/v1/users/{}/follow", private.id()),
         target.auth(),

@@ -366,16 +366,7 @@ fn accounts_and_hashtags() {
     for (k, author) in [&a, &b].into_iter().enumerate() {
         post(&server, author, &format!("#hushfollowers{k}"), "followers");
         let hidden = server.member_on_shard(k as u32);
-        let set_private = |private: bool| {
-            server
-                .call(
-                    "PATCH",
-                    "/v1/me/settings",
-                    hidden.auth(),
-                    Some(json!({ "private": private })),
-                )
-                .expect(200);
-        };
+        let set_private = |private: bool| server.set_private(&hidden, private);
         set_private(true);
         post(&server, &hidden, &format!("#hushprivate{k}"), "public");
         // Posted last on the shard: once it is counted, the others were taken in.

@@ -1812,14 +1812,7 @@ fn a_request_withdrawn_while_it_is_approved_stays_withdrawn() {
         for trial in 0..TRIALS {
             let requester = server.member_on_shard(a);
             let private = server.member_on_shard(b);
-            server
-                .call(
-                    "PATCH",
-                    "/v1/me/settings",
-                    private.auth(),
-                    Some(json!({"private": true})),
-                )
-                .expect(200);
+            server.set_private(&private, true);
             let asked = server.call(
                 "POST",
                 &format!("/v1/users/{}/follow", private.id()),

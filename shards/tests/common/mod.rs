@@ -619,6 +619,17 @@ impl Server {
         resp
     }
 
+    /// Makes `member`'s account private (or public) with `PATCH /v1/me/settings`; requires 200.
+    pub fn set_private(&self, member: &Member, private: bool) {
+        self.call(
+            "PATCH",
+            "/v1/me/settings",
+            member.auth(),
+            Some(simd_json::json!({ "private": private })),
+        )
+        .expect(200);
+    }
+
     /// Posts `text` (public) as `author`, requires 201, and gives the post's id.
     pub fn new_post(&self, author: &Member, text: &str) -> u64 {
         let resp = self.post(
