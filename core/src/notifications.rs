@@ -705,6 +705,35 @@ pub fn forget_local(txn: &WriteTransaction, subject: u64) -> Result<(), CoreErro
     Ok(())
 }
 
+/// Deletes `recipient`'s notification of `kind` by `actor` about no subject, if there is one
+/// (a follow request withdrawn or refused: it asks for nothing any more). True when one went.
+pub fn retract(
+    txn: &WriteTransaction,
+    recipient: u64,
+    kind: Kind,
+    actor: u64,
+) -> Result<bool, CoreError> {
+    let key = coalescing_key(recipient, kind, Some(actor), Subject::None);
+    let Some(id) = txn.open_table(KEYS)?.get(key)?.map(|v| v.value()) else {
+        return Ok(false);
+    };
+    let n: Option<Notification> = match txn.open_table(NOTIFICATIONS)?.get((recipient, id))? {
+        Some(v) => Some(decode(v.value())?),
+        None => None,
+    };
+    match n {
+        Some(n) => {
+            remove(txn, &n)?;
+            Ok(true)
+        }
+        // Trimmed already: only the key was left.
+        None => {
+            txn.open_table(KEYS)?.remove(key)?;
+            Ok(false)
+        }
+    }
+}
+
 /// Deletes one notification with its coalescing key and listings, keeping counts exact.
 fn remove(txn: &WriteTransaction, n: &Notification) -> Result<(), CoreError> {
     txn.open_table(NOTIFICATIONS)?.remove((n.recipient, n.id))?;

@@ -674,7 +674,7 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             followee,
             requester,
         } => {
-            social::drop_request(t, followee, requester).map_err(failed)?;
+            crate::social::drop_request_in(t, followee, requester).map_err(failed)?;
         }
         Logged::MediaCreate { new, now, quota } => {
             media::create(t, new, now, quota).map_err(failed)?;

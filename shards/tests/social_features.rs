@@ -77,6 +77,18 @@ fn answer(server: &Server, owner: &Member, requester: u64, verb: &str) -> Resp {
     )
 }
 
+/// Who `owner`'s follow-request notifications are from, newest first.
+fn request_notices(server: &Server, owner: &Member) -> Vec<u64> {
+    let resp = server.get("/v1/notifications?types=follow_request", owner.auth());
+    resp.expect(200);
+    resp.at("items")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| parse_id(at(item, "actor.id").unwrap()))
+        .collect()
+}
+
 fn profile_count(server: &Server, viewer: &Member, id: u64, key: &str) -> u64 {
     let resp = server.get(&format!("/v1/users/{id}"), viewer.auth());
     resp.expect(200);
@@ -125,14 +137,7 @@ fn private_accounts_approve_each_follower() {
             profile_count(&server, &owner, owner.id(), "followers_count"),
             0
         );
-        let notes = server.get("/v1/notifications?types=follow_request", owner.auth());
-        notes.expect(200);
-        assert_eq!(
-            notes.str("items.0.actor.id").parse::<u64>().unwrap(),
-            asker.id(),
-            "{}",
-            notes.text()
-        );
+        assert_eq!(request_notices(&server, &owner), vec![asker.id()]);
         assert_eq!(
             profile_count(&server, &asker, asker.id(), "following_count"),
             0
@@ -172,8 +177,14 @@ fn private_accounts_approve_each_follower() {
         // Reject: dropped, nothing visible, and it may ask again.
         follow(&server, &bystander, owner.id());
         assert_eq!(requests(&server, &owner), vec![bystander.id()]);
+        assert_eq!(
+            request_notices(&server, &owner),
+            vec![bystander.id(), asker.id()]
+        );
         answer(&server, &owner, bystander.id(), "reject").expect(204);
         assert!(requests(&server, &owner).is_empty());
+        // A refused request's notice goes with it; an approved one's stays.
+        assert_eq!(request_notices(&server, &owner), vec![asker.id()]);
         server
             .get(&format!("/v1/posts/{later}"), bystander.auth())
             .expect_error(404, "not_found");
@@ -188,6 +199,8 @@ fn private_accounts_approve_each_follower() {
             )
             .expect(200);
         assert!(requests(&server, &owner).is_empty());
+        // Withdrawn: its notice goes too (asked again, it was new again).
+        assert_eq!(request_notices(&server, &owner), vec![asker.id()]);
 
         // A block drops a pending request, whichever side blocks.
         follow(&server, &bystander, owner.id());
