@@ -457,6 +457,15 @@ pub fn apply_all(
     Ok(fresh)
 }
 
+/// `user` left `conversation`, on the user's shard: its inbox forgets the conversation, and
+/// its `message` notification about it goes (`ConversationLeft` applied, or the leave itself
+/// when the conversation is on the user's shard).
+pub fn left(txn: &WriteTransaction, user: u64, conversation: u64) -> Result<(), CoreError> {
+    messages::drop_from_inbox(txn, user, conversation)?;
+    crate::notifications::forget_conversation(txn, user, conversation)?;
+    Ok(())
+}
+
 /// `apply` for a run of `MessagePosted` events: the same rows (dedupe, inboxes,
 /// notifications), each table opened once for the run. Returns the events applied now.
 fn apply_messages(
@@ -573,9 +582,7 @@ pub fn apply(
                 .collect();
             crate::notifications::on_message(txn, message, &local)?;
         }
-        Event::ConversationLeft { conversation, user } => {
-            messages::drop_from_inbox(txn, *user, *conversation)?
-        }
+        Event::ConversationLeft { conversation, user } => left(txn, *user, *conversation)?,
         // Recorded on the uploader's own shard, never sent anywhere.
         Event::MediaReady { .. } | Event::MediaFailed { .. } => {}
         Event::Notified { notice } => crate::notifications::apply_remote(txn, notice, now_ms)?,

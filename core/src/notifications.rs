@@ -714,6 +714,30 @@ pub fn retract(
     actor: u64,
 ) -> Result<bool, CoreError> {
     let key = coalescing_key(recipient, kind, Some(actor), Subject::None);
+    retract_keyed(txn, recipient, key)
+}
+
+/// Deletes `user`'s `message` notification about `conversation`, if there is one: the user
+/// left it, and can read none of it any more.
+pub fn forget_conversation(
+    txn: &WriteTransaction,
+    user: u64,
+    conversation: u64,
+) -> Result<bool, CoreError> {
+    let subject = Subject::Message {
+        id: 0,
+        conversation,
+    };
+    let key = coalescing_key(user, Kind::Message, None, subject);
+    retract_keyed(txn, user, key)
+}
+
+/// Deletes the notification keyed `key` (`coalescing_key`) of `recipient`, if there is one.
+fn retract_keyed(
+    txn: &WriteTransaction,
+    recipient: u64,
+    key: (u64, u8, u64, u64),
+) -> Result<bool, CoreError> {
     let Some(id) = txn.open_table(KEYS)?.get(key)?.map(|v| v.value()) else {
         return Ok(false);
     };

@@ -596,7 +596,7 @@ pub(crate) fn leave_in(
     };
     messages::leave(t, conversation, user)?;
     if target == here {
-        messages::drop_from_inbox(t, user, conversation)?;
+        events::left(t, user, conversation)?;
     } else {
         events::record(t, event_id, now, event, &[target])?;
     }

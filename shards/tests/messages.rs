@@ -488,25 +488,29 @@ fn posts_and_messages_carry_the_senders_own_media() {
 fn message_notifications(server: &Server, member: &Member, latest: u64) -> Vec<(u64, u64)> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let resp = server.get("/v1/notifications?types=message", member.auth());
-        resp.expect(200);
-        let items: Vec<(u64, u64)> = resp
-            .at("items")
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| {
-                (
-                    parse_id(at(n, "subject.id").unwrap()),
-                    parse_id(at(n, "actor.id").unwrap()),
-                )
-            })
-            .collect();
+        let items = message_notifications_now(server, member);
         if items.first().map(|(m, _)| *m) == Some(latest) || std::time::Instant::now() > deadline {
             return items;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// (subject message id, actor id) of `member`'s `message` notifications, newest first.
+fn message_notifications_now(server: &Server, member: &Member) -> Vec<(u64, u64)> {
+    let resp = server.get("/v1/notifications?types=message", member.auth());
+    resp.expect(200);
+    resp.at("items")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                parse_id(at(n, "subject.id").unwrap()),
+                parse_id(at(n, "actor.id").unwrap()),
+            )
+        })
+        .collect()
 }
 
 fn unread_notifications(server: &Server, member: &Member) -> u64 {
@@ -554,6 +558,24 @@ fn each_recipient_keeps_one_message_notification_per_conversation_on_any_shard()
         vec![(m5, c.id()), (m4, a.id())]
     );
     assert_eq!(unread_notifications(&server, &b), 2);
+
+    // Leaving a conversation takes its notification: b's is on another shard than the
+    // conversation, c's on the same.
+    for (leaver, left) in [(&b, vec![(m5, c.id())]), (&c, vec![])] {
+        server
+            .delete(
+                &format!("/v1/conversations/{conv}/membership"),
+                leaver.auth(),
+            )
+            .expect(204);
+        let mut now = Vec::new();
+        let gone = wait_until(std::time::Duration::from_secs(5), || {
+            now = message_notifications_now(&server, leaver);
+            now == left
+        });
+        assert!(gone, "{now:?}");
+    }
+    assert_eq!(unread_notifications(&server, &b), 1);
 }
 
 /// (id, last_activity_at) of each conversation in `member`'s inbox, in the listed order.
