@@ -482,23 +482,7 @@ impl Shard {
                 text,
                 reply,
             } => {
-                let now = now_ms();
-                let record = Record::EditComment {
-                    id,
-                    author,
-                    text: &text,
-                    now,
-                }
-                .encode();
-                let result = self
-                    .write_recorded(record, move |t| {
-                        content::edit_comment(t, id, author, text, now)
-                    })
-                    .await;
-                let result = result
-                    .map_err(Fail::from)
-                    .and_then(|c| self.read(|r| comment_info(r, c, author)));
-                let _ = reply.send(result);
+                let _ = reply.send(self.edit_comment(id, author, text).await);
             }
             Op::DeleteComment { id, user, reply } => {
                 let result = self
@@ -1233,6 +1217,42 @@ impl Shard {
             .write_recorded(record, move |t| content::add_comment(t, comment))
             .await?;
         self.read(|r| comment_info(r, stored, author))
+    }
+
+    /// Edits `author`'s comment `id`, while its post is still one the author may see (not
+    /// after a block or the post's author turning private: 404, as for a new comment).
+    async fn edit_comment(
+        self: &Rc<Self>,
+        id: u64,
+        author: u64,
+        text: String,
+    ) -> Result<crate::mesh::CommentInfo, Fail> {
+        let visible = self.read(|r| {
+            let Some(comment) = content::comment(r, id)? else {
+                return Ok(false);
+            };
+            match content::post(r, comment.post_id)? {
+                Some(post) => self.may_see(r, &post, author),
+                None => Ok(false),
+            }
+        })?;
+        if !visible {
+            return Err(CoreError::NotFound.into());
+        }
+        let now = now_ms();
+        let record = Record::EditComment {
+            id,
+            author,
+            text: &text,
+            now,
+        }
+        .encode();
+        let edited = self
+            .write_recorded(record, move |t| {
+                content::edit_comment(t, id, author, text, now)
+            })
+            .await?;
+        self.read(|r| comment_info(r, edited, author))
     }
 
     fn profile(&self, user_id: u64, viewer: u64) -> Result<Option<Profile>, Fail> {

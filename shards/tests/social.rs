@@ -777,6 +777,23 @@ fn comments_nest_paginate_and_keep_their_rules() {
         assert_eq!(left, want);
         let resp = server.get(&format!("/v1/posts/{post_id}"), other.auth());
         assert_eq!(resp.at("post.comments_count").as_u64(), Some(7));
+
+        // Blocked by the post's author, the commenter no longer edits its comments there (as
+        // it could not comment); it may still delete them.
+        let own = chain[3];
+        edit(&commenter, own).expect(200);
+        server
+            .call(
+                "POST",
+                &format!("/v1/users/{}/block", commenter.id()),
+                author.auth(),
+                None,
+            )
+            .expect(200);
+        edit(&commenter, own).expect_error(404, "not_found");
+        server
+            .delete(&format!("/v1/comments/{own}"), commenter.auth())
+            .expect(204);
     }
 }
 
