@@ -131,6 +131,11 @@ pub enum Event {
     NotificationsRetracted {
         subject: u64,
     },
+    /// A user turned its account private: the target shard's feeds keep its posts only for
+    /// its followers and those a `mentioned` post addresses (`social::went_private`).
+    WentPrivate {
+        user_id: u64,
+    },
 }
 
 impl Event {
@@ -138,7 +143,7 @@ impl Event {
     /// notifications, media) that must go from the history when the account is erased?
     /// Tombstones that other readers of the history still need (`PostDeleted` for the search
     /// index, `UserChanged`, `SuspensionChanged`, `AccountErased`, `ErasureWork`,
-    /// `NotificationsRetracted`) name ids only and stay until retention. Exhaustive on purpose: a new variant must decide.
+    /// `NotificationsRetracted`, `WentPrivate`) name ids only and stay until retention. Exhaustive on purpose: a new variant must decide.
     pub fn reveals(&self, user: u64) -> bool {
         match self {
             Event::Followed { follower, followee }
@@ -163,7 +168,8 @@ impl Event {
             | Event::SuspensionChanged { .. }
             | Event::AccountErased { .. }
             | Event::ErasureWork { .. }
-            | Event::NotificationsRetracted { .. } => false,
+            | Event::NotificationsRetracted { .. }
+            | Event::WentPrivate { .. } => false,
         }
     }
 }
@@ -600,6 +606,9 @@ pub fn apply(
         Event::NotificationsRetracted { subject } => {
             crate::notifications::forget_local(txn, *subject)?
         }
+        Event::WentPrivate { user_id } => {
+            social::went_private(txn, *user_id)?;
+        }
     }
     Ok(true)
 }
@@ -631,6 +640,7 @@ mod tests {
             Event::AccountErased { .. } => 16,
             Event::ErasureWork { .. } => 17,
             Event::NotificationsRetracted { .. } => 18,
+            Event::WentPrivate { .. } => 19,
         }
     }
 

@@ -846,6 +846,44 @@ impl Muters {
     }
 }
 
+/// `author` turned private, on any shard: a public post of a private account is for its
+/// followers, so its posts (this shard's own and its copies) leave the feeds of the readers
+/// here they reached by a mention (`feed_items` rows) who do not follow it. A `mentioned`
+/// post stays with those it addresses. The readers whose feeds changed, once each.
+pub fn went_private(txn: &WriteTransaction, author: u64) -> Result<Vec<u64>, CoreError> {
+    let mut posts: Vec<u64> = txn
+        .open_table(COPIES_BY_AUTHOR)?
+        .range((author, 0)..=(author, u64::MAX))?
+        .map(|r| r.map(|(k, _)| k.value().1))
+        .collect::<Result<_, _>>()?;
+    posts.extend(crate::content::post_ids_in(txn, author, usize::MAX)?);
+    let addressed = txn.open_table(ADDRESSED_POSTS)?;
+    let follows = txn.open_table(FOLLOWS)?;
+    let mut index = txn.open_table(FEED_POSTS)?;
+    let mut items = txn.open_table(FEED_ITEMS)?;
+    let mut changed = Vec::new();
+    for post in posts {
+        if addressed.get(post)?.is_some() {
+            continue;
+        }
+        let readers: Vec<u64> = index
+            .range((post, 0)..=(post, u64::MAX))?
+            .map(|r| r.map(|(k, _)| k.value().1))
+            .collect::<Result<_, _>>()?;
+        for reader in readers {
+            if reader == author || follows.get((reader, author))?.is_some() {
+                continue;
+            }
+            items.remove((reader, post))?;
+            index.remove((post, reader))?;
+            changed.push(reader);
+        }
+    }
+    changed.sort_unstable();
+    changed.dedup();
+    Ok(changed)
+}
+
 /// Removes a post from every feed on this shard: its copy, its author-index row and the feed
 /// rows naming it.
 pub fn unfan(txn: &WriteTransaction, post_id: u64) -> Result<(), CoreError> {

@@ -281,6 +281,15 @@ enum Logged {
         update: SettingsUpdate,
         now: u64,
     },
+    /// `social::settings_in` with the `WentPrivate` event it records for the other shards
+    /// when the account turns private (`SettingsEdit` is what older versions wrote).
+    SettingsEditAt {
+        user_id: u64,
+        update: SettingsUpdate,
+        now: u64,
+        event_id: u64,
+        targets: Vec<usize>,
+    },
 }
 
 /// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
@@ -471,10 +480,19 @@ pub(crate) enum Record<'a> {
         event_id: u64,
         now: u64,
     },
+    // No longer written (`SettingsEditAt` is); kept as `Profile` is.
+    #[cfg_attr(not(test), allow(dead_code))]
     SettingsEdit {
         user_id: u64,
         update: &'a SettingsUpdate,
         now: u64,
+    },
+    SettingsEditAt {
+        user_id: u64,
+        update: &'a SettingsUpdate,
+        now: u64,
+        event_id: u64,
+        targets: &'a [usize],
     },
 }
 
@@ -668,7 +686,17 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             update,
             now,
         } => {
-            crate::social::settings_in(t, user_id, &update, now).map_err(failed)?;
+            crate::social::settings_in(t, user_id, &update, now, None).map_err(failed)?;
+        }
+        Logged::SettingsEditAt {
+            user_id,
+            update,
+            now,
+            event_id,
+            targets,
+        } => {
+            let went_private = Some((event_id, targets.as_slice()));
+            crate::social::settings_in(t, user_id, &update, now, went_private).map_err(failed)?;
         }
         Logged::DropRequest {
             followee,
@@ -1104,6 +1132,19 @@ mod tests {
         assert!(matches!(
             codec::decode::<Logged>(&bytes).unwrap(),
             Logged::SettingsEdit { user_id: 122, update: u, now: 123 } if u == update
+        ));
+        let bytes = Record::SettingsEditAt {
+            user_id: 122,
+            update: &update,
+            now: 123,
+            event_id: 124,
+            targets: &[0, 2],
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::SettingsEditAt { user_id: 122, update: u, now: 123, event_id: 124, targets: t }
+                if u == update && t == [0, 2]
         ));
         let edit = ProfileEdit {
             display_name: Some(DisplayName::parse("Ada").unwrap()),

@@ -615,37 +615,7 @@ impl Shard {
                             profiles::digest(r, user_id)?,
                         ))
                     }),
-                    Some(update) => {
-                        let (private, now) = (update.private, now_ms());
-                        let record = Record::SettingsEdit {
-                            user_id,
-                            update: &update,
-                            now,
-                        }
-                        .encode();
-                        let result = self
-                            .write_recorded(record, move |t| settings_in(t, user_id, &update, now))
-                            .await
-                            .map_err(Fail::from);
-                        match result {
-                            Ok(settings) if private == Some(false) => {
-                                self.approve_all(user_id, deadline).await.map(|()| settings)
-                            }
-                            // The account's posts are for its followers from now on, so are
-                            // its media (signed for them, as a followers-only post's are).
-                            Ok(settings) if private == Some(true) => {
-                                match crate::media_jobs::make_all_private(self, user_id).await {
-                                    Ok(made) => {
-                                        crate::media_views::forget_everywhere(self, made, deadline)
-                                            .await;
-                                        Ok(settings)
-                                    }
-                                    Err(e) => Err(e),
-                                }
-                            }
-                            other => other,
-                        }
-                    }
+                    Some(update) => self.update_settings(user_id, update, deadline).await,
                 };
                 let _ = reply.send(result);
             }
@@ -813,8 +783,11 @@ impl Shard {
                 Event::PostCreated { post } if !shown => self.feeds_add(post),
                 Event::PostDeleted { post_id, .. } => self.feeds.post_gone(*post_id),
                 Event::PostEdited { post } => self.feeds.drop_post(post.id),
-                // Erasures remove posts, copies and relations of anyone: start again.
-                Event::AccountErased { .. } | Event::ErasureWork { .. } => self.feeds.forget_all(),
+                // Erasures remove posts, copies and relations of anyone, an account turning
+                // private its posts from strangers' feeds: start again.
+                Event::AccountErased { .. }
+                | Event::ErasureWork { .. }
+                | Event::WentPrivate { .. } => self.feeds.forget_all(),
                 _ => {}
             }
         }
@@ -1217,6 +1190,52 @@ impl Shard {
             .write_recorded(record, move |t| content::add_comment(t, comment))
             .await?;
         self.read(|r| comment_info(r, stored, author))
+    }
+
+    /// Changes `user_id`'s settings. Turning private, its posts leave the feeds of strangers
+    /// they mentioned on every shard and its media become private; turning public approves
+    /// every waiting follow request. Answered once all of it is done.
+    async fn update_settings(
+        self: &Rc<Self>,
+        user_id: u64,
+        update: SettingsUpdate,
+        deadline: Instant,
+    ) -> Result<(profiles::Settings, profiles::Digest), Fail> {
+        let (private, now) = (update.private, now_ms());
+        let was_private = self.read(|r| profiles::settings(r, user_id))?.private;
+        let event_id = self.next_id();
+        let here = self.id;
+        let targets: Vec<usize> = (0..self.shards).filter(|s| *s != here).collect();
+        let record = Record::SettingsEditAt {
+            user_id,
+            update: &update,
+            now,
+            event_id,
+            targets: &targets,
+        }
+        .encode();
+        let sent = targets.clone();
+        let settings = self
+            .write_recorded(record, move |t| {
+                settings_in(t, user_id, &update, now, Some((event_id, &sent)))
+            })
+            .await?;
+        match private {
+            Some(false) => self.approve_all(user_id, deadline).await?,
+            Some(true) => {
+                if !was_private {
+                    self.feeds.forget_all();
+                    let event = Event::WentPrivate { user_id };
+                    self.deliver_now(event_id, event, &targets, deadline).await;
+                }
+                // Its posts are for its followers from now on, so are its media (signed for
+                // them, as a followers-only post's are).
+                let made = crate::media_jobs::make_all_private(self, user_id).await?;
+                crate::media_views::forget_everywhere(self, made, deadline).await;
+            }
+            None => {}
+        }
+        Ok(settings)
     }
 
     /// Edits `author`'s comment `id`, while its post is still one the author may see (not
@@ -2241,6 +2260,7 @@ pub(crate) fn settings_in(
     user_id: u64,
     u: &SettingsUpdate,
     now: u64,
+    went_private: Option<(u64, &[usize])>,
 ) -> Result<(profiles::Settings, profiles::Digest), CoreError> {
     use nova_core::communication;
     let was_private = profiles::settings_in(t, user_id)?.private;
@@ -2248,6 +2268,14 @@ pub(crate) fn settings_in(
     if settings.private != was_private {
         // Its posts' hashtags leave (or join) the counts anyone's completion shows.
         nova_core::search::recount_author(t, user_id)?;
+    }
+    if settings.private && !was_private {
+        // Its posts leave the feeds of strangers they mentioned, here and on every shard.
+        social::went_private(t, user_id)?;
+        if let Some((event_id, targets)) = went_private {
+            let event = Event::WentPrivate { user_id };
+            nova_core::events::record(t, event_id, now, &event, targets)?;
+        }
     }
     if let Some(digest) = u.email_digest {
         let was = profiles::digest_in(t, user_id)?;

@@ -1026,6 +1026,25 @@ fn mentions_reach_only_users_who_may_read_the_post() {
                 .get(&format!("/v1/posts/{id}"), stranger.auth())
                 .expect_error(404, "not_found");
         }
+
+        // The author turns private: its public post leaves the stranger's feed (a page of
+        // it was read just now, so from memory too); one addressed to the stranger stays.
+        let to_stranger = format!("just you @{}", stranger.name());
+        let resp = create(
+            &server,
+            &author,
+            json!({"text": to_stranger, "visibility": "mentioned"}),
+        );
+        resp.expect(201);
+        let addressed = parse_id(resp.at("post.id"));
+        assert_eq!(home(&server, &stranger), [addressed, public], "{case}");
+        server.set_private(&author, true);
+        assert_eq!(home(&server, &stranger), [addressed], "{case}");
+        assert_eq!(
+            home(&server, &follower),
+            [of_private, public, for_followers],
+            "{case}"
+        );
     }
 }
 
