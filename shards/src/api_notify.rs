@@ -156,21 +156,23 @@ async fn list(
         let Some(raw) = query_param(q, name) else {
             return Ok(Vec::new());
         };
-        raw.split(',')
-            .filter(|s| !s.is_empty())
-            .take(Kind::ALL.len() * 2)
-            .map(|s| {
-                Kind::parse(s.trim()).ok_or_else(|| {
-                    bad(
-                        "invalid_type",
-                        format!(
-                            "{name} is a comma-separated list of: {}",
-                            Kind::ALL.map(Kind::as_str).join(", ")
-                        ),
-                    )
-                })
-            })
-            .collect()
+        // Every name is checked (a repeated one counts once), so none is silently left out.
+        let mut kinds = Vec::with_capacity(Kind::ALL.len());
+        for s in raw.split(',').filter(|s| !s.is_empty()) {
+            let kind = Kind::parse(s.trim()).ok_or_else(|| {
+                bad(
+                    "invalid_type",
+                    format!(
+                        "{name} is a comma-separated list of: {}",
+                        Kind::ALL.map(Kind::as_str).join(", ")
+                    ),
+                )
+            })?;
+            if !kinds.contains(&kind) {
+                kinds.push(kind);
+            }
+        }
+        Ok(kinds)
     };
     let filter = Filter {
         only: kinds("types")?,

@@ -308,9 +308,17 @@ fn pages_filters_read_marks_and_authorization() {
     assert_eq!(kinds, vec!["comment", "follow"]);
     let rest = items(&server, &recipient, "?exclude_types=like,follow");
     assert_eq!(rest.len(), 1);
+    // A long list with repeats still counts every name in it.
+    let many = format!("?types={}comment", "like,".repeat(40));
+    let kinds: Vec<String> = items(&server, &recipient, &many)
+        .iter()
+        .map(|n| field(n, "type").to_string())
+        .collect();
+    assert!(kinds.contains(&"comment".to_string()), "{kinds:?}");
     for bad in [
         "?types=likes",
         "?exclude_types=,nope",
+        &format!("?types={}nope", "like,".repeat(40)),
         "?limit=0",
         "?limit=101",
         "?max_id=x",
