@@ -136,6 +136,14 @@ pub enum Event {
     WentPrivate {
         user_id: u64,
     },
+    /// A message was deleted by its sender: the target shard's `users` (the conversation's
+    /// other participants) lose their `message` notification if it is about that message
+    /// (`notifications::forget_message`).
+    MessageDeleted {
+        conversation: u64,
+        message: u64,
+        users: Vec<u64>,
+    },
 }
 
 impl Event {
@@ -155,7 +163,9 @@ impl Event {
                 *blocker == user || *blocked == user
             }
             Event::PostCreated { post } | Event::PostEdited { post } => post.author_id == user,
-            Event::ConversationJoined { users, .. } => users.contains(&user),
+            Event::ConversationJoined { users, .. } | Event::MessageDeleted { users, .. } => {
+                users.contains(&user)
+            }
             Event::MessagePosted {
                 message,
                 recipients,
@@ -609,6 +619,15 @@ pub fn apply(
         Event::WentPrivate { user_id } => {
             social::went_private(txn, *user_id)?;
         }
+        Event::MessageDeleted {
+            conversation,
+            message,
+            users,
+        } => {
+            for u in users.iter().filter(|u| here(**u)) {
+                crate::notifications::forget_message(txn, *u, *conversation, *message)?;
+            }
+        }
     }
     Ok(true)
 }
@@ -641,6 +660,7 @@ mod tests {
             Event::ErasureWork { .. } => 17,
             Event::NotificationsRetracted { .. } => 18,
             Event::WentPrivate { .. } => 19,
+            Event::MessageDeleted { .. } => 20,
         }
     }
 

@@ -147,6 +147,15 @@ pub fn conversation_for(
     }
 }
 
+/// The participants of `conversation` now (none when it is gone), in a write.
+pub fn participants_in(txn: &WriteTransaction, conversation: u64) -> Result<Vec<u64>, CoreError> {
+    Ok(
+        load_conversation(&txn.open_table(CONVERSATIONS)?, conversation)?
+            .map(|c| c.participants)
+            .unwrap_or_default(),
+    )
+}
+
 /// Creates a conversation (on this, the creator's shard) with read receipts for everyone.
 pub fn create(txn: &WriteTransaction, conversation: &Conversation) -> Result<(), CoreError> {
     txn.open_table(CONVERSATIONS)?

@@ -732,6 +732,32 @@ pub fn forget_conversation(
     retract_keyed(txn, user, key)
 }
 
+/// Deletes `user`'s `message` notification about `conversation` when it is about `message`
+/// (deleted by its sender): nothing is left to read there. One about a newer message stays.
+pub fn forget_message(
+    txn: &WriteTransaction,
+    user: u64,
+    conversation: u64,
+    message: u64,
+) -> Result<bool, CoreError> {
+    let subject = Subject::Message {
+        id: 0,
+        conversation,
+    };
+    let key = coalescing_key(user, Kind::Message, None, subject);
+    let Some(id) = txn.open_table(KEYS)?.get(key)?.map(|v| v.value()) else {
+        return Ok(false);
+    };
+    let about = match txn.open_table(NOTIFICATIONS)?.get((user, id))? {
+        Some(v) => decode::<Notification>(v.value())?.subject.id(),
+        None => 0,
+    };
+    if about != message {
+        return Ok(false);
+    }
+    retract_keyed(txn, user, key)
+}
+
 /// Deletes the notification keyed `key` (`coalescing_key`) of `recipient`, if there is one.
 fn retract_keyed(
     txn: &WriteTransaction,

@@ -1518,7 +1518,8 @@ pub fn subject(event: &Event) -> Option<Subject> {
         | Event::MessagePosted { .. }
         | Event::ConversationLeft { .. }
         | Event::Notified { .. }
-        | Event::NotificationsRetracted { .. } => None,
+        | Event::NotificationsRetracted { .. }
+        | Event::MessageDeleted { .. } => None,
         // Relations change who may see a post, which is checked when a query runs.
         Event::Followed { .. }
         | Event::Unfollowed { .. }

@@ -192,12 +192,7 @@ impl Shard {
                 let _ = reply.send(result.map_err(Fail::from));
             }
             Op::DeleteMessage { id, sender, reply } => {
-                let result = self
-                    .write_recorded(Record::DeleteMessage { id, sender }.encode(), move |t| {
-                        messages::delete(t, id, sender)
-                    })
-                    .await;
-                let _ = reply.send(result.map(|_| ()).map_err(Fail::from));
+                let _ = reply.send(self.delete_message(id, sender).await);
             }
             Op::MarkRead {
                 conversation,
@@ -501,6 +496,33 @@ impl Shard {
         Ok(())
     }
 
+    /// On the conversation's shard: `sender` deletes its message `id`; the other
+    /// participants' notifications about it go, here at once, elsewhere when the relay
+    /// delivers `MessageDeleted` (woken now; after the message's own `MessagePosted`, as
+    /// events go in id order).
+    async fn delete_message(self: &Rc<Self>, id: u64, sender: u64) -> Result<(), Fail> {
+        let (here, shards) = (self.id, self.shards);
+        let (event_id, now) = (self.next_id(), now_ms());
+        let record = Record::DeleteMessageAt {
+            id,
+            sender,
+            here,
+            shards,
+            event_id,
+            now,
+        }
+        .encode();
+        let targets = self
+            .write_recorded(record, move |t| {
+                delete_in(t, id, sender, here, shards, event_id, now)
+            })
+            .await?;
+        if !targets.is_empty() {
+            self.relay.kick();
+        }
+        Ok(())
+    }
+
     /// On the conversation's shard: the user leaves; its inbox forgets the conversation.
     async fn leave(
         self: &Rc<Self>,
@@ -578,6 +600,46 @@ pub(crate) fn create_in(
         events::record(t, *id, now, event, &[*target])?;
     }
     Ok(())
+}
+
+/// `Shard::delete_message`'s write on the conversation's shard (`here`, of `shards`): the
+/// message goes, and so do the notifications about it of the other participants here; the
+/// `MessageDeleted` event is recorded for the shards of the others. Those shards. Replayed
+/// from its log record (replay.rs).
+pub(crate) fn delete_in(
+    t: &WriteTransaction,
+    id: u64,
+    sender: u64,
+    here: usize,
+    shards: usize,
+    event_id: u64,
+    now: u64,
+) -> Result<Vec<usize>, CoreError> {
+    let message = messages::delete(t, id, sender)?;
+    let conversation = message.conversation;
+    let users: Vec<u64> = messages::participants_in(t, conversation)?
+        .into_iter()
+        .filter(|u| *u != sender)
+        .collect();
+    let mut targets = Vec::new();
+    for u in &users {
+        match shard_of(*u) {
+            s if s == here => {
+                notifications::forget_message(t, *u, conversation, id)?;
+            }
+            s if s < shards && !targets.contains(&s) => targets.push(s),
+            _ => {}
+        }
+    }
+    let event = Event::MessageDeleted {
+        conversation,
+        message: id,
+        users,
+    };
+    if !targets.is_empty() {
+        events::record(t, event_id, now, &event, &targets)?;
+    }
+    Ok(targets)
 }
 
 /// `Shard::leave`'s write on the conversation's shard (`here`): `event` is the

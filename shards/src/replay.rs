@@ -290,6 +290,17 @@ enum Logged {
         event_id: u64,
         targets: Vec<usize>,
     },
+    /// A message deleted by its sender, with the `MessageDeleted` event it records for the
+    /// other participants' shards: `messaging::delete_in` (`DeleteMessage` is what older
+    /// versions wrote).
+    DeleteMessageAt {
+        id: u64,
+        sender: u64,
+        here: usize,
+        shards: usize,
+        event_id: u64,
+        now: u64,
+    },
 }
 
 /// `Logged` as it is written, from borrowed inputs (the same variants and fields, so the
@@ -367,6 +378,8 @@ pub(crate) enum Record<'a> {
         text: &'a str,
         now: u64,
     },
+    // No longer written (`DeleteMessageAt` is); kept as `Profile` is.
+    #[cfg_attr(not(test), allow(dead_code))]
     DeleteMessage {
         id: u64,
         sender: u64,
@@ -494,6 +507,14 @@ pub(crate) enum Record<'a> {
         event_id: u64,
         targets: &'a [usize],
     },
+    DeleteMessageAt {
+        id: u64,
+        sender: u64,
+        here: usize,
+        shards: usize,
+        event_id: u64,
+        now: u64,
+    },
 }
 
 impl Record<'_> {
@@ -607,6 +628,17 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
         }
         Logged::DeleteMessage { id, sender } => {
             messages::delete(t, id, sender).map_err(failed)?;
+        }
+        Logged::DeleteMessageAt {
+            id,
+            sender,
+            here,
+            shards,
+            event_id,
+            now,
+        } => {
+            crate::messaging::delete_in(t, id, sender, here, shards, event_id, now)
+                .map_err(failed)?;
         }
         Logged::Conversation {
             conversation,
@@ -967,6 +999,26 @@ mod tests {
         assert!(matches!(
             codec::decode::<Logged>(&bytes).unwrap(),
             Logged::EditMessage { id: 81, sender: 82, text, now: 83 } if text == "fixed"
+        ));
+        let bytes = Record::DeleteMessageAt {
+            id: 81,
+            sender: 82,
+            here: 1,
+            shards: 2,
+            event_id: 83,
+            now: 84,
+        }
+        .encode();
+        assert!(matches!(
+            codec::decode::<Logged>(&bytes).unwrap(),
+            Logged::DeleteMessageAt {
+                id: 81,
+                sender: 82,
+                here: 1,
+                shards: 2,
+                event_id: 83,
+                now: 84
+            }
         ));
         let bytes = Record::DeleteMessage { id: 81, sender: 82 }.encode();
         assert!(matches!(

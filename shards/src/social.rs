@@ -2487,7 +2487,10 @@ fn acknowledge_rows(
 fn relay_only(event: &Event) -> bool {
     matches!(
         event,
-        Event::MessagePosted { .. } | Event::AccountErased { .. } | Event::ErasureWork { .. }
+        Event::MessagePosted { .. }
+            | Event::MessageDeleted { .. }
+            | Event::AccountErased { .. }
+            | Event::ErasureWork { .. }
     )
 }
 

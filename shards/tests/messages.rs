@@ -578,6 +578,49 @@ fn each_recipient_keeps_one_message_notification_per_conversation_on_any_shard()
     assert_eq!(unread_notifications(&server, &b), 1);
 }
 
+/// A deleted message takes the notifications about it, for recipients on either shard; one
+/// about a newer message stays when an older one is deleted.
+#[test]
+fn a_deleted_message_takes_its_notifications() {
+    let server = Server::start(&[]);
+    for conv_shard in [0, 1] {
+        let a = server.member_on_shard(conv_shard);
+        let b = server.member_on_shard(1 - conv_shard);
+        let c = server.member_on_shard(conv_shard);
+        let conv = conversation(&server, &a, &[&b, &c]);
+        let m1 = send(&server, &a, conv, "one");
+        let m2 = send(&server, &a, conv, "two");
+        for who in [&b, &c] {
+            assert_eq!(message_notifications(&server, who, m2), vec![(m2, a.id())]);
+        }
+        server
+            .delete(&format!("/v1/messages/{m2}"), a.auth())
+            .expect(204);
+        for who in [&b, &c] {
+            let mut now = Vec::new();
+            let gone = wait_until(std::time::Duration::from_secs(5), || {
+                now = message_notifications_now(&server, who);
+                now.is_empty()
+            });
+            assert!(gone, "{}: {now:?}", who.name());
+            assert_eq!(unread_notifications(&server, who), 0);
+        }
+        let m3 = send(&server, &a, conv, "three");
+        server
+            .delete(&format!("/v1/messages/{m1}"), a.auth())
+            .expect(204);
+        // A message from the same shard sent after the delete is delivered after it: once it
+        // is there, so is the delete, and the newer notification stayed.
+        let other = conversation(&server, &c, &[&b]);
+        let m4 = send(&server, &c, other, "elsewhere");
+        assert_eq!(
+            message_notifications(&server, &b, m4),
+            vec![(m4, c.id()), (m3, a.id())]
+        );
+        assert_eq!(message_notifications(&server, &c, m3), vec![(m3, a.id())]);
+    }
+}
+
 /// (id, last_activity_at) of each conversation in `member`'s inbox, in the listed order.
 fn inbox_activity(server: &Server, member: &Member) -> Vec<(u64, String)> {
     let resp = server.get("/v1/conversations", member.auth());
