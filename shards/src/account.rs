@@ -221,6 +221,7 @@ impl Shard {
             })
             .await?;
         self.users.borrow_mut().remove(&user_id);
+        self.unstream_user(user_id);
         self.broadcast_revoked(&sessions).await;
         // The name caches are memory only (a restart empties them all), so telling every
         // shard now is enough; a shard too busy to hear it keeps a stale entry, logged.

@@ -384,6 +384,7 @@ pub enum Op {
         user: u64,
         kind: &'static str,
         data: String,
+        about: crate::stream::About,
         reply: Reply<()>,
     },
     /// On the recipient's shard: may `sender` start a conversation with `recipient`?

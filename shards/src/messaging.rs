@@ -489,6 +489,10 @@ impl Shard {
                     user: *p,
                     kind: "typing",
                     data: data.clone(),
+                    about: crate::stream::About {
+                        actor: user,
+                        items: [conversation, 0],
+                    },
                     reply,
                 },
             );
@@ -517,6 +521,7 @@ impl Shard {
                 delete_in(t, id, sender, here, shards, event_id, now)
             })
             .await?;
+        self.unstream_item(id);
         if !targets.is_empty() {
             self.relay.kick();
         }
@@ -799,9 +804,10 @@ impl Shard {
                 user,
                 kind,
                 data,
+                about,
                 reply,
             } => {
-                self.publish(user, kind, data);
+                self.publish(user, kind, data, about);
                 let _ = reply.send(Ok(()));
             }
             // Identity and social operations are served in shard.rs and social.rs.

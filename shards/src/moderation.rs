@@ -602,6 +602,7 @@ impl Shard {
                         .await?;
                 }
                 self.feeds.post_gone(id);
+                self.unstream_item(id);
                 self.deliver_now(event_id, event, &targets, deadline).await;
                 Ok(())
             }
@@ -617,6 +618,7 @@ impl Shard {
                         mods::record_audit(t, &audit)
                     })
                     .await?;
+                self.unstream_item(id);
                 Ok(())
             }
             TargetKind::Message | TargetKind::Account => Err(CoreError::NotFound.into()),

@@ -490,6 +490,9 @@ impl Shard {
                         content::delete_comment(t, id, user)
                     })
                     .await;
+                if result.is_ok() {
+                    self.unstream_item(id);
+                }
                 let _ = reply.send(result.map_err(Fail::from));
             }
             Op::PostCounts { ids, viewer, reply } => {
@@ -776,18 +779,30 @@ impl Shard {
                     self.feeds.forget(*follower);
                     self.feeds.forget(*followee);
                 }
-                Event::Blocked { blocker, blocked } | Event::Unblocked { blocker, blocked } => {
+                Event::Blocked { blocker, blocked } => {
+                    self.feeds.forget(*blocker);
+                    self.feeds.forget(*blocked);
+                    self.unstream_between(*blocker, *blocked);
+                }
+                Event::Unblocked { blocker, blocked } => {
                     self.feeds.forget(*blocker);
                     self.feeds.forget(*blocked);
                 }
                 Event::PostCreated { post } if !shown => self.feeds_add(post),
-                Event::PostDeleted { post_id, .. } => self.feeds.post_gone(*post_id),
+                Event::PostDeleted { post_id, .. } => {
+                    self.feeds.post_gone(*post_id);
+                    self.unstream_item(*post_id);
+                }
+                Event::MessageDeleted { message, .. } => self.unstream_item(*message),
+                Event::NotificationsRetracted { subject } => self.unstream_item(*subject),
                 Event::PostEdited { post } => self.feeds.drop_post(post.id),
                 // Erasures remove posts, copies and relations of anyone, an account turning
                 // private its posts from strangers' feeds: start again.
-                Event::AccountErased { .. }
-                | Event::ErasureWork { .. }
-                | Event::WentPrivate { .. } => self.feeds.forget_all(),
+                Event::AccountErased { user_id, .. } => {
+                    self.feeds.forget_all();
+                    self.unstream_user(*user_id);
+                }
+                Event::ErasureWork { .. } | Event::WentPrivate { .. } => self.feeds.forget_all(),
                 _ => {}
             }
         }
@@ -1667,6 +1682,7 @@ impl Shard {
             })
             .await?;
         self.feeds.post_gone(post_id);
+        self.unstream_item(post_id);
         self.deliver_now(event_id, event, &targets, deadline).await;
         Ok(())
     }
@@ -2010,10 +2026,14 @@ impl Shard {
             return Err(CoreError::NotFound.into());
         }
         let sent = event.clone();
+        let blocks = matches!(event, Event::Blocked { .. });
         let (changed, event_id) = self.write_change(target, event).await?;
         if changed {
             self.feeds.forget(actor);
             self.feeds.forget(other);
+            if blocks {
+                self.unstream_between(actor, other);
+            }
         }
         if changed && target != self.id {
             self.deliver_now(event_id, sent, &[target], deadline).await;

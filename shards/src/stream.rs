@@ -9,6 +9,10 @@
 //! generator, so they only grow; the connection drops anything not newer than what it sent,
 //! so nothing arrives twice.
 //!
+//! A kept event names its actor and what it shows (`About`): deletes, blocks and erasures
+//! applied on the user's shard forget the kept events they touch (`Shard::unstream`), so a
+//! resume does not bring them back.
+//!
 //! Bounds: streams per shard and per user (config), `RING_MAX` events kept per user for
 //! `RESUME_WINDOW_MS` after the last stream closed, and `SINK_CAPACITY` events queued per
 //! connection: a reader that falls that far behind is cut off (it can reconnect and resume).
@@ -58,6 +62,24 @@ pub struct StreamEvent {
     pub kind: &'static str,
     /// JSON, on one line.
     pub data: String,
+    pub about: About,
+}
+
+/// Whom and what a stream event is about: its actor (author, sender, notifier; 0 for none)
+/// and the posts, comments, messages or conversations it shows (0 for none). A kept event is
+/// forgotten when what it shows goes (`Shard::unstream`), so a resumed stream does not bring
+/// back a deleted post or message, nor anything of an erased account or across a block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct About {
+    pub actor: u64,
+    pub items: [u64; 2],
+}
+
+impl About {
+    /// Does the event show `item`?
+    pub fn names(&self, item: u64) -> bool {
+        item != 0 && self.items.contains(&item)
+    }
 }
 
 impl StreamEvent {
@@ -92,6 +114,7 @@ pub struct Streams {
 struct Queued {
     users: Vec<u64>,
     view: View,
+    about: About,
     resolve: bool,
 }
 
@@ -157,7 +180,7 @@ impl Streams {
 impl Shard {
     /// On `user`'s shard: adds an event to the user's stream, if the user has one open or
     /// had one within the resume window; otherwise nothing is kept.
-    pub fn publish(self: &Rc<Self>, user: u64, kind: &'static str, data: String) {
+    pub fn publish(self: &Rc<Self>, user: u64, kind: &'static str, data: String, about: About) {
         let subs = {
             let mut users = self.streams.users.borrow_mut();
             let Some(u) = users.get_mut(&user) else {
@@ -167,6 +190,7 @@ impl Shard {
                 id: self.next_id(),
                 kind,
                 data,
+                about,
             };
             if u.ring.len() >= RING_MAX {
                 u.ring.pop_front();
@@ -199,9 +223,14 @@ impl Shard {
         if users.is_empty() {
             return;
         }
+        let about = About {
+            actor: message.sender,
+            items: [message.id, message.conversation],
+        };
         self.publish_view(
             users,
             View::Message(crate::messaging::message_view(message)),
+            about,
         );
     }
 
@@ -210,7 +239,7 @@ impl Shard {
     /// shows them. Events go out in the order of the calls: what this shard has at hand goes
     /// out at once; anything else waits for its asks (within `VIEW_RESOLVE_MS`, then it goes
     /// out as stored), and the events after it wait behind it.
-    fn publish_view(self: &Rc<Self>, users: Vec<u64>, mut view: View) {
+    fn publish_view(self: &Rc<Self>, users: Vec<u64>, mut view: View, about: About) {
         let streams = &self.streams;
         if !streams.resolving.get()
             && streams.view_queue.borrow().is_empty()
@@ -218,7 +247,7 @@ impl Shard {
         {
             let data = view.data();
             for user in users {
-                self.publish(user, view.kind(), data.clone());
+                self.publish(user, view.kind(), data.clone(), about);
             }
             return;
         }
@@ -228,6 +257,7 @@ impl Shard {
             queue.push_back(Queued {
                 users,
                 view,
+                about,
                 resolve,
             });
         }
@@ -259,18 +289,18 @@ impl Shard {
                     }
                     stored => Slot::AsStored(stored.kind(), stored.data()),
                 };
-                order.push((q.users, slot));
+                order.push((q.users, slot, q.about));
             }
             let deadline = Instant::now() + Duration::from_millis(VIEW_RESOLVE_MS);
             resolve(&self, &mut posts, &mut messages, deadline).await;
-            for (users, slot) in order {
+            for (users, slot, about) in order {
                 let (kind, data) = match slot {
                     Slot::Post(i) => ("post", json_line(&posts[i])),
                     Slot::Message(i) => ("message", json_line(&messages[i])),
                     Slot::AsStored(kind, data) => (kind, data),
                 };
                 for user in users {
-                    self.publish(user, kind, data.clone());
+                    self.publish(user, kind, data.clone(), about);
                 }
             }
         }
@@ -326,6 +356,32 @@ impl Shard {
         }
     }
 
+    /// Forgets the kept events `gone(user, about)` names from the rings of this shard's
+    /// users, so that resuming does not bring them back.
+    pub(crate) fn unstream(&self, gone: impl Fn(u64, &About) -> bool) {
+        for (user, u) in self.streams.users.borrow_mut().iter_mut() {
+            u.ring.retain(|e| !gone(*user, &e.about));
+        }
+    }
+
+    /// `unstream` for a post, comment or message that went (deleted, or its notifications
+    /// retracted).
+    pub(crate) fn unstream_item(&self, item: u64) {
+        self.unstream(|_, about| about.names(item));
+    }
+
+    /// `unstream` for a block between `a` and `b`: what each was shown of the other.
+    pub(crate) fn unstream_between(&self, a: u64, b: u64) {
+        self.unstream(|user, about| {
+            (user == a && about.actor == b) || (user == b && about.actor == a)
+        });
+    }
+
+    /// `unstream` for an erased account: its own ring and everything of its in others'.
+    pub(crate) fn unstream_user(&self, erased: u64) {
+        self.unstream(|user, about| user == erased || about.actor == erased);
+    }
+
     /// Drops the rings of users without streams for longer than the resume window.
     pub(crate) fn prune_streams(&self) {
         let now = now_ms();
@@ -378,7 +434,11 @@ impl Shard {
             }
         };
         let view = crate::api_social::post_view(post, Default::default());
-        self.publish_view(listening, View::Post(view));
+        let about = About {
+            actor: post.author_id,
+            items: [post.id, 0],
+        };
+        self.publish_view(listening, View::Post(view), about);
     }
 
     /// Sends an op to a shard without waiting for an answer (best effort: a full inbox
@@ -695,6 +755,17 @@ fn publish_notifications(
     for n in list {
         let view = crate::api_notify::view(n, names);
         let data = String::from_utf8_lossy(&nova_protocol::to_json(&view)).into_owned();
-        shard.publish(n.recipient, "notification", data);
+        use nova_core::notifications::Subject;
+        let items = match n.subject {
+            Subject::None => [0, 0],
+            Subject::Post(id) | Subject::Media(id) => [id, 0],
+            Subject::Comment { id, post } => [id, post],
+            Subject::Message { id, conversation } => [id, conversation],
+        };
+        let about = About {
+            actor: n.actor.unwrap_or(0),
+            items,
+        };
+        shard.publish(n.recipient, "notification", data, about);
     }
 }

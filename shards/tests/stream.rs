@@ -360,6 +360,101 @@ fn last_event_id_resumes_without_gaps_or_repeats() {
     }
 }
 
+/// The ids of posts, messages and notifications' subjects and actors each event shows.
+fn named_ids(e: &Event) -> Vec<u64> {
+    let v = json_of(e);
+    ["id", "author.id", "sender.id", "actor.id", "subject.id"]
+        .iter()
+        .filter_map(|path| {
+            at(&v, path)
+                .and_then(|x| x.as_str())
+                .map(|x| x.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A reconnect with `Last-Event-ID` brings back nothing that went meanwhile: a deleted post
+/// or message, what a user who blocked the reader since showed it, an erased account's.
+#[test]
+fn a_resume_brings_back_nothing_that_went() {
+    let server = Server::start(&[]);
+    for (reader_shard, other_shard) in [(1, 0), (0, 0)] {
+        let reader = server.member_on_shard(reader_shard);
+        let author = server.member_on_shard(other_shard);
+        let blocker = server.member_on_shard(other_shard);
+        let erased = server.member_on_shard(1 - other_shard);
+        for followee in [&author, &blocker, &erased] {
+            server.follow(reader.auth(), followee.id()).expect(200);
+        }
+        let conv = conversation(&server, &author, &reader);
+        let mut sse = Sse::open(&server, &reader, None).unwrap();
+        send(&server, &author, conv, "before");
+        let last = sse.next_of("message").id.unwrap();
+        drop(sse);
+
+        let kept_post = server.new_post(&author, "kept");
+        let gone_post = server.new_post(&author, "deleted soon");
+        let kept_message = send(&server, &author, conv, "kept");
+        let gone_message = send(&server, &author, conv, "deleted soon");
+        let blockers_post = server.new_post(&blocker, "then a block");
+        let erased_post = server.new_post(&erased, "then erased");
+        // Each shows up in the ring (a notification of the last message is there too).
+        let notes = |who: &Member| server.get("/v1/notifications?types=message", who.auth());
+        assert!(wait_until(Duration::from_secs(5), || {
+            notes(&reader).text().contains(&gone_message.to_string())
+        }));
+        server
+            .delete(&format!("/v1/posts/{gone_post}"), author.auth())
+            .expect(204);
+        server
+            .delete(&format!("/v1/messages/{gone_message}"), author.auth())
+            .expect(204);
+        server
+            .call(
+                "POST",
+                &format!("/v1/users/{}/block", reader.id()),
+                blocker.auth(),
+                None,
+            )
+            .expect(200);
+        server
+            .call(
+                "DELETE",
+                "/v1/me",
+                erased.auth(),
+                Some(json!({"password": erased.user.password})),
+            )
+            .expect(204);
+        // The message's delete reaches another shard through the relay: its notification
+        // going shows it arrived.
+        assert!(wait_until(Duration::from_secs(5), || {
+            !notes(&reader).text().contains(&gone_message.to_string())
+        }));
+
+        let mut sse = Sse::open(&server, &reader, Some(last)).unwrap();
+        let end = send(&server, &author, conv, "the end");
+        let mut seen = Vec::new();
+        loop {
+            let e = sse.next().expect("the stream ended");
+            let ids = named_ids(&e);
+            seen.extend(ids.iter().copied());
+            if e.kind == "message" && ids.contains(&end) {
+                break;
+            }
+        }
+        let case = format!("reader on {reader_shard}, others on {other_shard}");
+        for kept in [kept_post, kept_message] {
+            assert!(seen.contains(&kept), "{case}: {kept} missing from {seen:?}");
+        }
+        for gone in [gone_post, gone_message, blockers_post, erased_post] {
+            assert!(!seen.contains(&gone), "{case}: {gone} came back");
+        }
+        for gone in [blocker.id(), erased.id()] {
+            assert!(!seen.contains(&gone), "{case}: user {gone} came back");
+        }
+    }
+}
+
 #[test]
 fn idle_streams_get_heartbeats_and_users_have_a_stream_limit() {
     let server = Server::start(&[
