@@ -268,12 +268,18 @@ fn reserve_port(listen: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAd
     // SO_REUSEPORT would let this process share a port another server listens on (the
     // kernel would then split the connections between the two): a bind without it first
     // finds the port taken.
+    // That bind also fails while connections of a process that died (kill -9) linger on the
+    // port (FIN-WAIT-2, up to a minute); then only a listening socket counts as taken.
     if listen.port() != 0 {
         let alone = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
         alone.set_reuse_address(true)?;
-        alone
-            .bind(&listen.into())
-            .with_context(|| format!("cannot bind {listen} (is another server on it?)"))?;
+        if let Err(e) = alone.bind(&listen.into()) {
+            if e.kind() != std::io::ErrorKind::AddrInUse || listening_on(listen.port()) {
+                return Err(e)
+                    .with_context(|| format!("cannot bind {listen} (is another server on it?)"));
+            }
+            tracing::info!(%listen, "port held by lingering connections only; binding");
+        }
     }
     let socket = Socket::new(Domain::for_address(listen), Type::STREAM, None)?;
     socket.set_reuse_port(true)?;
@@ -286,6 +292,27 @@ fn reserve_port(listen: SocketAddr) -> anyhow::Result<(socket2::Socket, SocketAd
         .as_socket()
         .context("not an IP socket")?;
     Ok((socket, addr))
+}
+
+/// Does any TCP socket on this machine listen on `port` (any address, IPv4 or IPv6)? Read
+/// from `/proc/net/tcp{,6}`; when neither can be read, yes (the bind is refused as before).
+fn listening_on(port: u16) -> bool {
+    let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .collect();
+    tables.is_empty() || tables.iter().any(|t| listens_in(t, port))
+}
+
+/// Is there a `LISTEN` row (state `0A`) for `port` in a `/proc/net/tcp`-style table?
+fn listens_in(table: &str, port: u16) -> bool {
+    let port = format!("{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1).unwrap_or("");
+        let state = fields.nth(1).unwrap_or("");
+        state == "0A" && local.rsplit_once(':').is_some_and(|(_, p)| p == port)
+    })
 }
 
 /// The CPUs this process may run on (respecting taskset/cgroups), in order.
@@ -468,5 +495,27 @@ async fn serve_mesh(shard: Rc<Shard>, inbox: flume::Receiver<ShardMsg>, accept_s
             }
             ShardMsg::Exit => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listens_in;
+
+    #[test]
+    fn a_listening_row_is_told_from_lingering_connections() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 0100007F:A2C4 05 00000000:00000000 00:00000000 00000000     0        0 0 1 0000000000000000 20 4 0 10 -1
+   1: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0000000000000000 100 0 0 10 0
+";
+        // 0x1F90 = 8080 is only in FIN-WAIT-2 (05); 0x16 = 22 listens.
+        assert!(!listens_in(table, 8080));
+        assert!(listens_in(table, 22));
+        assert!(!listens_in(table, 0x16 * 16));
+        let v6 = "  sl  local_address                         remote_address                        st
+   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000
+";
+        assert!(listens_in(v6, 8080));
+        assert!(!listens_in("", 8080));
     }
 }

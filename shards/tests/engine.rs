@@ -772,6 +772,32 @@ fn a_port_another_server_listens_on_is_refused() {
     }
 }
 
+/// After a kill -9, the server starts again on its port at once, though connections it had
+/// open linger there (FIN-WAIT-2, up to a minute) while their clients keep them: only a
+/// listening socket counts as taken.
+#[test]
+fn a_killed_server_starts_again_on_its_port_at_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut server = Launch::new().args(&["--listen", &addr]).start();
+    let user = server.register_new();
+    // An idle keep-alive connection, held open by this client across the kill.
+    let mut held = TcpStream::connect(server.addr()).unwrap();
+    std::io::Write::write_all(&mut held, b"GET /health HTTP/1.1\r\nHost: nova\r\n\r\n").unwrap();
+    let mut first = [0u8; 12];
+    held.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    server.kill9();
+    let again = server.relaunch().start();
+    assert_eq!(again.addr(), server.addr());
+    assert_eq!(again.login(&user.username, &user.password).user_id, user.id);
+    drop(held);
+}
+
 /// Starts, writes users on both shards, stops cleanly, damages `shard-1.redb` with `damage`
 /// and requires start-up to fail naming the file.
 fn check_damage_is_refused(what: &str, damage: impl FnOnce(&mut Vec<u8>, &[User])) {
