@@ -218,7 +218,7 @@ impl Shard {
                 user,
                 reply,
             } => {
-                let _ = reply.send(self.typing(conversation, user));
+                let _ = reply.send(self.typing(conversation, user, deadline).await);
             }
             Op::LeaveConversation {
                 conversation,
@@ -337,8 +337,43 @@ impl Shard {
         self.read(|r| messages::summary(r, id, creator))
     }
 
-    /// On the conversation's shard. In a conversation of two, a block either way stops new
-    /// messages (asked on the other participant's shard).
+    /// In a conversation of two, a block either way stops new messages and typing (asked on
+    /// the other participant's shard): 403 `cannot_message`.
+    async fn may_send(
+        self: &Rc<Self>,
+        conversation: &Conversation,
+        sender: u64,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
+        if conversation.participants.len() != 2 {
+            return Ok(());
+        }
+        let Some(other) = conversation
+            .participants
+            .iter()
+            .copied()
+            .find(|p| *p != sender)
+        else {
+            return Ok(());
+        };
+        let visible = self
+            .ask(shard_of(other), deadline, |reply| Op::Visible {
+                user_id: other,
+                viewer: sender,
+                reply,
+            })
+            .await?;
+        if !visible {
+            return Err(CoreError::forbidden(
+                "cannot_message",
+                format!("user {other} does not accept messages from you"),
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// On the conversation's shard (`may_send` first).
     async fn send_message(
         self: &Rc<Self>,
         new: NewMessage,
@@ -347,29 +382,7 @@ impl Shard {
         let sender = new.sender.id;
         let conversation =
             self.read(|r| messages::conversation_for(r, new.conversation, sender))?;
-        if conversation.participants.len() == 2 {
-            if let Some(other) = conversation
-                .participants
-                .iter()
-                .copied()
-                .find(|p| *p != sender)
-            {
-                let visible = self
-                    .ask(shard_of(other), deadline, |reply| Op::Visible {
-                        user_id: other,
-                        viewer: sender,
-                        reply,
-                    })
-                    .await?;
-                if !visible {
-                    return Err(CoreError::forbidden(
-                        "cannot_message",
-                        format!("user {other} does not accept messages from you"),
-                    )
-                    .into());
-                }
-            }
-        }
+        self.may_send(&conversation, sender, deadline).await?;
         // The message's time is its id's millisecond, so ordering by time (the inbox) and
         // by id (a conversation's messages) agree even when the clock ticks in between.
         let id = self.next_id();
@@ -477,8 +490,14 @@ impl Shard {
 
     /// On the conversation's shard: remember the indicator and tell the other participants'
     /// streams (in memory only; nothing is stored).
-    fn typing(self: &Rc<Self>, conversation: u64, user: u64) -> Result<(), Fail> {
+    async fn typing(
+        self: &Rc<Self>,
+        conversation: u64,
+        user: u64,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
         let c = self.read(|r| messages::conversation_for(r, conversation, user))?;
+        self.may_send(&c, user, deadline).await?;
         self.typing.start(conversation, user, now_ms());
         let data = format!(r#"{{"conversation_id":"{conversation}","user_id":"{user}"}}"#);
         for p in c.participants.iter().filter(|p| **p != user) {

@@ -341,6 +341,16 @@ fn blocks_and_settings_refuse_new_conversations() {
             .expect(200);
         create(&server, &a, &[&b]).expect_error(403, "cannot_message");
         create(&server, &b, &[&a]).expect_error(403, "cannot_message");
+        // Nor typing, either way.
+        for who in [&a, &b] {
+            server
+                .post(
+                    &format!("/v1/conversations/{existing}/typing"),
+                    who.auth(),
+                    json!({}),
+                )
+                .expect_error(403, "cannot_message");
+        }
         server
             .post(
                 &format!("/v1/conversations/{existing}/messages"),
