@@ -222,6 +222,9 @@ pub struct Subscription {
     /// The browser's authentication secret.
     pub auth: Vec<u8>,
     pub created_ms: u64,
+    /// The session that subscribed (0: stored before subscriptions kept it). It goes with
+    /// the session: a logout, a revocation or a password change ends it.
+    pub session: u64,
 }
 
 impl Subscription {
@@ -233,6 +236,7 @@ impl Subscription {
         auth: &str,
         allow_insecure_loopback: bool,
         now_ms: u64,
+        session: u64,
     ) -> Result<Subscription, Invalid> {
         let endpoint = Endpoint::parse(endpoint, allow_insecure_loopback)?;
         let key = b64url(p256dh)
@@ -251,6 +255,27 @@ impl Subscription {
             p256dh: key,
             auth,
             created_ms: now_ms,
+            session,
+        })
+    }
+
+    /// A stored subscription; one stored before subscriptions kept their session has none.
+    fn decode(bytes: &[u8]) -> Result<Subscription, CoreError> {
+        #[derive(Deserialize)]
+        struct Before {
+            endpoint: String,
+            p256dh: Vec<u8>,
+            auth: Vec<u8>,
+            created_ms: u64,
+        }
+        decode::<Subscription>(bytes).or_else(|_| {
+            decode::<Before>(bytes).map(|b| Subscription {
+                endpoint: b.endpoint,
+                p256dh: b.p256dh,
+                auth: b.auth,
+                created_ms: b.created_ms,
+                session: 0,
+            })
         })
     }
 }
@@ -312,9 +337,63 @@ pub fn subscriptions(
         .range((user, "")..(user.saturating_add(1), ""))?
         .take(max)
     {
-        out.push(decode(row?.1.value())?);
+        out.push(Subscription::decode(row?.1.value())?);
     }
     Ok(out)
+}
+
+/// `user`'s subscription to `endpoint` if it is still the one made at `created_ms` (not
+/// deleted, nor replaced by a new subscription of the same endpoint).
+pub fn still_subscribed(
+    read: &ReadTransaction,
+    user: u64,
+    endpoint: &str,
+    created_ms: u64,
+) -> Result<bool, CoreError> {
+    let table = match read.open_table(SUBSCRIPTIONS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(match table.get((user, endpoint))? {
+        Some(v) => Subscription::decode(v.value())?.created_ms == created_ms,
+        None => false,
+    })
+}
+
+/// Deletes `user`'s subscription to `endpoint` if it is still the one made at `created_ms`
+/// (the push service said it is gone; a new one of the same endpoint stays).
+pub fn unsubscribe_made_at(
+    txn: &WriteTransaction,
+    user: u64,
+    endpoint: &str,
+    created_ms: u64,
+) -> Result<bool, CoreError> {
+    let mut table = txn.open_table(SUBSCRIPTIONS)?;
+    let same = match table.get((user, endpoint))? {
+        Some(v) => Subscription::decode(v.value())?.created_ms == created_ms,
+        None => false,
+    };
+    if same {
+        table.remove((user, endpoint))?;
+    }
+    Ok(same)
+}
+
+/// Deletes `user`'s subscriptions made by `session` (revoked); returns how many went.
+pub fn forget_session(txn: &WriteTransaction, user: u64, session: u64) -> Result<usize, CoreError> {
+    let mut table = txn.open_table(SUBSCRIPTIONS)?;
+    let mut gone = Vec::new();
+    for row in table.range((user, "")..(user.saturating_add(1), ""))? {
+        let (key, value) = row?;
+        if Subscription::decode(value.value())?.session == session {
+            gone.push(key.value().1.to_string());
+        }
+    }
+    for endpoint in &gone {
+        table.remove((user, endpoint.as_str()))?;
+    }
+    Ok(gone.len())
 }
 
 /// Deletes up to `limit` of `user`'s subscriptions (account erasure); returns how many.
@@ -668,23 +747,24 @@ mod tests {
             .to_encoded_point(false);
         let key = URL_SAFE_NO_PAD.encode(ua.as_bytes());
         let auth = URL_SAFE_NO_PAD.encode([1u8; 16]);
-        assert!(Subscription::parse("https://h/x", &key, &auth, false, 0).is_ok());
+        assert!(Subscription::parse("https://h/x", &key, &auth, false, 0, 7).is_ok());
         assert!(Subscription::parse(
             "https://h/x",
             &format!("{key}="),
             &format!("{auth}=="),
             false,
-            0
+            0,
+            7
         )
         .is_ok());
         assert_eq!(
-            Subscription::parse("https://h/x", &auth, &auth, false, 0)
+            Subscription::parse("https://h/x", &auth, &auth, false, 0, 7)
                 .unwrap_err()
                 .code,
             "invalid_p256dh"
         );
         assert_eq!(
-            Subscription::parse("https://h/x", &key, &key, false, 0)
+            Subscription::parse("https://h/x", &key, &key, false, 0, 7)
                 .unwrap_err()
                 .code,
             "invalid_auth"
@@ -696,7 +776,8 @@ mod tests {
             &URL_SAFE_NO_PAD.encode(&not_on_curve),
             &auth,
             false,
-            0
+            0,
+            7
         )
         .is_err());
     }
@@ -713,8 +794,9 @@ mod tests {
             .to_encoded_point(false);
         let key = URL_SAFE_NO_PAD.encode(ua.as_bytes());
         let auth = URL_SAFE_NO_PAD.encode([1u8; 16]);
-        let sub =
-            |n: u32| Subscription::parse(&format!("https://h/{n}"), &key, &auth, false, 0).unwrap();
+        let sub = |n: u32| {
+            Subscription::parse(&format!("https://h/{n}"), &key, &auth, false, 0, 7).unwrap()
+        };
         let txn = db.begin_write().unwrap();
         subscribe(&txn, 1, &sub(1), 2).unwrap();
         subscribe(&txn, 1, &sub(1), 2).unwrap();
@@ -732,5 +814,72 @@ mod tests {
             .collect();
         assert_eq!(mine, vec!["https://h/2".to_string()]);
         assert_eq!(subscriptions(&read, 2, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn subscriptions_go_with_their_session_and_retries_with_their_subscription() {
+        use redb::backends::InMemoryBackend;
+        use redb::{Database, ReadableDatabase};
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let ua = SecretKey::random(&mut rand::rngs::OsRng)
+            .public_key()
+            .to_encoded_point(false);
+        let key = URL_SAFE_NO_PAD.encode(ua.as_bytes());
+        let auth = URL_SAFE_NO_PAD.encode([1u8; 16]);
+        let sub = |n: u32, at: u64, session: u64| {
+            Subscription::parse(&format!("https://h/{n}"), &key, &auth, false, at, session).unwrap()
+        };
+        let txn = db.begin_write().unwrap();
+        subscribe(&txn, 1, &sub(1, 10, 7), 10).unwrap();
+        subscribe(&txn, 1, &sub(2, 10, 8), 10).unwrap();
+        subscribe(&txn, 1, &sub(3, 10, 7), 10).unwrap();
+        // One stored before subscriptions kept their session: none, so no session ends it.
+        #[derive(Serialize)]
+        struct Before<'a> {
+            endpoint: &'a str,
+            p256dh: &'a [u8],
+            auth: &'a [u8],
+            created_ms: u64,
+        }
+        let old = sub(4, 10, 0);
+        let bytes = encode(&Before {
+            endpoint: &old.endpoint,
+            p256dh: &old.p256dh,
+            auth: &old.auth,
+            created_ms: 10,
+        });
+        txn.open_table(SUBSCRIPTIONS)
+            .unwrap()
+            .insert((1, old.endpoint.as_str()), bytes.as_slice())
+            .unwrap();
+        assert_eq!(forget_session(&txn, 1, 7).unwrap(), 2);
+        assert_eq!(forget_session(&txn, 1, 7).unwrap(), 0);
+        // Replaced by a new subscription of the same endpoint: the old one's retries stop,
+        // and "gone" for the old one leaves the new one.
+        subscribe(&txn, 1, &sub(2, 20, 8), 10).unwrap();
+        assert!(!unsubscribe_made_at(&txn, 1, "https://h/2", 10).unwrap());
+        txn.commit().unwrap();
+        let read = db.begin_read().unwrap();
+        let left: Vec<(String, u64)> = subscriptions(&read, 1, 10)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.endpoint, s.session))
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                ("https://h/2".to_string(), 8),
+                ("https://h/4".to_string(), 0)
+            ]
+        );
+        assert!(!still_subscribed(&read, 1, "https://h/2", 10).unwrap());
+        assert!(still_subscribed(&read, 1, "https://h/2", 20).unwrap());
+        assert!(!still_subscribed(&read, 1, "https://h/1", 10).unwrap());
+        drop(read);
+        let txn = db.begin_write().unwrap();
+        assert!(unsubscribe_made_at(&txn, 1, "https://h/2", 20).unwrap());
+        txn.commit().unwrap();
     }
 }

@@ -36,7 +36,8 @@ pub(crate) async fn dispatch(
             },
         ));
     }
-    let user = authenticate(shard, req.headers())?.user_id;
+    let claims = authenticate(shard, req.headers())?;
+    let user = claims.user_id;
     let home = shard_of(user);
     match route {
         Route::Notifications => list(shard, user, req.uri().query(), deadline).await,
@@ -81,6 +82,7 @@ pub(crate) async fn dispatch(
                 &body.keys.auth,
                 shard.cfg.push_allow_insecure_loopback,
                 now_ms(),
+                claims.session_id,
             )?;
             let view = sub_view(&sub);
             shard

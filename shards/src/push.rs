@@ -117,6 +117,8 @@ struct Job {
     endpoint: String,
     p256dh: Vec<u8>,
     auth: Vec<u8>,
+    /// When the subscription was made: a retry goes only to that same subscription.
+    created_ms: u64,
     payload: Vec<u8>,
     /// Tries made so far.
     tries: u32,
@@ -248,6 +250,7 @@ pub fn on_fresh(shard: &Rc<Shard>, fresh: &[Notification]) {
                     endpoint: sub.endpoint,
                     p256dh: sub.p256dh,
                     auth: sub.auth,
+                    created_ms: sub.created_ms,
                     payload: payload.clone(),
                     tries: 0,
                 });
@@ -344,6 +347,11 @@ impl Worker {
                 return;
             }
         };
+        // A retry of a subscription deleted (or replaced) since is not sent.
+        if job.tries > 0 && !self.still_subscribed(&job) {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let host = endpoint.host_port().to_string();
         let admitted = self.breakers().admit(&host, Instant::now(), &self.settings);
         if let Err(until) = admitted {
@@ -362,7 +370,7 @@ impl Worker {
             }
             Outcome::Gone => {
                 self.breakers().success(&host);
-                self.remove(job.user, job.endpoint);
+                self.remove(job.user, job.endpoint, job.created_ms);
             }
             Outcome::Refused => {
                 self.breakers().success(&host);
@@ -486,12 +494,31 @@ impl Worker {
         }));
     }
 
-    /// Deletes a subscription the push service no longer knows, on its owner's shard.
-    fn remove(&self, user: u64, endpoint: String) {
+    /// Is the job's subscription still there, as it was when the job was made? (Read on the
+    /// owner's shard; when it cannot be read, yes.)
+    fn still_subscribed(&self, job: &Job) -> bool {
+        let Some(partition) = self.partitions.get(shard_of(job.user)) else {
+            return false;
+        };
+        let found = partition
+            .read()
+            .map_err(nova_core::CoreError::from)
+            .and_then(|r| core_push::still_subscribed(&r, job.user, &job.endpoint, job.created_ms));
+        found.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "push: cannot read a subscription");
+            true
+        })
+    }
+
+    /// Deletes a subscription the push service no longer knows, on its owner's shard (unless
+    /// it was replaced meanwhile by a new subscription of the same endpoint).
+    fn remove(&self, user: u64, endpoint: String, created_ms: u64) {
         let Some(partition) = self.partitions.get(shard_of(user)) else {
             return;
         };
-        let removed = partition.write_blocking(move |t| core_push::unsubscribe(t, user, &endpoint));
+        let removed = partition.write_blocking(move |t| {
+            core_push::unsubscribe_made_at(t, user, &endpoint, created_ms)
+        });
         match removed {
             Ok(_) => {
                 self.stats.removed.fetch_add(1, Ordering::Relaxed);

@@ -646,3 +646,64 @@ fn failures_are_retried_dropped_or_cut_off_and_never_slow_requests() {
         "a like does not wait for push"
     );
 }
+
+/// A subscription goes with the session that made it: after a logout (or a password reset,
+/// which revokes every session) nothing more is pushed to it. A retry waiting for a
+/// subscription deleted since is not sent.
+#[test]
+fn a_subscription_goes_with_its_session_and_its_retries_with_it() {
+    let server = Server::start(&[
+        "--push-allow-insecure-loopback",
+        "true",
+        "--push-timeout-ms",
+        "400",
+        "--push-backoff-ms",
+        "1000",
+        "--push-retries-max",
+        "3",
+    ]);
+    let service = PushService::start(&[]);
+    for (actor_shard, recipient_shard) in PAIRS {
+        let case = format!("actor on {actor_shard}, recipient on {recipient_shard}");
+        let actor = server.member_on_shard(actor_shard);
+        let recipient = server.member_on_shard(recipient_shard);
+        // Another session of the same account, which stays.
+        let other = server.login(&recipient.user.username, &recipient.user.password);
+        let sub = Subscriber::new(service.endpoint(&recipient.user.username));
+        sub.subscribe(&server, &recipient);
+        server
+            .delete("/v1/sessions/current", recipient.auth())
+            .expect(204);
+        let resp = server.get("/v1/push/subscriptions", Some(&other.access));
+        resp.expect(200);
+        assert_eq!(resp.at("items"), &json!([]), "{case}");
+        let before = service.count();
+        let resp = server.post(
+            "/v1/posts",
+            Some(&other.access),
+            json!({"text": "after the logout"}),
+        );
+        resp.expect(201);
+        like(&server, &actor, parse_id(resp.at("post.id")));
+        thread::sleep(Duration::from_millis(500));
+        assert_eq!(service.count(), before, "{case}: pushed after the logout");
+    }
+
+    let failing = PushService::start(&[Answer::Status(500); 10]);
+    let actor = server.member_on_shard(0);
+    let recipient = server.member_on_shard(1);
+    let sub = Subscriber::new(failing.endpoint("r"));
+    sub.subscribe(&server, &recipient);
+    like(&server, &actor, server.new_post(&recipient, "p"));
+    failing.wait_for(1);
+    let endpoint = sub.endpoint.replace(':', "%3A").replace('/', "%2F");
+    server
+        .delete(
+            &format!("/v1/push/subscriptions?endpoint={endpoint}"),
+            recipient.auth(),
+        )
+        .expect(204);
+    // The first retry was due 0.5-1.5 s after the failure (backoff 1 s, jitter).
+    thread::sleep(Duration::from_millis(2500));
+    assert_eq!(failing.count(), 1, "a retry went to a deleted subscription");
+}

@@ -756,6 +756,9 @@ fn revoke(
 ) -> Result<(), CoreError> {
     let mut revoked = session.clone();
     revoked.revoked_ms = Some(ctx.now_ms);
+    // Its push subscriptions go with it: nobody who held the session keeps getting the
+    // account's notifications.
+    crate::push::forget_session(txn, session.user_id, session.id)?;
     txn.open_table(SESSIONS)?
         .insert(session.id, encode(&revoked).as_slice())?;
     txn.open_table(TOKENS)?.remove(session.id)?;
