@@ -161,6 +161,15 @@ pub fn not_public(ip: std::net::IpAddr) -> bool {
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                // Site-local (deprecated), local-use NAT64 (64:ff9b:1::/48), Teredo
+                // (2001::/32, an IPv4 relay), documentation (2001:db8::/32), discard (100::/64).
+                || (s[0] & 0xffc0) == 0xfec0
+                || s[..3] == [0x64, 0xff9b, 1]
+                || s[..2] == [0x2001, 0]
+                || s[..2] == [0x2001, 0xdb8]
+                || s[..4] == [0x100, 0, 0, 0]
+                // 6to4 (2002::/16): the IPv4 address it carries.
+                || (s[0] == 0x2002 && not_public(embedded(s[1], s[2]).into()))
                 || v6.to_ipv4_mapped().is_some_and(|v4| not_public(v4.into()))
                 // IPv4-compatible (deprecated) and NAT64 (64:ff9b::/96) forms of an address.
                 || (s[..6] == [0; 6] && not_public(embedded(s[6], s[7]).into()))
@@ -676,8 +685,8 @@ mod tests {
         let e = Endpoint::parse("https://Push.Example.net/wpush/v2/abc?x=1", false).unwrap();
         assert_eq!(e.origin(), "https://Push.Example.net");
         assert_eq!(e.host_port(), "push.example.net:443");
-        let e = Endpoint::parse("https://[2001:db8::1]:8443/p", false).unwrap();
-        assert_eq!(e.host_port(), "[2001:db8::1]:8443");
+        let e = Endpoint::parse("https://[2606:4700::1111]:8443/p", false).unwrap();
+        assert_eq!(e.host_port(), "[2606:4700::1111]:8443");
         for internal in [
             "https://[::1]/p",
             "https://localhost/p",
@@ -700,6 +709,13 @@ mod tests {
             "https://100.64.0.1/p",
             "https://[::127.0.0.1]/p",
             "https://[64:ff9b::a00:1]/p",
+            "https://[2002:a9fe:a9fe::]/p",
+            "https://[2002:7f00:1::]/p",
+            "https://[fec0::1]/p",
+            "https://[64:ff9b:1::8.8.8.8]/p",
+            "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/p",
+            "https://[2001:db8::1]/p",
+            "https://[100::1]/p",
         ] {
             assert!(Endpoint::parse(internal, false).is_err(), "{internal}");
         }
@@ -711,6 +727,8 @@ mod tests {
             "https://1e100.net/p",
             "https://push.example.123abc/p",
             "https://8.8.8.8/p",
+            "https://[2002:808:808::]/p",
+            "https://[2606:4700::1111]/p",
         ] {
             assert!(Endpoint::parse(public, false).is_ok(), "{public}");
         }
