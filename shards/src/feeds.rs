@@ -11,7 +11,8 @@
 //! the readers it reaches here (`Shard::feeds_add`; not those who mute its author, nor those a
 //! `mentioned` post does not address); every change of a relation drops the
 //! heads of both users (`Feeds::forget`), and a rare change that can touch anyone's feed
-//! (an erasure, a moderator's removal) drops them all. Anything a head cannot answer (a page
+//! (an erasure, a moderator's removal, an account turning private, an edit of a `mentioned`
+//! post, which can change whom it addresses) drops them all. Anything a head cannot answer (a page
 //! past its end, an ascending page) is read from redb as before.
 //!
 //! The post cache holds decoded posts by id, for heads and timelines alike: both the

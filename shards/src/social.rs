@@ -795,7 +795,7 @@ impl Shard {
                 }
                 Event::MessageDeleted { message, .. } => self.unstream_item(*message),
                 Event::NotificationsRetracted { subject } => self.unstream_item(*subject),
-                Event::PostEdited { post } => self.feeds.drop_post(post.id),
+                Event::PostEdited { post } => self.post_edited(post),
                 // Erasures remove posts, copies and relations of anyone, an account turning
                 // private its posts from strangers' feeds: start again.
                 Event::AccountErased { user_id, .. } => {
@@ -2005,9 +2005,19 @@ impl Shard {
                 })
                 .await?
         };
-        self.feeds.drop_post(post_id);
+        self.post_edited(&post);
         self.deliver_now(event_id, event, &targets, deadline).await;
         Ok(post)
+    }
+
+    /// After an edit of `post` here: its cached copy goes; a `mentioned` post may now
+    /// address other readers, whose heads (and the heads of those it no longer addresses)
+    /// are merged again. Such edits are rare: every head of this shard goes.
+    fn post_edited(&self, post: &Post) {
+        self.feeds.drop_post(post.id);
+        if post.visibility == Visibility::Mentioned {
+            self.feeds.forget_all();
+        }
     }
 
     /// A follow, unfollow, block or unblock (`event`) on `actor`'s shard whose mirror lives

@@ -512,6 +512,56 @@ fn a_deleted_post_is_not_counted_in_a_slice() {
 }
 
 #[test]
+fn an_edit_that_drops_a_mention_is_not_counted_in_a_slice() {
+    // A `mentioned` post edited so that it no longer addresses a reader leaves that reader's
+    // feed, in memory too: a slice's `start` must not count it, on the author's shard and on
+    // the reader's.
+    let server = dsb_server();
+    let users = users_by_shard(&server, 3);
+    for (author, reader) in [(&users[0][0], &users[1][0]), (&users[1][1], &users[1][2])] {
+        follow_ids(&server, reader, author);
+        for i in 0..3 {
+            compose(
+                &server,
+                author,
+                &format!("plain {i} of {}", author.name),
+                &[],
+            );
+        }
+        let token = server.login(&author.name, PASSWORD).access;
+        let resp = server.post(
+            "/v1/posts",
+            Some(&token),
+            simd_json::json!({"text": format!("for @{} only", reader.name), "visibility": "mentioned"}),
+        );
+        resp.expect(201);
+        let addressed = parse_id(resp.at("post.id"));
+        let all = read(&server, "home-timeline", reader, 0, 4);
+        assert_eq!(post_ids(&all)[0], addressed);
+        server
+            .call(
+                "PATCH",
+                &format!("/v1/posts/{addressed}"),
+                Some(&token),
+                Some(simd_json::json!({"text": "for nobody now"})),
+            )
+            .expect(200);
+        let plain: Vec<String> = (0..3)
+            .rev()
+            .map(|i| format!("plain {i} of {}", author.name))
+            .collect();
+        for (start, stop) in [(1, 3), (0, 3), (2, 3)] {
+            assert_eq!(
+                texts(&read(&server, "home-timeline", reader, start, stop)),
+                &plain[start as usize..stop as usize],
+                "{} start={start} stop={stop}",
+                reader.name
+            );
+        }
+    }
+}
+
+#[test]
 fn missing_fields_are_400_incomplete_arguments() {
     let server = dsb_server();
     let users = users_by_shard(&server, 1);
