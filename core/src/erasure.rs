@@ -193,7 +193,8 @@ pub fn on_erased(
 }
 
 /// Applying `Event::ErasureWork`: queues the items; a job that had finished starts again
-/// at `Work`.
+/// at `Work`, and so does one already past it (walking the history at `Events`), which
+/// would otherwise end with the items never drained.
 pub fn add_work(
     txn: &WriteTransaction,
     user: u64,
@@ -207,8 +208,14 @@ pub fn add_work(
         }
     }
     drop(work);
-    if load(txn, user)?.is_none() {
-        save(txn, &new_job(user, false, "", Stage::Work, now_ms))?;
+    match load(txn, user)? {
+        None => save(txn, &new_job(user, false, "", Stage::Work, now_ms))?,
+        Some(mut job) if job.stage > Stage::Work && !items.is_empty() => {
+            job.stage = Stage::Work;
+            job.cursor = (0, 0, 0);
+            save(txn, &job)?;
+        }
+        Some(_) => {}
     }
     Ok(())
 }
@@ -524,6 +531,70 @@ mod tests {
             created_ms: 0,
             edited_ms: None,
         }
+    }
+
+    /// `ErasureWork` applied while this shard's job walks the history (`Events`, the stage
+    /// after `Work`) is still done: the job goes back to `Work`, so the local user forgets
+    /// the erased follower and its count is exact.
+    #[test]
+    fn work_arriving_during_the_history_walk_is_done() {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        let (d, x) = (1u64 << 12, 2u64);
+        let txn = db.begin_write().unwrap();
+        social::add_follower(&txn, x, d, 0).unwrap();
+        for id in 10..20 {
+            let event = Event::PostCreated {
+                post: Box::new(post(id, x)),
+            };
+            events::record(&txn, id, 1_000, &event, &[]).unwrap();
+        }
+        on_erased(&txn, d, "d@example.com", 1_000).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(
+            social::counts(&db.begin_read().unwrap(), x).unwrap(),
+            (1, 0)
+        );
+
+        let lim = Limits {
+            here: 0,
+            shards: 2,
+            batch: 1,
+            now_ms: 2_000,
+        };
+        let run = |until_events: bool| {
+            for _ in 0..100 {
+                if until_events {
+                    let r = db.begin_read().unwrap();
+                    if job(&r, d).unwrap().map(|j| j.stage) == Some(Stage::Events) {
+                        return;
+                    }
+                }
+                let txn = db.begin_write().unwrap();
+                let s = step(&txn, d, &lim, &mut EventIds(vec![100, 101, 102])).unwrap();
+                txn.commit().unwrap();
+                if s.done {
+                    assert!(!until_events, "the job ended before walking the history");
+                    return;
+                }
+            }
+            panic!("the erasure does not end");
+        };
+        run(true);
+        let txn = db.begin_write().unwrap();
+        add_work(&txn, d, &[(WORK_RELATION, x)], 2_000).unwrap();
+        txn.commit().unwrap();
+        run(false);
+
+        let r = db.begin_read().unwrap();
+        assert!(pending(&r, 10).unwrap().is_empty());
+        assert_eq!(social::counts(&r, x).unwrap(), (0, 0));
+        assert!(
+            social::relation_page(&r, x, social::Relation::Followers, None, 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     /// A user with posts, comments, likes and relations on a one-shard database is erased in

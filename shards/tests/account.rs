@@ -711,3 +711,84 @@ fn deletion_completes_after_sigkill() {
         .expect(404);
     let _ = (c.on_d_post, c.partner_message);
 }
+
+/// Posts of a user of shard 1 that make that shard's history long: its erasure job walks it
+/// (`Events`, one row per step here) for seconds.
+const HISTORY_ON_SHARD_1: usize = 1_500;
+/// Posts of the erased user: its own shard deletes them (one per step) before it reaches
+/// `Relations`, by which time shard 1's job is walking its history.
+const POSTS_BEFORE_RELATIONS: usize = 150;
+
+#[test]
+fn erasure_work_arriving_during_the_history_walk_is_done() {
+    // One row per step: shard 1's job (a few steps to `Events`, then some 1,500) is walking
+    // its history when shard 0, past the erased user's posts, sends the relations of shard 1
+    // to forget (`ErasureWork`). That work must still be done: the followers of shard 1 lose
+    // the erased user from their count, not only from their list.
+    let server = Server::start(&["--erasure-batch-rows", "1"]);
+    let d = server.member_on_shard(0);
+    let followers: Vec<Member> = (0..2).map(|_| server.member_on_shard(1)).collect();
+    for f in &followers {
+        server.follow(f.auth(), d.id());
+        server.follow(d.auth(), f.id());
+    }
+    let filler = server.member_on_shard(1);
+    for i in 0..HISTORY_ON_SHARD_1 {
+        server.new_post(&filler, &format!("history {i}"));
+    }
+    for i in 0..POSTS_BEFORE_RELATIONS {
+        server.new_post(&d, &format!("erased {i}"));
+    }
+    for f in &followers {
+        let me = server.get(&format!("/v1/users/{}", f.id()), f.auth());
+        assert_eq!(me.at("user.followers_count").as_u64(), Some(1));
+        assert_eq!(me.at("user.following_count").as_u64(), Some(1));
+    }
+
+    server
+        .call(
+            "DELETE",
+            "/v1/me",
+            d.auth(),
+            Some(json!({"password": d.user.password.clone()})),
+        )
+        .expect(204);
+
+    // Every job that ran for the user on shard 1 has finished (a later `ErasureWork` may
+    // start one more: wait until the counts settle or the time is up).
+    let finished_on_1 = || {
+        let user = format!("user={}", d.id());
+        server
+            .stderr_text()
+            .lines()
+            .chain(server.stdout_lines().iter().map(String::as_str))
+            .any(|l| {
+                l.contains("erasure finished here") && l.contains(&user) && l.contains("shard=1")
+            })
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), finished_on_1),
+        "the erasure job of shard 1 did not finish"
+    );
+    let counts_of = |f: &Member| {
+        let me = server.get(&format!("/v1/users/{}", f.id()), f.auth());
+        me.expect(200);
+        (
+            me.at("user.followers_count").as_u64(),
+            me.at("user.following_count").as_u64(),
+        )
+    };
+    let exact = wait_until(Duration::from_secs(10), || {
+        followers.iter().all(|f| counts_of(f) == (Some(0), Some(0)))
+    });
+    for f in &followers {
+        let listed = server.get(&format!("/v1/users/{}/followers", f.id()), f.auth());
+        listed.expect(200);
+        assert!(item_ids(&listed).is_empty());
+    }
+    assert!(
+        exact,
+        "followers of shard 1 keep the erased user in their counts: {:?}",
+        followers.iter().map(counts_of).collect::<Vec<_>>()
+    );
+}
