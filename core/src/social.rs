@@ -324,8 +324,32 @@ pub fn unfollow(txn: &WriteTransaction, follower: u64, followee: u64) -> Result<
             .remove((followee, follower))?;
         txn.open_table(BACKFILLS)?.remove((follower, followee))?;
         bump(txn, follower, 0, -1)?;
+        drop_mentions_by(txn, follower, followee)?;
     }
     Ok(removed)
+}
+
+/// `reader` stopped following `author` (an unfollow, a block, an erasure): the author's posts
+/// that reached the reader's feed by a mention leave it too, but for `mentioned` posts (which
+/// address the reader). A followers-only post, or any post of a private account, is no longer
+/// the reader's to read; and an unfollow means "not in my feed".
+fn drop_mentions_by(txn: &WriteTransaction, reader: u64, author: u64) -> Result<(), CoreError> {
+    let mut items = txn.open_table(FEED_ITEMS)?;
+    let addressed = txn.open_table(ADDRESSED_POSTS)?;
+    let mut gone = Vec::new();
+    for row in items.range((reader, 0)..=(reader, u64::MAX))? {
+        let (key, value) = row?;
+        let post = key.value().1;
+        if value.value().0 == author && addressed.get(post)?.is_none() {
+            gone.push(post);
+        }
+    }
+    let mut index = txn.open_table(FEED_POSTS)?;
+    for post in gone {
+        items.remove((reader, post))?;
+        index.remove((post, reader))?;
+    }
+    Ok(())
 }
 
 /// On a private followee's shard: `requester` asks to follow. False when it already asked
@@ -354,6 +378,21 @@ pub fn drop_request(
         .open_table(FOLLOW_REQUESTS)?
         .remove((followee, requester))?
         .is_some())
+}
+
+/// On the followee's shard: a request withdrawn, refused or ended by a block goes, and the
+/// followee's `follow_request` notification of it with it. False when there was none.
+pub fn withdraw_request(
+    txn: &WriteTransaction,
+    followee: u64,
+    requester: u64,
+) -> Result<bool, CoreError> {
+    if !drop_request(txn, followee, requester)? {
+        return Ok(false);
+    }
+    let kind = crate::notifications::Kind::FollowRequest;
+    crate::notifications::retract(txn, followee, kind, requester)?;
+    Ok(true)
 }
 
 /// On the followee's shard: approve a request, making `requester` a follower here. False when
@@ -480,7 +519,7 @@ pub fn block(
     }
     unfollow(txn, blocker, blocked)?;
     remove_follower(txn, blocker, blocked)?;
-    drop_request(txn, blocker, blocked)?;
+    withdraw_request(txn, blocker, blocked)?;
     Ok(true)
 }
 
@@ -502,7 +541,7 @@ pub fn apply_blocked(
         .insert((blocked, blocker), now_ms)?;
     unfollow(txn, blocked, blocker)?;
     remove_follower(txn, blocked, blocker)?;
-    drop_request(txn, blocked, blocker)?;
+    withdraw_request(txn, blocked, blocker)?;
     Ok(())
 }
 

@@ -734,7 +734,7 @@ pub(crate) fn replay(t: &WriteTransaction, record: &[u8]) -> Result<(), StorageE
             followee,
             requester,
         } => {
-            crate::social::drop_request_in(t, followee, requester).map_err(failed)?;
+            social::withdraw_request(t, followee, requester).map_err(failed)?;
         }
         Logged::MediaCreate { new, now, quota } => {
             media::create(t, new, now, quota).map_err(failed)?;

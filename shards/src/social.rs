@@ -1852,7 +1852,9 @@ impl Shard {
         }
         .encode();
         let dropped = self
-            .write_recorded(record, move |t| drop_request_in(t, followee, requester))
+            .write_recorded(record, move |t| {
+                social::withdraw_request(t, followee, requester)
+            })
             .await?;
         Ok(dropped)
     }
@@ -2240,22 +2242,6 @@ pub(crate) fn request_in(
         };
         nova_core::notifications::notify(t, here, &notice, now)?;
     }
-    Ok(true)
-}
-
-/// `Shard::drop_request`'s write on the followee's shard: the request withdrawn or refused,
-/// and the followee's notification of it with it. False when there was none. Replayed from
-/// its log record (replay.rs).
-pub(crate) fn drop_request_in(
-    t: &nova_storage::redb::WriteTransaction,
-    followee: u64,
-    requester: u64,
-) -> Result<bool, CoreError> {
-    if !social::drop_request(t, followee, requester)? {
-        return Ok(false);
-    }
-    let kind = nova_core::notifications::Kind::FollowRequest;
-    nova_core::notifications::retract(t, followee, kind, requester)?;
     Ok(true)
 }
 

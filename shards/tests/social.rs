@@ -1045,6 +1045,16 @@ fn mentions_reach_only_users_who_may_read_the_post() {
             [of_private, public, for_followers],
             "{case}"
         );
+        // The follower unfollows: the author's posts that mentioned it go from its feed too
+        // (a followers-only post, a public post of a private account); the other private
+        // account it still follows stays.
+        server
+            .delete(
+                &format!("/v1/users/{}/follow", author.id()),
+                follower.auth(),
+            )
+            .expect(200);
+        assert_eq!(home(&server, &follower), [of_private], "{case}");
     }
 }
 

@@ -202,7 +202,7 @@ fn private_accounts_approve_each_follower() {
         // Withdrawn: its notice goes too (asked again, it was new again).
         assert_eq!(request_notices(&server, &owner), vec![asker.id()]);
 
-        // A block drops a pending request, whichever side blocks.
+        // A block drops a pending request and its notice, whichever side blocks.
         follow(&server, &bystander, owner.id());
         server
             .call(
@@ -213,6 +213,7 @@ fn private_accounts_approve_each_follower() {
             )
             .expect(200);
         assert!(requests(&server, &owner).is_empty());
+        assert_eq!(request_notices(&server, &owner), vec![asker.id()]);
         let third = server.member_on_shard(other_shard);
         follow(&server, &third, owner.id());
         server
@@ -224,6 +225,7 @@ fn private_accounts_approve_each_follower() {
             )
             .expect(200);
         assert!(requests(&server, &owner).is_empty());
+        assert_eq!(request_notices(&server, &owner), vec![asker.id()]);
 
         // Going public approves what is still pending.
         let fourth = server.member_on_shard(other_shard);
