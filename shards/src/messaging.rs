@@ -573,6 +573,9 @@ impl Shard {
         })
         .await?;
         self.typing.stop(conversation, user);
+        if target == here {
+            self.unstream_left(user, conversation);
+        }
         if target != here {
             self.deliver_now(event_id, sent, &[target], deadline).await;
         }

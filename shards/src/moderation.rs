@@ -446,6 +446,9 @@ impl Shard {
         };
         if changed {
             self.reload_suspended();
+            if on {
+                self.unstream_user(user_id);
+            }
             self.users.borrow_mut().remove(&user_id);
             self.broadcast_revoked(&revoked).await;
             self.deliver_now(event_id, event, &targets, deadline).await;

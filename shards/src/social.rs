@@ -802,7 +802,18 @@ impl Shard {
                     self.feeds.forget_all();
                     self.unstream_user(*user_id);
                 }
-                Event::ErasureWork { .. } | Event::WentPrivate { .. } => self.feeds.forget_all(),
+                Event::ErasureWork { .. } => self.feeds.forget_all(),
+                Event::WentPrivate { user_id } => {
+                    self.feeds.forget_all();
+                    self.unstream_private(*user_id);
+                }
+                Event::ConversationLeft { conversation, user } => {
+                    self.unstream_left(*user, *conversation)
+                }
+                Event::SuspensionChanged {
+                    user_id,
+                    suspended: true,
+                } => self.unstream_user(*user_id),
                 _ => {}
             }
         }
@@ -1240,6 +1251,7 @@ impl Shard {
             Some(true) => {
                 if !was_private {
                     self.feeds.forget_all();
+                    self.unstream_private(user_id);
                     let event = Event::WentPrivate { user_id };
                     self.deliver_now(event_id, event, &targets, deadline).await;
                 }
@@ -2038,13 +2050,15 @@ impl Shard {
             return Err(CoreError::NotFound.into());
         }
         let sent = event.clone();
-        let blocks = matches!(event, Event::Blocked { .. });
         let (changed, event_id) = self.write_change(target, event).await?;
         if changed {
             self.feeds.forget(actor);
             self.feeds.forget(other);
-            if blocks {
-                self.unstream_between(actor, other);
+            // What the actor's stream kept of the other goes as its feed does.
+            match &sent {
+                Event::Blocked { .. } => self.unstream_between(actor, other),
+                Event::Unfollowed { .. } => self.unstream_unfollowed(actor, other),
+                _ => {}
             }
         }
         if changed && target != self.id {

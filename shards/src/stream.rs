@@ -358,28 +358,56 @@ impl Shard {
 
     /// Forgets the kept events `gone(user, about)` names from the rings of this shard's
     /// users, so that resuming does not bring them back.
-    pub(crate) fn unstream(&self, gone: impl Fn(u64, &About) -> bool) {
+    pub(crate) fn unstream(&self, gone: impl Fn(u64, &StreamEvent) -> bool) {
         for (user, u) in self.streams.users.borrow_mut().iter_mut() {
-            u.ring.retain(|e| !gone(*user, &e.about));
+            u.ring.retain(|e| !gone(*user, e));
         }
     }
 
     /// `unstream` for a post, comment or message that went (deleted, or its notifications
     /// retracted).
     pub(crate) fn unstream_item(&self, item: u64) {
-        self.unstream(|_, about| about.names(item));
+        self.unstream(|_, e| e.about.names(item));
     }
 
     /// `unstream` for a block between `a` and `b`: what each was shown of the other.
     pub(crate) fn unstream_between(&self, a: u64, b: u64) {
-        self.unstream(|user, about| {
-            (user == a && about.actor == b) || (user == b && about.actor == a)
+        self.unstream(|user, e| {
+            (user == a && e.about.actor == b) || (user == b && e.about.actor == a)
         });
     }
 
-    /// `unstream` for an erased account: its own ring and everything of its in others'.
-    pub(crate) fn unstream_user(&self, erased: u64) {
-        self.unstream(|user, about| user == erased || about.actor == erased);
+    /// `unstream` for an erased or suspended account: its own ring and everything of its in
+    /// others'.
+    pub(crate) fn unstream_user(&self, gone: u64) {
+        self.unstream(|user, e| user == gone || e.about.actor == gone);
+    }
+
+    /// `unstream` for `reader` no longer following `author`: the author's posts, as its feed
+    /// drops them.
+    pub(crate) fn unstream_unfollowed(&self, reader: u64, author: u64) {
+        self.unstream(|user, e| user == reader && e.about.actor == author && e.kind == "post");
+    }
+
+    /// `unstream` for `user` leaving `conversation`: its messages, typing and notifications.
+    pub(crate) fn unstream_left(&self, user: u64, conversation: u64) {
+        self.unstream(|u, e| u == user && e.about.names(conversation));
+    }
+
+    /// `unstream` for `author` turning private: everything of it kept for users of this
+    /// shard who do not follow it (mentions of strangers, their posts and notifications).
+    pub(crate) fn unstream_private(&self, author: u64) {
+        let listeners: Vec<u64> = self.streams.users.borrow().keys().copied().collect();
+        let strangers: Vec<u64> = listeners
+            .into_iter()
+            .filter(|u| {
+                *u != author
+                    && !self
+                        .read(|r| social::follows(r, *u, author))
+                        .unwrap_or(false)
+            })
+            .collect();
+        self.unstream(|user, e| e.about.actor == author && strangers.contains(&user));
     }
 
     /// Drops the rings of users without streams for longer than the resume window.

@@ -455,6 +455,68 @@ fn a_resume_brings_back_nothing_that_went() {
     }
 }
 
+/// Nor what the reader may no longer read: a post that mentioned it from an account that
+/// turned private since (and its mention), a followers-only post of an author it unfollowed
+/// since, the messages of a conversation it left.
+#[test]
+fn a_resume_brings_back_only_what_the_reader_may_still_read() {
+    let server = Server::start(&[]);
+    for (reader_shard, other_shard) in [(1, 0), (0, 0)] {
+        let reader = server.member_on_shard(reader_shard);
+        let turning = server.member_on_shard(other_shard);
+        let unfollowed = server.member_on_shard(other_shard);
+        let sender = server.member_on_shard(1 - other_shard);
+        server.follow(reader.auth(), unfollowed.id()).expect(200);
+        let left = conversation(&server, &sender, &reader);
+        let mut sse = Sse::open(&server, &reader, None).unwrap();
+        let before = send(&server, &sender, left, "before");
+        let last = sse.next_of("message").id.unwrap();
+        drop(sse);
+
+        let mentioning = server.new_post(&turning, &format!("hi @{}", reader.name()));
+        let resp = server.post(
+            "/v1/posts",
+            unfollowed.auth(),
+            json!({"text": "followers only", "visibility": "followers"}),
+        );
+        resp.expect(201);
+        let for_followers = parse_id(resp.at("post.id"));
+        let in_left = send(&server, &sender, left, "then left");
+        let notes = server.get("/v1/notifications?types=mention", reader.auth());
+        assert!(notes.text().contains(&mentioning.to_string()));
+        server.set_private(&turning, true);
+        server
+            .delete(
+                &format!("/v1/users/{}/follow", unfollowed.id()),
+                reader.auth(),
+            )
+            .expect(200);
+        server
+            .delete(
+                &format!("/v1/conversations/{left}/membership"),
+                reader.auth(),
+            )
+            .expect(204);
+        server.follow(reader.auth(), sender.id()).expect(200);
+        let end = server.new_post(&sender, "the end");
+
+        let mut sse = Sse::open(&server, &reader, Some(last)).unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let e = sse.next().expect("the stream ended");
+            let ids = named_ids(&e);
+            seen.extend(ids.iter().copied());
+            if e.kind == "post" && ids.contains(&end) {
+                break;
+            }
+        }
+        let case = format!("reader on {reader_shard}, others on {other_shard}");
+        for gone in [mentioning, for_followers, in_left, before, left] {
+            assert!(!seen.contains(&gone), "{case}: {gone} came back: {seen:?}");
+        }
+    }
+}
+
 #[test]
 fn idle_streams_get_heartbeats_and_users_have_a_stream_limit() {
     let server = Server::start(&[
