@@ -144,6 +144,10 @@ pub enum Event {
         message: u64,
         users: Vec<u64>,
     },
+    /// The user turned its account public again (`social::went_public`).
+    WentPublic {
+        user_id: u64,
+    },
 }
 
 impl Event {
@@ -151,7 +155,7 @@ impl Event {
     /// notifications, media) that must go from the history when the account is erased?
     /// Tombstones that other readers of the history still need (`PostDeleted` for the search
     /// index, `UserChanged`, `SuspensionChanged`, `AccountErased`, `ErasureWork`,
-    /// `NotificationsRetracted`, `WentPrivate`) name ids only and stay until retention. Exhaustive on purpose: a new variant must decide.
+    /// `NotificationsRetracted`, `WentPrivate`, `WentPublic`) name ids only and stay until retention. Exhaustive on purpose: a new variant must decide.
     pub fn reveals(&self, user: u64) -> bool {
         match self {
             Event::Followed { follower, followee }
@@ -179,7 +183,8 @@ impl Event {
             | Event::AccountErased { .. }
             | Event::ErasureWork { .. }
             | Event::NotificationsRetracted { .. }
-            | Event::WentPrivate { .. } => false,
+            | Event::WentPrivate { .. }
+            | Event::WentPublic { .. } => false,
         }
     }
 }
@@ -560,6 +565,7 @@ pub fn apply(
                 .map(|m| m.user_id)
                 .filter(|u| here(*u))
                 .collect();
+            let mentioned = social::mentioned_as_now(txn, post, mentioned)?;
             social::fan_out(txn, post, false, &mentioned)?;
         }
         Event::PostDeleted { post_id, .. } => {
@@ -619,6 +625,7 @@ pub fn apply(
         Event::WentPrivate { user_id } => {
             social::went_private(txn, *user_id)?;
         }
+        Event::WentPublic { user_id } => social::went_public(txn, *user_id)?,
         Event::MessageDeleted {
             conversation,
             message,
@@ -661,6 +668,7 @@ mod tests {
             Event::NotificationsRetracted { .. } => 18,
             Event::WentPrivate { .. } => 19,
             Event::MessageDeleted { .. } => 20,
+            Event::WentPublic { .. } => 21,
         }
     }
 

@@ -1528,7 +1528,9 @@ pub fn subject(event: &Event) -> Option<Subject> {
         | Event::FollowApproved { .. } => None,
         // A suspension hides results when a query runs (the mirror), nothing is reindexed.
         // Turning private recounts the author's tags on its own shard (`recount_author`).
-        Event::SuspensionChanged { .. } | Event::WentPrivate { .. } => None,
+        Event::SuspensionChanged { .. } | Event::WentPrivate { .. } | Event::WentPublic { .. } => {
+            None
+        }
         // An erased user's posts and account are deleted through `PostDeleted` and
         // `UserChanged`, recorded on its own shard.
         Event::AccountErased { .. } | Event::ErasureWork { .. } => None,

@@ -62,6 +62,11 @@ const FOLLOW_REQUESTS: TableDefinition<(u64, u64), u64> = TableDefinition::new("
 /// (reader, author) -> ms : follows whose backfill (copies of the author's recent posts) is
 /// not written yet, on the reader's shard; written with the follow, removed by the backfill
 const BACKFILLS: TableDefinition<(u64, u64), u64> = TableDefinition::new("feed_backfills");
+/// user -> () : accounts that turned private (`WentPrivate` applied here, or the owner's own
+/// shard), until they turn public again (`WentPublic`): a public post of one that arrives
+/// after the switch mentions only its followers here (`mentioned_as_now`), whatever order
+/// the two events came in
+const PRIVATE_MIRROR: TableDefinition<u64, ()> = TableDefinition::new("private_mirror");
 /// user id -> (followers, following) counts, each kept on the shard that owns that side
 const COUNTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("social_counts");
 
@@ -124,6 +129,18 @@ pub fn is_follower(
     let t = open_read!(read, FOLLOWERS, false);
     let found = t.get((followee, follower))?.is_some();
     Ok(found)
+}
+
+/// `is_follower` inside a write (on the followee's shard).
+pub fn is_follower_in(
+    txn: &WriteTransaction,
+    followee: u64,
+    follower: u64,
+) -> Result<bool, CoreError> {
+    Ok(txn
+        .open_table(FOLLOWERS)?
+        .get((followee, follower))?
+        .is_some())
 }
 
 /// True when either user blocked the other, asked on the shard of `user`.
@@ -890,6 +907,7 @@ impl Muters {
 /// here they reached by a mention (`feed_items` rows) who do not follow it. A `mentioned`
 /// post stays with those it addresses. The readers whose feeds changed, once each.
 pub fn went_private(txn: &WriteTransaction, author: u64) -> Result<Vec<u64>, CoreError> {
+    txn.open_table(PRIVATE_MIRROR)?.insert(author, ())?;
     let mut posts: Vec<u64> = txn
         .open_table(COPIES_BY_AUTHOR)?
         .range((author, 0)..=(author, u64::MAX))?
@@ -921,6 +939,66 @@ pub fn went_private(txn: &WriteTransaction, author: u64) -> Result<Vec<u64>, Cor
     changed.sort_unstable();
     changed.dedup();
     Ok(changed)
+}
+
+/// `author` turned public again, on any shard: `went_private`'s mark goes.
+pub fn went_public(txn: &WriteTransaction, author: u64) -> Result<(), CoreError> {
+    txn.open_table(PRIVATE_MIRROR)?.remove(author)?;
+    Ok(())
+}
+
+/// Of `mentioned` (users of this shard a new post mentions), those it may reach: all of
+/// them, unless the post is public and its account turned private (`went_private`) before
+/// the post arrived here, when only its followers.
+pub fn mentioned_as_now(
+    txn: &WriteTransaction,
+    post: &Post,
+    mentioned: Vec<u64>,
+) -> Result<Vec<u64>, CoreError> {
+    if mentioned.is_empty() || post.visibility != Visibility::Public {
+        return Ok(mentioned);
+    }
+    let mirror = txn.open_table(PRIVATE_MIRROR)?;
+    keep_followers_if_private(&mirror, &txn.open_table(FOLLOWS)?, post, mentioned)
+}
+
+/// `mentioned_as_now` in a read (an offered post shown before its fan-out commits).
+pub fn mentioned_as_now_read(
+    read: &ReadTransaction,
+    post: &Post,
+    mentioned: Vec<u64>,
+) -> Result<Vec<u64>, CoreError> {
+    if mentioned.is_empty() || post.visibility != Visibility::Public {
+        return Ok(mentioned);
+    }
+    let Some(mirror) = crate::table_or_none(read, PRIVATE_MIRROR)? else {
+        return Ok(mentioned);
+    };
+    match crate::table_or_none(read, FOLLOWS)? {
+        Some(follows) => keep_followers_if_private(&mirror, &follows, post, mentioned),
+        // Nobody here follows anyone.
+        None if mirror.get(post.author_id)?.is_some() => Ok(Vec::new()),
+        None => Ok(mentioned),
+    }
+}
+
+fn keep_followers_if_private(
+    mirror: &impl ReadableTable<u64, ()>,
+    follows: &impl ReadableTable<(u64, u64), u64>,
+    post: &Post,
+    mentioned: Vec<u64>,
+) -> Result<Vec<u64>, CoreError> {
+    let author = post.author_id;
+    if mirror.get(author)?.is_none() {
+        return Ok(mentioned);
+    }
+    let mut kept = Vec::with_capacity(mentioned.len());
+    for reader in mentioned {
+        if follows.get((reader, author))?.is_some() {
+            kept.push(reader);
+        }
+    }
+    Ok(kept)
 }
 
 /// Removes a post from every feed on this shard: its copy, its author-index row and the feed

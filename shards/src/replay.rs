@@ -281,8 +281,9 @@ enum Logged {
         update: SettingsUpdate,
         now: u64,
     },
-    /// `social::settings_in` with the `WentPrivate` event it records for the other shards
-    /// when the account turns private (`SettingsEdit` is what older versions wrote).
+    /// `social::settings_in` with the `WentPrivate` or `WentPublic` event it records for the
+    /// other shards when the account turns private or public (`SettingsEdit` is what older
+    /// versions wrote).
     SettingsEditAt {
         user_id: u64,
         update: SettingsUpdate,

@@ -141,6 +141,20 @@ impl Early {
         }
     }
 
+    /// Drops `author`'s early posts (it turned private: whom they may reach is decided again
+    /// when their fan-out commits, `social::mentioned_as_now`).
+    fn forget_author(&mut self, author: u64) {
+        let ids: Vec<u64> = self
+            .posts
+            .iter()
+            .filter(|(_, (post, _))| post.author_id == author)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.remove(id);
+        }
+    }
+
     fn edit(&mut self, post: &Post) {
         if let Some((early, _)) = self.posts.get_mut(&post.id) {
             *early = post.clone();
@@ -804,6 +818,8 @@ impl Shard {
                 }
                 Event::ErasureWork { .. } => self.feeds.forget_all(),
                 Event::WentPrivate { user_id } => {
+                    // Offers shown meanwhile (read before the mirror row committed) go too.
+                    self.relay.early.borrow_mut().forget_author(*user_id);
                     self.feeds.forget_all();
                     self.unstream_private(*user_id);
                 }
@@ -1049,6 +1065,7 @@ impl Shard {
                     .map(|m| m.user_id)
                     .filter(|u| shard_of(*u) == here && here < shards)
                     .collect();
+                let mentioned = social::mentioned_as_now_read(r, post, mentioned)?;
                 let readers = social::fan_out_readers(r, post, false, &mentioned)?;
                 shown.push(((**post).clone(), readers));
             }
@@ -1241,13 +1258,24 @@ impl Shard {
         }
         .encode();
         let sent = targets.clone();
+        if private == Some(true) && !was_private {
+            // A compose whose mentions were checked before this write looks again after its
+            // own (`create_post`).
+            self.feeds.forget_all();
+        }
         let settings = self
             .write_recorded(record, move |t| {
                 settings_in(t, user_id, &update, now, Some((event_id, &sent)))
             })
             .await?;
         match private {
-            Some(false) => self.approve_all(user_id, deadline).await?,
+            Some(false) => {
+                if was_private {
+                    let event = Event::WentPublic { user_id };
+                    self.deliver_now(event_id, event, &targets, deadline).await;
+                }
+                self.approve_all(user_id, deadline).await?
+            }
             Some(true) => {
                 if !was_private {
                     self.feeds.forget_all();
@@ -1519,6 +1547,9 @@ impl Shard {
         };
         let extracted = content::extract(&new.text);
         let mentions = self.resolve_mentions(extracted.mentions, deadline).await?;
+        // An account turning private meanwhile drops every head first (`update_settings`):
+        // then the write may have kept fewer mentions than these (`mentions_as_now`).
+        let epoch = self.feeds.epoch();
         let mentions = self.read(|r| readers_mentioned(r, author.id, visibility, mentions))?;
         let mut targets: Vec<usize> = self.read(|r| {
             social::follower_shards(r, author.id, (shard_of, self.shards), FANOUT_FOLLOWERS_MAX)
@@ -1576,6 +1607,10 @@ impl Shard {
                 .map(|post| (post, None))
                 .ok_or_else(|| CoreError::NotFound.into());
         }
+        let post = match self.feeds.epoch() != epoch && !post.mentions.is_empty() {
+            true => self.read(|r| content::post(r, post.id))?.unwrap_or(post),
+            false => post,
+        };
         let event = Event::PostCreated {
             post: Box::new(post.clone()),
         };
@@ -2290,7 +2325,7 @@ pub(crate) fn settings_in(
     user_id: u64,
     u: &SettingsUpdate,
     now: u64,
-    went_private: Option<(u64, &[usize])>,
+    switched: Option<(u64, &[usize])>,
 ) -> Result<(profiles::Settings, profiles::Digest), CoreError> {
     use nova_core::communication;
     let was_private = profiles::settings_in(t, user_id)?.private;
@@ -2299,11 +2334,20 @@ pub(crate) fn settings_in(
         // Its posts' hashtags leave (or join) the counts anyone's completion shows.
         nova_core::search::recount_author(t, user_id)?;
     }
-    if settings.private && !was_private {
-        // Its posts leave the feeds of strangers they mentioned, here and on every shard.
-        social::went_private(t, user_id)?;
-        if let Some((event_id, targets)) = went_private {
-            let event = Event::WentPrivate { user_id };
+    if settings.private != was_private {
+        // Turning private, its posts leave the feeds of strangers they mentioned, here and on
+        // every shard; every shard marks it, for posts still on their way there.
+        let event = match settings.private {
+            true => {
+                social::went_private(t, user_id)?;
+                Event::WentPrivate { user_id }
+            }
+            false => {
+                social::went_public(t, user_id)?;
+                Event::WentPublic { user_id }
+            }
+        };
+        if let Some((event_id, targets)) = switched {
             nova_core::events::record(t, event_id, now, &event, targets)?;
         }
     }
@@ -2404,9 +2448,15 @@ pub(crate) fn compose_batch(
 ) -> Result<Vec<Option<u64>>, CoreError> {
     let mut out = Vec::with_capacity(items.len());
     let mut fresh = Vec::with_capacity(items.len());
+    let items: Vec<(std::borrow::Cow<'_, Post>, _, _, _)> = items
+        .iter()
+        .map(|(post, key, event_id, targets)| {
+            Ok((mentions_as_now(t, post)?, key, event_id, targets))
+        })
+        .collect::<Result<_, CoreError>>()?;
     {
         let mut posts = content::NewPosts::open(t)?;
-        for (post, key, _, _) in items {
+        for (post, key, _, _) in &items {
             if let Some(key) = key {
                 if let Some(id) = posts.earlier(post.author_id, key, post.created_ms)? {
                     out.push(Some(id));
@@ -2415,7 +2465,7 @@ pub(crate) fn compose_batch(
             }
             posts.insert(post, key.as_deref())?;
             out.push(None);
-            fresh.push(post);
+            fresh.push(post.as_ref());
         }
     }
     let mentioned: Vec<Vec<u64>> = fresh
@@ -2440,9 +2490,9 @@ pub(crate) fn compose_batch(
         .filter(|(_, earlier)| earlier.is_none())
         .map(|((post, _, event_id, targets), _)| {
             let event = Event::PostCreated {
-                post: Box::new(post.clone()),
+                post: Box::new(post.clone().into_owned()),
             };
-            (*event_id, post.created_ms, event, targets.as_slice())
+            (**event_id, post.created_ms, event, targets.as_slice())
         })
         .collect();
     events::record_all(
@@ -2452,6 +2502,36 @@ pub(crate) fn compose_batch(
             .map(|(id, ms, event, targets)| (*id, *ms, event, *targets)),
     )?;
     Ok(out)
+}
+
+/// `post` with the mentions its author's privacy allows now, in the compose's write: a
+/// public post whose account turned private after its mentions were checked
+/// (`readers_mentioned`) keeps only the author's followers among them, as it would have had
+/// the switch come first.
+fn mentions_as_now<'p>(
+    t: &nova_storage::redb::WriteTransaction,
+    post: &'p Post,
+) -> Result<std::borrow::Cow<'p, Post>, CoreError> {
+    use std::borrow::Cow;
+    let author = post.author_id;
+    if post.visibility != Visibility::Public
+        || post.mentions.iter().all(|m| m.user_id == author)
+        || !profiles::settings_in(t, author)?.private
+    {
+        return Ok(Cow::Borrowed(post));
+    }
+    let mut kept = Vec::with_capacity(post.mentions.len());
+    for m in &post.mentions {
+        if m.user_id == author || social::is_follower_in(t, author, m.user_id)? {
+            kept.push(m.clone());
+        }
+    }
+    if kept.len() == post.mentions.len() {
+        return Ok(Cow::Borrowed(post));
+    }
+    let mut post = post.clone();
+    post.mentions = kept;
+    Ok(Cow::Owned(post))
 }
 
 impl Shard {

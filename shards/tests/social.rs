@@ -1058,6 +1058,36 @@ fn mentions_reach_only_users_who_may_read_the_post() {
     }
 }
 
+/// Posts mentioning a stranger composed while their account turns private: whichever commits
+/// first, none stays in the stranger's feed once both are answered (the compose's write keeps
+/// only the mentions the author's privacy allows by then).
+#[test]
+fn posts_racing_a_switch_to_private_do_not_reach_strangers() {
+    let server = Server::start(&[]);
+    for trial in 0..8 {
+        let author = server.member_on_shard(trial % 2);
+        let stranger = server.member_on_shard((trial / 2) % 2);
+        let text = format!("racing @{}", stranger.name());
+        let posted: Vec<u64> = std::thread::scope(|scope| {
+            let composes: Vec<_> = (0..5)
+                .map(|_| scope.spawn(|| post(&server, &author, &text)))
+                .collect();
+            scope.spawn(|| server.set_private(&author, true));
+            composes.into_iter().map(|c| c.join().unwrap()).collect()
+        });
+        let shown = home(&server, &stranger);
+        let leaked: Vec<u64> = posted
+            .iter()
+            .copied()
+            .filter(|p| shown.contains(p))
+            .collect();
+        assert!(
+            leaked.is_empty(),
+            "trial {trial}: {leaked:?} of {posted:?} in the stranger's feed"
+        );
+    }
+}
+
 #[test]
 fn delete_removes_a_post_everywhere() {
     let server = Server::start(&[]);
