@@ -454,7 +454,7 @@ impl Shard {
                 on,
                 reply,
             } => {
-                let _ = reply.send(self.like(id, user, comment, on).await);
+                let _ = reply.send(self.like(id, user, comment, on, deadline).await);
             }
             Op::AddComment {
                 post_id,
@@ -1160,11 +1160,16 @@ impl Shard {
         user: u64,
         of_comment: bool,
         on: bool,
+        deadline: Instant,
     ) -> Result<u64, Fail> {
+        let mut comment_author = None;
         let visible = self.read(|r| {
             let post_id = if of_comment {
                 match content::comment(r, id)? {
-                    Some(c) => c.post_id,
+                    Some(c) => {
+                        comment_author = Some(c.author_id);
+                        c.post_id
+                    }
                     None => return Ok(false),
                 }
             } else {
@@ -1177,6 +1182,10 @@ impl Shard {
         })?;
         if !visible {
             return Err(CoreError::NotFound.into());
+        }
+        // A comment hidden from the user (a block either way with its author) is not liked.
+        if let Some(author) = comment_author.filter(|_| on) {
+            self.not_hidden_by_block(user, author, deadline).await?;
         }
         let now = now_ms();
         let record = Record::Like {
@@ -1207,6 +1216,16 @@ impl Shard {
         })?;
         if !visible {
             return Err(CoreError::NotFound.into());
+        }
+        // A reply to a comment hidden from the author (a block either way): 404.
+        if let Some(parent) = parent {
+            let parent_author = self
+                .read(|r| content::comment(r, parent))?
+                .map(|c| c.author_id);
+            if let Some(parent_author) = parent_author {
+                self.not_hidden_by_block(author, parent_author, deadline)
+                    .await?;
+            }
         }
         let ids = vec![author];
         let who = self
@@ -2651,6 +2670,24 @@ impl Shard {
     /// Of `others`, those `viewer` blocks or is blocked by: what a list of other users'
     /// relations or comments leaves out for the viewer (a block hides both sides from each
     /// other everywhere). Asks the viewer's shard, unless it is this one.
+    /// 404 when `user` and `other` blocked one another (either way): what `other` wrote is
+    /// hidden from `user` (asked on `user`'s shard).
+    async fn not_hidden_by_block(
+        self: &Rc<Self>,
+        user: u64,
+        other: u64,
+        deadline: Instant,
+    ) -> Result<(), Fail> {
+        match self
+            .blocked_among(user, vec![other], deadline)
+            .await?
+            .is_empty()
+        {
+            true => Ok(()),
+            false => Err(CoreError::NotFound.into()),
+        }
+    }
+
     pub(crate) async fn blocked_among(
         self: &Rc<Self>,
         viewer: u64,

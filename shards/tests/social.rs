@@ -797,6 +797,35 @@ fn comments_nest_paginate_and_keep_their_rules() {
     }
 }
 
+/// Across a block either way, a user neither likes nor replies to the other's comment (it is
+/// hidden from them: 404), on a third user's public post.
+#[test]
+fn a_comment_hidden_by_a_block_is_neither_liked_nor_replied_to() {
+    let server = Server::start(&[]);
+    for (x, y) in [(0, 1), (1, 0), (1, 1)] {
+        let author = server.member_on_shard(1 - y);
+        let commenter = server.member_on_shard(x);
+        let other = server.member_on_shard(y);
+        let post_id = server.new_post(&author, "a public post");
+        let resp = comment_on(&server, &commenter, post_id, "a comment", None);
+        resp.expect(201);
+        let id = parse_id(resp.at("comment.id"));
+        let like =
+            |verb: &str| server.call(verb, &format!("/v1/comments/{id}/like"), other.auth(), None);
+        like("POST").expect(200);
+        for (blocker, blocked) in [(&other, &commenter), (&commenter, &other)] {
+            let path = format!("/v1/users/{}/block", blocked.id());
+            server.call("POST", &path, blocker.auth(), None).expect(200);
+            like("POST").expect_error(404, "not_found");
+            comment_on(&server, &other, post_id, "a reply", Some(id))
+                .expect_error(404, "not_found");
+            server.delete(&path, blocker.auth()).expect(200);
+        }
+        like("DELETE").expect(200);
+        comment_on(&server, &other, post_id, "a reply", Some(id)).expect(201);
+    }
+}
+
 /// A `mentioned` post is for its author and the users it mentions: they read it (in their
 /// home feed too, following the author or not) and may comment; the author's followers and
 /// everyone else see nothing of it, anywhere.
