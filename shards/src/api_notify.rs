@@ -85,11 +85,17 @@ pub(crate) async fn dispatch(
                 claims.session_id,
             )?;
             let view = sub_view(&sub);
-            shard
+            let stored = shard
                 .ask(home, deadline, |reply| {
                     Op::Notify(NotifyOp::Subscribe { user, sub, reply })
                 })
                 .await?;
+            if !stored {
+                return Err(ApiError::unauthorized(
+                    "session_revoked",
+                    "this session has ended; log in again",
+                ));
+            }
             Ok(Reply::json(StatusCode::CREATED, &view))
         }
         Route::PushUnsubscribe => {

@@ -86,10 +86,11 @@ pub enum NotifyOp {
         user: u64,
         reply: Reply<u64>,
     },
+    /// false when the subscribing session has ended meanwhile (nothing stored).
     Subscribe {
         user: u64,
         sub: Subscription,
-        reply: Reply<()>,
+        reply: Reply<bool>,
     },
     /// false when there was no such subscription.
     Unsubscribe {
@@ -220,7 +221,16 @@ impl Shard {
                 let max = self.cfg.push_subscriptions_per_user_max;
                 let result = self
                     .partition
-                    .write(move |t| push::subscribe(t, user, &sub, max))
+                    .write(move |t| {
+                        // A session revoked meanwhile keeps no subscription (a revocation
+                        // deletes them in its own write: `identity::revoke`).
+                        if sub.session != 0
+                            && !nova_core::identity::session_live_in(t, sub.session)?
+                        {
+                            return Ok(false);
+                        }
+                        push::subscribe(t, user, &sub, max).map(|()| true)
+                    })
                     .await;
                 let _ = reply.send(result.map_err(Into::into));
             }

@@ -707,3 +707,41 @@ fn a_subscription_goes_with_its_session_and_its_retries_with_it() {
     thread::sleep(Duration::from_millis(2500));
     assert_eq!(failing.count(), 1, "a retry went to a deleted subscription");
 }
+
+/// Subscriptions made while their session logs out: none outlives the session (a subscribe
+/// that loses the race is 401 `session_revoked`, one that wins goes with the logout).
+#[test]
+fn a_subscription_racing_its_logout_does_not_outlive_it() {
+    let server = start_server(&[]);
+    let service = PushService::start(&[]);
+    let member = server.member_on_shard(1);
+    let keeper = server.login(&member.user.username, &member.user.password);
+    for round in 0..20 {
+        let racing = server.login(&member.user.username, &member.user.password);
+        let subs: Vec<Subscriber> = (0..8)
+            .map(|i| Subscriber::new(service.endpoint(&format!("r{round}-{i}"))))
+            .collect();
+        std::thread::scope(|scope| {
+            for sub in &subs {
+                let token = racing.access.clone();
+                let server = &server;
+                scope.spawn(move || {
+                    let resp = server.post("/v1/push/subscriptions", Some(&token), sub.body());
+                    assert!(
+                        resp.status == 201 || resp.status == 401,
+                        "{}",
+                        resp.what_happened()
+                    );
+                });
+            }
+            scope.spawn(|| {
+                server
+                    .delete("/v1/sessions/current", Some(&racing.access))
+                    .expect(204);
+            });
+        });
+        let resp = server.get("/v1/push/subscriptions", Some(&keeper.access));
+        resp.expect(200);
+        assert_eq!(resp.at("items"), &json!([]), "round {round}");
+    }
+}

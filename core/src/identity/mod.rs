@@ -343,6 +343,14 @@ pub fn session(read: &ReadTransaction, id: u64) -> Result<Option<Session>, CoreE
     value.map(|v| decode(v.value())).transpose()
 }
 
+/// Is session `id` there and not revoked? (In a write: one racing a revocation sees it.)
+pub fn session_live_in(txn: &WriteTransaction, id: u64) -> Result<bool, CoreError> {
+    Ok(match txn.open_table(SESSIONS)?.get(id)? {
+        Some(v) => decode::<Session>(v.value())?.revoked_ms.is_none(),
+        None => false,
+    })
+}
+
 /// The user's live sessions, newest first.
 pub fn sessions_of(read: &ReadTransaction, user_id: u64) -> Result<Vec<Session>, CoreError> {
     let index = match read.open_table(USER_SESSIONS) {
