@@ -225,7 +225,7 @@ impl Shard {
                 user,
                 reply,
             } => {
-                let _ = reply.send(self.leave(conversation, user, deadline).await);
+                let _ = reply.send(self.leave(conversation, user).await);
             }
             other => self.serve_stream(other).await,
         }
@@ -547,19 +547,15 @@ impl Shard {
         Ok(())
     }
 
-    /// On the conversation's shard: the user leaves; its inbox forgets the conversation.
-    async fn leave(
-        self: &Rc<Self>,
-        conversation: u64,
-        user: u64,
-        deadline: Instant,
-    ) -> Result<(), Fail> {
+    /// On the conversation's shard: the user leaves; its inbox forgets the conversation (at
+    /// once here; on another shard when the relay delivers `ConversationLeft`, while the
+    /// conversation's summaries already leave it out, as the user is no participant).
+    async fn leave(self: &Rc<Self>, conversation: u64, user: u64) -> Result<(), Fail> {
         let target = shard_of(user);
         let here = self.id;
         let event_id = self.next_id();
         let now = now_ms();
         let event = Event::ConversationLeft { conversation, user };
-        let sent = event.clone();
         let record = Record::Leave {
             here,
             target,
@@ -575,9 +571,10 @@ impl Shard {
         self.typing.stop(conversation, user);
         if target == here {
             self.unstream_left(user, conversation);
-        }
-        if target != here {
-            self.deliver_now(event_id, sent, &[target], deadline).await;
+        } else {
+            // Relay-only, so it reaches the user's shard after the conversation's messages
+            // sent before it (a later `MessagePosted` would notify the user again).
+            self.relay.kick();
         }
         Ok(())
     }

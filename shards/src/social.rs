@@ -2618,6 +2618,7 @@ fn relay_only(event: &Event) -> bool {
         event,
         Event::MessagePosted { .. }
             | Event::MessageDeleted { .. }
+            | Event::ConversationLeft { .. }
             | Event::AccountErased { .. }
             | Event::ErasureWork { .. }
     )
