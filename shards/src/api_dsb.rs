@@ -126,36 +126,50 @@ async fn register(
     let password = Password::parse(password)?;
     let display_name = DisplayName::parse(&format!("{first} {last}"))
         .or_else(|_| DisplayName::parse(username.as_str()))?;
-    // Refuse a reused user_id before making an account, so a refusal leaves nothing behind.
-    let taken = shard
-        .ask(ext_shard(shard, ext), deadline, |reply| Op::ExternalId {
+    // Reserve the user_id before making an account (one step, so of two registrations racing
+    // for it one is refused), so a refusal leaves nothing behind; a registration that fails
+    // after it gives it back.
+    let pending = nova_core::identity::EXTERNAL_PENDING;
+    shard
+        .ask(ext_shard(shard, ext), deadline, |reply| Op::MapExternalId {
             ext,
+            user_id: pending,
             reply,
         })
         .await?;
-    if taken.is_some() {
-        return Err(crate::error::Fail::Core(nova_core::CoreError::invalid(
-            "user_id_taken",
-            "that user_id is already registered",
-        ))
-        .into());
+    let registered = async {
+        let password_hash = shard
+            .hasher
+            .hash(password.as_str().to_string())
+            .await
+            .map_err(crate::error::Fail::from)?;
+        let home = shard_for_key(&username.key(), shard.shards);
+        let new = Registration {
+            username,
+            email,
+            display_name,
+            password_hash,
+            ip: peer.to_string(),
+        };
+        shard
+            .ask(home, deadline, |reply| Op::Register { new, reply })
+            .await
     }
-    let password_hash = shard
-        .hasher
-        .hash(password.as_str().to_string())
-        .await
-        .map_err(crate::error::Fail::from)?;
-    let home = shard_for_key(&username.key(), shard.shards);
-    let new = Registration {
-        username,
-        email,
-        display_name,
-        password_hash,
-        ip: peer.to_string(),
+    .await;
+    let user = match registered {
+        Ok(user) => user,
+        Err(e) => {
+            let released = shard
+                .ask(ext_shard(shard, ext), deadline, |reply| {
+                    Op::ReleaseExternalId { ext, reply }
+                })
+                .await;
+            if let Err(r) = released {
+                tracing::warn!(ext, error = %r, "a DSB user_id stays reserved");
+            }
+            return Err(e.into());
+        }
     };
-    let user = shard
-        .ask(home, deadline, |reply| Op::Register { new, reply })
-        .await?;
     let user_id = user.id;
     shard
         .ask(ext_shard(shard, ext), deadline, |reply| Op::MapExternalId {

@@ -156,6 +156,11 @@ pub enum Op {
         user_id: u64,
         reply: Reply<()>,
     },
+    /// Drops a reservation (`identity::EXTERNAL_PENDING`) of a registration that failed.
+    ReleaseExternalId {
+        ext: u64,
+        reply: Reply<()>,
+    },
     Profile {
         user_id: u64,
         viewer: u64,

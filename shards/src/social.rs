@@ -321,6 +321,13 @@ impl Shard {
                     .await;
                 let _ = reply.send(result.map_err(Fail::from));
             }
+            Op::ReleaseExternalId { ext, reply } => {
+                let result = self
+                    .partition
+                    .write(move |t| identity::release_external_id(t, DSB_NAMESPACE, ext))
+                    .await;
+                let _ = reply.send(result.map_err(Fail::from));
+            }
             Op::Profile {
                 user_id,
                 viewer,

@@ -955,4 +955,43 @@ fn a_reused_user_id_is_refused_and_leaves_no_account() {
     let body =
         format!("first_name=A&last_name=B&username=username_other&password={PASSWORD}&user_id=8");
     expect_text(&form(&server, "/wrk2-api/user/register", &body), "Success!");
+
+    // A registration that fails for another reason (its username is taken) gives its
+    // user_id back.
+    let body =
+        format!("first_name=A&last_name=B&username=username_other&password={PASSWORD}&user_id=9");
+    assert_ne!(form(&server, "/wrk2-api/user/register", &body).status, 200);
+    register(&server, 9, "username_9");
+
+    // Registrations racing for one user_id: one account, the others refused with nothing made.
+    let names: Vec<String> = (0..12).map(|i| format!("racer_{i}")).collect();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let racers: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let server = &server;
+                scope.spawn(move || {
+                    let body = format!(
+                        "first_name=A&last_name=B&username={name}&password={PASSWORD}&user_id=10"
+                    );
+                    form(server, "/wrk2-api/user/register", &body).status
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 422),
+        "{statuses:?}"
+    );
+    let accounts = names
+        .iter()
+        .filter(|name| server.try_login(name, PASSWORD).status == 200)
+        .count();
+    assert_eq!(accounts, 1, "accounts made by the racing registrations");
 }

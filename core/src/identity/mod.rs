@@ -437,7 +437,23 @@ pub fn external_id(
 ) -> Result<Option<u64>, CoreError> {
     let table = open_or_empty!(read, EXTERNAL_IDS);
     let value = table.get((namespace, ext))?;
-    Ok(value.map(|v| v.value()))
+    Ok(value
+        .map(|v| v.value())
+        .filter(|id| *id != EXTERNAL_PENDING))
+}
+
+/// Drops the reservation of an external id whose registration failed (`EXTERNAL_PENDING`);
+/// a mapping to a user stays.
+pub fn release_external_id(
+    txn: &WriteTransaction,
+    namespace: &str,
+    ext: u64,
+) -> Result<(), CoreError> {
+    let mut table = txn.open_table(EXTERNAL_IDS)?;
+    if table.get((namespace, ext))?.map(|v| v.value()) == Some(EXTERNAL_PENDING) {
+        table.remove((namespace, ext))?;
+    }
+    Ok(())
 }
 
 pub fn external_of(
@@ -464,8 +480,14 @@ pub fn set_external_of(
     Ok(())
 }
 
-/// Maps a client's external id to a user. An id already mapped to another user: `Conflict`
-/// as `UsernameTaken`'s sibling, reported as `Invalid`.
+/// The user an external id is mapped to while its registration is under way: mapping it
+/// to `EXTERNAL_PENDING` first reserves it, so that of two registrations racing for one id
+/// only one makes an account.
+pub const EXTERNAL_PENDING: u64 = u64::MAX;
+
+/// Maps a client's external id to a user (or reserves it: `EXTERNAL_PENDING`; a reservation
+/// is then replaced by the user). An id already mapped to another user, or reserved by
+/// another registration: `Invalid` (`user_id_taken`).
 pub fn map_external_id(
     txn: &WriteTransaction,
     namespace: &str,
@@ -475,7 +497,11 @@ pub fn map_external_id(
     let mut table = txn.open_table(EXTERNAL_IDS)?;
     let existing = table.get((namespace, ext))?.map(|v| v.value());
     match existing {
-        Some(id) if id == user_id => Ok(()),
+        Some(id) if id == user_id && id != EXTERNAL_PENDING => Ok(()),
+        Some(EXTERNAL_PENDING) if user_id != EXTERNAL_PENDING => {
+            table.insert((namespace, ext), user_id)?;
+            Ok(())
+        }
         Some(_) => Err(CoreError::invalid(
             "user_id_taken",
             "that user_id is already registered",
