@@ -784,6 +784,31 @@ fn retract_keyed(
     }
 }
 
+/// Deletes the `mention` notifications about `post` whose recipient `keep` refuses (its
+/// account turned private: strangers it mentioned no longer read it). Counts stay exact.
+pub fn forget_mentions(
+    txn: &WriteTransaction,
+    post: u64,
+    keep: impl Fn(u64) -> Result<bool, CoreError>,
+) -> Result<(), CoreError> {
+    let listed: Vec<(u64, u64)> = txn
+        .open_table(SUBJECTS)?
+        .range((post, 0, 0)..=(post, u64::MAX, u64::MAX))?
+        .map(|r| r.map(|(k, _)| (k.value().1, k.value().2)))
+        .collect::<Result<_, _>>()?;
+    for (recipient, id) in listed {
+        let n: Option<Notification> = match txn.open_table(NOTIFICATIONS)?.get((recipient, id))? {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        };
+        match n {
+            Some(n) if n.kind == Kind::Mention && !keep(recipient)? => remove(txn, &n)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Deletes one notification with its coalescing key and listings, keeping counts exact.
 fn remove(txn: &WriteTransaction, n: &Notification) -> Result<(), CoreError> {
     txn.open_table(NOTIFICATIONS)?.remove((n.recipient, n.id))?;

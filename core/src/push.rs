@@ -800,18 +800,22 @@ mod tests {
         .is_err());
     }
 
-    #[test]
-    fn subscriptions_are_kept_per_user_with_a_limit() {
-        use redb::backends::InMemoryBackend;
-        use redb::{Database, ReadableDatabase};
-        let db = Database::builder()
-            .create_with_backend(InMemoryBackend::new())
+    /// An in-memory database and a browser's keys (p256dh, auth) in base64url.
+    fn db_and_keys() -> (redb::Database, String, String) {
+        let db = redb::Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
             .unwrap();
         let ua = SecretKey::random(&mut rand::rngs::OsRng)
             .public_key()
             .to_encoded_point(false);
         let key = URL_SAFE_NO_PAD.encode(ua.as_bytes());
-        let auth = URL_SAFE_NO_PAD.encode([1u8; 16]);
+        (db, key, URL_SAFE_NO_PAD.encode([1u8; 16]))
+    }
+
+    #[test]
+    fn subscriptions_are_kept_per_user_with_a_limit() {
+        use redb::ReadableDatabase;
+        let (db, key, auth) = db_and_keys();
         let sub = |n: u32| {
             Subscription::parse(&format!("https://h/{n}"), &key, &auth, false, 0, 7).unwrap()
         };
@@ -836,16 +840,8 @@ mod tests {
 
     #[test]
     fn subscriptions_go_with_their_session_and_retries_with_their_subscription() {
-        use redb::backends::InMemoryBackend;
-        use redb::{Database, ReadableDatabase};
-        let db = Database::builder()
-            .create_with_backend(InMemoryBackend::new())
-            .unwrap();
-        let ua = SecretKey::random(&mut rand::rngs::OsRng)
-            .public_key()
-            .to_encoded_point(false);
-        let key = URL_SAFE_NO_PAD.encode(ua.as_bytes());
-        let auth = URL_SAFE_NO_PAD.encode([1u8; 16]);
+        use redb::ReadableDatabase;
+        let (db, key, auth) = db_and_keys();
         let sub = |n: u32, at: u64, session: u64| {
             Subscription::parse(&format!("https://h/{n}"), &key, &auth, false, at, session).unwrap()
         };

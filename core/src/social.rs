@@ -923,6 +923,10 @@ pub fn went_private(txn: &WriteTransaction, author: u64) -> Result<Vec<u64>, Cor
         if addressed.get(post)?.is_some() {
             continue;
         }
+        // Its mentions of strangers here go too (the post is followers-only now).
+        crate::notifications::forget_mentions(txn, post, |reader| {
+            Ok(reader == author || follows.get((reader, author))?.is_some())
+        })?;
         let readers: Vec<u64> = index
             .range((post, 0)..=(post, u64::MAX))?
             .map(|r| r.map(|(k, _)| k.value().1))

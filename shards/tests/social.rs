@@ -1069,6 +1069,14 @@ fn mentions_reach_only_users_who_may_read_the_post() {
         assert_eq!(home(&server, &stranger), [addressed, public], "{case}");
         server.set_private(&author, true);
         assert_eq!(home(&server, &stranger), [addressed], "{case}");
+        // Its mention of the stranger goes too (the one addressed to it arrives on its own
+        // time on another shard).
+        let mut notes = Vec::new();
+        let only_addressed = wait_until(std::time::Duration::from_secs(5), || {
+            notes = mentioned_in(&server, &stranger);
+            notes == [addressed]
+        });
+        assert!(only_addressed, "{case}: {notes:?}");
         assert_eq!(
             home(&server, &follower),
             [of_private, public, for_followers],

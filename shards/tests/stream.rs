@@ -360,6 +360,19 @@ fn last_event_id_resumes_without_gaps_or_repeats() {
     }
 }
 
+/// Every id the events show (`named_ids`) up to the first event of `kind` that shows `end`.
+fn ids_until(sse: &mut Sse, kind: &str, end: u64) -> Vec<u64> {
+    let mut seen = Vec::new();
+    loop {
+        let e = sse.next().expect("the stream ended");
+        let ids = named_ids(&e);
+        seen.extend(ids.iter().copied());
+        if e.kind == kind && ids.contains(&end) {
+            return seen;
+        }
+    }
+}
+
 /// The ids of posts, messages and notifications' subjects and actors each event shows.
 fn named_ids(e: &Event) -> Vec<u64> {
     let v = json_of(e);
@@ -433,15 +446,7 @@ fn a_resume_brings_back_nothing_that_went() {
 
         let mut sse = Sse::open(&server, &reader, Some(last)).unwrap();
         let end = send(&server, &author, conv, "the end");
-        let mut seen = Vec::new();
-        loop {
-            let e = sse.next().expect("the stream ended");
-            let ids = named_ids(&e);
-            seen.extend(ids.iter().copied());
-            if e.kind == "message" && ids.contains(&end) {
-                break;
-            }
-        }
+        let seen = ids_until(&mut sse, "message", end);
         let case = format!("reader on {reader_shard}, others on {other_shard}");
         for kept in [kept_post, kept_message] {
             assert!(seen.contains(&kept), "{case}: {kept} missing from {seen:?}");
@@ -501,15 +506,7 @@ fn a_resume_brings_back_only_what_the_reader_may_still_read() {
         let end = server.new_post(&sender, "the end");
 
         let mut sse = Sse::open(&server, &reader, Some(last)).unwrap();
-        let mut seen = Vec::new();
-        loop {
-            let e = sse.next().expect("the stream ended");
-            let ids = named_ids(&e);
-            seen.extend(ids.iter().copied());
-            if e.kind == "post" && ids.contains(&end) {
-                break;
-            }
-        }
+        let seen = ids_until(&mut sse, "post", end);
         let case = format!("reader on {reader_shard}, others on {other_shard}");
         for gone in [mentioning, for_followers, in_left, before, left] {
             assert!(!seen.contains(&gone), "{case}: {gone} came back: {seen:?}");
