@@ -577,6 +577,29 @@ async fn metrics(shard: &Rc<Shard>, deadline: Instant) -> Result<Reply> {
     })
 }
 
+/// Hashes `password` and makes the account (username, email, display name) on the shard
+/// its username hashes to (`Op::Register`, which claims the email first).
+pub(crate) async fn create_account(
+    shard: &Rc<Shard>,
+    (username, email, display_name): (Username, Email, DisplayName),
+    password: &Password,
+    peer: IpAddr,
+    deadline: Instant,
+) -> std::result::Result<identity::User, Fail> {
+    let password_hash = shard.hasher.hash(password.as_str().to_string()).await?;
+    let home = shard_for_key(&username.key(), shard.shards);
+    let new = Registration {
+        username,
+        email,
+        display_name,
+        password_hash,
+        ip: peer.to_string(),
+    };
+    shard
+        .ask(home, deadline, |reply| Op::Register { new, reply })
+        .await
+}
+
 async fn register(
     shard: &Rc<Shard>,
     req: Request<Incoming>,
@@ -589,22 +612,8 @@ async fn register(
     let password = Password::parse(&body.password)?;
     let display_name = DisplayName::parse(body.display_name.as_deref().unwrap_or(&body.username))?;
     let rate = shard.limits.registrations_ip.hit(&peer)?;
-    let password_hash = shard
-        .hasher
-        .hash(password.as_str().to_string())
-        .await
-        .map_err(Fail::from)?;
-    let home = shard_for_key(&username.key(), shard.shards);
-    let new = Registration {
-        username,
-        email,
-        display_name,
-        password_hash,
-        ip: peer.to_string(),
-    };
-    let user = shard
-        .ask(home, deadline, |reply| Op::Register { new, reply })
-        .await?;
+    let who = (username, email, display_name);
+    let user = create_account(shard, who, &password, peer, deadline).await?;
     Ok(Reply::json(
         StatusCode::CREATED,
         &wire::UserEnvelope {

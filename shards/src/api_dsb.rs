@@ -19,7 +19,7 @@ use nova_protocol::{self as wire, Route};
 
 use crate::api::{percent_decode, Reply, Result};
 use crate::error::ApiError;
-use crate::mesh::{NewPost, Op, Page, Registration};
+use crate::mesh::{NewPost, Op, Page};
 use crate::shard::Shard;
 use crate::social::DSB_NAMESPACE;
 
@@ -137,25 +137,8 @@ async fn register(
             reply,
         })
         .await?;
-    let registered = async {
-        let password_hash = shard
-            .hasher
-            .hash(password.as_str().to_string())
-            .await
-            .map_err(crate::error::Fail::from)?;
-        let home = shard_for_key(&username.key(), shard.shards);
-        let new = Registration {
-            username,
-            email,
-            display_name,
-            password_hash,
-            ip: peer.to_string(),
-        };
-        shard
-            .ask(home, deadline, |reply| Op::Register { new, reply })
-            .await
-    }
-    .await;
+    let who = (username, email, display_name);
+    let registered = crate::api::create_account(shard, who, &password, peer, deadline).await;
     let user = match registered {
         Ok(user) => user,
         Err(e) => {
