@@ -452,14 +452,7 @@ fn deletion_leaves_nothing_readable() {
         store.display()
     );
 
-    server
-        .call(
-            "DELETE",
-            "/v1/me",
-            d.auth(),
-            Some(json!({"password": d.user.password.clone()})),
-        )
-        .expect(204);
+    server.erase(d);
 
     // At once: tokens refused, login impossible, profile gone, on both shards.
     let me = server.get("/v1/me", d.auth());
@@ -672,14 +665,7 @@ fn deletion_completes_after_sigkill() {
             .post("/v1/posts", d.auth(), json!({"text": format!("more {i}")}))
             .expect(201);
     }
-    server
-        .call(
-            "DELETE",
-            "/v1/me",
-            d.auth(),
-            Some(json!({"password": d.user.password.clone()})),
-        )
-        .expect(204);
+    server.erase(d);
     server.kill9();
     server.restart();
 
@@ -745,14 +731,7 @@ fn erasure_work_arriving_during_the_history_walk_is_done() {
         assert_eq!(me.at("user.following_count").as_u64(), Some(1));
     }
 
-    server
-        .call(
-            "DELETE",
-            "/v1/me",
-            d.auth(),
-            Some(json!({"password": d.user.password.clone()})),
-        )
-        .expect(204);
+    server.erase(&d);
 
     // Every job that ran for the user on shard 1 has finished (a later `ErasureWork` may
     // start one more: wait until the counts settle or the time is up).

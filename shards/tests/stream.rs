@@ -430,14 +430,7 @@ fn a_resume_brings_back_nothing_that_went() {
                 None,
             )
             .expect(200);
-        server
-            .call(
-                "DELETE",
-                "/v1/me",
-                erased.auth(),
-                Some(json!({"password": erased.user.password})),
-            )
-            .expect(204);
+        server.erase(&erased);
         // The message's delete reaches another shard through the relay: its notification
         // going shows it arrived.
         assert!(wait_until(Duration::from_secs(5), || {

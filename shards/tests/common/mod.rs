@@ -630,6 +630,17 @@ impl Server {
         .expect(200);
     }
 
+    /// Deletes `member`'s account (`DELETE /v1/me` with its password); requires 204.
+    pub fn erase(&self, member: &Member) {
+        self.call(
+            "DELETE",
+            "/v1/me",
+            member.auth(),
+            Some(simd_json::json!({ "password": member.user.password.clone() })),
+        )
+        .expect(204);
+    }
+
     /// Posts `text` (public) as `author`, requires 201, and gives the post's id.
     pub fn new_post(&self, author: &Member, text: &str) -> u64 {
         let resp = self.post(
